@@ -1,0 +1,137 @@
+//! `monitorctl run -- CMD ARGS...`: one-time monitoring of a command and all its descendants.
+
+use std::{
+    ffi::OsString,
+    fs::File,
+    io::{self, BufWriter, Write},
+    path::PathBuf,
+    process::ExitCode,
+};
+
+use anyhow::Context as _;
+use clap::Args;
+use monitor_daemon::{
+    probes::ProbeConfig,
+    render::{self, Style},
+    run::{RunSpec, RunSummary, SpawnError},
+};
+
+/// Exit status when monitor itself failed (as timeout(1) and env(1) do).
+const EXIT_MONITOR_FAILED: u8 = 125;
+
+/// Run a command under watch and report every traced syscall of it and its descendants.
+///
+/// The command runs in a cgroup of its own that is watched before its first instruction; its
+/// children stay in it and are traced too, until the last of them exits. monitorctl exits with
+/// the command's exit status (128+N when signal N ended it), or 125 when monitoring failed.
+///
+/// Examples:
+///   monitorctl run --print-trace -- sh -c 'cat /etc/hostname; exec /bin/true'
+///   monitorctl run --json --output trace.jsonl -- python3 load_model.py model.pkl
+#[derive(Args)]
+#[command(verbatim_doc_comment)]
+pub struct RunArgs {
+    /// Print every event as it happens (to stderr, or to --output).
+    #[arg(long)]
+    print_trace: bool,
+    /// Write JSON lines instead of text: one object per event (with --print-trace) and a last
+    /// `{"type":"summary",...}` line.
+    #[arg(long)]
+    json: bool,
+    /// Write the trace and summary to FILE instead of stderr.
+    #[arg(short, long, value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// Working directory of the command.
+    #[arg(long, value_name = "DIR")]
+    cwd: Option<PathBuf>,
+    /// Size of the kernel ring buffer in KiB (a power of two, at least 4).
+    #[arg(long, value_name = "KIB", default_value_t = 16 * 1024, value_parser = parse_ring_kib)]
+    ring_buffer_kib: u32,
+    /// The command and its arguments.
+    #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
+    command: Vec<OsString>,
+}
+
+fn parse_ring_kib(s: &str) -> Result<u32, String> {
+    let kib: u32 = s.parse().map_err(|e| format!("{e}"))?;
+    if kib < 4 || !kib.is_power_of_two() || kib > 1024 * 1024 {
+        return Err("must be a power of two between 4 and 1048576".into());
+    }
+    Ok(kib)
+}
+
+pub fn main(args: RunArgs) -> ExitCode {
+    match run(args) {
+        Ok(summary) => ExitCode::from(summary.exit_code.clamp(0, 255) as u8),
+        Err(e) => {
+            let code = match e.downcast_ref::<SpawnError>() {
+                Some(s) if s.source.kind() == io::ErrorKind::NotFound => 127,
+                Some(_) => 126,
+                None => EXIT_MONITOR_FAILED,
+            };
+            eprintln!("monitorctl: {e:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn run(args: RunArgs) -> anyhow::Result<RunSummary> {
+    let (program, rest) = args.command.split_first().context("no command given")?;
+    let spec = RunSpec { program: program.clone(), args: rest.to_vec(), cwd: args.cwd.clone() };
+    let config = ProbeConfig { ring_buffer_bytes: args.ring_buffer_kib * 1024 };
+    let style = if args.json { Style::Json } else { Style::Text };
+
+    let mut out: Box<dyn Write> = match &args.output {
+        Some(path) => Box::new(BufWriter::new(
+            File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        )),
+        None => Box::new(io::stderr().lock()),
+    };
+    let mut write_error = None;
+    let print = args.print_trace;
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let summary = runtime.block_on(monitor_daemon::run::run(&spec, &config, |event| {
+        if print
+            && write_error.is_none()
+            && let Err(e) = render::write_event(&mut out, style, event)
+        {
+            write_error = Some(e);
+        }
+    }))?;
+    if let Some(e) = write_error {
+        return Err(e).context("writing the trace");
+    }
+    write_summary(&mut out, style, &summary).context("writing the summary")?;
+    out.flush().context("writing the trace")?;
+    Ok(summary)
+}
+
+fn write_summary(out: &mut impl Write, style: Style, s: &RunSummary) -> io::Result<()> {
+    match style {
+        Style::Json => {
+            let mut value = serde_json::to_value(s)?;
+            value["type"] = "summary".into();
+            serde_json::to_writer(&mut *out, &value)?;
+            writeln!(out)
+        }
+        Style::Text => {
+            writeln!(
+                out,
+                "monitor: {} events from {} processes; command exited with {}",
+                s.events, s.processes, s.exit_code
+            )?;
+            if !s.complete {
+                writeln!(
+                    out,
+                    "monitor: WARNING: the trace is incomplete: {} records lost (ring buffer full), {} undecodable",
+                    s.dropped, s.malformed
+                )?;
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! The records the kernel programs write into the `EVENTS` ring buffer.
+//!
+//! Every record starts with an [`EventHeader`] whose `kind` says which struct follows. All
+//! structs are `#[repr(C)]`, 8-byte aligned, and free of padding the compiler could leave
+//! uninitialised (explicit `_pad` fields), so user space can read them as plain bytes.
+//!
+//! [`SyscallEnter`] is the only variable-size record: the kernel builds it in per-CPU scratch
+//! space and copies out only `SyscallEnter::FIXED_LEN + data_len` bytes.
+
+#[cfg(feature = "user")]
+mod user;
+
+/// Which record follows the header.
+#[repr(u16)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    SyscallEnter = 1,
+    SyscallExit = 2,
+    ProcessFork = 3,
+    ProcessExec = 4,
+    ProcessExit = 5,
+}
+
+impl EventKind {
+    pub const fn from_u16(v: u16) -> Option<Self> {
+        Some(match v {
+            1 => EventKind::SyscallEnter,
+            2 => EventKind::SyscallExit,
+            3 => EventKind::ProcessFork,
+            4 => EventKind::ProcessExec,
+            5 => EventKind::ProcessExit,
+            _ => return None,
+        })
+    }
+}
+
+/// Length of `comm` (the kernel's TASK_COMM_LEN).
+pub const COMM_LEN: usize = 16;
+
+/// Common to every record: who did it, when, and in which cgroup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EventHeader {
+    /// An [`EventKind`].
+    pub kind: u16,
+    /// `FLAG_*` bits.
+    pub flags: u16,
+    /// The CPU the record was written on.
+    pub cpu: u32,
+    /// `bpf_ktime_get_ns`: CLOCK_MONOTONIC, in nanoseconds.
+    pub ktime_ns: u64,
+    /// The cgroup v2 id (inode number of the cgroup directory) of the task.
+    pub cgroup_id: u64,
+    /// Process id (the kernel's tgid).
+    pub pid: u32,
+    /// Thread id (the kernel's pid).
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Header flag: some captured data was cut at its bound.
+pub const FLAG_TRUNCATED: u16 = 1 << 0;
+/// Header flag: a read of user or kernel memory failed (bad pointer, page not present).
+pub const FLAG_READ_ERROR: u16 = 1 << 1;
+
+/// Bytes of variable data a [`SyscallEnter`] can carry. Every item starts below
+/// [`ITEM_START_MAX`] and is at most that long, so the sum stays in bounds.
+pub const DATA_MAX: usize = 8192;
+/// Items (strings, blob, argv entries) start below this offset in `data`.
+pub const ITEM_START_MAX: usize = DATA_MAX / 2;
+/// Longest string captured (PATH_MAX, including the NUL).
+pub const STR_MAX: usize = 4096;
+/// String arguments per syscall (mount has three).
+pub const STR_SLOTS: usize = 3;
+/// Longest sized buffer captured (a `sockaddr_storage`).
+pub const BLOB_MAX: usize = 128;
+/// Most argv entries captured.
+pub const ARGV_MAX: usize = 32;
+/// Longest single argv entry captured.
+pub const ARG_MAX: usize = 1024;
+
+/// A traced syscall's entry: raw arguments plus the user memory they point to.
+///
+/// `data` holds, in this order and without gaps: each string slot that was filled (NUL
+/// included), the blob, then the argv entries (each NUL-terminated). The lengths say where
+/// each ends.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SyscallEnter {
+    pub header: EventHeader,
+    /// x86_64 syscall number.
+    pub nr: u32,
+    /// Bytes used in `data`.
+    pub data_len: u32,
+    pub args: [u64; 6],
+    /// Bytes of each string slot in `data`, NUL included; 0 when unused or unreadable.
+    pub str_len: [u16; STR_SLOTS],
+    pub blob_len: u16,
+    /// Bytes of argv entries in `data`.
+    pub argv_len: u16,
+    /// Entries captured in argv.
+    pub argc: u16,
+    pub _pad: [u16; 2],
+    pub data: [u8; DATA_MAX],
+}
+
+impl SyscallEnter {
+    /// Bytes before `data`: what every entry record carries.
+    pub const FIXED_LEN: usize = core::mem::offset_of!(SyscallEnter, data);
+}
+
+/// A traced syscall's return.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SyscallExit {
+    pub header: EventHeader,
+    pub nr: u32,
+    pub _pad: u32,
+    pub ret: i64,
+}
+
+/// A task was created (`sched:sched_process_fork`); the header is the parent's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ProcessFork {
+    pub header: EventHeader,
+    /// The new task's thread id. A new thread or a new process: user space tells them apart
+    /// by the tgid of the child's own records.
+    pub child_tid: u32,
+    pub _pad: u32,
+}
+
+/// Longest exec filename captured.
+pub const EXEC_FILENAME_MAX: usize = 512;
+
+/// A task executed a new program (`sched:sched_process_exec`); the header is already the new
+/// program's (its comm).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ProcessExec {
+    pub header: EventHeader,
+    /// The thread id before exec (differs when a non-leader thread executes).
+    pub old_tid: u32,
+    /// Bytes of `filename`, NUL included.
+    pub filename_len: u32,
+    pub filename: [u8; EXEC_FILENAME_MAX],
+}
+
+/// A task exited (`sched:sched_process_exit`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ProcessExit {
+    pub header: EventHeader,
+    /// Whether this was the last task of its thread group.
+    pub group_dead: u8,
+    pub _pad: [u8; 7],
+}
+
+/// Per-CPU counters of the kernel programs, indexes into the `COUNTERS` map.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Records written to the ring buffer.
+    Events = 0,
+    /// Records lost because the ring buffer was full.
+    Dropped = 1,
+    /// Reads of user or kernel memory that failed.
+    ReadErrors = 2,
+}
+
+/// How many [`Counter`]s there are.
+pub const COUNTERS: u32 = 3;
+
+/// Value of the `WATCHED` map, keyed by cgroup id: the watch's policy and its own counters,
+/// so a job knows whether its own trace is complete.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Watch {
+    /// Policy bits (none yet; reserved for in-kernel actions).
+    pub policy: u64,
+    /// Records written for this cgroup.
+    pub events: u64,
+    /// Records of this cgroup lost to a full ring buffer.
+    pub dropped: u64,
+}
+
+/// Value of the `CAPTURE` map, indexed by syscall number: what to copy at entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CaptureSpec {
+    /// Non-zero when the syscall is traced.
+    pub enabled: u8,
+    /// Emit the exit record too.
+    pub exit: u8,
+    /// Index of the argument tested by `only_if_mask`, when that mask is non-zero.
+    pub only_if_arg: u8,
+    pub _pad: u8,
+    /// One [`crate::syscall::Capture`] per argument.
+    pub args: [u8; 6],
+    pub _pad2: [u8; 2],
+    pub only_if_mask: u64,
+}
+
+/// Highest syscall number + 1 that the `CAPTURE` map covers.
+pub const CAPTURE_ENTRIES: u32 = 512;
+
+/// Where the tracepoint fields sit on this kernel, read from tracefs `format` files by user
+/// space and written into the programs' read-only data before load.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TracepointOffsets {
+    /// `syscalls:sys_enter_*`: `__syscall_nr` and the first argument (each argument 8 bytes).
+    pub enter_nr: u16,
+    pub enter_args: u16,
+    /// `syscalls:sys_exit_*`: `__syscall_nr` and `ret`.
+    pub exit_nr: u16,
+    pub exit_ret: u16,
+    /// `sched:sched_process_fork`: `child_pid`.
+    pub fork_child_pid: u16,
+    /// `sched:sched_process_exec`: the `__data_loc` word of `filename`, and `old_pid`.
+    pub exec_filename_loc: u16,
+    pub exec_old_pid: u16,
+    /// `sched:sched_process_exit`: `group_dead`, or `u16::MAX` where the kernel lacks it.
+    pub exit_group_dead: u16,
+}

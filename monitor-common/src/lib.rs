@@ -1,0 +1,14 @@
+//! Facts shared by monitor's kernel programs and its user space.
+//!
+//! Two things live here and nowhere else:
+//! - [`syscall`]: the table of traced syscalls, with each argument's meaning. The kernel side
+//!   never sees it directly: user space turns it into the `CAPTURE` map at load time, and the
+//!   decoder reads it to name and format arguments.
+//! - [`event`]: the `#[repr(C)]` records the kernel writes into the ring buffer.
+//!
+//! The crate is `no_std` and holds no logic beyond constant look-ups; the `user` feature adds
+//! what only user space needs (`aya::Pod`, serde).
+#![no_std]
+
+pub mod event;
+pub mod syscall;

@@ -1,0 +1,236 @@
+//! Raw ring-buffer bytes -> typed records.
+//!
+//! A record is checked for length and kind before any field is read; anything malformed is an
+//! error the reader counts, never a panic.
+
+mod args;
+
+use std::mem::size_of;
+
+use monitor_common::{
+    event::{
+        EventHeader, EventKind, FLAG_READ_ERROR, FLAG_TRUNCATED, ProcessExec, ProcessExit,
+        ProcessFork, STR_SLOTS, SyscallEnter, SyscallExit,
+    },
+    syscall::{self, Syscall},
+};
+use serde::Serialize;
+
+pub use args::{ArgValue, SockAddr};
+
+/// Who did it, when, and where; common to every record.
+#[derive(Debug, Clone, Serialize)]
+pub struct Header {
+    /// CLOCK_MONOTONIC nanoseconds.
+    pub time_ns: u64,
+    pub cpu: u32,
+    pub cgroup_id: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub comm: String,
+    /// Some captured data was cut at its bound.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+    /// Some user memory could not be read.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub read_error: bool,
+}
+
+/// One decoded ring-buffer record.
+#[derive(Debug, Clone)]
+pub enum Record {
+    Enter(Enter),
+    Exit(Exit),
+    Fork(Fork),
+    Exec(Exec),
+    ProcessExit(ProcessEnd),
+}
+
+impl Record {
+    pub fn header(&self) -> &Header {
+        match self {
+            Record::Enter(r) => &r.header,
+            Record::Exit(r) => &r.header,
+            Record::Fork(r) => &r.header,
+            Record::Exec(r) => &r.header,
+            Record::ProcessExit(r) => &r.header,
+        }
+    }
+}
+
+/// A syscall entry, with its arguments named and decoded.
+#[derive(Debug, Clone)]
+pub struct Enter {
+    pub header: Header,
+    pub syscall: &'static Syscall,
+    pub args: Vec<ArgValue>,
+}
+
+/// A syscall's return.
+#[derive(Debug, Clone)]
+pub struct Exit {
+    pub header: Header,
+    pub syscall: &'static Syscall,
+    pub ret: i64,
+}
+
+/// A new task; the header is the parent's.
+#[derive(Debug, Clone)]
+pub struct Fork {
+    pub header: Header,
+    pub child_tid: u32,
+}
+
+/// A task executed a new program.
+#[derive(Debug, Clone)]
+pub struct Exec {
+    pub header: Header,
+    pub old_tid: u32,
+    pub filename: String,
+}
+
+/// A task exited.
+#[derive(Debug, Clone)]
+pub struct ProcessEnd {
+    pub header: Header,
+    pub group_dead: bool,
+}
+
+/// Why a record could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("record of {len} bytes is shorter than its {need}-byte layout")]
+    Short { len: usize, need: usize },
+    #[error("unknown record kind {0}")]
+    UnknownKind(u16),
+    #[error("syscall number {0} is not in the table")]
+    UnknownSyscall(u32),
+    #[error("record data lengths exceed the record")]
+    BadLengths,
+}
+
+/// Syscall number -> table entry, built once.
+pub struct Decoder {
+    by_nr: Vec<Option<&'static Syscall>>,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        let len = syscall::SYSCALLS.iter().map(|s| s.nr as usize + 1).max().unwrap_or(0);
+        let mut by_nr = vec![None; len];
+        for sc in syscall::SYSCALLS {
+            by_nr[sc.nr as usize] = Some(sc);
+        }
+        Decoder { by_nr }
+    }
+}
+
+impl Decoder {
+    pub fn syscall(&self, nr: u32) -> Result<&'static Syscall, DecodeError> {
+        self.by_nr.get(nr as usize).copied().flatten().ok_or(DecodeError::UnknownSyscall(nr))
+    }
+
+    /// Decodes one record.
+    pub fn decode(&self, bytes: &[u8]) -> Result<Record, DecodeError> {
+        let raw: EventHeader = read(bytes)?;
+        let kind = EventKind::from_u16(raw.kind).ok_or(DecodeError::UnknownKind(raw.kind))?;
+        let header = header(&raw);
+        Ok(match kind {
+            EventKind::SyscallEnter => Record::Enter(self.enter(bytes, header)?),
+            EventKind::SyscallExit => {
+                let r: SyscallExit = read(bytes)?;
+                Record::Exit(Exit { header, syscall: self.syscall(r.nr)?, ret: r.ret })
+            }
+            EventKind::ProcessFork => {
+                let r: ProcessFork = read(bytes)?;
+                Record::Fork(Fork { header, child_tid: r.child_tid })
+            }
+            EventKind::ProcessExec => {
+                let r: ProcessExec = read(bytes)?;
+                let len = (r.filename_len as usize).min(r.filename.len());
+                Record::Exec(Exec { header, old_tid: r.old_tid, filename: c_string(&r.filename[..len]) })
+            }
+            EventKind::ProcessExit => {
+                let r: ProcessExit = read(bytes)?;
+                Record::ProcessExit(ProcessEnd { header, group_dead: r.group_dead != 0 })
+            }
+        })
+    }
+
+    fn enter(&self, bytes: &[u8], header: Header) -> Result<Enter, DecodeError> {
+        let fixed = SyscallEnter::FIXED_LEN;
+        if bytes.len() < fixed {
+            return Err(DecodeError::Short { len: bytes.len(), need: fixed });
+        }
+        // Only the fixed part is read as a struct; the kernel sends `data` trimmed.
+        let mut head = [0u8; SyscallEnter::FIXED_LEN];
+        head.copy_from_slice(&bytes[..fixed]);
+        let nr = u32::from_ne_bytes(field(&head, std::mem::offset_of!(SyscallEnter, nr)));
+        let data_len = u32::from_ne_bytes(field(&head, std::mem::offset_of!(SyscallEnter, data_len))) as usize;
+        let data = bytes.get(fixed..fixed + data_len).ok_or(DecodeError::BadLengths)?;
+        let off_args = std::mem::offset_of!(SyscallEnter, args);
+        let raw_args: [u64; 6] = std::array::from_fn(|i| u64::from_ne_bytes(field(&head, off_args + 8 * i)));
+        let u16_at = |off: usize| u16::from_ne_bytes(field(&head, off));
+        let off_str = std::mem::offset_of!(SyscallEnter, str_len);
+        let str_len: [usize; STR_SLOTS] = std::array::from_fn(|i| u16_at(off_str + 2 * i) as usize);
+        let blob_len = u16_at(std::mem::offset_of!(SyscallEnter, blob_len)) as usize;
+        let argv_len = u16_at(std::mem::offset_of!(SyscallEnter, argv_len)) as usize;
+        let argc = u16_at(std::mem::offset_of!(SyscallEnter, argc)) as usize;
+
+        let syscall = self.syscall(nr)?;
+        let mut cursor = 0usize;
+        let mut take = |len: usize| -> Result<&[u8], DecodeError> {
+            let s = data.get(cursor..cursor + len).ok_or(DecodeError::BadLengths)?;
+            cursor += len;
+            Ok(s)
+        };
+        let mut strings = Vec::with_capacity(STR_SLOTS);
+        for len in str_len {
+            strings.push(take(len)?);
+        }
+        let blob = take(blob_len)?;
+        let argv = take(argv_len)?;
+        let argv: Vec<String> = argv.split(|&b| b == 0).take(argc).map(c_string).collect();
+
+        let captured = args::Captured { strings: &strings, blob, argv };
+        let args = args::decode_all(syscall, &raw_args, captured);
+        Ok(Enter { header, syscall, args })
+    }
+}
+
+fn header(raw: &EventHeader) -> Header {
+    Header {
+        time_ns: raw.ktime_ns,
+        cpu: raw.cpu,
+        cgroup_id: raw.cgroup_id,
+        pid: raw.pid,
+        tid: raw.tid,
+        uid: raw.uid,
+        gid: raw.gid,
+        comm: c_string(&raw.comm),
+        truncated: raw.flags & FLAG_TRUNCATED != 0,
+        read_error: raw.flags & FLAG_READ_ERROR != 0,
+    }
+}
+
+/// Reads a plain-data record from the front of `bytes`.
+fn read<T: aya::Pod>(bytes: &[u8]) -> Result<T, DecodeError> {
+    if bytes.len() < size_of::<T>() {
+        return Err(DecodeError::Short { len: bytes.len(), need: size_of::<T>() });
+    }
+    // SAFETY: length checked above; T is Pod (any bit pattern valid); read_unaligned because
+    // the ring buffer only guarantees 8-byte alignment.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+fn field<const N: usize>(bytes: &[u8], off: usize) -> [u8; N] {
+    bytes[off..off + N].try_into().expect("offset inside the fixed part")
+}
+
+/// Bytes up to the first NUL, as UTF-8 with invalid sequences replaced.
+pub(crate) fn c_string(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}

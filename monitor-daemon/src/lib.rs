@@ -1,0 +1,19 @@
+//! monitor's engine, in the order data flows through it (see DESIGN.md):
+//!
+//! 1. [`probes`]: load the kernel programs, attach them, choose which cgroups are watched.
+//! 2. [`reader`]: read raw records from the ring buffer, asynchronously.
+//! 3. [`decode`]: bytes -> typed [`decode::Record`]s, arguments named and decoded.
+//! 4. [`trace`]: pair syscall entries with their exits and keep the [`process`] table, giving
+//!    [`trace::Event`]s.
+//! 5. [`render`]: show events to people (strace-like lines) or programs (JSON lines).
+//!
+//! [`cgroup`] and [`run`] put a command under watch from its first instruction.
+
+pub mod cgroup;
+pub mod decode;
+pub mod probes;
+pub mod process;
+pub mod reader;
+pub mod render;
+pub mod run;
+pub mod trace;

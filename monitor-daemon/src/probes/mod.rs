@@ -1,0 +1,302 @@
+//! The kernel side, seen from user space: load the programs, attach them to every tracepoint of
+//! the syscall table, fill the capture map, and manage which cgroups are watched.
+
+mod tracefs;
+
+use std::path::{Path, PathBuf};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf},
+    programs::{ProgramError, TracePoint},
+    util::nr_cpus,
+};
+use monitor_common::{
+    event::{CAPTURE_ENTRIES, COUNTERS, CaptureSpec, Counter, Watch},
+    syscall::{MAX_ARGS, SYSCALLS, Syscall},
+};
+
+pub use tracefs::{Format, Tracefs};
+
+/// The kernel object built by build.rs.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/monitor"));
+
+/// Why the probes could not be loaded. Each says what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("loading eBPF programs needs root (CAP_BPF and CAP_PERFMON); run as root")]
+    NotRoot,
+    #[error("the kernel has no BTF ({}): it needs CONFIG_DEBUG_INFO_BTF=y", .0.display())]
+    NoBtf(PathBuf),
+    #[error("tracefs is not mounted and mounting it at {} failed: {errno}", path.display())]
+    TracefsMount { path: PathBuf, errno: nix::errno::Errno },
+    #[error("tracepoint description {} is unreadable: {source} (kernel without CONFIG_FTRACE_SYSCALLS?)", path.display())]
+    TracepointMissing { path: PathBuf, source: std::io::Error },
+    #[error("tracepoint {event} has no field `{field}` on this kernel")]
+    FieldMissing { event: &'static str, field: &'static str },
+    #[error("this binary was built without kernel programs (AYA_BUILD_SKIP); rebuild after `cargo xtask setup`")]
+    NoObject,
+    #[error("ring buffer size {0} is not a power-of-two multiple of the page size")]
+    RingBufferSize(u32),
+    #[error("loading the eBPF object failed: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("program {name}: {source}")]
+    Program { name: String, source: ProgramError },
+    #[error("map {name}: {source}")]
+    Map { name: &'static str, source: MapError },
+    #[error("building per-CPU map values: {0}")]
+    PerCpu(std::io::Error),
+    #[error("counting CPUs failed: {0}")]
+    Cpus(String),
+}
+
+/// Load-time settings.
+#[derive(Debug, Clone)]
+pub struct ProbeConfig {
+    /// Size of the ring buffer in bytes: a power-of-two multiple of the page size.
+    pub ring_buffer_bytes: u32,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        ProbeConfig { ring_buffer_bytes: 16 * 1024 * 1024 }
+    }
+}
+
+/// The totals of the kernel programs' per-CPU counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct KernelCounters {
+    /// Records written to the ring buffer.
+    pub events: u64,
+    /// Records lost because the ring buffer was full.
+    pub dropped: u64,
+    /// Failed reads of user or kernel memory (data missing from a record, which is flagged).
+    pub read_errors: u64,
+}
+
+/// One watch's own counters, summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct WatchCounters {
+    pub events: u64,
+    pub dropped: u64,
+}
+
+/// The loaded and attached kernel programs.
+pub struct Probes {
+    _ebpf: Ebpf,
+    watched: PerCpuHashMap<MapData, u64, Watch>,
+    counters: PerCpuArray<MapData, u64>,
+    events: Option<RingBuf<MapData>>,
+    cpus: usize,
+    attached: usize,
+    missing: Vec<String>,
+}
+
+impl Probes {
+    /// Loads the programs into the kernel and attaches them. Nothing is recorded until a cgroup
+    /// is [`watch`](Self::watch)ed.
+    pub fn load(config: &ProbeConfig) -> Result<Self, ProbeError> {
+        if !nix::unistd::geteuid().is_root() {
+            return Err(ProbeError::NotRoot);
+        }
+        let btf = Path::new("/sys/kernel/btf/vmlinux");
+        if !btf.exists() {
+            return Err(ProbeError::NoBtf(btf.to_owned()));
+        }
+        if OBJECT.is_empty() {
+            return Err(ProbeError::NoObject);
+        }
+        let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+            .ok()
+            .flatten()
+            .unwrap_or(4096) as u32;
+        let size = config.ring_buffer_bytes;
+        if size < page || !(size / page).is_power_of_two() || size % page != 0 {
+            return Err(ProbeError::RingBufferSize(size));
+        }
+        raise_memlock_limit();
+
+        let tracefs = Tracefs::find_or_mount()?;
+        let offsets = tracefs.offsets()?;
+        let mut ebpf = EbpfLoader::new()
+            .override_global("TP_OFFSETS", &offsets, true)
+            .map_max_entries("EVENTS", size)
+            .load(OBJECT)?;
+
+        fill_capture_map(&mut ebpf)?;
+        let (attached, missing) = attach_all(&mut ebpf, &tracefs)?;
+
+        let watched = PerCpuHashMap::try_from(take_map(&mut ebpf, "WATCHED")?)
+            .map_err(|source| ProbeError::Map { name: "WATCHED", source })?;
+        let counters = PerCpuArray::try_from(take_map(&mut ebpf, "COUNTERS")?)
+            .map_err(|source| ProbeError::Map { name: "COUNTERS", source })?;
+        let events = RingBuf::try_from(take_map(&mut ebpf, "EVENTS")?)
+            .map_err(|source| ProbeError::Map { name: "EVENTS", source })?;
+        let cpus = nr_cpus().map_err(|(what, e)| ProbeError::Cpus(format!("{what}: {e}")))?;
+        tracing::debug!(attached, missing = missing.len(), "probes loaded");
+        Ok(Probes {
+            _ebpf: ebpf,
+            watched,
+            counters,
+            events: Some(events),
+            cpus,
+            attached,
+            missing,
+        })
+    }
+
+    /// The ring buffer, for the one reader. `None` once taken.
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.events.take()
+    }
+
+    /// Starts recording every task in cgroup `cgroup_id` (and, since children inherit their
+    /// cgroup, everything they start).
+    pub fn watch(&mut self, cgroup_id: u64) -> Result<(), ProbeError> {
+        let values =
+            PerCpuValues::try_from(vec![Watch::default(); self.cpus]).map_err(ProbeError::PerCpu)?;
+        self.watched
+            .insert(cgroup_id, values, 0)
+            .map_err(|source| ProbeError::Map { name: "WATCHED", source })
+    }
+
+    /// Stops recording cgroup `cgroup_id`; returns its final counters.
+    pub fn unwatch(&mut self, cgroup_id: u64) -> Result<WatchCounters, ProbeError> {
+        let counts = self.watch_counters(cgroup_id)?;
+        match self.watched.remove(&cgroup_id) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(counts),
+            Err(source) => Err(ProbeError::Map { name: "WATCHED", source }),
+        }
+    }
+
+    /// The counters of one watch so far.
+    pub fn watch_counters(&self, cgroup_id: u64) -> Result<WatchCounters, ProbeError> {
+        match self.watched.get(&cgroup_id, 0) {
+            Ok(values) => Ok(values.iter().fold(WatchCounters::default(), |acc, w| WatchCounters {
+                events: acc.events + w.events,
+                dropped: acc.dropped + w.dropped,
+            })),
+            Err(MapError::KeyNotFound) => Ok(WatchCounters::default()),
+            Err(source) => Err(ProbeError::Map { name: "WATCHED", source }),
+        }
+    }
+
+    /// The kernel programs' counters, summed over CPUs.
+    pub fn counters(&self) -> Result<KernelCounters, ProbeError> {
+        let sum = |c: Counter| -> Result<u64, ProbeError> {
+            let values = self
+                .counters
+                .get(&(c as u32), 0)
+                .map_err(|source| ProbeError::Map { name: "COUNTERS", source })?;
+            Ok(values.iter().sum())
+        };
+        Ok(KernelCounters {
+            events: sum(Counter::Events)?,
+            dropped: sum(Counter::Dropped)?,
+            read_errors: sum(Counter::ReadErrors)?,
+        })
+    }
+
+    /// How many tracepoints are attached.
+    pub fn attached(&self) -> usize {
+        self.attached
+    }
+
+    /// Tracepoints of the syscall table that this kernel does not have.
+    pub fn missing(&self) -> &[String] {
+        &self.missing
+    }
+}
+
+const _: () = assert!(COUNTERS == 3);
+
+fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, ProbeError> {
+    ebpf.take_map(name).ok_or(ProbeError::Map { name, source: MapError::InvalidName { name: name.into() } })
+}
+
+/// Writes the syscall table into the `CAPTURE` map: the kernel's only copy of it.
+fn fill_capture_map(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+    let map = ebpf.map_mut("CAPTURE").ok_or(ProbeError::Map {
+        name: "CAPTURE",
+        source: MapError::InvalidName { name: "CAPTURE".into() },
+    })?;
+    let mut capture: Array<_, CaptureSpec> =
+        Array::try_from(map).map_err(|source| ProbeError::Map { name: "CAPTURE", source })?;
+    for sc in SYSCALLS {
+        debug_assert!(sc.nr < CAPTURE_ENTRIES);
+        capture
+            .set(sc.nr, capture_spec(sc), 0)
+            .map_err(|source| ProbeError::Map { name: "CAPTURE", source })?;
+    }
+    Ok(())
+}
+
+/// The kernel's view of one table entry.
+pub fn capture_spec(sc: &Syscall) -> CaptureSpec {
+    let mut args = [0u8; MAX_ARGS];
+    for (slot, arg) in args.iter_mut().zip(sc.args) {
+        *slot = arg.kind.capture() as u8;
+    }
+    let (only_if_arg, only_if_mask) = sc.only_if.unwrap_or((0, 0));
+    CaptureSpec {
+        enabled: 1,
+        exit: u8::from(sc.returns && sc.only_if.is_none()),
+        only_if_arg,
+        _pad: 0,
+        args,
+        _pad2: [0; 2],
+        only_if_mask,
+    }
+}
+
+/// Attaches the syscall programs to each table entry's tracepoints and the sched programs.
+/// Returns how many were attached and which table entries this kernel lacks.
+fn attach_all(ebpf: &mut Ebpf, tracefs: &Tracefs) -> Result<(usize, Vec<String>), ProbeError> {
+    let mut attached = 0;
+    let mut missing = Vec::new();
+
+    let mut attach = |ebpf: &mut Ebpf, prog: &str, category: &str, event: &str| {
+        let program: &mut TracePoint = ebpf
+            .program_mut(prog)
+            .ok_or_else(|| ProbeError::Program {
+                name: prog.into(),
+                source: ProgramError::InvalidName { name: prog.into() },
+            })?
+            .try_into()
+            .map_err(|source| ProbeError::Program { name: prog.into(), source })?;
+        if program.fd().is_err() {
+            program.load().map_err(|source| ProbeError::Program { name: prog.into(), source })?;
+        }
+        program
+            .attach(category, event)
+            .map_err(|source| ProbeError::Program { name: format!("{prog} -> {category}:{event}"), source })?;
+        attached += 1;
+        Ok::<(), ProbeError>(())
+    };
+
+    for sc in SYSCALLS {
+        let enter = format!("sys_enter_{}", sc.name);
+        if !tracefs.has_event("syscalls", &enter) {
+            tracing::info!(syscall = sc.name, "this kernel has no tracepoint for it; not traced");
+            missing.push(sc.name.to_owned());
+            continue;
+        }
+        attach(ebpf, "sys_enter", "syscalls", &enter)?;
+        if capture_spec(sc).exit != 0 {
+            attach(ebpf, "sys_exit", "syscalls", &format!("sys_exit_{}", sc.name))?;
+        }
+    }
+    for name in ["sched_process_fork", "sched_process_exec", "sched_process_exit"] {
+        attach(ebpf, name, "sched", name)?;
+    }
+    Ok((attached, missing))
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones to the cgroup. Raising
+/// it can fail without CAP_SYS_RESOURCE, which is fine on a kernel that does not need it.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        tracing::debug!("could not raise RLIMIT_MEMLOCK (not needed on kernels >= 5.11)");
+    }
+}

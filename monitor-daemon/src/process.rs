@@ -1,0 +1,192 @@
+//! The process table: what is known of each process of a watched job, built from fork, exec,
+//! exit and chdir records.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+/// One process (thread group) seen in a watched job.
+#[derive(Debug, Clone, Serialize)]
+pub struct Process {
+    pub pid: u32,
+    /// The process that created it (not updated on re-parenting: the creator is what matters
+    /// for an investigation).
+    pub ppid: Option<u32>,
+    /// The program it runs (the exec filename as the kernel saw it).
+    pub exe: Option<String>,
+    pub argv: Vec<String>,
+    /// Working directory where known (inherited at fork, updated by chdir).
+    pub cwd: Option<String>,
+    pub comm: String,
+    pub start_ns: u64,
+    pub exit_ns: Option<u64>,
+    /// From exit_group's argument, when it exited that way.
+    pub exit_code: Option<i32>,
+}
+
+/// Every process of a job, by pid, and which process each thread belongs to.
+#[derive(Debug, Default)]
+pub struct ProcessTable {
+    procs: HashMap<u32, Process>,
+    /// Tasks announced by fork records whose kind (thread or process) is not known yet.
+    unconfirmed: HashMap<u32, u32>,
+}
+
+impl ProcessTable {
+    /// Adds a process the caller knows from outside the trace (the command it started).
+    pub fn insert(&mut self, process: Process) {
+        self.procs.insert(process.pid, process);
+    }
+
+    pub fn get(&self, pid: u32) -> Option<&Process> {
+        self.procs.get(&pid)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Process> {
+        self.procs.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.procs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.procs.is_empty()
+    }
+
+    /// The pids from `pid`'s parent up to the first one outside the table.
+    pub fn ancestors(&self, pid: u32) -> Vec<u32> {
+        let mut chain = Vec::new();
+        let mut cur = self.procs.get(&pid).and_then(|p| p.ppid);
+        while let Some(p) = cur {
+            if chain.contains(&p) || chain.len() > 64 {
+                break;
+            }
+            chain.push(p);
+            cur = self.procs.get(&p).and_then(|p| p.ppid);
+        }
+        chain
+    }
+
+    /// A task was created by `parent_pid`. Until its own records show its tgid it is taken as
+    /// a process inheriting the parent's program and directory.
+    pub fn forked(&mut self, parent_pid: u32, child_tid: u32, time_ns: u64) {
+        let parent = self.procs.get(&parent_pid);
+        let child = Process {
+            pid: child_tid,
+            ppid: Some(parent_pid),
+            exe: parent.and_then(|p| p.exe.clone()),
+            argv: parent.map(|p| p.argv.clone()).unwrap_or_default(),
+            cwd: parent.and_then(|p| p.cwd.clone()),
+            comm: parent.map(|p| p.comm.clone()).unwrap_or_default(),
+            start_ns: time_ns,
+            exit_ns: None,
+            exit_code: None,
+        };
+        self.procs.entry(child_tid).or_insert(child);
+        self.unconfirmed.insert(child_tid, parent_pid);
+    }
+
+    /// A record from task `tid` of process `pid`: settles whether a forked task was a thread.
+    /// Returns the new process when this record shows that a forked task is one.
+    pub fn seen(&mut self, pid: u32, tid: u32, comm: &str, time_ns: u64) -> Option<&Process> {
+        let mut confirmed = false;
+        if self.unconfirmed.remove(&tid).is_some() {
+            if pid == tid {
+                confirmed = true;
+            } else {
+                // It was a thread of `pid`, not a process of its own.
+                self.procs.remove(&tid);
+            }
+        }
+        let proc = self.procs.entry(pid).or_insert_with(|| Process {
+            pid,
+            ppid: None,
+            exe: None,
+            argv: Vec::new(),
+            cwd: None,
+            comm: String::new(),
+            start_ns: time_ns,
+            exit_ns: None,
+            exit_code: None,
+        });
+        if proc.comm != comm {
+            proc.comm = comm.to_owned();
+        }
+        confirmed.then_some(&*proc)
+    }
+
+    /// Process `pid` now runs `filename` with `argv` (argv from its execve entry, if seen).
+    pub fn executed(&mut self, pid: u32, filename: &str, argv: Option<Vec<String>>) {
+        if let Some(p) = self.procs.get_mut(&pid) {
+            p.exe = Some(filename.to_owned());
+            if let Some(argv) = argv {
+                p.argv = argv;
+            }
+        }
+    }
+
+    /// Process `pid` changed directory to `path` (relative paths resolved against the known
+    /// cwd), or to an unknown one.
+    pub fn changed_dir(&mut self, pid: u32, path: Option<&str>) {
+        if let Some(p) = self.procs.get_mut(&pid) {
+            p.cwd = match (path, p.cwd.as_deref()) {
+                (Some(path), _) if path.starts_with('/') => Some(path.to_owned()),
+                (Some(path), Some(cwd)) => Some(format!("{}/{path}", cwd.trim_end_matches('/'))),
+                _ => None,
+            };
+        }
+    }
+
+    /// Process `pid` called exit_group(`code`).
+    pub fn exit_code(&mut self, pid: u32, code: i32) {
+        if let Some(p) = self.procs.get_mut(&pid) {
+            p.exit_code = Some(code);
+        }
+    }
+
+    /// The last task of process `pid` exited.
+    pub fn exited(&mut self, pid: u32, time_ns: u64) {
+        if let Some(p) = self.procs.get_mut(&pid) {
+            p.exit_ns = Some(time_ns);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root(pid: u32) -> Process {
+        Process {
+            pid,
+            ppid: Some(1),
+            exe: Some("/bin/sh".into()),
+            argv: vec!["sh".into()],
+            cwd: Some("/work".into()),
+            comm: "sh".into(),
+            start_ns: 0,
+            exit_ns: None,
+            exit_code: None,
+        }
+    }
+
+    #[test]
+    fn forks_inherit_and_threads_fold_into_their_process() {
+        let mut t = ProcessTable::default();
+        t.insert(root(10));
+        t.forked(10, 11, 5);
+        t.forked(10, 12, 6);
+        assert!(t.seen(11, 11, "sh", 7).is_some()); // a process
+        assert!(t.seen(10, 12, "sh", 8).is_none()); // a thread of 10
+        assert!(t.seen(11, 11, "sh", 9).is_none()); // already known
+        assert_eq!(t.get(11).unwrap().cwd.as_deref(), Some("/work"));
+        assert_eq!(t.get(11).unwrap().ppid, Some(10));
+        assert!(t.get(12).is_none());
+        t.changed_dir(11, Some("sub"));
+        assert_eq!(t.get(11).unwrap().cwd.as_deref(), Some("/work/sub"));
+        t.executed(11, "/bin/true", Some(vec!["true".into()]));
+        assert_eq!(t.get(11).unwrap().exe.as_deref(), Some("/bin/true"));
+        assert_eq!(t.ancestors(11), vec![10, 1]);
+    }
+}

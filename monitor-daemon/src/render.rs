@@ -1,0 +1,55 @@
+//! Events for people (one strace-like line each) and for programs (JSON lines).
+
+use std::io::{self, Write};
+
+use crate::trace::{Event, What};
+
+/// How events are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Style {
+    Text,
+    Json,
+}
+
+/// Writes one event in `style`, followed by a newline.
+pub fn write_event(out: &mut impl Write, style: Style, event: &Event) -> io::Result<()> {
+    match style {
+        Style::Json => {
+            serde_json::to_writer(&mut *out, event)?;
+            out.write_all(b"\n")
+        }
+        Style::Text => writeln!(out, "{}", text(event)),
+    }
+}
+
+/// `[pid 42 sh] openat(AT_FDCWD, "/etc/hostname", O_RDONLY) = 3`
+pub fn text(event: &Event) -> String {
+    let who = if event.tid == event.pid {
+        format!("[pid {} {}]", event.pid, event.comm)
+    } else {
+        format!("[pid {}/{} {}]", event.pid, event.tid, event.comm)
+    };
+    match &event.what {
+        What::Syscall(sc) => {
+            let args: Vec<String> = sc.args.0.iter().map(|(_, v)| v.to_string()).collect();
+            let ret = match (sc.ret, &sc.errno) {
+                (Some(_), Some(errno)) => format!("-1 {errno}"),
+                (Some(r), None) if r > 0xffff => format!("{r:#x}"),
+                (Some(r), None) => r.to_string(),
+                (None, _) => "?".into(),
+            };
+            let mut line = format!("{who} {}({}) = {ret}", sc.name, args.join(", "));
+            if sc.truncated {
+                line.push_str(" <truncated>");
+            }
+            if sc.read_error {
+                line.push_str(" <unreadable memory>");
+            }
+            line
+        }
+        What::Fork { child_pid } => format!("{who} +++ new process {child_pid} +++"),
+        What::Exec { filename, argv } => format!("{who} --- exec {filename:?} {argv:?} ---"),
+        What::Exit { exit_code: Some(code) } => format!("{who} +++ exited with {code} +++"),
+        What::Exit { exit_code: None } => format!("{who} +++ exited +++"),
+    }
+}

@@ -1,0 +1,198 @@
+//! Syscall entry: copy the arguments and the user memory they point to into one record.
+//!
+//! The record is built in per-CPU scratch space, then only its used part is copied to the ring
+//! buffer. Every copy starts below `ITEM_START_MAX` (checked, then masked so the verifier can
+//! see it) and is at most `ITEM_START_MAX` long, so no copy can leave `data`.
+
+use aya_ebpf::{
+    helpers::{bpf_probe_read_user, generated},
+    programs::TracePointContext,
+};
+use monitor_common::{
+    event::{
+        ARG_MAX, ARGV_MAX, BLOB_MAX, Counter, DATA_MAX, EventKind, FLAG_READ_ERROR,
+        FLAG_TRUNCATED, ITEM_START_MAX, STR_MAX, STR_SLOTS, SyscallEnter,
+    },
+    syscall::{Capture, MAX_ARGS},
+};
+
+use crate::{
+    CAPTURE, EVENTS, SCRATCH,
+    context::{Watched, count, fill_header, offsets},
+};
+
+const _: () = assert!(ITEM_START_MAX.is_power_of_two());
+const _: () = assert!(STR_MAX <= ITEM_START_MAX && ARG_MAX <= ITEM_START_MAX);
+const _: () = assert!(BLOB_MAX.is_power_of_two() && BLOB_MAX <= ITEM_START_MAX);
+const _: () = assert!(ITEM_START_MAX * 2 <= DATA_MAX);
+
+/// Where the next item goes in `data`, and what went wrong so far.
+struct Cursor {
+    off: usize,
+    flags: u16,
+}
+
+impl Cursor {
+    /// A pointer into `data` with room for `ITEM_START_MAX` bytes, or `None` (and the record
+    /// marked truncated) when `data` is past the point where items may start.
+    #[inline(always)]
+    fn slot(&mut self, ev: *mut SyscallEnter) -> Option<*mut u8> {
+        if self.off >= ITEM_START_MAX {
+            self.flags |= FLAG_TRUNCATED;
+            return None;
+        }
+        let off = self.off & (ITEM_START_MAX - 1);
+        Some(unsafe { (&raw mut (*ev).data).cast::<u8>().add(off) })
+    }
+
+    /// Copies a user string of at most `max` bytes (NUL included); returns its length.
+    #[inline(always)]
+    fn str(&mut self, ev: *mut SyscallEnter, src: u64, max: u32) -> u16 {
+        let Some(dst) = self.slot(ev) else { return 0 };
+        let n = unsafe { generated::bpf_probe_read_user_str(dst.cast(), max, src as *const _) };
+        if n <= 0 {
+            self.read_error();
+            return 0;
+        }
+        let n = n as usize;
+        if n >= max as usize {
+            self.flags |= FLAG_TRUNCATED;
+        }
+        self.off += n;
+        n as u16
+    }
+
+    /// Copies `len` bytes of user memory, at most `BLOB_MAX`; returns the length copied.
+    #[inline(always)]
+    fn blob(&mut self, ev: *mut SyscallEnter, src: u64, len: u64) -> u16 {
+        if len > BLOB_MAX as u64 {
+            self.flags |= FLAG_TRUNCATED;
+        }
+        let len = (len as usize).min(BLOB_MAX) & (BLOB_MAX * 2 - 1);
+        if len == 0 || src == 0 {
+            return 0;
+        }
+        let Some(dst) = self.slot(ev) else { return 0 };
+        let rc = unsafe { generated::bpf_probe_read_user(dst.cast(), len as u32, src as *const _) };
+        if rc != 0 {
+            self.read_error();
+            return 0;
+        }
+        self.off += len;
+        len as u16
+    }
+
+    #[inline(always)]
+    fn read_error(&mut self) {
+        self.flags |= FLAG_READ_ERROR;
+        count(Counter::ReadErrors);
+    }
+}
+
+#[inline(always)]
+pub fn syscall_enter(ctx: &TracePointContext, watch: Watched) {
+    let _ = try_syscall_enter(ctx, watch);
+}
+
+#[inline(always)]
+fn try_syscall_enter(ctx: &TracePointContext, watch: Watched) -> Result<(), i64> {
+    let off = offsets();
+    let nr: i32 = unsafe { ctx.read_at(off.enter_nr as usize) }.map_err(i64::from)?;
+    let spec = CAPTURE.get(nr as u32).ok_or(0)?;
+    if spec.enabled == 0 {
+        return Ok(());
+    }
+    let mut args = [0u64; MAX_ARGS];
+    for (i, arg) in args.iter_mut().enumerate() {
+        *arg = unsafe { ctx.read_at(off.enter_args as usize + 8 * i) }.map_err(i64::from)?;
+    }
+    if spec.only_if_mask != 0 {
+        let tested = args.get(spec.only_if_arg as usize).copied().unwrap_or(0);
+        if tested & spec.only_if_mask == 0 {
+            return Ok(());
+        }
+    }
+
+    let ev = SCRATCH.get_ptr_mut(0).ok_or(0)?;
+    let mut cur = Cursor { off: 0, flags: 0 };
+    unsafe {
+        fill_header(&raw mut (*ev).header, EventKind::SyscallEnter, watch.cgroup_id);
+        (*ev).nr = nr as u32;
+        (*ev).args = args;
+        (*ev).str_len = [0; STR_SLOTS];
+        (*ev).blob_len = 0;
+        (*ev).argv_len = 0;
+        (*ev).argc = 0;
+        (*ev)._pad = [0; 2];
+    }
+
+    // Strings first, then the blob, then argv: the order the decoder reads them back in.
+    let mut slot = 0;
+    for i in 0..MAX_ARGS {
+        if spec.args[i] == Capture::Str as u8 && slot < STR_SLOTS {
+            let n = cur.str(ev, args[i], STR_MAX as u32);
+            unsafe { (*ev).str_len[slot] = n };
+            slot += 1;
+        }
+    }
+    for i in 0..MAX_ARGS - 1 {
+        if spec.args[i] == Capture::SizedBlob as u8 {
+            let n = cur.blob(ev, args[i], args[i + 1]);
+            unsafe { (*ev).blob_len = n };
+            break;
+        }
+    }
+    for i in 0..MAX_ARGS {
+        if spec.args[i] == Capture::Argv as u8 {
+            capture_argv(ev, &mut cur, args[i]);
+            break;
+        }
+    }
+
+    let data_len = cur.off.min(DATA_MAX);
+    unsafe {
+        (*ev).data_len = data_len as u32;
+        (*ev).header.flags = cur.flags;
+    }
+    let len = (SyscallEnter::FIXED_LEN + data_len).min(core::mem::size_of::<SyscallEnter>());
+    let bytes = unsafe { core::slice::from_raw_parts(ev.cast::<u8>(), len) };
+    match EVENTS.output::<[u8]>(bytes, 0) {
+        Ok(()) => watch.emitted(),
+        Err(_) => watch.dropped(),
+    }
+    Ok(())
+}
+
+/// Copies up to `ARGV_MAX` entries of a NULL-terminated array of user string pointers.
+#[inline(always)]
+fn capture_argv(ev: *mut SyscallEnter, cur: &mut Cursor, argv: u64) {
+    if argv == 0 {
+        return;
+    }
+    let start = cur.off;
+    let mut argc: u16 = 0;
+    for i in 0..ARGV_MAX {
+        let ptr = match unsafe { bpf_probe_read_user((argv as *const u64).add(i)) } {
+            Ok(p) => p,
+            Err(_) => {
+                cur.read_error();
+                break;
+            }
+        };
+        if ptr == 0 {
+            break;
+        }
+        if cur.str(ev, ptr, ARG_MAX as u32) == 0 {
+            break;
+        }
+        argc += 1;
+        if i == ARGV_MAX - 1 {
+            // There may be more entries than we keep.
+            cur.flags |= FLAG_TRUNCATED;
+        }
+    }
+    unsafe {
+        (*ev).argc = argc;
+        (*ev).argv_len = (cur.off - start) as u16;
+    }
+}

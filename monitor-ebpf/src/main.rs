@@ -1,0 +1,197 @@
+//! monitor's kernel programs.
+//!
+//! Every program starts with the same test: is the current task's cgroup in `WATCHED`? If not,
+//! it returns at once, so unwatched processes pay one hash lookup on the traced syscalls and
+//! nothing on the others. Watched tasks' records go to the `EVENTS` ring buffer; a full buffer
+//! is counted (per CPU and per watch), never silent.
+//!
+//! Programs:
+//! - `sys_enter` / `sys_exit`: attached to `syscalls:sys_enter_<name>` / `sys_exit_<name>` for
+//!   every syscall of `monitor_common::syscall::SYSCALLS`; what to copy is read from the
+//!   `CAPTURE` map that user space fills from that table.
+//! - `sched_process_fork`, `sched_process_exec`, `sched_process_exit`: the process tree.
+#![no_std]
+#![no_main]
+
+mod capture;
+mod context;
+
+use aya_ebpf::{
+    EbpfContext,
+    macros::{map, tracepoint},
+    maps::{Array, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::TracePointContext,
+};
+use monitor_common::event::{
+    CAPTURE_ENTRIES, COUNTERS as COUNTER_SLOTS, CaptureSpec, Counter, EventKind, ProcessExec,
+    ProcessExit, ProcessFork, SyscallEnter, SyscallExit, TracepointOffsets, Watch,
+};
+
+use crate::context::{Watched, count, fill_header, offsets};
+
+/// Default ring buffer size; user space may change it before load.
+const EVENTS_BYTES: u32 = 16 * 1024 * 1024;
+
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+#[map]
+static WATCHED: PerCpuHashMap<u64, Watch> = PerCpuHashMap::with_max_entries(4096, 0);
+
+#[map]
+static CAPTURE: Array<CaptureSpec> = Array::with_max_entries(CAPTURE_ENTRIES, 0);
+
+/// Per-CPU space to build a variable-size entry record (too large for the 512-byte stack).
+#[map]
+static SCRATCH: PerCpuArray<SyscallEnter> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+
+/// Tracepoint field offsets of the running kernel, written by user space before load.
+#[unsafe(no_mangle)]
+static TP_OFFSETS: TracepointOffsets = TracepointOffsets {
+    enter_nr: 0,
+    enter_args: 0,
+    exit_nr: 0,
+    exit_ret: 0,
+    fork_child_pid: 0,
+    exec_filename_loc: 0,
+    exec_old_pid: 0,
+    exit_group_dead: u16::MAX,
+};
+
+#[tracepoint]
+pub fn sys_enter(ctx: TracePointContext) -> u32 {
+    if let Some(watch) = Watched::current() {
+        capture::syscall_enter(&ctx, watch);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit(ctx: TracePointContext) -> u32 {
+    if let Some(watch) = Watched::current() {
+        let _ = try_sys_exit(&ctx, watch);
+    }
+    0
+}
+
+fn try_sys_exit(ctx: &TracePointContext, watch: Watched) -> Result<(), i64> {
+    let off = offsets();
+    let nr: i32 = unsafe { ctx.read_at(off.exit_nr as usize) }.map_err(i64::from)?;
+    let spec = CAPTURE.get(nr as u32).ok_or(0)?;
+    if spec.exit == 0 {
+        return Ok(());
+    }
+    let ret: i64 = unsafe { ctx.read_at(off.exit_ret as usize) }.map_err(i64::from)?;
+    let Some(mut entry) = EVENTS.reserve::<SyscallExit>(0) else {
+        watch.dropped();
+        return Ok(());
+    };
+    let ev = entry.as_mut_ptr();
+    unsafe {
+        fill_header(&raw mut (*ev).header, EventKind::SyscallExit, watch.cgroup_id);
+        (*ev).nr = nr as u32;
+        (*ev)._pad = 0;
+        (*ev).ret = ret;
+    }
+    entry.submit(0);
+    watch.emitted();
+    Ok(())
+}
+
+#[tracepoint]
+pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
+    if let Some(watch) = Watched::current() {
+        let child: i32 = match unsafe { ctx.read_at(offsets().fork_child_pid as usize) } {
+            Ok(v) => v,
+            Err(_) => return 0,
+        };
+        let Some(mut entry) = EVENTS.reserve::<ProcessFork>(0) else {
+            watch.dropped();
+            return 0;
+        };
+        let ev = entry.as_mut_ptr();
+        unsafe {
+            fill_header(&raw mut (*ev).header, EventKind::ProcessFork, watch.cgroup_id);
+            (*ev).child_tid = child as u32;
+            (*ev)._pad = 0;
+        }
+        entry.submit(0);
+        watch.emitted();
+    }
+    0
+}
+
+#[tracepoint]
+pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
+    if let Some(watch) = Watched::current() {
+        let off = offsets();
+        let Some(mut entry) = EVENTS.reserve::<ProcessExec>(0) else {
+            watch.dropped();
+            return 0;
+        };
+        let ev = entry.as_mut_ptr();
+        unsafe {
+            fill_header(&raw mut (*ev).header, EventKind::ProcessExec, watch.cgroup_id);
+            (*ev).old_tid = ctx.read_at::<i32>(off.exec_old_pid as usize).unwrap_or(0) as u32;
+            (*ev).filename_len = 0;
+            // `__data_loc`: the low 16 bits are the string's offset in the record.
+            let loc: u32 = ctx.read_at(off.exec_filename_loc as usize).unwrap_or(0);
+            let src = (ctx.as_ptr() as *const u8).add((loc & 0xffff) as usize);
+            let dst = &mut (*ev).filename;
+            match aya_ebpf::helpers::bpf_probe_read_kernel_str_bytes(src, dst) {
+                Ok(s) => {
+                    let n = s.len() + 1;
+                    (*ev).filename_len = n as u32;
+                    if n >= dst.len() {
+                        (*ev).header.flags |= monitor_common::event::FLAG_TRUNCATED;
+                    }
+                }
+                Err(_) => {
+                    (*ev).header.flags |= monitor_common::event::FLAG_READ_ERROR;
+                    count(Counter::ReadErrors);
+                }
+            }
+        }
+        entry.submit(0);
+        watch.emitted();
+    }
+    0
+}
+
+#[tracepoint]
+pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
+    if let Some(watch) = Watched::current() {
+        let off = offsets();
+        let group_dead = if off.exit_group_dead == u16::MAX {
+            0
+        } else {
+            unsafe { ctx.read_at::<u8>(off.exit_group_dead as usize) }.unwrap_or(0)
+        };
+        let Some(mut entry) = EVENTS.reserve::<ProcessExit>(0) else {
+            watch.dropped();
+            return 0;
+        };
+        let ev = entry.as_mut_ptr();
+        unsafe {
+            fill_header(&raw mut (*ev).header, EventKind::ProcessExit, watch.cgroup_id);
+            (*ev).group_dead = group_dead;
+            (*ev)._pad = [0; 7];
+        }
+        entry.submit(0);
+        watch.emitted();
+    }
+    0
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
