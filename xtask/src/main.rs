@@ -1,1 +1,88 @@
-fn main() {}
+//! `cargo xtask <task>`: everything a developer or CI does, from a fresh clone.
+
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "monitor's developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what the build needs (nightly rust-src, bpf-linker on the toolchain's own LLVM),
+    /// mount tracefs, and build the release binaries. Idempotent; seconds when done before.
+    Setup,
+    /// Set up, then trace the bundled example: a pickle whose loading runs a command.
+    Demo,
+    /// Set up, then run every test (root: tests load real probes), rustfmt and clippy.
+    Test,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::all(),
+        Task::Demo => {
+            setup::all()?;
+            demo()
+        }
+        Task::Test => {
+            setup::all()?;
+            test()
+        }
+    }
+}
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits in the workspace").to_owned()
+}
+
+/// Runs `cmd` from the workspace root; fails when it does.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let status = cmd.current_dir(root()).status().with_context(|| format!("starting {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed: {status}");
+    }
+    Ok(())
+}
+
+pub fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+fn demo() -> Result<()> {
+    let ctl = root().join("target/release/monitorctl");
+    println!("\n== monitorctl run: loading examples/malicious.pkl with pickle.load ==\n");
+    let status = Command::new(ctl)
+        .args(["run", "--print-trace", "--", "python3", "examples/load_pickle.py", "examples/malicious.pkl"])
+        .current_dir(root())
+        .status()
+        .context("starting monitorctl")?;
+    println!(
+        "\nThe execve lines above are the pickle's payload running `id` during pickle.load()."
+    );
+    if !status.success() {
+        bail!("the demo failed: {status}");
+    }
+    Ok(())
+}
+
+fn test() -> Result<()> {
+    if !setup::is_root() {
+        bail!("the tests load eBPF programs into the kernel: run them as root");
+    }
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    run(cargo().args(["test", "--workspace", "--release"]))
+}
