@@ -16,7 +16,9 @@ fn main() -> anyhow::Result<()> {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").context("OUT_DIR not set")?);
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").context("no manifest dir")?);
     let root_dir = manifest_dir.join("..").join(EBPF_PACKAGE);
-    let root_dir = root_dir.to_str().context("non-UTF-8 path to the kernel crate")?;
+    let root_dir = root_dir
+        .to_str()
+        .context("non-UTF-8 path to the kernel crate")?;
 
     let skip = env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
     if skip {
@@ -25,7 +27,11 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     aya_build::build_ebpf(
-        [Package { name: EBPF_PACKAGE, root_dir, ..Default::default() }],
+        [Package {
+            name: EBPF_PACKAGE,
+            root_dir,
+            ..Default::default()
+        }],
         Toolchain::default(),
     )
     .context("building the kernel programs (run `cargo xtask setup` first)")

@@ -11,7 +11,7 @@ use std::{
 use anyhow::Context as _;
 use clap::Args;
 use monitor_daemon::{
-    probes::ProbeConfig,
+    probes::{ProbeConfig, Probes},
     render::{self, Style},
     run::{RunSpec, RunSummary, SpawnError},
 };
@@ -77,8 +77,14 @@ pub fn main(args: RunArgs) -> ExitCode {
 
 fn run(args: RunArgs) -> anyhow::Result<RunSummary> {
     let (program, rest) = args.command.split_first().context("no command given")?;
-    let spec = RunSpec { program: program.clone(), args: rest.to_vec(), cwd: args.cwd.clone() };
-    let config = ProbeConfig { ring_buffer_bytes: args.ring_buffer_kib * 1024 };
+    let spec = RunSpec {
+        program: program.clone(),
+        args: rest.to_vec(),
+        cwd: args.cwd.clone(),
+    };
+    let config = ProbeConfig {
+        ring_buffer_bytes: args.ring_buffer_kib * 1024,
+    };
     let style = if args.json { Style::Json } else { Style::Text };
 
     let mut out: Box<dyn Write> = match &args.output {
@@ -94,7 +100,8 @@ fn run(args: RunArgs) -> anyhow::Result<RunSummary> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let summary = runtime.block_on(monitor_daemon::run::run(&spec, &config, |event| {
+    let mut probes = Probes::load(&config).context("loading the kernel probes")?;
+    let summary = runtime.block_on(monitor_daemon::run::run(&spec, &mut probes, |event| {
         if print
             && write_error.is_none()
             && let Err(e) = render::write_event(&mut out, style, event)
@@ -107,6 +114,8 @@ fn run(args: RunArgs) -> anyhow::Result<RunSummary> {
     }
     write_summary(&mut out, style, &summary).context("writing the summary")?;
     out.flush().context("writing the trace")?;
+    drop(out);
+    release_in_background(probes);
     Ok(summary)
 }
 
@@ -133,5 +142,35 @@ fn write_summary(out: &mut impl Write, style: Style, s: &RunSummary) -> io::Resu
             }
             Ok(())
         }
+    }
+}
+
+/// Detaching the ~120 tracepoints takes seconds: the kernel waits for an RCU grace period per
+/// tracepoint under one mutex, whether we detach them or our exit does. A child process keeps
+/// the links and releases them, so the caller gets the command's status at once.
+fn release_in_background(probes: Probes) {
+    use nix::unistd::{ForkResult, fork, setsid};
+    // SAFETY: single-threaded here (current-thread runtime, no worker threads); the child only
+    // redirects its standard streams, detaches, drops the probes and exits.
+    match unsafe { fork() } {
+        Ok(ForkResult::Child) => {
+            // Nobody may wait on our output: a reader of the parent's stdout would see no EOF.
+            if let Ok(null) = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+            {
+                let _ = nix::unistd::dup2_stdin(&null);
+                let _ = nix::unistd::dup2_stdout(&null);
+                let _ = nix::unistd::dup2_stderr(&null);
+            }
+            let _ = setsid();
+            drop(probes);
+            // SAFETY: ends the child without running the parent's exit handlers twice.
+            unsafe { nix::libc::_exit(0) }
+        }
+        // The parent's references to the links are not the last ones: closing them is cheap.
+        Ok(ForkResult::Parent { .. }) => std::mem::forget(probes),
+        Err(_) => drop(probes),
     }
 }

@@ -17,7 +17,10 @@ const PARENT: &str = "monitor";
 pub fn cgroup2_mount() -> io::Result<PathBuf> {
     let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
     parse_cgroup2_mount(&mountinfo).ok_or_else(|| {
-        io::Error::new(io::ErrorKind::NotFound, "no cgroup2 file system is mounted (see /proc/self/mountinfo)")
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            "no cgroup2 file system is mounted (see /proc/self/mountinfo)",
+        )
     })
 }
 
@@ -63,7 +66,9 @@ impl JobCgroup {
     /// An open `cgroup.procs` for a child to write "0" into between fork and exec, which moves
     /// it here before its first instruction of the new program.
     pub fn procs_file(&self) -> io::Result<fs::File> {
-        fs::OpenOptions::new().write(true).open(self.path.join("cgroup.procs"))
+        fs::OpenOptions::new()
+            .write(true)
+            .open(self.path.join("cgroup.procs"))
     }
 
     /// Whether any task is still in the cgroup.
@@ -77,7 +82,10 @@ impl JobCgroup {
     pub fn kill_all(&self) -> io::Result<()> {
         let kill = self.path.join("cgroup.kill");
         if kill.exists() {
-            return fs::OpenOptions::new().write(true).open(kill)?.write_all(b"1");
+            return fs::OpenOptions::new()
+                .write(true)
+                .open(kill)?
+                .write_all(b"1");
         }
         for pid in fs::read_to_string(self.path.join("cgroup.procs"))?.lines() {
             if let Ok(pid) = pid.trim().parse::<i32>() {
@@ -112,7 +120,11 @@ impl Drop for JobCgroup {
 /// Async-signal-safe: meant for `pre_exec`, between fork and exec.
 pub fn join_in_child(procs: &impl AsRawFd) -> io::Result<()> {
     let rc = unsafe { libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) };
-    if rc == 1 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    if rc == 1 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 #[cfg(test)]
@@ -124,9 +136,19 @@ mod tests {
         let hybrid = "30 24 0:26 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755\n\
             31 30 0:27 / /sys/fs/cgroup/unified rw,nosuid shared:10 - cgroup2 cgroup2 rw\n\
             32 30 0:28 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n";
-        assert_eq!(parse_cgroup2_mount(hybrid), Some(PathBuf::from("/sys/fs/cgroup/unified")));
-        let unified = "25 1 0:22 / /sys/fs/cgroup rw,nosuid,nodev,noexec shared:4 - cgroup2 cgroup2 rw\n";
-        assert_eq!(parse_cgroup2_mount(unified), Some(PathBuf::from("/sys/fs/cgroup")));
-        assert_eq!(parse_cgroup2_mount("25 1 0:22 / /sys rw - sysfs sysfs rw\n"), None);
+        assert_eq!(
+            parse_cgroup2_mount(hybrid),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        let unified =
+            "25 1 0:22 / /sys/fs/cgroup rw,nosuid,nodev,noexec shared:4 - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            parse_cgroup2_mount(unified),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
+        assert_eq!(
+            parse_cgroup2_mount("25 1 0:22 / /sys rw - sysfs sysfs rw\n"),
+            None
+        );
     }
 }

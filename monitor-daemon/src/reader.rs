@@ -36,7 +36,13 @@ impl Reader {
         loop {
             let mut guard = self.ring.readable_mut().await?;
             let ring = guard.get_inner_mut();
-            let n = drain(ring, &self.decoder, out, &mut self.malformed, &mut self.last_error);
+            let n = drain(
+                ring,
+                &self.decoder,
+                out,
+                &mut self.malformed,
+                &mut self.last_error,
+            );
             guard.clear_ready();
             if n > 0 {
                 return Ok(n);
@@ -46,7 +52,13 @@ impl Reader {
 
     /// Decodes every record available now, without waiting.
     pub fn drain(&mut self, out: &mut Vec<Record>) -> usize {
-        drain(self.ring.get_mut(), &self.decoder, out, &mut self.malformed, &mut self.last_error)
+        drain(
+            self.ring.get_mut(),
+            &self.decoder,
+            out,
+            &mut self.malformed,
+            &mut self.last_error,
+        )
     }
 
     /// Records that could not be decoded (each also logged once as a warning).

@@ -49,7 +49,9 @@ pub fn text(event: &Event) -> String {
         }
         What::Fork { child_pid } => format!("{who} +++ new process {child_pid} +++"),
         What::Exec { filename, argv } => format!("{who} --- exec {filename:?} {argv:?} ---"),
-        What::Exit { exit_code: Some(code) } => format!("{who} +++ exited with {code} +++"),
+        What::Exit {
+            exit_code: Some(code),
+        } => format!("{who} +++ exited with {code} +++"),
         What::Exit { exit_code: None } => format!("{who} +++ exited +++"),
     }
 }

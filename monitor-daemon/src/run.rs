@@ -20,7 +20,7 @@ use serde::Serialize;
 
 use crate::{
     cgroup::{self, JobCgroup},
-    probes::{KernelCounters, ProbeConfig, Probes, WatchCounters},
+    probes::{KernelCounters, Probes, WatchCounters},
     process::Process,
     reader::Reader,
     trace::{Event, Tracer},
@@ -63,15 +63,24 @@ pub struct SpawnError {
     pub source: std::io::Error,
 }
 
-/// Runs `spec` under watch, calling `sink` with each event as it is known.
-pub async fn run(spec: &RunSpec, config: &ProbeConfig, mut sink: impl FnMut(&Event)) -> Result<RunSummary> {
-    let mut probes = Probes::load(config).context("loading the kernel probes")?;
-    let ring = probes.take_events().context("ring buffer already taken")?;
+/// Runs `spec` under watch of `probes`, calling `sink` with each event as it is known.
+///
+/// Takes the probes' ring buffer: one run per loaded [`Probes`].
+pub async fn run(
+    spec: &RunSpec,
+    probes: &mut Probes,
+    mut sink: impl FnMut(&Event),
+) -> Result<RunSummary> {
+    let ring = probes
+        .take_events()
+        .context("the probes' ring buffer is already in use")?;
     let mut reader = Reader::new(ring).context("registering the ring buffer with tokio")?;
 
     let job = JobCgroup::create(&format!("run-{}-{}", std::process::id(), unique()))
         .context("creating the job's cgroup")?;
-    probes.watch(job.id()).context("watching the job's cgroup")?;
+    probes
+        .watch(job.id())
+        .context("watching the job's cgroup")?;
 
     let mut tracer = Tracer::default();
     let mut events = 0u64;
@@ -86,8 +95,15 @@ pub async fn run(spec: &RunSpec, config: &ProbeConfig, mut sink: impl FnMut(&Eve
         pid,
         ppid: Some(std::process::id()),
         exe: None,
-        argv: std::iter::once(&spec.program).chain(&spec.args).map(|a| a.to_string_lossy().into_owned()).collect(),
-        cwd: spec.cwd.clone().or_else(|| std::env::current_dir().ok()).map(|p| p.display().to_string()),
+        argv: std::iter::once(&spec.program)
+            .chain(&spec.args)
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect(),
+        cwd: spec
+            .cwd
+            .clone()
+            .or_else(|| std::env::current_dir().ok())
+            .map(|p| p.display().to_string()),
         comm: String::new(),
         start_ns: 0,
         exit_ns: None,
@@ -125,7 +141,9 @@ pub async fn run(spec: &RunSpec, config: &ProbeConfig, mut sink: impl FnMut(&Eve
         tracer.push(r, &mut emit);
     }
     tracer.flush(&mut emit);
-    let counts: WatchCounters = probes.unwatch(job.id()).context("reading the job's counters")?;
+    let counts: WatchCounters = probes
+        .unwatch(job.id())
+        .context("reading the job's counters")?;
     let kernel: KernelCounters = probes.counters()?;
     tracing::debug!(?kernel, "kernel counters");
     drop(job);
@@ -147,7 +165,9 @@ pub async fn run(spec: &RunSpec, config: &ProbeConfig, mut sink: impl FnMut(&Eve
 }
 
 fn spawn(spec: &RunSpec, job: &JobCgroup) -> Result<tokio::process::Child> {
-    let procs = job.procs_file().context("opening the job cgroup's cgroup.procs")?;
+    let procs = job
+        .procs_file()
+        .context("opening the job cgroup's cgroup.procs")?;
     let mut cmd = std::process::Command::new(&spec.program);
     cmd.args(&spec.args);
     if let Some(cwd) = &spec.cwd {
@@ -160,7 +180,10 @@ fn spawn(spec: &RunSpec, job: &JobCgroup) -> Result<tokio::process::Child> {
     let child = tokio::process::Command::from(cmd)
         .kill_on_drop(true)
         .spawn()
-        .map_err(|source| SpawnError { program: spec.program.clone(), source })?;
+        .map_err(|source| SpawnError {
+            program: spec.program.clone(),
+            source,
+        })?;
     Ok(child)
 }
 

@@ -32,11 +32,18 @@ pub struct Event {
 pub enum What {
     Syscall(SyscallEvent),
     /// A new process.
-    Fork { child_pid: u32 },
+    Fork {
+        child_pid: u32,
+    },
     /// The process now runs another program.
-    Exec { filename: String, argv: Vec<String> },
+    Exec {
+        filename: String,
+        argv: Vec<String>,
+    },
     /// The process's last thread exited.
-    Exit { exit_code: Option<i32> },
+    Exit {
+        exit_code: Option<i32>,
+    },
 }
 
 /// A syscall with its arguments and, once it returned, its result.
@@ -159,7 +166,9 @@ impl Tracer {
                     self.pending.insert(h.tid, enter);
                 }
                 let argv = self.pending.get(&h.tid).and_then(|e| match e.args.get(1) {
-                    Some(ArgValue::Argv(v)) if e.syscall.name.starts_with("execve") => Some(v.clone()),
+                    Some(ArgValue::Argv(v)) if e.syscall.name.starts_with("execve") => {
+                        Some(v.clone())
+                    }
                     _ => e.args.iter().find_map(|a| match a {
                         ArgValue::Argv(v) => Some(v.clone()),
                         _ => None,
@@ -167,7 +176,13 @@ impl Tracer {
                 });
                 self.processes.executed(h.pid, &exec.filename, argv.clone());
                 let argv = argv.unwrap_or_default();
-                emit(self.event(h, What::Exec { filename: exec.filename, argv }));
+                emit(self.event(
+                    h,
+                    What::Exec {
+                        filename: exec.filename,
+                        argv,
+                    },
+                ));
             }
             Record::ProcessExit(end) => {
                 let h = &end.header;
@@ -215,7 +230,9 @@ impl Tracer {
             return;
         }
         match enter.syscall.name {
-            "chdir" => self.processes.changed_dir(enter.header.pid, enter.args[0].as_str()),
+            "chdir" => self
+                .processes
+                .changed_dir(enter.header.pid, enter.args[0].as_str()),
             "fchdir" => self.processes.changed_dir(enter.header.pid, None),
             _ => {}
         }
@@ -224,7 +241,9 @@ impl Tracer {
     fn syscall_event(&self, enter: Enter, exit: Option<(i64, u64)>) -> Event {
         let sc = enter.syscall;
         let ret = exit.map(|(r, _)| r);
-        let errno = ret.filter(|r| (-4095..0).contains(r)).map(|r| errno_name(-r as i32));
+        let errno = ret
+            .filter(|r| (-4095..0).contains(r))
+            .map(|r| errno_name(-r as i32));
         let args = Args(sc.args.iter().map(|a| a.name).zip(enter.args).collect());
         let what = What::Syscall(SyscallEvent {
             name: sc.name,

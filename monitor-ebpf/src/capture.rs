@@ -10,8 +10,8 @@ use aya_ebpf::{
 };
 use monitor_common::{
     event::{
-        ARG_MAX, ARGV_MAX, BLOB_MAX, Counter, DATA_MAX, EventKind, FLAG_READ_ERROR,
-        FLAG_TRUNCATED, ITEM_START_MAX, STR_MAX, STR_SLOTS, SyscallEnter,
+        ARG_MAX, ARGV_MAX, BLOB_MAX, Counter, DATA_MAX, EventKind, FLAG_READ_ERROR, FLAG_TRUNCATED,
+        ITEM_START_MAX, STR_MAX, STR_SLOTS, SyscallEnter,
     },
     syscall::{Capture, MAX_ARGS},
 };
@@ -116,7 +116,11 @@ fn try_syscall_enter(ctx: &TracePointContext, watch: Watched) -> Result<(), i64>
     let ev = SCRATCH.get_ptr_mut(0).ok_or(0)?;
     let mut cur = Cursor { off: 0, flags: 0 };
     unsafe {
-        fill_header(&raw mut (*ev).header, EventKind::SyscallEnter, watch.cgroup_id);
+        fill_header(
+            &raw mut (*ev).header,
+            EventKind::SyscallEnter,
+            watch.cgroup_id,
+        );
         (*ev).nr = nr as u32;
         (*ev).args = args;
         (*ev).str_len = [0; STR_SLOTS];

@@ -91,7 +91,11 @@ fn try_sys_exit(ctx: &TracePointContext, watch: Watched) -> Result<(), i64> {
     };
     let ev = entry.as_mut_ptr();
     unsafe {
-        fill_header(&raw mut (*ev).header, EventKind::SyscallExit, watch.cgroup_id);
+        fill_header(
+            &raw mut (*ev).header,
+            EventKind::SyscallExit,
+            watch.cgroup_id,
+        );
         (*ev).nr = nr as u32;
         (*ev)._pad = 0;
         (*ev).ret = ret;
@@ -114,7 +118,11 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
         };
         let ev = entry.as_mut_ptr();
         unsafe {
-            fill_header(&raw mut (*ev).header, EventKind::ProcessFork, watch.cgroup_id);
+            fill_header(
+                &raw mut (*ev).header,
+                EventKind::ProcessFork,
+                watch.cgroup_id,
+            );
             (*ev).child_tid = child as u32;
             (*ev)._pad = 0;
         }
@@ -134,7 +142,11 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
         };
         let ev = entry.as_mut_ptr();
         unsafe {
-            fill_header(&raw mut (*ev).header, EventKind::ProcessExec, watch.cgroup_id);
+            fill_header(
+                &raw mut (*ev).header,
+                EventKind::ProcessExec,
+                watch.cgroup_id,
+            );
             (*ev).old_tid = ctx.read_at::<i32>(off.exec_old_pid as usize).unwrap_or(0) as u32;
             (*ev).filename_len = 0;
             // `__data_loc`: the low 16 bits are the string's offset in the record.
@@ -176,7 +188,11 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         };
         let ev = entry.as_mut_ptr();
         unsafe {
-            fill_header(&raw mut (*ev).header, EventKind::ProcessExit, watch.cgroup_id);
+            fill_header(
+                &raw mut (*ev).header,
+                EventKind::ProcessExit,
+                watch.cgroup_id,
+            );
             (*ev).group_dead = group_dead;
             (*ev)._pad = [0; 7];
         }

@@ -44,13 +44,19 @@ fn main() -> Result<()> {
 
 /// The workspace root.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits in the workspace").to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits in the workspace")
+        .to_owned()
 }
 
 /// Runs `cmd` from the workspace root; fails when it does.
 pub fn run(cmd: &mut Command) -> Result<()> {
     let shown = format!("{cmd:?}");
-    let status = cmd.current_dir(root()).status().with_context(|| format!("starting {shown}"))?;
+    let status = cmd
+        .current_dir(root())
+        .status()
+        .with_context(|| format!("starting {shown}"))?;
     if !status.success() {
         bail!("{shown} failed: {status}");
     }
@@ -65,7 +71,14 @@ fn demo() -> Result<()> {
     let ctl = root().join("target/release/monitorctl");
     println!("\n== monitorctl run: loading examples/malicious.pkl with pickle.load ==\n");
     let status = Command::new(ctl)
-        .args(["run", "--print-trace", "--", "python3", "examples/load_pickle.py", "examples/malicious.pkl"])
+        .args([
+            "run",
+            "--print-trace",
+            "--",
+            "python3",
+            "examples/load_pickle.py",
+            "examples/malicious.pkl",
+        ])
         .current_dir(root())
         .status()
         .context("starting monitorctl")?;
@@ -83,6 +96,13 @@ fn test() -> Result<()> {
         bail!("the tests load eBPF programs into the kernel: run them as root");
     }
     run(cargo().args(["fmt", "--all", "--check"]))?;
-    run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     run(cargo().args(["test", "--workspace", "--release"]))
 }

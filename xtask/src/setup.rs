@@ -73,10 +73,20 @@ fn bpf_linker() -> Result<()> {
         std::os::unix::fs::symlink(&lib, &link)
             .with_context(|| format!("linking {}", link.display()))?;
     }
-    println!("setup: building bpf-linker {BPF_LINKER_VERSION} against {} (about a minute)", lib.display());
+    println!(
+        "setup: building bpf-linker {BPF_LINKER_VERSION} against {} (about a minute)",
+        lib.display()
+    );
     run(cargo()
         .env("LLVM_PREFIX", &prefix)
-        .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked", "--no-default-features"])
+        .args([
+            "install",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--locked",
+            "--no-default-features",
+        ])
         .args(["--features", &format!("llvm-{major}")]))
 }
 
@@ -84,14 +94,20 @@ fn bpf_linker() -> Result<()> {
 fn find_libllvm(dir: &Path) -> Result<(PathBuf, u32)> {
     for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
         let path = entry?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
         if let Some(version) = name.strip_prefix("libLLVM.so.")
             && let Some(major) = version.split('.').next().and_then(|m| m.parse().ok())
         {
             return Ok((path, major));
         }
     }
-    bail!("no libLLVM.so.* in {}: the nightly toolchain lacks its shared LLVM", dir.display())
+    bail!(
+        "no libLLVM.so.* in {}: the nightly toolchain lacks its shared LLVM",
+        dir.display()
+    )
 }
 
 /// The probes mount tracefs themselves when they can; doing it here shows problems early.
@@ -99,7 +115,9 @@ fn tracefs() {
     if Path::new("/sys/kernel/tracing/events").is_dir() || !is_root() {
         return;
     }
-    let status = Command::new("mount").args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"]).status();
+    let status = Command::new("mount")
+        .args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"])
+        .status();
     if !matches!(status, Ok(s) if s.success()) {
         println!("setup: warning: could not mount tracefs at /sys/kernel/tracing");
     }

@@ -27,7 +27,10 @@ pub enum ArgValue {
     /// A string copied from user memory; `None` when it could not be read.
     Str(Option<String>),
     /// Symbolic flags with the raw value kept for rules.
-    Flags { raw: u64, text: String },
+    Flags {
+        raw: u64,
+        text: String,
+    },
     /// A file mode, shown in octal.
     Mode(u32),
     SockAddr(Option<SockAddr>),
@@ -119,13 +122,20 @@ impl Serialize for ArgValue {
 const AT_FDCWD: i32 = libc::AT_FDCWD;
 
 /// Decodes every argument of `syscall`.
-pub(super) fn decode_all(syscall: &Syscall, raw: &[u64; 6], mut cap: Captured<'_>) -> Vec<ArgValue> {
+pub(super) fn decode_all(
+    syscall: &Syscall,
+    raw: &[u64; 6],
+    mut cap: Captured<'_>,
+) -> Vec<ArgValue> {
     let mut strings = cap.strings.iter();
     let mut args = Vec::with_capacity(syscall.args.len());
     for (arg, &value) in syscall.args.iter().zip(raw) {
         let decoded = match arg.kind.capture() {
             Capture::Str => ArgValue::Str(
-                strings.next().filter(|s| !s.is_empty()).map(|s| super::c_string(s)),
+                strings
+                    .next()
+                    .filter(|s| !s.is_empty())
+                    .map(|s| super::c_string(s)),
             ),
             Capture::SizedBlob => decode_blob(arg.kind, cap.blob),
             Capture::Argv => ArgValue::Argv(std::mem::take(&mut cap.argv)),
@@ -137,7 +147,10 @@ pub(super) fn decode_all(syscall: &Syscall, raw: &[u64; 6], mut cap: Captured<'_
 }
 
 fn decode_blob(kind: ArgKind, blob: &[u8]) -> ArgValue {
-    let u64_at = |off: usize| blob.get(off..off + 8).map(|b| u64::from_ne_bytes(b.try_into().unwrap()));
+    let u64_at = |off: usize| {
+        blob.get(off..off + 8)
+            .map(|b| u64::from_ne_bytes(b.try_into().unwrap()))
+    };
     match kind {
         ArgKind::SockAddr => ArgValue::SockAddr(sockaddr(blob)),
         // struct open_how { u64 flags; u64 mode; u64 resolve; }
@@ -171,7 +184,11 @@ fn decode_value(kind: ArgKind, v: u64) -> ArgValue {
             let base = v & 0xf;
             let name = named(base, SOCK_TYPES).map_or_else(|| base.to_string(), str::to_owned);
             let extra = flags_text(v & !0xf, SOCK_TYPE_FLAGS);
-            let text = if extra.is_empty() || extra == "0" { name } else { format!("{name}|{extra}") };
+            let text = if extra.is_empty() || extra == "0" {
+                name
+            } else {
+                format!("{name}|{extra}")
+            };
             ArgValue::Flags { raw: v, text }
         }
         ArgKind::AddressFamily => enum_value(v, ADDRESS_FAMILIES),
@@ -180,22 +197,33 @@ fn decode_value(kind: ArgKind, v: u64) -> ArgValue {
         ArgKind::BpfCmd => enum_value(v, BPF_CMDS),
         ArgKind::Hex | ArgKind::Ptr => ArgValue::Hex(v),
         // Captured kinds never reach here; keep the raw value if the table and capture disagree.
-        ArgKind::Path | ArgKind::Str | ArgKind::Argv | ArgKind::SockAddr | ArgKind::OpenHow
+        ArgKind::Path
+        | ArgKind::Str
+        | ArgKind::Argv
+        | ArgKind::SockAddr
+        | ArgKind::OpenHow
         | ArgKind::CloneArgs => ArgValue::Hex(v),
     }
 }
 
 fn sockaddr(b: &[u8]) -> Option<SockAddr> {
     let family = u16::from_ne_bytes(b.get(0..2)?.try_into().ok()?);
-    let port = |b: &[u8]| -> Option<u16> { Some(u16::from_be_bytes(b.get(2..4)?.try_into().ok()?)) };
+    let port =
+        |b: &[u8]| -> Option<u16> { Some(u16::from_be_bytes(b.get(2..4)?.try_into().ok()?)) };
     Some(match family as i32 {
         libc::AF_INET => {
             let ip: [u8; 4] = b.get(4..8)?.try_into().ok()?;
-            SockAddr::Inet { addr: Ipv4Addr::from(ip), port: port(b)? }
+            SockAddr::Inet {
+                addr: Ipv4Addr::from(ip),
+                port: port(b)?,
+            }
         }
         libc::AF_INET6 => {
             let ip: [u8; 16] = b.get(8..24)?.try_into().ok()?;
-            SockAddr::Inet6 { addr: Ipv6Addr::from(ip), port: port(b)? }
+            SockAddr::Inet6 {
+                addr: Ipv6Addr::from(ip),
+                port: port(b)?,
+            }
         }
         libc::AF_UNIX => {
             let path = b.get(2..).unwrap_or_default();
@@ -218,7 +246,10 @@ fn named(v: u64, names: Names) -> Option<&'static str> {
 
 fn enum_value(v: u64, names: Names) -> ArgValue {
     match named(v, names) {
-        Some(name) => ArgValue::Flags { raw: v, text: name.to_owned() },
+        Some(name) => ArgValue::Flags {
+            raw: v,
+            text: name.to_owned(),
+        },
         None => ArgValue::Int(v as i64),
     }
 }
@@ -275,34 +306,119 @@ macro_rules! names {
 
 // O_TMPFILE includes O_DIRECTORY's bit; listed first so it wins.
 static OPEN_FLAGS: Names = names![
-    O_TMPFILE, O_CREAT, O_EXCL, O_NOCTTY, O_TRUNC, O_APPEND, O_NONBLOCK, O_DSYNC, O_ASYNC, O_DIRECT,
-    O_LARGEFILE, O_DIRECTORY, O_NOFOLLOW, O_NOATIME, O_CLOEXEC, O_SYNC, O_PATH,
+    O_TMPFILE,
+    O_CREAT,
+    O_EXCL,
+    O_NOCTTY,
+    O_TRUNC,
+    O_APPEND,
+    O_NONBLOCK,
+    O_DSYNC,
+    O_ASYNC,
+    O_DIRECT,
+    O_LARGEFILE,
+    O_DIRECTORY,
+    O_NOFOLLOW,
+    O_NOATIME,
+    O_CLOEXEC,
+    O_SYNC,
+    O_PATH,
 ];
 static AT_FLAGS: Names = names![
-    AT_SYMLINK_NOFOLLOW, AT_REMOVEDIR, AT_SYMLINK_FOLLOW, AT_NO_AUTOMOUNT, AT_EMPTY_PATH,
+    AT_SYMLINK_NOFOLLOW,
+    AT_REMOVEDIR,
+    AT_SYMLINK_FOLLOW,
+    AT_NO_AUTOMOUNT,
+    AT_EMPTY_PATH,
 ];
 static PROT_FLAGS: Names = names![PROT_READ, PROT_WRITE, PROT_EXEC];
 static MAP_FLAGS: Names = names![
-    MAP_SHARED, MAP_PRIVATE, MAP_FIXED, MAP_ANONYMOUS, MAP_GROWSDOWN, MAP_DENYWRITE, MAP_EXECUTABLE,
-    MAP_LOCKED, MAP_NORESERVE, MAP_POPULATE, MAP_NONBLOCK, MAP_STACK, MAP_HUGETLB,
+    MAP_SHARED,
+    MAP_PRIVATE,
+    MAP_FIXED,
+    MAP_ANONYMOUS,
+    MAP_GROWSDOWN,
+    MAP_DENYWRITE,
+    MAP_EXECUTABLE,
+    MAP_LOCKED,
+    MAP_NORESERVE,
+    MAP_POPULATE,
+    MAP_NONBLOCK,
+    MAP_STACK,
+    MAP_HUGETLB,
 ];
 static CLONE_FLAGS: Names = names![
-    CLONE_VM, CLONE_FS, CLONE_FILES, CLONE_SIGHAND, CLONE_PIDFD, CLONE_PTRACE, CLONE_VFORK,
-    CLONE_PARENT, CLONE_THREAD, CLONE_NEWNS, CLONE_SYSVSEM, CLONE_SETTLS, CLONE_PARENT_SETTID,
-    CLONE_CHILD_CLEARTID, CLONE_DETACHED, CLONE_UNTRACED, CLONE_CHILD_SETTID, CLONE_NEWCGROUP,
-    CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET, CLONE_IO,
+    CLONE_VM,
+    CLONE_FS,
+    CLONE_FILES,
+    CLONE_SIGHAND,
+    CLONE_PIDFD,
+    CLONE_PTRACE,
+    CLONE_VFORK,
+    CLONE_PARENT,
+    CLONE_THREAD,
+    CLONE_NEWNS,
+    CLONE_SYSVSEM,
+    CLONE_SETTLS,
+    CLONE_PARENT_SETTID,
+    CLONE_CHILD_CLEARTID,
+    CLONE_DETACHED,
+    CLONE_UNTRACED,
+    CLONE_CHILD_SETTID,
+    CLONE_NEWCGROUP,
+    CLONE_NEWUTS,
+    CLONE_NEWIPC,
+    CLONE_NEWUSER,
+    CLONE_NEWPID,
+    CLONE_NEWNET,
+    CLONE_IO,
 ];
 static MOUNT_FLAGS: Names = names![
-    MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_SYNCHRONOUS, MS_REMOUNT, MS_MANDLOCK, MS_DIRSYNC,
-    MS_NOATIME, MS_NODIRATIME, MS_BIND, MS_MOVE, MS_REC, MS_SILENT, MS_UNBINDABLE, MS_PRIVATE,
-    MS_SLAVE, MS_SHARED, MS_RELATIME, MS_STRICTATIME, MS_LAZYTIME,
+    MS_RDONLY,
+    MS_NOSUID,
+    MS_NODEV,
+    MS_NOEXEC,
+    MS_SYNCHRONOUS,
+    MS_REMOUNT,
+    MS_MANDLOCK,
+    MS_DIRSYNC,
+    MS_NOATIME,
+    MS_NODIRATIME,
+    MS_BIND,
+    MS_MOVE,
+    MS_REC,
+    MS_SILENT,
+    MS_UNBINDABLE,
+    MS_PRIVATE,
+    MS_SLAVE,
+    MS_SHARED,
+    MS_RELATIME,
+    MS_STRICTATIME,
+    MS_LAZYTIME,
 ];
 static SOCK_TYPES: Names = names![SOCK_STREAM, SOCK_DGRAM, SOCK_RAW, SOCK_RDM, SOCK_SEQPACKET];
 static SOCK_TYPE_FLAGS: Names = names![SOCK_NONBLOCK, SOCK_CLOEXEC];
 static ADDRESS_FAMILIES: Names = names![
-    AF_UNSPEC, AF_UNIX, AF_INET, AF_AX25, AF_IPX, AF_APPLETALK, AF_NETROM, AF_BRIDGE, AF_X25,
-    AF_INET6, AF_KEY, AF_NETLINK, AF_PACKET, AF_RDS, AF_CAN, AF_TIPC, AF_BLUETOOTH, AF_ALG,
-    AF_VSOCK, AF_XDP,
+    AF_UNSPEC,
+    AF_UNIX,
+    AF_INET,
+    AF_AX25,
+    AF_IPX,
+    AF_APPLETALK,
+    AF_NETROM,
+    AF_BRIDGE,
+    AF_X25,
+    AF_INET6,
+    AF_KEY,
+    AF_NETLINK,
+    AF_PACKET,
+    AF_RDS,
+    AF_CAN,
+    AF_TIPC,
+    AF_BLUETOOTH,
+    AF_ALG,
+    AF_VSOCK,
+    AF_XDP,
 ];
 static SIGNALS: Names = names![
     SIGHUP, SIGINT, SIGQUIT, SIGILL, SIGTRAP, SIGABRT, SIGBUS, SIGFPE, SIGKILL, SIGUSR1, SIGSEGV,
@@ -310,16 +426,39 @@ static SIGNALS: Names = names![
     SIGTTOU, SIGURG, SIGXCPU, SIGXFSZ, SIGVTALRM, SIGPROF, SIGWINCH, SIGIO, SIGPWR, SIGSYS,
 ];
 static PTRACE_REQUESTS: Names = names![
-    PTRACE_TRACEME, PTRACE_PEEKTEXT, PTRACE_PEEKDATA, PTRACE_PEEKUSER, PTRACE_POKETEXT,
-    PTRACE_POKEDATA, PTRACE_POKEUSER, PTRACE_CONT, PTRACE_KILL, PTRACE_SINGLESTEP, PTRACE_GETREGS,
-    PTRACE_SETREGS, PTRACE_ATTACH, PTRACE_DETACH, PTRACE_SYSCALL, PTRACE_SETOPTIONS, PTRACE_SEIZE,
+    PTRACE_TRACEME,
+    PTRACE_PEEKTEXT,
+    PTRACE_PEEKDATA,
+    PTRACE_PEEKUSER,
+    PTRACE_POKETEXT,
+    PTRACE_POKEDATA,
+    PTRACE_POKEUSER,
+    PTRACE_CONT,
+    PTRACE_KILL,
+    PTRACE_SINGLESTEP,
+    PTRACE_GETREGS,
+    PTRACE_SETREGS,
+    PTRACE_ATTACH,
+    PTRACE_DETACH,
+    PTRACE_SYSCALL,
+    PTRACE_SETOPTIONS,
+    PTRACE_SEIZE,
     PTRACE_INTERRUPT,
 ];
 static BPF_CMDS: Names = &[
-    (0, "BPF_MAP_CREATE"), (1, "BPF_MAP_LOOKUP_ELEM"), (2, "BPF_MAP_UPDATE_ELEM"),
-    (3, "BPF_MAP_DELETE_ELEM"), (4, "BPF_MAP_GET_NEXT_KEY"), (5, "BPF_PROG_LOAD"),
-    (6, "BPF_OBJ_PIN"), (7, "BPF_OBJ_GET"), (8, "BPF_PROG_ATTACH"), (9, "BPF_PROG_DETACH"),
-    (10, "BPF_PROG_TEST_RUN"), (28, "BPF_LINK_CREATE"), (17, "BPF_RAW_TRACEPOINT_OPEN"),
+    (0, "BPF_MAP_CREATE"),
+    (1, "BPF_MAP_LOOKUP_ELEM"),
+    (2, "BPF_MAP_UPDATE_ELEM"),
+    (3, "BPF_MAP_DELETE_ELEM"),
+    (4, "BPF_MAP_GET_NEXT_KEY"),
+    (5, "BPF_PROG_LOAD"),
+    (6, "BPF_OBJ_PIN"),
+    (7, "BPF_OBJ_GET"),
+    (8, "BPF_PROG_ATTACH"),
+    (9, "BPF_PROG_DETACH"),
+    (10, "BPF_PROG_TEST_RUN"),
+    (28, "BPF_LINK_CREATE"),
+    (17, "BPF_RAW_TRACEPOINT_OPEN"),
     (18, "BPF_BTF_LOAD"),
 ];
 
@@ -329,17 +468,29 @@ mod tests {
 
     #[test]
     fn open_flags_read_like_strace() {
-        let v = decode_value(ArgKind::OpenFlags, (libc::O_RDONLY | libc::O_CLOEXEC) as u64);
+        let v = decode_value(
+            ArgKind::OpenFlags,
+            (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
+        );
         assert_eq!(v.to_string(), "O_RDONLY|O_CLOEXEC");
-        let v = decode_value(ArgKind::OpenFlags, (libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC) as u64);
+        let v = decode_value(
+            ArgKind::OpenFlags,
+            (libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC) as u64,
+        );
         assert_eq!(v.to_string(), "O_WRONLY|O_CREAT|O_TRUNC");
         assert_eq!(decode_value(ArgKind::OpenFlags, 0).to_string(), "O_RDONLY");
-        assert_eq!(decode_value(ArgKind::DirFd, libc::AT_FDCWD as u32 as u64).to_string(), "AT_FDCWD");
+        assert_eq!(
+            decode_value(ArgKind::DirFd, libc::AT_FDCWD as u32 as u64).to_string(),
+            "AT_FDCWD"
+        );
     }
 
     #[test]
     fn unknown_bits_are_kept_in_hex() {
-        assert_eq!(flags_text(libc::PROT_EXEC as u64 | 0x100, PROT_FLAGS), "PROT_EXEC|0x100");
+        assert_eq!(
+            flags_text(libc::PROT_EXEC as u64 | 0x100, PROT_FLAGS),
+            "PROT_EXEC|0x100"
+        );
         assert_eq!(decode_value(ArgKind::Signal, 9).to_string(), "SIGKILL");
         assert_eq!(decode_value(ArgKind::Signal, 77).to_string(), "77");
     }
@@ -350,10 +501,21 @@ mod tests {
         b[0..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
         b[2..4].copy_from_slice(&8080u16.to_be_bytes());
         b[4..8].copy_from_slice(&[127, 0, 0, 1]);
-        assert_eq!(sockaddr(&b), Some(SockAddr::Inet { addr: Ipv4Addr::LOCALHOST, port: 8080 }));
+        assert_eq!(
+            sockaddr(&b),
+            Some(SockAddr::Inet {
+                addr: Ipv4Addr::LOCALHOST,
+                port: 8080
+            })
+        );
         let mut u = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
         u.extend_from_slice(b"\0hidden");
-        assert_eq!(sockaddr(&u), Some(SockAddr::Unix { path: "@hidden".into() }));
+        assert_eq!(
+            sockaddr(&u),
+            Some(SockAddr::Unix {
+                path: "@hidden".into()
+            })
+        );
         assert_eq!(sockaddr(&[1]), None);
     }
 }

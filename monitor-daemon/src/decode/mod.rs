@@ -118,7 +118,11 @@ pub struct Decoder {
 
 impl Default for Decoder {
     fn default() -> Self {
-        let len = syscall::SYSCALLS.iter().map(|s| s.nr as usize + 1).max().unwrap_or(0);
+        let len = syscall::SYSCALLS
+            .iter()
+            .map(|s| s.nr as usize + 1)
+            .max()
+            .unwrap_or(0);
         let mut by_nr = vec![None; len];
         for sc in syscall::SYSCALLS {
             by_nr[sc.nr as usize] = Some(sc);
@@ -129,7 +133,11 @@ impl Default for Decoder {
 
 impl Decoder {
     pub fn syscall(&self, nr: u32) -> Result<&'static Syscall, DecodeError> {
-        self.by_nr.get(nr as usize).copied().flatten().ok_or(DecodeError::UnknownSyscall(nr))
+        self.by_nr
+            .get(nr as usize)
+            .copied()
+            .flatten()
+            .ok_or(DecodeError::UnknownSyscall(nr))
     }
 
     /// Decodes one record.
@@ -141,20 +149,34 @@ impl Decoder {
             EventKind::SyscallEnter => Record::Enter(self.enter(bytes, header)?),
             EventKind::SyscallExit => {
                 let r: SyscallExit = read(bytes)?;
-                Record::Exit(Exit { header, syscall: self.syscall(r.nr)?, ret: r.ret })
+                Record::Exit(Exit {
+                    header,
+                    syscall: self.syscall(r.nr)?,
+                    ret: r.ret,
+                })
             }
             EventKind::ProcessFork => {
                 let r: ProcessFork = read(bytes)?;
-                Record::Fork(Fork { header, child_tid: r.child_tid })
+                Record::Fork(Fork {
+                    header,
+                    child_tid: r.child_tid,
+                })
             }
             EventKind::ProcessExec => {
                 let r: ProcessExec = read(bytes)?;
                 let len = (r.filename_len as usize).min(r.filename.len());
-                Record::Exec(Exec { header, old_tid: r.old_tid, filename: c_string(&r.filename[..len]) })
+                Record::Exec(Exec {
+                    header,
+                    old_tid: r.old_tid,
+                    filename: c_string(&r.filename[..len]),
+                })
             }
             EventKind::ProcessExit => {
                 let r: ProcessExit = read(bytes)?;
-                Record::ProcessExit(ProcessEnd { header, group_dead: r.group_dead != 0 })
+                Record::ProcessExit(ProcessEnd {
+                    header,
+                    group_dead: r.group_dead != 0,
+                })
             }
         })
     }
@@ -162,16 +184,23 @@ impl Decoder {
     fn enter(&self, bytes: &[u8], header: Header) -> Result<Enter, DecodeError> {
         let fixed = SyscallEnter::FIXED_LEN;
         if bytes.len() < fixed {
-            return Err(DecodeError::Short { len: bytes.len(), need: fixed });
+            return Err(DecodeError::Short {
+                len: bytes.len(),
+                need: fixed,
+            });
         }
         // Only the fixed part is read as a struct; the kernel sends `data` trimmed.
         let mut head = [0u8; SyscallEnter::FIXED_LEN];
         head.copy_from_slice(&bytes[..fixed]);
         let nr = u32::from_ne_bytes(field(&head, std::mem::offset_of!(SyscallEnter, nr)));
-        let data_len = u32::from_ne_bytes(field(&head, std::mem::offset_of!(SyscallEnter, data_len))) as usize;
-        let data = bytes.get(fixed..fixed + data_len).ok_or(DecodeError::BadLengths)?;
+        let data_len =
+            u32::from_ne_bytes(field(&head, std::mem::offset_of!(SyscallEnter, data_len))) as usize;
+        let data = bytes
+            .get(fixed..fixed + data_len)
+            .ok_or(DecodeError::BadLengths)?;
         let off_args = std::mem::offset_of!(SyscallEnter, args);
-        let raw_args: [u64; 6] = std::array::from_fn(|i| u64::from_ne_bytes(field(&head, off_args + 8 * i)));
+        let raw_args: [u64; 6] =
+            std::array::from_fn(|i| u64::from_ne_bytes(field(&head, off_args + 8 * i)));
         let u16_at = |off: usize| u16::from_ne_bytes(field(&head, off));
         let off_str = std::mem::offset_of!(SyscallEnter, str_len);
         let str_len: [usize; STR_SLOTS] = std::array::from_fn(|i| u16_at(off_str + 2 * i) as usize);
@@ -182,7 +211,9 @@ impl Decoder {
         let syscall = self.syscall(nr)?;
         let mut cursor = 0usize;
         let mut take = |len: usize| -> Result<&[u8], DecodeError> {
-            let s = data.get(cursor..cursor + len).ok_or(DecodeError::BadLengths)?;
+            let s = data
+                .get(cursor..cursor + len)
+                .ok_or(DecodeError::BadLengths)?;
             cursor += len;
             Ok(s)
         };
@@ -194,9 +225,17 @@ impl Decoder {
         let argv = take(argv_len)?;
         let argv: Vec<String> = argv.split(|&b| b == 0).take(argc).map(c_string).collect();
 
-        let captured = args::Captured { strings: &strings, blob, argv };
+        let captured = args::Captured {
+            strings: &strings,
+            blob,
+            argv,
+        };
         let args = args::decode_all(syscall, &raw_args, captured);
-        Ok(Enter { header, syscall, args })
+        Ok(Enter {
+            header,
+            syscall,
+            args,
+        })
     }
 }
 
@@ -218,7 +257,10 @@ fn header(raw: &EventHeader) -> Header {
 /// Reads a plain-data record from the front of `bytes`.
 fn read<T: aya::Pod>(bytes: &[u8]) -> Result<T, DecodeError> {
     if bytes.len() < size_of::<T>() {
-        return Err(DecodeError::Short { len: bytes.len(), need: size_of::<T>() });
+        return Err(DecodeError::Short {
+            len: bytes.len(),
+            need: size_of::<T>(),
+        });
     }
     // SAFETY: length checked above; T is Pod (any bit pattern valid); read_unaligned because
     // the ring buffer only guarantees 8-byte alignment.
@@ -226,7 +268,9 @@ fn read<T: aya::Pod>(bytes: &[u8]) -> Result<T, DecodeError> {
 }
 
 fn field<const N: usize>(bytes: &[u8], off: usize) -> [u8; N] {
-    bytes[off..off + N].try_into().expect("offset inside the fixed part")
+    bytes[off..off + N]
+        .try_into()
+        .expect("offset inside the fixed part")
 }
 
 /// Bytes up to the first NUL, as UTF-8 with invalid sequences replaced.

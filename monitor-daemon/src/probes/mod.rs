@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf},
-    programs::{ProgramError, TracePoint},
+    programs::{ProgramError, TracePoint, trace_point::TracePointLink},
     util::nr_cpus,
 };
 use monitor_common::{
@@ -29,12 +29,23 @@ pub enum ProbeError {
     #[error("the kernel has no BTF ({}): it needs CONFIG_DEBUG_INFO_BTF=y", .0.display())]
     NoBtf(PathBuf),
     #[error("tracefs is not mounted and mounting it at {} failed: {errno}", path.display())]
-    TracefsMount { path: PathBuf, errno: nix::errno::Errno },
+    TracefsMount {
+        path: PathBuf,
+        errno: nix::errno::Errno,
+    },
     #[error("tracepoint description {} is unreadable: {source} (kernel without CONFIG_FTRACE_SYSCALLS?)", path.display())]
-    TracepointMissing { path: PathBuf, source: std::io::Error },
+    TracepointMissing {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("tracepoint {event} has no field `{field}` on this kernel")]
-    FieldMissing { event: &'static str, field: &'static str },
-    #[error("this binary was built without kernel programs (AYA_BUILD_SKIP); rebuild after `cargo xtask setup`")]
+    FieldMissing {
+        event: &'static str,
+        field: &'static str,
+    },
+    #[error(
+        "this binary was built without kernel programs (AYA_BUILD_SKIP); rebuild after `cargo xtask setup`"
+    )]
     NoObject,
     #[error("ring buffer size {0} is not a power-of-two multiple of the page size")]
     RingBufferSize(u32),
@@ -43,7 +54,10 @@ pub enum ProbeError {
     #[error("program {name}: {source}")]
     Program { name: String, source: ProgramError },
     #[error("map {name}: {source}")]
-    Map { name: &'static str, source: MapError },
+    Map {
+        name: &'static str,
+        source: MapError,
+    },
     #[error("building per-CPU map values: {0}")]
     PerCpu(std::io::Error),
     #[error("counting CPUs failed: {0}")]
@@ -59,7 +73,9 @@ pub struct ProbeConfig {
 
 impl Default for ProbeConfig {
     fn default() -> Self {
-        ProbeConfig { ring_buffer_bytes: 16 * 1024 * 1024 }
+        ProbeConfig {
+            ring_buffer_bytes: 16 * 1024 * 1024,
+        }
     }
 }
 
@@ -83,6 +99,8 @@ pub struct WatchCounters {
 
 /// The loaded and attached kernel programs.
 pub struct Probes {
+    /// Owned here rather than by the programs so that [`Drop`] can detach them in parallel.
+    links: Vec<TracePointLink>,
     _ebpf: Ebpf,
     watched: PerCpuHashMap<MapData, u64, Watch>,
     counters: PerCpuArray<MapData, u64>,
@@ -124,17 +142,33 @@ impl Probes {
             .load(OBJECT)?;
 
         fill_capture_map(&mut ebpf)?;
-        let (attached, missing) = attach_all(&mut ebpf, &tracefs)?;
+        let (links, missing) = attach_all(&mut ebpf, &tracefs)?;
+        let attached = links.len();
 
-        let watched = PerCpuHashMap::try_from(take_map(&mut ebpf, "WATCHED")?)
-            .map_err(|source| ProbeError::Map { name: "WATCHED", source })?;
-        let counters = PerCpuArray::try_from(take_map(&mut ebpf, "COUNTERS")?)
-            .map_err(|source| ProbeError::Map { name: "COUNTERS", source })?;
-        let events = RingBuf::try_from(take_map(&mut ebpf, "EVENTS")?)
-            .map_err(|source| ProbeError::Map { name: "EVENTS", source })?;
+        let watched =
+            PerCpuHashMap::try_from(take_map(&mut ebpf, "WATCHED")?).map_err(|source| {
+                ProbeError::Map {
+                    name: "WATCHED",
+                    source,
+                }
+            })?;
+        let counters =
+            PerCpuArray::try_from(take_map(&mut ebpf, "COUNTERS")?).map_err(|source| {
+                ProbeError::Map {
+                    name: "COUNTERS",
+                    source,
+                }
+            })?;
+        let events = RingBuf::try_from(take_map(&mut ebpf, "EVENTS")?).map_err(|source| {
+            ProbeError::Map {
+                name: "EVENTS",
+                source,
+            }
+        })?;
         let cpus = nr_cpus().map_err(|(what, e)| ProbeError::Cpus(format!("{what}: {e}")))?;
         tracing::debug!(attached, missing = missing.len(), "probes loaded");
         Ok(Probes {
+            links,
             _ebpf: ebpf,
             watched,
             counters,
@@ -153,11 +187,14 @@ impl Probes {
     /// Starts recording every task in cgroup `cgroup_id` (and, since children inherit their
     /// cgroup, everything they start).
     pub fn watch(&mut self, cgroup_id: u64) -> Result<(), ProbeError> {
-        let values =
-            PerCpuValues::try_from(vec![Watch::default(); self.cpus]).map_err(ProbeError::PerCpu)?;
+        let values = PerCpuValues::try_from(vec![Watch::default(); self.cpus])
+            .map_err(ProbeError::PerCpu)?;
         self.watched
             .insert(cgroup_id, values, 0)
-            .map_err(|source| ProbeError::Map { name: "WATCHED", source })
+            .map_err(|source| ProbeError::Map {
+                name: "WATCHED",
+                source,
+            })
     }
 
     /// Stops recording cgroup `cgroup_id`; returns its final counters.
@@ -165,19 +202,29 @@ impl Probes {
         let counts = self.watch_counters(cgroup_id)?;
         match self.watched.remove(&cgroup_id) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(counts),
-            Err(source) => Err(ProbeError::Map { name: "WATCHED", source }),
+            Err(source) => Err(ProbeError::Map {
+                name: "WATCHED",
+                source,
+            }),
         }
     }
 
     /// The counters of one watch so far.
     pub fn watch_counters(&self, cgroup_id: u64) -> Result<WatchCounters, ProbeError> {
         match self.watched.get(&cgroup_id, 0) {
-            Ok(values) => Ok(values.iter().fold(WatchCounters::default(), |acc, w| WatchCounters {
-                events: acc.events + w.events,
-                dropped: acc.dropped + w.dropped,
-            })),
+            Ok(values) => {
+                Ok(values
+                    .iter()
+                    .fold(WatchCounters::default(), |acc, w| WatchCounters {
+                        events: acc.events + w.events,
+                        dropped: acc.dropped + w.dropped,
+                    }))
+            }
             Err(MapError::KeyNotFound) => Ok(WatchCounters::default()),
-            Err(source) => Err(ProbeError::Map { name: "WATCHED", source }),
+            Err(source) => Err(ProbeError::Map {
+                name: "WATCHED",
+                source,
+            }),
         }
     }
 
@@ -187,7 +234,10 @@ impl Probes {
             let values = self
                 .counters
                 .get(&(c as u32), 0)
-                .map_err(|source| ProbeError::Map { name: "COUNTERS", source })?;
+                .map_err(|source| ProbeError::Map {
+                    name: "COUNTERS",
+                    source,
+                })?;
             Ok(values.iter().sum())
         };
         Ok(KernelCounters {
@@ -208,25 +258,58 @@ impl Probes {
     }
 }
 
+impl Drop for Probes {
+    /// Detaching a tracepoint waits for an RCU grace period: ~70 ms here, so one after another
+    /// 120 of them take seconds. Detached from many threads at once, the waits overlap.
+    fn drop(&mut self) {
+        let links = std::mem::take(&mut self.links);
+        let per_thread = links.len().div_ceil(DETACH_THREADS).max(1);
+        let mut links = links.into_iter();
+        std::thread::scope(|scope| {
+            loop {
+                let chunk: Vec<TracePointLink> = links.by_ref().take(per_thread).collect();
+                if chunk.is_empty() {
+                    break;
+                }
+                scope.spawn(move || drop(chunk));
+            }
+        });
+    }
+}
+
+/// Threads that detach tracepoints at the end.
+const DETACH_THREADS: usize = 32;
+
 const _: () = assert!(COUNTERS == 3);
 
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, ProbeError> {
-    ebpf.take_map(name).ok_or(ProbeError::Map { name, source: MapError::InvalidName { name: name.into() } })
+    ebpf.take_map(name).ok_or(ProbeError::Map {
+        name,
+        source: MapError::InvalidName { name: name.into() },
+    })
 }
 
 /// Writes the syscall table into the `CAPTURE` map: the kernel's only copy of it.
 fn fill_capture_map(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
     let map = ebpf.map_mut("CAPTURE").ok_or(ProbeError::Map {
         name: "CAPTURE",
-        source: MapError::InvalidName { name: "CAPTURE".into() },
+        source: MapError::InvalidName {
+            name: "CAPTURE".into(),
+        },
     })?;
     let mut capture: Array<_, CaptureSpec> =
-        Array::try_from(map).map_err(|source| ProbeError::Map { name: "CAPTURE", source })?;
+        Array::try_from(map).map_err(|source| ProbeError::Map {
+            name: "CAPTURE",
+            source,
+        })?;
     for sc in SYSCALLS {
         debug_assert!(sc.nr < CAPTURE_ENTRIES);
         capture
             .set(sc.nr, capture_spec(sc), 0)
-            .map_err(|source| ProbeError::Map { name: "CAPTURE", source })?;
+            .map_err(|source| ProbeError::Map {
+                name: "CAPTURE",
+                source,
+            })?;
     }
     Ok(())
 }
@@ -250,9 +333,12 @@ pub fn capture_spec(sc: &Syscall) -> CaptureSpec {
 }
 
 /// Attaches the syscall programs to each table entry's tracepoints and the sched programs.
-/// Returns how many were attached and which table entries this kernel lacks.
-fn attach_all(ebpf: &mut Ebpf, tracefs: &Tracefs) -> Result<(usize, Vec<String>), ProbeError> {
-    let mut attached = 0;
+/// Returns the links and which table entries this kernel lacks.
+fn attach_all(
+    ebpf: &mut Ebpf,
+    tracefs: &Tracefs,
+) -> Result<(Vec<TracePointLink>, Vec<String>), ProbeError> {
+    let mut links = Vec::new();
     let mut missing = Vec::new();
 
     let mut attach = |ebpf: &mut Ebpf, prog: &str, category: &str, event: &str| {
@@ -263,40 +349,170 @@ fn attach_all(ebpf: &mut Ebpf, tracefs: &Tracefs) -> Result<(usize, Vec<String>)
                 source: ProgramError::InvalidName { name: prog.into() },
             })?
             .try_into()
-            .map_err(|source| ProbeError::Program { name: prog.into(), source })?;
+            .map_err(|source| ProbeError::Program {
+                name: prog.into(),
+                source,
+            })?;
         if program.fd().is_err() {
-            program.load().map_err(|source| ProbeError::Program { name: prog.into(), source })?;
+            program.load().map_err(|source| ProbeError::Program {
+                name: prog.into(),
+                source,
+            })?;
         }
-        program
+        let name = || format!("{prog} -> {category}:{event}");
+        let id = program
             .attach(category, event)
-            .map_err(|source| ProbeError::Program { name: format!("{prog} -> {category}:{event}"), source })?;
-        attached += 1;
+            .map_err(|source| ProbeError::Program {
+                name: name(),
+                source,
+            })?;
+        let link = program
+            .take_link(id)
+            .map_err(|source| ProbeError::Program {
+                name: name(),
+                source,
+            })?;
+        links.push(link);
         Ok::<(), ProbeError>(())
     };
 
     for sc in SYSCALLS {
         let enter = format!("sys_enter_{}", sc.name);
         if !tracefs.has_event("syscalls", &enter) {
-            tracing::info!(syscall = sc.name, "this kernel has no tracepoint for it; not traced");
+            tracing::info!(
+                syscall = sc.name,
+                "this kernel has no tracepoint for it; not traced"
+            );
             missing.push(sc.name.to_owned());
             continue;
         }
         attach(ebpf, "sys_enter", "syscalls", &enter)?;
         if capture_spec(sc).exit != 0 {
-            attach(ebpf, "sys_exit", "syscalls", &format!("sys_exit_{}", sc.name))?;
+            attach(
+                ebpf,
+                "sys_exit",
+                "syscalls",
+                &format!("sys_exit_{}", sc.name),
+            )?;
         }
     }
-    for name in ["sched_process_fork", "sched_process_exec", "sched_process_exit"] {
+    for name in [
+        "sched_process_fork",
+        "sched_process_exec",
+        "sched_process_exit",
+    ] {
         attach(ebpf, name, "sched", name)?;
     }
-    Ok((attached, missing))
+    Ok((links, missing))
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones to the cgroup. Raising
 /// it can fail without CAP_SYS_RESOURCE, which is fine on a kernel that does not need it.
 fn raise_memlock_limit() {
-    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
         tracing::debug!("could not raise RLIMIT_MEMLOCK (not needed on kernels >= 5.11)");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use monitor_common::syscall::{Capture, PROT_EXEC, by_name};
+
+    use super::*;
+
+    /// The table's numbers are typed by hand; libc's are the reference.
+    #[test]
+    fn syscall_numbers_match_libc() {
+        let reference: &[(&str, i64)] = &[
+            ("execve", libc::SYS_execve),
+            ("execveat", libc::SYS_execveat),
+            ("clone", libc::SYS_clone),
+            ("clone3", libc::SYS_clone3),
+            ("fork", libc::SYS_fork),
+            ("vfork", libc::SYS_vfork),
+            ("exit_group", libc::SYS_exit_group),
+            ("kill", libc::SYS_kill),
+            ("tkill", libc::SYS_tkill),
+            ("tgkill", libc::SYS_tgkill),
+            ("chdir", libc::SYS_chdir),
+            ("fchdir", libc::SYS_fchdir),
+            ("open", libc::SYS_open),
+            ("openat", libc::SYS_openat),
+            ("openat2", libc::SYS_openat2),
+            ("creat", libc::SYS_creat),
+            ("unlink", libc::SYS_unlink),
+            ("unlinkat", libc::SYS_unlinkat),
+            ("rename", libc::SYS_rename),
+            ("renameat", libc::SYS_renameat),
+            ("renameat2", libc::SYS_renameat2),
+            ("link", libc::SYS_link),
+            ("linkat", libc::SYS_linkat),
+            ("symlink", libc::SYS_symlink),
+            ("symlinkat", libc::SYS_symlinkat),
+            ("chmod", libc::SYS_chmod),
+            ("fchmod", libc::SYS_fchmod),
+            ("fchmodat", libc::SYS_fchmodat),
+            ("fchmodat2", libc::SYS_fchmodat2),
+            ("chown", libc::SYS_chown),
+            ("fchownat", libc::SYS_fchownat),
+            ("memfd_create", libc::SYS_memfd_create),
+            ("socket", libc::SYS_socket),
+            ("connect", libc::SYS_connect),
+            ("bind", libc::SYS_bind),
+            ("listen", libc::SYS_listen),
+            ("accept", libc::SYS_accept),
+            ("accept4", libc::SYS_accept4),
+            ("sendto", libc::SYS_sendto),
+            ("sendmsg", libc::SYS_sendmsg),
+            ("sendmmsg", libc::SYS_sendmmsg),
+            ("mmap", libc::SYS_mmap),
+            ("mprotect", libc::SYS_mprotect),
+            ("process_vm_readv", libc::SYS_process_vm_readv),
+            ("process_vm_writev", libc::SYS_process_vm_writev),
+            ("ptrace", libc::SYS_ptrace),
+            ("setuid", libc::SYS_setuid),
+            ("setgid", libc::SYS_setgid),
+            ("setreuid", libc::SYS_setreuid),
+            ("setregid", libc::SYS_setregid),
+            ("setresuid", libc::SYS_setresuid),
+            ("setresgid", libc::SYS_setresgid),
+            ("capset", libc::SYS_capset),
+            ("unshare", libc::SYS_unshare),
+            ("setns", libc::SYS_setns),
+            ("mount", libc::SYS_mount),
+            ("init_module", libc::SYS_init_module),
+            ("finit_module", libc::SYS_finit_module),
+            ("delete_module", libc::SYS_delete_module),
+            ("bpf", libc::SYS_bpf),
+            ("io_uring_setup", libc::SYS_io_uring_setup),
+            // The tracepoint is named after the kernel's SYSCALL_DEFINE, `umount`.
+            ("umount", libc::SYS_umount2),
+        ];
+        for (name, nr) in reference {
+            let sc = by_name(name).unwrap_or_else(|| panic!("{name} is not in the table"));
+            assert_eq!(i64::from(sc.nr), *nr, "{name}");
+        }
+        assert_eq!(
+            reference.len(),
+            SYSCALLS.len(),
+            "every table entry is checked"
+        );
+    }
+
+    #[test]
+    fn capture_specs_follow_the_table() {
+        let openat = capture_spec(by_name("openat").unwrap());
+        assert_eq!(openat.args[1], Capture::Str as u8);
+        assert_eq!(openat.exit, 1);
+        let connect = capture_spec(by_name("connect").unwrap());
+        assert_eq!(connect.args[1], Capture::SizedBlob as u8);
+        let mmap = capture_spec(by_name("mmap").unwrap());
+        assert_eq!((mmap.only_if_arg, mmap.only_if_mask), (2, PROT_EXEC));
+        assert_eq!(mmap.exit, 0, "filtered syscalls have no exit record");
+        assert_eq!(capture_spec(by_name("exit_group").unwrap()).exit, 0);
     }
 }

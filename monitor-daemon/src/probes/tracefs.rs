@@ -21,8 +21,14 @@ pub struct Tracefs {
 impl Tracefs {
     /// Finds tracefs, mounting it at /sys/kernel/tracing when it is not mounted anywhere.
     pub fn find_or_mount() -> Result<Self, ProbeError> {
-        if let Some(root) = MOUNT_POINTS.iter().map(Path::new).find(|p| p.join("events").is_dir()) {
-            return Ok(Tracefs { root: root.to_owned() });
+        if let Some(root) = MOUNT_POINTS
+            .iter()
+            .map(Path::new)
+            .find(|p| p.join("events").is_dir())
+        {
+            return Ok(Tracefs {
+                root: root.to_owned(),
+            });
         }
         let target = Path::new(MOUNT_POINTS[0]);
         tracing::info!(path = %target.display(), "tracefs is not mounted; mounting it");
@@ -33,8 +39,13 @@ impl Tracefs {
             nix::mount::MsFlags::empty(),
             None::<&str>,
         )
-        .map_err(|errno| ProbeError::TracefsMount { path: target.to_owned(), errno })?;
-        Ok(Tracefs { root: target.to_owned() })
+        .map_err(|errno| ProbeError::TracefsMount {
+            path: target.to_owned(),
+            errno,
+        })?;
+        Ok(Tracefs {
+            root: target.to_owned(),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -48,9 +59,16 @@ impl Tracefs {
 
     /// The fields of tracepoint `category:name`.
     pub fn format(&self, category: &str, name: &str) -> Result<Format, ProbeError> {
-        let path = self.root.join("events").join(category).join(name).join("format");
-        let text = fs::read_to_string(&path)
-            .map_err(|source| ProbeError::TracepointMissing { path: path.clone(), source })?;
+        let path = self
+            .root
+            .join("events")
+            .join(category)
+            .join(name)
+            .join("format");
+        let text = fs::read_to_string(&path).map_err(|source| ProbeError::TracepointMissing {
+            path: path.clone(),
+            source,
+        })?;
         Ok(Format::parse(&text))
     }
 
@@ -63,7 +81,8 @@ impl Tracefs {
         let exec = self.format("sched", "sched_process_exec")?;
         let exit_proc = self.format("sched", "sched_process_exit")?;
         let need = |f: &Format, event: &'static str, field: &'static str| {
-            f.offset(field).ok_or(ProbeError::FieldMissing { event, field })
+            f.offset(field)
+                .ok_or(ProbeError::FieldMissing { event, field })
         };
         Ok(TracepointOffsets {
             enter_nr: need(&enter, "sys_enter_openat", "__syscall_nr")?,
@@ -94,7 +113,9 @@ impl Format {
                 let (decl, rest) = line.split_once(';')?;
                 let name = decl.split_whitespace().last()?;
                 let name = name.split('[').next()?.trim_start_matches('*');
-                let offset = rest.split(';').find_map(|p| p.trim().strip_prefix("offset:"))?;
+                let offset = rest
+                    .split(';')
+                    .find_map(|p| p.trim().strip_prefix("offset:"))?;
                 Some((name.to_owned(), offset.trim().parse().ok()?))
             })
             .collect();
@@ -102,7 +123,10 @@ impl Format {
     }
 
     pub fn offset(&self, field: &str) -> Option<u16> {
-        self.fields.iter().find(|(name, _)| name == field).map(|&(_, off)| off)
+        self.fields
+            .iter()
+            .find(|(name, _)| name == field)
+            .map(|&(_, off)| off)
     }
 }
 
@@ -125,7 +149,9 @@ mod tests {
         assert_eq!(f.offset("parent_comm"), Some(8));
         assert_eq!(f.offset("common_pid"), Some(4));
         assert_eq!(f.offset("nope"), None);
-        let f = Format::parse("\tfield:const char * filename;\toffset:24;\tsize:8;\tsigned:0;\n\tfield:char comm[16];\toffset:8;\tsize:16;\tsigned:0;");
+        let f = Format::parse(
+            "\tfield:const char * filename;\toffset:24;\tsize:8;\tsigned:0;\n\tfield:char comm[16];\toffset:8;\tsize:16;\tsigned:0;",
+        );
         assert_eq!(f.offset("filename"), Some(24));
         assert_eq!(f.offset("comm"), Some(8));
     }

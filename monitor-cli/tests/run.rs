@@ -1,0 +1,134 @@
+//! `monitorctl run` as a user runs it: the real binary, real probes (root).
+
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn monitorctl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_monitorctl"))
+        .args(args)
+        .output()
+        .expect("start monitorctl")
+}
+
+fn json_lines(path: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+#[test]
+fn json_trace_shows_the_open_with_its_result_and_the_exec() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace.jsonl");
+    let out = monitorctl(&[
+        "run",
+        "--json",
+        "--print-trace",
+        "--output",
+        trace.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        "cat /etc/hostname; exec /bin/true",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The command's own output is untouched.
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        std::fs::read_to_string("/etc/hostname").unwrap()
+    );
+
+    let lines = json_lines(&trace);
+    let open = lines
+        .iter()
+        .find(|e| e["syscall"] == "openat" && e["args"]["filename"] == "/etc/hostname")
+        .expect("openat of /etc/hostname");
+    assert!(open["ret"].as_i64().unwrap() >= 0, "{open}");
+    assert_eq!(open["comm"], "cat");
+    assert_eq!(open["args"]["dfd"], "AT_FDCWD");
+
+    let exec = lines
+        .iter()
+        .find(|e| e["syscall"] == "execve" && e["args"]["filename"] == "/bin/true")
+        .expect("execve of /bin/true");
+    assert_eq!(exec["ret"], 0);
+    assert_eq!(exec["args"]["argv"], serde_json::json!(["/bin/true"]));
+
+    let summary = lines.last().unwrap();
+    assert_eq!(summary["type"], "summary");
+    assert_eq!(summary["exit_code"], 0);
+    assert_eq!(summary["complete"], true);
+    assert!(summary["events"].as_u64().unwrap() as usize == lines.len() - 1);
+}
+
+#[test]
+fn text_trace_goes_to_stderr_in_strace_style() {
+    let out = monitorctl(&["run", "--print-trace", "--", "sh", "-c", "exec /bin/true"]);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(r#"execve("/bin/true", ["/bin/true"]"#),
+        "{err}"
+    );
+    assert!(err.contains("+++ exited with 0 +++"), "{err}");
+    assert!(
+        err.contains("monitor: "),
+        "the summary closes the output: {err}"
+    );
+}
+
+#[test]
+fn exit_status_is_the_commands() {
+    assert_eq!(
+        monitorctl(&["run", "--", "sh", "-c", "exit 7"])
+            .status
+            .code(),
+        Some(7)
+    );
+    // A signal ends it: 128 + SIGKILL, as shells report it.
+    assert_eq!(
+        monitorctl(&["run", "--", "sh", "-c", "kill -9 $$"])
+            .status
+            .code(),
+        Some(137)
+    );
+}
+
+#[test]
+fn bad_input_gets_a_clear_message_and_a_distinct_status() {
+    let out = monitorctl(&["run", "--", "/nonexistent/monitor-no-such-program"]);
+    assert_eq!(out.status.code(), Some(127));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot run"));
+
+    let out = monitorctl(&["run"]);
+    assert_eq!(out.status.code(), Some(2), "usage error");
+
+    let out = monitorctl(&["run", "--ring-buffer-kib", "3", "--", "true"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("power of two"));
+}
+
+#[test]
+fn without_root_it_says_so() {
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(env!("CARGO_BIN_EXE_monitorctl"))
+        .args(["run", "--", "true"])
+        .output()
+        .expect("setpriv (util-linux)");
+    assert_eq!(out.status.code(), Some(125));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("needs root"), "{err}");
+}

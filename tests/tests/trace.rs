@@ -1,0 +1,158 @@
+//! A watched command's syscalls, process tree and results, from the real kernel.
+
+use std::{net::TcpListener, process::Command};
+
+use monitor_daemon::{
+    decode::{ArgValue, SockAddr},
+    probes::ProbeConfig,
+    trace::What,
+};
+use monitor_tests::{find_with_str, syscalls, trace_bash};
+
+/// A loopback port with nothing listening on it.
+fn closed_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn watched_command_is_traced_with_arguments_and_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let present = dir.path().join("present.txt");
+    std::fs::write(&present, "data").unwrap();
+    let missing = dir.path().join("missing.txt");
+    let unwatched_marker = dir.path().join("unwatched-marker.txt");
+    std::fs::write(&unwatched_marker, "x").unwrap();
+    let port = closed_port();
+
+    // An unwatched process doing the same kind of work at the same time.
+    let mut unwatched = Command::new("bash")
+        .args([
+            "-c",
+            &format!(
+                "for i in $(seq 300); do cat {} >/dev/null; done",
+                unwatched_marker.display()
+            ),
+        ])
+        .spawn()
+        .unwrap();
+
+    let script = format!(
+        "cat {present} >/dev/null; cat {missing} 2>/dev/null; (exec /bin/true); \
+         {{ echo hi > /dev/tcp/127.0.0.1/{port}; }} 2>/dev/null; exit 3",
+        present = present.display(),
+        missing = missing.display(),
+    );
+    let (events, summary) = trace_bash(&script, &ProbeConfig::default()).await;
+    let unwatched_pid = unwatched.id();
+    assert!(unwatched.wait().unwrap().success());
+
+    assert_eq!(
+        summary.exit_code, 3,
+        "the command's exit status is passed through"
+    );
+    assert!(summary.complete, "nothing dropped: {summary:?}");
+    assert_eq!(summary.dropped, 0);
+
+    // The file that exists opens with a descriptor.
+    let (_, open) = find_with_str(&events, "openat", "filename", present.to_str().unwrap())
+        .expect("openat of the present file");
+    assert!(open.ret.unwrap() >= 0, "{open:?}");
+    assert!(open.errno.is_none());
+
+    // The missing one fails with ENOENT.
+    let (_, open) = find_with_str(&events, "openat", "filename", missing.to_str().unwrap())
+        .expect("openat of the missing file");
+    assert_eq!(open.ret, Some(-libc::ENOENT as i64));
+    assert_eq!(open.errno.as_deref(), Some("ENOENT"));
+
+    // The subshell is a forked child of bash that executes /bin/true.
+    let (exec_event, exec) =
+        find_with_str(&events, "execve", "filename", "/bin/true").expect("execve /bin/true");
+    assert_eq!(exec.ret, Some(0));
+    let bash_pid = events
+        .iter()
+        .find(|e| matches!(&e.what, What::Exec { filename, .. } if filename.ends_with("/bash")))
+        .expect("exec of bash")
+        .pid;
+    assert_ne!(exec_event.pid, bash_pid, "executed in the forked subshell");
+    assert_eq!(exec_event.ppid, Some(bash_pid));
+    assert!(
+        events.iter().any(|e| e.pid == bash_pid
+            && matches!(e.what, What::Fork { child_pid } if child_pid == exec_event.pid)),
+        "the fork of the subshell is reported"
+    );
+    assert!(
+        events.iter().any(|e| e.pid == exec_event.pid
+            && matches!(&e.what, What::Exec { filename, .. } if filename == "/bin/true")),
+        "the exec itself is reported from the new program"
+    );
+
+    // The TCP connect to the closed loopback port is refused.
+    let (_, connect) = syscalls(&events, "connect")
+        .find(|(_, sc)| {
+            matches!(sc.arg("uservaddr"), Some(ArgValue::SockAddr(Some(SockAddr::Inet { port: p, .. }))) if *p == port)
+        })
+        .expect("connect to the closed port");
+    assert_eq!(connect.ret, Some(-libc::ECONNREFUSED as i64));
+    assert!(
+        syscalls(&events, "socket").any(|(_, sc)| sc
+            .arg("family")
+            .map(ToString::to_string)
+            .as_deref()
+            == Some("AF_INET")),
+        "the socket call is reported with its family"
+    );
+
+    // Nothing of the unwatched process.
+    assert!(events.iter().all(|e| e.pid != unwatched_pid));
+    let marker = unwatched_marker.to_str().unwrap();
+    assert!(
+        events.iter().all(|e| !matches!(&e.what, What::Syscall(sc) if sc.args.0.iter().any(|(_, v)| v.as_str() == Some(marker)))),
+        "no event of the unwatched process's file"
+    );
+
+    // Every process of the job is in the table with its parent, and exited.
+    let exits = events
+        .iter()
+        .filter(|e| matches!(e.what, What::Exit { .. }))
+        .count();
+    assert!(exits >= 4, "bash, two cats, the subshell: {exits} exits");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn children_that_outlive_the_command_are_traced_to_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let late = dir.path().join("late.txt");
+    std::fs::write(&late, "x").unwrap();
+    let script = format!("(sleep 0.3; cat {} >/dev/null) & exit 0", late.display());
+    let (events, summary) = trace_bash(&script, &ProbeConfig::default()).await;
+    assert_eq!(summary.exit_code, 0);
+    let (e, open) = find_with_str(&events, "openat", "filename", late.to_str().unwrap())
+        .expect("the late child's open is traced after bash exited");
+    assert!(open.ret.unwrap() >= 0);
+    assert_eq!(e.comm, "cat");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_full_ring_buffer_is_counted_and_reported_never_hidden() {
+    // One page of ring buffer and a burst of 3000 failing opens: far more than fits.
+    let config = ProbeConfig {
+        ring_buffer_bytes: 4096,
+    };
+    let script =
+        "for i in $(seq 3000); do : < /nonexistent-monitor-test-$i; done 2>/dev/null; true";
+    let (events, summary) = trace_bash(script, &config).await;
+    assert!(
+        summary.dropped > 0,
+        "a 4 KiB ring buffer must overflow: {summary:?}"
+    );
+    assert!(!summary.complete, "a trace with drops is never complete");
+    // Every record is either delivered or counted as dropped: 2 records per open.
+    assert!(
+        summary.kernel_records + summary.dropped >= 2 * 3000,
+        "records unaccounted for: {summary:?}"
+    );
+    // What was delivered is still decoded and reported.
+    assert!(syscalls(&events, "openat").count() > 0);
+}
