@@ -132,9 +132,9 @@ fn try_syscall_enter(ctx: &TracePointContext, watch: Watched) -> Result<(), i64>
 
     // Strings first, then the blob, then argv: the order the decoder reads them back in.
     let mut slot = 0;
-    for i in 0..MAX_ARGS {
-        if spec.args[i] == Capture::Str as u8 && slot < STR_SLOTS {
-            let n = cur.str(ev, args[i], STR_MAX as u32);
+    for (&kind, &arg) in spec.args.iter().zip(&args) {
+        if kind == Capture::Str as u8 && slot < STR_SLOTS {
+            let n = cur.str(ev, arg, STR_MAX as u32);
             unsafe { (*ev).str_len[slot] = n };
             slot += 1;
         }
@@ -146,9 +146,9 @@ fn try_syscall_enter(ctx: &TracePointContext, watch: Watched) -> Result<(), i64>
             break;
         }
     }
-    for i in 0..MAX_ARGS {
-        if spec.args[i] == Capture::Argv as u8 {
-            capture_argv(ev, &mut cur, args[i]);
+    for (&kind, &arg) in spec.args.iter().zip(&args) {
+        if kind == Capture::Argv as u8 {
+            capture_argv(ev, &mut cur, arg);
             break;
         }
     }

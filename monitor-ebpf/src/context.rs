@@ -22,7 +22,7 @@ impl Watched {
     #[inline(always)]
     pub fn current() -> Option<Self> {
         let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-        let entry = WATCHED.get_ptr_mut(&cgroup_id)?;
+        let entry = WATCHED.get_ptr_mut(cgroup_id)?;
         Some(Watched { cgroup_id, entry })
     }
 

@@ -20,7 +20,7 @@ pub fn all() -> Result<()> {
     rust_src()?;
     bpf_linker()?;
     tracefs();
-    run(cargo().args(["build", "--release", "--workspace", "--bins"]))
+    run(cargo().args(["build", "--release", "--bins"]))
 }
 
 pub fn is_root() -> bool {

@@ -155,12 +155,12 @@ fn decode_blob(kind: ArgKind, blob: &[u8]) -> ArgValue {
         ArgKind::SockAddr => ArgValue::SockAddr(sockaddr(blob)),
         // struct open_how { u64 flags; u64 mode; u64 resolve; }
         ArgKind::OpenHow => match u64_at(0) {
-            Some(flags) => flags_value(flags, OPEN_FLAGS, Some(open_access_mode)),
+            Some(flags) => open_flags(flags),
             None => ArgValue::Str(None),
         },
         // struct clone_args { u64 flags; ... }
         ArgKind::CloneArgs => match u64_at(0) {
-            Some(flags) => flags_value(flags, CLONE_FLAGS, None),
+            Some(flags) => flags_value(flags, CLONE_FLAGS),
             None => ArgValue::Str(None),
         },
         _ => ArgValue::Str(None),
@@ -174,12 +174,12 @@ fn decode_value(kind: ArgKind, v: u64) -> ArgValue {
         ArgKind::Id => ArgValue::Int(v as u32 as i32 as i64),
         ArgKind::Fd | ArgKind::DirFd => ArgValue::Fd(v as i32),
         ArgKind::Mode => ArgValue::Mode(v as u32),
-        ArgKind::OpenFlags => flags_value(v as u32 as u64, OPEN_FLAGS, Some(open_access_mode)),
-        ArgKind::AtFlags => flags_value(v as u32 as u64, AT_FLAGS, None),
-        ArgKind::ProtFlags => flags_value(v, PROT_FLAGS, None),
-        ArgKind::MapFlags => flags_value(v, MAP_FLAGS, None),
-        ArgKind::CloneFlags => flags_value(v, CLONE_FLAGS, None),
-        ArgKind::MountFlags => flags_value(v, MOUNT_FLAGS, None),
+        ArgKind::OpenFlags => open_flags(v as u32 as u64),
+        ArgKind::AtFlags => flags_value(v as u32 as u64, AT_FLAGS),
+        ArgKind::ProtFlags => flags_value(v, PROT_FLAGS),
+        ArgKind::MapFlags => flags_value(v, MAP_FLAGS),
+        ArgKind::CloneFlags => flags_value(v, CLONE_FLAGS),
+        ArgKind::MountFlags => flags_value(v, MOUNT_FLAGS),
         ArgKind::SockType => {
             let base = v & 0xf;
             let name = named(base, SOCK_TYPES).map_or_else(|| base.to_string(), str::to_owned);
@@ -255,31 +255,25 @@ fn enum_value(v: u64, names: Names) -> ArgValue {
 }
 
 /// `O_RDONLY` is 0, so the access mode is named apart from the bit flags.
-fn open_access_mode(v: u64) -> (&'static str, u64) {
-    let name = match v & 0o3 {
+fn open_flags(v: u64) -> ArgValue {
+    let mode = match v & 0o3 {
         0 => "O_RDONLY",
         1 => "O_WRONLY",
         2 => "O_RDWR",
         _ => "O_ACCMODE",
     };
-    (name, v & !0o3)
-}
-
-fn flags_value(v: u64, names: Names, prefix: Option<fn(u64) -> (&'static str, u64)>) -> ArgValue {
-    let (head, rest) = match prefix {
-        Some(split) => {
-            let (name, rest) = split(v);
-            (Some(name), rest)
-        }
-        None => (None, v),
-    };
-    let tail = flags_text(rest, names);
-    let text = match (head, tail.as_str()) {
-        (Some(h), "0") => h.to_owned(),
-        (Some(h), t) => format!("{h}|{t}"),
-        (None, t) => t.to_owned(),
+    let text = match flags_text(v & !0o3, OPEN_FLAGS).as_str() {
+        "0" => mode.to_owned(),
+        rest => format!("{mode}|{rest}"),
     };
     ArgValue::Flags { raw: v, text }
+}
+
+fn flags_value(v: u64, names: Names) -> ArgValue {
+    ArgValue::Flags {
+        raw: v,
+        text: flags_text(v, names),
+    }
 }
 
 /// `A|B|0x40` for the named bits of `v` and what is left; `0` for none.

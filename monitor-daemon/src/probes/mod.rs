@@ -129,7 +129,7 @@ impl Probes {
             .flatten()
             .unwrap_or(4096) as u32;
         let size = config.ring_buffer_bytes;
-        if size < page || !(size / page).is_power_of_two() || size % page != 0 {
+        if size < page || !size.is_multiple_of(page) || !(size / page).is_power_of_two() {
             return Err(ProbeError::RingBufferSize(size));
         }
         raise_memlock_limit();

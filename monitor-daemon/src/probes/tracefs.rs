@@ -104,7 +104,8 @@ pub struct Format {
 }
 
 impl Format {
-    /// Parses lines like `field:const char * filename;	offset:24;	size:8;	signed:0;`.
+    /// Parses lines like `field:const char * filename; offset:24; size:8; signed:0;` (tab
+    /// separated).
     pub fn parse(text: &str) -> Self {
         let fields = text
             .lines()
