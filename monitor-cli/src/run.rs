@@ -11,9 +11,11 @@ use std::{
 use anyhow::Context as _;
 use clap::Args;
 use monitor_daemon::{
+    monitor_common::syscall::Class,
     probes::{ProbeConfig, Probes},
     render::{self, Style},
     run::{RunSpec, RunSummary, SpawnError},
+    trace::{Event, What},
 };
 
 /// Exit status when monitor itself failed (as timeout(1) and env(1) do).
@@ -41,6 +43,10 @@ pub struct RunArgs {
     /// Write the trace and summary to FILE instead of stderr.
     #[arg(short, long, value_name = "FILE")]
     output: Option<PathBuf>,
+    /// Print only events of these classes (comma separated): process, file, network, memory,
+    /// privilege, kernel. Process creation, exec and exit count as `process`. Default: all.
+    #[arg(long, value_name = "CLASSES", value_delimiter = ',', value_enum)]
+    trace: Vec<TraceClass>,
     /// Working directory of the command.
     #[arg(long, value_name = "DIR")]
     cwd: Option<PathBuf>,
@@ -50,6 +56,35 @@ pub struct RunArgs {
     /// The command and its arguments.
     #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
     command: Vec<OsString>,
+}
+
+/// The event classes `--trace` selects (the syscall table's classes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum TraceClass {
+    Process,
+    File,
+    Network,
+    Memory,
+    Privilege,
+    Kernel,
+}
+
+impl TraceClass {
+    fn matches(self, event: &Event) -> bool {
+        let class = match &event.what {
+            What::Syscall(sc) => sc.class,
+            What::Fork { .. } | What::Exec { .. } | What::Exit { .. } => Class::Process,
+        };
+        class
+            == match self {
+                TraceClass::Process => Class::Process,
+                TraceClass::File => Class::File,
+                TraceClass::Network => Class::Network,
+                TraceClass::Memory => Class::Memory,
+                TraceClass::Privilege => Class::Privilege,
+                TraceClass::Kernel => Class::Kernel,
+            }
+    }
 }
 
 fn parse_ring_kib(s: &str) -> Result<u32, String> {
@@ -95,6 +130,8 @@ fn run(args: RunArgs) -> anyhow::Result<RunSummary> {
     };
     let mut write_error = None;
     let print = args.print_trace;
+    let classes = args.trace.clone();
+    let selected = |e: &Event| classes.is_empty() || classes.iter().any(|c| c.matches(e));
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -103,6 +140,7 @@ fn run(args: RunArgs) -> anyhow::Result<RunSummary> {
     let mut probes = Probes::load(&config).context("loading the kernel probes")?;
     let summary = runtime.block_on(monitor_daemon::run::run(&spec, &mut probes, |event| {
         if print
+            && selected(event)
             && write_error.is_none()
             && let Err(e) = render::write_event(&mut out, style, event)
         {

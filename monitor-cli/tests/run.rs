@@ -132,3 +132,43 @@ fn without_root_it_says_so() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("needs root"), "{err}");
 }
+
+#[test]
+fn trace_classes_select_what_is_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace.jsonl");
+    let out = monitorctl(&[
+        "run",
+        "--json",
+        "--print-trace",
+        "--trace",
+        "process",
+        "--output",
+        trace.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        "cat /etc/hostname >/dev/null",
+    ]);
+    assert!(out.status.success());
+    let lines = json_lines(&trace);
+    let events = &lines[..lines.len() - 1];
+    assert!(
+        events.iter().any(|e| e["syscall"] == "execve"),
+        "process events are kept"
+    );
+    assert!(
+        events.iter().all(|e| e["syscall"] != "openat"),
+        "file events are left out"
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| e["class"].is_null() || e["class"] == "process")
+    );
+    // The summary still counts everything.
+    assert!(lines.last().unwrap()["events"].as_u64().unwrap() as usize > events.len());
+
+    let out = monitorctl(&["run", "--trace", "disk", "--", "true"]);
+    assert_eq!(out.status.code(), Some(2), "unknown class is a usage error");
+}

@@ -9,6 +9,9 @@
 //!
 //! [`cgroup`] and [`run`] put a command under watch from its first instruction.
 
+/// The shared facts (syscall table, record layout), re-exported for the crates above.
+pub use monitor_common;
+
 pub mod cgroup;
 pub mod decode;
 pub mod probes;

@@ -69,26 +69,39 @@ pub fn cargo() -> Command {
 
 fn demo() -> Result<()> {
     let ctl = root().join("target/release/monitorctl");
+    let python = real_python()?;
     println!("\n== monitorctl run: loading examples/malicious.pkl with pickle.load ==\n");
     let status = Command::new(ctl)
-        .args([
-            "run",
-            "--print-trace",
-            "--",
-            "python3",
-            "examples/load_pickle.py",
-            "examples/malicious.pkl",
-        ])
+        .args(["run", "--print-trace", "--trace", "process,network", "--"])
+        .arg(python)
+        .args(["examples/load_pickle.py", "examples/malicious.pkl"])
         .current_dir(root())
         .status()
         .context("starting monitorctl")?;
     println!(
-        "\nThe execve lines above are the pickle's payload running `id` during pickle.load()."
+        "\nThe `sh -c id` above is the pickle's payload, run by pickle.load(). \
+         Without --trace, every traced syscall is shown."
     );
     if !status.success() {
         bail!("the demo failed: {status}");
     }
     Ok(())
+}
+
+/// The interpreter itself, not a version manager's shim script in front of it (whose own
+/// execs would crowd the demo's trace).
+fn real_python() -> Result<String> {
+    let out = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .context("running python3")?;
+    if !out.status.success() {
+        bail!(
+            "python3 does not run: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
 }
 
 fn test() -> Result<()> {
