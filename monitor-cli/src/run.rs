@@ -45,8 +45,8 @@ pub struct RunArgs {
     output: Option<PathBuf>,
     /// Print only events of these classes (comma separated): process, file, network, memory,
     /// privilege, kernel. Process creation, exec and exit count as `process`. Default: all.
-    #[arg(long, value_name = "CLASSES", value_delimiter = ',', value_enum)]
-    trace: Vec<TraceClass>,
+    #[arg(long, value_name = "CLASSES", value_delimiter = ',', value_parser = parse_class)]
+    trace: Vec<Class>,
     /// Working directory of the command.
     #[arg(long, value_name = "DIR")]
     cwd: Option<PathBuf>,
@@ -58,32 +58,22 @@ pub struct RunArgs {
     command: Vec<OsString>,
 }
 
-/// The event classes `--trace` selects (the syscall table's classes).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-enum TraceClass {
-    Process,
-    File,
-    Network,
-    Memory,
-    Privilege,
-    Kernel,
+/// Parses one `--trace` class by its name in the syscall table.
+fn parse_class(s: &str) -> Result<Class, String> {
+    Class::ALL
+        .into_iter()
+        .find(|c| c.name() == s)
+        .ok_or_else(|| {
+            let names: Vec<_> = Class::ALL.iter().map(|c| c.name()).collect();
+            format!("unknown class (one of: {})", names.join(", "))
+        })
 }
 
-impl TraceClass {
-    fn matches(self, event: &Event) -> bool {
-        let class = match &event.what {
-            What::Syscall(sc) => sc.class,
-            What::Fork { .. } | What::Exec { .. } | What::Exit { .. } => Class::Process,
-        };
-        class
-            == match self {
-                TraceClass::Process => Class::Process,
-                TraceClass::File => Class::File,
-                TraceClass::Network => Class::Network,
-                TraceClass::Memory => Class::Memory,
-                TraceClass::Privilege => Class::Privilege,
-                TraceClass::Kernel => Class::Kernel,
-            }
+/// The class of an event: its syscall's, or `process` for process creation, exec and exit.
+fn class_of(event: &Event) -> Class {
+    match &event.what {
+        What::Syscall(sc) => sc.class,
+        What::Fork { .. } | What::Exec { .. } | What::Exit { .. } => Class::Process,
     }
 }
 
@@ -131,7 +121,7 @@ fn run(args: RunArgs) -> anyhow::Result<RunSummary> {
     let mut write_error = None;
     let print = args.print_trace;
     let classes = args.trace.clone();
-    let selected = |e: &Event| classes.is_empty() || classes.iter().any(|c| c.matches(e));
+    let selected = |e: &Event| classes.is_empty() || classes.contains(&class_of(e));
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -11,29 +11,32 @@ fn monitorctl(args: &[&str]) -> Output {
         .expect("start monitorctl")
 }
 
-fn json_lines(path: &std::path::Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect()
-}
-
-#[test]
-fn json_trace_shows_the_open_with_its_result_and_the_exec() {
+/// Runs `monitorctl run --json --print-trace --output FILE <options> -- sh -c <script>`;
+/// returns its output and the JSON lines of FILE.
+fn run_json(options: &[&str], script: &str) -> (Output, Vec<Value>) {
     let dir = tempfile::tempdir().unwrap();
     let trace = dir.path().join("trace.jsonl");
-    let out = monitorctl(&[
+    let mut args = vec![
         "run",
         "--json",
         "--print-trace",
         "--output",
         trace.to_str().unwrap(),
-        "--",
-        "sh",
-        "-c",
-        "cat /etc/hostname; exec /bin/true",
-    ]);
+    ];
+    args.extend_from_slice(options);
+    args.extend_from_slice(&["--", "sh", "-c", script]);
+    let out = monitorctl(&args);
+    let lines = std::fs::read_to_string(&trace)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    (out, lines)
+}
+
+#[test]
+fn json_trace_shows_the_open_with_its_result_and_the_exec() {
+    let (out, lines) = run_json(&[], "cat /etc/hostname; exec /bin/true");
     assert!(
         out.status.success(),
         "{}",
@@ -45,7 +48,6 @@ fn json_trace_shows_the_open_with_its_result_and_the_exec() {
         std::fs::read_to_string("/etc/hostname").unwrap()
     );
 
-    let lines = json_lines(&trace);
     let open = lines
         .iter()
         .find(|e| e["syscall"] == "openat" && e["args"]["filename"] == "/etc/hostname")
@@ -135,23 +137,8 @@ fn without_root_it_says_so() {
 
 #[test]
 fn trace_classes_select_what_is_printed() {
-    let dir = tempfile::tempdir().unwrap();
-    let trace = dir.path().join("trace.jsonl");
-    let out = monitorctl(&[
-        "run",
-        "--json",
-        "--print-trace",
-        "--trace",
-        "process",
-        "--output",
-        trace.to_str().unwrap(),
-        "--",
-        "sh",
-        "-c",
-        "cat /etc/hostname >/dev/null",
-    ]);
+    let (out, lines) = run_json(&["--trace", "process"], "cat /etc/hostname >/dev/null");
     assert!(out.status.success());
-    let lines = json_lines(&trace);
     let events = &lines[..lines.len() - 1];
     assert!(
         events.iter().any(|e| e["syscall"] == "execve"),

@@ -83,6 +83,29 @@ pub enum Class {
     Kernel,
 }
 
+impl Class {
+    pub const ALL: [Class; 6] = [
+        Class::Process,
+        Class::File,
+        Class::Network,
+        Class::Memory,
+        Class::Privilege,
+        Class::Kernel,
+    ];
+
+    /// The lower-case name reports and command lines use.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Class::Process => "process",
+            Class::File => "file",
+            Class::Network => "network",
+            Class::Memory => "memory",
+            Class::Privilege => "privilege",
+            Class::Kernel => "kernel",
+        }
+    }
+}
+
 /// One argument of a syscall.
 #[derive(Clone, Copy, Debug)]
 pub struct Arg {
@@ -133,406 +156,104 @@ pub const MAX_ARGS: usize = 6;
 
 /// Every traced syscall. Order is irrelevant; names are the tracepoint names
 /// (`syscalls:sys_enter_<name>`).
+#[rustfmt::skip]
 pub static SYSCALLS: &[Syscall] = &[
     // Process creation and execution.
-    sc(
-        "execve",
-        59,
-        Process,
-        &[a("filename", Path), a("argv", Argv), a("envp", Ptr)],
-    ),
-    sc(
-        "execveat",
-        322,
-        Process,
-        &[
-            a("dfd", DirFd),
-            a("filename", Path),
-            a("argv", Argv),
-            a("envp", Ptr),
-            a("flags", AtFlags),
-        ],
-    ),
-    sc(
-        "clone",
-        56,
-        Process,
-        &[
-            a("flags", CloneFlags),
-            a("newsp", Ptr),
-            a("parent_tid", Ptr),
-            a("child_tid", Ptr),
-            a("tls", Hex),
-        ],
-    ),
-    sc(
-        "clone3",
-        435,
-        Process,
-        &[a("uargs", CloneArgs), a("size", Size)],
-    ),
+    sc("execve", 59, Process, &[a("filename", Path), a("argv", Argv), a("envp", Ptr)]),
+    sc("execveat", 322, Process, &[
+        a("dfd", DirFd), a("filename", Path), a("argv", Argv), a("envp", Ptr), a("flags", AtFlags),
+    ]),
+    sc("clone", 56, Process, &[
+        a("flags", CloneFlags), a("newsp", Ptr), a("parent_tid", Ptr), a("child_tid", Ptr), a("tls", Hex),
+    ]),
+    sc("clone3", 435, Process, &[a("uargs", CloneArgs), a("size", Size)]),
     sc("fork", 57, Process, &[]),
     sc("vfork", 58, Process, &[]),
-    Syscall {
-        returns: false,
-        ..sc("exit_group", 231, Process, &[a("error_code", Int)])
-    },
+    Syscall { returns: false, ..sc("exit_group", 231, Process, &[a("error_code", Int)]) },
     sc("kill", 62, Process, &[a("pid", Pid), a("sig", Signal)]),
     sc("tkill", 200, Process, &[a("pid", Pid), a("sig", Signal)]),
-    sc(
-        "tgkill",
-        234,
-        Process,
-        &[a("tgid", Pid), a("pid", Pid), a("sig", Signal)],
-    ),
+    sc("tgkill", 234, Process, &[a("tgid", Pid), a("pid", Pid), a("sig", Signal)]),
     sc("chdir", 80, Process, &[a("filename", Path)]),
     sc("fchdir", 81, Process, &[a("fd", Fd)]),
     // Files.
-    sc(
-        "open",
-        2,
-        File,
-        &[a("filename", Path), a("flags", OpenFlags), a("mode", Mode)],
-    ),
-    sc(
-        "openat",
-        257,
-        File,
-        &[
-            a("dfd", DirFd),
-            a("filename", Path),
-            a("flags", OpenFlags),
-            a("mode", Mode),
-        ],
-    ),
-    sc(
-        "openat2",
-        437,
-        File,
-        &[
-            a("dfd", DirFd),
-            a("filename", Path),
-            a("how", OpenHow),
-            a("usize", Size),
-        ],
-    ),
+    sc("open", 2, File, &[a("filename", Path), a("flags", OpenFlags), a("mode", Mode)]),
+    sc("openat", 257, File, &[a("dfd", DirFd), a("filename", Path), a("flags", OpenFlags), a("mode", Mode)]),
+    sc("openat2", 437, File, &[a("dfd", DirFd), a("filename", Path), a("how", OpenHow), a("usize", Size)]),
     sc("creat", 85, File, &[a("pathname", Path), a("mode", Mode)]),
     sc("unlink", 87, File, &[a("pathname", Path)]),
-    sc(
-        "unlinkat",
-        263,
-        File,
-        &[a("dfd", DirFd), a("pathname", Path), a("flag", AtFlags)],
-    ),
-    sc(
-        "rename",
-        82,
-        File,
-        &[a("oldname", Path), a("newname", Path)],
-    ),
-    sc(
-        "renameat",
-        264,
-        File,
-        &[
-            a("olddfd", DirFd),
-            a("oldname", Path),
-            a("newdfd", DirFd),
-            a("newname", Path),
-        ],
-    ),
-    sc(
-        "renameat2",
-        316,
-        File,
-        &[
-            a("olddfd", DirFd),
-            a("oldname", Path),
-            a("newdfd", DirFd),
-            a("newname", Path),
-            a("flags", Hex),
-        ],
-    ),
+    sc("unlinkat", 263, File, &[a("dfd", DirFd), a("pathname", Path), a("flag", AtFlags)]),
+    sc("rename", 82, File, &[a("oldname", Path), a("newname", Path)]),
+    sc("renameat", 264, File, &[a("olddfd", DirFd), a("oldname", Path), a("newdfd", DirFd), a("newname", Path)]),
+    sc("renameat2", 316, File, &[
+        a("olddfd", DirFd), a("oldname", Path), a("newdfd", DirFd), a("newname", Path), a("flags", Hex),
+    ]),
     sc("link", 86, File, &[a("oldname", Path), a("newname", Path)]),
-    sc(
-        "linkat",
-        265,
-        File,
-        &[
-            a("olddfd", DirFd),
-            a("oldname", Path),
-            a("newdfd", DirFd),
-            a("newname", Path),
-            a("flags", AtFlags),
-        ],
-    ),
-    sc(
-        "symlink",
-        88,
-        File,
-        &[a("oldname", Path), a("newname", Path)],
-    ),
-    sc(
-        "symlinkat",
-        266,
-        File,
-        &[a("oldname", Path), a("newdfd", DirFd), a("newname", Path)],
-    ),
+    sc("linkat", 265, File, &[
+        a("olddfd", DirFd), a("oldname", Path), a("newdfd", DirFd), a("newname", Path), a("flags", AtFlags),
+    ]),
+    sc("symlink", 88, File, &[a("oldname", Path), a("newname", Path)]),
+    sc("symlinkat", 266, File, &[a("oldname", Path), a("newdfd", DirFd), a("newname", Path)]),
     sc("chmod", 90, File, &[a("filename", Path), a("mode", Mode)]),
     sc("fchmod", 91, File, &[a("fd", Fd), a("mode", Mode)]),
-    sc(
-        "fchmodat",
-        268,
-        File,
-        &[a("dfd", DirFd), a("filename", Path), a("mode", Mode)],
-    ),
-    sc(
-        "fchmodat2",
-        452,
-        File,
-        &[
-            a("dfd", DirFd),
-            a("filename", Path),
-            a("mode", Mode),
-            a("flags", AtFlags),
-        ],
-    ),
-    sc(
-        "chown",
-        92,
-        File,
-        &[a("filename", Path), a("user", Id), a("group", Id)],
-    ),
-    sc(
-        "fchownat",
-        260,
-        File,
-        &[
-            a("dfd", DirFd),
-            a("filename", Path),
-            a("user", Id),
-            a("group", Id),
-            a("flag", AtFlags),
-        ],
-    ),
-    sc(
-        "memfd_create",
-        319,
-        Memory,
-        &[a("uname", Str), a("flags", Hex)],
-    ),
+    sc("fchmodat", 268, File, &[a("dfd", DirFd), a("filename", Path), a("mode", Mode)]),
+    sc("fchmodat2", 452, File, &[a("dfd", DirFd), a("filename", Path), a("mode", Mode), a("flags", AtFlags)]),
+    sc("chown", 92, File, &[a("filename", Path), a("user", Id), a("group", Id)]),
+    sc("fchownat", 260, File, &[
+        a("dfd", DirFd), a("filename", Path), a("user", Id), a("group", Id), a("flag", AtFlags),
+    ]),
+    sc("memfd_create", 319, Memory, &[a("uname", Str), a("flags", Hex)]),
     // Network.
-    sc(
-        "socket",
-        41,
-        Network,
-        &[
-            a("family", AddressFamily),
-            a("type", SockType),
-            a("protocol", Int),
-        ],
-    ),
-    sc(
-        "connect",
-        42,
-        Network,
-        &[a("fd", Fd), a("uservaddr", SockAddr), a("addrlen", Size)],
-    ),
-    sc(
-        "bind",
-        49,
-        Network,
-        &[a("fd", Fd), a("umyaddr", SockAddr), a("addrlen", Size)],
-    ),
+    sc("socket", 41, Network, &[a("family", AddressFamily), a("type", SockType), a("protocol", Int)]),
+    sc("connect", 42, Network, &[a("fd", Fd), a("uservaddr", SockAddr), a("addrlen", Size)]),
+    sc("bind", 49, Network, &[a("fd", Fd), a("umyaddr", SockAddr), a("addrlen", Size)]),
     sc("listen", 50, Network, &[a("fd", Fd), a("backlog", Int)]),
-    sc(
-        "accept",
-        43,
-        Network,
-        &[
-            a("fd", Fd),
-            a("upeer_sockaddr", Ptr),
-            a("upeer_addrlen", Ptr),
-        ],
-    ),
-    sc(
-        "accept4",
-        288,
-        Network,
-        &[
-            a("fd", Fd),
-            a("upeer_sockaddr", Ptr),
-            a("upeer_addrlen", Ptr),
-            a("flags", Hex),
-        ],
-    ),
-    sc(
-        "sendto",
-        44,
-        Network,
-        &[
-            a("fd", Fd),
-            a("buff", Ptr),
-            a("len", Size),
-            a("flags", Hex),
-            a("addr", SockAddr),
-            a("addr_len", Size),
-        ],
-    ),
-    sc(
-        "sendmsg",
-        46,
-        Network,
-        &[a("fd", Fd), a("msg", Ptr), a("flags", Hex)],
-    ),
-    sc(
-        "sendmmsg",
-        307,
-        Network,
-        &[
-            a("fd", Fd),
-            a("mmsg", Ptr),
-            a("vlen", UInt),
-            a("flags", Hex),
-        ],
-    ),
+    sc("accept", 43, Network, &[a("fd", Fd), a("upeer_sockaddr", Ptr), a("upeer_addrlen", Ptr)]),
+    sc("accept4", 288, Network, &[
+        a("fd", Fd), a("upeer_sockaddr", Ptr), a("upeer_addrlen", Ptr), a("flags", Hex),
+    ]),
+    sc("sendto", 44, Network, &[
+        a("fd", Fd), a("buff", Ptr), a("len", Size), a("flags", Hex), a("addr", SockAddr), a("addr_len", Size),
+    ]),
+    sc("sendmsg", 46, Network, &[a("fd", Fd), a("msg", Ptr), a("flags", Hex)]),
+    sc("sendmmsg", 307, Network, &[a("fd", Fd), a("mmsg", Ptr), a("vlen", UInt), a("flags", Hex)]),
     // Memory.
     Syscall {
         only_if: Some((2, PROT_EXEC)),
-        ..sc(
-            "mmap",
-            9,
-            Memory,
-            &[
-                a("addr", Ptr),
-                a("len", Size),
-                a("prot", ProtFlags),
-                a("flags", MapFlags),
-                a("fd", Fd),
-                a("off", Hex),
-            ],
-        )
+        ..sc("mmap", 9, Memory, &[
+            a("addr", Ptr), a("len", Size), a("prot", ProtFlags), a("flags", MapFlags), a("fd", Fd), a("off", Hex),
+        ])
     },
     Syscall {
         only_if: Some((2, PROT_EXEC)),
-        ..sc(
-            "mprotect",
-            10,
-            Memory,
-            &[a("start", Ptr), a("len", Size), a("prot", ProtFlags)],
-        )
+        ..sc("mprotect", 10, Memory, &[a("start", Ptr), a("len", Size), a("prot", ProtFlags)])
     },
-    sc(
-        "process_vm_readv",
-        310,
-        Memory,
-        &[
-            a("pid", Pid),
-            a("lvec", Ptr),
-            a("liovcnt", UInt),
-            a("rvec", Ptr),
-            a("riovcnt", UInt),
-            a("flags", Hex),
-        ],
-    ),
-    sc(
-        "process_vm_writev",
-        311,
-        Memory,
-        &[
-            a("pid", Pid),
-            a("lvec", Ptr),
-            a("liovcnt", UInt),
-            a("rvec", Ptr),
-            a("riovcnt", UInt),
-            a("flags", Hex),
-        ],
-    ),
-    sc(
-        "ptrace",
-        101,
-        Privilege,
-        &[
-            a("request", PtraceRequest),
-            a("pid", Pid),
-            a("addr", Ptr),
-            a("data", Ptr),
-        ],
-    ),
+    sc("process_vm_readv", 310, Memory, &[
+        a("pid", Pid), a("lvec", Ptr), a("liovcnt", UInt), a("rvec", Ptr), a("riovcnt", UInt), a("flags", Hex),
+    ]),
+    sc("process_vm_writev", 311, Memory, &[
+        a("pid", Pid), a("lvec", Ptr), a("liovcnt", UInt), a("rvec", Ptr), a("riovcnt", UInt), a("flags", Hex),
+    ]),
+    sc("ptrace", 101, Privilege, &[a("request", PtraceRequest), a("pid", Pid), a("addr", Ptr), a("data", Ptr)]),
     // Privilege.
     sc("setuid", 105, Privilege, &[a("uid", Id)]),
     sc("setgid", 106, Privilege, &[a("gid", Id)]),
     sc("setreuid", 113, Privilege, &[a("ruid", Id), a("euid", Id)]),
     sc("setregid", 114, Privilege, &[a("rgid", Id), a("egid", Id)]),
-    sc(
-        "setresuid",
-        117,
-        Privilege,
-        &[a("ruid", Id), a("euid", Id), a("suid", Id)],
-    ),
-    sc(
-        "setresgid",
-        119,
-        Privilege,
-        &[a("rgid", Id), a("egid", Id), a("sgid", Id)],
-    ),
-    sc(
-        "capset",
-        126,
-        Privilege,
-        &[a("header", Ptr), a("data", Ptr)],
-    ),
+    sc("setresuid", 117, Privilege, &[a("ruid", Id), a("euid", Id), a("suid", Id)]),
+    sc("setresgid", 119, Privilege, &[a("rgid", Id), a("egid", Id), a("sgid", Id)]),
+    sc("capset", 126, Privilege, &[a("header", Ptr), a("data", Ptr)]),
     sc("unshare", 272, Privilege, &[a("unshare_flags", CloneFlags)]),
-    sc(
-        "setns",
-        308,
-        Privilege,
-        &[a("fd", Fd), a("flags", CloneFlags)],
-    ),
+    sc("setns", 308, Privilege, &[a("fd", Fd), a("flags", CloneFlags)]),
     // Kernel interfaces.
-    sc(
-        "mount",
-        165,
-        Kernel,
-        &[
-            a("dev_name", Str),
-            a("dir_name", Path),
-            a("type", Str),
-            a("flags", MountFlags),
-            a("data", Ptr),
-        ],
-    ),
+    sc("mount", 165, Kernel, &[
+        a("dev_name", Str), a("dir_name", Path), a("type", Str), a("flags", MountFlags), a("data", Ptr),
+    ]),
     sc("umount", 166, Kernel, &[a("name", Path), a("flags", Hex)]),
-    sc(
-        "init_module",
-        175,
-        Kernel,
-        &[a("umod", Ptr), a("len", Size), a("uargs", Str)],
-    ),
-    sc(
-        "finit_module",
-        313,
-        Kernel,
-        &[a("fd", Fd), a("uargs", Str), a("flags", Hex)],
-    ),
-    sc(
-        "delete_module",
-        176,
-        Kernel,
-        &[a("name_user", Str), a("flags", Hex)],
-    ),
-    sc(
-        "bpf",
-        321,
-        Kernel,
-        &[a("cmd", BpfCmd), a("uattr", Ptr), a("size", Size)],
-    ),
-    sc(
-        "io_uring_setup",
-        425,
-        Kernel,
-        &[a("entries", UInt), a("params", Ptr)],
-    ),
+    sc("init_module", 175, Kernel, &[a("umod", Ptr), a("len", Size), a("uargs", Str)]),
+    sc("finit_module", 313, Kernel, &[a("fd", Fd), a("uargs", Str), a("flags", Hex)]),
+    sc("delete_module", 176, Kernel, &[a("name_user", Str), a("flags", Hex)]),
+    sc("bpf", 321, Kernel, &[a("cmd", BpfCmd), a("uattr", Ptr), a("size", Size)]),
+    sc("io_uring_setup", 425, Kernel, &[a("entries", UInt), a("params", Ptr)]),
 ];
 
 /// The syscall with this x86_64 number, if traced.
