@@ -64,6 +64,9 @@ pub struct EventHeader {
 pub const FLAG_TRUNCATED: u16 = 1 << 0;
 /// Header flag: a read of user or kernel memory failed (bad pointer, page not present).
 pub const FLAG_READ_ERROR: u16 = 1 << 1;
+/// Header flag (entry records): captured again at the syscall's exit because reading user
+/// memory failed at entry. Its data is what the memory held at exit.
+pub const FLAG_RECAPTURED: u16 = 1 << 2;
 
 /// Bytes of variable data a [`SyscallEnter`] can carry. Every item starts below
 /// [`ITEM_START_MAX`] and is at most that long, so the sum stays in bounds.

@@ -45,6 +45,9 @@ pub fn text(event: &Event) -> String {
             if sc.read_error {
                 line.push_str(" <unreadable memory>");
             }
+            if sc.recaptured {
+                line.push_str(" <read at exit>");
+            }
             line
         }
         What::Fork { child_pid } => format!("{who} +++ new process {child_pid} +++"),

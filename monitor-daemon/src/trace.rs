@@ -66,6 +66,10 @@ pub struct SyscallEvent {
     /// Some argument's memory could not be read.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub read_error: bool,
+    /// The arguments were read at the syscall's exit, because their memory was not readable
+    /// at entry: they show what the memory held then.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub recaptured: bool,
     #[serde(skip)]
     pub syscall: &'static Syscall,
 }
@@ -209,6 +213,17 @@ impl Tracer {
 
     fn enter(&mut self, enter: Enter, emit: &mut impl FnMut(Event)) {
         let sc = enter.syscall;
+        if enter.header.recaptured {
+            // A second look at the entry waiting for its exit: keep its time, take the data.
+            if let Some(pending) = self.pending.get_mut(&enter.header.tid)
+                && pending.syscall.nr == sc.nr
+            {
+                let time_ns = pending.header.time_ns;
+                *pending = enter;
+                pending.header.time_ns = time_ns;
+            }
+            return;
+        }
         if sc.name == "exit_group"
             && let Some(code) = enter.args.first().and_then(ArgValue::as_u64)
         {
@@ -254,6 +269,7 @@ impl Tracer {
             exit_time_ns: exit.map(|(_, t)| t),
             truncated: enter.header.truncated,
             read_error: enter.header.read_error,
+            recaptured: enter.header.recaptured,
             syscall: sc,
         });
         self.event(&enter.header, what)

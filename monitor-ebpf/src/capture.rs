@@ -5,19 +5,19 @@
 //! see it) and is at most `ITEM_START_MAX` long, so no copy can leave `data`.
 
 use aya_ebpf::{
-    helpers::{bpf_probe_read_user, generated},
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated},
     programs::TracePointContext,
 };
 use monitor_common::{
     event::{
-        ARG_MAX, ARGV_MAX, BLOB_MAX, Counter, DATA_MAX, EventKind, FLAG_READ_ERROR, FLAG_TRUNCATED,
-        ITEM_START_MAX, STR_MAX, STR_SLOTS, SyscallEnter,
+        ARG_MAX, ARGV_MAX, BLOB_MAX, CaptureSpec, Counter, DATA_MAX, EventKind, FLAG_READ_ERROR,
+        FLAG_RECAPTURED, FLAG_TRUNCATED, ITEM_START_MAX, STR_MAX, STR_SLOTS, SyscallEnter,
     },
     syscall::{Capture, MAX_ARGS},
 };
 
 use crate::{
-    CAPTURE, EVENTS, SCRATCH,
+    CAPTURE, EVENTS, RETRY, SCRATCH,
     context::{Watched, count, fill_header, offsets},
 };
 
@@ -113,15 +113,69 @@ fn try_syscall_enter(ctx: &TracePointContext, watch: Watched) -> Result<(), i64>
         }
     }
 
+    let flags = emit(watch, nr as u32, spec, args, 0)?;
+    // User memory that was not paged in cannot be read here; the kernel will have touched it
+    // by the time the syscall returns, so try again then.
+    if flags & FLAG_READ_ERROR != 0 && spec.exit != 0 {
+        let tid = bpf_get_current_pid_tgid() as u32;
+        let _ = RETRY.insert(
+            tid,
+            Retry {
+                nr: nr as u32,
+                _pad: 0,
+                args,
+            },
+            0,
+        );
+    }
+    Ok(())
+}
+
+/// At a syscall's exit: captures the entry's arguments again if reading them failed at entry.
+/// The new record carries `FLAG_RECAPTURED`; user space puts its data in place of the first.
+#[inline(always)]
+pub fn recapture(watch: Watched, nr: u32) {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let Some(retry) = (unsafe { RETRY.get(tid) }).copied() else {
+        return;
+    };
+    let _ = RETRY.remove(tid);
+    if retry.nr != nr {
+        return;
+    }
+    if let Some(spec) = CAPTURE.get(nr) {
+        let _ = emit(watch, nr, spec, retry.args, FLAG_RECAPTURED);
+    }
+}
+
+/// Arguments of an entry whose user memory could not all be read.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct Retry {
+    nr: u32,
+    _pad: u32,
+    args: [u64; MAX_ARGS],
+}
+
+/// Builds the entry record of syscall `nr` in scratch space and copies its used part to the
+/// ring buffer. Returns the record's flags.
+#[inline(always)]
+fn emit(
+    watch: Watched,
+    nr: u32,
+    spec: &CaptureSpec,
+    args: [u64; MAX_ARGS],
+    flags: u16,
+) -> Result<u16, i64> {
     let ev = SCRATCH.get_ptr_mut(0).ok_or(0)?;
-    let mut cur = Cursor { off: 0, flags: 0 };
+    let mut cur = Cursor { off: 0, flags };
     unsafe {
         fill_header(
             &raw mut (*ev).header,
             EventKind::SyscallEnter,
             watch.cgroup_id,
         );
-        (*ev).nr = nr as u32;
+        (*ev).nr = nr;
         (*ev).args = args;
         (*ev).str_len = [0; STR_SLOTS];
         (*ev).blob_len = 0;
@@ -164,7 +218,7 @@ fn try_syscall_enter(ctx: &TracePointContext, watch: Watched) -> Result<(), i64>
         Ok(()) => watch.emitted(),
         Err(_) => watch.dropped(),
     }
-    Ok(())
+    Ok(cur.flags)
 }
 
 /// Copies up to `ARGV_MAX` entries of a NULL-terminated array of user string pointers.

@@ -19,7 +19,7 @@ mod context;
 use aya_ebpf::{
     EbpfContext,
     macros::{map, tracepoint},
-    maps::{Array, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::TracePointContext,
 };
 use monitor_common::event::{
@@ -44,6 +44,10 @@ static CAPTURE: Array<CaptureSpec> = Array::with_max_entries(CAPTURE_ENTRIES, 0)
 /// Per-CPU space to build a variable-size entry record (too large for the 512-byte stack).
 #[map]
 static SCRATCH: PerCpuArray<SyscallEnter> = PerCpuArray::with_max_entries(1, 0);
+
+/// Entries whose user memory could not be read, by thread id, to capture again at exit.
+#[map]
+static RETRY: LruHashMap<u32, capture::Retry> = LruHashMap::with_max_entries(16384, 0);
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
@@ -84,6 +88,7 @@ fn try_sys_exit(ctx: &TracePointContext, watch: Watched) -> Result<(), i64> {
     if spec.exit == 0 {
         return Ok(());
     }
+    capture::recapture(watch, nr as u32);
     let ret: i64 = unsafe { ctx.read_at(off.exit_ret as usize) }.map_err(i64::from)?;
     let Some(mut entry) = EVENTS.reserve::<SyscallExit>(0) else {
         watch.dropped();

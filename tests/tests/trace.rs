@@ -156,3 +156,41 @@ async fn a_full_ring_buffer_is_counted_and_reported_never_hidden() {
     // What was delivered is still decoded and reported.
     assert!(syscalls(&events, "openat").count() > 0);
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn paths_in_memory_not_yet_paged_in_are_read_at_exit() {
+    // The path lives in a file mapping that nothing has touched: at the syscall's entry its page
+    // is not present and cannot be read from a tracepoint; by the exit the kernel has read it.
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("target-file.txt");
+    std::fs::write(&target, "x").unwrap();
+    let holder = dir.path().join("path-holder");
+    let mut bytes = target.to_str().unwrap().as_bytes().to_vec();
+    bytes.resize(4096, 0);
+    std::fs::write(&holder, &bytes).unwrap();
+    let script = dir.path().join("open_from_mapping.py");
+    std::fs::write(
+        &script,
+        format!(
+            "import ctypes, mmap, os\n\
+             fd = os.open({holder:?}, os.O_RDWR)\n\
+             m = mmap.mmap(fd, 4096, flags=mmap.MAP_PRIVATE)\n\
+             addr = ctypes.addressof(ctypes.c_char.from_buffer(m))\n\
+             libc = ctypes.CDLL(None, use_errno=True)\n\
+             libc.open.argtypes = [ctypes.c_void_p, ctypes.c_int]\n\
+             assert libc.open(addr, os.O_RDONLY) >= 0\n",
+            holder = holder.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let (events, summary) = trace_bash(
+        &format!("python3 {}", script.display()),
+        &ProbeConfig::default(),
+    )
+    .await;
+    assert_eq!(summary.exit_code, 0);
+    let (_, open) = find_with_str(&events, "openat", "filename", target.to_str().unwrap())
+        .expect("the open through the untouched mapping is reported with its path");
+    assert!(open.recaptured, "read at exit, and marked so: {open:?}");
+    assert!(open.ret.unwrap() >= 0);
+}

@@ -9,8 +9,8 @@ use std::mem::size_of;
 
 use monitor_common::{
     event::{
-        EventHeader, EventKind, FLAG_READ_ERROR, FLAG_TRUNCATED, ProcessExec, ProcessExit,
-        ProcessFork, STR_SLOTS, SyscallEnter, SyscallExit,
+        EventHeader, EventKind, FLAG_READ_ERROR, FLAG_RECAPTURED, FLAG_TRUNCATED, ProcessExec,
+        ProcessExit, ProcessFork, STR_SLOTS, SyscallEnter, SyscallExit,
     },
     syscall::{self, Syscall},
 };
@@ -36,6 +36,9 @@ pub struct Header {
     /// Some user memory could not be read.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub read_error: bool,
+    /// An entry record captured again at the syscall's exit (see `FLAG_RECAPTURED`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub recaptured: bool,
 }
 
 /// One decoded ring-buffer record.
@@ -251,6 +254,7 @@ fn header(raw: &EventHeader) -> Header {
         comm: c_string(&raw.comm),
         truncated: raw.flags & FLAG_TRUNCATED != 0,
         read_error: raw.flags & FLAG_READ_ERROR != 0,
+        recaptured: raw.flags & FLAG_RECAPTURED != 0,
     }
 }
 
