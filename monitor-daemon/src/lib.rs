@@ -18,5 +18,6 @@ pub mod probes;
 pub mod process;
 pub mod reader;
 pub mod render;
+pub mod rules;
 pub mod run;
 pub mod trace;

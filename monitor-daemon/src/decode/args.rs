@@ -240,6 +240,28 @@ fn sockaddr(b: &[u8]) -> Option<SockAddr> {
 
 type Names = &'static [(u64, &'static str)];
 
+/// Whether `name` is a flag the decoder can show (what rules may test for).
+pub fn is_flag_name(name: &str) -> bool {
+    ["O_RDONLY", "O_WRONLY", "O_RDWR"].contains(&name)
+        || [
+            OPEN_FLAGS,
+            AT_FLAGS,
+            PROT_FLAGS,
+            MAP_FLAGS,
+            CLONE_FLAGS,
+            MOUNT_FLAGS,
+            SOCK_TYPES,
+            SOCK_TYPE_FLAGS,
+        ]
+        .iter()
+        .any(|names| names.iter().any(|&(_, n)| n == name))
+}
+
+/// Whether `name` is an address family the decoder can show.
+pub fn is_family_name(name: &str) -> bool {
+    ADDRESS_FAMILIES.iter().any(|&(_, n)| n == name)
+}
+
 fn named(v: u64, names: Names) -> Option<&'static str> {
     names.iter().find(|&&(n, _)| n == v).map(|&(_, s)| s)
 }

@@ -16,7 +16,7 @@ use monitor_common::{
 };
 use serde::Serialize;
 
-pub use args::{ArgValue, SockAddr};
+pub use args::{ArgValue, SockAddr, is_family_name, is_flag_name};
 
 /// Who did it, when, and where; common to every record.
 #[derive(Debug, Clone, Serialize)]

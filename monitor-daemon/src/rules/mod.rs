@@ -1,0 +1,401 @@
+//! Rules: events -> findings.
+//!
+//! Rules are YAML ([`schema`]); an embedded default set covers what loading a model must never
+//! do, and users add files of their own. A rule file is validated as a whole when it is loaded
+//! (unknown syscalls, classes, flags and bad globs are errors with a line number), so a rule
+//! set that loaded is one that can run.
+
+mod matcher;
+pub mod schema;
+
+use std::{collections::HashSet, path::Path, sync::Arc};
+
+use serde::Serialize;
+
+pub use schema::{Phase, ResultCondition, RuleSpec, Severity};
+
+use crate::trace::Event;
+use matcher::Matcher;
+
+/// The rules shipped inside the binary.
+pub const DEFAULT_RULES: &str = include_str!("default.yaml");
+
+/// A rule, validated and ready to match.
+#[derive(Debug)]
+pub struct Rule {
+    pub spec: RuleSpec,
+    matcher: Matcher,
+}
+
+impl Rule {
+    pub fn id(&self) -> &str {
+        &self.spec.id
+    }
+
+    fn applies_in(&self, phase: Phase) -> bool {
+        if self.spec.phases.is_empty() {
+            phase != Phase::Setup
+        } else {
+            self.spec.phases.contains(&phase)
+        }
+    }
+}
+
+/// A rule that fired, with the event that made it fire.
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    pub rule: String,
+    pub severity: Severity,
+    pub description: String,
+    pub tags: Vec<String>,
+    pub phase: Phase,
+    pub event: Event,
+}
+
+/// Why a rule file was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("{source_name}:{line}: {message}")]
+pub struct RuleError {
+    pub source_name: String,
+    /// 1-based; 0 when unknown.
+    pub line: usize,
+    pub message: String,
+}
+
+/// The rules in force.
+#[derive(Debug, Clone, Default)]
+pub struct RuleSet {
+    rules: Vec<Arc<Rule>>,
+}
+
+impl RuleSet {
+    /// The embedded default rules.
+    pub fn defaults() -> Self {
+        RuleSet::parse(DEFAULT_RULES, "default.yaml")
+            .expect("the embedded rules are valid (tested)")
+    }
+
+    /// Parses and validates a rule file's text. `source_name` names it in errors.
+    pub fn parse(text: &str, source_name: &str) -> Result<Self, RuleError> {
+        let error = |line: usize, message: String| RuleError {
+            source_name: source_name.into(),
+            line,
+            message,
+        };
+        let file: schema::RuleFile = serde_yaml_ng::from_str(text).map_err(|e| {
+            let line = e.location().map_or(0, |l| l.line());
+            error(line, e.to_string())
+        })?;
+        let mut seen = HashSet::new();
+        let mut rules = Vec::with_capacity(file.rules.len());
+        for spec in file.rules {
+            let line = line_of_id(text, &spec.id);
+            if spec.id.trim().is_empty() {
+                return Err(error(line, "a rule has an empty id".into()));
+            }
+            if !seen.insert(spec.id.clone()) {
+                return Err(error(line, format!("rule `{}` is defined twice", spec.id)));
+            }
+            let matcher = Matcher::compile(&spec.matcher)
+                .map_err(|m| error(line, format!("rule `{}`: {m}", spec.id)))?;
+            rules.push(Arc::new(Rule { spec, matcher }));
+        }
+        Ok(RuleSet { rules })
+    }
+
+    /// Reads and validates a rule file.
+    pub fn load(path: &Path) -> Result<Self, RuleError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| RuleError {
+            source_name: name.clone(),
+            line: 0,
+            message: e.to_string(),
+        })?;
+        RuleSet::parse(&text, &name)
+    }
+
+    /// Adds `other`'s rules; a rule id present in both is an error (names must stay unique so
+    /// that findings say which rule fired).
+    pub fn extend(&mut self, other: RuleSet, source_name: &str) -> Result<(), RuleError> {
+        for rule in other.rules {
+            if self.rules.iter().any(|r| r.id() == rule.id()) {
+                return Err(RuleError {
+                    source_name: source_name.into(),
+                    line: 0,
+                    message: format!("rule `{}` is already defined", rule.id()),
+                });
+            }
+            self.rules.push(rule);
+        }
+        Ok(())
+    }
+
+    pub fn rules(&self) -> impl Iterator<Item = &Rule> {
+        self.rules.iter().map(|r| &**r)
+    }
+
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// The findings `event` raises in `phase`. `cwd` (the process's working directory, where
+    /// known) turns relative paths into absolute ones before globs see them.
+    pub fn judge(&self, event: &Event, phase: Phase, cwd: Option<&str>) -> Vec<Finding> {
+        let crate::trace::What::Syscall(sc) = &event.what else {
+            return Vec::new();
+        };
+        let facts = matcher::Facts::of(sc, cwd);
+        self.rules
+            .iter()
+            .filter(|r| r.applies_in(phase) && r.matcher.matches(sc, &facts))
+            .map(|r| Finding {
+                rule: r.spec.id.clone(),
+                severity: r.spec.severity,
+                description: r.spec.description.clone(),
+                tags: r.spec.tags.clone(),
+                phase,
+                event: event.clone(),
+            })
+            .collect()
+    }
+}
+
+/// The line of `id: <id>` in `text` (1-based), or 0.
+fn line_of_id(text: &str, id: &str) -> usize {
+    text.lines()
+        .position(|l| {
+            let l = l.trim_start().trim_start_matches("- ").trim();
+            l.strip_prefix("id:")
+                .is_some_and(|v| v.trim().trim_matches(['"', '\'']) == id)
+        })
+        .map_or(0, |i| i + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use monitor_common::syscall::by_name;
+
+    use super::*;
+    use crate::{
+        decode::{ArgValue, SockAddr},
+        trace::{Args, SyscallEvent, What},
+    };
+
+    fn syscall(name: &str, args: Vec<ArgValue>, ret: i64) -> Event {
+        let sc = by_name(name).unwrap();
+        Event {
+            time_ns: 1,
+            pid: 10,
+            tid: 10,
+            ppid: Some(1),
+            uid: 0,
+            comm: "python3".into(),
+            cgroup_id: 7,
+            what: What::Syscall(SyscallEvent {
+                name: sc.name,
+                class: sc.class,
+                args: Args(sc.args.iter().map(|a| a.name).zip(args).collect()),
+                ret: Some(ret),
+                errno: None,
+                exit_time_ns: None,
+                truncated: false,
+                read_error: false,
+                recaptured: false,
+                syscall: sc,
+            }),
+        }
+    }
+
+    fn flags(text: &str) -> ArgValue {
+        ArgValue::Flags {
+            raw: 0,
+            text: text.into(),
+        }
+    }
+
+    fn openat(path: &str, flag_text: &str) -> Event {
+        let args = vec![
+            ArgValue::Fd(libc::AT_FDCWD),
+            ArgValue::Str(Some(path.into())),
+            flags(flag_text),
+            ArgValue::Mode(0o644),
+        ];
+        syscall("openat", args, 3)
+    }
+
+    fn fired(rules: &RuleSet, event: &Event, cwd: Option<&str>) -> Vec<String> {
+        rules
+            .judge(event, Phase::Load, cwd)
+            .into_iter()
+            .map(|f| f.rule)
+            .collect()
+    }
+
+    #[test]
+    fn the_default_rules_are_valid() {
+        let rules = RuleSet::defaults();
+        assert!(rules.len() >= 25, "{}", rules.len());
+    }
+
+    #[test]
+    fn credential_reads_fire_also_through_relative_paths() {
+        let rules = RuleSet::defaults();
+        assert_eq!(
+            fired(&rules, &openat("/home/u/.ssh/id_rsa", "O_RDONLY"), None),
+            ["cred.read"]
+        );
+        assert_eq!(
+            fired(
+                &rules,
+                &openat("../.aws/credentials", "O_RDONLY"),
+                Some("/home/u/models")
+            ),
+            ["cred.read"]
+        );
+        assert!(
+            fired(
+                &rules,
+                &openat("/home/u/.ssh/known_hosts", "O_RDONLY"),
+                None
+            )
+            .is_empty()
+        );
+        assert!(
+            fired(
+                &rules,
+                &openat("/usr/lib/python3/os.py", "O_RDONLY|O_CLOEXEC"),
+                None
+            )
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn writes_to_persistence_paths_fire_reads_do_not() {
+        let rules = RuleSet::defaults();
+        assert_eq!(
+            fired(&rules, &openat("/root/.bashrc", "O_WRONLY|O_APPEND"), None),
+            ["persist.write"]
+        );
+        assert!(fired(&rules, &openat("/root/.bashrc", "O_RDONLY"), None).is_empty());
+    }
+
+    #[test]
+    fn network_rules_look_at_the_address() {
+        let rules = RuleSet::defaults();
+        let connect = |addr: SockAddr| {
+            syscall(
+                "connect",
+                vec![
+                    ArgValue::Fd(3),
+                    ArgValue::SockAddr(Some(addr)),
+                    ArgValue::UInt(16),
+                ],
+                -111,
+            )
+        };
+        let dns = connect(SockAddr::Inet {
+            addr: std::net::Ipv4Addr::new(127, 0, 0, 53),
+            port: 53,
+        });
+        assert_eq!(fired(&rules, &dns, None), ["net.connect", "net.dns"]);
+        let web = connect(SockAddr::Inet {
+            addr: std::net::Ipv4Addr::LOCALHOST,
+            port: 8080,
+        });
+        assert_eq!(fired(&rules, &web, None), ["net.connect"]);
+        let local = connect(SockAddr::Unix {
+            path: "/var/run/nscd/socket".into(),
+        });
+        assert!(fired(&rules, &local, None).is_empty());
+    }
+
+    #[test]
+    fn setup_phase_is_exempt_unless_a_rule_says_otherwise() {
+        let rules = RuleSet::defaults();
+        let event = openat("/etc/shadow", "O_RDONLY");
+        assert!(rules.judge(&event, Phase::Setup, None).is_empty());
+        assert_eq!(rules.judge(&event, Phase::Run, None).len(), 1);
+    }
+
+    #[test]
+    fn bad_rule_files_are_refused_with_the_line() {
+        let unknown_syscall = "rules:\n  - id: a\n    description: d\n    severity: high\n    match: { syscalls: [connect] }\n  - id: b\n    description: d\n    severity: high\n    match: { syscalls: [conect] }\n";
+        let e = RuleSet::parse(unknown_syscall, "mine.yaml").unwrap_err();
+        assert_eq!(e.line, 6, "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("mine.yaml:6: rule `b`: unknown syscall `conect`"),
+            "{e}"
+        );
+        // `read` is not traced either: rules can only name what the kernel side reports.
+        let e = RuleSet::parse(&unknown_syscall.replace("conect", "read"), "x").unwrap_err();
+        assert!(e.to_string().contains("unknown syscall `read`"), "{e}");
+
+        let typo = "rules:\n  - id: a\n    description: d\n    severity: high\n    match: { syscals: [connect] }\n";
+        let e = RuleSet::parse(typo, "x").unwrap_err();
+        assert!(e.to_string().contains("unknown field `syscals`"), "{e}");
+        assert_eq!(e.line, 5);
+
+        let bad_severity = "rules:\n  - id: a\n    description: d\n    severity: urgent\n    match: { syscalls: [connect] }\n";
+        assert!(
+            RuleSet::parse(bad_severity, "x")
+                .unwrap_err()
+                .to_string()
+                .contains("urgent")
+        );
+
+        let twice = "rules:\n  - id: a\n    description: d\n    severity: low\n    match: { syscalls: [connect] }\n  - id: a\n    description: d\n    severity: low\n    match: { syscalls: [bind] }\n";
+        assert!(
+            RuleSet::parse(twice, "x")
+                .unwrap_err()
+                .to_string()
+                .contains("defined twice")
+        );
+
+        let bad_glob = "rules:\n  - id: a\n    description: d\n    severity: low\n    match: { syscalls: [open], path: [\"/a/[\"] }\n";
+        assert!(
+            RuleSet::parse(bad_glob, "x")
+                .unwrap_err()
+                .to_string()
+                .contains("bad glob")
+        );
+
+        let no_scope = "rules:\n  - id: a\n    description: d\n    severity: low\n    match: { path: [\"/a\"] }\n";
+        assert!(
+            RuleSet::parse(no_scope, "x")
+                .unwrap_err()
+                .to_string()
+                .contains("which syscalls")
+        );
+
+        let bad_flag = "rules:\n  - id: a\n    description: d\n    severity: low\n    match: { syscalls: [open], flags_any: [O_CREATE] }\n";
+        assert!(
+            RuleSet::parse(bad_flag, "x")
+                .unwrap_err()
+                .to_string()
+                .contains("unknown flag `O_CREATE`")
+        );
+    }
+
+    #[test]
+    fn user_rules_extend_the_defaults_but_cannot_shadow_them() {
+        let mut rules = RuleSet::defaults();
+        let mine = RuleSet::parse(
+            "rules:\n  - id: mine.models\n    description: a model file was opened\n    severity: info\n    match: { syscalls: [openat], path: [\"**/*.pkl\"] }\n",
+            "mine.yaml",
+        )
+        .unwrap();
+        rules.extend(mine, "mine.yaml").unwrap();
+        assert_eq!(
+            fired(&rules, &openat("/m/model.pkl", "O_RDONLY"), None),
+            ["mine.models"]
+        );
+        let again = RuleSet::parse("rules:\n  - id: cred.read\n    description: x\n    severity: low\n    match: { syscalls: [open] }\n", "b").unwrap();
+        assert!(rules.extend(again, "b").is_err());
+    }
+}
