@@ -14,7 +14,8 @@ use monitor_daemon::{
     monitor_common::syscall::Class,
     probes::{ProbeConfig, Probes},
     render::{self, Style},
-    run::{RunSpec, RunSummary, SpawnError},
+    rules::{RuleSet, Severity},
+    run::{Output, RunSpec, RunSummary, SpawnError},
     trace::{Event, What},
 };
 
@@ -47,6 +48,16 @@ pub struct RunArgs {
     /// privilege, kernel. Process creation, exec and exit count as `process`. Default: all.
     #[arg(long, value_name = "CLASSES", value_delimiter = ',', value_parser = parse_class)]
     trace: Vec<Class>,
+    /// Add the rules of FILE (YAML) to the defaults; may be given more than once.
+    #[arg(long, value_name = "FILE")]
+    rules: Vec<PathBuf>,
+    /// Judge with the --rules files only.
+    #[arg(long)]
+    no_default_rules: bool,
+    /// Kill the command and everything it started at the first finding of high severity or
+    /// above.
+    #[arg(long)]
+    terminate_on_high_risk: bool,
     /// Working directory of the command.
     #[arg(long, value_name = "DIR")]
     cwd: Option<PathBuf>,
@@ -106,6 +117,8 @@ fn run(args: RunArgs) -> anyhow::Result<RunSummary> {
         program: program.clone(),
         args: rest.to_vec(),
         cwd: args.cwd.clone(),
+        rules: rule_set(&args)?,
+        terminate_at: args.terminate_on_high_risk.then_some(Severity::High),
     };
     let config = ProbeConfig {
         ring_buffer_bytes: args.ring_buffer_kib * 1024,
@@ -128,12 +141,18 @@ fn run(args: RunArgs) -> anyhow::Result<RunSummary> {
         .build()
         .context("starting the async runtime")?;
     let mut probes = Probes::load(&config).context("loading the kernel probes")?;
-    let summary = runtime.block_on(monitor_daemon::run::run(&spec, &mut probes, |event| {
-        if print
-            && selected(event)
-            && write_error.is_none()
-            && let Err(e) = render::write_event(&mut out, style, event)
-        {
+    let summary = runtime.block_on(monitor_daemon::run::run(&spec, &mut probes, |output| {
+        if write_error.is_some() {
+            return;
+        }
+        let written = match output {
+            Output::Event(event) if print && selected(event) => {
+                render::write_event(&mut out, style, event)
+            }
+            Output::Event(_) => Ok(()),
+            Output::Finding(finding) => render::write_finding(&mut out, style, finding),
+        };
+        if let Err(e) = written {
             write_error = Some(e);
         }
     }))?;
@@ -161,6 +180,23 @@ fn write_summary(out: &mut impl Write, style: Style, s: &RunSummary) -> io::Resu
                 "monitor: {} events from {} processes; command exited with {}",
                 s.events, s.processes, s.exit_code
             )?;
+            let findings: Vec<String> = s
+                .findings
+                .iter()
+                .rev()
+                .map(|(severity, n)| format!("{n} {severity}"))
+                .collect();
+            if findings.is_empty() {
+                writeln!(out, "monitor: no findings")?;
+            } else {
+                writeln!(out, "monitor: findings: {}", findings.join(", "))?;
+            }
+            if let Some(rule) = &s.terminated_by {
+                writeln!(
+                    out,
+                    "monitor: the command was killed at the first finding of rule {rule}"
+                )?;
+            }
             if !s.complete {
                 writeln!(
                     out,
@@ -171,6 +207,23 @@ fn write_summary(out: &mut impl Write, style: Style, s: &RunSummary) -> io::Resu
             Ok(())
         }
     }
+}
+
+/// The default rules (unless turned off) plus each --rules file.
+fn rule_set(args: &RunArgs) -> anyhow::Result<RuleSet> {
+    let mut rules = if args.no_default_rules {
+        RuleSet::default()
+    } else {
+        RuleSet::defaults()
+    };
+    for path in &args.rules {
+        let name = path.display().to_string();
+        rules.extend(RuleSet::load(path)?, &name)?;
+    }
+    if rules.is_empty() {
+        anyhow::bail!("no rules: --no-default-rules needs at least one --rules FILE");
+    }
+    Ok(rules)
 }
 
 /// Detaching the ~120 tracepoints takes seconds: the kernel waits for an RCU grace period per

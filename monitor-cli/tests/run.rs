@@ -67,7 +67,11 @@ fn json_trace_shows_the_open_with_its_result_and_the_exec() {
     assert_eq!(summary["type"], "summary");
     assert_eq!(summary["exit_code"], 0);
     assert_eq!(summary["complete"], true);
-    assert!(summary["events"].as_u64().unwrap() as usize == lines.len() - 1);
+    let events = lines
+        .iter()
+        .filter(|l| l["type"] != "finding" && l["type"] != "summary")
+        .count();
+    assert_eq!(summary["events"].as_u64().unwrap() as usize, events);
 }
 
 #[test]
@@ -158,4 +162,36 @@ fn trace_classes_select_what_is_printed() {
 
     let out = monitorctl(&["run", "--trace", "disk", "--", "true"]);
     assert_eq!(out.status.code(), Some(2), "unknown class is a usage error");
+}
+
+#[test]
+fn findings_are_reported_and_bad_rule_files_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("mine.yaml");
+    std::fs::write(
+        &rules,
+        "rules:\n  - id: mine.hostname\n    description: the hostname was read\n    severity: medium\n    match: { syscalls: [openat], path: [/etc/hostname] }\n",
+    )
+    .unwrap();
+    let (out, lines) = run_json(
+        &["--rules", rules.to_str().unwrap()],
+        "cat /etc/hostname >/dev/null",
+    );
+    assert!(out.status.success());
+    let finding = lines
+        .iter()
+        .find(|l| l["type"] == "finding" && l["rule"] == "mine.hostname")
+        .expect("a finding of the user's rule");
+    assert_eq!(finding["severity"], "medium");
+    assert_eq!(finding["event"]["args"]["filename"], "/etc/hostname");
+    assert_eq!(lines.last().unwrap()["findings"]["medium"], 1);
+
+    std::fs::write(&rules, "rules:\n  - id: bad\n    description: d\n    severity: high\n    match: { syscalls: [opne] }\n").unwrap();
+    let out = monitorctl(&["run", "--rules", rules.to_str().unwrap(), "--", "true"]);
+    assert_eq!(out.status.code(), Some(125));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("mine.yaml:2: rule `bad`: unknown syscall `opne`"),
+        "{err}"
+    );
 }

@@ -2,7 +2,10 @@
 
 use std::io::{self, Write};
 
-use crate::trace::{Event, What};
+use crate::{
+    rules::Finding,
+    trace::{Event, What},
+};
 
 /// How events are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +22,27 @@ pub fn write_event(out: &mut impl Write, style: Style, event: &Event) -> io::Res
             out.write_all(b"\n")
         }
         Style::Text => writeln!(out, "{}", text(event)),
+    }
+}
+
+/// Writes one finding in `style`: two lines of text (what, then the evidence), or a JSON
+/// object with `"type":"finding"`.
+pub fn write_finding(out: &mut impl Write, style: Style, finding: &Finding) -> io::Result<()> {
+    match style {
+        Style::Json => {
+            let mut value = serde_json::to_value(finding)?;
+            value["type"] = "finding".into();
+            serde_json::to_writer(&mut *out, &value)?;
+            out.write_all(b"\n")
+        }
+        Style::Text => writeln!(
+            out,
+            "monitor: {} {}: {}\n    {}",
+            finding.severity.name().to_uppercase(),
+            finding.rule,
+            finding.description,
+            text(&finding.event)
+        ),
     }
 }
 

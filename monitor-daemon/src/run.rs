@@ -1,5 +1,5 @@
 //! One-time monitoring: run a command in a fresh, watched cgroup and report everything it and
-//! its descendants do.
+//! its descendants do, judged by the rules.
 //!
 //! The order matters for "nothing escapes": the cgroup is created and watched first; the child
 //! moves itself into it between fork and exec, so the execve of the command is its first
@@ -8,6 +8,7 @@
 //! task was committed before the task left the cgroup.
 
 use std::{
+    collections::BTreeMap,
     ffi::OsString,
     os::unix::process::{CommandExt as _, ExitStatusExt as _},
     path::PathBuf,
@@ -20,18 +21,30 @@ use serde::Serialize;
 
 use crate::{
     cgroup::{self, JobCgroup},
-    probes::{KernelCounters, Probes, WatchCounters},
+    decode::Record,
+    probes::{Probes, WatchCounters},
     process::Process,
     reader::Reader,
-    trace::{Event, Tracer},
+    rules::{Finding, Phase, RuleSet, Severity},
+    trace::{Event, Tracer, What},
 };
 
-/// What to run.
+/// What to run, and how to judge it.
 #[derive(Debug, Clone)]
 pub struct RunSpec {
     pub program: OsString,
     pub args: Vec<OsString>,
     pub cwd: Option<PathBuf>,
+    pub rules: RuleSet,
+    /// Kill every process of the job at the first finding of this severity or above.
+    pub terminate_at: Option<Severity>,
+}
+
+/// What a run reports as it goes.
+#[derive(Debug, Clone, Copy)]
+pub enum Output<'a> {
+    Event(&'a Event),
+    Finding(&'a Finding),
 }
 
 /// How a run ended.
@@ -44,6 +57,10 @@ pub struct RunSummary {
     /// Events reported.
     pub events: u64,
     pub processes: usize,
+    /// Findings by severity.
+    pub findings: BTreeMap<Severity, u64>,
+    /// The rule whose finding made monitor kill the job, if one did.
+    pub terminated_by: Option<String>,
     /// Records of this job written by the kernel programs.
     pub kernel_records: u64,
     /// Records of this job lost to a full ring buffer. Non-zero means the trace is incomplete.
@@ -52,6 +69,13 @@ pub struct RunSummary {
     pub malformed: u64,
     /// True when no record was lost or unreadable: the trace is the whole story.
     pub complete: bool,
+}
+
+impl RunSummary {
+    /// The most severe finding, if any.
+    pub fn worst(&self) -> Option<Severity> {
+        self.findings.keys().next_back().copied()
+    }
 }
 
 /// Why the command could not be started (as opposed to monitor failing).
@@ -63,13 +87,14 @@ pub struct SpawnError {
     pub source: std::io::Error,
 }
 
-/// Runs `spec` under watch of `probes`, calling `sink` with each event as it is known.
+/// Runs `spec` under watch of `probes`, calling `sink` with each event and finding as it is
+/// known.
 ///
 /// Takes the probes' ring buffer: one run per loaded [`Probes`].
 pub async fn run(
     spec: &RunSpec,
     probes: &mut Probes,
-    mut sink: impl FnMut(&Event),
+    mut sink: impl FnMut(Output<'_>),
 ) -> Result<RunSummary> {
     let ring = probes
         .take_events()
@@ -82,16 +107,10 @@ pub async fn run(
         .watch(job.id())
         .context("watching the job's cgroup")?;
 
-    let mut tracer = Tracer::default();
-    let mut events = 0u64;
-    let mut emit = |e: Event| {
-        events += 1;
-        sink(&e);
-    };
-
     let mut child = spawn(spec, &job)?;
     let pid = child.id().context("child has no pid")?;
-    tracer.processes_mut().insert(Process {
+    let mut judge = Judge::new(spec, pid);
+    judge.tracer.processes_mut().insert(Process {
         pid,
         ppid: Some(std::process::id()),
         exe: None,
@@ -119,8 +138,8 @@ pub async fn run(
         tokio::select! {
             read = reader.read(&mut records) => {
                 read.context("reading the ring buffer")?;
-                for r in records.drain(..) {
-                    tracer.push(r, &mut emit);
+                if judge.feed(&mut records, &mut sink) {
+                    job.kill_all().context("killing the job")?;
                 }
             }
             exited = child.wait(), if status.is_none() => {
@@ -137,31 +156,107 @@ pub async fn run(
 
     // Everything the job's tasks wrote is committed by now; take the rest.
     reader.drain(&mut records);
-    for r in records.drain(..) {
-        tracer.push(r, &mut emit);
-    }
-    tracer.flush(&mut emit);
+    judge.feed(&mut records, &mut sink);
+    judge.finish(&mut sink);
     let counts: WatchCounters = probes
         .unwatch(job.id())
         .context("reading the job's counters")?;
-    let kernel: KernelCounters = probes.counters()?;
-    tracing::debug!(?kernel, "kernel counters");
     drop(job);
 
     let status = status.expect("loop ends only after the command exited");
     let signal = status.signal();
-    let exit_code = status.code().unwrap_or_else(|| 128 + signal.unwrap_or(0));
     let malformed = reader.malformed();
     Ok(RunSummary {
-        exit_code,
+        exit_code: status.code().unwrap_or_else(|| 128 + signal.unwrap_or(0)),
         signal,
-        events,
-        processes: tracer.processes().len(),
+        events: judge.events,
+        processes: judge.tracer.processes().len(),
+        findings: judge.findings,
+        terminated_by: judge.terminated_by,
         kernel_records: counts.events,
         dropped: counts.dropped,
         malformed,
         complete: counts.dropped == 0 && malformed == 0,
     })
+}
+
+/// Records -> events -> findings, for one run.
+struct Judge<'a> {
+    spec: &'a RunSpec,
+    tracer: Tracer,
+    root: u32,
+    /// Whether the command's own exec has completed: what comes before (the launcher's PATH
+    /// search and the exec itself) is reported but not judged.
+    started: bool,
+    events: u64,
+    findings: BTreeMap<Severity, u64>,
+    terminated_by: Option<String>,
+    batch: Vec<Event>,
+}
+
+impl<'a> Judge<'a> {
+    fn new(spec: &'a RunSpec, root: u32) -> Self {
+        Judge {
+            spec,
+            tracer: Tracer::default(),
+            root,
+            started: false,
+            events: 0,
+            findings: BTreeMap::new(),
+            terminated_by: None,
+            batch: Vec::new(),
+        }
+    }
+
+    /// Feeds `records` (drained); returns true when a finding calls for killing the job.
+    fn feed(&mut self, records: &mut Vec<Record>, sink: &mut impl FnMut(Output<'_>)) -> bool {
+        let mut batch = std::mem::take(&mut self.batch);
+        for r in records.drain(..) {
+            self.tracer.push(r, &mut |e| batch.push(e));
+        }
+        let kill = self.judge(&mut batch, sink);
+        self.batch = batch;
+        kill
+    }
+
+    /// Emits the entries that never saw their exit.
+    fn finish(&mut self, sink: &mut impl FnMut(Output<'_>)) {
+        let mut batch = Vec::new();
+        self.tracer.flush(&mut |e| batch.push(e));
+        self.judge(&mut batch, sink);
+    }
+
+    fn judge(&mut self, batch: &mut Vec<Event>, sink: &mut impl FnMut(Output<'_>)) -> bool {
+        let mut kill = false;
+        for event in batch.drain(..) {
+            self.events += 1;
+            sink(Output::Event(&event));
+            if !self.started {
+                self.started = event.pid == self.root
+                    && matches!(&event.what, What::Syscall(sc) if sc.name.starts_with("execve") && sc.ret == Some(0));
+                continue;
+            }
+            let cwd = self
+                .tracer
+                .processes()
+                .get(event.pid)
+                .and_then(|p| p.cwd.as_deref());
+            for finding in self.spec.rules.judge(&event, Phase::Run, cwd) {
+                *self.findings.entry(finding.severity).or_default() += 1;
+                if self.terminated_by.is_none()
+                    && self
+                        .spec
+                        .terminate_at
+                        .is_some_and(|t| finding.severity >= t)
+                {
+                    self.terminated_by = Some(finding.rule.clone());
+                    kill = true;
+                }
+                sink(Output::Finding(&finding));
+            }
+        }
+        kill
+    }
 }
 
 fn spawn(spec: &RunSpec, job: &JobCgroup) -> Result<tokio::process::Child> {

@@ -4,12 +4,24 @@
 
 use monitor_daemon::{
     probes::{ProbeConfig, Probes},
-    run::{RunSpec, RunSummary},
+    rules::{Finding, RuleSet, Severity},
+    run::{Output, RunSpec, RunSummary},
     trace::{Event, SyscallEvent, What},
 };
 
 /// Runs `script` with bash under watch; returns every event and the summary.
 pub async fn trace_bash(script: &str, config: &ProbeConfig) -> (Vec<Event>, RunSummary) {
+    let (events, _, summary) = judge_bash(script, config, None).await;
+    (events, summary)
+}
+
+/// Runs `script` with bash under watch and the default rules, killing the job at the first
+/// finding of `terminate_at` or above; returns the events, the findings and the summary.
+pub async fn judge_bash(
+    script: &str,
+    config: &ProbeConfig,
+    terminate_at: Option<Severity>,
+) -> (Vec<Event>, Vec<Finding>, RunSummary) {
     assert!(
         is_root(),
         "integration tests load eBPF programs: run them as root"
@@ -18,13 +30,18 @@ pub async fn trace_bash(script: &str, config: &ProbeConfig) -> (Vec<Event>, RunS
         program: "bash".into(),
         args: vec!["-c".into(), script.into()],
         cwd: None,
+        rules: RuleSet::defaults(),
+        terminate_at,
     };
-    let mut events = Vec::new();
+    let (mut events, mut findings) = (Vec::new(), Vec::new());
     let mut probes = Probes::load(config).expect("loading the probes");
-    let summary = monitor_daemon::run::run(&spec, &mut probes, |e| events.push(e.clone()))
-        .await
-        .expect("run under watch");
-    (events, summary)
+    let summary = monitor_daemon::run::run(&spec, &mut probes, |out| match out {
+        Output::Event(e) => events.push(e.clone()),
+        Output::Finding(f) => findings.push(f.clone()),
+    })
+    .await
+    .expect("run under watch");
+    (events, findings, summary)
 }
 
 pub fn is_root() -> bool {
