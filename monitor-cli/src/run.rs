@@ -16,6 +16,7 @@ use monitor_daemon::{
     render::{self, Style},
     rules::{RuleSet, Severity},
     run::{Output, RunSpec, RunSummary, SpawnError},
+    sandbox::SandboxOptions,
     trace::{Event, What},
 };
 
@@ -58,6 +59,12 @@ pub struct RunArgs {
     /// above.
     #[arg(long)]
     terminate_on_high_risk: bool,
+    /// Run the command in a sandbox: as user nobody, no network but loopback, the host file
+    /// system read-only, private /tmp, a decoy home with honeytoken credentials, and a
+    /// writable scratch directory at /work (the default working directory). Its files must be
+    /// readable by nobody. Needs bubblewrap.
+    #[arg(long)]
+    sandbox: bool,
     /// Working directory of the command.
     #[arg(long, value_name = "DIR")]
     cwd: Option<PathBuf>,
@@ -119,6 +126,7 @@ fn run(args: RunArgs) -> anyhow::Result<RunSummary> {
         cwd: args.cwd.clone(),
         rules: rule_set(&args)?,
         terminate_at: args.terminate_on_high_risk.then_some(Severity::High),
+        sandbox: args.sandbox.then(SandboxOptions::default),
     };
     let config = ProbeConfig {
         ring_buffer_bytes: args.ring_buffer_kib * 1024,

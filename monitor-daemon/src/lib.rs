@@ -20,4 +20,5 @@ pub mod reader;
 pub mod render;
 pub mod rules;
 pub mod run;
+pub mod sandbox;
 pub mod trace;

@@ -21,11 +21,12 @@ use serde::Serialize;
 
 use crate::{
     cgroup::{self, JobCgroup},
-    decode::Record,
+    decode::{ArgValue, Record},
     probes::{Probes, WatchCounters},
     process::Process,
     reader::Reader,
     rules::{Finding, Phase, RuleSet, Severity},
+    sandbox::{Sandbox, SandboxOptions},
     trace::{Event, Tracer, What},
 };
 
@@ -38,6 +39,8 @@ pub struct RunSpec {
     pub rules: RuleSet,
     /// Kill every process of the job at the first finding of this severity or above.
     pub terminate_at: Option<Severity>,
+    /// Run inside a sandbox built with these options (see [`crate::sandbox`]).
+    pub sandbox: Option<SandboxOptions>,
 }
 
 /// What a run reports as it goes.
@@ -107,7 +110,13 @@ pub async fn run(
         .watch(job.id())
         .context("watching the job's cgroup")?;
 
-    let mut child = spawn(spec, &job)?;
+    let sandbox = spec
+        .sandbox
+        .clone()
+        .map(Sandbox::create)
+        .transpose()
+        .context("building the sandbox")?;
+    let mut child = spawn(spec, &job, sandbox.as_ref())?;
     let pid = child.id().context("child has no pid")?;
     let mut judge = Judge::new(spec, pid);
     judge.tracer.processes_mut().insert(Process {
@@ -186,7 +195,7 @@ struct Judge<'a> {
     tracer: Tracer,
     root: u32,
     /// Whether the command's own exec has completed: what comes before (the launcher's PATH
-    /// search and the exec itself) is reported but not judged.
+    /// search, the sandbox's set-up, the exec itself) is reported but not judged.
     started: bool,
     events: u64,
     findings: BTreeMap<Severity, u64>,
@@ -226,14 +235,29 @@ impl<'a> Judge<'a> {
         self.judge(&mut batch, sink);
     }
 
+    /// The successful exec of the command itself: by the process started, or (sandboxed) by
+    /// one of its descendants, with the command's program as argv[0].
+    fn is_command_exec(&self, event: &Event) -> bool {
+        let What::Syscall(sc) = &event.what else {
+            return false;
+        };
+        if !sc.name.starts_with("execve") || sc.ret != Some(0) {
+            return false;
+        }
+        if self.spec.sandbox.is_none() {
+            return event.pid == self.root;
+        }
+        let program = self.spec.program.to_string_lossy();
+        sc.args.0.iter().any(|(_, v)| matches!(v, ArgValue::Argv(argv) if argv.first().is_some_and(|a| *a == program)))
+    }
+
     fn judge(&mut self, batch: &mut Vec<Event>, sink: &mut impl FnMut(Output<'_>)) -> bool {
         let mut kill = false;
         for event in batch.drain(..) {
             self.events += 1;
             sink(Output::Event(&event));
             if !self.started {
-                self.started = event.pid == self.root
-                    && matches!(&event.what, What::Syscall(sc) if sc.name.starts_with("execve") && sc.ret == Some(0));
+                self.started = self.is_command_exec(&event);
                 continue;
             }
             let cwd = self
@@ -259,18 +283,32 @@ impl<'a> Judge<'a> {
     }
 }
 
-fn spawn(spec: &RunSpec, job: &JobCgroup) -> Result<tokio::process::Child> {
+fn spawn(
+    spec: &RunSpec,
+    job: &JobCgroup,
+    sandbox: Option<&Sandbox>,
+) -> Result<tokio::process::Child> {
     let procs = job
         .procs_file()
         .context("opening the job cgroup's cgroup.procs")?;
-    let mut cmd = std::process::Command::new(&spec.program);
-    cmd.args(&spec.args);
-    if let Some(cwd) = &spec.cwd {
-        cmd.current_dir(cwd);
-    }
+    let mut cmd = match sandbox {
+        Some(sandbox) => sandbox.command(&spec.program, &spec.args, spec.cwd.as_deref()),
+        None => {
+            let mut cmd = std::process::Command::new(&spec.program);
+            cmd.args(&spec.args);
+            if let Some(cwd) = &spec.cwd {
+                cmd.current_dir(cwd);
+            }
+            cmd
+        }
+    };
     // SAFETY: join_in_child only calls write(2), which is async-signal-safe.
     unsafe {
         cmd.pre_exec(move || cgroup::join_in_child(&procs));
+    }
+    // Last: joining the cgroup needs root.
+    if let Some(sandbox) = sandbox {
+        sandbox.drop_privileges(&mut cmd);
     }
     let child = tokio::process::Command::from(cmd)
         .kill_on_drop(true)

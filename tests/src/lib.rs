@@ -6,21 +6,24 @@ use monitor_daemon::{
     probes::{ProbeConfig, Probes},
     rules::{Finding, RuleSet, Severity},
     run::{Output, RunSpec, RunSummary},
+    sandbox::SandboxOptions,
     trace::{Event, SyscallEvent, What},
 };
 
 /// Runs `script` with bash under watch; returns every event and the summary.
 pub async fn trace_bash(script: &str, config: &ProbeConfig) -> (Vec<Event>, RunSummary) {
-    let (events, _, summary) = judge_bash(script, config, None).await;
+    let (events, _, summary) = judge_bash(script, config, None, None).await;
     (events, summary)
 }
 
 /// Runs `script` with bash under watch and the default rules, killing the job at the first
-/// finding of `terminate_at` or above; returns the events, the findings and the summary.
+/// finding of `terminate_at` or above, sandboxed with `sandbox` if given; returns the events,
+/// the findings and the summary.
 pub async fn judge_bash(
     script: &str,
     config: &ProbeConfig,
     terminate_at: Option<Severity>,
+    sandbox: Option<SandboxOptions>,
 ) -> (Vec<Event>, Vec<Finding>, RunSummary) {
     assert!(
         is_root(),
@@ -32,6 +35,7 @@ pub async fn judge_bash(
         cwd: None,
         rules: RuleSet::defaults(),
         terminate_at,
+        sandbox,
     };
     let (mut events, mut findings) = (Vec::new(), Vec::new());
     let mut probes = Probes::load(config).expect("loading the probes");

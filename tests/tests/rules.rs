@@ -11,7 +11,7 @@ async fn a_honeytoken_read_is_a_critical_finding_with_its_evidence() {
     std::fs::write(&key, "not a real key").unwrap();
     // Relative to the working directory: the rule sees the absolute path.
     let script = format!("cd {} && cat .ssh/id_rsa >/dev/null", home.path().display());
-    let (_, findings, summary) = judge_bash(&script, &ProbeConfig::default(), None).await;
+    let (_, findings, summary) = judge_bash(&script, &ProbeConfig::default(), None, None).await;
 
     let cred = findings
         .iter()
@@ -26,7 +26,7 @@ async fn a_honeytoken_read_is_a_critical_finding_with_its_evidence() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn the_launch_itself_is_not_a_finding() {
-    let (_, findings, summary) = judge_bash("true", &ProbeConfig::default(), None).await;
+    let (_, findings, summary) = judge_bash("true", &ProbeConfig::default(), None, None).await;
     assert!(findings.is_empty(), "{findings:#?}");
     assert!(summary.findings.is_empty());
 }
@@ -38,7 +38,7 @@ async fn terminate_on_high_risk_kills_the_job_at_the_first_high_finding() {
     // Executing sh is a high finding; what sh would do after a pause never happens.
     let script = format!("exec /bin/sh -c 'sleep 5; touch {}'", marker.display());
     let (_, findings, summary) =
-        judge_bash(&script, &ProbeConfig::default(), Some(Severity::High)).await;
+        judge_bash(&script, &ProbeConfig::default(), Some(Severity::High), None).await;
 
     assert_eq!(
         summary.terminated_by.as_deref(),

@@ -19,6 +19,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 pub fn all() -> Result<()> {
     rust_src()?;
     bpf_linker()?;
+    bubblewrap()?;
     tracefs();
     run(cargo().args(["build", "--release", "--bins"]))
 }
@@ -108,6 +109,20 @@ fn find_libllvm(dir: &Path) -> Result<(PathBuf, u32)> {
         "no libLLVM.so.* in {}: the nightly toolchain lacks its shared LLVM",
         dir.display()
     )
+}
+
+/// The sandbox is built with bubblewrap, from the distribution's packages.
+fn bubblewrap() -> Result<()> {
+    if Path::new("/usr/bin/bwrap").exists() {
+        return Ok(());
+    }
+    if !is_root() {
+        println!("setup: warning: bubblewrap is missing and installing it needs root");
+        return Ok(());
+    }
+    println!("setup: installing bubblewrap");
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get").args(["install", "-y", "-qq", "bubblewrap"]))
 }
 
 /// The probes mount tracefs themselves when they can; doing it here shows problems early.

@@ -1,0 +1,155 @@
+//! A decoy home directory full of honeytokens: credentials that look real, are random for each
+//! job (so a payload cannot recognise them from an earlier run), and exist nowhere else. Any
+//! read of them is a finding; any use of them elsewhere betrays the artifact.
+
+use std::{
+    fs,
+    io::{self, Read as _},
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+};
+
+/// The home directory inside the sandbox.
+pub const HOME: &str = "/home/user";
+
+/// Files written into the decoy home, relative to it.
+pub const HONEYTOKENS: &[&str] = &[
+    ".ssh/id_rsa",
+    ".ssh/id_ed25519",
+    ".aws/credentials",
+    ".netrc",
+    ".git-credentials",
+    ".cache/huggingface/token",
+    ".docker/config.json",
+    ".kube/config",
+    ".pypirc",
+];
+
+/// Writes a decoy home under `dir`, owned by `uid`:`gid`; returns its path.
+pub fn create(dir: &Path, uid: u32, gid: u32) -> io::Result<PathBuf> {
+    let home = dir.join("home");
+    let mut rng = Random::new()?;
+    let aws_key = format!("AKIA{}", rng.upper_alnum(16));
+    let aws_secret = rng.base64ish(40);
+    let hf = format!("hf_{}", rng.alnum(34));
+    let gh = format!("ghp_{}", rng.alnum(36));
+    let pypi = format!("pypi-{}", rng.base64ish(60));
+    let docker = rng.base64ish(32);
+    let kube = rng.base64ish(48);
+    let files: [(&str, String); 9] = [
+        (
+            ".ssh/id_rsa",
+            pem("OPENSSH PRIVATE KEY", &rng.base64ish(1600)),
+        ),
+        (
+            ".ssh/id_ed25519",
+            pem("OPENSSH PRIVATE KEY", &rng.base64ish(280)),
+        ),
+        (
+            ".aws/credentials",
+            format!(
+                "[default]\naws_access_key_id = {aws_key}\naws_secret_access_key = {aws_secret}\n"
+            ),
+        ),
+        (
+            ".netrc",
+            format!("machine api.github.com\n  login ml-bot\n  password {gh}\n"),
+        ),
+        (
+            ".git-credentials",
+            format!("https://ml-bot:{gh}@github.com\n"),
+        ),
+        (".cache/huggingface/token", hf),
+        (
+            ".docker/config.json",
+            format!("{{\"auths\":{{\"registry.example.com\":{{\"auth\":\"{docker}\"}}}}}}\n"),
+        ),
+        (
+            ".kube/config",
+            format!(
+                "apiVersion: v1\nkind: Config\nusers:\n- name: ml\n  user:\n    token: {kube}\n"
+            ),
+        ),
+        (
+            ".pypirc",
+            format!("[pypi]\nusername = __token__\npassword = {pypi}\n"),
+        ),
+    ];
+    debug_assert_eq!(files.len(), HONEYTOKENS.len());
+    for (rel, content) in files {
+        let path = home.join(rel);
+        let parent = path.parent().expect("relative paths have a parent");
+        fs::create_dir_all(parent)?;
+        fs::write(&path, content)?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
+    }
+    // A home that looks used.
+    fs::write(
+        home.join(".bash_history"),
+        "nvidia-smi\npip install -r requirements.txt\npython train.py\n",
+    )?;
+    fs::create_dir_all(home.join("models"))?;
+    chown_tree(&home, uid, gid)?;
+    Ok(home)
+}
+
+fn pem(kind: &str, body: &str) -> String {
+    let lines: Vec<&str> = body
+        .as_bytes()
+        .chunks(70)
+        .map(|c| std::str::from_utf8(c).unwrap_or_default())
+        .collect();
+    format!(
+        "-----BEGIN {kind}-----\n{}\n-----END {kind}-----\n",
+        lines.join("\n")
+    )
+}
+
+fn chown_tree(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
+    std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
+    if path.is_dir() {
+        for entry in fs::read_dir(path)? {
+            chown_tree(&entry?.path(), uid, gid)?;
+        }
+    }
+    Ok(())
+}
+
+/// Random characters from the kernel's generator.
+struct Random(Vec<u8>, usize);
+
+impl Random {
+    fn new() -> io::Result<Self> {
+        let mut bytes = vec![0u8; 8192];
+        fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+        Ok(Random(bytes, 0))
+    }
+
+    fn pick(&mut self, alphabet: &[u8], n: usize) -> String {
+        (0..n)
+            .map(|_| {
+                let b = self.0[self.1 % self.0.len()];
+                self.1 += 1;
+                alphabet[b as usize % alphabet.len()] as char
+            })
+            .collect()
+    }
+
+    fn upper_alnum(&mut self, n: usize) -> String {
+        self.pick(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", n)
+    }
+
+    fn alnum(&mut self, n: usize) -> String {
+        self.pick(
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789",
+            n,
+        )
+    }
+
+    fn base64ish(&mut self, n: usize) -> String {
+        self.pick(
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/",
+            n,
+        )
+    }
+}

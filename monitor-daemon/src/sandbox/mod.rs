@@ -1,0 +1,182 @@
+//! The sandbox a watched job runs in: bubblewrap (a well-kept namespace builder) started as an
+//! unprivileged user, so the kernel sees that uid, not a root mapped into a namespace.
+//!
+//! Inside: new user, pid, net (loopback only), ipc, uts and cgroup namespaces; the host's file
+//! system read-only; private /tmp, /var/tmp, /dev/shm and /run; /home and /root hidden; a decoy
+//! home full of honeytokens at [`decoy::HOME`]; a writable scratch directory at
+//! [`WORK_DIR`]; resource limits; and bubblewrap dies with its parent, so nothing outlives the
+//! monitor.
+//!
+//! Not yet: Landlock on top (it has to be applied after bubblewrap's mounts, by a helper run
+//! inside), and cgroup memory limits (this host's cgroup v2 has no memory controller).
+
+pub mod decoy;
+
+use std::{
+    ffi::OsStr,
+    fs, io,
+    os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+/// The scratch directory inside the sandbox, writable by the job.
+pub const WORK_DIR: &str = "/work";
+
+/// Why a sandbox could not be built. A job that cannot be sandboxed does not run.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error(
+        "bubblewrap (bwrap) is not installed: `apt-get install bubblewrap` or `cargo xtask setup`"
+    )]
+    NoBubblewrap,
+    #[error("preparing the sandbox's directories: {0}")]
+    Prepare(#[from] io::Error),
+}
+
+/// Who the job runs as, and its limits.
+#[derive(Debug, Clone)]
+pub struct SandboxOptions {
+    pub uid: u32,
+    pub gid: u32,
+    /// RLIMIT_AS in bytes (address space; ML frameworks reserve a lot of it).
+    pub max_address_space: u64,
+    /// RLIMIT_FSIZE in bytes: the largest file the job may write.
+    pub max_file_size: u64,
+    /// RLIMIT_NOFILE.
+    pub max_open_files: u64,
+}
+
+impl Default for SandboxOptions {
+    fn default() -> Self {
+        SandboxOptions {
+            uid: 65534,
+            gid: 65534,
+            max_address_space: 32 << 30,
+            max_file_size: 1 << 30,
+            max_open_files: 4096,
+        }
+    }
+}
+
+/// A prepared sandbox: its decoy home and scratch directory on the host. Dropping it removes
+/// them.
+pub struct Sandbox {
+    options: SandboxOptions,
+    bwrap: PathBuf,
+    dir: tempfile::TempDir,
+    home: PathBuf,
+    work: PathBuf,
+}
+
+impl Sandbox {
+    pub fn create(options: SandboxOptions) -> Result<Self, SandboxError> {
+        let bwrap = find_in_path("bwrap").ok_or(SandboxError::NoBubblewrap)?;
+        let dir = tempfile::Builder::new()
+            .prefix("monitor-sandbox-")
+            .tempdir()?;
+        // bubblewrap runs as the job's user and must reach what it binds.
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755))?;
+        let home = decoy::create(dir.path(), options.uid, options.gid)?;
+        let work = dir.path().join("work");
+        fs::create_dir(&work)?;
+        std::os::unix::fs::chown(&work, Some(options.uid), Some(options.gid))?;
+        Ok(Sandbox {
+            options,
+            bwrap,
+            dir,
+            home,
+            work,
+        })
+    }
+
+    /// The scratch directory as the host sees it (inside: [`WORK_DIR`]).
+    pub fn work_dir(&self) -> &Path {
+        &self.work
+    }
+
+    /// The decoy home as the host sees it (inside: [`decoy::HOME`]).
+    pub fn home_dir(&self) -> &Path {
+        &self.home
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A command that runs `program` inside the sandbox, in `cwd` (default: [`WORK_DIR`]).
+    /// Call [`Sandbox::drop_privileges`] on it last, after any other `pre_exec` step that
+    /// needs root (joining a cgroup).
+    pub fn command(
+        &self,
+        program: &OsStr,
+        args: &[impl AsRef<OsStr>],
+        cwd: Option<&Path>,
+    ) -> Command {
+        let mut cmd = Command::new(&self.bwrap);
+        let bind = |cmd: &mut Command, flag: &str, src: &Path, dst: &str| {
+            cmd.arg(flag).arg(src).arg(dst);
+        };
+        cmd.args(["--unshare-all", "--die-with-parent", "--new-session"]);
+        cmd.args(["--hostname", "ml-worker"]);
+        cmd.args(["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]);
+        for private in ["/tmp", "/var/tmp", "/dev/shm", "/run", "/home", "/root"] {
+            cmd.args(["--tmpfs", private]);
+        }
+        bind(&mut cmd, "--bind", &self.home, decoy::HOME);
+        bind(&mut cmd, "--bind", &self.work, WORK_DIR);
+        cmd.args(["--setenv", "HOME", decoy::HOME, "--setenv", "USER", "user"]);
+        cmd.args(["--setenv", "LOGNAME", "user", "--setenv", "TMPDIR", "/tmp"]);
+        cmd.arg("--chdir").arg(cwd.unwrap_or(Path::new(WORK_DIR)));
+        cmd.arg("--").arg(program).args(args);
+        cmd
+    }
+
+    /// Adds the last `pre_exec` step: resource limits, then the switch to the job's user.
+    pub fn drop_privileges(&self, cmd: &mut Command) {
+        let o = self.options.clone();
+        // SAFETY: only async-signal-safe calls (setrlimit, setgroups, setgid, setuid).
+        unsafe {
+            cmd.pre_exec(move || {
+                limit(libc::RLIMIT_AS, o.max_address_space)?;
+                limit(libc::RLIMIT_FSIZE, o.max_file_size)?;
+                limit(libc::RLIMIT_NOFILE, o.max_open_files)?;
+                limit(libc::RLIMIT_CORE, 0)?;
+                check(libc::setgroups(0, std::ptr::null()))?;
+                check(libc::setgid(o.gid))?;
+                check(libc::setuid(o.uid))?;
+                Ok(())
+            });
+        }
+    }
+}
+
+fn limit(resource: libc::__rlimit_resource_t, value: u64) -> io::Result<()> {
+    let rl = libc::rlimit {
+        rlim_cur: value,
+        rlim_max: value,
+    };
+    // SAFETY: plain syscall on a local struct.
+    check(unsafe { libc::setrlimit(resource, &rl) })
+}
+
+fn check(rc: libc::c_int) -> io::Result<()> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn find_in_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(name))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default()
+        .into_iter()
+        .chain([PathBuf::from("/usr/bin").join(name)])
+        .find(|p| p.is_file())
+}
