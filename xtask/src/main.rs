@@ -26,6 +26,18 @@ enum Task {
     Demo,
     /// Set up, then run every test (root: tests load real probes), rustfmt and clippy.
     Test,
+    /// Set up, then measure (root). Prints a markdown table for docs/benchmarks.md.
+    Bench {
+        #[arg(value_enum)]
+        target: BenchTarget,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum BenchTarget {
+    /// Cost of the probes to unwatched and watched processes (vs strace -f), and pipeline
+    /// throughput.
+    Probes,
 }
 
 fn main() -> Result<()> {
@@ -38,6 +50,17 @@ fn main() -> Result<()> {
         Task::Test => {
             setup::all()?;
             test()
+        }
+        Task::Bench {
+            target: BenchTarget::Probes,
+        } => {
+            setup::all()?;
+            if !setup::is_root() {
+                bail!("the benchmark loads eBPF programs: run it as root");
+            }
+            // The measuring code needs the engine, which xtask must not link (it has to build
+            // before the BPF toolchain exists), so it is a bench target of monitor-daemon.
+            run(cargo().args(["bench", "--package", "monitor-daemon", "--bench", "probes"]))
         }
     }
 }
