@@ -195,3 +195,25 @@ fn findings_are_reported_and_bad_rule_files_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn text_trace_shows_the_mode_only_when_a_file_may_be_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let created = dir.path().join("created");
+    let script = format!(
+        "cat /etc/hostname >/dev/null; echo x > {}",
+        created.display()
+    );
+    let out = monitorctl(&["run", "--print-trace", "--", "sh", "-c", &script]);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(r#"openat(AT_FDCWD, "/etc/hostname", O_RDONLY) = "#),
+        "{err}"
+    );
+    let create = format!(
+        r#"openat(AT_FDCWD, "{}", O_WRONLY|O_CREAT|O_TRUNC, 0o666) = "#,
+        created.display()
+    );
+    assert!(err.contains(&create), "{err}");
+}

@@ -55,7 +55,13 @@ pub fn text(event: &Event) -> String {
     };
     match &event.what {
         What::Syscall(sc) => {
-            let args: Vec<String> = sc.args.0.iter().map(|(_, v)| v.to_string()).collect();
+            let args: Vec<String> = sc
+                .args
+                .0
+                .iter()
+                .filter(|(name, _)| !(*name == "mode" && mode_is_unused(sc)))
+                .map(|(_, v)| v.to_string())
+                .collect();
             let ret = match (sc.ret, &sc.errno) {
                 (Some(_), Some(errno)) => format!("-1 {errno}"),
                 (Some(r), None) if r > 0xffff => format!("{r:#x}"),
@@ -81,4 +87,14 @@ pub fn text(event: &Event) -> String {
         } => format!("{who} +++ exited with {code} +++"),
         What::Exit { exit_code: None } => format!("{who} +++ exited +++"),
     }
+}
+
+/// open and openat ignore their mode unless they may create a file; strace leaves it out then,
+/// and so do we (JSON keeps every argument).
+fn mode_is_unused(sc: &crate::trace::SyscallEvent) -> bool {
+    matches!(sc.name, "open" | "openat")
+        && sc.arg("flags").is_some_and(|f| {
+            let text = f.to_string();
+            !text.contains("O_CREAT") && !text.contains("O_TMPFILE")
+        })
 }
