@@ -1,5 +1,6 @@
 //! `cargo xtask <task>`: everything a developer or CI does, from a fresh clone.
 
+mod bench;
 mod setup;
 
 use std::{
@@ -58,9 +59,7 @@ fn main() -> Result<()> {
             if !setup::is_root() {
                 bail!("the benchmark loads eBPF programs: run it as root");
             }
-            // The measuring code needs the engine, which xtask must not link (it has to build
-            // before the BPF toolchain exists), so it is a bench target of monitor-daemon.
-            run(cargo().args(["bench", "--package", "monitor-daemon", "--bench", "probes"]))
+            bench::probes()
         }
     }
 }

@@ -1,0 +1,76 @@
+//! `cargo xtask bench probes`: what monitor's probes cost the processes beside them and the
+//! ones they watch, and how fast the user-space pipeline turns ring-buffer records into
+//! events. Prints a markdown report for docs/benchmarks.md.
+//!
+//! A bench target of monitor-daemon (not part of xtask) because it needs the engine, which
+//! xtask must build without; harness-less, so it is never part of `cargo test`.
+//!
+//! Every workload is this binary re-executed with `--workload ...` (see [`workload`]): it
+//! pins itself to one CPU and times its own loop, so start-up and tracer set-up never count.
+
+mod consumer;
+mod control;
+mod cost;
+mod cpu;
+mod job;
+mod launch;
+mod machine;
+mod quiet;
+mod replay;
+mod report;
+mod session;
+mod stats;
+mod throughput;
+mod workload;
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{
+    machine::Machine,
+    quiet::Quiet,
+    report::{Results, Rounds},
+    workload::Workload,
+};
+
+/// The file the open loops open, in the benchmark's temporary directory.
+pub const OPENED: &str = "opened";
+
+const ROUNDS: Rounds = Rounds {
+    cost: 11,
+    replay: 5,
+    live: 5,
+};
+
+fn main() -> Result<()> {
+    if let Some(workload) = Workload::from_args()? {
+        return workload.run();
+    }
+    if !nix::unistd::geteuid().is_root() {
+        bail!("the benchmark loads eBPF programs: run it as root");
+    }
+    let machine = Machine::describe()?;
+    cpu::pin(cpu::CONSUMER)?;
+    let dir = tempfile::tempdir().context("creating a temporary directory")?;
+    std::fs::write(dir.path().join(OPENED), b"the open loops open this file\n")
+        .context("creating the file the open loops open")?;
+    // One thread: the consumer stays on the CPU it is pinned to.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building the tokio runtime")?;
+
+    let mut quiet = Quiet::new();
+    let (costs, probe_times) = cost::measure(&rt, dir.path(), ROUNDS.cost, &mut quiet)?;
+    let replay = replay::measure(&rt, dir.path(), ROUNDS.replay, &mut quiet)?;
+    let live = throughput::measure(&rt, dir.path(), ROUNDS.live, &mut quiet)?;
+    report::print(&Results {
+        machine: &machine,
+        rounds: ROUNDS,
+        costs: &costs,
+        probe_times: &probe_times,
+        replay: &replay,
+        live: &live,
+        quiet: &quiet,
+    });
+    Ok(())
+}
