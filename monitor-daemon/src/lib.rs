@@ -21,4 +21,5 @@ pub mod render;
 pub mod rules;
 pub mod run;
 pub mod sandbox;
+pub mod scan;
 pub mod trace;

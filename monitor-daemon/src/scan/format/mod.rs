@@ -1,0 +1,1 @@
+//! What an artifact is, from its content (never its name).
