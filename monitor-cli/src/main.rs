@@ -1,6 +1,10 @@
 //! monitorctl: the command line of monitor.
 
+mod common;
+mod duration;
 mod run;
+mod sandbox_exec;
+mod scan;
 
 use std::process::ExitCode;
 
@@ -21,14 +25,20 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    Scan(scan::ScanArgs),
     Run(run::RunArgs),
+    /// Confine a command with Landlock and execute it (used inside the sandbox).
+    #[command(hide = true)]
+    SandboxExec(sandbox_exec::SandboxExecArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
     match cli.command {
+        Command::Scan(args) => scan::main(args),
         Command::Run(args) => run::main(args),
+        Command::SandboxExec(args) => sandbox_exec::main(args),
     }
 }
 

@@ -9,6 +9,8 @@ use std::{
 };
 
 use anyhow::Context as _;
+
+use crate::common;
 use clap::Args;
 use monitor_daemon::{
     monitor_common::syscall::Class,
@@ -68,8 +70,11 @@ pub struct RunArgs {
     /// Working directory of the command.
     #[arg(long, value_name = "DIR")]
     cwd: Option<PathBuf>,
+    /// Kill the command and everything it started after this long (e.g. 30s, 5m, 1h).
+    #[arg(long, value_name = "DURATION", value_parser = crate::duration::parse)]
+    timeout: Option<std::time::Duration>,
     /// Size of the kernel ring buffer in KiB (a power of two, at least 4).
-    #[arg(long, value_name = "KIB", default_value_t = 16 * 1024, value_parser = parse_ring_kib)]
+    #[arg(long, value_name = "KIB", default_value_t = 16 * 1024, value_parser = common::parse_ring_kib)]
     ring_buffer_kib: u32,
     /// The command and its arguments.
     #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
@@ -93,14 +98,6 @@ fn class_of(event: &Event) -> Class {
         What::Syscall(sc) => sc.class,
         What::Fork { .. } | What::Exec { .. } | What::Exit { .. } => Class::Process,
     }
-}
-
-fn parse_ring_kib(s: &str) -> Result<u32, String> {
-    let kib: u32 = s.parse().map_err(|e| format!("{e}"))?;
-    if kib < 4 || !kib.is_power_of_two() || kib > 1024 * 1024 {
-        return Err("must be a power of two between 4 and 1048576".into());
-    }
-    Ok(kib)
 }
 
 pub fn main(args: RunArgs) -> ExitCode {
@@ -127,6 +124,7 @@ fn run(args: RunArgs) -> anyhow::Result<RunSummary> {
         rules: rule_set(&args)?,
         terminate_at: args.terminate_on_high_risk.then_some(Severity::High),
         sandbox: args.sandbox.then(SandboxOptions::default),
+        timeout: args.timeout,
     };
     let config = ProbeConfig {
         ring_buffer_bytes: args.ring_buffer_kib * 1024,
@@ -159,6 +157,7 @@ fn run(args: RunArgs) -> anyhow::Result<RunSummary> {
             }
             Output::Event(_) => Ok(()),
             Output::Finding(finding) => render::write_finding(&mut out, style, finding),
+            Output::Control(_) => Ok(()),
         };
         if let Err(e) = written {
             write_error = Some(e);
@@ -170,7 +169,7 @@ fn run(args: RunArgs) -> anyhow::Result<RunSummary> {
     write_summary(&mut out, style, &summary).context("writing the summary")?;
     out.flush().context("writing the trace")?;
     drop(out);
-    release_in_background(probes);
+    common::release_in_background(probes);
     Ok(summary)
 }
 
@@ -219,47 +218,5 @@ fn write_summary(out: &mut impl Write, style: Style, s: &RunSummary) -> io::Resu
 
 /// The default rules (unless turned off) plus each --rules file.
 fn rule_set(args: &RunArgs) -> anyhow::Result<RuleSet> {
-    let mut rules = if args.no_default_rules {
-        RuleSet::default()
-    } else {
-        RuleSet::defaults()
-    };
-    for path in &args.rules {
-        let name = path.display().to_string();
-        rules.extend(RuleSet::load(path)?, &name)?;
-    }
-    if rules.is_empty() {
-        anyhow::bail!("no rules: --no-default-rules needs at least one --rules FILE");
-    }
-    Ok(rules)
-}
-
-/// Detaching the ~120 tracepoints takes seconds: the kernel waits for an RCU grace period per
-/// tracepoint under one mutex, whether we detach them or our exit does. A child process keeps
-/// the links and releases them, so the caller gets the command's status at once.
-fn release_in_background(probes: Probes) {
-    use nix::unistd::{ForkResult, fork, setsid};
-    // SAFETY: single-threaded here (current-thread runtime, no worker threads); the child only
-    // redirects its standard streams, detaches, drops the probes and exits.
-    match unsafe { fork() } {
-        Ok(ForkResult::Child) => {
-            // Nobody may wait on our output: a reader of the parent's stdout would see no EOF.
-            if let Ok(null) = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open("/dev/null")
-            {
-                let _ = nix::unistd::dup2_stdin(&null);
-                let _ = nix::unistd::dup2_stdout(&null);
-                let _ = nix::unistd::dup2_stderr(&null);
-            }
-            let _ = setsid();
-            drop(probes);
-            // SAFETY: ends the child without running the parent's exit handlers twice.
-            unsafe { nix::libc::_exit(0) }
-        }
-        // The parent's references to the links are not the last ones: closing them is cheap.
-        Ok(ForkResult::Parent { .. }) => std::mem::forget(probes),
-        Err(_) => drop(probes),
-    }
+    common::rule_set(&args.rules, args.no_default_rules)
 }

@@ -13,6 +13,7 @@
 pub use monitor_common;
 
 pub mod cgroup;
+pub mod control;
 pub mod decode;
 pub mod probes;
 pub mod process;

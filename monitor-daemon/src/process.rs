@@ -24,6 +24,24 @@ pub struct Process {
     pub exit_code: Option<i32>,
 }
 
+/// A process as a finding reports it: the program, its arguments and its parent chain.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProcessContext {
+    pub pid: u32,
+    pub exe: Option<String>,
+    pub argv: Vec<String>,
+    pub cwd: Option<String>,
+    /// Parent first, up to the job's root.
+    pub parents: Vec<Ancestor>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Ancestor {
+    pub pid: u32,
+    pub exe: Option<String>,
+    pub argv: Vec<String>,
+}
+
 /// Every process of a job, by pid, and which process each thread belongs to.
 #[derive(Debug, Default)]
 pub struct ProcessTable {
@@ -66,6 +84,29 @@ impl ProcessTable {
             cur = self.procs.get(&p).and_then(|p| p.ppid);
         }
         chain
+    }
+
+    /// Who `pid` is, and who started it, for a finding's evidence.
+    pub fn context(&self, pid: u32) -> ProcessContext {
+        let known = self.procs.get(&pid);
+        ProcessContext {
+            pid,
+            exe: known.and_then(|p| p.exe.clone()),
+            argv: known.map(|p| p.argv.clone()).unwrap_or_default(),
+            cwd: known.and_then(|p| p.cwd.clone()),
+            parents: self
+                .ancestors(pid)
+                .into_iter()
+                .map(|pid| {
+                    let p = self.procs.get(&pid);
+                    Ancestor {
+                        pid,
+                        exe: p.and_then(|p| p.exe.clone()),
+                        argv: p.map(|p| p.argv.clone()).unwrap_or_default(),
+                    }
+                })
+                .collect(),
+        }
     }
 
     /// A task was created by `parent_pid`. Until its own records show its tgid it is taken as

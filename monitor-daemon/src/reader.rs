@@ -17,6 +17,11 @@ pub struct Reader {
 }
 
 impl Reader {
+    /// The ring buffer, deregistered from tokio.
+    pub fn into_ring(self) -> RingBuf<MapData> {
+        self.ring.into_inner()
+    }
+
     /// Must be called inside a tokio runtime.
     pub fn new(ring: RingBuf<MapData>) -> io::Result<Self> {
         // SAFETY: the ring buffer owns its fd and closes it only when dropped, which happens

@@ -21,6 +21,7 @@ use serde::Serialize;
 
 use crate::{
     cgroup::{self, JobCgroup},
+    control::{self, ControlMessage, ControlPipe, ControlReader},
     decode::{ArgValue, Record},
     probes::{Probes, WatchCounters},
     process::Process,
@@ -41,6 +42,21 @@ pub struct RunSpec {
     pub terminate_at: Option<Severity>,
     /// Run inside a sandbox built with these options (see [`crate::sandbox`]).
     pub sandbox: Option<SandboxOptions>,
+    /// Kill the job when it runs longer than this.
+    pub timeout: Option<Duration>,
+}
+
+/// What a job is connected to besides the trace.
+#[derive(Debug, Default)]
+pub struct JobIo {
+    /// A control channel whose write end the command inherits (the scan harness's phases).
+    /// Without one, every event is in [`Phase::Run`].
+    pub control: Option<ControlPipe>,
+    /// Where the command's stdout and stderr go, instead of ours.
+    pub output: Option<std::fs::File>,
+    /// A sandbox the caller prepared (put files in); otherwise one is built from
+    /// [`RunSpec::sandbox`] if that is set.
+    pub sandbox: Option<Sandbox>,
 }
 
 /// What a run reports as it goes.
@@ -48,6 +64,7 @@ pub struct RunSpec {
 pub enum Output<'a> {
     Event(&'a Event),
     Finding(&'a Finding),
+    Control(&'a ControlMessage),
 }
 
 /// How a run ended.
@@ -64,6 +81,8 @@ pub struct RunSummary {
     pub findings: BTreeMap<Severity, u64>,
     /// The rule whose finding made monitor kill the job, if one did.
     pub terminated_by: Option<String>,
+    /// Whether the job was killed for running past its time limit.
+    pub timed_out: bool,
     /// Records of this job written by the kernel programs.
     pub kernel_records: u64,
     /// Records of this job lost to a full ring buffer. Non-zero means the trace is incomplete.
@@ -93,9 +112,19 @@ pub struct SpawnError {
 /// Runs `spec` under watch of `probes`, calling `sink` with each event and finding as it is
 /// known.
 ///
-/// Takes the probes' ring buffer: one run per loaded [`Probes`].
+/// Reads the probes' ring buffer: one run at a time per loaded [`Probes`].
 pub async fn run(
     spec: &RunSpec,
+    probes: &mut Probes,
+    sink: impl FnMut(Output<'_>),
+) -> Result<RunSummary> {
+    run_with(spec, JobIo::default(), probes, sink).await
+}
+
+/// [`run`], with the job connected as `io` says.
+pub async fn run_with(
+    spec: &RunSpec,
+    io: JobIo,
     probes: &mut Probes,
     mut sink: impl FnMut(Output<'_>),
 ) -> Result<RunSummary> {
@@ -110,15 +139,27 @@ pub async fn run(
         .watch(job.id())
         .context("watching the job's cgroup")?;
 
-    let sandbox = spec
-        .sandbox
-        .clone()
-        .map(Sandbox::create)
-        .transpose()
-        .context("building the sandbox")?;
-    let mut child = spawn(spec, &job, sandbox.as_ref())?;
+    let sandbox = match io.sandbox {
+        Some(prepared) => Some(prepared),
+        None => spec
+            .sandbox
+            .clone()
+            .map(Sandbox::create)
+            .transpose()
+            .context("building the sandbox")?,
+    };
+    let (mut control, job_fd) = match io.control {
+        Some(pipe) => {
+            let (reader, write) = pipe.split().context("setting up the control pipe")?;
+            (Some(reader), Some(write))
+        }
+        None => (None, None),
+    };
+    let mut child = spawn(spec, &job, sandbox.as_ref(), job_fd.as_ref(), io.output)?;
+    // Only the child holds the write end now: its end of the pipe closes with the job.
+    drop(job_fd);
     let pid = child.id().context("child has no pid")?;
-    let mut judge = Judge::new(spec, pid);
+    let mut judge = Judge::new(spec, pid, control.is_some(), sandbox.is_some());
     judge.tracer.processes_mut().insert(Process {
         pid,
         ppid: Some(std::process::id()),
@@ -143,13 +184,26 @@ pub async fn run(
     let mut records = Vec::with_capacity(1024);
     let mut status: Option<ExitStatus> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let deadline = spec.timeout.map(|t| tokio::time::Instant::now() + t);
+    let mut timed_out = false;
+    let mut messages = Vec::new();
     loop {
         tokio::select! {
             read = reader.read(&mut records) => {
                 read.context("reading the ring buffer")?;
+                // Phase markers precede the records of their phase: read them first.
+                read_control(control.as_mut(), &mut messages, &mut judge, &mut sink)?;
                 if judge.feed(&mut records, &mut sink) {
                     job.kill_all().context("killing the job")?;
                 }
+            }
+            ready = readable(control.as_ref()) => {
+                ready.context("waiting on the control pipe")?;
+                read_control(control.as_mut(), &mut messages, &mut judge, &mut sink)?;
+            }
+            _ = sleep_until(deadline), if !timed_out => {
+                timed_out = true;
+                job.kill_all().context("killing the job at its time limit")?;
             }
             exited = child.wait(), if status.is_none() => {
                 status = Some(exited.context("waiting for the command")?);
@@ -165,6 +219,7 @@ pub async fn run(
 
     // Everything the job's tasks wrote is committed by now; take the rest.
     reader.drain(&mut records);
+    read_control(control.as_mut(), &mut messages, &mut judge, &mut sink)?;
     judge.feed(&mut records, &mut sink);
     judge.finish(&mut sink);
     let counts: WatchCounters = probes
@@ -172,9 +227,10 @@ pub async fn run(
         .context("reading the job's counters")?;
     drop(job);
 
+    let malformed = reader.malformed();
+    probes.return_events(reader.into_ring());
     let status = status.expect("loop ends only after the command exited");
     let signal = status.signal();
-    let malformed = reader.malformed();
     Ok(RunSummary {
         exit_code: status.code().unwrap_or_else(|| 128 + signal.unwrap_or(0)),
         signal,
@@ -182,6 +238,7 @@ pub async fn run(
         processes: judge.tracer.processes().len(),
         findings: judge.findings,
         terminated_by: judge.terminated_by,
+        timed_out,
         kernel_records: counts.events,
         dropped: counts.dropped,
         malformed,
@@ -189,10 +246,51 @@ pub async fn run(
     })
 }
 
+/// Reads what the control pipe holds now and passes it on.
+fn read_control(
+    control: Option<&mut ControlReader>,
+    messages: &mut Vec<ControlMessage>,
+    judge: &mut Judge<'_>,
+    sink: &mut impl FnMut(Output<'_>),
+) -> Result<()> {
+    let Some(control) = control else {
+        return Ok(());
+    };
+    control
+        .drain_now(messages)
+        .context("reading the control pipe")?;
+    for msg in messages.drain(..) {
+        if let ControlMessage::Phase { phase, t } = msg {
+            judge.timeline.enter(phase, t);
+        }
+        sink(Output::Control(&msg));
+    }
+    Ok(())
+}
+
+/// Resolves when the control pipe has data; never when there is none or it is closed.
+async fn readable(control: Option<&ControlReader>) -> std::io::Result<()> {
+    match control {
+        Some(c) if !c.at_eof() => c.readable().await,
+        _ => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Records -> events -> findings, for one run.
 struct Judge<'a> {
     spec: &'a RunSpec,
     tracer: Tracer,
+    /// The job's phases, when it reports them; otherwise everything is [`Phase::Run`].
+    timeline: control::Timeline,
+    phased: bool,
+    sandboxed: bool,
     root: u32,
     /// Whether the command's own exec has completed: what comes before (the launcher's PATH
     /// search, the sandbox's set-up, the exec itself) is reported but not judged.
@@ -204,10 +302,13 @@ struct Judge<'a> {
 }
 
 impl<'a> Judge<'a> {
-    fn new(spec: &'a RunSpec, root: u32) -> Self {
+    fn new(spec: &'a RunSpec, root: u32, phased: bool, sandboxed: bool) -> Self {
         Judge {
             spec,
             tracer: Tracer::default(),
+            timeline: control::Timeline::default(),
+            phased,
+            sandboxed,
             root,
             started: false,
             events: 0,
@@ -244,7 +345,7 @@ impl<'a> Judge<'a> {
         if !sc.name.starts_with("execve") || sc.ret != Some(0) {
             return false;
         }
-        if self.spec.sandbox.is_none() {
+        if !self.sandboxed {
             return event.pid == self.root;
         }
         let program = self.spec.program.to_string_lossy();
@@ -260,12 +361,15 @@ impl<'a> Judge<'a> {
                 self.started = self.is_command_exec(&event);
                 continue;
             }
-            let cwd = self
-                .tracer
-                .processes()
-                .get(event.pid)
-                .and_then(|p| p.cwd.as_deref());
-            for finding in self.spec.rules.judge(&event, Phase::Run, cwd) {
+            let processes = self.tracer.processes();
+            let cwd = processes.get(event.pid).and_then(|p| p.cwd.as_deref());
+            let phase = if self.phased {
+                self.timeline.phase_at(event.time_ns)
+            } else {
+                Phase::Run
+            };
+            for mut finding in self.spec.rules.judge(&event, phase, cwd) {
+                finding.process = Some(processes.context(event.pid));
                 *self.findings.entry(finding.severity).or_default() += 1;
                 if self.terminated_by.is_none()
                     && self
@@ -287,6 +391,8 @@ fn spawn(
     spec: &RunSpec,
     job: &JobCgroup,
     sandbox: Option<&Sandbox>,
+    control: Option<&std::os::fd::OwnedFd>,
+    output: Option<std::fs::File>,
 ) -> Result<tokio::process::Child> {
     let procs = job
         .procs_file()
@@ -302,9 +408,20 @@ fn spawn(
             cmd
         }
     };
+    if let Some(output) = output {
+        let err = output.try_clone().context("duplicating the output file")?;
+        cmd.stdout(output).stderr(err);
+    }
     // SAFETY: join_in_child only calls write(2), which is async-signal-safe.
     unsafe {
         cmd.pre_exec(move || cgroup::join_in_child(&procs));
+    }
+    if let Some(fd) = control {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(fd);
+        // SAFETY: inherit_in_child only calls fcntl(2), which is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || control::inherit_in_child(fd));
+        }
     }
     // Last: joining the cgroup needs root.
     if let Some(sandbox) = sandbox {

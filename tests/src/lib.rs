@@ -36,12 +36,14 @@ pub async fn judge_bash(
         rules: RuleSet::defaults(),
         terminate_at,
         sandbox,
+        timeout: None,
     };
     let (mut events, mut findings) = (Vec::new(), Vec::new());
     let mut probes = Probes::load(config).expect("loading the probes");
     let summary = monitor_daemon::run::run(&spec, &mut probes, |out| match out {
         Output::Event(e) => events.push(e.clone()),
         Output::Finding(f) => findings.push(f.clone()),
+        Output::Control(_) => {}
     })
     .await
     .expect("run under watch");
@@ -72,4 +74,15 @@ pub fn find_with_str<'a>(
     value: &str,
 ) -> Option<(&'a Event, &'a SyscallEvent)> {
     syscalls(events, name).find(|(_, sc)| sc.arg(arg).and_then(|v| v.as_str()) == Some(value))
+}
+
+/// The loader environment's Python, which `cargo xtask test` installs first.
+pub fn loader_python() -> std::path::PathBuf {
+    let python = monitor_daemon::scan::job::default_python();
+    assert!(
+        python.is_file(),
+        "no loader environment at {}: run `cargo xtask loader-env` (cargo xtask test does)",
+        python.display()
+    );
+    python
 }

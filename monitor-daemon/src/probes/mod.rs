@@ -184,6 +184,12 @@ impl Probes {
         self.events.take()
     }
 
+    /// Gives the ring buffer back when its reader is done, so that one set of loaded probes
+    /// serves job after job (loading and detaching them takes seconds).
+    pub fn return_events(&mut self, ring: RingBuf<MapData>) {
+        self.events = Some(ring);
+    }
+
     /// Starts recording every task in cgroup `cgroup_id` (and, since children inherit their
     /// cgroup, everything they start).
     pub fn watch(&mut self, cgroup_id: u64) -> Result<(), ProbeError> {

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 pub use schema::{Phase, ResultCondition, RuleSpec, Severity};
 
-use crate::trace::Event;
+use crate::{process::ProcessContext, trace::Event};
 use matcher::Matcher;
 
 /// The rules shipped inside the binary.
@@ -50,6 +50,9 @@ pub struct Finding {
     pub tags: Vec<String>,
     pub phase: Phase,
     pub event: Event,
+    /// The process's program, arguments and parents, when the judge knows its process table.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process: Option<ProcessContext>,
 }
 
 /// Why a rule file was refused.
@@ -159,6 +162,7 @@ impl RuleSet {
                 tags: r.spec.tags.clone(),
                 phase,
                 event: event.clone(),
+                process: None,
             })
             .collect()
     }

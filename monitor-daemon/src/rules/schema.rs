@@ -112,3 +112,21 @@ pub enum Phase {
     Teardown,
     Run,
 }
+
+impl Phase {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Phase::Setup => "setup",
+            Phase::Load => "load",
+            Phase::Exercise => "exercise",
+            Phase::Teardown => "teardown",
+            Phase::Run => "run",
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}

@@ -7,10 +7,13 @@
 //! [`WORK_DIR`]; resource limits; and bubblewrap dies with its parent, so nothing outlives the
 //! monitor.
 //!
-//! Not yet: Landlock on top (it has to be applied after bubblewrap's mounts, by a helper run
-//! inside), and cgroup memory limits (this host's cgroup v2 has no memory controller).
+//! Inside bubblewrap, a helper ([`landlock`]) confines the job with Landlock before it
+//! starts: writes only to its scratch, temporary and home directories, no signals to
+//! processes outside. Not yet: cgroup memory limits (this host's cgroup v2 has no memory
+//! controller; RLIMIT_AS stands in).
 
 pub mod decoy;
+pub mod landlock;
 
 use std::{
     ffi::OsStr,
@@ -23,6 +26,24 @@ use std::{
 /// The scratch directory inside the sandbox, writable by the job.
 pub const WORK_DIR: &str = "/work";
 
+/// Where monitor's own files for the job (the scan harness) are, read-only (under a tmpfs:
+/// bubblewrap cannot create a mount point in the read-only host view).
+pub const TOOL_DIR: &str = "/run/monitor";
+
+/// Where the Landlock helper is bound inside (the host path may be hidden, under /work say).
+const HELPER_PATH: &str = "/run/monitor-sandbox-exec";
+
+/// What the job may write, inside the sandbox (Landlock's allow list).
+const WRITABLE: [&str; 7] = [
+    WORK_DIR,
+    decoy::HOME,
+    "/tmp",
+    "/var/tmp",
+    "/dev/shm",
+    "/run",
+    "/dev",
+];
+
 /// Why a sandbox could not be built. A job that cannot be sandboxed does not run.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -30,6 +51,11 @@ pub enum SandboxError {
         "bubblewrap (bwrap) is not installed: `apt-get install bubblewrap` or `cargo xtask setup`"
     )]
     NoBubblewrap,
+    #[error(
+        "the sandbox helper (monitorctl, which applies Landlock inside the sandbox) was not \
+         found next to this program or on PATH; set MONITOR_SANDBOX_HELPER to its path"
+    )]
+    NoHelper,
     #[error("preparing the sandbox's directories: {0}")]
     Prepare(#[from] io::Error),
 }
@@ -45,6 +71,11 @@ pub struct SandboxOptions {
     pub max_file_size: u64,
     /// RLIMIT_NOFILE.
     pub max_open_files: u64,
+    /// Environment of the job besides PATH, HOME, USER, LOGNAME and TMPDIR (the host's is not
+    /// passed on: it may hold secrets).
+    pub env: Vec<(String, String)>,
+    /// Confine the job with Landlock too (needs the helper, see [`landlock::find_helper`]).
+    pub landlock: bool,
 }
 
 impl Default for SandboxOptions {
@@ -55,16 +86,22 @@ impl Default for SandboxOptions {
             max_address_space: 32 << 30,
             max_file_size: 1 << 30,
             max_open_files: 4096,
+            env: Vec::new(),
+            landlock: true,
         }
     }
 }
 
 /// A prepared sandbox: its decoy home and scratch directory on the host. Dropping it removes
 /// them.
+#[derive(Debug)]
 pub struct Sandbox {
     options: SandboxOptions,
     bwrap: PathBuf,
+    /// The Landlock helper, when the job is to be confined with Landlock.
+    helper: Option<PathBuf>,
     dir: tempfile::TempDir,
+    tools: PathBuf,
     home: PathBuf,
     work: PathBuf,
 }
@@ -72,6 +109,10 @@ pub struct Sandbox {
 impl Sandbox {
     pub fn create(options: SandboxOptions) -> Result<Self, SandboxError> {
         let bwrap = find_in_path("bwrap").ok_or(SandboxError::NoBubblewrap)?;
+        let helper = match options.landlock {
+            true => Some(landlock::find_helper().ok_or(SandboxError::NoHelper)?),
+            false => None,
+        };
         let dir = tempfile::Builder::new()
             .prefix("monitor-sandbox-")
             .tempdir()?;
@@ -81,10 +122,14 @@ impl Sandbox {
         let work = dir.path().join("work");
         fs::create_dir(&work)?;
         std::os::unix::fs::chown(&work, Some(options.uid), Some(options.gid))?;
+        let tools = dir.path().join("tools");
+        fs::create_dir(&tools)?;
         Ok(Sandbox {
             options,
             bwrap,
+            helper,
             dir,
+            tools,
             home,
             work,
         })
@@ -98,6 +143,11 @@ impl Sandbox {
     /// The decoy home as the host sees it (inside: [`decoy::HOME`]).
     pub fn home_dir(&self) -> &Path {
         &self.home
+    }
+
+    /// Monitor's files for the job as the host sees them (inside: [`TOOL_DIR`], read-only).
+    pub fn tool_dir(&self) -> &Path {
+        &self.tools
     }
 
     pub fn root(&self) -> &Path {
@@ -125,10 +175,31 @@ impl Sandbox {
         }
         bind(&mut cmd, "--bind", &self.home, decoy::HOME);
         bind(&mut cmd, "--bind", &self.work, WORK_DIR);
+        bind(&mut cmd, "--ro-bind", &self.tools, TOOL_DIR);
+        cmd.args([
+            "--clearenv",
+            "--setenv",
+            "PATH",
+            "/usr/local/bin:/usr/bin:/bin",
+        ]);
         cmd.args(["--setenv", "HOME", decoy::HOME, "--setenv", "USER", "user"]);
         cmd.args(["--setenv", "LOGNAME", "user", "--setenv", "TMPDIR", "/tmp"]);
+        for (name, value) in &self.options.env {
+            cmd.arg("--setenv").arg(name).arg(value);
+        }
         cmd.arg("--chdir").arg(cwd.unwrap_or(Path::new(WORK_DIR)));
-        cmd.arg("--").arg(program).args(args);
+        if let Some(helper) = &self.helper {
+            bind(&mut cmd, "--ro-bind", helper, HELPER_PATH);
+        }
+        cmd.arg("--");
+        if self.helper.is_some() {
+            cmd.args([HELPER_PATH, landlock::HELPER_SUBCOMMAND]);
+            for dir in WRITABLE {
+                cmd.args(["--write", dir]);
+            }
+            cmd.arg("--");
+        }
+        cmd.arg(program).args(args);
         cmd
     }
 

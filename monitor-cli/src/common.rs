@@ -1,0 +1,61 @@
+//! What the subcommands share: rule files, and handing the probes off when done.
+
+use std::path::PathBuf;
+
+use monitor_daemon::{probes::Probes, rules::RuleSet};
+
+/// The default rules (unless `no_defaults`) plus those of each file, validated.
+pub fn rule_set(files: &[PathBuf], no_defaults: bool) -> anyhow::Result<RuleSet> {
+    let mut rules = if no_defaults {
+        RuleSet::default()
+    } else {
+        RuleSet::defaults()
+    };
+    for path in files {
+        let name = path.display().to_string();
+        rules.extend(RuleSet::load(path)?, &name)?;
+    }
+    if rules.is_empty() {
+        anyhow::bail!("no rules: --no-default-rules needs at least one --rules FILE");
+    }
+    Ok(rules)
+}
+
+/// `--ring-buffer-kib`: what the kernel accepts for a ring buffer.
+pub fn parse_ring_kib(s: &str) -> Result<u32, String> {
+    let kib: u32 = s.parse().map_err(|e| format!("{e}"))?;
+    if kib < 4 || !kib.is_power_of_two() || kib > 1024 * 1024 {
+        return Err("must be a power of two between 4 and 1048576".into());
+    }
+    Ok(kib)
+}
+
+/// Detaching the ~120 tracepoints takes seconds: the kernel waits for an RCU grace period per
+/// tracepoint under one mutex, whether we detach them or our exit does. A child process keeps
+/// the links and releases them, so the caller gets the command's status at once.
+pub fn release_in_background(probes: Probes) {
+    use nix::unistd::{ForkResult, fork, setsid};
+    // SAFETY: single-threaded here (current-thread runtime, no worker threads); the child only
+    // redirects its standard streams, detaches, drops the probes and exits.
+    match unsafe { fork() } {
+        Ok(ForkResult::Child) => {
+            // Nobody may wait on our output: a reader of the parent's stdout would see no EOF.
+            if let Ok(null) = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+            {
+                let _ = nix::unistd::dup2_stdin(&null);
+                let _ = nix::unistd::dup2_stdout(&null);
+                let _ = nix::unistd::dup2_stderr(&null);
+            }
+            let _ = setsid();
+            drop(probes);
+            // SAFETY: ends the child without running the parent's exit handlers twice.
+            unsafe { nix::libc::_exit(0) }
+        }
+        // The parent's references to the links are not the last ones: closing them is cheap.
+        Ok(ForkResult::Parent { .. }) => std::mem::forget(probes),
+        Err(_) => drop(probes),
+    }
+}

@@ -1,0 +1,288 @@
+"""monitor's scan harness.
+
+Loads one artifact with the framework a user would load it with, inside monitor's sandbox and
+under its kernel watch, and reports on the control pipe which phase it is in:
+
+  setup     the interpreter starts and imports the framework (judged: nothing)
+  load      the framework loads the artifact (judged)
+  exercise  with --exercise, the loaded model is called on dummy input (judged)
+  teardown  the harness returns; finalizers and the interpreter's exit run (judged)
+
+Each message is one JSON line with `kind` and `t`, CLOCK_MONOTONIC in nanoseconds: the clock
+the kernel stamps events with. A phase marker is written before the phase starts, so monitor
+can place every event. Nothing named by the artifact is imported before `load`.
+"""
+
+import json
+import os
+import sys
+import threading
+import time
+
+EXIT_OK, EXIT_MISSING, EXIT_LOAD_FAILED, EXIT_EXERCISE_FAILED = 0, 3, 4, 5
+
+# The audit events worth showing next to the syscalls they explain (--audit).
+AUDITED = (
+    "pickle.find_class",
+    "exec",
+    "compile",
+    "marshal.loads",
+    "os.system",
+    "os.exec",
+    "os.posix_spawn",
+    "os.spawn",
+    "os.fork",
+    "subprocess.Popen",
+    "pty.spawn",
+    "socket.connect",
+    "socket.getaddrinfo",
+    "socket.sendto",
+    "ctypes.dlopen",
+    "ctypes.dlsym",
+    "ctypes.call_function",
+    "os.memfd_create",
+    "os.chmod",
+    "os.remove",
+    "os.rename",
+    "shutil.rmtree",
+    "urllib.Request",
+    "code.__new__",
+    "builtins.input",
+    "os.kill",
+    "import",
+)
+MAX_AUDIT_MESSAGES = 2000
+
+
+class Control:
+    """The write end of the control pipe; safe to use from any thread."""
+
+    def __init__(self, fd):
+        os.set_inheritable(fd, False)
+        self._file = os.fdopen(fd, "w", buffering=1, encoding="utf-8", errors="replace")
+        self._lock = threading.Lock()
+        self.audit_budget = MAX_AUDIT_MESSAGES
+
+    def say(self, kind, **fields):
+        fields["kind"] = kind
+        fields["t"] = time.monotonic_ns()
+        line = json.dumps(fields, default=repr) + "\n"
+        with self._lock:
+            try:
+                self._file.write(line)
+            except (OSError, ValueError):
+                pass  # monitor went away; the job is being torn down
+
+    def phase(self, name):
+        self.say("phase", phase=name)
+
+
+def short(value, limit=300):
+    try:
+        text = repr(value)
+    except Exception:  # a payload's __repr__ may raise; the evidence is still worth having
+        text = "<unrepresentable %s>" % type(value).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def install_audit_hook(control):
+    def hook(event, args):
+        if control.audit_budget <= 0 or not event.startswith(AUDITED):
+            return
+        control.audit_budget -= 1
+        control.say("audit", event=event, args=short(args), pid=os.getpid())
+
+    sys.addaudithook(hook)
+
+
+# --- loaders: what a user would call -------------------------------------------------------
+
+def load_pickles(path, load):
+    """Every pickle in the file, in order (a file may hold several)."""
+    objects = []
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        while True:
+            objects.append(load(f))
+            if f.tell() >= size:
+                break
+    return objects[0] if len(objects) == 1 else tuple(objects)
+
+
+def import_framework(loader):
+    """Imports what `loader` needs, in set-up, so that the load phase shows only the load."""
+    if loader == "pickle":
+        import pickle
+
+        return lambda p: load_pickles(p, pickle.load)
+    if loader == "dill":
+        import dill
+
+        return lambda p: load_pickles(p, dill.load)
+    if loader == "cloudpickle":
+        import cloudpickle
+
+        return lambda p: load_pickles(p, cloudpickle.load)
+    if loader == "joblib":
+        import joblib
+        import numpy  # noqa: F401  (joblib's arrays)
+
+        return joblib.load
+    if loader == "numpy":
+        import numpy
+
+        def load_numpy(p):
+            loaded = numpy.load(p, allow_pickle=True)
+            if hasattr(loaded, "files"):  # .npz: members load lazily, so touch each one
+                with loaded:
+                    return {name: loaded[name] for name in loaded.files}
+            return loaded
+
+        return load_numpy
+    if loader == "torch":
+        import torch
+
+        return lambda p: torch.load(p, map_location="cpu", weights_only=False)
+    if loader == "keras":
+        import keras
+
+        return lambda p: keras.models.load_model(p, safe_mode=False)
+    if loader == "tensorflow":
+        import tensorflow as tf
+
+        return tf.saved_model.load
+    raise ValueError("unknown loader %r" % loader)
+
+
+# --- exercise: call the model the way inference would ----------------------------------------
+
+def dummy_for(obj):
+    import numpy
+
+    features = getattr(obj, "n_features_in_", None)
+    if isinstance(features, int) and 0 < features < 1_000_000:
+        return numpy.zeros((1, features))
+    return numpy.zeros((1, 1))
+
+
+def exercise_keras(model):
+    import numpy
+
+    shapes = model.input_shape if isinstance(model.input_shape, list) else [model.input_shape]
+    inputs = [numpy.zeros([1 if d is None else d for d in shape]) for shape in shapes]
+    model.predict(inputs if len(inputs) > 1 else inputs[0], verbose=0)
+
+
+def exercise_savedmodel(obj):
+    import tensorflow as tf
+
+    called = 0
+    for fn in getattr(obj, "signatures", {}).values():
+        specs = fn.structured_input_signature[1]
+        fn(**{
+            name: tf.zeros([1 if d is None else d for d in spec.shape], spec.dtype)
+            for name, spec in specs.items()
+        })
+        called += 1
+    call = getattr(obj, "__call__", None)
+    for concrete in getattr(call, "concrete_functions", []) if called == 0 else []:
+        args = [
+            tf.zeros([1 if d is None else d for d in spec.shape], spec.dtype)
+            for spec in concrete.structured_input_signature[0]
+        ]
+        concrete(*args)
+
+
+def exercise_torch(module):
+    import torch
+
+    first_linear = next((m for m in module.modules() if isinstance(m, torch.nn.Linear)), None)
+    width = first_linear.in_features if first_linear is not None else 1
+    module.eval()
+    with torch.no_grad():
+        module(torch.zeros(1, width))
+
+
+def exercise(loader, obj):
+    if loader == "keras":
+        return exercise_keras(obj)
+    if loader == "tensorflow":
+        return exercise_savedmodel(obj)
+    candidates = [obj]
+    if isinstance(obj, dict):
+        candidates += list(obj.values())
+    elif isinstance(obj, (list, tuple)):
+        candidates += list(obj)
+    for candidate in candidates:
+        if loader == "torch":
+            import torch
+
+            if isinstance(candidate, torch.nn.Module):
+                exercise_torch(candidate)
+                continue
+        predict = getattr(candidate, "predict", None)
+        if callable(predict):
+            predict(dummy_for(candidate))
+        elif callable(candidate) and not isinstance(candidate, type):
+            candidate(dummy_for(candidate))
+
+
+def describe_type(obj):
+    kind = type(obj)
+    return "%s.%s" % (kind.__module__, kind.__qualname__)
+
+
+def parse_args(argv):
+    opts = {"exercise": False, "audit": False}
+    it = iter(argv)
+    for arg in it:
+        if arg in ("--exercise", "--audit"):
+            opts[arg[2:]] = True
+        elif arg in ("--control-fd", "--loader", "--path"):
+            opts[arg[2:].replace("-", "_")] = next(it)
+        else:
+            raise SystemExit("harness: unknown argument %r" % arg)
+    opts["control_fd"] = int(opts["control_fd"])
+    return opts
+
+
+def main(argv):
+    opts = parse_args(argv)
+    control = Control(opts["control_fd"])
+    loader, path = opts["loader"], opts["path"]
+
+    control.phase("setup")
+    try:
+        load = import_framework(loader)
+    except ImportError as e:
+        control.say("error", phase="setup", error=type(e).__name__, message=str(e),
+                    missing=e.name or loader)
+        return EXIT_MISSING
+    if opts["audit"]:
+        install_audit_hook(control)
+
+    control.phase("load")
+    try:
+        obj = load(path)
+    except BaseException as e:  # a payload may raise anything, SystemExit included
+        control.say("error", phase="load", error=type(e).__name__, message=short(str(e), 2000))
+        control.phase("teardown")
+        return EXIT_LOAD_FAILED
+    control.say("loaded", type=describe_type(obj))
+
+    status = EXIT_OK
+    if opts["exercise"]:
+        control.phase("exercise")
+        try:
+            exercise(loader, obj)
+        except BaseException as e:
+            control.say("error", phase="exercise", error=type(e).__name__,
+                        message=short(str(e), 2000))
+            status = EXIT_EXERCISE_FAILED
+
+    control.phase("teardown")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,466 @@
+//! One scan, start to verdict: detect the format, prepare the sandbox (a private copy of the
+//! artifact, the harness), load the artifact under watch phase by phase, judge, report.
+//!
+//! Nothing here returns an error to the caller: whatever goes wrong becomes an entry of the
+//! report's `errors`, which keeps the verdict from being clean (fail closed).
+
+use std::{
+    fs,
+    io::{self, Read as _, Seek as _, SeekFrom},
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+
+use crate::{
+    control::{ControlMessage, ControlPipe},
+    probes::{ProbeConfig, ProbeError, Probes},
+    rules::{Phase, RuleSet, Severity},
+    run::{self, JobIo, Output, RunSpec, RunSummary},
+    sandbox::{Sandbox, SandboxOptions, WORK_DIR},
+    scan::{
+        format_shim::{self as format, Format, Limits},
+        harness,
+        report::{AuditRecord, ErrorKind, Loader, PhaseStart, ScanError, ScanReport, TraceStats},
+    },
+};
+
+/// Where `cargo xtask loader-env` installs the loader environment.
+pub const DEFAULT_LOADER_ENV: &str = "/var/lib/monitor/loader";
+
+/// How much of the loader's output a report keeps.
+const OUTPUT_TAIL_BYTES: u64 = 4096;
+
+/// What to scan and how.
+#[derive(Debug, Clone)]
+pub struct ScanSpec {
+    pub artifact: PathBuf,
+    /// The loader environment's Python.
+    pub python: PathBuf,
+    pub rules: RuleSet,
+    pub fail_on: Severity,
+    /// Call the loaded model on dummy input.
+    pub exercise: bool,
+    /// Add Python audit-hook evidence.
+    pub audit: bool,
+    pub timeout: Duration,
+    pub limits: Limits,
+    pub sandbox: SandboxOptions,
+    /// The loader's working directory inside the sandbox (default: the scratch directory).
+    pub cwd: Option<PathBuf>,
+}
+
+impl ScanSpec {
+    /// A scan of `artifact` with the defaults: the default rules, fail on high, two minutes.
+    pub fn new(artifact: impl Into<PathBuf>) -> Self {
+        ScanSpec {
+            artifact: artifact.into(),
+            python: default_python(),
+            rules: RuleSet::defaults(),
+            fail_on: Severity::High,
+            exercise: false,
+            audit: false,
+            timeout: Duration::from_secs(120),
+            limits: Limits::default(),
+            sandbox: SandboxOptions {
+                env: loader_env(),
+                ..SandboxOptions::default()
+            },
+            cwd: None,
+        }
+    }
+}
+
+/// The frameworks' environment variables: quiet, CPU only, no downloads.
+fn loader_env() -> Vec<(String, String)> {
+    [
+        ("TF_CPP_MIN_LOG_LEVEL", "2"),
+        ("KERAS_BACKEND", "tensorflow"),
+        ("CUDA_VISIBLE_DEVICES", ""),
+        ("HF_HUB_OFFLINE", "1"),
+        ("LANG", "C.UTF-8"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+/// `$MONITOR_LOADER_ENV/bin/python`, by default under [`DEFAULT_LOADER_ENV`].
+pub fn default_python() -> PathBuf {
+    let env = std::env::var_os("MONITOR_LOADER_ENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_LOADER_ENV));
+    env.join("bin/python")
+}
+
+/// Kernel probes loaded the first time a scan needs them (not for safetensors, not for bad
+/// input), then reused by the scans that follow: loading and releasing them takes seconds.
+pub struct LazyProbes {
+    config: ProbeConfig,
+    probes: Option<Probes>,
+}
+
+impl LazyProbes {
+    pub fn new(config: ProbeConfig) -> Self {
+        LazyProbes {
+            config,
+            probes: None,
+        }
+    }
+
+    pub fn is_loaded(&self) -> bool {
+        self.probes.is_some()
+    }
+
+    pub fn get(&mut self) -> Result<&mut Probes, ProbeError> {
+        if self.probes.is_none() {
+            self.probes = Some(Probes::load(&self.config)?);
+        }
+        Ok(self.probes.as_mut().expect("just loaded"))
+    }
+
+    /// The probes, if a scan loaded them (to release them where it costs nothing).
+    pub fn into_loaded(self) -> Option<Probes> {
+        self.probes
+    }
+}
+
+/// What a scan tells its caller as it goes.
+#[derive(Debug, Clone, Copy)]
+pub enum Progress<'a> {
+    /// The artifact was recognised.
+    Detected(&'a Format),
+    /// The kernel probes are being loaded (the first scan only).
+    LoadingProbes,
+    /// The loader entered a phase.
+    Phase(Phase),
+    /// A traced event or a finding (for --print-trace, --trace-file and live findings).
+    Job(Output<'a>),
+}
+
+/// Scans as `spec` says, with `probes` loaded if and when the artifact has to be loaded.
+pub async fn scan(
+    spec: &ScanSpec,
+    probes: &mut LazyProbes,
+    mut progress: impl FnMut(Progress<'_>),
+) -> ScanReport {
+    let started = Instant::now();
+    let mut report = ScanReport::new(&spec.artifact, spec.fail_on);
+    let format = match format::detect(&spec.artifact, &spec.limits) {
+        Ok(format) => format,
+        Err(e) => {
+            report
+                .errors
+                .push(ScanError::new(ErrorKind::Input, e.to_string()));
+            report.conclude(started.elapsed());
+            return report;
+        }
+    };
+    report.artifact.format = Some(format.id().to_string());
+    report.artifact.description = Some(format.describe());
+    report.artifact.size = size_of(&spec.artifact).ok();
+    progress(Progress::Detected(&format));
+
+    if let Some(loader) = format.loader() {
+        let loaded = load_under_watch(spec, loader, probes, &mut report, &mut progress);
+        if let Err(e) = loaded.await {
+            report
+                .errors
+                .push(ScanError::new(ErrorKind::Setup, format!("{e:#}")));
+        }
+    }
+    report.conclude(started.elapsed());
+    report
+}
+
+async fn load_under_watch(
+    spec: &ScanSpec,
+    loader: &'static str,
+    probes: &mut LazyProbes,
+    report: &mut ScanReport,
+    progress: &mut impl FnMut(Progress<'_>),
+) -> anyhow::Result<()> {
+    if !spec.python.is_file() {
+        report.errors.push(ScanError::new(
+            ErrorKind::Environment,
+            format!(
+                "no loader environment: {} does not exist; install it with `cargo xtask \
+                 loader-env` (or point --python at a Python with the frameworks)",
+                spec.python.display()
+            ),
+        ));
+        return Ok(());
+    }
+    let sandbox = Sandbox::create(spec.sandbox.clone()).context("building the sandbox")?;
+    let inside = stage_artifact(&spec.artifact, loader, sandbox.work_dir(), &spec.sandbox)
+        .context("copying the artifact into the sandbox")?;
+    harness::install(sandbox.tool_dir()).context("installing the harness")?;
+    let output_path = sandbox.root().join("loader.log");
+    let output = fs::File::options()
+        .create_new(true)
+        .read(true)
+        .write(true)
+        .open(&output_path)
+        .context("creating the loader's log")?;
+
+    let control = ControlPipe::new().context("creating the control pipe")?;
+    let run_spec = RunSpec {
+        program: spec.python.clone().into(),
+        args: harness::args(&harness::Invocation {
+            control_fd: control.job_fd(),
+            loader,
+            artifact: &inside,
+            exercise: spec.exercise,
+            audit: spec.audit,
+        }),
+        cwd: spec.cwd.clone(),
+        rules: spec.rules.clone(),
+        terminate_at: None,
+        sandbox: Some(spec.sandbox.clone()),
+        timeout: Some(spec.timeout),
+    };
+    if !probes.is_loaded() {
+        progress(Progress::LoadingProbes);
+    }
+    let probes = probes.get().context("loading the kernel probes")?;
+
+    let io = JobIo {
+        control: Some(control),
+        output: Some(output.try_clone().context("duplicating the loader's log")?),
+        sandbox: Some(sandbox),
+    };
+    let mut loaded_type = None;
+    let mut errors = Vec::new();
+    let mut timeline: Vec<PhaseStart> = Vec::new();
+    let mut audit = Vec::new();
+    let mut findings = Vec::new();
+    let summary = run::run_with(&run_spec, io, probes, |out| {
+        match out {
+            Output::Control(ControlMessage::Phase { phase, t }) => {
+                // The job's own timeline decides what counts; this only keeps the record.
+                if timeline.last().is_none_or(|last| last.start_ns <= *t) {
+                    timeline.push(PhaseStart {
+                        phase: *phase,
+                        start_ns: *t,
+                    });
+                    progress(Progress::Phase(*phase));
+                }
+            }
+            Output::Control(ControlMessage::Loaded { type_name, .. }) => {
+                loaded_type = Some(type_name.clone())
+            }
+            Output::Control(ControlMessage::Error {
+                phase,
+                error,
+                message,
+                missing,
+                ..
+            }) => errors.push(harness_error(
+                loader,
+                *phase,
+                error,
+                message,
+                missing.as_deref(),
+            )),
+            Output::Control(ControlMessage::Audit {
+                event,
+                args,
+                pid,
+                t,
+            }) => audit.push((event.clone(), args.clone(), *pid, *t)),
+            Output::Control(ControlMessage::Note { .. }) => {}
+            Output::Finding(f) => findings.push(f.clone()),
+            Output::Event(_) => {}
+        }
+        progress(Progress::Job(out));
+    })
+    .await?;
+
+    for finding in findings {
+        report.add_finding(finding);
+    }
+    let phase_at = |t: u64| {
+        timeline
+            .iter()
+            .rev()
+            .find(|p| p.start_ns <= t)
+            .map_or(Phase::Setup, |p| p.phase)
+    };
+    report.audit = audit
+        .into_iter()
+        .map(|(event, args, pid, t)| AuditRecord {
+            event,
+            args,
+            pid,
+            time_ns: t,
+            phase: phase_at(t),
+        })
+        .collect();
+    report.errors.extend(errors);
+    report
+        .errors
+        .extend(run_errors(&summary, &timeline, spec.timeout));
+    report.phases = timeline;
+    report.trace = Some(TraceStats {
+        events: summary.events,
+        processes: summary.processes,
+        kernel_records: summary.kernel_records,
+        dropped: summary.dropped,
+        malformed: summary.malformed,
+        complete: summary.complete,
+    });
+    report.loader = Some(Loader {
+        python: spec.python.display().to_string(),
+        kind: loader.to_string(),
+        loaded_type,
+        exit_code: summary.exit_code,
+        signal: summary.signal,
+        output_tail: tail(output, OUTPUT_TAIL_BYTES).unwrap_or_default(),
+    });
+    Ok(())
+}
+
+/// What the harness said went wrong, in words that say what to do.
+fn harness_error(
+    loader: &str,
+    phase: Phase,
+    error: &str,
+    message: &str,
+    missing: Option<&str>,
+) -> ScanError {
+    let (kind, message) = match missing {
+        Some(module) => (
+            ErrorKind::Environment,
+            format!(
+                "the loader environment cannot import `{module}`, needed to load {loader} \
+                 artifacts ({error}: {message}); install it with `cargo xtask loader-env`"
+            ),
+        ),
+        None => (
+            ErrorKind::Loader,
+            format!("{loader} failed in the {phase} phase: {error}: {message}"),
+        ),
+    };
+    ScanError {
+        kind,
+        message,
+        phase: Some(phase),
+    }
+}
+
+/// What the run's summary says is wrong: lost records, the time limit, a loader that died
+/// without saying why.
+fn run_errors(summary: &RunSummary, timeline: &[PhaseStart], timeout: Duration) -> Vec<ScanError> {
+    let mut errors = Vec::new();
+    if summary.dropped > 0 || summary.malformed > 0 {
+        errors.push(ScanError::new(
+            ErrorKind::IncompleteTrace,
+            format!(
+                "the trace is incomplete: {} records lost to a full ring buffer, {} unreadable",
+                summary.dropped, summary.malformed
+            ),
+        ));
+    }
+    if summary.timed_out {
+        errors.push(ScanError::new(
+            ErrorKind::Timeout,
+            format!("the scan reached its time limit ({timeout:?}) and was stopped"),
+        ));
+    }
+    let reached = |phase| timeline.iter().any(|p| p.phase == phase);
+    if !summary.timed_out && summary.exit_code != 0 && !reached(Phase::Teardown) {
+        let how = match summary.signal {
+            Some(sig) => format!("was killed by signal {sig}"),
+            None => format!("exited with status {}", summary.exit_code),
+        };
+        let last = timeline.last().map_or(Phase::Setup, |p| p.phase);
+        errors.push(ScanError {
+            kind: ErrorKind::Loader,
+            message: format!("the loader {how} in the {last} phase"),
+            phase: Some(last),
+        });
+    } else if summary.exit_code == 0 && !reached(Phase::Load) {
+        // A loader that "succeeded" without ever loading is not a clean scan.
+        errors.push(ScanError::new(
+            ErrorKind::Loader,
+            "the loader exited without reporting a load phase",
+        ));
+    }
+    errors
+}
+
+/// Copies the artifact into the sandbox's scratch directory under a name its framework
+/// accepts (Keras insists on the extension), readable by the sandbox's user. Returns its
+/// path inside the sandbox. A private copy: the loader cannot touch the original.
+fn stage_artifact(
+    artifact: &Path,
+    loader: &str,
+    work: &Path,
+    options: &SandboxOptions,
+) -> io::Result<PathBuf> {
+    let name = match loader {
+        "keras" if is_hdf5(artifact) => "artifact.h5",
+        "keras" => "artifact.keras",
+        "tensorflow" => "savedmodel",
+        "numpy" => "artifact.npy",
+        "torch" => "artifact.pt",
+        "joblib" => "artifact.joblib",
+        _ => "artifact.pkl",
+    };
+    let dest = work.join(name);
+    copy_tree(artifact, &dest, options)?;
+    Ok(Path::new(WORK_DIR).join(name))
+}
+
+fn is_hdf5(path: &Path) -> bool {
+    let mut magic = [0u8; 8];
+    fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
+        && magic == *b"\x89HDF\r\n\x1a\n"
+}
+
+/// Regular files and directories only; anything else in a SavedModel directory is skipped.
+fn copy_tree(src: &Path, dest: &Path, options: &SandboxOptions) -> io::Result<()> {
+    let meta = fs::metadata(src)?;
+    if meta.is_dir() {
+        fs::create_dir(dest)?;
+        for entry in fs::read_dir(src)? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            if kind.is_dir() || kind.is_file() {
+                copy_tree(&entry.path(), &dest.join(entry.file_name()), options)?;
+            }
+        }
+    } else {
+        fs::copy(src, dest)?;
+    }
+    fs::set_permissions(
+        dest,
+        fs::Permissions::from_mode(if meta.is_dir() { 0o755 } else { 0o644 }),
+    )?;
+    std::os::unix::fs::chown(dest, Some(options.uid), Some(options.gid))
+}
+
+fn size_of(path: &Path) -> io::Result<u64> {
+    let meta = fs::metadata(path)?;
+    if !meta.is_dir() {
+        return Ok(meta.len());
+    }
+    let mut total = 0;
+    for entry in fs::read_dir(path)? {
+        total += size_of(&entry?.path()).unwrap_or(0);
+    }
+    Ok(total)
+}
+
+/// The last `limit` bytes of `file`, as text.
+fn tail(mut file: fs::File, limit: u64) -> io::Result<String> {
+    let len = file.seek(SeekFrom::End(0))?;
+    file.seek(SeekFrom::Start(len.saturating_sub(limit)))?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}

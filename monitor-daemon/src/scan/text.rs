@@ -1,0 +1,164 @@
+//! The scan report for people: the verdict first, then findings grouped by severity (most
+//! severe first), each with its process, the syscall as strace would show it, and its phase.
+
+use std::io::{self, Write};
+
+use crate::{
+    render,
+    rules::{Finding, Severity},
+    scan::report::ScanReport,
+};
+
+/// At most this many findings of one rule are shown in full; the rest are counted.
+const SHOWN_PER_RULE: usize = 3;
+
+pub fn write(out: &mut impl Write, report: &ScanReport) -> io::Result<()> {
+    writeln!(out, "monitor scan: {}", report.artifact.path)?;
+    if let Some(description) = &report.artifact.description {
+        writeln!(out, "  format:  {description}")?;
+    }
+    writeln!(
+        out,
+        "  verdict: {} (exit code {})",
+        report.verdict.name().to_uppercase(),
+        u8::from(report.exit_code)
+    )?;
+    if let Some(loader) = &report.loader {
+        let loaded = loader.loaded_type.as_deref().unwrap_or("nothing");
+        writeln!(out, "  loaded:  {loaded} (with {})", loader.kind)?;
+    }
+    if let Some(trace) = &report.trace {
+        let completeness = if trace.complete {
+            "complete".to_string()
+        } else {
+            format!(
+                "INCOMPLETE, {} lost, {} unreadable",
+                trace.dropped, trace.malformed
+            )
+        };
+        writeln!(
+            out,
+            "  trace:   {} events from {} processes, {completeness}",
+            trace.events, trace.processes
+        )?;
+    }
+    writeln!(
+        out,
+        "  time:    {:.2} s",
+        report.duration_ms as f64 / 1000.0
+    )?;
+
+    let start = report.phases.first().map_or(0, |p| p.start_ns);
+    for severity in [
+        Severity::Critical,
+        Severity::High,
+        Severity::Medium,
+        Severity::Low,
+        Severity::Info,
+    ] {
+        let of: Vec<&Finding> = report
+            .findings
+            .iter()
+            .filter(|f| f.severity == severity)
+            .collect();
+        if of.is_empty() {
+            continue;
+        }
+        writeln!(out, "\n{} ({})", title(severity), of.len())?;
+        let mut shown: Vec<(&str, usize)> = Vec::new();
+        for finding in &of {
+            let seen = match shown.iter_mut().find(|(rule, _)| *rule == finding.rule) {
+                Some((_, n)) => {
+                    *n += 1;
+                    *n
+                }
+                None => {
+                    shown.push((&finding.rule, 1));
+                    1
+                }
+            };
+            if seen <= SHOWN_PER_RULE {
+                write_finding(out, finding, start)?;
+            }
+        }
+        for (rule, n) in shown.iter().filter(|(_, n)| *n > SHOWN_PER_RULE) {
+            writeln!(
+                out,
+                "  ... and {} more {rule} (see --format json)",
+                n - SHOWN_PER_RULE
+            )?;
+        }
+    }
+
+    if !report.errors.is_empty() {
+        writeln!(out, "\nErrors ({})", report.errors.len())?;
+        for e in &report.errors {
+            writeln!(out, "  {}", e.message)?;
+        }
+        if let Some(loader) = &report.loader
+            && !loader.output_tail.trim().is_empty()
+        {
+            writeln!(out, "  the loader's last output:")?;
+            for line in last_lines(&loader.output_tail, 8) {
+                writeln!(out, "    | {line}")?;
+            }
+        }
+    }
+    if report.findings.is_empty() && report.errors.is_empty() {
+        writeln!(out, "\nNo findings.")?;
+    }
+    Ok(())
+}
+
+fn write_finding(out: &mut impl Write, f: &Finding, start_ns: u64) -> io::Result<()> {
+    let at = f.event.time_ns.saturating_sub(start_ns) as f64 / 1e9;
+    writeln!(
+        out,
+        "  {}: {} [{} phase, +{at:.3} s] {}",
+        f.rule,
+        f.description,
+        f.phase,
+        f.tags.join(",")
+    )?;
+    writeln!(out, "    {}", render::text(&f.event))?;
+    if let Some(p) = &f.process {
+        let argv = if p.argv.is_empty() {
+            String::new()
+        } else {
+            format!(" {:?}", p.argv)
+        };
+        let chain: Vec<String> = p
+            .parents
+            .iter()
+            .map(|a| format!("{} {}", a.pid, a.exe.as_deref().unwrap_or("?")))
+            .collect();
+        writeln!(
+            out,
+            "    process {} {}{argv}{}",
+            p.pid,
+            p.exe.as_deref().unwrap_or(&f.event.comm),
+            if chain.is_empty() {
+                String::new()
+            } else {
+                format!(" <- {}", chain.join(" <- "))
+            }
+        )?;
+    }
+    Ok(())
+}
+
+fn title(severity: Severity) -> &'static str {
+    match severity {
+        Severity::Critical => "Critical",
+        Severity::High => "High",
+        Severity::Medium => "Medium",
+        Severity::Low => "Low",
+        Severity::Info => "Info",
+    }
+}
+
+fn last_lines(text: &str, n: usize) -> impl Iterator<Item = &str> {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let skip = lines.len().saturating_sub(n);
+    lines.into_iter().skip(skip)
+}

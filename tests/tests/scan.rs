@@ -1,0 +1,185 @@
+//! Scans on the real kernel with the real loader environment: verdicts, phases, fail-closed
+//! cases and bad input. The corpus (every format, every payload class) is in corpus.rs.
+
+use std::{path::Path, time::Duration};
+
+use monitor_daemon::{
+    probes::ProbeConfig,
+    rules::Phase,
+    scan::{LazyProbes, ScanReport, ScanSpec, Verdict, report::ErrorKind, scan, verdict::ExitCode},
+};
+use monitor_tests::{is_root, loader_python};
+
+/// A protocol-0 pickle whose load calls `module.name(arg)`; harmless callables only.
+fn pickle_calling(module: &str, name: &str, arg: &str) -> Vec<u8> {
+    pickle_calling_with(module, name, &format!("V{arg}"))
+}
+
+/// The same with the argument as a protocol-0 opcode line (`I30` for the integer 30).
+fn pickle_calling_with(module: &str, name: &str, arg_opcode: &str) -> Vec<u8> {
+    format!("c{module}\n{name}\n({arg_opcode}\ntR.").into_bytes()
+}
+
+/// `pickle.dumps({"a": 1}, protocol=4)`.
+const PLAIN_PICKLE: &[u8] = b"\x80\x04\x95\n\x00\x00\x00\x00\x00\x00\x00}\x94\x8c\x01a\x94K\x01s.";
+
+async fn scan_bytes(bytes: &[u8], adjust: impl FnOnce(&mut ScanSpec)) -> ScanReport {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.bin");
+    std::fs::write(&path, bytes).unwrap();
+    scan_path(&path, adjust).await
+}
+
+async fn scan_path(path: &Path, adjust: impl FnOnce(&mut ScanSpec)) -> ScanReport {
+    assert!(is_root(), "scans load eBPF programs: run the tests as root");
+    let mut spec = ScanSpec::new(path);
+    spec.python = loader_python();
+    adjust(&mut spec);
+    let mut probes = LazyProbes::new(ProbeConfig::default());
+    scan(&spec, &mut probes, |_| {}).await
+}
+
+fn rules(report: &ScanReport) -> Vec<&str> {
+    report.findings.iter().map(|f| f.rule.as_str()).collect()
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_pickle_that_runs_a_program_is_malicious_and_the_finding_is_in_the_load_phase() {
+    let report = scan_bytes(&pickle_calling("posix", "system", "id"), |_| {}).await;
+    assert_eq!(report.verdict, Verdict::Malicious, "{report:#?}");
+    assert_eq!(report.exit_code, ExitCode::Threat);
+    let exec = report
+        .findings
+        .iter()
+        .find(|f| f.rule == "exec.program")
+        .unwrap_or_else(|| panic!("no exec.program in {:?}", rules(&report)));
+    assert_eq!(exec.phase, Phase::Load);
+    let process = exec.process.as_ref().expect("process context");
+    assert!(
+        process
+            .parents
+            .iter()
+            .any(|p| p.exe.as_deref().is_some_and(|e| e.contains("python"))),
+        "the parent chain leads to the loader: {process:?}"
+    );
+    let phases: Vec<Phase> = report.phases.iter().map(|p| p.phase).collect();
+    assert_eq!(phases, [Phase::Setup, Phase::Load, Phase::Teardown]);
+    assert!(report.trace.as_ref().unwrap().complete);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_plain_pickle_is_clean_and_the_framework_import_raises_nothing() {
+    let report = scan_bytes(PLAIN_PICKLE, |_| {}).await;
+    assert_eq!(report.verdict, Verdict::Clean, "{report:#?}");
+    assert_eq!(report.exit_code, ExitCode::Clean);
+    assert!(report.findings.is_empty(), "{:?}", rules(&report));
+    assert_eq!(
+        report.loader.as_ref().unwrap().loaded_type.as_deref(),
+        Some("builtins.dict")
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_load_that_outlives_the_time_limit_is_an_error_not_clean() {
+    let report = scan_bytes(&pickle_calling_with("time", "sleep", "I30"), |spec| {
+        spec.timeout = Duration::from_secs(3)
+    })
+    .await;
+    assert_eq!(report.verdict, Verdict::Error, "{report:#?}");
+    assert_eq!(report.exit_code, ExitCode::Error);
+    assert!(report.errors.iter().any(|e| e.kind == ErrorKind::Timeout));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_corrupt_pickle_that_acted_first_is_still_a_threat() {
+    // Runs `id`, then the stream ends without STOP: the loader fails after the payload.
+    let mut bytes = pickle_calling("posix", "system", "id");
+    bytes.truncate(bytes.len() - 1);
+    bytes.extend_from_slice(b"0(");
+    let report = scan_bytes(&bytes, |_| {}).await;
+    assert_eq!(report.exit_code, ExitCode::Threat, "{report:#?}");
+    assert!(rules(&report).contains(&"exec.program"));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_missing_loader_environment_is_an_error_that_says_how_to_install_it() {
+    let report = scan_bytes(&pickle_calling("posix", "system", "id"), |spec| {
+        spec.python = "/nonexistent/bin/python".into()
+    })
+    .await;
+    assert_eq!(report.exit_code, ExitCode::Error);
+    assert_eq!(report.errors[0].kind, ErrorKind::Environment);
+    assert!(report.errors[0].message.contains("cargo xtask loader-env"));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn audit_evidence_names_the_pickle_global_that_ran() {
+    let report = scan_bytes(&pickle_calling("posix", "system", "true"), |spec| {
+        spec.audit = true
+    })
+    .await;
+    let resolved = report
+        .audit
+        .iter()
+        .find(|a| a.event == "pickle.find_class")
+        .expect("find_class audited");
+    assert!(resolved.args.contains("posix") && resolved.args.contains("system"));
+    assert_eq!(resolved.phase, Phase::Load);
+    assert!(report.audit.iter().any(|a| a.event == "os.system"));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn bad_input_is_an_input_error_and_nothing_is_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.pkl");
+    std::fs::write(&empty, b"").unwrap();
+    let elf = Path::new("/bin/true");
+    let device_link = dir.path().join("model.pt");
+    std::os::unix::fs::symlink("/dev/null", &device_link).unwrap();
+    let not_saved_model = dir.path().join("dir");
+    std::fs::create_dir(&not_saved_model).unwrap();
+    let odd = dir.path().join("mo del\n'\"$(id).pkl");
+    std::fs::write(&odd, b"not a model at all").unwrap();
+
+    for path in [
+        dir.path().join("missing.pkl").as_path(),
+        &empty,
+        elf,
+        &device_link,
+        &not_saved_model,
+        &odd,
+    ] {
+        let mut probes = LazyProbes::new(ProbeConfig::default());
+        let spec = ScanSpec::new(path);
+        let report = scan(&spec, &mut probes, |_| {}).await;
+        assert_eq!(report.exit_code, ExitCode::Error, "{path:?}: {report:#?}");
+        assert_eq!(report.errors.len(), 1, "{path:?}");
+        assert_eq!(report.errors[0].kind, ErrorKind::Input, "{path:?}");
+        assert!(!probes.is_loaded(), "{path:?}: nothing to load, no probes");
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_incomplete_trace_is_never_clean() {
+    // A benign load that opens a few hundred directories at once (glob), into a ring buffer
+    // that holds a handful of records.
+    let bytes = pickle_calling("glob", "glob", "/usr/lib/python3*/*/*");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.pkl");
+    std::fs::write(&path, bytes).unwrap();
+    let mut spec = ScanSpec::new(&path);
+    spec.python = loader_python();
+    let mut probes = LazyProbes::new(ProbeConfig {
+        ring_buffer_bytes: 4096,
+    });
+    let report = scan(&spec, &mut probes, |_| {}).await;
+    let trace = report.trace.as_ref().expect("traced");
+    assert!(trace.dropped > 0, "the tiny ring buffer overflowed");
+    assert_eq!(report.verdict, Verdict::Error, "{report:#?}");
+    assert!(
+        report
+            .errors
+            .iter()
+            .any(|e| e.kind == ErrorKind::IncompleteTrace)
+    );
+}
