@@ -1,5 +1,6 @@
 //! `monitorctl sandbox-exec`: the helper the sandbox starts inside bubblewrap to confine the
-//! job with Landlock before executing it. Not for people; hidden from --help.
+//! job with Landlock, run it, and wait for everything it leaves behind. Not for people;
+//! hidden from --help.
 
 use std::{ffi::OsString, path::PathBuf, process::ExitCode};
 
@@ -17,8 +18,12 @@ pub struct SandboxExecArgs {
 
 pub fn main(args: SandboxExecArgs) -> ExitCode {
     let (program, rest) = args.command.split_first().expect("clap requires a command");
-    let error = landlock::exec_restricted(&args.write, program, rest);
-    eprintln!("monitorctl sandbox-exec: {error}");
-    // As env(1) does: 126 when the command could not be run.
-    ExitCode::from(126)
+    match landlock::run_restricted(&args.write, program, rest) {
+        Ok(status) => ExitCode::from(status.clamp(0, 255) as u8),
+        Err(error) => {
+            eprintln!("monitorctl sandbox-exec: {error}");
+            // As env(1) does: 126 when the command could not be run.
+            ExitCode::from(126)
+        }
+    }
 }

@@ -161,9 +161,10 @@ async fn bad_input_is_an_input_error_and_nothing_is_started() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn an_incomplete_trace_is_never_clean() {
-    // A benign load that opens a few hundred directories at once (glob), into a ring buffer
-    // that holds a handful of records.
-    let bytes = pickle_calling("glob", "glob", "/usr/lib/python3*/*/*");
+    // A benign load that opens a thousand directories at once (glob), each by a 2 KiB path
+    // ("/usr/./././..."), into a ring buffer that holds two such records.
+    let pattern = format!("/usr{}/*/*/*/*", "/.".repeat(1000));
+    let bytes = pickle_calling("glob", "glob", &pattern);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("model.pkl");
     std::fs::write(&path, bytes).unwrap();
@@ -181,5 +182,50 @@ async fn an_incomplete_trace_is_never_clean() {
             .errors
             .iter()
             .any(|e| e.kind == ErrorKind::IncompleteTrace)
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_child_that_outlives_the_loader_is_traced_to_the_end_and_nothing_is_left_behind() {
+    let jobs = monitor_daemon::cgroup::cgroup2_mount()
+        .unwrap()
+        .join("monitor");
+    // The payload starts a shell that acts after the loader has returned and exited.
+    let report = scan_bytes(
+        &pickle_calling("posix", "system", "(sleep 1; exec /bin/true) &"),
+        |_| {},
+    )
+    .await;
+    let late = report
+        .findings
+        .iter()
+        .find(|f| {
+            f.rule == "exec.program"
+                && f.process
+                    .as_ref()
+                    .is_some_and(|p| p.exe.as_deref() == Some("/bin/true"))
+        })
+        .unwrap_or_else(|| panic!("the late exec is reported: {:?}", rules(&report)));
+    let teardown = report
+        .phases
+        .iter()
+        .find(|p| p.phase == Phase::Teardown)
+        .expect("the loader finished");
+    assert!(
+        late.event.time_ns > teardown.start_ns,
+        "it acted after the load"
+    );
+    assert_eq!(late.phase, Phase::Teardown);
+
+    // The job's cgroup (its id is the directory's inode number) is gone.
+    use std::os::unix::fs::MetadataExt as _;
+    let left: Vec<_> = std::fs::read_dir(&jobs)
+        .map(|d| d.flatten().collect())
+        .unwrap_or_default();
+    assert!(
+        !left
+            .iter()
+            .any(|d| d.metadata().is_ok_and(|m| m.ino() == late.event.cgroup_id)),
+        "the job's cgroup is left behind"
     );
 }

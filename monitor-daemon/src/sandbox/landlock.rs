@@ -1,5 +1,10 @@
 //! Landlock, the sandbox's last layer: applied by a small helper that runs inside bubblewrap
-//! (after its mounts; a Landlock-restricted process may not mount) and then executes the job.
+//! (after its mounts; a Landlock-restricted process may not mount) and then runs the job.
+//!
+//! The helper also keeps the job's sandbox alive until the job's last process has exited:
+//! bubblewrap's pid namespace dies with its first process, which would kill a payload's
+//! children that outlive the loader before they could be traced. As a child subreaper the
+//! helper inherits those orphans and waits for all of them.
 //!
 //! The job may read and execute anything it can see, write only below the directories it is
 //! given, and signal no process outside its own Landlock domain. Denied attempts still reach
@@ -7,7 +12,6 @@
 
 use std::{
     ffi::OsString,
-    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::Command,
 };
@@ -59,20 +63,36 @@ pub fn restrict(writable: &[PathBuf]) -> Result<(), LandlockError> {
     }
 }
 
-/// Restricts this process as [`restrict`] does, then replaces it with `program`. Returns only
-/// on failure.
-pub fn exec_restricted(
+/// Restricts this process as [`restrict`] does, runs `program`, and waits until it and every
+/// process it left behind have exited. Returns `program`'s exit status in the shell's way
+/// (128 + N for signal N).
+pub fn run_restricted(
     writable: &[PathBuf],
     program: &OsString,
     args: &[OsString],
-) -> LandlockError {
-    if let Err(e) = restrict(writable) {
-        return e;
-    }
-    let source = Command::new(program).args(args).exec();
-    LandlockError::Exec {
+) -> Result<i32, LandlockError> {
+    restrict(writable)?;
+    let exec_error = |source| LandlockError::Exec {
         program: program.clone(),
         source,
+    };
+    nix::sys::prctl::set_child_subreaper(true).map_err(|e| exec_error(e.into()))?;
+    let child = Command::new(program)
+        .args(args)
+        .spawn()
+        .map_err(exec_error)?;
+    let main = nix::unistd::Pid::from_raw(child.id() as i32);
+    let mut status = 0;
+    loop {
+        use nix::sys::wait::{WaitStatus, waitpid};
+        match waitpid(None, None) {
+            Ok(WaitStatus::Exited(pid, code)) if pid == main => status = code,
+            Ok(WaitStatus::Signaled(pid, sig, _)) if pid == main => status = 128 + sig as i32,
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => {}
+            // ECHILD: nobody is left.
+            Err(_) => return Ok(status),
+        }
     }
 }
 

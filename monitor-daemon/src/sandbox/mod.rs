@@ -184,6 +184,8 @@ impl Sandbox {
         ]);
         cmd.args(["--setenv", "HOME", decoy::HOME, "--setenv", "USER", "user"]);
         cmd.args(["--setenv", "LOGNAME", "user", "--setenv", "TMPDIR", "/tmp"]);
+        // Without SHELL, bash looks the user up in /etc/passwd (a finding of its own).
+        cmd.args(["--setenv", "SHELL", "/bin/sh"]);
         for (name, value) in &self.options.env {
             cmd.arg("--setenv").arg(name).arg(value);
         }

@@ -1,0 +1,124 @@
+//! `monitorctl scan` as a user runs it: the real binary, real probes (root), the real loader
+//! environment (`cargo xtask loader-env`; MONITOR_LOADER_ENV points elsewhere).
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use serde_json::Value;
+
+fn monitorctl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_monitorctl"))
+        .args(args)
+        .output()
+        .expect("start monitorctl")
+}
+
+fn example(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(name)
+}
+
+fn stdout_json(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+#[test]
+fn the_bundled_malicious_pickle_is_a_threat_in_the_json_report() {
+    let malicious = example("malicious.pkl");
+    let out = monitorctl(&["scan", "--format", "json", malicious.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let report = stdout_json(&out);
+    assert_eq!(report["schema"], "monitor.scan/v1");
+    assert_eq!(report["verdict"], "malicious");
+    assert_eq!(report["exit_code"], 1);
+    assert_eq!(report["artifact"]["format"], "pickle");
+    let findings = report["findings"].as_array().unwrap();
+    let exec = findings
+        .iter()
+        .find(|f| f["rule"] == "exec.program")
+        .expect("exec.program finding");
+    assert_eq!(exec["phase"], "load");
+    assert_eq!(exec["severity"], "high");
+    assert!(exec["process"]["pid"].as_u64().is_some());
+    assert!(exec["event"]["time_ns"].as_u64().is_some());
+    assert_eq!(report["trace"]["complete"], true);
+}
+
+#[test]
+fn sarif_goes_to_the_report_file_and_nothing_to_stdout_with_no_print_res() {
+    let dir = tempfile::tempdir().unwrap();
+    let sarif = dir.path().join("report.sarif");
+    let trace = dir.path().join("trace.jsonl");
+    let malicious = example("malicious.pkl");
+    let out = monitorctl(&[
+        "scan",
+        "--format",
+        "sarif",
+        "--no-print-res",
+        "--report-file",
+        sarif.to_str().unwrap(),
+        "--trace-file",
+        trace.to_str().unwrap(),
+        malicious.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(out.stdout.is_empty());
+    let log: Value = serde_json::from_slice(&std::fs::read(&sarif).unwrap()).unwrap();
+    assert_eq!(log["version"], "2.1.0");
+    let results = log["runs"][0]["results"].as_array().unwrap();
+    assert!(
+        results
+            .iter()
+            .any(|r| r["ruleId"] == "exec.program" && r["level"] == "error")
+    );
+    let rules = log["runs"][0]["tool"]["driver"]["rules"]
+        .as_array()
+        .unwrap();
+    for r in results {
+        let index = r["ruleIndex"].as_u64().unwrap() as usize;
+        assert_eq!(rules[index]["id"], r["ruleId"]);
+    }
+    let traced = std::fs::read_to_string(&trace).unwrap();
+    assert!(
+        traced
+            .lines()
+            .any(|l| l.contains("\"execve\"") && l.contains("/usr/bin/id")),
+        "the trace file holds the payload's exec"
+    );
+}
+
+#[test]
+fn a_missing_file_exits_2_with_a_message_and_no_traceback() {
+    let out = monitorctl(&["scan", "/nonexistent/model.pkl"]);
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("ERROR"), "{text}");
+    assert!(text.contains("/nonexistent/model.pkl"), "{text}");
+    assert!(!text.contains("Traceback"), "{text}");
+}
+
+#[test]
+fn fail_on_low_turns_a_low_finding_into_exit_1() {
+    // Reading the account database is a low finding: clean by default, a failure at --fail-on
+    // low. A protocol-0 pickle calling io.open("/etc/passwd").
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("reads-passwd.pkl");
+    std::fs::write(&model, b"cio\nopen\n(V/etc/passwd\ntR.").unwrap();
+    let model = model.to_str().unwrap();
+
+    let default = monitorctl(&["scan", "--format", "json", model]);
+    assert_eq!(default.status.code(), Some(0), "{default:?}");
+    assert_eq!(stdout_json(&default)["verdict"], "suspicious");
+
+    let strict = monitorctl(&["scan", "--format", "json", "--fail-on", "low", model]);
+    assert_eq!(strict.status.code(), Some(1), "{strict:?}");
+}
