@@ -17,9 +17,7 @@ use monitor_daemon::{
     render::{self, Style},
     rules::Severity,
     run::Output,
-    scan::{
-        self, LazyProbes, Progress, ScanReport, ScanSpec, format_shim::Limits, job::default_python,
-    },
+    scan::{self, LazyProbes, Progress, ScanReport, ScanSpec, format::Limits, job::default_python},
 };
 
 use crate::common;

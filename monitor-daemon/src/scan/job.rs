@@ -21,7 +21,7 @@ use crate::{
     run::{self, JobIo, Output, RunSpec, RunSummary},
     sandbox::{Sandbox, SandboxOptions, WORK_DIR},
     scan::{
-        format_shim::{self as format, Format, Limits},
+        format::{self, Format, Limits},
         harness,
         report::{AuditRecord, ErrorKind, Loader, PhaseStart, ScanError, ScanReport, TraceStats},
     },

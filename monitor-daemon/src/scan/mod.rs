@@ -8,7 +8,6 @@
 //!    [`sarif`] and [`text`] render it.
 
 pub mod format;
-pub mod format_shim;
 pub mod harness;
 pub mod job;
 pub mod report;

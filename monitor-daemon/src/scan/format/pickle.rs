@@ -1,0 +1,469 @@
+//! A pickle opcode walker: follows a pickle stream to its STOP without executing anything,
+//! noting the globals it names (GLOBAL, INST, STACK_GLOBAL). Enough to tell a pickle from
+//! other content, count the pickles in a file, and tell which library wrote it.
+
+use std::io::{self, BufRead, Read, Seek};
+
+/// The first pickle of a PyTorch legacy file is just this number (LONG1, little-endian).
+const TORCH_LEGACY_MAGIC: [u8; 10] = [0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19];
+
+/// Pickles counted past this are "at least this many".
+pub const MAX_PICKLES: usize = 1000;
+/// Globals kept per file (classification needs the modules only).
+const MAX_GLOBALS: usize = 10_000;
+/// Memoized strings kept for STACK_GLOBAL's lookups.
+const MAX_MEMO: usize = 100_000;
+/// Longest newline-terminated argument (protocol 0).
+const MAX_LINE: usize = 1 << 20;
+
+/// How an opcode's argument is encoded.
+#[derive(Clone, Copy)]
+enum Arg {
+    None,
+    Fixed(u8),
+    /// Text up to a newline.
+    Line,
+    /// Two lines (module and name).
+    TwoLines,
+    /// A length of this many bytes (little-endian), then that many bytes.
+    Counted(u8),
+}
+
+/// What an opcode means to the walker, besides its argument.
+#[derive(Clone, Copy, PartialEq)]
+enum Op {
+    Other,
+    Stop,
+    Proto,
+    /// Pushes a string STACK_GLOBAL may use.
+    Str,
+    Global,
+    StackGlobal,
+    /// Stores the top of the stack in the memo (MEMOIZE: next index; PUT: given index).
+    Memoize,
+    Put,
+    Get,
+    Frame,
+    Long1,
+}
+
+fn opcode(byte: u8) -> Option<(Arg, Op)> {
+    use Arg::*;
+    Some(match byte {
+        b'(' | b'.' | b'0' | b'2' | b'1' | b'N' | b'Q' | b'R' | b'a' | b'b' | b'd' | b'}'
+        | b'e' | b'l' | b']' | b'o' | b's' | b't' | b')' | b'u' => {
+            (None, if byte == b'.' { Op::Stop } else { Op::Other })
+        }
+        b'F' | b'I' | b'L' | b'P' => (Line, Op::Other),
+        b'S' | b'V' => (Line, Op::Str),
+        b'g' => (Line, Op::Get),
+        b'p' => (Line, Op::Put),
+        b'c' | b'i' => (TwoLines, Op::Global),
+        b'J' => (Fixed(4), Op::Other),
+        b'K' => (Fixed(1), Op::Other),
+        b'M' => (Fixed(2), Op::Other),
+        b'G' => (Fixed(8), Op::Other),
+        b'h' => (Fixed(1), Op::Get),
+        b'j' => (Fixed(4), Op::Get),
+        b'q' => (Fixed(1), Op::Put),
+        b'r' => (Fixed(4), Op::Put),
+        b'T' | b'X' => (Counted(4), Op::Str),
+        b'U' => (Counted(1), Op::Str),
+        // Protocol 2.
+        0x80 => (Fixed(1), Op::Proto),
+        0x81 | 0x85 | 0x86 | 0x87 | 0x88 | 0x89 => (None, Op::Other),
+        0x82 => (Fixed(1), Op::Other),
+        0x83 => (Fixed(2), Op::Other),
+        0x84 => (Fixed(4), Op::Other),
+        0x8a => (Counted(1), Op::Long1),
+        0x8b => (Counted(4), Op::Other),
+        // Protocol 3.
+        b'B' => (Counted(4), Op::Other),
+        b'C' => (Counted(1), Op::Other),
+        // Protocol 4.
+        0x8c => (Counted(1), Op::Str),
+        0x8d => (Counted(8), Op::Str),
+        0x8e => (Counted(8), Op::Other),
+        0x8f | 0x90 | 0x91 | 0x92 => (None, Op::Other),
+        0x93 => (None, Op::StackGlobal),
+        0x94 => (None, Op::Memoize),
+        0x95 => (Fixed(8), Op::Frame),
+        // Protocol 5.
+        0x96 => (Counted(8), Op::Other),
+        0x97 | 0x98 => (None, Op::Other),
+        _ => return Option::None,
+    })
+}
+
+/// What a walk over a file found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Walk {
+    /// The protocol of the first pickle (0 when it has no PROTO opcode: protocol 0 or 1).
+    pub protocol: u8,
+    /// Complete pickles (capped at [`MAX_PICKLES`]).
+    pub pickles: usize,
+    /// `(module, name)` of the globals named, in order.
+    pub globals: Vec<(String, String)>,
+    /// The first pickle is PyTorch's legacy magic number.
+    pub torch_legacy: bool,
+    /// Where and why the walk stopped early, if it did.
+    pub damage: Option<Damage>,
+    /// The walk stopped on purpose before the end (joblib array data, torch storages).
+    pub stopped_early: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damage {
+    pub offset: u64,
+    pub what: String,
+}
+
+/// Why content is not a pickle at all.
+#[derive(Debug)]
+pub enum NotPickle {
+    /// The first byte is no opcode, or the start makes no sense as a pickle.
+    Content,
+    Io(io::Error),
+}
+
+/// Walks every pickle in `input` until its end, or until the globals tell who wrote it and
+/// the rest need not be read (joblib's arrays and torch's storages are raw bytes between
+/// pickles).
+pub fn walk(input: &mut (impl BufRead + Seek)) -> Result<Walk, NotPickle> {
+    let mut walk = Walk::default();
+    let mut walker = Walker::default();
+    loop {
+        let start = input.stream_position().map_err(NotPickle::Io)?;
+        if input.fill_buf().map_err(NotPickle::Io)?.is_empty() {
+            return Ok(walk);
+        }
+        match walker.one(input, &mut walk) {
+            Ok(()) => {
+                if walk.pickles == 0 {
+                    walk.protocol = walker.protocol;
+                    walk.torch_legacy = walker.saw_torch_magic && walker.ops == 3;
+                }
+                walk.pickles = (walk.pickles + 1).min(MAX_PICKLES);
+                if walk.torch_legacy || by_joblib(&walk.globals) {
+                    walk.stopped_early = true;
+                    return Ok(walk);
+                }
+            }
+            Err(failure) => {
+                let plausible = walk.pickles > 0 || walker.protocol >= 2 || walker.named_globals;
+                if !plausible || start == 0 && walker.ops < 2 {
+                    return Err(match failure {
+                        Failure::Io(e) => NotPickle::Io(e),
+                        _ => NotPickle::Content,
+                    });
+                }
+                if by_joblib(&walk.globals) {
+                    walk.stopped_early = true;
+                    return Ok(walk);
+                }
+                walk.damage = Some(Damage {
+                    offset: input.stream_position().unwrap_or(start),
+                    what: failure.to_string(),
+                });
+                return Ok(walk);
+            }
+        }
+    }
+}
+
+fn by_joblib(globals: &[(String, String)]) -> bool {
+    globals
+        .iter()
+        .any(|(m, _)| m.starts_with("joblib.") || m.starts_with("sklearn.externals.joblib"))
+}
+
+#[derive(Debug)]
+enum Failure {
+    Io(io::Error),
+    Truncated,
+    UnknownOpcode(u8),
+    BadArgument(&'static str),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Io(e) => write!(f, "read error: {e}"),
+            Failure::Truncated => f.write_str("the stream ends before the pickle's STOP"),
+            Failure::UnknownOpcode(b) => write!(f, "unknown opcode 0x{b:02x}"),
+            Failure::BadArgument(what) => write!(f, "bad argument: {what}"),
+        }
+    }
+}
+
+/// State of one pickle's walk.
+#[derive(Default)]
+struct Walker {
+    protocol: u8,
+    /// Opcodes read in the current pickle.
+    ops: usize,
+    named_globals: bool,
+    saw_torch_magic: bool,
+    /// The two most recent pushes, if they were strings (for STACK_GLOBAL).
+    recent: [Option<String>; 2],
+    memo: std::collections::HashMap<u64, String>,
+    memo_len: u64,
+}
+
+impl Walker {
+    /// Walks one pickle, through its STOP.
+    fn one(&mut self, input: &mut (impl BufRead + Seek), walk: &mut Walk) -> Result<(), Failure> {
+        self.protocol = 0;
+        self.ops = 0;
+        self.named_globals = false;
+        self.saw_torch_magic = false;
+        self.memo.clear();
+        self.memo_len = 0;
+        self.recent = [None, None];
+        loop {
+            let byte = read_byte(input)?;
+            let (arg, op) = opcode(byte).ok_or(Failure::UnknownOpcode(byte))?;
+            self.ops += 1;
+            let mut pushed: Option<Option<String>> = Some(None);
+            match arg {
+                Arg::None => {}
+                Arg::Fixed(n) => {
+                    let mut buf = [0u8; 8];
+                    read_exact(input, &mut buf[..n as usize])?;
+                    match op {
+                        Op::Proto => {
+                            if !(2..=5).contains(&buf[0]) {
+                                return Err(Failure::BadArgument("protocol out of range"));
+                            }
+                            self.protocol = buf[0];
+                        }
+                        Op::Get => pushed = Some(self.memo.get(&le(&buf[..n as usize])).cloned()),
+                        Op::Put => self.remember(le(&buf[..n as usize])),
+                        _ => {}
+                    }
+                }
+                Arg::Line => {
+                    let line = read_line(input)?;
+                    match op {
+                        Op::Str => pushed = Some(Some(unquote(&line))),
+                        Op::Get => {
+                            let key = parse_index(&line)?;
+                            pushed = Some(self.memo.get(&key).cloned());
+                        }
+                        Op::Put => self.remember(parse_index(&line)?),
+                        _ => {}
+                    }
+                }
+                Arg::TwoLines => {
+                    let module = read_line(input)?;
+                    let name = read_line(input)?;
+                    if !is_dotted_name(&module) || !is_dotted_name(&name) {
+                        return Err(Failure::BadArgument("a global that is not a Python name"));
+                    }
+                    self.note_global(walk, module, name);
+                }
+                Arg::Counted(width) => {
+                    let mut len_bytes = [0u8; 8];
+                    read_exact(input, &mut len_bytes[..width as usize])?;
+                    let len = le(&len_bytes[..width as usize]);
+                    if op == Op::Str && len <= 4096 {
+                        let mut text = vec![0u8; len as usize];
+                        read_exact(input, &mut text)?;
+                        pushed = Some(String::from_utf8(text).ok());
+                    } else if op == Op::Long1 && len == 10 {
+                        let mut digits = [0u8; 10];
+                        read_exact(input, &mut digits)?;
+                        self.saw_torch_magic = digits == TORCH_LEGACY_MAGIC;
+                    } else {
+                        skip(input, len)?;
+                    }
+                }
+            }
+            match op {
+                Op::Stop => return Ok(()),
+                Op::Memoize => {
+                    let index = self.memo_len;
+                    self.remember(index);
+                    pushed = None;
+                }
+                Op::Put | Op::Frame | Op::Proto => pushed = None,
+                Op::StackGlobal => {
+                    if let [Some(module), Some(name)] = self.recent.clone() {
+                        self.note_global(walk, module, name);
+                    }
+                }
+                _ => {}
+            }
+            if let Some(value) = pushed {
+                self.recent = [self.recent[1].take(), value];
+            }
+        }
+    }
+
+    /// Memoizes the most recent push (only strings matter to us).
+    fn remember(&mut self, index: u64) {
+        self.memo_len = self.memo_len.max(index + 1);
+        if let Some(s) = &self.recent[1]
+            && self.memo.len() < MAX_MEMO
+        {
+            self.memo.insert(index, s.clone());
+        }
+    }
+
+    fn note_global(&mut self, walk: &mut Walk, module: String, name: String) {
+        self.named_globals = true;
+        if walk.globals.len() < MAX_GLOBALS {
+            walk.globals.push((module, name));
+        }
+    }
+}
+
+fn le(bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .rev()
+        .fold(0u64, |acc, &b| (acc << 8) | u64::from(b))
+}
+
+fn read_byte(input: &mut impl BufRead) -> Result<u8, Failure> {
+    let mut b = [0u8; 1];
+    read_exact(input, &mut b)?;
+    Ok(b[0])
+}
+
+fn read_exact(input: &mut impl BufRead, buf: &mut [u8]) -> Result<(), Failure> {
+    input.read_exact(buf).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => Failure::Truncated,
+        _ => Failure::Io(e),
+    })
+}
+
+fn read_line(input: &mut impl BufRead) -> Result<String, Failure> {
+    let mut line = Vec::new();
+    let n = Read::take(&mut *input, MAX_LINE as u64)
+        .read_until(b'\n', &mut line)
+        .map_err(Failure::Io)?;
+    if n == 0 || line.last() != Some(&b'\n') {
+        return Err(if n >= MAX_LINE {
+            Failure::BadArgument("line too long")
+        } else {
+            Failure::Truncated
+        });
+    }
+    line.pop();
+    if line.last() == Some(&b'\r') {
+        line.pop();
+    }
+    Ok(String::from_utf8_lossy(&line).into_owned())
+}
+
+fn skip(input: &mut (impl BufRead + Seek), len: u64) -> Result<(), Failure> {
+    let here = input.stream_position().map_err(Failure::Io)?;
+    let end = input.seek(io::SeekFrom::End(0)).map_err(Failure::Io)?;
+    if here.checked_add(len).is_none_or(|target| target > end) {
+        return Err(Failure::Truncated);
+    }
+    input
+        .seek(io::SeekFrom::Start(here + len))
+        .map_err(Failure::Io)?;
+    Ok(())
+}
+
+fn parse_index(line: &str) -> Result<u64, Failure> {
+    line.trim()
+        .parse()
+        .map_err(|_| Failure::BadArgument("a memo index that is not a number"))
+}
+
+/// A protocol-0 string argument without its quotes.
+fn unquote(line: &str) -> String {
+    let t = line.trim_end();
+    for q in ['\'', '"'] {
+        if let Some(inner) = t.strip_prefix(q).and_then(|s| s.strip_suffix(q)) {
+            return inner.to_string();
+        }
+    }
+    t.to_string()
+}
+
+fn is_dotted_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 256
+        && s.split('.').all(|part| {
+            !part.is_empty()
+                && !part.starts_with(|c: char| c.is_ascii_digit())
+                && part.chars().all(|c| c.is_alphanumeric() || c == '_')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Cursor;
+
+    use super::*;
+
+    fn walk_bytes(bytes: &[u8]) -> Result<Walk, NotPickle> {
+        walk(&mut Cursor::new(bytes.to_vec()))
+    }
+
+    #[test]
+    fn protocol_0_global_and_reduce() {
+        let w = walk_bytes(b"cposix\nsystem\n(Vid\ntR.").unwrap();
+        assert_eq!(w.protocol, 0);
+        assert_eq!(w.pickles, 1);
+        assert_eq!(w.globals, [("posix".into(), "system".into())]);
+        assert!(w.damage.is_none());
+    }
+
+    #[test]
+    fn protocol_4_stack_global_through_the_memo() {
+        // pickle.dumps(os.system, protocol=4) names posix.system with STACK_GLOBAL.
+        let bytes = b"\x80\x04\x95\x16\x00\x00\x00\x00\x00\x00\x00\x8c\x05posix\x94\x8c\x06system\x94\x93\x94.";
+        let w = walk_bytes(bytes).unwrap();
+        assert_eq!(w.protocol, 4);
+        assert_eq!(w.globals, [("posix".into(), "system".into())]);
+    }
+
+    #[test]
+    fn several_pickles_are_counted() {
+        let one = b"\x80\x04\x95\n\x00\x00\x00\x00\x00\x00\x00}\x94\x8c\x01a\x94K\x01s.";
+        let mut two = one.to_vec();
+        two.extend_from_slice(one);
+        assert_eq!(walk_bytes(&two).unwrap().pickles, 2);
+    }
+
+    #[test]
+    fn a_cut_pickle_is_damaged_but_still_a_pickle() {
+        let w =
+            walk_bytes(b"\x80\x04\x95\n\x00\x00\x00\x00\x00\x00\x00}\x94\x8c\x01a\x94K").unwrap();
+        let damage = w.damage.expect("damage noted");
+        assert!(damage.what.contains("ends before"), "{damage:?}");
+    }
+
+    #[test]
+    fn text_is_not_a_pickle() {
+        for text in [
+            &b"hello world\n"[..],
+            b"config: yes\n",
+            b"{\"a\": 1}",
+            b"\x7fELF\x02",
+        ] {
+            assert!(
+                matches!(walk_bytes(text), Err(NotPickle::Content)),
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn torch_legacy_magic_is_recognised() {
+        let mut bytes = vec![0x80, 0x02, 0x8a, 0x0a];
+        bytes.extend_from_slice(&TORCH_LEGACY_MAGIC);
+        bytes.push(b'.');
+        bytes.extend_from_slice(b"\x80\x02K\x01.");
+        bytes.extend_from_slice(b"raw storage bytes that are no pickle");
+        let w = walk_bytes(&bytes).unwrap();
+        assert!(w.torch_legacy);
+        assert!(w.stopped_early);
+    }
+}
