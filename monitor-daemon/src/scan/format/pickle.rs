@@ -84,7 +84,7 @@ fn opcode(byte: u8) -> Option<(Arg, Op)> {
         0x8c => (Counted(1), Op::Str),
         0x8d => (Counted(8), Op::Str),
         0x8e => (Counted(8), Op::Other),
-        0x8f | 0x90 | 0x91 | 0x92 => (None, Op::Other),
+        0x8f..=0x92 => (None, Op::Other),
         0x93 => (None, Op::StackGlobal),
         0x94 => (None, Op::Memoize),
         0x95 => (Fixed(8), Op::Frame),

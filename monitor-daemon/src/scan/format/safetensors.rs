@@ -26,7 +26,7 @@ pub fn looks_like(head: &[u8], file_size: u64) -> bool {
         return false;
     }
     let n = u64::from_le_bytes(head[..8].try_into().expect("8 bytes"));
-    n >= 2 && n <= MAX_HEADER && 8 + n <= file_size && head[8] == b'{'
+    (2..=MAX_HEADER).contains(&n) && 8 + n <= file_size && head[8] == b'{'
 }
 
 /// Validates the whole layout; the error says which check failed.
@@ -36,7 +36,7 @@ pub fn check(input: &mut impl Read, file_size: u64) -> Result<Summary, String> {
         .read_exact(&mut len)
         .map_err(|e| format!("reading the header length: {e}"))?;
     let n = u64::from_le_bytes(len);
-    if n < 2 || n > MAX_HEADER {
+    if !(2..=MAX_HEADER).contains(&n) {
         return Err(format!("header length {n} is out of range"));
     }
     if 8 + n > file_size {
