@@ -163,7 +163,11 @@ pub async fn run_with(
     judge.tracer.processes_mut().insert(Process {
         pid,
         ppid: Some(std::process::id()),
-        exe: None,
+        // What it executes first (the trace names it too, once that exec is seen).
+        exe: Some(match &sandbox {
+            Some(sandbox) => sandbox.launcher().display().to_string(),
+            None => spec.program.to_string_lossy().into_owned(),
+        }),
         argv: std::iter::once(&spec.program)
             .chain(&spec.args)
             .map(|a| a.to_string_lossy().into_owned())

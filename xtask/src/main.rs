@@ -1,6 +1,8 @@
 //! `cargo xtask <task>`: everything a developer or CI does, from a fresh clone.
 
 mod bench;
+mod corpus;
+mod loader_env;
 mod setup;
 
 use std::{
@@ -21,12 +23,25 @@ struct Cli {
 #[derive(Subcommand)]
 enum Task {
     /// Install what the build needs (nightly rust-src, bpf-linker on the toolchain's own LLVM),
-    /// mount tracefs, and build the release binaries. Idempotent; seconds when done before.
+    /// mount tracefs, build the release binaries, and install the loader environment.
+    /// Idempotent; seconds when done before.
     Setup,
-    /// Set up, then trace the bundled example: a pickle whose loading runs a command.
+    /// Install (or update) only the loader environment: the Python and pinned frameworks that
+    /// `monitorctl scan` loads artifacts with, in /var/lib/monitor/loader
+    /// ($MONITOR_LOADER_ENV).
+    LoaderEnv,
+    /// Set up, then scan the bundled example: a pickle whose loading runs a command.
     Demo,
-    /// Set up, then run every test (root: tests load real probes), rustfmt and clippy.
+    /// Set up, build the corpus, then run every test (root: tests load real probes and scan
+    /// real artifacts), rustfmt and clippy.
     Test,
+    /// Build the test corpus: malicious and benign artifacts of every format, made with the
+    /// real frameworks, and the manifest of what a scan must find in each.
+    Corpus {
+        /// Where to put it.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
     /// Set up, then measure (root). Prints a markdown table for docs/benchmarks.md.
     Bench {
         #[arg(value_enum)]
@@ -44,12 +59,18 @@ enum BenchTarget {
 fn main() -> Result<()> {
     match Cli::parse().task {
         Task::Setup => setup::all(),
+        Task::LoaderEnv => loader_env::ensure(),
+        Task::Corpus { out } => {
+            loader_env::ensure()?;
+            corpus::ensure(&out.unwrap_or_else(corpus::default_dir))
+        }
         Task::Demo => {
             setup::all()?;
             demo()
         }
         Task::Test => {
             setup::all()?;
+            corpus::ensure(&corpus::default_dir())?;
             test()
         }
         Task::Bench {
@@ -91,39 +112,22 @@ pub fn cargo() -> Command {
 
 fn demo() -> Result<()> {
     let ctl = root().join("target/release/monitorctl");
-    let python = real_python()?;
-    println!("\n== monitorctl run: loading examples/malicious.pkl with pickle.load ==\n");
-    let status = Command::new(ctl)
-        .args(["run", "--print-trace", "--trace", "process,network", "--"])
-        .arg(python)
-        .args(["examples/load_pickle.py", "examples/malicious.pkl"])
+    println!("\n== monitorctl scan examples/malicious.pkl ==\n");
+    let status = Command::new(&ctl)
+        .args(["scan", "examples/malicious.pkl"])
         .current_dir(root())
         .status()
         .context("starting monitorctl")?;
+    // Exit code 1 is the verdict we expect: a threat.
+    if status.code() != Some(1) {
+        bail!("the demo scan did not find the payload: {status}");
+    }
     println!(
-        "\nThe `sh -c id` above is the pickle's payload, run by pickle.load(). \
-         Without --trace, every traced syscall is shown."
+        "\nThe pickle's payload ran `sh -c id` inside the sandbox, where the kernel probes saw \
+         it; exit code 1 means a threat. --format json and --format sarif give the same report \
+         for programs, --print-trace every syscall."
     );
-    if !status.success() {
-        bail!("the demo failed: {status}");
-    }
     Ok(())
-}
-
-/// The interpreter itself, not a version manager's shim script in front of it (whose own
-/// execs would crowd the demo's trace).
-fn real_python() -> Result<String> {
-    let out = Command::new("python3")
-        .args(["-c", "import sys; print(sys.executable)"])
-        .output()
-        .context("running python3")?;
-    if !out.status.success() {
-        bail!(
-            "python3 does not run: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
 }
 
 fn test() -> Result<()> {

@@ -21,7 +21,8 @@ pub fn all() -> Result<()> {
     bpf_linker()?;
     bubblewrap()?;
     tracefs();
-    run(cargo().args(["build", "--release", "--bins"]))
+    run(cargo().args(["build", "--release", "--bins"]))?;
+    crate::loader_env::ensure()
 }
 
 pub fn is_root() -> bool {

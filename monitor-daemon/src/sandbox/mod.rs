@@ -135,6 +135,11 @@ impl Sandbox {
         })
     }
 
+    /// The program that builds the sandbox and starts the job in it (bubblewrap).
+    pub fn launcher(&self) -> &Path {
+        &self.bwrap
+    }
+
     /// The scratch directory as the host sees it (inside: [`WORK_DIR`]).
     pub fn work_dir(&self) -> &Path {
         &self.work

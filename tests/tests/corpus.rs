@@ -1,0 +1,128 @@
+//! Every artifact of the corpus (corpus/make_corpus.py, built by `cargo xtask corpus`, which
+//! `cargo xtask test` runs first) scanned on the real kernel with the real frameworks: each
+//! malicious one is flagged with the rule classes its manifest expects, no benign one gets a
+//! finding of high severity or above, and every format is detected as its maker wrote it.
+
+use std::path::{Path, PathBuf};
+
+use monitor_daemon::{
+    probes::ProbeConfig,
+    rules::Severity,
+    scan::{LazyProbes, ScanReport, ScanSpec, scan, verdict::ExitCode},
+};
+use monitor_tests::{is_root, loader_python};
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+struct Entry {
+    file: String,
+    kind: String,
+    format: String,
+    expect: Vec<String>,
+    exercise: bool,
+    description: String,
+}
+
+fn corpus_dir() -> PathBuf {
+    let dir = std::env::var_os("MONITOR_CORPUS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/corpus"));
+    assert!(
+        dir.join("manifest.json").is_file(),
+        "no corpus at {}: run `cargo xtask corpus` (cargo xtask test does)",
+        dir.display()
+    );
+    dir
+}
+
+/// What is wrong with the scan of `entry`, if anything.
+fn judge(entry: &Entry, report: &ScanReport) -> Option<String> {
+    let mut wrong = Vec::new();
+    if report.artifact.format.as_deref() != Some(entry.format.as_str()) {
+        wrong.push(format!(
+            "detected as {:?}, made as {}",
+            report.artifact.format, entry.format
+        ));
+    }
+    let serious = |f: &&monitor_daemon::rules::Finding| f.severity >= Severity::High;
+    if entry.kind == "malicious" {
+        if report.exit_code != ExitCode::Threat {
+            wrong.push(format!("exit code {:?}, not 1", report.exit_code));
+        }
+        for class in &entry.expect {
+            let prefix = format!("{class}.");
+            if !report
+                .findings
+                .iter()
+                .filter(serious)
+                .any(|f| f.rule.starts_with(&prefix))
+            {
+                wrong.push(format!("no high finding of class {class}"));
+            }
+        }
+    } else {
+        let high: Vec<&str> = report
+            .findings
+            .iter()
+            .filter(serious)
+            .map(|f| f.rule.as_str())
+            .collect();
+        if !high.is_empty() {
+            wrong.push(format!("high findings on a benign artifact: {high:?}"));
+        }
+        if report.exit_code != ExitCode::Clean {
+            wrong.push(format!("exit code {:?}, not 0", report.exit_code));
+        }
+    }
+    if wrong.is_empty() {
+        return None;
+    }
+    let rules: Vec<String> = report
+        .findings
+        .iter()
+        .map(|f| format!("{}:{}", f.rule, f.severity))
+        .collect();
+    let errors: Vec<&str> = report.errors.iter().map(|e| e.message.as_str()).collect();
+    Some(format!(
+        "{} ({}): {}\n    findings: {rules:?}\n    errors: {errors:?}",
+        entry.file,
+        entry.description,
+        wrong.join("; ")
+    ))
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn every_malicious_artifact_is_flagged_and_no_benign_one_is() {
+    assert!(is_root(), "scans load eBPF programs: run the tests as root");
+    let dir = corpus_dir();
+    let manifest: Vec<Entry> =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    let count = |kind: &str| manifest.iter().filter(|e| e.kind == kind).count();
+    assert!(count("malicious") >= 40, "at least 40 malicious artifacts");
+    assert!(count("benign") >= 20, "at least 20 benign artifacts");
+
+    // One set of probes for the whole corpus, as the daemon would.
+    let mut probes = LazyProbes::new(ProbeConfig::default());
+    let python = loader_python();
+    let mut failures = Vec::new();
+    for entry in &manifest {
+        let mut spec = ScanSpec::new(dir.join(&entry.file));
+        spec.python = python.clone();
+        spec.exercise = entry.exercise;
+        let report = scan(&spec, &mut probes, |_| {}).await;
+        eprintln!(
+            "{:<45} {:<11} {:>6} ms",
+            entry.file,
+            report.verdict.name(),
+            report.duration_ms
+        );
+        failures.extend(judge(entry, &report));
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} scans went wrong:\n{}",
+        failures.len(),
+        manifest.len(),
+        failures.join("\n")
+    );
+}
