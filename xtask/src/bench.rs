@@ -1,6 +1,6 @@
-//! `cargo xtask bench probes`. The measuring code needs the engine, which xtask must not link
-//! (xtask has to build before the BPF toolchain exists), so it is a harness-less bench target
-//! of monitor-daemon; this runs it, shows its report and keeps a copy to paste into
+//! `cargo xtask bench probes|scan`. The measuring code needs the engine, which xtask must not
+//! link (xtask has to build before the BPF toolchain exists), so each is a harness-less bench
+//! target of monitor-daemon; this runs it, shows its report and keeps a copy to paste into
 //! docs/benchmarks.md.
 
 use std::{
@@ -15,17 +15,18 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{cargo, root};
 
-/// Where the last report is kept.
-fn report_path() -> PathBuf {
-    root().join("target/bench-probes.md")
+/// Where the last report of `bench` is kept.
+fn report_path(bench: &str) -> PathBuf {
+    root().join(format!("target/bench-{bench}.md"))
 }
 
-pub fn probes() -> Result<()> {
+/// Runs monitor-daemon's bench target `bench`.
+pub fn run(bench: &str) -> Result<()> {
     let start = Instant::now();
-    let path = report_path();
+    let path = report_path(bench);
     let mut copy = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
     let mut child = cargo()
-        .args(["bench", "--package", "monitor-daemon", "--bench", "probes"])
+        .args(["bench", "--package", "monitor-daemon", "--bench", bench])
         .current_dir(root())
         .stdout(Stdio::piped())
         .spawn()

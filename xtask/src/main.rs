@@ -54,6 +54,9 @@ enum BenchTarget {
     /// Cost of the probes to unwatched and watched processes (vs strace -f), and pipeline
     /// throughput.
     Probes,
+    /// Scan latency of a small pickle and a torch checkpoint, vs the bare load and a
+    /// strace-based scan.
+    Scan,
 }
 
 fn main() -> Result<()> {
@@ -73,14 +76,15 @@ fn main() -> Result<()> {
             corpus::ensure(&corpus::default_dir())?;
             test()
         }
-        Task::Bench {
-            target: BenchTarget::Probes,
-        } => {
+        Task::Bench { target } => {
             setup::all()?;
             if !setup::is_root() {
                 bail!("the benchmark loads eBPF programs: run it as root");
             }
-            bench::probes()
+            bench::run(match target {
+                BenchTarget::Probes => "probes",
+                BenchTarget::Scan => "scan",
+            })
         }
     }
 }

@@ -90,6 +90,8 @@ pub fn write(out: &mut impl Write, report: &ScanReport) -> io::Result<()> {
         }
     }
 
+    write_audit(out, report, start)?;
+
     if !report.errors.is_empty() {
         writeln!(out, "\nErrors ({})", report.errors.len())?;
         for e in &report.errors {
@@ -106,6 +108,42 @@ pub fn write(out: &mut impl Write, report: &ScanReport) -> io::Result<()> {
     }
     if report.findings.is_empty() && report.errors.is_empty() {
         writeln!(out, "\nNo findings.")?;
+    }
+    Ok(())
+}
+
+/// Interpreter evidence worth a person's time: what the artifact made Python resolve and run.
+/// Imports and compiles (there are hundreds) stay in the JSON report.
+fn write_audit(out: &mut impl Write, report: &ScanReport, start_ns: u64) -> io::Result<()> {
+    const SHOWN: usize = 20;
+    let telling: Vec<_> = report
+        .audit
+        .iter()
+        .filter(|a| {
+            !matches!(
+                a.event.as_str(),
+                "import" | "compile" | "exec" | "marshal.loads"
+            )
+        })
+        .collect();
+    if telling.is_empty() {
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "\nInterpreter evidence (--audit, {} events)",
+        telling.len()
+    )?;
+    for a in telling.iter().take(SHOWN) {
+        let at = a.time_ns.saturating_sub(start_ns) as f64 / 1e9;
+        writeln!(
+            out,
+            "  +{at:.3} s [{} phase, sandbox pid {}] {} {}",
+            a.phase, a.pid, a.event, a.args
+        )?;
+    }
+    if telling.len() > SHOWN {
+        writeln!(out, "  ... {} more in --format json", telling.len() - SHOWN)?;
     }
     Ok(())
 }
