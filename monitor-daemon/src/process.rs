@@ -94,16 +94,15 @@ impl ProcessTable {
             exe: known.and_then(|p| p.exe.clone()),
             argv: known.map(|p| p.argv.clone()).unwrap_or_default(),
             cwd: known.and_then(|p| p.cwd.clone()),
+            // Up to the job's root: its parent is monitor itself.
             parents: self
                 .ancestors(pid)
                 .into_iter()
-                .map(|pid| {
-                    let p = self.procs.get(&pid);
-                    Ancestor {
-                        pid,
-                        exe: p.and_then(|p| p.exe.clone()),
-                        argv: p.map(|p| p.argv.clone()).unwrap_or_default(),
-                    }
+                .filter_map(|pid| self.procs.get(&pid))
+                .map(|p| Ancestor {
+                    pid: p.pid,
+                    exe: p.exe.clone(),
+                    argv: p.argv.clone(),
                 })
                 .collect(),
         }
