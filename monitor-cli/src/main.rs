@@ -1,5 +1,6 @@
 //! monitorctl: the command line of monitor.
 
+mod client;
 mod common;
 mod duration;
 mod run;

@@ -20,7 +20,10 @@ use monitor_daemon::{
     scan::{self, LazyProbes, Progress, ScanReport, ScanSpec, format::Limits, job::default_python},
 };
 
-use crate::common;
+use crate::{
+    client::{self, Client},
+    common,
+};
 
 /// Scan a model artifact by loading it, and report what loading did.
 ///
@@ -94,9 +97,14 @@ pub struct ScanArgs {
     /// Working directory of the loader inside the sandbox.
     #[arg(long, value_name = "DIR")]
     cwd: Option<PathBuf>,
-    /// Scan in this process even when a daemon is running (the only mode so far).
+    /// Scan in this process even when a daemon answers. Without it, monitorctl submits the
+    /// scan to monitord when its socket answers (options that only the embedded engine has,
+    /// such as --rules, --trace-file, --print-trace, --python, --cwd, also scan here).
     #[arg(long)]
     local: bool,
+    /// monitord's socket [default: $MONITOR_SOCKET, or /run/monitor/monitord.sock].
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
     /// Size of the kernel ring buffer in KiB (a power of two, at least 4).
     #[arg(long, value_name = "KIB", default_value_t = 16 * 1024, value_parser = common::parse_ring_kib)]
     ring_buffer_kib: u32,
@@ -125,6 +133,30 @@ pub fn main(args: ScanArgs) -> ExitCode {
 }
 
 fn scan(args: ScanArgs) -> anyhow::Result<u8> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let embedded_only = args.local
+        || !args.rules.is_empty()
+        || args.no_default_rules
+        || args.trace_file.is_some()
+        || args.print_trace
+        || args.python.is_some()
+        || args.cwd.is_some();
+    if !embedded_only {
+        let socket = client::socket_path(args.socket.as_deref());
+        match runtime.block_on(Client::connect(&socket)) {
+            Some(client) => return runtime.block_on(scan_with_daemon(&client, &args)),
+            None if args.socket.is_some() => {
+                anyhow::bail!("no daemon answers at {}", socket.display())
+            }
+            None => eprintln!(
+                "monitorctl: no daemon answers at {}; scanning in this process",
+                socket.display()
+            ),
+        }
+    }
     let mut spec = ScanSpec::new(&args.artifact);
     spec.rules = common::rule_set(&args.rules, args.no_default_rules)?;
     spec.fail_on = args.fail_on;
@@ -157,10 +189,6 @@ fn scan(args: ScanArgs) -> anyhow::Result<u8> {
         bar
     });
     let mut trace_error = None;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
     let mut probes = LazyProbes::new(config);
     let report = runtime.block_on(scan::scan(&spec, &mut probes, |progress| match progress {
         Progress::LoadingProbes => {
@@ -218,15 +246,92 @@ fn scan(args: ScanArgs) -> anyhow::Result<u8> {
     }
 
     let rendered = render_report(&report, args.format)?;
+    deliver(&args, &rendered)?;
+    Ok(u8::from(report.exit_code))
+}
+
+/// Prints the report and writes --report-file, as asked.
+fn deliver(args: &ScanArgs, rendered: &[u8]) -> anyhow::Result<()> {
     if let Some(path) = &args.report_file {
-        std::fs::write(path, &rendered).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, rendered).with_context(|| format!("writing {}", path.display()))?;
     }
     if !args.no_print_res {
         io::stdout()
-            .write_all(&rendered)
+            .write_all(rendered)
             .context("writing the report")?;
     }
-    Ok(u8::from(report.exit_code))
+    Ok(())
+}
+
+/// Submits the scan to monitord, follows it, and prints the daemon's report.
+async fn scan_with_daemon(client: &Client, args: &ScanArgs) -> anyhow::Result<u8> {
+    let path = std::path::absolute(&args.artifact)
+        .with_context(|| format!("resolving {}", args.artifact.display()))?;
+    let request = serde_json::json!({
+        "path": path,
+        "exercise": args.exercise,
+        "audit": args.audit,
+        "fail_on": args.fail_on,
+        "timeout_secs": args.timeout.as_secs().max(1),
+    });
+    let reply = client.post_json("/v1/scans", &request).await?;
+    if reply.status != 202 {
+        anyhow::bail!("the daemon refused the scan: {}", reply.error_message());
+    }
+    let id = reply.json()?["id"]
+        .as_str()
+        .context("the daemon's reply has no scan id")?
+        .to_owned();
+    let spinner = io::stderr().is_terminal().then(|| {
+        let bar = ProgressBar::new_spinner();
+        bar.set_style(ProgressStyle::with_template("{spinner} {msg} {elapsed}").expect("valid"));
+        bar.enable_steady_tick(Duration::from_millis(100));
+        bar
+    });
+    let record = loop {
+        let record = client.get(&format!("/v1/scans/{id}")).await?.json()?;
+        let status = record["status"].as_str().unwrap_or("unknown").to_owned();
+        if status == "done" || status == "interrupted" {
+            break record;
+        }
+        if let Some(bar) = &spinner {
+            let phase = record["phase"]
+                .as_str()
+                .map(|p| format!(", {p} phase"))
+                .unwrap_or_default();
+            bar.set_message(format!("monitord: scan {id} {status}{phase}"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    if let Some(bar) = spinner {
+        bar.finish_and_clear();
+    }
+    if record["status"] == "interrupted" {
+        anyhow::bail!("the daemon stopped during scan {id}; it is reported as interrupted");
+    }
+    let format = match args.format {
+        ReportFormat::Text => "text",
+        ReportFormat::Json => "json",
+        ReportFormat::Sarif => "sarif",
+    };
+    let reply = client
+        .get(&format!("/v1/scans/{id}/report?format={format}"))
+        .await?;
+    if reply.status != 200 {
+        anyhow::bail!("fetching the report: {}", reply.error_message());
+    }
+    let mut rendered = reply.body.to_vec();
+    if args.format != ReportFormat::Text {
+        // Pretty, as the embedded engine prints it.
+        let value: serde_json::Value = serde_json::from_slice(&rendered)?;
+        rendered = serde_json::to_vec_pretty(&value)?;
+        rendered.push(b'\n');
+    }
+    deliver(args, &rendered)?;
+    let code = record["exit_code"]
+        .as_u64()
+        .context("the scan has no exit code")?;
+    Ok(code.min(2) as u8)
 }
 
 fn render_report(report: &ScanReport, format: ReportFormat) -> anyhow::Result<Vec<u8>> {

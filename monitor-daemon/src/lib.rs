@@ -14,6 +14,7 @@ pub use monitor_common;
 
 pub mod cgroup;
 pub mod control;
+pub mod daemon;
 pub mod decode;
 pub mod probes;
 pub mod process;

@@ -1,0 +1,93 @@
+//! A client of monitord's API on its Unix socket (HTTP/1.1, one connection per request).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result, bail};
+use http_body_util::{BodyExt as _, Full};
+use hyper::{Method, Request, body::Bytes};
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixStream;
+
+/// Where monitord listens unless configured otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/monitor/monitord.sock";
+
+/// `--socket`, else `$MONITOR_SOCKET`, else [`DEFAULT_SOCKET`].
+pub fn socket_path(given: Option<&Path>) -> PathBuf {
+    given
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("MONITOR_SOCKET").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
+}
+
+pub struct Client {
+    socket: PathBuf,
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> Result<serde_json::Value> {
+        serde_json::from_slice(&self.body).context("the daemon's reply is not JSON")
+    }
+
+    /// The daemon's error message, when the reply is one.
+    pub fn error_message(&self) -> String {
+        self.json()
+            .ok()
+            .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| String::from_utf8_lossy(&self.body).into_owned())
+    }
+}
+
+impl Client {
+    /// A client, if a daemon answers on `socket`.
+    pub async fn connect(socket: &Path) -> Option<Client> {
+        UnixStream::connect(socket).await.ok()?;
+        Some(Client {
+            socket: socket.to_path_buf(),
+        })
+    }
+
+    pub async fn get(&self, path: &str) -> Result<Reply> {
+        self.request(Method::GET, path, None).await
+    }
+
+    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> Result<Reply> {
+        self.request(Method::POST, path, Some(serde_json::to_vec(body)?))
+            .await
+    }
+
+    async fn request(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Reply> {
+        let stream = UnixStream::connect(&self.socket)
+            .await
+            .with_context(|| format!("connecting to {}", self.socket.display()))?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .context("talking HTTP to the daemon")?;
+        tokio::spawn(connection);
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "monitord")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .context("sending the request to the daemon")?;
+        let status = response.status().as_u16();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .context("reading the daemon's reply")?
+            .to_bytes();
+        if status >= 500 {
+            bail!("the daemon failed: {}", String::from_utf8_lossy(&body));
+        }
+        Ok(Reply { status, body })
+    }
+}

@@ -1,0 +1,83 @@
+//! monitord: watches what model artifacts do when loaded, for every user of this host.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::Parser;
+use monitor_daemon::daemon::{self, config::Config};
+
+/// The monitor daemon: scans model artifacts in a sandbox under eBPF watch, keeps every
+/// report, and serves them over a Unix socket (and /metrics for Prometheus).
+///
+/// Needs root. Configuration: a TOML file whose every key has a default (`--print-config`
+/// shows them all); without --config, /etc/monitor/monitord.toml if it exists.
+#[derive(Parser)]
+#[command(name = "monitord", version, about, long_about)]
+struct Args {
+    /// The configuration file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print the configuration in force (defaults filled in) and exit.
+    #[arg(long)]
+    print_config: bool,
+    /// Log as JSON lines (for journald or a log shipper).
+    #[arg(long)]
+    json_logs: bool,
+}
+
+const DEFAULT_CONFIG: &str = "/etc/monitor/monitord.toml";
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if args.json_logs {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
+    let config = match load_config(args.config.as_deref()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("monitord: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.print_config {
+        print!(
+            "{}",
+            toml::to_string(&config).expect("the configuration serializes")
+        );
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("monitord: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    match local.block_on(&runtime, daemon::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("monitord: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(path: Option<&std::path::Path>) -> Result<Config, daemon::config::ConfigError> {
+    match path {
+        Some(path) => Config::load(path),
+        None if std::path::Path::new(DEFAULT_CONFIG).exists() => {
+            Config::load(std::path::Path::new(DEFAULT_CONFIG))
+        }
+        None => Ok(Config::default()),
+    }
+}

@@ -1,0 +1,262 @@
+//! The HTTP API on the Unix socket (see docs/api.yaml). Every error is JSON:
+//! `{"error": {"code": "...", "message": "..."}}` with a stable code; bad input is a 4xx,
+//! never a panic.
+
+use std::{path::Path, sync::Arc};
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{
+        Path as UrlPath, Query, State,
+        rejection::{BytesRejection, QueryRejection},
+    },
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::daemon::{Shared, store::ScanRequest};
+
+/// Requests larger than this are refused (a scan request is a path and a few options).
+const MAX_BODY: usize = 64 * 1024;
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .route("/v1/status", get(status))
+        .route("/v1/scans", get(list_scans).post(submit_scan))
+        .route("/v1/scans/{id}", get(get_scan))
+        .route("/v1/scans/{id}/report", get(get_report))
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(shared)
+}
+
+/// Only /metrics, for the optional loopback TCP listener.
+pub fn metrics_router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(shared)
+}
+
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn internal(e: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %e, "request failed");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({ "error": { "code": self.code, "message": self.message } });
+        (self.status, Json(body)).into_response()
+    }
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        shared.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn status(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
+    let running = shared
+        .running
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let python = shared.config.loader_env.join("bin/python");
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "kernel": kernel.trim(),
+        "probes": "loaded",
+        "queue_depth": shared.metrics.queue_depth.get(),
+        "running": running.id.map(|id| json!({ "id": id, "phase": running.phase })),
+        "loader_env": { "python": python, "present": python.is_file() },
+        "rules": shared.rules.len(),
+    }))
+}
+
+async fn submit_scan(
+    State(shared): State<Arc<Shared>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let body = body.map_err(|e| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            e.body_text(),
+        )
+    })?;
+    let request: ScanRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_request",
+            format!("the body is not a scan request: {e}"),
+        )
+    })?;
+    let path = Path::new(&request.path);
+    if !path.is_absolute()
+        || path
+            .components()
+            .any(|c| c == std::path::Component::ParentDir)
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_path",
+            "path must be absolute, without `..`",
+        ));
+    }
+    if !path.exists() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_path",
+            format!("{} does not exist on the daemon's host", request.path),
+        ));
+    }
+    let id = uuid::Uuid::new_v4().to_string();
+    shared
+        .store
+        .insert(&id, &request)
+        .map_err(ApiError::internal)?;
+    if shared.queue.try_send((id.clone(), request)).is_err() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "queue_full",
+            "too many scans are waiting; try again later",
+        ));
+    }
+    shared.metrics.queue_depth.inc();
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "id": id, "status": "queued" })),
+    ))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    verdict: Option<String>,
+    limit: Option<u32>,
+    offset: Option<u32>,
+}
+
+async fn list_scans(
+    State(shared): State<Arc<Shared>>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(q) = query
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_query", e.body_text()))?;
+    if let Some(v) = &q.verdict
+        && !["clean", "suspicious", "malicious", "error"].contains(&v.as_str())
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_query",
+            "verdict is one of clean, suspicious, malicious, error",
+        ));
+    }
+    let limit = q.limit.unwrap_or(50).min(500);
+    let offset = q.offset.unwrap_or(0);
+    let scans = shared
+        .store
+        .list(q.verdict.as_deref(), limit, offset)
+        .map_err(ApiError::internal)?;
+    Ok(Json(
+        json!({ "scans": scans, "limit": limit, "offset": offset }),
+    ))
+}
+
+async fn get_scan(
+    State(shared): State<Arc<Shared>>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let mut record = shared
+        .store
+        .get(&id)
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| not_found(&id))?;
+    // The stored report holds three renderings; this shows the JSON one.
+    if let Some(stored) = record.report.take() {
+        record.report = stored.get("json").cloned();
+    }
+    let mut value = serde_json::to_value(&record).map_err(ApiError::internal)?;
+    let running = shared
+        .running
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    if running.id.as_deref() == Some(id.as_str()) {
+        value["phase"] = json!(running.phase);
+    }
+    Ok(Json(value))
+}
+
+#[derive(Deserialize)]
+struct ReportQuery {
+    format: Option<String>,
+}
+
+async fn get_report(
+    State(shared): State<Arc<Shared>>,
+    UrlPath(id): UrlPath<String>,
+    query: Result<Query<ReportQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_query", e.body_text()))?;
+    let record = shared
+        .store
+        .get(&id)
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| not_found(&id))?;
+    let Some(stored) = record.report else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_finished",
+            format!("scan {id} is {}", record.status.name()),
+        ));
+    };
+    let format = q.format.as_deref().unwrap_or("json");
+    match format {
+        "text" => Ok(stored["text"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+            .into_response()),
+        "json" | "sarif" => Ok(Json(stored[format].clone()).into_response()),
+        _ => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_query",
+            "format is one of text, json, sarif",
+        )),
+    }
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no scan {id}"))
+}

@@ -1,0 +1,121 @@
+//! monitord's configuration: a TOML file whose every key has a default, so an empty file (or
+//! none) is a working configuration. `monitord --print-config` shows the values in force.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the database of scans and reports lives.
+    pub state_dir: PathBuf,
+    /// The API's Unix socket (mode 0660, group `monitor` when that group exists).
+    pub socket: PathBuf,
+    /// Also serve /metrics (only) over TCP here; refused unless a loopback address, because
+    /// the socket's permissions are the API's only access control.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Scans waiting beyond this are refused with 503 (`queue_full`).
+    pub max_queued_scans: usize,
+    /// A scan running longer is stopped (and reported as an error unless a threat was seen).
+    pub scan_timeout_secs: u64,
+    /// The largest artifact accepted, in MiB.
+    pub max_artifact_mib: u64,
+    /// Extra rule files (YAML), judged with the defaults.
+    pub rules: Vec<PathBuf>,
+    /// The loader environment (its bin/python is the loader).
+    pub loader_env: PathBuf,
+    /// Reports older than this many days are deleted (0: kept for ever).
+    pub retention_days: u64,
+    /// Size of the kernel ring buffer in KiB (a power of two).
+    pub ring_buffer_kib: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            state_dir: "/var/lib/monitor/state".into(),
+            socket: "/run/monitor/monitord.sock".into(),
+            metrics_listen: None,
+            max_queued_scans: 1000,
+            scan_timeout_secs: 120,
+            max_artifact_mib: 8192,
+            rules: Vec::new(),
+            loader_env: crate::scan::job::DEFAULT_LOADER_ENV.into(),
+            retention_days: 90,
+            ring_buffer_kib: 16 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: String,
+        source: Box<toml::de::Error>,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: shown,
+            source: Box::new(source),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(addr) = self.metrics_listen
+            && !addr.ip().is_loopback()
+        {
+            return Err(ConfigError::Invalid(format!(
+                "metrics_listen = {addr}: only loopback addresses are allowed"
+            )));
+        }
+        if self.ring_buffer_kib < 4 || !self.ring_buffer_kib.is_power_of_two() {
+            return Err(ConfigError::Invalid(
+                "ring_buffer_kib must be a power of two, at least 4".into(),
+            ));
+        }
+        if self.scan_timeout_secs == 0 || self.max_queued_scans == 0 {
+            return Err(ConfigError::Invalid(
+                "scan_timeout_secs and max_queued_scans must be above zero".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn database(&self) -> PathBuf {
+        self.state_dir.join("monitor.db")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_file_is_the_defaults_and_mistakes_are_named() {
+        let config: Config = toml::from_str("").unwrap();
+        assert_eq!(config.scan_timeout_secs, 120);
+        let err = toml::from_str::<Config>("scan_timeout = 5").unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+        let open: Config = toml::from_str("metrics_listen = \"0.0.0.0:9464\"").unwrap();
+        assert!(open.validate().is_err());
+    }
+}

@@ -1,0 +1,112 @@
+//! The scan queue and the worker that runs it: one scan at a time on probes loaded once at
+//! start (the ring buffer has one reader; scans in parallel wait for records to be sorted by
+//! cgroup in one reader, which is still to come).
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::sync::mpsc;
+
+use crate::{
+    daemon::{
+        Shared,
+        store::{ScanRequest, StoreError},
+    },
+    rules::Phase,
+    scan::{self, LazyProbes, Progress, ScanSpec, format::Limits, sarif, text},
+};
+
+/// The scan running now, for status queries.
+#[derive(Debug, Clone, Default)]
+pub struct Running {
+    pub id: Option<String>,
+    pub phase: Option<Phase>,
+}
+
+pub type RunningScan = Arc<Mutex<Running>>;
+
+/// Runs queued scans until the queue is closed.
+pub async fn worker(
+    shared: Arc<Shared>,
+    mut probes: LazyProbes,
+    mut queue: mpsc::Receiver<(String, ScanRequest)>,
+) {
+    while let Some((id, request)) = queue.recv().await {
+        shared.metrics.queue_depth.dec();
+        if let Err(e) = run_one(&shared, &mut probes, &id, &request).await {
+            tracing::error!(scan = %id, error = %e, "storing the scan failed");
+        }
+    }
+}
+
+async fn run_one(
+    shared: &Shared,
+    probes: &mut LazyProbes,
+    id: &str,
+    request: &ScanRequest,
+) -> Result<(), StoreError> {
+    shared.store.set_running(id)?;
+    set_running(&shared.running, Some(id), None);
+    tracing::info!(scan = %id, path = %request.path, "scan started");
+    let spec = spec_for(shared, request);
+    let running = shared.running.clone();
+    let report = scan::scan(&spec, probes, |progress| {
+        if let Progress::Phase(phase) = progress {
+            running.lock().unwrap_or_else(|p| p.into_inner()).phase = Some(phase);
+        }
+    })
+    .await;
+    set_running(&shared.running, None, None);
+    shared.metrics.record_scan(&report);
+    let mut rendered = Vec::new();
+    // Writing into a Vec cannot fail.
+    let _ = text::write(&mut rendered, &report);
+    let json = serde_json::to_value(&report)?;
+    let stored = serde_json::json!({
+        "json": json,
+        "text": String::from_utf8_lossy(&rendered),
+        "sarif": sarif::to_value(&report),
+    });
+    shared.store.finish(
+        id,
+        report.verdict.name(),
+        report.artifact.format.as_deref(),
+        u8::from(report.exit_code),
+        &stored,
+    )?;
+    tracing::info!(
+        scan = %id,
+        verdict = report.verdict.name(),
+        findings = report.findings.len(),
+        ms = report.duration_ms,
+        "scan finished"
+    );
+    Ok(())
+}
+
+fn set_running(running: &RunningScan, id: Option<&str>, phase: Option<Phase>) {
+    let mut r = running.lock().unwrap_or_else(|p| p.into_inner());
+    r.id = id.map(str::to_owned);
+    r.phase = phase;
+}
+
+fn spec_for(shared: &Shared, request: &ScanRequest) -> ScanSpec {
+    let config = &shared.config;
+    let mut spec = ScanSpec::new(PathBuf::from(&request.path));
+    spec.python = config.loader_env.join("bin/python");
+    spec.rules = shared.rules.clone();
+    spec.exercise = request.exercise;
+    spec.audit = request.audit;
+    if let Some(fail_on) = request.fail_on {
+        spec.fail_on = fail_on;
+    }
+    let limit = config.scan_timeout_secs;
+    spec.timeout = Duration::from_secs(request.timeout_secs.unwrap_or(limit).clamp(1, limit));
+    spec.limits = Limits {
+        max_size: config.max_artifact_mib.saturating_mul(1 << 20),
+    };
+    spec
+}

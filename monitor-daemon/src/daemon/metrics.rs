@@ -1,0 +1,131 @@
+//! What Prometheus scrapes from /metrics, counted where the data path passes.
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+        info::Info,
+    },
+    registry::Registry,
+};
+
+use crate::scan::ScanReport;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScanLabels {
+    pub verdict: String,
+    pub format: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FindingLabels {
+    pub severity: String,
+    pub rule: String,
+    /// `scan` (later: `watch`).
+    pub source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub scans: Family<ScanLabels, Counter>,
+    pub scan_duration: Histogram,
+    pub findings: Family<FindingLabels, Counter>,
+    pub events_dropped: Counter,
+    pub queue_depth: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("monitor");
+        let scans = Family::<ScanLabels, Counter>::default();
+        registry.register(
+            "scans",
+            "Scans finished, by verdict and format",
+            scans.clone(),
+        );
+        // 10 ms to about 80 s.
+        let scan_duration = Histogram::new(exponential_buckets(0.01, 2.0, 14));
+        registry.register(
+            "scan_duration_seconds",
+            "Wall time of a scan, from start to verdict",
+            scan_duration.clone(),
+        );
+        let findings = Family::<FindingLabels, Counter>::default();
+        registry.register(
+            "findings",
+            "Findings, by severity, rule and source",
+            findings.clone(),
+        );
+        let events_dropped = Counter::default();
+        registry.register(
+            "events_dropped",
+            "Trace records lost to a full ring buffer",
+            events_dropped.clone(),
+        );
+        let queue_depth = Gauge::default();
+        registry.register(
+            "scan_queue_depth",
+            "Scans waiting to run",
+            queue_depth.clone(),
+        );
+        registry.register(
+            "build",
+            "The running monitord",
+            Info::new(BuildLabels {
+                version: env!("CARGO_PKG_VERSION").into(),
+            }),
+        );
+        Metrics {
+            registry,
+            scans,
+            scan_duration,
+            findings,
+            events_dropped,
+            queue_depth,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn record_scan(&self, report: &ScanReport) {
+        self.scans
+            .get_or_create(&ScanLabels {
+                verdict: report.verdict.name().into(),
+                format: report
+                    .artifact
+                    .format
+                    .clone()
+                    .unwrap_or_else(|| "unknown".into()),
+            })
+            .inc();
+        self.scan_duration
+            .observe(report.duration_ms as f64 / 1000.0);
+        for f in &report.findings {
+            self.findings
+                .get_or_create(&FindingLabels {
+                    severity: f.severity.name().into(),
+                    rule: f.rule.clone(),
+                    source: "scan".into(),
+                })
+                .inc();
+        }
+        if let Some(trace) = &report.trace {
+            self.events_dropped.inc_by(trace.dropped);
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}

@@ -1,0 +1,144 @@
+//! monitord: the engine as a long-running host daemon. Scans are accepted over the API
+//! ([`api`]), kept in the store from the moment they are accepted ([`store`]), run one at a
+//! time on probes loaded once ([`jobs`]), and counted for Prometheus ([`metrics`]).
+
+pub mod api;
+pub mod config;
+pub mod jobs;
+pub mod metrics;
+pub mod store;
+
+use std::{
+    os::unix::fs::PermissionsExt as _,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use tokio::{net::UnixListener, sync::mpsc};
+
+use crate::{probes::ProbeConfig, rules::RuleSet, scan::LazyProbes};
+use config::Config;
+use store::{ScanRequest, Store};
+
+/// What the API handlers and the worker share.
+pub struct Shared {
+    pub config: Config,
+    pub store: Store,
+    pub metrics: metrics::Metrics,
+    pub rules: RuleSet,
+    pub queue: mpsc::Sender<(String, ScanRequest)>,
+    pub running: jobs::RunningScan,
+}
+
+/// How long a running scan may finish after SIGTERM before the daemon exits anyway (the scan
+/// is then reported as interrupted at the next start).
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// Runs the daemon until SIGTERM or SIGINT. Must run inside a tokio `LocalSet`.
+pub async fn run(config: Config) -> Result<()> {
+    let mut rules = RuleSet::defaults();
+    for path in &config.rules {
+        rules
+            .extend(RuleSet::load(path)?, &path.display().to_string())
+            .with_context(|| format!("loading rules from {}", path.display()))?;
+    }
+    let store = Store::open(&config.database())
+        .with_context(|| format!("opening {}", config.database().display()))?;
+    let expired = store.expire(config.retention_days)?;
+    let (interrupted, requeued) = store.recover()?;
+    if interrupted > 0 || !requeued.is_empty() || expired > 0 {
+        tracing::info!(
+            interrupted,
+            requeued = requeued.len(),
+            expired,
+            "recovered the store"
+        );
+    }
+
+    let mut probes = LazyProbes::new(ProbeConfig {
+        ring_buffer_bytes: config.ring_buffer_kib.saturating_mul(1024),
+    });
+    probes.get().context("loading the kernel probes")?;
+
+    let capacity = config.max_queued_scans.max(requeued.len());
+    let (queue, waiting) = mpsc::channel(capacity);
+    let shared = Arc::new(Shared {
+        config,
+        store,
+        metrics: metrics::Metrics::default(),
+        rules,
+        queue,
+        running: Arc::new(Mutex::new(jobs::Running::default())),
+    });
+    for item in requeued {
+        shared.metrics.queue_depth.inc();
+        shared.queue.send(item).await.expect("the queue is open");
+    }
+    let worker = tokio::task::spawn_local(jobs::worker(shared.clone(), probes, waiting));
+
+    let listener = bind(&shared.config.socket)?;
+    tracing::info!(socket = %shared.config.socket.display(), "monitord is serving");
+    if let Some(addr) = shared.config.metrics_listen {
+        let tcp = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening on {addr} for /metrics"))?;
+        let app = api::metrics_router(shared.clone());
+        tokio::spawn(async move { axum::serve(tcp, app).await });
+    }
+    axum::serve(listener, api::router(shared.clone()))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serving the API")?;
+
+    tracing::info!("stopping: letting the running scan finish");
+    let _ = std::fs::remove_file(&shared.config.socket);
+    if tokio::time::timeout(DRAIN, async {
+        while shared
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .id
+            .is_some()
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .is_err()
+    {
+        tracing::warn!("a scan was still running; it will be reported as interrupted");
+    }
+    worker.abort();
+    Ok(())
+}
+
+/// Binds the API socket: mode 0660, group `monitor` when it exists. A stale socket file (no
+/// daemon answering) is replaced; a live one is an error.
+fn bind(path: &std::path::Path) -> Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            anyhow::bail!("{} is in use: is another monitord running?", path.display());
+        }
+        std::fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    if let Ok(Some(group)) = nix::unistd::Group::from_name("monitor") {
+        let _ = nix::unistd::chown(path, None, Some(group.gid));
+    }
+    Ok(listener)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

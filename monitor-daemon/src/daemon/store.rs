@@ -1,0 +1,329 @@
+//! The daemon's memory: SQLite (WAL) under the state directory. A scan is a row from the
+//! moment it is accepted, so queued scans survive a restart and a scan that was running when
+//! the daemon died is found and reported as interrupted, never lost.
+
+use std::{path::Path, sync::Mutex};
+
+use rusqlite::{Connection, OptionalExtension as _, params};
+use serde::{Deserialize, Serialize};
+
+/// Where a scan is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Queued,
+    Running,
+    Done,
+    /// The daemon stopped while it ran.
+    Interrupted,
+}
+
+impl Status {
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Queued => "queued",
+            Status::Running => "running",
+            Status::Done => "done",
+            Status::Interrupted => "interrupted",
+        }
+    }
+
+    fn parse(s: &str) -> Status {
+        match s {
+            "queued" => Status::Queued,
+            "running" => Status::Running,
+            "done" => Status::Done,
+            _ => Status::Interrupted,
+        }
+    }
+}
+
+/// What was asked for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScanRequest {
+    pub path: String,
+    #[serde(default)]
+    pub exercise: bool,
+    #[serde(default)]
+    pub audit: bool,
+    /// Severity at which a finding makes the exit code 1 (default high).
+    #[serde(default)]
+    pub fail_on: Option<crate::rules::Severity>,
+    /// Seconds; at most the daemon's own limit.
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+}
+
+/// A scan as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScanRecord {
+    pub id: String,
+    pub status: Status,
+    pub request: ScanRequest,
+    pub verdict: Option<String>,
+    pub format: Option<String>,
+    pub exit_code: Option<u8>,
+    /// Unix time in milliseconds.
+    pub created_at: i64,
+    pub finished_at: Option<i64>,
+    /// The report (schema monitor.scan/v1) once done.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub report: Option<serde_json::Value>,
+}
+
+pub struct Store {
+    db: Mutex<Connection>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("a stored record: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("creating the state directory: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS scans (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    request TEXT NOT NULL,
+    status TEXT NOT NULL,
+    verdict TEXT,
+    format TEXT,
+    exit_code INTEGER,
+    created_at INTEGER NOT NULL,
+    finished_at INTEGER,
+    report TEXT
+);
+CREATE INDEX IF NOT EXISTS scans_by_verdict ON scans (verdict, seq);
+";
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let db = Connection::open(path)?;
+        db.pragma_update(None, "journal_mode", "WAL")?;
+        db.pragma_update(None, "synchronous", "NORMAL")?;
+        db.execute_batch(SCHEMA)?;
+        Ok(Store { db: Mutex::new(db) })
+    }
+
+    fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves SQLite consistent (each call is one
+        // statement or one transaction), so the poison is not worth dying for.
+        self.db.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// After a restart: scans that were running are interrupted; queued ones come back, oldest
+    /// first.
+    pub fn recover(&self) -> Result<(u64, Vec<(String, ScanRequest)>), StoreError> {
+        let db = self.db();
+        let interrupted = db.execute(
+            "UPDATE scans SET status = 'interrupted', verdict = 'error', exit_code = 2, \
+             finished_at = ?1 WHERE status = 'running'",
+            params![now_ms()],
+        )?;
+        let mut stmt =
+            db.prepare("SELECT id, request FROM scans WHERE status = 'queued' ORDER BY seq")?;
+        let queued = stmt
+            .query_map([], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        let queued = queued
+            .into_iter()
+            .map(|(id, req)| Ok((id, serde_json::from_str(&req)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok((interrupted as u64, queued))
+    }
+
+    pub fn insert(&self, id: &str, request: &ScanRequest) -> Result<(), StoreError> {
+        self.db().execute(
+            "INSERT INTO scans (id, request, status, created_at) VALUES (?1, ?2, 'queued', ?3)",
+            params![id, serde_json::to_string(request)?, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_running(&self, id: &str) -> Result<(), StoreError> {
+        self.db().execute(
+            "UPDATE scans SET status = 'running' WHERE id = ?1",
+            params![id],
+        )?;
+        Ok(())
+    }
+
+    /// Stores the finished report; one statement, so a crash leaves either the running row
+    /// or the whole report.
+    pub fn finish(
+        &self,
+        id: &str,
+        verdict: &str,
+        format: Option<&str>,
+        exit_code: u8,
+        report: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        self.db().execute(
+            "UPDATE scans SET status = 'done', verdict = ?2, format = ?3, exit_code = ?4, \
+             finished_at = ?5, report = ?6 WHERE id = ?1",
+            params![
+                id,
+                verdict,
+                format,
+                exit_code,
+                now_ms(),
+                serde_json::to_string(report)?
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn get(&self, id: &str) -> Result<Option<ScanRecord>, StoreError> {
+        let db = self.db();
+        let row = db
+            .query_row(
+                "SELECT id, request, status, verdict, format, exit_code, created_at, finished_at, \
+                 report FROM scans WHERE id = ?1",
+                params![id],
+                raw_record,
+            )
+            .optional()?;
+        row.map(|r| r.into_record(true)).transpose()
+    }
+
+    /// Newest first, without reports.
+    pub fn list(
+        &self,
+        verdict: Option<&str>,
+        limit: u32,
+        offset: u32,
+    ) -> Result<Vec<ScanRecord>, StoreError> {
+        let db = self.db();
+        let mut stmt = db.prepare(
+            "SELECT id, request, status, verdict, format, exit_code, created_at, finished_at, \
+             NULL FROM scans WHERE ?1 IS NULL OR verdict = ?1 ORDER BY seq DESC LIMIT ?2 OFFSET ?3",
+        )?;
+        let rows = stmt
+            .query_map(params![verdict, limit, offset], raw_record)?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter().map(|r| r.into_record(false)).collect()
+    }
+
+    /// Deletes finished scans older than `days` days.
+    pub fn expire(&self, days: u64) -> Result<usize, StoreError> {
+        if days == 0 {
+            return Ok(0);
+        }
+        let cutoff = now_ms() - (days as i64) * 86_400_000;
+        Ok(self.db().execute(
+            "DELETE FROM scans WHERE status IN ('done', 'interrupted') AND created_at < ?1",
+            params![cutoff],
+        )?)
+    }
+}
+
+struct RawRecord {
+    id: String,
+    request: String,
+    status: String,
+    verdict: Option<String>,
+    format: Option<String>,
+    exit_code: Option<u8>,
+    created_at: i64,
+    finished_at: Option<i64>,
+    report: Option<String>,
+}
+
+fn raw_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRecord> {
+    Ok(RawRecord {
+        id: row.get(0)?,
+        request: row.get(1)?,
+        status: row.get(2)?,
+        verdict: row.get(3)?,
+        format: row.get(4)?,
+        exit_code: row.get(5)?,
+        created_at: row.get(6)?,
+        finished_at: row.get(7)?,
+        report: row.get(8)?,
+    })
+}
+
+impl RawRecord {
+    fn into_record(self, with_report: bool) -> Result<ScanRecord, StoreError> {
+        Ok(ScanRecord {
+            id: self.id,
+            status: Status::parse(&self.status),
+            request: serde_json::from_str(&self.request)?,
+            verdict: self.verdict,
+            format: self.format,
+            exit_code: self.exit_code,
+            created_at: self.created_at,
+            finished_at: self.finished_at,
+            report: match (with_report, self.report) {
+                (true, Some(text)) => Some(serde_json::from_str(&text)?),
+                _ => None,
+            },
+        })
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(path: &str) -> ScanRequest {
+        ScanRequest {
+            path: path.into(),
+            exercise: false,
+            audit: false,
+            fail_on: None,
+            timeout_secs: None,
+        }
+    }
+
+    #[test]
+    fn a_restart_requeues_the_queued_and_interrupts_the_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("state/monitor.db");
+        {
+            let store = Store::open(&db).unwrap();
+            store.insert("a", &request("/a")).unwrap();
+            store.insert("b", &request("/b")).unwrap();
+            store.insert("c", &request("/c")).unwrap();
+            store.set_running("a").unwrap();
+            store
+                .finish(
+                    "c",
+                    "clean",
+                    Some("pickle"),
+                    0,
+                    &serde_json::json!({"verdict": "clean"}),
+                )
+                .unwrap();
+        }
+        let store = Store::open(&db).unwrap();
+        let (interrupted, queued) = store.recover().unwrap();
+        assert_eq!(interrupted, 1);
+        assert_eq!(queued.len(), 1);
+        assert_eq!(queued[0].0, "b");
+        let a = store.get("a").unwrap().unwrap();
+        assert_eq!(a.status, Status::Interrupted);
+        assert_eq!(a.exit_code, Some(2));
+        let c = store.get("c").unwrap().unwrap();
+        assert_eq!(c.report.unwrap()["verdict"], "clean");
+        assert_eq!(store.list(Some("clean"), 10, 0).unwrap().len(), 1);
+        assert_eq!(store.list(None, 10, 0).unwrap()[0].id, "c", "newest first");
+        assert!(store.get("nope").unwrap().is_none());
+    }
+}

@@ -1,0 +1,317 @@
+//! The real monitord on a temporary socket and state directory (root: it loads the probes),
+//! talked to over raw HTTP on its socket and through monitorctl.
+
+use std::{
+    io::{Read as _, Write as _},
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+
+struct Daemon {
+    child: Child,
+    dir: PathBuf,
+    socket: PathBuf,
+}
+
+impl Daemon {
+    fn start(dir: &Path) -> Daemon {
+        let socket = dir.join("monitord.sock");
+        let config = dir.join("monitord.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "state_dir = {:?}\nsocket = {:?}\n",
+                dir.join("state"),
+                socket
+            ),
+        )
+        .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_monitord"))
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start monitord");
+        let daemon = Daemon {
+            child,
+            dir: dir.to_path_buf(),
+            socket,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while UnixStream::connect(&daemon.socket).is_err() {
+            assert!(Instant::now() < deadline, "monitord did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        daemon
+    }
+
+    /// One HTTP/1.1 request; returns the status and the body.
+    fn http(&self, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+        let mut stream = UnixStream::connect(&self.socket).unwrap();
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: monitord\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
+        // A refused body may be cut off by the daemon's early reply: that reply is what counts.
+        let _ = stream.write_all(body);
+        let mut reply = Vec::new();
+        let _ = stream.read_to_end(&mut reply);
+        let split = reply
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("an HTTP reply");
+        let head = String::from_utf8_lossy(&reply[..split]).into_owned();
+        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+        let mut body = reply[split + 4..].to_vec();
+        if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            body = dechunk(&body);
+        }
+        (status, body)
+    }
+
+    fn json(&self, method: &str, path: &str, body: &Value) -> (u16, Value) {
+        let (status, reply) = self.http(method, path, &serde_json::to_vec(body).unwrap());
+        let value = serde_json::from_slice(&reply).unwrap_or_else(|e| {
+            panic!(
+                "{path}: not JSON ({e}): {}",
+                String::from_utf8_lossy(&reply)
+            )
+        });
+        (status, value)
+    }
+
+    fn submit(&self, path: &Path) -> String {
+        let (status, reply) = self.json("POST", "/v1/scans", &json!({ "path": path }));
+        assert_eq!(status, 202, "{reply}");
+        reply["id"].as_str().unwrap().to_owned()
+    }
+
+    fn wait(&self, id: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let (status, record) = self.json("GET", &format!("/v1/scans/{id}"), &Value::Null);
+            assert_eq!(status, 200, "{record}");
+            if record["status"] == "done" || record["status"] == "interrupted" {
+                return record;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "scan {id} did not finish: {record}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stop(mut self) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn dechunk(mut body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = body.windows(2).position(|w| w == b"\r\n").unwrap();
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&body[..line_end]).unwrap().trim(), 16)
+                .unwrap();
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&body[line_end + 2..line_end + 2 + size]);
+        body = &body[line_end + 2 + size + 2..];
+    }
+}
+
+/// A protocol-0 pickle calling `module.name(arg)` when loaded; harmless callables only.
+fn pickle(dir: &Path, name: &str, call: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, call).unwrap();
+    path
+}
+
+fn root_required() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "monitord loads eBPF programs: run the tests as root"
+    );
+}
+
+#[test]
+fn scans_over_the_socket_survive_a_restart_and_bad_requests_get_4xx() {
+    root_required();
+    let dir = tempfile::tempdir().unwrap();
+    let malicious = pickle(dir.path(), "evil.pkl", "cposix\nsystem\n(Vid\ntR.");
+    let daemon = Daemon::start(dir.path());
+
+    let id = daemon.submit(&malicious);
+    let record = daemon.wait(&id);
+    assert_eq!(record["verdict"], "malicious", "{record}");
+    assert_eq!(record["exit_code"], 1);
+    assert_eq!(record["report"]["schema"], "monitor.scan/v1");
+    let (status, text) = daemon.http("GET", &format!("/v1/scans/{id}/report?format=text"), b"");
+    assert_eq!(status, 200);
+    assert!(String::from_utf8_lossy(&text).contains("MALICIOUS"));
+
+    for (method, path, body, want, code) in [
+        (
+            "POST",
+            "/v1/scans",
+            &b"{not json"[..],
+            400,
+            "malformed_request",
+        ),
+        (
+            "POST",
+            "/v1/scans",
+            br#"{"path": "relative.pkl"}"#,
+            400,
+            "invalid_path",
+        ),
+        (
+            "POST",
+            "/v1/scans",
+            br#"{"path": "/tmp/../etc/shadow"}"#,
+            400,
+            "invalid_path",
+        ),
+        (
+            "POST",
+            "/v1/scans",
+            br#"{"path": "/no/such/model.pkl"}"#,
+            400,
+            "invalid_path",
+        ),
+        ("GET", "/v1/scans/no-such-id", b"", 404, "not_found"),
+        ("GET", "/v1/scans?limit=many", b"", 400, "malformed_query"),
+        ("GET", "/v1/scans?verdict=evil", b"", 400, "malformed_query"),
+        ("GET", "/v2/anything", b"", 404, "not_found"),
+    ] {
+        let (status, reply) = daemon.http(method, path, body);
+        let reply: Value = serde_json::from_slice(&reply).unwrap();
+        assert_eq!(status, want, "{method} {path}: {reply}");
+        assert_eq!(reply["error"]["code"], code, "{method} {path}: {reply}");
+    }
+    let big = vec![b' '; 1 << 20];
+    assert_eq!(daemon.http("POST", "/v1/scans", &big).0, 413);
+
+    let (_, metrics) = daemon.http("GET", "/metrics", b"");
+    let metrics = String::from_utf8(metrics).unwrap();
+    assert!(
+        metrics.contains("monitor_scans_total{verdict=\"malicious\",format=\"pickle\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains(
+        "monitor_findings_total{severity=\"high\",rule=\"exec.program\",source=\"scan\"}"
+    ));
+    assert!(metrics.contains("monitor_build_info{"));
+    assert!(
+        metrics.trim_end().ends_with("# EOF"),
+        "OpenMetrics text ends with # EOF"
+    );
+
+    daemon.stop();
+    let daemon = Daemon::start(dir.path());
+    let record = daemon.wait(&id);
+    assert_eq!(
+        record["verdict"], "malicious",
+        "the report survived the restart"
+    );
+    let (_, list) = daemon.json("GET", "/v1/scans?verdict=malicious", &Value::Null);
+    assert_eq!(list["scans"][0]["id"], id.as_str());
+}
+
+#[test]
+fn a_scan_running_when_the_daemon_is_killed_is_reported_interrupted() {
+    root_required();
+    let dir = tempfile::tempdir().unwrap();
+    let slow = pickle(dir.path(), "slow.pkl", "ctime\nsleep\n(I30\ntR.");
+    let mut daemon = Daemon::start(dir.path());
+    let id = daemon.submit(&slow);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, record) = daemon.json("GET", &format!("/v1/scans/{id}"), &Value::Null);
+        if record["status"] == "running" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the scan never ran: {record}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    daemon.child.kill().unwrap(); // SIGKILL: no chance to tidy up
+    daemon.child.wait().unwrap();
+    drop(daemon);
+
+    let daemon = Daemon::start(dir.path());
+    let record = daemon.wait(&id);
+    assert_eq!(record["status"], "interrupted", "{record}");
+    assert_eq!(record["verdict"], "error");
+    assert_eq!(record["exit_code"], 2);
+    let _ = &daemon.dir;
+}
+
+#[test]
+fn twenty_scans_submitted_at_once_all_finish_with_the_right_verdicts() {
+    root_required();
+    let dir = tempfile::tempdir().unwrap();
+    let malicious = pickle(dir.path(), "evil.pkl", "cposix\nsystem\n(Vtrue\ntR.");
+    let benign = pickle(dir.path(), "plain.pkl", "(dp0\nVa\np1\nI1\ns.");
+    let daemon = Daemon::start(dir.path());
+    let ids: Vec<(String, &str)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..20)
+            .map(|i| {
+                let (path, want) = if i % 2 == 0 {
+                    (&malicious, "malicious")
+                } else {
+                    (&benign, "clean")
+                };
+                let daemon = &daemon;
+                s.spawn(move || (daemon.submit(path), want))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (id, want) in ids {
+        let record = daemon.wait(&id);
+        assert_eq!(record["verdict"], want, "{record}");
+    }
+
+    // monitorctl submits to the daemon when its socket answers.
+    let monitorctl = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/monitorctl");
+    let out = Command::new(&monitorctl)
+        .args(["scan", "--format", "json", "--socket"])
+        .arg(&daemon.socket)
+        .arg(&malicious)
+        .output()
+        .expect("run monitorctl");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["verdict"], "malicious");
+    let (_, list) = daemon.json("GET", "/v1/scans?limit=100", &Value::Null);
+    assert_eq!(
+        list["scans"].as_array().unwrap().len(),
+        21,
+        "the CLI's scan went to the daemon"
+    );
+}
