@@ -34,6 +34,39 @@ fn parse_cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
     })
 }
 
+/// Removes the job cgroups of monitor processes that died without cleaning up (`run-<pid>-*`
+/// whose pid is gone), killing what is left in them first. Returns how many were removed.
+pub fn remove_stale_jobs() -> io::Result<usize> {
+    let parent = cgroup2_mount()?.join(PARENT);
+    let Ok(entries) = fs::read_dir(&parent) else {
+        return Ok(0);
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("run-")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let _ = fs::write(entry.path().join("cgroup.kill"), "1");
+        // Emptying takes the kernel a moment after the kill.
+        for _ in 0..50 {
+            if fs::remove_dir(entry.path()).is_ok() {
+                removed += 1;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+    Ok(removed)
+}
+
 /// A cgroup created for one job. Dropping it kills whatever is left in it and removes it.
 #[derive(Debug)]
 pub struct JobCgroup {

@@ -13,7 +13,6 @@ use serde_json::{Value, json};
 
 struct Daemon {
     child: Child,
-    dir: PathBuf,
     socket: PathBuf,
 }
 
@@ -37,11 +36,7 @@ impl Daemon {
             .stderr(Stdio::null())
             .spawn()
             .expect("start monitord");
-        let daemon = Daemon {
-            child,
-            dir: dir.to_path_buf(),
-            socket,
-        };
+        let daemon = Daemon { child, socket };
         let deadline = Instant::now() + Duration::from_secs(60);
         while UnixStream::connect(&daemon.socket).is_err() {
             assert!(Instant::now() < deadline, "monitord did not come up");
@@ -259,6 +254,7 @@ fn a_scan_running_when_the_daemon_is_killed_is_reported_interrupted() {
         assert!(Instant::now() < deadline, "the scan never ran: {record}");
         std::thread::sleep(Duration::from_millis(20));
     }
+    let dead = daemon.child.id();
     daemon.child.kill().unwrap(); // SIGKILL: no chance to tidy up
     daemon.child.wait().unwrap();
     drop(daemon);
@@ -268,7 +264,17 @@ fn a_scan_running_when_the_daemon_is_killed_is_reported_interrupted() {
     assert_eq!(record["status"], "interrupted", "{record}");
     assert_eq!(record["verdict"], "error");
     assert_eq!(record["exit_code"], 2);
-    let _ = &daemon.dir;
+    // The dead daemon's job cgroup (and the sleeping loader in it) were cleared at start.
+    let jobs = monitor_daemon::cgroup::cgroup2_mount()
+        .unwrap()
+        .join("monitor");
+    let prefix = format!("run-{dead}-");
+    let left: Vec<_> = std::fs::read_dir(&jobs)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 #[test]

@@ -56,6 +56,14 @@ pub async fn run(config: Config) -> Result<()> {
         );
     }
 
+    match crate::cgroup::remove_stale_jobs() {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            removed = n,
+            "removed job cgroups left by a monitor that died"
+        ),
+        Err(e) => tracing::warn!(error = %e, "looking for stale job cgroups"),
+    }
     let mut probes = LazyProbes::new(ProbeConfig {
         ring_buffer_bytes: config.ring_buffer_kib.saturating_mul(1024),
     });
