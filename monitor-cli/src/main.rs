@@ -1,6 +1,5 @@
 //! monitorctl: the command line of monitor.
 
-mod client;
 mod common;
 mod duration;
 mod run;

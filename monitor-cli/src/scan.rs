@@ -13,6 +13,7 @@ use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use monitor_daemon::{
+    daemon::client::{self, Client},
     probes::ProbeConfig,
     render::{self, Style},
     rules::Severity,
@@ -20,10 +21,7 @@ use monitor_daemon::{
     scan::{self, LazyProbes, Progress, ScanReport, ScanSpec, format::Limits, job::default_python},
 };
 
-use crate::{
-    client::{self, Client},
-    common,
-};
+use crate::common;
 
 /// Scan a model artifact by loading it, and report what loading did.
 ///

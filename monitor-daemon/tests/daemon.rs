@@ -20,15 +20,16 @@ impl Daemon {
     fn start(dir: &Path) -> Daemon {
         let socket = dir.join("monitord.sock");
         let config = dir.join("monitord.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "state_dir = {:?}\nsocket = {:?}\n",
-                dir.join("state"),
-                socket
-            ),
-        )
-        .unwrap();
+        let mut settings = format!(
+            "state_dir = {:?}\nsocket = {:?}\n",
+            dir.join("state"),
+            socket
+        );
+        let extra_rules = dir.join("extra-rules.yaml");
+        if extra_rules.exists() {
+            settings.push_str(&format!("rules = [{extra_rules:?}]\n"));
+        }
+        std::fs::write(&config, settings).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_monitord"))
             .arg("--config")
             .arg(&config)
@@ -236,6 +237,59 @@ fn scans_over_the_socket_survive_a_restart_and_bad_requests_get_4xx() {
     );
     let (_, list) = daemon.json("GET", "/v1/scans?verdict=malicious", &Value::Null);
     assert_eq!(list["scans"][0]["id"], id.as_str());
+}
+
+#[test]
+fn rules_reload_on_request_and_on_sighup_and_bad_rules_are_refused_with_their_line() {
+    root_required();
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("extra-rules.yaml");
+    let rule = |id: &str| {
+        format!(
+            "rules:\n  - id: {id}\n    description: test rule\n    severity: low\n    \
+             match: {{ syscalls: [openat], path: [\"/nonexistent/{id}\"] }}\n"
+        )
+    };
+    std::fs::write(&rules, rule("test.first")).unwrap();
+    let daemon = Daemon::start(dir.path());
+    let ids = |daemon: &Daemon| -> Vec<String> {
+        let (_, list) = daemon.json("GET", "/v1/rules", &Value::Null);
+        list["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert!(ids(&daemon).contains(&"test.first".to_string()));
+
+    std::fs::write(&rules, "rules:\n  - id: broken\n    severity: loud\n").unwrap();
+    let (status, reply) = daemon.json("POST", "/v1/rules/reload", &Value::Null);
+    assert_eq!(status, 400, "{reply}");
+    assert_eq!(reply["error"]["code"], "invalid_rules");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("extra-rules.yaml:")
+    );
+    assert!(
+        ids(&daemon).contains(&"test.first".to_string()),
+        "the old rules stay"
+    );
+
+    std::fs::write(&rules, rule("test.second")).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.child.id() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ids(&daemon).contains(&"test.second".to_string()) {
+        assert!(Instant::now() < deadline, "SIGHUP did not reload the rules");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!ids(&daemon).contains(&"test.first".to_string()));
 }
 
 #[test]

@@ -57,6 +57,8 @@ enum BenchTarget {
     /// Scan latency of a small pickle and a torch checkpoint, vs the bare load and a
     /// strace-based scan.
     Scan,
+    /// monitord's throughput for scans submitted at once, and its memory.
+    Daemon,
 }
 
 fn main() -> Result<()> {
@@ -84,6 +86,7 @@ fn main() -> Result<()> {
             bench::run(match target {
                 BenchTarget::Probes => "probes",
                 BenchTarget::Scan => "scan",
+                BenchTarget::Daemon => "daemon",
             })
         }
     }

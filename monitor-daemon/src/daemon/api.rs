@@ -31,6 +31,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/scans", get(list_scans).post(submit_scan))
         .route("/v1/scans/{id}", get(get_scan))
         .route("/v1/scans/{id}/report", get(get_report))
+        .route("/v1/rules", get(list_rules))
+        .route("/v1/rules/reload", axum::routing::post(reload_rules))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
@@ -99,7 +101,7 @@ async fn status(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
         "queue_depth": shared.metrics.queue_depth.get(),
         "running": running.id.map(|id| json!({ "id": id, "phase": running.phase })),
         "loader_env": { "python": python, "present": python.is_file() },
-        "rules": shared.rules.len(),
+        "rules": shared.rules().len(),
     }))
 }
 
@@ -255,6 +257,21 @@ async fn get_report(
             "format is one of text, json, sarif",
         )),
     }
+}
+
+async fn list_rules(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
+    let rules = shared.rules();
+    let list: Vec<_> = rules.rules().map(|r| &r.spec).collect();
+    Json(json!({ "rules": list }))
+}
+
+async fn reload_rules(
+    State(shared): State<Arc<Shared>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let count = shared
+        .reload_rules()
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_rules", e.to_string()))?;
+    Ok(Json(json!({ "rules": count })))
 }
 
 fn not_found(id: &str) -> ApiError {

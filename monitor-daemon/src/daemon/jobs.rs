@@ -97,7 +97,7 @@ fn spec_for(shared: &Shared, request: &ScanRequest) -> ScanSpec {
     let config = &shared.config;
     let mut spec = ScanSpec::new(PathBuf::from(&request.path));
     spec.python = config.loader_env.join("bin/python");
-    spec.rules = shared.rules.clone();
+    spec.rules = (*shared.rules()).clone();
     spec.exercise = request.exercise;
     spec.audit = request.audit;
     if let Some(fail_on) = request.fail_on {

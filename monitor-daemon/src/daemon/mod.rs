@@ -3,6 +3,7 @@
 //! time on probes loaded once ([`jobs`]), and counted for Prometheus ([`metrics`]).
 
 pub mod api;
+pub mod client;
 pub mod config;
 pub mod jobs;
 pub mod metrics;
@@ -10,7 +11,7 @@ pub mod store;
 
 use std::{
     os::unix::fs::PermissionsExt as _,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, RwLock},
     time::Duration,
 };
 
@@ -26,7 +27,8 @@ pub struct Shared {
     pub config: Config,
     pub store: Store,
     pub metrics: metrics::Metrics,
-    pub rules: RuleSet,
+    /// The rules in force; replaced whole by a reload (SIGHUP or the API).
+    pub rules: RwLock<Arc<RuleSet>>,
     pub queue: mpsc::Sender<(String, ScanRequest)>,
     pub running: jobs::RunningScan,
 }
@@ -36,13 +38,33 @@ pub struct Shared {
 const DRAIN: Duration = Duration::from_secs(10);
 
 /// Runs the daemon until SIGTERM or SIGINT. Must run inside a tokio `LocalSet`.
-pub async fn run(config: Config) -> Result<()> {
+impl Shared {
+    pub fn rules(&self) -> Arc<RuleSet> {
+        self.rules.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Loads the rules again from the configured files; the old ones stay in force when the
+    /// new ones do not validate.
+    pub fn reload_rules(&self) -> Result<usize, crate::rules::RuleError> {
+        let rules = load_rules(&self.config)?;
+        let count = rules.len();
+        *self.rules.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(rules);
+        tracing::info!(rules = count, "rules reloaded");
+        Ok(count)
+    }
+}
+
+/// The default rules plus the configured files, validated.
+fn load_rules(config: &Config) -> Result<RuleSet, crate::rules::RuleError> {
     let mut rules = RuleSet::defaults();
     for path in &config.rules {
-        rules
-            .extend(RuleSet::load(path)?, &path.display().to_string())
-            .with_context(|| format!("loading rules from {}", path.display()))?;
+        rules.extend(RuleSet::load(path)?, &path.display().to_string())?;
     }
+    Ok(rules)
+}
+
+pub async fn run(config: Config) -> Result<()> {
+    let rules = load_rules(&config).context("loading the rules")?;
     let store = Store::open(&config.database())
         .with_context(|| format!("opening {}", config.database().display()))?;
     let expired = store.expire(config.retention_days)?;
@@ -75,7 +97,7 @@ pub async fn run(config: Config) -> Result<()> {
         config,
         store,
         metrics: metrics::Metrics::default(),
-        rules,
+        rules: RwLock::new(Arc::new(rules)),
         queue,
         running: Arc::new(Mutex::new(jobs::Running::default())),
     });
@@ -94,6 +116,18 @@ pub async fn run(config: Config) -> Result<()> {
         let app = api::metrics_router(shared.clone());
         tokio::spawn(async move { axum::serve(tcp, app).await });
     }
+    let reloader = shared.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            if let Err(e) = reloader.reload_rules() {
+                tracing::error!(error = %e, "rules not reloaded; the old ones stay in force");
+            }
+        }
+    });
     axum::serve(listener, api::router(shared.clone()))
         .with_graceful_shutdown(shutdown_signal())
         .await

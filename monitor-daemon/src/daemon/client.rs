@@ -1,4 +1,5 @@
-//! A client of monitord's API on its Unix socket (HTTP/1.1, one connection per request).
+//! A client of monitord's API on its Unix socket (HTTP/1.1, one connection per request), for
+//! monitorctl, the tests and the benchmark.
 
 use std::path::{Path, PathBuf};
 
@@ -19,6 +20,7 @@ pub fn socket_path(given: Option<&Path>) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
 }
 
+#[derive(Debug, Clone)]
 pub struct Client {
     socket: PathBuf,
 }

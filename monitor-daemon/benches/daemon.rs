@@ -1,0 +1,177 @@
+//! `cargo xtask bench daemon`: how many small-pickle scans per second the real monitord
+//! finishes when they are submitted all at once, and how much memory it holds (idle, and at
+//! its peak). Harness-less: never part of `cargo test`.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use monitor_daemon::daemon::client::Client;
+use serde_json::json;
+
+/// Scans per batch, and batches.
+const SCANS: usize = 40;
+const BATCHES: usize = 3;
+
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn main() -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("the benchmark loads eBPF programs: run it as root");
+    }
+    let release = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release");
+    for bin in ["monitord", "monitorctl"] {
+        if !release.join(bin).is_file() {
+            bail!("{bin} is missing: `cargo build --release --bins`");
+        }
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("monitor-bench-daemon-")
+        .tempdir_in("/var/tmp")?;
+    let socket = dir.path().join("monitord.sock");
+    let config = dir.path().join("monitord.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = {:?}\nsocket = {:?}\n",
+            dir.path().join("state"),
+            socket
+        ),
+    )?;
+    // Two small pickles, one benign and one whose payload runs `true`.
+    let benign = write(
+        dir.path(),
+        "plain.pkl",
+        "(dp0\nVweights\np1\n(lp2\nF0.5\naF1.5\nas.",
+    )?;
+    let malicious = write(dir.path(), "evil.pkl", "cposix\nsystem\n(Vtrue\ntR.")?;
+
+    let daemon = Daemon(
+        Command::new(release.join("monitord"))
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting monitord")?,
+    );
+    let pid = daemon.0.id();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let client = rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(client) = Client::connect(&socket).await {
+                return Ok(client);
+            }
+            if Instant::now() > deadline {
+                bail!("monitord did not come up");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })?;
+    std::thread::sleep(Duration::from_secs(1));
+    let idle = memory(pid, "VmRSS")?;
+
+    println!("## monitord throughput (`cargo xtask bench daemon`)\n");
+    println!(
+        "{BATCHES} batches of {SCANS} small-pickle scans (half benign, half running `true`) \
+         submitted at once over the socket; a batch's time runs from the first submission to \
+         the last verdict.\n"
+    );
+    println!("| batch | scans | seconds | scans/s |");
+    println!("| --- | --- | --- | --- |");
+    let mut rates = Vec::new();
+    for batch in 1..=BATCHES {
+        let started = Instant::now();
+        rt.block_on(run_batch(&client, &benign, &malicious))?;
+        let secs = started.elapsed().as_secs_f64();
+        rates.push(SCANS as f64 / secs);
+        println!(
+            "| {batch} | {SCANS} | {secs:.2} | {:.1} |",
+            SCANS as f64 / secs
+        );
+    }
+    let peak = memory(pid, "VmHWM")?;
+    rates.sort_by(f64::total_cmp);
+    println!(
+        "\nMedian {:.1} scans/s (goal >= 4). monitord's resident memory: {:.1} MiB idle after \
+         start (goal <= 64), {:.1} MiB at its peak.",
+        rates[rates.len() / 2],
+        idle as f64 / 1024.0,
+        peak as f64 / 1024.0
+    );
+    drop(daemon);
+    Ok(())
+}
+
+async fn run_batch(client: &Client, benign: &Path, malicious: &Path) -> Result<()> {
+    let mut submissions = tokio::task::JoinSet::new();
+    for i in 0..SCANS {
+        let (path, want) = if i % 2 == 0 {
+            (malicious.to_path_buf(), "malicious")
+        } else {
+            (benign.to_path_buf(), "clean")
+        };
+        let client = client.clone();
+        submissions.spawn(async move {
+            let reply = client
+                .post_json("/v1/scans", &json!({ "path": path }))
+                .await?;
+            if reply.status != 202 {
+                bail!("submission refused: {}", reply.error_message());
+            }
+            let id = reply.json()?["id"].as_str().unwrap_or_default().to_owned();
+            Ok::<_, anyhow::Error>((id, want))
+        });
+    }
+    let mut ids = Vec::new();
+    while let Some(submitted) = submissions.join_next().await {
+        ids.push(submitted??);
+    }
+    for (id, want) in ids {
+        loop {
+            let record = client.get(&format!("/v1/scans/{id}")).await?.json()?;
+            if record["status"] == "done" {
+                if record["verdict"] != want {
+                    bail!("scan {id}: {} instead of {want}", record["verdict"]);
+                }
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    Ok(())
+}
+
+fn write(dir: &Path, name: &str, content: &str) -> Result<PathBuf> {
+    let path = dir.join(name);
+    std::fs::write(&path, content)?;
+    Ok(path)
+}
+
+/// A line of /proc/<pid>/status, in KiB.
+fn memory(pid: u32, field: &str) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(field)?
+                .trim_start_matches(':')
+                .trim()
+                .strip_suffix("kB")
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no {field} in /proc/{pid}/status"))
+}
