@@ -1,6 +1,7 @@
 //! monitorctl: the command line of monitor.
 
 mod common;
+mod daemon_cmds;
 mod duration;
 mod run;
 mod sandbox_exec;
@@ -27,6 +28,22 @@ struct Cli {
 enum Command {
     Scan(scan::ScanArgs),
     Run(run::RunArgs),
+    /// What monitord is doing: kernel, probes, queue, the scan running, the loader environment.
+    Status(daemon_cmds::DaemonArgs),
+    /// The reports monitord keeps.
+    Reports {
+        #[command(flatten)]
+        daemon: daemon_cmds::DaemonArgs,
+        #[command(subcommand)]
+        command: daemon_cmds::ReportsCommand,
+    },
+    /// monitord's rules.
+    Rules {
+        #[command(flatten)]
+        daemon: daemon_cmds::DaemonArgs,
+        #[command(subcommand)]
+        command: daemon_cmds::RulesCommand,
+    },
     /// Confine a command with Landlock and execute it (used inside the sandbox).
     #[command(hide = true)]
     SandboxExec(sandbox_exec::SandboxExecArgs),
@@ -38,6 +55,13 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Scan(args) => scan::main(args),
         Command::Run(args) => run::main(args),
+        Command::Status(args) => daemon_cmds::main(args, daemon_cmds::Request::Status),
+        Command::Reports { daemon, command } => {
+            daemon_cmds::main(daemon, daemon_cmds::Request::Reports(command))
+        }
+        Command::Rules { daemon, command } => {
+            daemon_cmds::main(daemon, daemon_cmds::Request::Rules(command))
+        }
         Command::SandboxExec(args) => sandbox_exec::main(args),
     }
 }

@@ -374,4 +374,24 @@ fn twenty_scans_submitted_at_once_all_finish_with_the_right_verdicts() {
         21,
         "the CLI's scan went to the daemon"
     );
+
+    let ask = |args: &[&str]| {
+        let out = Command::new(&monitorctl)
+            .args(args)
+            .arg("--socket")
+            .arg(&daemon.socket)
+            .output()
+            .expect("run monitorctl");
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let listed = ask(&["reports", "list", "--verdict", "malicious", "--limit", "50"]);
+    assert_eq!(
+        listed.lines().filter(|l| l.contains("malicious")).count(),
+        11,
+        "{listed}"
+    );
+    let status: Value = serde_json::from_str(&ask(&["status"])).unwrap();
+    assert_eq!(status["queue_depth"], 0);
+    assert!(ask(&["rules", "list"]).contains("exec.program"));
 }

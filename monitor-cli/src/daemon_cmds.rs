@@ -1,0 +1,132 @@
+//! The subcommands that ask monitord: `status`, `reports list|show`, `rules list|reload`.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Args, Subcommand};
+use monitor_daemon::daemon::client::{self, Client};
+
+#[derive(Args)]
+pub struct DaemonArgs {
+    /// monitord's socket [default: $MONITOR_SOCKET, or /run/monitor/monitord.sock].
+    #[arg(long, value_name = "PATH", global = true)]
+    socket: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub enum ReportsCommand {
+    /// Scans, newest first.
+    List {
+        /// Only scans with this verdict: clean, suspicious, malicious, error.
+        #[arg(long)]
+        verdict: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// One scan's report.
+    Show {
+        id: String,
+        /// text, json or sarif.
+        #[arg(long, default_value = "text")]
+        format: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum RulesCommand {
+    /// The rules in force.
+    List,
+    /// Load the daemon's rule files again (bad rules are refused; the old ones stay).
+    Reload,
+}
+
+pub enum Request {
+    Status,
+    Reports(ReportsCommand),
+    Rules(RulesCommand),
+}
+
+pub fn main(args: DaemonArgs, request: Request) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("monitorctl: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(ask(args, request)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("monitorctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn ask(args: DaemonArgs, request: Request) -> Result<()> {
+    let socket = client::socket_path(args.socket.as_deref());
+    let client = Client::connect(&socket).await.with_context(|| {
+        format!(
+            "no daemon answers at {} (start monitord, or pass --socket)",
+            socket.display()
+        )
+    })?;
+    let (path, post) = match &request {
+        Request::Status => ("/v1/status".to_string(), false),
+        Request::Reports(ReportsCommand::List { verdict, limit }) => {
+            let filter = verdict
+                .as_ref()
+                .map(|v| format!("&verdict={v}"))
+                .unwrap_or_default();
+            (format!("/v1/scans?limit={limit}{filter}"), false)
+        }
+        Request::Reports(ReportsCommand::Show { id, format }) => {
+            (format!("/v1/scans/{id}/report?format={format}"), false)
+        }
+        Request::Rules(RulesCommand::List) => ("/v1/rules".to_string(), false),
+        Request::Rules(RulesCommand::Reload) => ("/v1/rules/reload".to_string(), true),
+    };
+    let reply = if post {
+        client.post_json(&path, &serde_json::Value::Null).await?
+    } else {
+        client.get(&path).await?
+    };
+    if reply.status >= 400 {
+        bail!("{}", reply.error_message());
+    }
+    match request {
+        Request::Reports(ReportsCommand::List { .. }) => {
+            let list = reply.json()?;
+            println!("{:<36}  {:<11}  {:<13}  path", "id", "verdict", "format");
+            for scan in list["scans"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<36}  {:<11}  {:<13}  {}",
+                    scan["id"].as_str().unwrap_or("?"),
+                    scan["verdict"]
+                        .as_str()
+                        .unwrap_or(scan["status"].as_str().unwrap_or("?")),
+                    scan["format"].as_str().unwrap_or("-"),
+                    scan["request"]["path"].as_str().unwrap_or("?"),
+                );
+            }
+        }
+        Request::Reports(ReportsCommand::Show { format, .. }) if format == "text" => {
+            print!("{}", String::from_utf8_lossy(&reply.body));
+        }
+        Request::Rules(RulesCommand::List) => {
+            for rule in reply.json()?["rules"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<28} {:<9} {}",
+                    rule["id"].as_str().unwrap_or("?"),
+                    rule["severity"].as_str().unwrap_or("?"),
+                    rule["description"].as_str().unwrap_or("")
+                );
+            }
+        }
+        _ => println!("{}", serde_json::to_string_pretty(&reply.json()?)?),
+    }
+    Ok(())
+}
