@@ -224,6 +224,10 @@ fn scans_over_the_socket_survive_a_restart_and_bad_requests_get_4xx() {
     ));
     assert!(metrics.contains("monitor_build_info{"));
     assert!(
+        metrics.contains("monitor_events_total{syscall=\"execve\"}"),
+        "{metrics}"
+    );
+    assert!(
         metrics.trim_end().ends_with("# EOF"),
         "OpenMetrics text ends with # EOF"
     );

@@ -13,10 +13,13 @@ use tokio::sync::mpsc;
 use crate::{
     daemon::{
         Shared,
+        metrics::EventLabels,
         store::{ScanRequest, StoreError},
     },
     rules::Phase,
+    run::Output,
     scan::{self, LazyProbes, Progress, ScanSpec, format::Limits, sarif, text},
+    trace::What,
 };
 
 /// The scan running now, for status queries.
@@ -53,10 +56,22 @@ async fn run_one(
     tracing::info!(scan = %id, path = %request.path, "scan started");
     let spec = spec_for(shared, request);
     let running = shared.running.clone();
-    let report = scan::scan(&spec, probes, |progress| {
-        if let Progress::Phase(phase) = progress {
+    let report = scan::scan(&spec, probes, |progress| match progress {
+        Progress::Phase(phase) => {
             running.lock().unwrap_or_else(|p| p.into_inner()).phase = Some(phase);
         }
+        Progress::Job(Output::Event(event)) => {
+            if let What::Syscall(sc) = &event.what {
+                shared
+                    .metrics
+                    .events
+                    .get_or_create(&EventLabels {
+                        syscall: sc.name.to_string(),
+                    })
+                    .inc();
+            }
+        }
+        _ => {}
     })
     .await;
     set_running(&shared.running, None, None);

@@ -29,6 +29,11 @@ pub struct FindingLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    pub syscall: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: String,
 }
@@ -38,8 +43,10 @@ pub struct Metrics {
     pub scans: Family<ScanLabels, Counter>,
     pub scan_duration: Histogram,
     pub findings: Family<FindingLabels, Counter>,
+    pub events: Family<EventLabels, Counter>,
     pub events_dropped: Counter,
     pub queue_depth: Gauge,
+    pub processes_killed: Counter,
 }
 
 impl Default for Metrics {
@@ -63,6 +70,18 @@ impl Default for Metrics {
             "findings",
             "Findings, by severity, rule and source",
             findings.clone(),
+        );
+        let events = Family::<EventLabels, Counter>::default();
+        registry.register(
+            "events",
+            "Traced syscalls of watched jobs, by syscall",
+            events.clone(),
+        );
+        let processes_killed = Counter::default();
+        registry.register(
+            "processes_killed",
+            "Jobs whose processes monitor killed (time limit or kill policy)",
+            processes_killed.clone(),
         );
         let events_dropped = Counter::default();
         registry.register(
@@ -88,8 +107,10 @@ impl Default for Metrics {
             scans,
             scan_duration,
             findings,
+            events,
             events_dropped,
             queue_depth,
+            processes_killed,
         }
     }
 }
@@ -119,6 +140,13 @@ impl Metrics {
         }
         if let Some(trace) = &report.trace {
             self.events_dropped.inc_by(trace.dropped);
+        }
+        if report
+            .errors
+            .iter()
+            .any(|e| e.kind == crate::scan::report::ErrorKind::Timeout)
+        {
+            self.processes_killed.inc();
         }
     }
 
