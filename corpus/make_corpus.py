@@ -4,9 +4,12 @@ and payload class, and benign ones, plus manifest.json saying what each scan mus
     <loader-env>/bin/python corpus/make_corpus.py OUT_DIR      (cargo xtask corpus does this)
 
 Payloads are harmless: they run `id` or `true`, read the sandbox's decoy credentials, connect
-to a closed loopback port, or write under /tmp and the sandbox's home. Nothing fires while the
-corpus is built: pickled payloads are (callable, args) pairs that only run when loaded, and
-the few that would run while a model is built check MONITOR_CORPUS_GENERATING first.
+to or bind a loopback port (a DNS query goes to 127.0.0.53), or write under /tmp and the
+sandbox's home. Nothing fires while the corpus is built: pickled payloads are (callable, args)
+pairs that only run when loaded, and the few that would run while a model is built check
+MONITOR_CORPUS_GENERATING first (TensorFlow's file ops are graph ops: they run only when the
+SavedModel is called). corpus/verify_corpus.py checks that each one fires under the scan's
+loader.
 
 manifest.json is a list of {file, kind, format, expect, exercise, description}: `expect`
 lists rule classes (the part of a rule id before the dot) of which each must have a finding
@@ -24,6 +27,7 @@ os.environ["MONITOR_CORPUS_GENERATING"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 import cloudpickle
 import dill
@@ -101,11 +105,24 @@ import os, threading
 threading.Timer(0.5, os.system, ['true']).start()
 """
 DROPPER = """
-import os
-path = '/tmp/.update.sh'
+import os, tempfile
+path = os.path.join(tempfile.gettempdir(), '.update.sh')
 with open(path, 'w') as f:
     f.write('#!/bin/sh\\ntrue\\n')
 os.chmod(path, 0o755)
+"""
+DROPPER_CREAT = """
+import os, tempfile
+fd = os.open(os.path.join(tempfile.gettempdir(), '.helper'), os.O_WRONLY | os.O_CREAT, 0o755)
+os.write(fd, b'#!/bin/sh\\ntrue\\n')
+os.close(fd)
+"""
+FORK_EXECVP = """
+import os
+pid = os.fork()
+if pid == 0:
+    os.execvp('true', ['true'])
+os.waitpid(pid, 0)
 """
 FILELESS = """
 import os
@@ -122,20 +139,36 @@ import os
 with open(os.path.expanduser('~/.bashrc'), 'a') as f:
     f.write('# monitor corpus was here\\n')
 """
+PERSIST_PROFILE = """
+import os
+with open(os.path.expanduser('~/.profile'), 'a') as f:
+    f.write('# monitor corpus was here\\n')
+"""
 MARSHALLED = compile("import os\nos.system('id')\n", "<payload>", "exec")
 
 
 def payloads():
+    import _posixsubprocess
+    import atexit
     import code
     import cProfile
     import ctypes
+    import io
     import operator
+    import pathlib
+    import pdb
+    import pty
     import runpy
     import socket
     import subprocess
+    import time
     import timeit
 
     expand = lambda p: Call(os.path.expanduser, p)  # noqa: E731
+    # _posixsubprocess.fork_exec wants a pipe for the child's errors: made at load time, and
+    # the one pipe object (pickle memoizes it) indexed twice.
+    pipe = Call(os.pipe)
+    pipe_r, pipe_w = Call(operator.getitem, pipe, 0), Call(operator.getitem, pipe, 1)
     return [
         ("os-system", ["exec"], Call(os.system, "id"), "os.system (pickled as posix.system)"),
         ("subprocess-popen", ["exec"], Call(subprocess.Popen, ["true"]), "subprocess.Popen"),
@@ -193,7 +226,62 @@ def payloads():
         ("thread-connect", ["net"], run_source(THREAD_CONNECT),
          "a thread that connects to loopback after a pause"),
         ("timer-exec", ["exec"], run_source(TIMER_EXEC), "threading.Timer running true later"),
+        # Aliases and trampolines that name-based scanners tend to miss.
+        ("posixsubprocess-fork-exec", ["exec"],
+         # Python 3.11's 23 arguments: argv, executables, close_fds, pass_fds, cwd, env, six
+         # stdio fds, the error pipe, restore_signals, setsid, pgid, gid, groups, uid, umask,
+         # preexec_fn, allow_vfork.
+         Call(_posixsubprocess.fork_exec, [b"true"], [b"/bin/true"], True, (pipe_w,), None,
+              None, -1, -1, -1, -1, -1, -1, pipe_r, pipe_w, False, False, -1, None, None,
+              None, -1, None, False),
+         "_posixsubprocess.fork_exec, the C function under subprocess"),
+        ("pty-spawn", ["exec"], Call(pty.spawn, ["true"]), "pty.spawn of true"),
+        ("fork-execvp", ["exec"], run_source(FORK_EXECVP), "os.execvp of true in a forked child"),
+        ("pdb-run", ["exec"],
+         Call(attr(Call(pdb.Pdb, "tab", Call(io.StringIO, "continue\n"), Call(io.StringIO)),
+                   "run"), "import os; os.system('true')"),
+         "trampoline: pdb.Pdb(stdin=StringIO('continue')).run"),
+        ("timeit-function", ["exec"],
+         Call(timeit.timeit, "import os; os.system('true')", "pass", time.perf_counter, 1),
+         "trampoline: timeit.timeit(stmt=...)"),
+        ("attrgetter", ["exec"],
+         Call(Call(Call(operator.attrgetter, "system"), module("os")), "id"),
+         "operator.attrgetter('system')(os)('id')"),
+        ("atexit-exec", ["exec"], Call(atexit.register, os.system, "id"),
+         "atexit.register(os.system, 'id'): runs as the interpreter exits, after the load"),
+        # More network, credentials, files and persistence.
+        ("bind-loopback", ["net"], Call(attr(Call(socket.socket), "bind"), ("127.0.0.1", 0)),
+         "binds a TCP socket to 127.0.0.1 (a listener's first step)"),
+        ("netrc-read", ["cred"], Call(attr(Call(io.open, expand("~/.netrc")), "read")),
+         "reads ~/.netrc through io.open"),
+        ("hf-token-read", ["cred"],
+         Call(attr(Call(pathlib.Path, expand("~/.cache/huggingface/token")), "read_text")),
+         "reads the Hugging Face token through pathlib"),
+        ("docker-config-copy", ["cred"],
+         Call(shutil.copyfile, expand("~/.docker/config.json"), os.devnull),
+         "copies ~/.docker/config.json (to /dev/null: the read is what counts)"),
+        ("environ-read", ["cred"], Call(attr(Call(open, "/proc/self/environ", "rb"), "read")),
+         "reads /proc/self/environ"),
+        ("dropper-creat", ["file"], run_source(DROPPER_CREAT),
+         "creates a script in /tmp with mode 0755 in the open itself"),
+        ("profile-persistence", ["persist"], run_source(PERSIST_PROFILE), "appends to ~/.profile"),
     ]
+
+
+def build_setstate_pickle(module_name, func_name, arg):
+    def text(value):  # BINUNICODE
+        data = value.encode()
+        return b"X" + len(data).to_bytes(4, "little") + data
+
+    return b"".join([
+        b"\x80\x02",                         # PROTO 2
+        b"ctypes\nSimpleNamespace\n)R",       # SimpleNamespace()
+        b"N}", text("__setstate__"),          # (None, {"__setstate__": ...
+        b"c%s\n%s\n" % (module_name.encode(), func_name.encode()),
+        b"s\x86b",                            # ...}): BUILD sets the attribute
+        text(arg), b"b",                      # BUILD calls ns.__setstate__(arg)
+        b".",
+    ])
 
 
 def model_state():
@@ -228,6 +316,13 @@ def write_malicious():
         pickle.dump({"benign": True}, f)
         pickle.dump(Call(os.system, "id"), f)
 
+    # No REDUCE of anything dangerous: BUILD sets an instance attribute named __setstate__ to
+    # posix.system, and a second BUILD calls it. Written opcode by opcode (protocol 2).
+    path = add("malicious", "build-setstate.pkl", "pickle", ["exec"],
+               "BUILD gives an object a __setstate__ of posix.system, a second BUILD calls it")
+    with open(path, "wb") as f:
+        f.write(build_setstate_pickle("posix", "system", "id"))
+
     # joblib, plain and with every compression it writes.
     for name, compress in [("os-system", None), ("ctypes-libc", "zlib"),
                            ("ssh-key-read", "gzip"), ("connect-loopback", "bz2"),
@@ -240,29 +335,30 @@ def write_malicious():
         joblib.dump(obj, path, compress=(compress, 3) if compress else 0)
 
     # dill and cloudpickle: a function pickled by value makes them need their library.
-    for name, expect, payload, what in each(["subprocess-popen", "aws-credentials-read"]):
+    for name, expect, payload, what in each(["subprocess-popen", "aws-credentials-read", "fork-execvp"]):
         path = add("malicious", "%s.dill.pkl" % name, "dill", expect, "dill: " + what)
         with open(path, "wb") as f:
             dill.dump({"scale": lambda x: x * 2, "payload": payload}, f)
-    for name, expect, payload, what in each(["builtins-eval", "bashrc-persistence"]):
+    for name, expect, payload, what in each(["builtins-eval", "bashrc-persistence", "hf-token-read"]):
         path = add("malicious", "%s.cloudpickle.pkl" % name, "cloudpickle", expect,
                    "cloudpickle: " + what)
         with open(path, "wb") as f:
             cloudpickle.dump({"scale": lambda x: x * 2, "payload": payload}, f)
 
     # NumPy: an object array holding the payload, alone and in an archive.
-    for name, expect, payload, what in each(["popen"]):
+    for name, expect, payload, what in each(["popen", "netrc-read"]):
         path = add("malicious", "%s.npy" % name, "numpy", expect, "numpy object array: " + what)
         np.save(path, np.array([payload, 1], dtype=object), allow_pickle=True)
-    for name, expect, payload, what in each(["nested-pickle"]):
+    for name, expect, payload, what in each(["nested-pickle", "atexit-exec"]):
         path = add("malicious", "%s.npz" % name, "numpy-archive", expect, "npz member: " + what)
         np.savez(path, weights=np.zeros(3), extra=np.array([payload], dtype=object))
 
     # PyTorch: zip and legacy checkpoints, and a zip renamed the way hubs name them.
-    for name, expect, payload, what in each(["os-system", "marshal-code", "fileless"]):
+    for name, expect, payload, what in each(["os-system", "marshal-code", "fileless",
+                                              "posixsubprocess-fork-exec"]):
         path = add("malicious", "%s.pt" % name, "torch-zip", expect, "torch.save: " + what)
         torch.save({"state_dict": model_state(), "meta": payload}, path)
-    for name, expect, payload, what in each(["runpy-run-code", "thread-connect"]):
+    for name, expect, payload, what in each(["runpy-run-code", "thread-connect", "pdb-run"]):
         path = add("malicious", "%s.legacy.pt" % name, "torch-legacy", expect,
                    "torch legacy format: " + what)
         torch.save({"state_dict": model_state(), "meta": payload}, path,
@@ -273,11 +369,12 @@ def write_malicious():
                    "torch.save renamed .%s: %s" % (ext, what))
         torch.save({"state_dict": model_state(), "meta": payload}, path)
 
-    write_dill_inference()
+    write_inference_only()
 
 
-def write_dill_inference():
-    """A model class pickled by value (dill does that for __main__) whose predict() acts."""
+def write_inference_only():
+    """Models whose payload is in the code they carry, run only when they are called: classes
+    and functions of __main__, which dill and cloudpickle pickle by value."""
 
     class Model:
         def __init__(self):
@@ -295,33 +392,57 @@ def write_dill_inference():
                "dill: a model whose predict() runs id; only inference fires it", exercise=True)
     with open(path, "wb") as f:
         dill.dump(Model(), f, recurse=True)
+    path = add("malicious", "predict-runs-id.cloudpickle.pkl", "cloudpickle", ["exec"],
+               "cloudpickle: a model whose predict() runs id; only inference fires it",
+               exercise=True)
+    with open(path, "wb") as f:
+        cloudpickle.dump(Model(), f)
+
+    def score(x):
+        import socket
+        socket.socket().connect_ex(("127.0.0.1", 9))
+        return x
+
+    score.__module__ = "__main__"
+    path = add("malicious", "function-connects.cloudpickle.pkl", "cloudpickle", ["net"],
+               "cloudpickle: a function as the model, connecting to loopback when called",
+               exercise=True)
+    with open(path, "wb") as f:
+        cloudpickle.dump(score, f)
 
 
 def write_keras_lambda():
     import keras
 
-    # A lambda expression (a named function would be saved by name): Keras stores its
-    # bytecode, and load_model(safe_mode=False) brings it back.
-    payload = lambda x: (  # noqa: E731
+    # Lambda expressions (a named function would be saved by name): Keras stores their
+    # bytecode, and load_model(safe_mode=False) brings it back. Keras runs a Lambda while it
+    # rebuilds the model to learn its output shape (inside a SymbolicScope), so a plain one
+    # fires at load; one that skips that pass fires only at inference.
+    at_load = lambda x: (  # noqa: E731
         x if __import__("os").environ.get("MONITOR_CORPUS_GENERATING")
         else (__import__("os").system("id"), x)[1]
     )
-    model = keras.Sequential([
-        keras.Input(shape=(2,)),
-        keras.layers.Lambda(payload),
-        keras.layers.Dense(1),
-    ])
-    path = add("malicious", "lambda.keras", "keras", ["exec"],
-               "Keras v3 model with a Lambda layer that runs id (load_model(safe_mode=False))",
-               exercise=True)
-    model.save(path)
-    try:
-        path = os.path.join(OUT, "malicious", "lambda.h5")
+    at_inference = lambda x: (  # noqa: E731
+        x if __import__("os").environ.get("MONITOR_CORPUS_GENERATING")
+        or __import__("keras.src.backend", fromlist=["_"]).in_symbolic_scope()
+        else (__import__("os").system("id"), x)[1]
+    )
+    for name, fn, exercise, when in [("lambda-load", at_load, False, "as the model is rebuilt"),
+                                     ("lambda-predict", at_inference, True, "only at predict")]:
+        model = keras.Sequential([
+            keras.Input(shape=(2,)),
+            keras.layers.Lambda(fn),
+            keras.layers.Dense(1),
+        ])
+        path = add("malicious", name + ".keras", "keras", ["exec"],
+                   "Keras v3 model with a Lambda layer that runs id %s" % when,
+                   exercise=exercise)
         model.save(path)
-        add("malicious", "lambda.h5", "hdf5", ["exec"],
-            "Keras .h5 with a Lambda layer that runs id", exercise=True)
-    except Exception as e:  # some Keras versions cannot write Lambda layers to HDF5
-        print("corpus: no lambda.h5: %s" % e, file=sys.stderr)
+        # Keras 3 still writes the legacy HDF5 format, Lambda bytecode included.
+        path = add("malicious", name + ".h5", "hdf5", ["exec"],
+                   "Keras HDF5 model with a Lambda layer that runs id %s" % when,
+                   exercise=exercise)
+        model.save(path)
 
 
 def write_savedmodel_inference():
@@ -371,6 +492,15 @@ def write_benign():
                    "plain containers, pickle protocol %d" % protocol)
         with open(path, "wb") as f:
             pickle.dump(containers, f, protocol=protocol)
+    path = add("benign", "two-pickles.pkl", "pickle", [], "two plain pickles in one file")
+    with open(path, "wb") as f:
+        pickle.dump(containers, f)
+        pickle.dump([1, 2, 3], f)
+    # dill writes a plain dict as a plain pickle: its content (what detection goes by) says so.
+    path = add("benign", "plain-dict.dill.pkl", "pickle", [],
+               "dill.dump of a plain dict, which is a plain pickle")
+    with open(path, "wb") as f:
+        dill.dump({"weights": [0.5, 1.5], "name": "model"}, f)
     path = add("benign", "dict.dill.pkl", "dill", [], "dill: a dict with a lambda")
     with open(path, "wb") as f:
         dill.dump({"scale": lambda x: x * 2, "bias": 1.0}, f)
@@ -390,6 +520,9 @@ def write_benign():
     with open(add("benign", "pipeline.pkl", "pickle", [], "scikit-learn pipeline, pickle"), "wb") as f:
         pickle.dump(pipeline, f)
 
+    joblib.dump({"mean": np.zeros(4), "scale": np.ones(4)},
+                add("benign", "arrays.gzip.joblib", "joblib", [], "numpy arrays, joblib gzip"),
+                compress=("gzip", 3))
     np.save(add("benign", "array.npy", "numpy", [], "numeric array"), np.arange(12.0).reshape(3, 4))
     np.savez(add("benign", "arrays.npz", "numpy-archive", [], "numeric arrays"),
              a=np.zeros(3), b=np.ones((2, 2)))
@@ -399,6 +532,8 @@ def write_benign():
     torch.save(net.state_dict(), add("benign", "state_dict.legacy.pt", "torch-legacy", [],
                                      "torch state dict, legacy format"),
                _use_new_zipfile_serialization=False)
+    torch.save(net.state_dict(), add("benign", "pytorch_model.bin", "torch-zip", [],
+                                     "torch state dict named the way hubs name it"))
     torch.save(net, add("benign", "sequential.pt", "torch-zip", [], "a whole nn.Sequential"))
     optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
     torch.save({"epoch": 3, "model": net.state_dict(), "optimizer": optimizer.state_dict()},
@@ -433,6 +568,10 @@ def write_benign_tensorflow():
 def main():
     part_manifest = os.path.join(OUT, "manifest.tensorflow.json")
     if TENSORFLOW_PART:
+        import absl.logging
+
+        # Keras warns, once per model, that HDF5 is a legacy format: it is why they are here.
+        absl.logging.set_verbosity(absl.logging.ERROR)
         write_keras_lambda()
         write_savedmodel_inference()
         write_benign_tensorflow()
@@ -457,7 +596,7 @@ def main():
     with open(os.path.join(OUT, "manifest.json"), "w") as f:
         json.dump(MANIFEST, f, indent=1)
     kinds = [e["kind"] for e in MANIFEST]
-    print("corpus: %d malicious, %d benign in %s" % (kinds.count("malicious"), kinds.count("benign"), OUT))
+    print("corpus: %d malicious, %d benign" % (kinds.count("malicious"), kinds.count("benign")))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ mod bench;
 mod corpus;
 mod loader_env;
 mod setup;
+mod stamp;
 
 use std::{
     path::{Path, PathBuf},
@@ -67,7 +68,7 @@ fn main() -> Result<()> {
         Task::LoaderEnv => loader_env::ensure(),
         Task::Corpus { out } => {
             loader_env::ensure()?;
-            corpus::ensure(&out.unwrap_or_else(corpus::default_dir))
+            corpus::ensure(&out.unwrap_or_else(corpus::default_dir)).map(drop)
         }
         Task::Demo => {
             setup::all()?;

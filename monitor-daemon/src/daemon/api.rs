@@ -31,6 +31,15 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/scans", get(list_scans).post(submit_scan))
         .route("/v1/scans/{id}", get(get_scan))
         .route("/v1/scans/{id}/report", get(get_report))
+        .route("/v1/scans/{id}/events", get(get_events))
+        .route(
+            "/v1/scans/upload",
+            axum::routing::post(upload_scan).layer(axum::extract::DefaultBodyLimit::max(
+                usize::try_from(shared.config.max_artifact_mib << 20).unwrap_or(usize::MAX),
+            )),
+        )
+        .route("/v1/findings", get(list_findings))
+        .route("/v1/findings/stream", get(stream_findings))
         .route("/v1/rules", get(list_rules))
         .route("/v1/rules/reload", axum::routing::post(reload_rules))
         .fallback(|| async {
@@ -123,6 +132,9 @@ async fn submit_scan(
             format!("the body is not a scan request: {e}"),
         )
     })?;
+    let mut request = request;
+    // Only the daemon itself marks its own copies of uploads for deletion.
+    request.uploaded = false;
     let path = Path::new(&request.path);
     if !path.is_absolute()
         || path
@@ -142,6 +154,14 @@ async fn submit_scan(
             format!("{} does not exist on the daemon's host", request.path),
         ));
     }
+    enqueue(&shared, request)
+}
+
+/// Stores the request and queues it.
+fn enqueue(
+    shared: &Shared,
+    request: ScanRequest,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let id = uuid::Uuid::new_v4().to_string();
     shared
         .store
@@ -159,6 +179,72 @@ async fn submit_scan(
         StatusCode::ACCEPTED,
         Json(json!({ "id": id, "status": "queued" })),
     ))
+}
+
+#[derive(Deserialize)]
+struct UploadQuery {
+    /// The artifact's file name (kept for the report; the content decides the format).
+    name: Option<String>,
+    #[serde(default)]
+    exercise: bool,
+    #[serde(default)]
+    audit: bool,
+}
+
+/// The artifact's bytes in the body; the daemon keeps a copy until the scan is done.
+async fn upload_scan(
+    State(shared): State<Arc<Shared>>,
+    query: Result<Query<UploadQuery>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let Query(q) = query
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_query", e.body_text()))?;
+    let body = body.map_err(|e| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            e.body_text(),
+        )
+    })?;
+    // Only the last path component, and only plain characters: the name is not trusted.
+    let name: String = q
+        .name
+        .as_deref()
+        .and_then(|n| n.rsplit('/').next())
+        .unwrap_or("artifact")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || ".-_".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let name = if name.is_empty() || name.starts_with('.') {
+        format!("artifact{name}")
+    } else {
+        name
+    };
+    let dir = shared
+        .config
+        .state_dir
+        .join("uploads")
+        .join(uuid::Uuid::new_v4().to_string());
+    std::fs::create_dir_all(&dir).map_err(ApiError::internal)?;
+    let path = dir.join(&name);
+    std::fs::write(&path, &body).map_err(ApiError::internal)?;
+    enqueue(
+        &shared,
+        ScanRequest {
+            path: path.display().to_string(),
+            exercise: q.exercise,
+            audit: q.audit,
+            fail_on: None,
+            timeout_secs: None,
+            uploaded: true,
+        },
+    )
 }
 
 #[derive(Deserialize)]
@@ -272,6 +358,93 @@ async fn reload_rules(
         .reload_rules()
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_rules", e.to_string()))?;
     Ok(Json(json!({ "rules": count })))
+}
+
+#[derive(Deserialize)]
+struct PageQuery {
+    limit: Option<u32>,
+    offset: Option<u32>,
+    severity: Option<String>,
+    rule: Option<String>,
+}
+
+async fn get_events(
+    State(shared): State<Arc<Shared>>,
+    UrlPath(id): UrlPath<String>,
+    query: Result<Query<PageQuery>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(q) = query
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_query", e.body_text()))?;
+    if shared.store.get(&id).map_err(ApiError::internal)?.is_none() {
+        return Err(not_found(&id));
+    }
+    let limit = q.limit.unwrap_or(1000).min(20_000);
+    let offset = q.offset.unwrap_or(0);
+    let events = shared
+        .store
+        .events(&id, limit, offset)
+        .map_err(ApiError::internal)?;
+    Ok(Json(
+        json!({ "events": events, "limit": limit, "offset": offset }),
+    ))
+}
+
+async fn list_findings(
+    State(shared): State<Arc<Shared>>,
+    query: Result<Query<PageQuery>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(q) = query
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_query", e.body_text()))?;
+    let limit = q.limit.unwrap_or(50).min(500);
+    let offset = q.offset.unwrap_or(0);
+    let findings = shared
+        .store
+        .findings(q.severity.as_deref(), q.rule.as_deref(), limit, offset)
+        .map_err(ApiError::internal)?;
+    Ok(Json(
+        json!({ "findings": findings, "limit": limit, "offset": offset }),
+    ))
+}
+
+/// Findings as they happen, as server-sent events (`event: finding`).
+async fn stream_findings(
+    State(shared): State<Arc<Shared>>,
+) -> axum::response::sse::Sse<
+    impl tokio_stream::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+> {
+    use tokio_stream::StreamExt as _;
+    let mut feed = shared.findings_feed.subscribe();
+    let mut stopping = shared.stopping.subscribe();
+    // Forwarded until the daemon stops: the stream then ends, or the graceful shutdown
+    // would wait for it. A listener too slow for the feed misses findings (they are all in
+    // /v1/findings).
+    let (tx, rx) = tokio::sync::mpsc::channel::<serde_json::Value>(256);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                changed = stopping.changed() => {
+                    if changed.is_err() || *stopping.borrow() {
+                        break;
+                    }
+                }
+                item = feed.recv() => match item {
+                    Ok(finding) => {
+                        if tx.send(finding).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                },
+            }
+        }
+    });
+    let events = tokio_stream::wrappers::ReceiverStream::new(rx).map(|finding| {
+        Ok(axum::response::sse::Event::default()
+            .event("finding")
+            .data(finding.to_string()))
+    });
+    axum::response::sse::Sse::new(events).keep_alive(axum::response::sse::KeepAlive::default())
 }
 
 fn not_found(id: &str) -> ApiError {

@@ -14,13 +14,16 @@ use crate::{
     daemon::{
         Shared,
         metrics::EventLabels,
-        store::{ScanRequest, StoreError},
+        store::{Finished, ScanRequest, StoreError},
     },
     rules::Phase,
     run::Output,
     scan::{self, LazyProbes, Progress, ScanSpec, format::Limits, sarif, text},
     trace::What,
 };
+
+/// A scan's trace is stored up to this many events (the report counts them all).
+const MAX_STORED_EVENTS: usize = 20_000;
 
 /// The scan running now, for status queries.
 #[derive(Debug, Clone, Default)]
@@ -56,11 +59,24 @@ async fn run_one(
     tracing::info!(scan = %id, path = %request.path, "scan started");
     let spec = spec_for(shared, request);
     let running = shared.running.clone();
+    let mut trace = Vec::new();
     let report = scan::scan(&spec, probes, |progress| match progress {
         Progress::Phase(phase) => {
             running.lock().unwrap_or_else(|p| p.into_inner()).phase = Some(phase);
         }
+        Progress::Job(Output::Finding(finding)) => {
+            // Nobody listening is fine.
+            let _ = shared.findings_feed.send(serde_json::json!({
+                "scan_id": id,
+                "finding": finding,
+            }));
+        }
         Progress::Job(Output::Event(event)) => {
+            if trace.len() < MAX_STORED_EVENTS
+                && let Ok(value) = serde_json::to_value(event)
+            {
+                trace.push(value);
+            }
             if let What::Syscall(sc) = &event.what {
                 shared
                     .metrics
@@ -85,13 +101,34 @@ async fn run_one(
         "text": String::from_utf8_lossy(&rendered),
         "sarif": sarif::to_value(&report),
     });
+    let findings = report
+        .findings
+        .iter()
+        .map(|f| {
+            Ok((
+                f.rule.clone(),
+                f.severity.name().to_string(),
+                serde_json::to_value(f)?,
+            ))
+        })
+        .collect::<Result<Vec<_>, serde_json::Error>>()?;
     shared.store.finish(
         id,
-        report.verdict.name(),
-        report.artifact.format.as_deref(),
-        u8::from(report.exit_code),
-        &stored,
+        &Finished {
+            verdict: report.verdict.name(),
+            format: report.artifact.format.as_deref(),
+            exit_code: u8::from(report.exit_code),
+            report: &stored,
+            findings,
+            events: trace,
+        },
     )?;
+    if request.uploaded {
+        // The daemon's own copy of an uploaded artifact: its report is all that stays.
+        if let Some(dir) = std::path::Path::new(&request.path).parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
     tracing::info!(
         scan = %id,
         verdict = report.verdict.name(),

@@ -31,6 +31,10 @@ pub struct Shared {
     pub rules: RwLock<Arc<RuleSet>>,
     pub queue: mpsc::Sender<(String, ScanRequest)>,
     pub running: jobs::RunningScan,
+    /// Findings as they happen, for /v1/findings/stream.
+    pub findings_feed: tokio::sync::broadcast::Sender<serde_json::Value>,
+    /// Becomes true when the daemon stops, ending the streams that would keep it serving.
+    pub stopping: tokio::sync::watch::Sender<bool>,
 }
 
 /// How long a running scan may finish after SIGTERM before the daemon exits anyway (the scan
@@ -100,6 +104,8 @@ pub async fn run(config: Config) -> Result<()> {
         rules: RwLock::new(Arc::new(rules)),
         queue,
         running: Arc::new(Mutex::new(jobs::Running::default())),
+        findings_feed: tokio::sync::broadcast::channel(1024).0,
+        stopping: tokio::sync::watch::channel(false).0,
     });
     for item in requeued {
         shared.metrics.queue_depth.inc();
@@ -128,8 +134,12 @@ pub async fn run(config: Config) -> Result<()> {
             }
         }
     });
+    let stopping = shared.clone();
     axum::serve(listener, api::router(shared.clone()))
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            stopping.stopping.send_replace(true);
+        })
         .await
         .context("serving the API")?;
 

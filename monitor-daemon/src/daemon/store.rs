@@ -52,6 +52,9 @@ pub struct ScanRequest {
     /// Seconds; at most the daemon's own limit.
     #[serde(default)]
     pub timeout_secs: Option<u64>,
+    /// The artifact was uploaded: `path` is the daemon's own copy, removed after the scan.
+    #[serde(default)]
+    pub uploaded: bool,
 }
 
 /// A scan as the API shows it.
@@ -99,6 +102,20 @@ CREATE TABLE IF NOT EXISTS scans (
     report TEXT
 );
 CREATE INDEX IF NOT EXISTS scans_by_verdict ON scans (verdict, seq);
+CREATE TABLE IF NOT EXISTS findings (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    scan_id TEXT NOT NULL REFERENCES scans (id) ON DELETE CASCADE,
+    rule TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    finding TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS findings_by_scan ON findings (scan_id);
+CREATE TABLE IF NOT EXISTS events (
+    scan_id TEXT NOT NULL REFERENCES scans (id) ON DELETE CASCADE,
+    seq INTEGER NOT NULL,
+    event TEXT NOT NULL,
+    PRIMARY KEY (scan_id, seq)
+);
 ";
 
 impl Store {
@@ -109,6 +126,7 @@ impl Store {
         let db = Connection::open(path)?;
         db.pragma_update(None, "journal_mode", "WAL")?;
         db.pragma_update(None, "synchronous", "NORMAL")?;
+        db.pragma_update(None, "foreign_keys", "ON")?;
         db.execute_batch(SCHEMA)?;
         Ok(Store { db: Mutex::new(db) })
     }
@@ -158,29 +176,82 @@ impl Store {
         Ok(())
     }
 
-    /// Stores the finished report; one statement, so a crash leaves either the running row
-    /// or the whole report.
-    pub fn finish(
-        &self,
-        id: &str,
-        verdict: &str,
-        format: Option<&str>,
-        exit_code: u8,
-        report: &serde_json::Value,
-    ) -> Result<(), StoreError> {
-        self.db().execute(
+    /// Stores the finished report with its findings and trace in one transaction, so a
+    /// crash leaves either the running row or all of it.
+    pub fn finish(&self, id: &str, done: &Finished<'_>) -> Result<(), StoreError> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        tx.execute(
             "UPDATE scans SET status = 'done', verdict = ?2, format = ?3, exit_code = ?4, \
              finished_at = ?5, report = ?6 WHERE id = ?1",
             params![
                 id,
-                verdict,
-                format,
-                exit_code,
+                done.verdict,
+                done.format,
+                done.exit_code,
                 now_ms(),
-                serde_json::to_string(report)?
+                serde_json::to_string(done.report)?
             ],
         )?;
+        for (rule, severity, finding) in &done.findings {
+            tx.execute(
+                "INSERT INTO findings (scan_id, rule, severity, finding) VALUES (?1, ?2, ?3, ?4)",
+                params![id, rule, severity, serde_json::to_string(finding)?],
+            )?;
+        }
+        for (seq, event) in done.events.iter().enumerate() {
+            tx.execute(
+                "INSERT INTO events (scan_id, seq, event) VALUES (?1, ?2, ?3)",
+                params![id, seq as i64, serde_json::to_string(event)?],
+            )?;
+        }
+        tx.commit()?;
         Ok(())
+    }
+
+    /// Findings of every scan, newest first, optionally of one severity or rule.
+    pub fn findings(
+        &self,
+        severity: Option<&str>,
+        rule: Option<&str>,
+        limit: u32,
+        offset: u32,
+    ) -> Result<Vec<serde_json::Value>, StoreError> {
+        let db = self.db();
+        let mut stmt = db.prepare(
+            "SELECT scan_id, finding FROM findings WHERE (?1 IS NULL OR severity = ?1) \
+             AND (?2 IS NULL OR rule = ?2) ORDER BY seq DESC LIMIT ?3 OFFSET ?4",
+        )?;
+        let rows = stmt
+            .query_map(params![severity, rule, limit, offset], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter()
+            .map(|(scan_id, finding)| {
+                Ok(serde_json::json!({
+                    "scan_id": scan_id,
+                    "finding": serde_json::from_str::<serde_json::Value>(&finding)?,
+                }))
+            })
+            .collect()
+    }
+
+    /// A scan's stored trace, in order.
+    pub fn events(
+        &self,
+        id: &str,
+        limit: u32,
+        offset: u32,
+    ) -> Result<Vec<serde_json::Value>, StoreError> {
+        let db = self.db();
+        let mut stmt = db.prepare(
+            "SELECT event FROM events WHERE scan_id = ?1 ORDER BY seq LIMIT ?2 OFFSET ?3",
+        )?;
+        let rows = stmt
+            .query_map(params![id, limit, offset], |row| row.get::<_, String>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.iter().map(|e| Ok(serde_json::from_str(e)?)).collect()
     }
 
     pub fn get(&self, id: &str) -> Result<Option<ScanRecord>, StoreError> {
@@ -225,6 +296,19 @@ impl Store {
             params![cutoff],
         )?)
     }
+}
+
+/// What a finished scan leaves in the store.
+pub struct Finished<'a> {
+    pub verdict: &'a str,
+    pub format: Option<&'a str>,
+    pub exit_code: u8,
+    /// The report in its renderings (`json`, `text`, `sarif`).
+    pub report: &'a serde_json::Value,
+    /// `(rule, severity, finding)`.
+    pub findings: Vec<(String, String, serde_json::Value)>,
+    /// The trace, bounded by the caller.
+    pub events: Vec<serde_json::Value>,
 }
 
 struct RawRecord {
@@ -289,6 +373,7 @@ mod tests {
             audit: false,
             fail_on: None,
             timeout_secs: None,
+            uploaded: false,
         }
     }
 
@@ -302,15 +387,16 @@ mod tests {
             store.insert("b", &request("/b")).unwrap();
             store.insert("c", &request("/c")).unwrap();
             store.set_running("a").unwrap();
-            store
-                .finish(
-                    "c",
-                    "clean",
-                    Some("pickle"),
-                    0,
-                    &serde_json::json!({"verdict": "clean"}),
-                )
-                .unwrap();
+            let finding = serde_json::json!({"rule": "exec.program"});
+            let done = Finished {
+                verdict: "clean",
+                format: Some("pickle"),
+                exit_code: 0,
+                report: &serde_json::json!({"verdict": "clean"}),
+                findings: vec![("exec.program".into(), "high".into(), finding)],
+                events: vec![serde_json::json!({"syscall": "execve"})],
+            };
+            store.finish("c", &done).unwrap();
         }
         let store = Store::open(&db).unwrap();
         let (interrupted, queued) = store.recover().unwrap();
@@ -325,5 +411,9 @@ mod tests {
         assert_eq!(store.list(Some("clean"), 10, 0).unwrap().len(), 1);
         assert_eq!(store.list(None, 10, 0).unwrap()[0].id, "c", "newest first");
         assert!(store.get("nope").unwrap().is_none());
+        let findings = store.findings(Some("high"), None, 10, 0).unwrap();
+        assert_eq!(findings[0]["scan_id"], "c");
+        assert!(store.findings(Some("low"), None, 10, 0).unwrap().is_empty());
+        assert_eq!(store.events("c", 10, 0).unwrap()[0]["syscall"], "execve");
     }
 }
