@@ -44,6 +44,13 @@ enum Command {
         #[command(subcommand)]
         command: daemon_cmds::RulesCommand,
     },
+    /// Print a shell completion script: `monitorctl completions bash > /etc/bash_completion.d/monitorctl`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `monitorctl man | man -l -`.
+    Man,
     /// Confine a command with Landlock and execute it (used inside the sandbox).
     #[command(hide = true)]
     SandboxExec(sandbox_exec::SandboxExecArgs),
@@ -63,6 +70,26 @@ fn main() -> ExitCode {
             daemon_cmds::main(daemon, daemon_cmds::Request::Rules(command))
         }
         Command::SandboxExec(args) => sandbox_exec::main(args),
+        Command::Completions { shell } => {
+            use clap::CommandFactory as _;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "monitorctl",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Man => {
+            use clap::CommandFactory as _;
+            match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("monitorctl man: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }
 

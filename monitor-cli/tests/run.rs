@@ -217,3 +217,21 @@ fn text_trace_shows_the_mode_only_when_a_file_may_be_created() {
     );
     assert!(err.contains(&create), "{err}");
 }
+
+#[test]
+fn completions_and_the_manual_page_are_generated() {
+    let bash = monitorctl(&["completions", "bash"]);
+    assert!(bash.status.success());
+    let script = String::from_utf8_lossy(&bash.stdout);
+    assert!(
+        script.contains("monitorctl") && script.contains("scan"),
+        "{script}"
+    );
+    let man = monitorctl(&["man"]);
+    assert!(man.status.success());
+    let page = String::from_utf8_lossy(&man.stdout);
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH monitorctl"),
+        "{page}"
+    );
+}
