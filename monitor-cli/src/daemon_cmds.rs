@@ -23,6 +23,15 @@ pub enum ReportsCommand {
         #[arg(long, default_value_t = 20)]
         limit: u32,
     },
+    /// Every finished report as JSON lines (schema monitor.scan/v1), oldest last.
+    Export {
+        /// Only scans with this verdict.
+        #[arg(long)]
+        verdict: Option<String>,
+        /// Write to FILE instead of stdout.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
     /// One scan's report.
     Show {
         id: String,
@@ -74,6 +83,9 @@ async fn ask(args: DaemonArgs, request: Request) -> Result<()> {
             socket.display()
         )
     })?;
+    if let Request::Reports(ReportsCommand::Export { verdict, output }) = &request {
+        return export(&client, verdict.as_deref(), output.as_deref()).await;
+    }
     let (path, post) = match &request {
         Request::Status => ("/v1/status".to_string(), false),
         Request::Reports(ReportsCommand::List { verdict, limit }) => {
@@ -86,6 +98,7 @@ async fn ask(args: DaemonArgs, request: Request) -> Result<()> {
         Request::Reports(ReportsCommand::Show { id, format }) => {
             (format!("/v1/scans/{id}/report?format={format}"), false)
         }
+        Request::Reports(ReportsCommand::Export { .. }) => unreachable!("handled above"),
         Request::Rules(RulesCommand::List) => ("/v1/rules".to_string(), false),
         Request::Rules(RulesCommand::Reload) => ("/v1/rules/reload".to_string(), true),
     };
@@ -128,5 +141,50 @@ async fn ask(args: DaemonArgs, request: Request) -> Result<()> {
         }
         _ => println!("{}", serde_json::to_string_pretty(&reply.json()?)?),
     }
+    Ok(())
+}
+
+/// Pages through the scans and writes each finished report as one JSON line.
+async fn export(
+    client: &Client,
+    verdict: Option<&str>,
+    output: Option<&std::path::Path>,
+) -> Result<()> {
+    use std::io::Write as _;
+    let mut out: Box<dyn std::io::Write> = match output {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        )),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    const PAGE: u32 = 500;
+    let filter = verdict.map(|v| format!("&verdict={v}")).unwrap_or_default();
+    let mut offset = 0;
+    let mut written = 0;
+    loop {
+        let reply = client
+            .get(&format!("/v1/scans?limit={PAGE}&offset={offset}{filter}"))
+            .await?;
+        if reply.status >= 400 {
+            bail!("{}", reply.error_message());
+        }
+        let list = reply.json()?;
+        let scans = list["scans"].as_array().cloned().unwrap_or_default();
+        for scan in &scans {
+            let id = scan["id"].as_str().unwrap_or_default();
+            let record = client.get(&format!("/v1/scans/{id}")).await?.json()?;
+            if !record["report"].is_null() {
+                serde_json::to_writer(&mut out, &record["report"])?;
+                writeln!(out)?;
+                written += 1;
+            }
+        }
+        if scans.len() < PAGE as usize {
+            break;
+        }
+        offset += PAGE;
+    }
+    out.flush()?;
+    eprintln!("monitorctl: exported {written} reports");
     Ok(())
 }

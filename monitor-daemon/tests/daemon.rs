@@ -470,4 +470,15 @@ fn twenty_scans_submitted_at_once_all_finish_with_the_right_verdicts() {
     let status: Value = serde_json::from_str(&ask(&["status"])).unwrap();
     assert_eq!(status["queue_depth"], 0);
     assert!(ask(&["rules", "list"]).contains("exec.program"));
+    let exported = ask(&["reports", "export", "--verdict", "clean"]);
+    let reports: Vec<Value> = exported
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(reports.len(), 10, "{exported}");
+    assert!(
+        reports
+            .iter()
+            .all(|r| r["verdict"] == "clean" && r["schema"] == "monitor.scan/v1")
+    );
 }
