@@ -197,8 +197,7 @@ async fn upload_scan(
     query: Result<Query<UploadQuery>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    let Query(q) = query
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_query", e.body_text()))?;
+    let Query(q) = query.map_err(bad_query)?;
     let body = body.map_err(|e| {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -258,8 +257,7 @@ async fn list_scans(
     State(shared): State<Arc<Shared>>,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let Query(q) = query
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_query", e.body_text()))?;
+    let Query(q) = query.map_err(bad_query)?;
     if let Some(v) = &q.verdict
         && !["clean", "suspicious", "malicious", "error"].contains(&v.as_str())
     {
@@ -315,8 +313,7 @@ async fn get_report(
     UrlPath(id): UrlPath<String>,
     query: Result<Query<ReportQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(q) = query
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_query", e.body_text()))?;
+    let Query(q) = query.map_err(bad_query)?;
     let record = shared
         .store
         .get(&id)
@@ -373,8 +370,7 @@ async fn get_events(
     UrlPath(id): UrlPath<String>,
     query: Result<Query<PageQuery>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let Query(q) = query
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_query", e.body_text()))?;
+    let Query(q) = query.map_err(bad_query)?;
     if shared.store.get(&id).map_err(ApiError::internal)?.is_none() {
         return Err(not_found(&id));
     }
@@ -393,8 +389,7 @@ async fn list_findings(
     State(shared): State<Arc<Shared>>,
     query: Result<Query<PageQuery>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let Query(q) = query
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_query", e.body_text()))?;
+    let Query(q) = query.map_err(bad_query)?;
     let limit = q.limit.unwrap_or(50).min(500);
     let offset = q.offset.unwrap_or(0);
     let findings = shared
@@ -445,6 +440,10 @@ async fn stream_findings(
             .data(finding.to_string()))
     });
     axum::response::sse::Sse::new(events).keep_alive(axum::response::sse::KeepAlive::default())
+}
+
+fn bad_query(e: QueryRejection) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "malformed_query", e.body_text())
 }
 
 fn not_found(id: &str) -> ApiError {
