@@ -16,6 +16,7 @@ use monitor_daemon::{
     monitor_common::syscall::Class,
     probes::{ProbeConfig, Probes},
     render::{self, Style},
+    router::Router,
     rules::{RuleSet, Severity},
     run::{Output, RunSpec, RunSummary, SpawnError},
     sandbox::SandboxOptions,
@@ -146,8 +147,11 @@ fn run(args: RunArgs) -> anyhow::Result<RunSummary> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let mut probes = Probes::load(&config).context("loading the kernel probes")?;
-    let summary = runtime.block_on(monitor_daemon::run::run(&spec, &mut probes, |output| {
+    let probes = Probes::load(&config).context("loading the kernel probes")?;
+    let router = runtime
+        .block_on(async { Router::start(probes) })
+        .context("starting the record router")?;
+    let summary = runtime.block_on(monitor_daemon::run::run(&spec, &router, |output| {
         if write_error.is_some() {
             return;
         }
@@ -169,7 +173,9 @@ fn run(args: RunArgs) -> anyhow::Result<RunSummary> {
     write_summary(&mut out, style, &summary).context("writing the summary")?;
     out.flush().context("writing the trace")?;
     drop(out);
-    common::release_in_background(probes);
+    if let Some(probes) = runtime.block_on(router.stop()) {
+        common::release_in_background(probes);
+    }
     Ok(summary)
 }
 

@@ -233,7 +233,7 @@ fn scan(args: ScanArgs) -> anyhow::Result<u8> {
     if let Some(bar) = spinner {
         bar.finish_and_clear();
     }
-    if let Some(probes) = probes.into_loaded() {
+    if let Some(probes) = runtime.block_on(probes.into_loaded()) {
         common::release_in_background(probes);
     }
     if let Some(e) = trace_error {

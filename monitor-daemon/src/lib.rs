@@ -1,7 +1,8 @@
 //! monitor's engine, in the order data flows through it (see DESIGN.md):
 //!
 //! 1. [`probes`]: load the kernel programs, attach them, choose which cgroups are watched.
-//! 2. [`reader`]: read raw records from the ring buffer, asynchronously.
+//! 2. [`reader`]: read raw records from the ring buffer, asynchronously; [`router`] hands
+//!    each to the job watching its cgroup, so jobs run side by side on one set of probes.
 //! 3. [`decode`]: bytes -> typed [`decode::Record`]s, arguments named and decoded.
 //! 4. [`trace`]: pair syscall entries with their exits and keep the [`process`] table, giving
 //!    [`trace::Event`]s.
@@ -20,6 +21,7 @@ pub mod probes;
 pub mod process;
 pub mod reader;
 pub mod render;
+pub mod router;
 pub mod rules;
 pub mod run;
 pub mod sandbox;

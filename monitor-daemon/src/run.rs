@@ -23,9 +23,8 @@ use crate::{
     cgroup::{self, JobCgroup},
     control::{self, ControlMessage, ControlPipe, ControlReader},
     decode::{ArgValue, Record},
-    probes::{Probes, WatchCounters},
     process::Process,
-    reader::Reader,
+    router::{Router, TraceCounts},
     rules::{Finding, Phase, RuleSet, Severity},
     sandbox::{Sandbox, SandboxOptions},
     trace::{Event, Tracer, What},
@@ -85,9 +84,10 @@ pub struct RunSummary {
     pub timed_out: bool,
     /// Records of this job written by the kernel programs.
     pub kernel_records: u64,
-    /// Records of this job lost to a full ring buffer. Non-zero means the trace is incomplete.
+    /// Records of this job lost to a full ring buffer, or to a full queue between the ring
+    /// buffer's reader and this job. Non-zero means the trace is incomplete.
     pub dropped: u64,
-    /// Records that could not be decoded.
+    /// Records that could not be decoded while the job ran.
     pub malformed: u64,
     /// True when no record was lost or unreadable: the trace is the whole story.
     pub complete: bool,
@@ -109,33 +109,26 @@ pub struct SpawnError {
     pub source: std::io::Error,
 }
 
-/// Runs `spec` under watch of `probes`, calling `sink` with each event and finding as it is
-/// known.
-///
-/// Reads the probes' ring buffer: one run at a time per loaded [`Probes`].
+/// Runs `spec` under watch of `router`'s probes, calling `sink` with each event and finding
+/// as it is known. Runs on one router may overlap: each sees only its own cgroup's records.
 pub async fn run(
     spec: &RunSpec,
-    probes: &mut Probes,
+    router: &Router,
     sink: impl FnMut(Output<'_>),
 ) -> Result<RunSummary> {
-    run_with(spec, JobIo::default(), probes, sink).await
+    run_with(spec, JobIo::default(), router, sink).await
 }
 
 /// [`run`], with the job connected as `io` says.
 pub async fn run_with(
     spec: &RunSpec,
     io: JobIo,
-    probes: &mut Probes,
+    router: &Router,
     mut sink: impl FnMut(Output<'_>),
 ) -> Result<RunSummary> {
-    let ring = probes
-        .take_events()
-        .context("the probes' ring buffer is already in use")?;
-    let mut reader = Reader::new(ring).context("registering the ring buffer with tokio")?;
-
     let job = JobCgroup::create(&format!("run-{}-{}", std::process::id(), unique()))
         .context("creating the job's cgroup")?;
-    probes
+    let mut records_of_job = router
         .watch(job.id())
         .context("watching the job's cgroup")?;
 
@@ -193,8 +186,8 @@ pub async fn run_with(
     let mut messages = Vec::new();
     loop {
         tokio::select! {
-            read = reader.read(&mut records) => {
-                read.context("reading the ring buffer")?;
+            read = records_of_job.recv(&mut records) => {
+                read.context("receiving the job's records")?;
                 // Phase markers precede the records of their phase: read them first.
                 read_control(control.as_mut(), &mut messages, &mut judge, &mut sink)?;
                 if judge.feed(&mut records, &mut sink) {
@@ -222,17 +215,15 @@ pub async fn run_with(
     }
 
     // Everything the job's tasks wrote is committed by now; take the rest.
-    reader.drain(&mut records);
+    let counts: TraceCounts = records_of_job
+        .finish(&mut records)
+        .await
+        .context("taking the job's last records")?;
     read_control(control.as_mut(), &mut messages, &mut judge, &mut sink)?;
     judge.feed(&mut records, &mut sink);
     judge.finish(&mut sink);
-    let counts: WatchCounters = probes
-        .unwatch(job.id())
-        .context("reading the job's counters")?;
     drop(job);
 
-    let malformed = reader.malformed();
-    probes.return_events(reader.into_ring());
     let status = status.expect("loop ends only after the command exited");
     let signal = status.signal();
     Ok(RunSummary {
@@ -243,10 +234,10 @@ pub async fn run_with(
         findings: judge.findings,
         terminated_by: judge.terminated_by,
         timed_out,
-        kernel_records: counts.events,
-        dropped: counts.dropped,
-        malformed,
-        complete: counts.dropped == 0 && malformed == 0,
+        kernel_records: counts.kernel.events,
+        dropped: counts.kernel.dropped + counts.lost_in_queue,
+        malformed: counts.malformed,
+        complete: counts.complete(),
     })
 }
 

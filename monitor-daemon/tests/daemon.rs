@@ -482,3 +482,50 @@ fn twenty_scans_submitted_at_once_all_finish_with_the_right_verdicts() {
             .all(|r| r["verdict"] == "clean" && r["schema"] == "monitor.scan/v1")
     );
 }
+
+/// Two scans run at once (the default allows two), each judged on its own trace: the status
+/// shows both running together, and the benign one stays clean while the other runs a program.
+#[test]
+fn scans_run_side_by_side_each_with_its_own_trace() {
+    root_required();
+    let dir = tempfile::tempdir().unwrap();
+    // time.sleep: slow, and harmless, so the two surely overlap.
+    let slow_benign = pickle(dir.path(), "slow.pkl", "ctime\nsleep\n(F2.0\ntR.");
+    let slow_malicious = pickle(
+        dir.path(),
+        "slow-evil.pkl",
+        "cposix\nsystem\n(Vsleep 2; true\ntR.",
+    );
+    let daemon = Daemon::start(dir.path());
+    let (_, status) = daemon.json("GET", "/v1/status", &Value::Null);
+    assert_eq!(status["max_concurrent_scans"], 2, "{status}");
+    assert!(
+        status["probes"]["attached"].as_u64().unwrap() > 0,
+        "{status}"
+    );
+
+    let benign = daemon.submit(&slow_benign);
+    let malicious = daemon.submit(&slow_malicious);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut most_at_once = 0;
+    loop {
+        let (_, status) = daemon.json("GET", "/v1/status", &Value::Null);
+        let running = status["running"].as_array().unwrap().len();
+        most_at_once = most_at_once.max(running);
+        if most_at_once == 2 {
+            assert_eq!(status["probes"]["watched_cgroups"], 2, "{status}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never two scans at once: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(daemon.wait(&benign)["verdict"], "clean");
+    assert_eq!(daemon.wait(&malicious)["verdict"], "malicious");
+    let (_, status) = daemon.json("GET", "/v1/status", &Value::Null);
+    assert_eq!(status["running"], json!([]), "{status}");
+    assert_eq!(status["probes"]["watched_cgroups"], 0, "{status}");
+    daemon.stop();
+}

@@ -4,6 +4,7 @@
 
 use monitor_daemon::{
     probes::{ProbeConfig, Probes},
+    router::Router,
     rules::{Finding, RuleSet, Severity},
     run::{Output, RunSpec, RunSummary},
     sandbox::SandboxOptions,
@@ -39,8 +40,9 @@ pub async fn judge_bash(
         timeout: None,
     };
     let (mut events, mut findings) = (Vec::new(), Vec::new());
-    let mut probes = Probes::load(config).expect("loading the probes");
-    let summary = monitor_daemon::run::run(&spec, &mut probes, |out| match out {
+    let router = Router::start(Probes::load(config).expect("loading the probes"))
+        .expect("starting the router");
+    let summary = monitor_daemon::run::run(&spec, &router, |out| match out {
         Output::Event(e) => events.push(e.clone()),
         Output::Finding(f) => findings.push(f.clone()),
         Output::Control(_) => {}

@@ -194,3 +194,71 @@ async fn paths_in_memory_not_yet_paged_in_are_read_at_exit() {
     assert!(open.recaptured, "read at exit, and marked so: {open:?}");
     assert!(open.ret.unwrap() >= 0);
 }
+
+/// Jobs that overlap on one set of probes each see their own records and none of the other's,
+/// and both traces are complete.
+#[tokio::test(flavor = "current_thread")]
+async fn overlapping_jobs_on_one_router_see_only_their_own_records() {
+    use monitor_daemon::{
+        probes::Probes,
+        router::Router,
+        rules::RuleSet,
+        run::{Output, RunSpec, run},
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let marker = |name: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, name).unwrap();
+        path.display().to_string()
+    };
+    let (a, b) = (marker("job-a"), marker("job-b"));
+    let spec = |path: &str| RunSpec {
+        program: "bash".into(),
+        // Long enough that the two jobs surely overlap.
+        args: vec![
+            "-c".into(),
+            format!("for i in $(seq 40); do cat {path} >/dev/null; sleep 0.01; done").into(),
+        ],
+        cwd: None,
+        rules: RuleSet::defaults(),
+        terminate_at: None,
+        sandbox: None,
+        timeout: None,
+    };
+    let (spec_a, spec_b) = (spec(&a), spec(&b));
+    let router = Router::start(Probes::load(&ProbeConfig::default()).unwrap()).unwrap();
+    let (mut seen_a, mut seen_b) = (Vec::new(), Vec::new());
+    let (summary_a, summary_b) = tokio::join!(
+        run(&spec_a, &router, |out| if let Output::Event(e) = out {
+            seen_a.push(e.clone())
+        }),
+        run(&spec_b, &router, |out| if let Output::Event(e) = out {
+            seen_b.push(e.clone())
+        }),
+    );
+    let (summary_a, summary_b) = (summary_a.unwrap(), summary_b.unwrap());
+    assert!(summary_a.complete && summary_b.complete);
+    assert_eq!(router.subscriptions(), 0, "both jobs unsubscribed");
+
+    let opens = |events: &[monitor_daemon::trace::Event], path: &str| {
+        syscalls(events, "openat")
+            .filter(|(_, sc)| sc.arg("filename").and_then(|v| v.as_str()) == Some(path))
+            .count()
+    };
+    assert_eq!(opens(&seen_a, &a), 40, "job a's own opens");
+    assert_eq!(opens(&seen_b, &b), 40, "job b's own opens");
+    assert_eq!(opens(&seen_a, &b), 0, "nothing of job b in job a's trace");
+    assert_eq!(opens(&seen_b, &a), 0, "nothing of job a in job b's trace");
+    let cgroups = |events: &[monitor_daemon::trace::Event]| {
+        events
+            .iter()
+            .map(|e| e.cgroup_id)
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    let (cgroups_a, cgroups_b) = (cgroups(&seen_a), cgroups(&seen_b));
+    assert_eq!(cgroups_a.len(), 1, "job a's trace is of one cgroup");
+    assert_eq!(cgroups_b.len(), 1, "job b's trace is of one cgroup");
+    assert_ne!(cgroups_a, cgroups_b, "each job has its own cgroup");
+    assert!(router.stop().await.is_some(), "the probes come back");
+}

@@ -96,19 +96,35 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 async fn status(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
-    let running = shared
+    let running: Vec<_> = shared
         .running
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .clone();
+        .iter()
+        .map(|(id, phase)| json!({ "id": id, "phase": phase }))
+        .collect();
     let python = shared.config.loader_env.join("bin/python");
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let router = &shared.router;
+    let (attached, missing) = router.attachments();
+    let counters = match router.counters() {
+        Ok(c) => json!(c),
+        Err(e) => json!({ "error": e.to_string() }),
+    };
     Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "kernel": kernel.trim(),
-        "probes": "loaded",
+        "probes": {
+            "attached": attached,
+            "missing": missing,
+            "counters": counters,
+            "malformed_records": router.malformed(),
+            "unrouted_records": router.unrouted(),
+            "watched_cgroups": router.subscriptions(),
+        },
         "queue_depth": shared.metrics.queue_depth.get(),
-        "running": running.id.map(|id| json!({ "id": id, "phase": running.phase })),
+        "max_concurrent_scans": shared.config.max_concurrent_scans,
+        "running": running,
         "loader_env": { "python": python, "present": python.is_file() },
         "rules": shared.rules().len(),
     }))
@@ -292,13 +308,13 @@ async fn get_scan(
         record.report = stored.get("json").cloned();
     }
     let mut value = serde_json::to_value(&record).map_err(ApiError::internal)?;
-    let running = shared
+    if let Some(phase) = shared
         .running
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    if running.id.as_deref() == Some(id.as_str()) {
-        value["phase"] = json!(running.phase);
+        .get(&id)
+    {
+        value["phase"] = json!(phase);
     }
     Ok(Json(value))
 }

@@ -17,6 +17,9 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// Scans waiting beyond this are refused with 503 (`queue_full`).
     pub max_queued_scans: usize,
+    /// Scans run at once; the others wait in the queue. Each runs a Python loader, so more
+    /// than the machine's cores gains little.
+    pub max_concurrent_scans: usize,
     /// A scan running longer is stopped (and reported as an error unless a threat was seen).
     pub scan_timeout_secs: u64,
     /// The largest artifact accepted, in MiB.
@@ -38,6 +41,7 @@ impl Default for Config {
             socket: "/run/monitor/monitord.sock".into(),
             metrics_listen: None,
             max_queued_scans: 1000,
+            max_concurrent_scans: 2,
             scan_timeout_secs: 120,
             max_artifact_mib: 8192,
             rules: Vec::new(),
@@ -47,6 +51,9 @@ impl Default for Config {
         }
     }
 }
+
+/// More scans at once than this would only contend for the CPUs and the ring buffer.
+pub const MAX_CONCURRENT_SCANS: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -96,6 +103,11 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "scan_timeout_secs and max_queued_scans must be above zero".into(),
             ));
+        }
+        if !(1..=MAX_CONCURRENT_SCANS).contains(&self.max_concurrent_scans) {
+            return Err(ConfigError::Invalid(format!(
+                "max_concurrent_scans must be between 1 and {MAX_CONCURRENT_SCANS}"
+            )));
         }
         Ok(())
     }

@@ -1,14 +1,15 @@
-//! The scan queue and the worker that runs it: one scan at a time on probes loaded once at
-//! start (the ring buffer has one reader; scans in parallel wait for records to be sorted by
-//! cgroup in one reader, which is still to come).
+//! The scan queue and the worker that runs it: up to `max_concurrent_scans` scans at once on
+//! probes loaded once at start, each seeing only its own cgroup's records (the router sorts
+//! them).
 
 use std::{
+    collections::BTreeMap,
     path::PathBuf,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 
 use crate::{
     daemon::{
@@ -25,26 +26,27 @@ use crate::{
 /// A scan's trace is stored up to this many events (the report counts them all).
 const MAX_STORED_EVENTS: usize = 20_000;
 
-/// The scan running now, for status queries.
-#[derive(Debug, Clone, Default)]
-pub struct Running {
-    pub id: Option<String>,
-    pub phase: Option<Phase>,
-}
+/// The scans running now, by id, with the phase each loader last reported.
+pub type RunningScans = Arc<Mutex<BTreeMap<String, Option<Phase>>>>;
 
-pub type RunningScan = Arc<Mutex<Running>>;
-
-/// Runs queued scans until the queue is closed.
-pub async fn worker(
-    shared: Arc<Shared>,
-    mut probes: LazyProbes,
-    mut queue: mpsc::Receiver<(String, ScanRequest)>,
-) {
+/// Runs queued scans until the queue is closed, as many at once as the configuration allows.
+/// Must run inside a tokio `LocalSet`.
+pub async fn worker(shared: Arc<Shared>, mut queue: mpsc::Receiver<(String, ScanRequest)>) {
+    let slots = Arc::new(Semaphore::new(shared.config.max_concurrent_scans));
     while let Some((id, request)) = queue.recv().await {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         shared.metrics.queue_depth.dec();
-        if let Err(e) = run_one(&shared, &mut probes, &id, &request).await {
-            tracing::error!(scan = %id, error = %e, "storing the scan failed");
-        }
+        let shared = shared.clone();
+        tokio::task::spawn_local(async move {
+            let mut probes = LazyProbes::loaded(shared.router.clone());
+            if let Err(e) = run_one(&shared, &mut probes, &id, &request).await {
+                tracing::error!(scan = %id, error = %e, "storing the scan failed");
+            }
+            set_phase(&shared.running, &id, None, false);
+            drop(slot);
+        });
     }
 }
 
@@ -55,15 +57,13 @@ async fn run_one(
     request: &ScanRequest,
 ) -> Result<(), StoreError> {
     shared.store.set_running(id)?;
-    set_running(&shared.running, Some(id), None);
+    set_phase(&shared.running, id, None, true);
     tracing::info!(scan = %id, path = %request.path, "scan started");
     let spec = spec_for(shared, request);
     let running = shared.running.clone();
     let mut trace = Vec::new();
     let report = scan::scan(&spec, probes, |progress| match progress {
-        Progress::Phase(phase) => {
-            running.lock().unwrap_or_else(|p| p.into_inner()).phase = Some(phase);
-        }
+        Progress::Phase(phase) => set_phase(&running, id, Some(phase), true),
         Progress::Job(Output::Finding(finding)) => {
             // Nobody listening is fine.
             let _ = shared.findings_feed.send(serde_json::json!({
@@ -90,7 +90,6 @@ async fn run_one(
         _ => {}
     })
     .await;
-    set_running(&shared.running, None, None);
     shared.metrics.record_scan(&report);
     let mut rendered = Vec::new();
     // Writing into a Vec cannot fail.
@@ -139,10 +138,14 @@ async fn run_one(
     Ok(())
 }
 
-fn set_running(running: &RunningScan, id: Option<&str>, phase: Option<Phase>) {
-    let mut r = running.lock().unwrap_or_else(|p| p.into_inner());
-    r.id = id.map(str::to_owned);
-    r.phase = phase;
+/// Marks scan `id` running in `phase`, or (`running` false) no longer running.
+fn set_phase(scans: &RunningScans, id: &str, phase: Option<Phase>, running: bool) {
+    let mut scans = scans.lock().unwrap_or_else(|p| p.into_inner());
+    if running {
+        scans.insert(id.to_owned(), phase);
+    } else {
+        scans.remove(id);
+    }
 }
 
 fn spec_for(shared: &Shared, request: &ScanRequest) -> ScanSpec {

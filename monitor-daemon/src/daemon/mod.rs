@@ -1,6 +1,6 @@
 //! monitord: the engine as a long-running host daemon. Scans are accepted over the API
-//! ([`api`]), kept in the store from the moment they are accepted ([`store`]), run one at a
-//! time on probes loaded once ([`jobs`]), and counted for Prometheus ([`metrics`]).
+//! ([`api`]), kept in the store from the moment they are accepted ([`store`]), run side by
+//! side on probes loaded once ([`jobs`]), and counted for Prometheus ([`metrics`]).
 
 pub mod api;
 pub mod client;
@@ -18,7 +18,11 @@ use std::{
 use anyhow::{Context as _, Result};
 use tokio::{net::UnixListener, sync::mpsc};
 
-use crate::{probes::ProbeConfig, rules::RuleSet, scan::LazyProbes};
+use crate::{
+    probes::{ProbeConfig, Probes},
+    router::Router,
+    rules::RuleSet,
+};
 use config::Config;
 use store::{ScanRequest, Store};
 
@@ -30,7 +34,9 @@ pub struct Shared {
     /// The rules in force; replaced whole by a reload (SIGHUP or the API).
     pub rules: RwLock<Arc<RuleSet>>,
     pub queue: mpsc::Sender<(String, ScanRequest)>,
-    pub running: jobs::RunningScan,
+    pub running: jobs::RunningScans,
+    /// The probes, loaded once at start, and the router of their records.
+    pub router: Router,
     /// Findings as they happen, for /v1/findings/stream.
     pub findings_feed: tokio::sync::broadcast::Sender<serde_json::Value>,
     /// Becomes true when the daemon stops, ending the streams that would keep it serving.
@@ -90,10 +96,11 @@ pub async fn run(config: Config) -> Result<()> {
         ),
         Err(e) => tracing::warn!(error = %e, "looking for stale job cgroups"),
     }
-    let mut probes = LazyProbes::new(ProbeConfig {
+    let probes = Probes::load(&ProbeConfig {
         ring_buffer_bytes: config.ring_buffer_kib.saturating_mul(1024),
-    });
-    probes.get().context("loading the kernel probes")?;
+    })
+    .context("loading the kernel probes")?;
+    let router = Router::start(probes).context("starting the record router")?;
 
     let capacity = config.max_queued_scans.max(requeued.len());
     let (queue, waiting) = mpsc::channel(capacity);
@@ -103,7 +110,8 @@ pub async fn run(config: Config) -> Result<()> {
         metrics: metrics::Metrics::default(),
         rules: RwLock::new(Arc::new(rules)),
         queue,
-        running: Arc::new(Mutex::new(jobs::Running::default())),
+        running: Arc::new(Mutex::new(Default::default())),
+        router,
         findings_feed: tokio::sync::broadcast::channel(1024).0,
         stopping: tokio::sync::watch::channel(false).0,
     });
@@ -111,7 +119,7 @@ pub async fn run(config: Config) -> Result<()> {
         shared.metrics.queue_depth.inc();
         shared.queue.send(item).await.expect("the queue is open");
     }
-    let worker = tokio::task::spawn_local(jobs::worker(shared.clone(), probes, waiting));
+    let worker = tokio::task::spawn_local(jobs::worker(shared.clone(), waiting));
 
     let listener = bind(&shared.config.socket)?;
     tracing::info!(socket = %shared.config.socket.display(), "monitord is serving");
@@ -143,15 +151,14 @@ pub async fn run(config: Config) -> Result<()> {
         .await
         .context("serving the API")?;
 
-    tracing::info!("stopping: letting the running scan finish");
+    tracing::info!("stopping: letting the running scans finish");
     let _ = std::fs::remove_file(&shared.config.socket);
     if tokio::time::timeout(DRAIN, async {
-        while shared
+        while !shared
             .running
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .id
-            .is_some()
+            .is_empty()
         {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -159,7 +166,7 @@ pub async fn run(config: Config) -> Result<()> {
     .await
     .is_err()
     {
-        tracing::warn!("a scan was still running; it will be reported as interrupted");
+        tracing::warn!("scans were still running; they will be reported as interrupted");
     }
     worker.abort();
     Ok(())

@@ -16,7 +16,8 @@ use anyhow::Context as _;
 
 use crate::{
     control::{ControlMessage, ControlPipe},
-    probes::{ProbeConfig, ProbeError, Probes},
+    probes::{ProbeConfig, Probes},
+    router::{Router, RouterError},
     rules::{Phase, RuleSet, Severity},
     run::{self, JobIo, Output, RunSpec, RunSummary},
     sandbox::{Sandbox, SandboxOptions, WORK_DIR},
@@ -99,31 +100,40 @@ pub fn default_python() -> PathBuf {
 /// input), then reused by the scans that follow: loading and releasing them takes seconds.
 pub struct LazyProbes {
     config: ProbeConfig,
-    probes: Option<Probes>,
+    router: Option<Router>,
 }
 
 impl LazyProbes {
     pub fn new(config: ProbeConfig) -> Self {
         LazyProbes {
             config,
-            probes: None,
+            router: None,
+        }
+    }
+
+    /// Probes loaded already, shared with other scans (the daemon's).
+    pub fn loaded(router: Router) -> Self {
+        LazyProbes {
+            config: ProbeConfig::default(),
+            router: Some(router),
         }
     }
 
     pub fn is_loaded(&self) -> bool {
-        self.probes.is_some()
+        self.router.is_some()
     }
 
-    pub fn get(&mut self) -> Result<&mut Probes, ProbeError> {
-        if self.probes.is_none() {
-            self.probes = Some(Probes::load(&self.config)?);
+    /// Must be called inside a tokio runtime (the router's task starts on it).
+    pub fn get(&mut self) -> Result<&Router, RouterError> {
+        if self.router.is_none() {
+            self.router = Some(Router::start(Probes::load(&self.config)?)?);
         }
-        Ok(self.probes.as_mut().expect("just loaded"))
+        Ok(self.router.as_ref().expect("just loaded"))
     }
 
     /// The probes, if a scan loaded them (to release them where it costs nothing).
-    pub fn into_loaded(self) -> Option<Probes> {
-        self.probes
+    pub async fn into_loaded(self) -> Option<Probes> {
+        self.router?.stop().await
     }
 }
 
@@ -224,7 +234,7 @@ async fn load_under_watch(
     if !probes.is_loaded() {
         progress(Progress::LoadingProbes);
     }
-    let probes = probes.get().context("loading the kernel probes")?;
+    let router = probes.get().context("loading the kernel probes")?;
 
     let io = JobIo {
         control: Some(control),
@@ -236,7 +246,7 @@ async fn load_under_watch(
     let mut timeline: Vec<PhaseStart> = Vec::new();
     let mut audit = Vec::new();
     let mut findings = Vec::new();
-    let summary = run::run_with(&run_spec, io, probes, |out| {
+    let summary = run::run_with(&run_spec, io, router, |out| {
         match out {
             Output::Control(ControlMessage::Phase { phase, t }) => {
                 // The job's own timeline decides what counts; this only keeps the record.

@@ -1,0 +1,382 @@
+//! Sorts the records of the one ring buffer by cgroup, so that many jobs (scans, runs, and
+//! later watches) share one set of loaded probes at once.
+//!
+//! One task owns the [`Reader`]: it wakes when the kernel signals data, decodes every
+//! available record and hands each to the [`Subscription`] of its cgroup. A job subscribes
+//! before its first process starts and [`finish`](Subscription::finish)es after its last one
+//! has exited; in between it sees its own records and nobody else's.
+//!
+//! Nothing is lost silently. A subscription's queue is bounded: records that find it full are
+//! counted as lost for that job, like the kernel counts a full ring buffer, and either makes
+//! the job's trace incomplete. Records that cannot be decoded belong to no known cgroup, so
+//! every job running while one appears counts it.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+};
+
+use tokio::{
+    sync::{mpsc, oneshot},
+    task::JoinHandle,
+};
+
+use crate::{
+    decode::Record,
+    probes::{KernelCounters, ProbeError, Probes, WatchCounters},
+    reader::Reader,
+};
+
+/// Records one subscription may have waiting before further ones are counted as lost. A job
+/// whose judge falls this far behind is being flooded; its memory stays bounded.
+pub const MAX_PENDING_RECORDS: usize = 1 << 18;
+
+/// Why the router could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    #[error("the probes' ring buffer is already in use by another reader")]
+    RingInUse,
+    #[error("registering the ring buffer with the async runtime: {0}")]
+    Register(std::io::Error),
+    #[error("cgroup {0} is already watched by another job")]
+    AlreadyWatched(u64),
+    #[error("the record router stopped: {0}")]
+    Stopped(String),
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+}
+
+/// Shared handle to loaded probes and the task that routes their records. Cheap to clone.
+#[derive(Clone)]
+pub struct Router {
+    shared: Arc<Shared>,
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+struct Shared {
+    probes: Mutex<Probes>,
+    routes: Mutex<HashMap<u64, Route>>,
+    /// Records that could not be decoded, since start.
+    malformed: AtomicU64,
+    /// Records of cgroups nobody subscribes to (the tail of a job that finished).
+    unrouted: AtomicU64,
+    /// Why the routing task ended, when it ended on its own.
+    failure: Mutex<Option<String>>,
+    task: Mutex<Option<JoinHandle<Reader>>>,
+}
+
+struct Route {
+    tx: mpsc::UnboundedSender<Vec<Record>>,
+    queue: Arc<Queue>,
+}
+
+/// What a subscription's channel holds, counted on both ends.
+#[derive(Default)]
+struct Queue {
+    pending: AtomicUsize,
+    lost: AtomicU64,
+}
+
+enum Command {
+    /// Route every record available now, then answer.
+    Sync(oneshot::Sender<()>),
+    Stop,
+}
+
+impl Router {
+    /// Starts routing the records of `probes`. Must be called inside a tokio runtime.
+    pub fn start(mut probes: Probes) -> Result<Router, RouterError> {
+        let ring = probes.take_events().ok_or(RouterError::RingInUse)?;
+        let reader = Reader::new(ring).map_err(RouterError::Register)?;
+        let shared = Arc::new(Shared {
+            probes: Mutex::new(probes),
+            routes: Mutex::new(HashMap::new()),
+            malformed: AtomicU64::new(0),
+            unrouted: AtomicU64::new(0),
+            failure: Mutex::new(None),
+            task: Mutex::new(None),
+        });
+        let (commands, received) = mpsc::unbounded_channel();
+        let task = tokio::spawn(dispatch(reader, shared.clone(), received));
+        *lock(&shared.task) = Some(task);
+        Ok(Router { shared, commands })
+    }
+
+    /// Starts delivering the records of cgroup `cgroup_id` to the returned subscription, and
+    /// tells the kernel to record it (in that order, so no record finds no route).
+    pub fn watch(&self, cgroup_id: u64) -> Result<Subscription, RouterError> {
+        self.check_running()?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queue = Arc::new(Queue::default());
+        {
+            let mut routes = lock(&self.shared.routes);
+            if routes.contains_key(&cgroup_id) {
+                return Err(RouterError::AlreadyWatched(cgroup_id));
+            }
+            routes.insert(
+                cgroup_id,
+                Route {
+                    tx,
+                    queue: queue.clone(),
+                },
+            );
+        }
+        if let Err(e) = lock(&self.shared.probes).watch(cgroup_id) {
+            lock(&self.shared.routes).remove(&cgroup_id);
+            return Err(e.into());
+        }
+        Ok(Subscription {
+            router: self.clone(),
+            cgroup_id,
+            rx,
+            queue,
+            malformed_at_start: self.shared.malformed.load(Ordering::Relaxed),
+            finished: false,
+        })
+    }
+
+    /// The kernel programs' counters, summed over CPUs.
+    pub fn counters(&self) -> Result<KernelCounters, ProbeError> {
+        lock(&self.shared.probes).counters()
+    }
+
+    /// How many tracepoints are attached, and which table entries this kernel lacks.
+    pub fn attachments(&self) -> (usize, Vec<String>) {
+        let probes = lock(&self.shared.probes);
+        (probes.attached(), probes.missing().to_vec())
+    }
+
+    /// Records that could not be decoded since start.
+    pub fn malformed(&self) -> u64 {
+        self.shared.malformed.load(Ordering::Relaxed)
+    }
+
+    /// Records that arrived for a cgroup no job subscribes to any more.
+    pub fn unrouted(&self) -> u64 {
+        self.shared.unrouted.load(Ordering::Relaxed)
+    }
+
+    /// Cgroups subscribed to now.
+    pub fn subscriptions(&self) -> usize {
+        lock(&self.shared.routes).len()
+    }
+
+    /// Stops routing and gives the probes back (to release them where it costs nothing).
+    /// `None` while another handle or a subscription still uses the router.
+    pub async fn stop(self) -> Option<Probes> {
+        let _ = self.commands.send(Command::Stop);
+        let task = lock(&self.shared.task).take();
+        let reader = match task {
+            Some(task) => task.await.ok(),
+            None => None,
+        };
+        let shared = Arc::try_unwrap(self.shared).ok()?;
+        let mut probes = shared
+            .probes
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(reader) = reader {
+            probes.return_events(reader.into_ring());
+        }
+        Some(probes)
+    }
+
+    fn check_running(&self) -> Result<(), RouterError> {
+        match lock(&self.shared.failure).as_ref() {
+            Some(why) => Err(RouterError::Stopped(why.clone())),
+            None if self.commands.is_closed() => Err(RouterError::Stopped("it was stopped".into())),
+            None => Ok(()),
+        }
+    }
+
+    /// Routes every record the ring buffer holds now; returns when they are delivered.
+    async fn sync(&self) -> Result<(), RouterError> {
+        let (done, answered) = oneshot::channel();
+        self.commands
+            .send(Command::Sync(done))
+            .map_err(|_| self.stopped())?;
+        answered.await.map_err(|_| self.stopped())
+    }
+
+    fn stopped(&self) -> RouterError {
+        RouterError::Stopped(
+            lock(&self.shared.failure)
+                .clone()
+                .unwrap_or_else(|| "it was stopped".into()),
+        )
+    }
+}
+
+/// The records of one watched cgroup, in the order the kernel wrote them (per CPU; the tracer
+/// orders what needs ordering).
+pub struct Subscription {
+    router: Router,
+    cgroup_id: u64,
+    rx: mpsc::UnboundedReceiver<Vec<Record>>,
+    queue: Arc<Queue>,
+    malformed_at_start: u64,
+    finished: bool,
+}
+
+/// A finished subscription's account of its trace.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TraceCounts {
+    /// What the kernel wrote and dropped for this cgroup.
+    pub kernel: WatchCounters,
+    /// Records this job's queue had no room for.
+    pub lost_in_queue: u64,
+    /// Undecodable records seen while the job ran (they may have been its own).
+    pub malformed: u64,
+}
+
+impl TraceCounts {
+    /// Every record of the job reached it.
+    pub fn complete(&self) -> bool {
+        self.kernel.dropped == 0 && self.lost_in_queue == 0 && self.malformed == 0
+    }
+}
+
+impl Subscription {
+    pub fn cgroup_id(&self) -> u64 {
+        self.cgroup_id
+    }
+
+    /// Waits for records, then moves every delivered one into `out`; returns how many.
+    pub async fn recv(&mut self, out: &mut Vec<Record>) -> Result<usize, RouterError> {
+        let Some(batch) = self.rx.recv().await else {
+            return Err(self.router.stopped());
+        };
+        let mut n = self.take(out, batch);
+        n += self.take_ready(out);
+        Ok(n)
+    }
+
+    /// Moves into `out` every record of this cgroup that the ring buffer holds now, without
+    /// waiting for the kernel to signal them.
+    pub async fn sync(&mut self, out: &mut Vec<Record>) -> Result<usize, RouterError> {
+        self.router.sync().await?;
+        Ok(self.take_ready(out))
+    }
+
+    /// The kernel's counters of this cgroup so far.
+    pub fn kernel_counters(&self) -> Result<WatchCounters, ProbeError> {
+        lock(&self.router.shared.probes).watch_counters(self.cgroup_id)
+    }
+
+    /// Stops recording the cgroup, moves its last records into `out`, and accounts for its
+    /// trace. Call it when no task is left in the cgroup: every record of an exited task was
+    /// committed before it left.
+    pub async fn finish(mut self, out: &mut Vec<Record>) -> Result<TraceCounts, RouterError> {
+        self.finished = true;
+        let kernel = lock(&self.router.shared.probes).unwatch(self.cgroup_id)?;
+        let synced = self.router.sync().await;
+        lock(&self.router.shared.routes).remove(&self.cgroup_id);
+        self.take_ready(out);
+        synced?;
+        Ok(TraceCounts {
+            kernel,
+            lost_in_queue: self.queue.lost.load(Ordering::Relaxed),
+            malformed: self.router.malformed() - self.malformed_at_start,
+        })
+    }
+
+    fn take(&self, out: &mut Vec<Record>, batch: Vec<Record>) -> usize {
+        let n = batch.len();
+        self.queue.pending.fetch_sub(n, Ordering::Relaxed);
+        out.extend(batch);
+        n
+    }
+
+    fn take_ready(&mut self, out: &mut Vec<Record>) -> usize {
+        let mut n = 0;
+        while let Ok(batch) = self.rx.try_recv() {
+            n += self.take(out, batch);
+        }
+        n
+    }
+}
+
+impl Drop for Subscription {
+    /// A job that ends early (an error) must not leave its cgroup watched.
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = lock(&self.router.shared.probes).unwatch(self.cgroup_id);
+            lock(&self.router.shared.routes).remove(&self.cgroup_id);
+        }
+    }
+}
+
+/// The routing task: until stopped, waits for records and hands them out.
+async fn dispatch(
+    mut reader: Reader,
+    shared: Arc<Shared>,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+) -> Reader {
+    let mut records = Vec::with_capacity(4096);
+    loop {
+        tokio::select! {
+            read = reader.read(&mut records) => {
+                if let Err(e) = read {
+                    tracing::error!(error = %e, "reading the ring buffer failed; no job can be traced");
+                    *lock(&shared.failure) = Some(format!("reading the ring buffer: {e}"));
+                    // Closing every channel wakes every job, which then fails closed.
+                    lock(&shared.routes).clear();
+                    return reader;
+                }
+            }
+            command = commands.recv() => match command {
+                Some(Command::Sync(done)) => {
+                    reader.drain(&mut records);
+                    route(&shared, &mut records, &reader);
+                    let _ = done.send(());
+                    continue;
+                }
+                Some(Command::Stop) | None => return reader,
+            },
+        }
+        route(&shared, &mut records, &reader);
+    }
+}
+
+/// Hands `records` (drained) to their cgroups' subscriptions, a batch per run of one cgroup.
+fn route(shared: &Shared, records: &mut Vec<Record>, reader: &Reader) {
+    shared
+        .malformed
+        .fetch_max(reader.malformed(), Ordering::Relaxed);
+    if records.is_empty() {
+        return;
+    }
+    let routes = lock(&shared.routes);
+    let mut records = records.drain(..).peekable();
+    while let Some(first) = records.next() {
+        let cgroup = first.header().cgroup_id;
+        let mut batch = vec![first];
+        while let Some(next) = records.next_if(|r| r.header().cgroup_id == cgroup) {
+            batch.push(next);
+        }
+        let Some(route) = routes.get(&cgroup) else {
+            shared
+                .unrouted
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            continue;
+        };
+        let n = batch.len();
+        if route.queue.pending.load(Ordering::Relaxed) + n > MAX_PENDING_RECORDS {
+            route.queue.lost.fetch_add(n as u64, Ordering::Relaxed);
+            continue;
+        }
+        route.queue.pending.fetch_add(n, Ordering::Relaxed);
+        if route.tx.send(batch).is_err() {
+            // The subscription is gone: its job no longer counts.
+            route.queue.pending.fetch_sub(n, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A poisoned lock only means a panic elsewhere; the maps it guards stay consistent.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
