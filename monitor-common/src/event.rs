@@ -51,6 +51,8 @@ pub struct EventHeader {
     pub ktime_ns: u64,
     /// The cgroup v2 id (inode number of the cgroup directory) of the task.
     pub cgroup_id: u64,
+    /// The [`Watch::id`] that selected the task: which job the record belongs to.
+    pub watch_id: u64,
     /// Process id (the kernel's tgid).
     pub pid: u32,
     /// Thread id (the kernel's pid).
@@ -67,6 +69,10 @@ pub const FLAG_READ_ERROR: u16 = 1 << 1;
 /// Header flag (entry records): captured again at the syscall's exit because reading user
 /// memory failed at entry. Its data is what the memory held at exit.
 pub const FLAG_RECAPTURED: u16 = 1 << 2;
+/// Header flag (entry records): the watch's policy killed the task at this syscall's entry.
+pub const FLAG_KILLED: u16 = 1 << 3;
+/// Header flag: the first record of a process that discovery started watching.
+pub const FLAG_DISCOVERED: u16 = 1 << 4;
 
 /// Bytes of variable data a [`SyscallEnter`] can carry. Every item starts below
 /// [`ITEM_START_MAX`] and is at most that long, so the sum stays in bounds.
@@ -171,22 +177,88 @@ pub enum Counter {
     Dropped = 1,
     /// Reads of user or kernel memory that failed.
     ReadErrors = 2,
+    /// Processes that a watch following forks could not add to `WATCHED_TASKS` (full).
+    TasksFull = 3,
+    /// Processes that discovery started watching.
+    Discovered = 4,
 }
 
 /// How many [`Counter`]s there are.
-pub const COUNTERS: u32 = 3;
+pub const COUNTERS: u32 = 5;
 
-/// Value of the `WATCHED` map, keyed by cgroup id: the watch's policy and its own counters,
-/// so a job knows whether its own trace is complete.
+/// What selects a task for recording, and what the kernel does to it: the value of the
+/// `WATCHED` map (keyed by cgroup id) and of the `WATCHED_TASKS` map (keyed by process id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Watch {
+    /// Which watch this is: every record it selects carries this in
+    /// [`EventHeader::watch_id`], and its counters are `WATCH_COUNTS[id]`.
+    pub id: u64,
+    /// `WATCH_*` bits.
+    pub flags: u64,
+    /// Syscall numbers whose entry kills the task at once (`bpf_send_signal(SIGKILL)`), as a
+    /// bitmap: bit `nr % 64` of word `nr / 64`.
+    pub kill: [u64; KILL_WORDS],
+}
+
+/// Words of [`Watch::kill`]: one bit for each syscall number below [`CAPTURE_ENTRIES`].
+pub const KILL_WORDS: usize = CAPTURE_ENTRIES as usize / 64;
+
+/// Watch flag: the processes a watched task starts are watched too, wherever they go (a
+/// watch of a process rather than of a cgroup, whose children inherit the cgroup anyway).
+pub const WATCH_FOLLOW_FORKS: u64 = 1 << 0;
+
+impl Watch {
+    /// Whether entering syscall `nr` kills the task.
+    pub const fn kills(&self, nr: u32) -> bool {
+        let word = (nr / 64) as usize;
+        word < KILL_WORDS && self.kill[word] & (1 << (nr % 64)) != 0
+    }
+
+    /// Makes entering syscall `nr` kill the task.
+    pub fn kill_at(&mut self, nr: u32) {
+        let word = (nr / 64) as usize;
+        if word < KILL_WORDS {
+            self.kill[word] |= 1 << (nr % 64);
+        }
+    }
+}
+
+/// One watch's counters (per CPU, in `WATCH_COUNTS`), so a job knows whether its own trace is
+/// complete.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Watch {
-    /// Policy bits (none yet; reserved for in-kernel actions).
-    pub policy: u64,
-    /// Records written for this cgroup.
+pub struct WatchCounts {
+    /// Records written for this watch.
     pub events: u64,
-    /// Records of this cgroup lost to a full ring buffer.
+    /// Records of this watch lost to a full ring buffer.
     pub dropped: u64,
+    /// Tasks killed in the kernel by this watch's policy.
+    pub killed: u64,
+}
+
+/// Longest path suffix that discovery matches (".safetensors" fits).
+pub const SUFFIX_MAX: usize = 16;
+/// Most suffixes discovery matches.
+pub const SUFFIXES: usize = 16;
+/// Bytes of an opened path that discovery reads (the suffix must lie within them).
+pub const DISCOVERY_PATH_MAX: usize = 256;
+
+/// The only entry of the `DISCOVERY` map: any process on the host that opens a file whose name
+/// ends in one of `suffixes` starts being watched with `watch`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Discovery {
+    /// Non-zero when discovery is on.
+    pub enabled: u32,
+    /// Suffixes in use.
+    pub count: u32,
+    /// What a discovered process is watched with (`WATCH_FOLLOW_FORKS` is implied).
+    pub watch: Watch,
+    /// Bytes of each suffix.
+    pub len: [u8; SUFFIXES],
+    /// Lower-case ASCII; a path matches whatever the case of its letters.
+    pub suffix: [[u8; SUFFIX_MAX]; SUFFIXES],
 }
 
 /// Value of the `CAPTURE` map, indexed by syscall number: what to copy at entry.
@@ -199,7 +271,9 @@ pub struct CaptureSpec {
     pub exit: u8,
     /// Index of the argument tested by `only_if_mask`, when that mask is non-zero.
     pub only_if_arg: u8,
-    pub _pad: u8,
+    /// 1 + the index of the path argument that discovery looks at (the syscall opens a
+    /// file); 0 when discovery ignores the syscall.
+    pub discover_arg: u8,
     /// One [`crate::syscall::Capture`] per argument.
     pub args: [u8; 6],
     pub _pad2: [u8; 2],

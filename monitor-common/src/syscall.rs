@@ -128,6 +128,21 @@ pub struct Syscall {
     /// Whether the syscall can return to its caller (exit_group cannot; execve does only on
     /// failure, but its exit tracepoint still fires in the new image on success).
     pub returns: bool,
+    /// Whether it opens the file its first `Path` argument names: discovery looks at those
+    /// paths for model artifacts.
+    pub opens: bool,
+}
+
+impl Syscall {
+    /// The index of the argument discovery looks at, if it looks at this syscall.
+    pub fn discovery_arg(&self) -> Option<usize> {
+        if !self.opens {
+            return None;
+        }
+        self.args
+            .iter()
+            .position(|a| matches!(a.kind, ArgKind::Path))
+    }
 }
 
 const fn a(name: &'static str, kind: ArgKind) -> Arg {
@@ -142,6 +157,7 @@ const fn sc(name: &'static str, nr: u32, class: Class, args: &'static [Arg]) -> 
         args,
         only_if: None,
         returns: true,
+        opens: false,
     }
 }
 
@@ -176,9 +192,15 @@ pub static SYSCALLS: &[Syscall] = &[
     sc("chdir", 80, Process, &[a("filename", Path)]),
     sc("fchdir", 81, Process, &[a("fd", Fd)]),
     // Files.
-    sc("open", 2, File, &[a("filename", Path), a("flags", OpenFlags), a("mode", Mode)]),
-    sc("openat", 257, File, &[a("dfd", DirFd), a("filename", Path), a("flags", OpenFlags), a("mode", Mode)]),
-    sc("openat2", 437, File, &[a("dfd", DirFd), a("filename", Path), a("how", OpenHow), a("usize", Size)]),
+    Syscall { opens: true, ..sc("open", 2, File, &[a("filename", Path), a("flags", OpenFlags), a("mode", Mode)]) },
+    Syscall {
+        opens: true,
+        ..sc("openat", 257, File, &[a("dfd", DirFd), a("filename", Path), a("flags", OpenFlags), a("mode", Mode)])
+    },
+    Syscall {
+        opens: true,
+        ..sc("openat2", 437, File, &[a("dfd", DirFd), a("filename", Path), a("how", OpenHow), a("usize", Size)])
+    },
     sc("creat", 85, File, &[a("pathname", Path), a("mode", Mode)]),
     sc("unlink", 87, File, &[a("pathname", Path)]),
     sc("unlinkat", 263, File, &[a("dfd", DirFd), a("pathname", Path), a("flag", AtFlags)]),

@@ -78,6 +78,12 @@ pub fn text(event: &Event) -> String {
             if sc.recaptured {
                 line.push_str(" <read at exit>");
             }
+            if sc.discovered {
+                line.push_str(" <discovered: watched from here on>");
+            }
+            if sc.killed {
+                line.push_str(" <killed by the watch's policy>");
+            }
             line
         }
         What::Fork { child_pid } => format!("{who} +++ new process {child_pid} +++"),

@@ -1,8 +1,9 @@
-//! Sorts the records of the one ring buffer by cgroup, so that many jobs (scans, runs, and
-//! later watches) share one set of loaded probes at once.
+//! Sorts the records of the one ring buffer by watch, so that many jobs (scans, runs, live
+//! watches, discovery) share one set of loaded probes at once.
 //!
 //! One task owns the [`Reader`]: it wakes when the kernel signals data, decodes every
-//! available record and hands each to the [`Subscription`] of its cgroup. A job subscribes
+//! available record and hands each to the [`Subscription`] of the watch that selected it (the
+//! kernel marks each record with its watch's id). A job subscribes
 //! before its first process starts and [`finish`](Subscription::finish)es after its last one
 //! has exited; in between it sees its own records and nobody else's.
 //!
@@ -24,9 +25,11 @@ use tokio::{
     task::JoinHandle,
 };
 
+use monitor_common::event::{Discovery, Watch};
+
 use crate::{
     decode::Record,
-    probes::{KernelCounters, ProbeError, Probes, WatchCounters},
+    probes::{KernelCounters, ProbeError, Probes, Target, WatchCounters},
     reader::Reader,
 };
 
@@ -41,8 +44,6 @@ pub enum RouterError {
     RingInUse,
     #[error("registering the ring buffer with the async runtime: {0}")]
     Register(std::io::Error),
-    #[error("cgroup {0} is already watched by another job")]
-    AlreadyWatched(u64),
     #[error("the record router stopped: {0}")]
     Stopped(String),
     #[error(transparent)]
@@ -58,10 +59,12 @@ pub struct Router {
 
 struct Shared {
     probes: Mutex<Probes>,
+    /// By watch id.
     routes: Mutex<HashMap<u64, Route>>,
+    next_watch_id: AtomicU64,
     /// Records that could not be decoded, since start.
     malformed: AtomicU64,
-    /// Records of cgroups nobody subscribes to (the tail of a job that finished).
+    /// Records of watches nobody subscribes to (the tail of a job that finished).
     unrouted: AtomicU64,
     /// Why the routing task ended, when it ended on its own.
     failure: Mutex<Option<String>>,
@@ -94,6 +97,7 @@ impl Router {
         let shared = Arc::new(Shared {
             probes: Mutex::new(probes),
             routes: Mutex::new(HashMap::new()),
+            next_watch_id: AtomicU64::new(1),
             malformed: AtomicU64::new(0),
             unrouted: AtomicU64::new(0),
             failure: Mutex::new(None),
@@ -105,37 +109,58 @@ impl Router {
         Ok(Router { shared, commands })
     }
 
-    /// Starts delivering the records of cgroup `cgroup_id` to the returned subscription, and
-    /// tells the kernel to record it (in that order, so no record finds no route).
-    pub fn watch(&self, cgroup_id: u64) -> Result<Subscription, RouterError> {
+    /// Starts delivering the records of cgroup `cgroup_id` (and the cgroups it leaves its
+    /// tasks in) to the returned subscription.
+    pub fn watch_cgroup(&self, cgroup_id: u64) -> Result<Subscription, RouterError> {
+        self.watch(&[Target::Cgroup(cgroup_id)], Watch::default())
+    }
+
+    /// Starts delivering the records of what `targets` select to the returned subscription,
+    /// and tells the kernel to record them with `policy` (its id is chosen here), in that
+    /// order, so that no record finds no route.
+    pub fn watch(&self, targets: &[Target], policy: Watch) -> Result<Subscription, RouterError> {
+        let (subscription, watch) = self.subscribe(policy)?;
+        lock(&self.shared.probes).watch(&watch, targets)?;
+        Ok(subscription)
+    }
+
+    /// Turns discovery on: processes that open files named as `discovery` says are watched
+    /// from then on, and their records go to the returned subscription. Discovery stops when
+    /// the subscription finishes.
+    pub fn discover(&self, mut discovery: Discovery) -> Result<Subscription, RouterError> {
+        let (mut subscription, watch) = self.subscribe(discovery.watch)?;
+        discovery.watch = watch;
+        {
+            let mut probes = lock(&self.shared.probes);
+            probes.watch(&watch, &[])?;
+            probes.set_discovery(Some(&discovery))?;
+        }
+        subscription.discovery = true;
+        Ok(subscription)
+    }
+
+    fn subscribe(&self, mut policy: Watch) -> Result<(Subscription, Watch), RouterError> {
         self.check_running()?;
+        policy.id = self.shared.next_watch_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
         let queue = Arc::new(Queue::default());
-        {
-            let mut routes = lock(&self.shared.routes);
-            if routes.contains_key(&cgroup_id) {
-                return Err(RouterError::AlreadyWatched(cgroup_id));
-            }
-            routes.insert(
-                cgroup_id,
-                Route {
-                    tx,
-                    queue: queue.clone(),
-                },
-            );
-        }
-        if let Err(e) = lock(&self.shared.probes).watch(cgroup_id) {
-            lock(&self.shared.routes).remove(&cgroup_id);
-            return Err(e.into());
-        }
-        Ok(Subscription {
+        lock(&self.shared.routes).insert(
+            policy.id,
+            Route {
+                tx,
+                queue: queue.clone(),
+            },
+        );
+        let subscription = Subscription {
             router: self.clone(),
-            cgroup_id,
+            watch_id: policy.id,
             rx,
             queue,
             malformed_at_start: self.shared.malformed.load(Ordering::Relaxed),
             finished: false,
-        })
+            discovery: false,
+        };
+        Ok((subscription, policy))
     }
 
     /// The kernel programs' counters, summed over CPUs.
@@ -154,12 +179,12 @@ impl Router {
         self.shared.malformed.load(Ordering::Relaxed)
     }
 
-    /// Records that arrived for a cgroup no job subscribes to any more.
+    /// Records that arrived for a watch no job subscribes to any more.
     pub fn unrouted(&self) -> u64 {
         self.shared.unrouted.load(Ordering::Relaxed)
     }
 
-    /// Cgroups subscribed to now.
+    /// Watches subscribed to now.
     pub fn subscriptions(&self) -> usize {
         lock(&self.shared.routes).len()
     }
@@ -210,21 +235,23 @@ impl Router {
     }
 }
 
-/// The records of one watched cgroup, in the order the kernel wrote them (per CPU; the tracer
+/// The records of one watch, in the order the kernel wrote them (per CPU; the tracer
 /// orders what needs ordering).
 pub struct Subscription {
     router: Router,
-    cgroup_id: u64,
+    watch_id: u64,
     rx: mpsc::UnboundedReceiver<Vec<Record>>,
     queue: Arc<Queue>,
     malformed_at_start: u64,
     finished: bool,
+    /// This is discovery's watch: finishing it turns discovery off.
+    discovery: bool,
 }
 
 /// A finished subscription's account of its trace.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TraceCounts {
-    /// What the kernel wrote and dropped for this cgroup.
+    /// What the kernel wrote, dropped and killed for this watch.
     pub kernel: WatchCounters,
     /// Records this job's queue had no room for.
     pub lost_in_queue: u64,
@@ -240,8 +267,19 @@ impl TraceCounts {
 }
 
 impl Subscription {
-    pub fn cgroup_id(&self) -> u64 {
-        self.cgroup_id
+    /// The watch id the kernel marks this subscription's records with.
+    pub fn watch_id(&self) -> u64 {
+        self.watch_id
+    }
+
+    /// Watches `target` too (a cgroup found later, a process).
+    pub fn add_target(&self, target: Target) -> Result<(), RouterError> {
+        Ok(lock(&self.router.shared.probes).add_target(self.watch_id, target)?)
+    }
+
+    /// Stops watching processes `pids` (discovered ones whose window passed).
+    pub fn forget_processes(&self, pids: &[u32]) -> Result<(), RouterError> {
+        Ok(lock(&self.router.shared.probes).forget_processes(self.watch_id, pids)?)
     }
 
     /// Waits for records, then moves every delivered one into `out`; returns how many.
@@ -254,7 +292,7 @@ impl Subscription {
         Ok(n)
     }
 
-    /// Moves into `out` every record of this cgroup that the ring buffer holds now, without
+    /// Moves into `out` every record of this watch that the ring buffer holds now, without
     /// waiting for the kernel to signal them.
     pub async fn sync(&mut self, out: &mut Vec<Record>) -> Result<usize, RouterError> {
         self.router.sync().await?;
@@ -263,17 +301,17 @@ impl Subscription {
 
     /// The kernel's counters of this cgroup so far.
     pub fn kernel_counters(&self) -> Result<WatchCounters, ProbeError> {
-        lock(&self.router.shared.probes).watch_counters(self.cgroup_id)
+        lock(&self.router.shared.probes).watch_counters(self.watch_id)
     }
 
-    /// Stops recording the cgroup, moves its last records into `out`, and accounts for its
-    /// trace. Call it when no task is left in the cgroup: every record of an exited task was
+    /// Stops recording, moves the last records into `out`, and accounts for the trace. For a
+    /// job, call it when no task is left in its cgroup: every record of an exited task was
     /// committed before it left.
     pub async fn finish(mut self, out: &mut Vec<Record>) -> Result<TraceCounts, RouterError> {
         self.finished = true;
-        let kernel = lock(&self.router.shared.probes).unwatch(self.cgroup_id)?;
+        let kernel = self.unwatch()?;
         let synced = self.router.sync().await;
-        lock(&self.router.shared.routes).remove(&self.cgroup_id);
+        lock(&self.router.shared.routes).remove(&self.watch_id);
         self.take_ready(out);
         synced?;
         Ok(TraceCounts {
@@ -281,6 +319,14 @@ impl Subscription {
             lost_in_queue: self.queue.lost.load(Ordering::Relaxed),
             malformed: self.router.malformed() - self.malformed_at_start,
         })
+    }
+
+    fn unwatch(&self) -> Result<WatchCounters, ProbeError> {
+        let mut probes = lock(&self.router.shared.probes);
+        if self.discovery {
+            probes.set_discovery(None)?;
+        }
+        probes.unwatch(self.watch_id)
     }
 
     fn take(&self, out: &mut Vec<Record>, batch: Vec<Record>) -> usize {
@@ -303,8 +349,8 @@ impl Drop for Subscription {
     /// A job that ends early (an error) must not leave its cgroup watched.
     fn drop(&mut self) {
         if !self.finished {
-            let _ = lock(&self.router.shared.probes).unwatch(self.cgroup_id);
-            lock(&self.router.shared.routes).remove(&self.cgroup_id);
+            let _ = self.unwatch();
+            lock(&self.router.shared.routes).remove(&self.watch_id);
         }
     }
 }
@@ -341,7 +387,7 @@ async fn dispatch(
     }
 }
 
-/// Hands `records` (drained) to their cgroups' subscriptions, a batch per run of one cgroup.
+/// Hands `records` (drained) to their watches' subscriptions, a batch per run of one watch.
 fn route(shared: &Shared, records: &mut Vec<Record>, reader: &Reader) {
     shared
         .malformed
@@ -352,12 +398,12 @@ fn route(shared: &Shared, records: &mut Vec<Record>, reader: &Reader) {
     let routes = lock(&shared.routes);
     let mut records = records.drain(..).peekable();
     while let Some(first) = records.next() {
-        let cgroup = first.header().cgroup_id;
+        let watch = first.header().watch_id;
         let mut batch = vec![first];
-        while let Some(next) = records.next_if(|r| r.header().cgroup_id == cgroup) {
+        while let Some(next) = records.next_if(|r| r.header().watch_id == watch) {
             batch.push(next);
         }
-        let Some(route) = routes.get(&cgroup) else {
+        let Some(route) = routes.get(&watch) else {
             shared
                 .unrouted
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);

@@ -129,7 +129,7 @@ pub async fn run_with(
     let job = JobCgroup::create(&format!("run-{}-{}", std::process::id(), unique()))
         .context("creating the job's cgroup")?;
     let mut records_of_job = router
-        .watch(job.id())
+        .watch_cgroup(job.id())
         .context("watching the job's cgroup")?;
 
     let sandbox = match io.sandbox {

@@ -10,8 +10,9 @@ use aya_ebpf::{
 };
 use monitor_common::{
     event::{
-        ARG_MAX, ARGV_MAX, BLOB_MAX, CaptureSpec, Counter, DATA_MAX, EventKind, FLAG_READ_ERROR,
-        FLAG_RECAPTURED, FLAG_TRUNCATED, ITEM_START_MAX, STR_MAX, STR_SLOTS, SyscallEnter,
+        ARG_MAX, ARGV_MAX, BLOB_MAX, CaptureSpec, Counter, DATA_MAX, EventKind, FLAG_DISCOVERED,
+        FLAG_KILLED, FLAG_READ_ERROR, FLAG_RECAPTURED, FLAG_TRUNCATED, ITEM_START_MAX, STR_MAX,
+        STR_SLOTS, SyscallEnter,
     },
     syscall::{Capture, MAX_ARGS},
 };
@@ -102,18 +103,24 @@ fn try_syscall_enter(ctx: &TracePointContext, watch: Watched) -> Result<(), i64>
     if spec.enabled == 0 {
         return Ok(());
     }
+    // First, so that nothing below can delay it; the record then says what was stopped.
+    let killed = if watch.kill_if_policy(nr as u32) {
+        FLAG_KILLED
+    } else {
+        0
+    };
     let mut args = [0u64; MAX_ARGS];
     for (i, arg) in args.iter_mut().enumerate() {
         *arg = unsafe { ctx.read_at(off.enter_args as usize + 8 * i) }.map_err(i64::from)?;
     }
-    if spec.only_if_mask != 0 {
+    if spec.only_if_mask != 0 && killed == 0 {
         let tested = args.get(spec.only_if_arg as usize).copied().unwrap_or(0);
         if tested & spec.only_if_mask == 0 {
             return Ok(());
         }
     }
 
-    let flags = emit(watch, nr as u32, spec, args, 0)?;
+    let flags = emit(watch, nr as u32, spec, args, killed)?;
     // User memory that was not paged in cannot be read here; the kernel will have touched it
     // by the time the syscall returns, so try again then.
     if flags & FLAG_READ_ERROR != 0 && spec.exit != 0 {
@@ -168,13 +175,14 @@ fn emit(
     flags: u16,
 ) -> Result<u16, i64> {
     let ev = SCRATCH.get_ptr_mut(0).ok_or(0)?;
+    let flags = if watch.discovered {
+        flags | FLAG_DISCOVERED
+    } else {
+        flags
+    };
     let mut cur = Cursor { off: 0, flags };
     unsafe {
-        fill_header(
-            &raw mut (*ev).header,
-            EventKind::SyscallEnter,
-            watch.cgroup_id,
-        );
+        fill_header(&raw mut (*ev).header, EventKind::SyscallEnter, &watch);
         (*ev).nr = nr;
         (*ev).args = args;
         (*ev).str_len = [0; STR_SLOTS];

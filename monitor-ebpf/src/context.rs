@@ -3,42 +3,120 @@
 
 use aya_ebpf::helpers::{
     bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-    bpf_get_current_uid_gid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+    bpf_get_current_uid_gid, bpf_get_smp_processor_id, bpf_ktime_get_ns, generated,
 };
-use monitor_common::event::{Counter, EventHeader, EventKind, TracepointOffsets, Watch};
+use monitor_common::event::{
+    Counter, EventHeader, EventKind, TracepointOffsets, WATCH_FOLLOW_FORKS, Watch, WatchCounts,
+};
 
-use crate::{COUNTERS, TP_OFFSETS, WATCHED};
+use crate::{COUNTERS, TP_OFFSETS, WATCH_COUNTS, WATCHED, WATCHED_TASKS};
 
-/// The current task's cgroup is watched: its id and this CPU's copy of its `WATCHED` entry
-/// (per CPU, so its counters need no atomics).
+const SIGKILL: u32 = 9;
+
+/// The current task is watched: its watch (in `WATCHED` or `WATCHED_TASKS`) and this CPU's
+/// copy of the watch's counters (per CPU, so they need no atomics).
 #[derive(Clone, Copy)]
 pub struct Watched {
-    pub cgroup_id: u64,
-    entry: *mut Watch,
+    watch: *const Watch,
+    counts: *mut WatchCounts,
+    /// Discovery selected the task just now: its first record says so.
+    pub discovered: bool,
 }
 
 impl Watched {
-    /// The watch of the current task's cgroup, if any. The one test every program starts with.
+    /// The watch of the current task, if any: by its cgroup, else by its process. The one
+    /// test every program starts with.
     #[inline(always)]
     pub fn current() -> Option<Self> {
         let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-        let entry = WATCHED.get_ptr_mut(cgroup_id)?;
-        Some(Watched { cgroup_id, entry })
+        let watch = match WATCHED.get_ptr(cgroup_id) {
+            Some(w) => w,
+            None => WATCHED_TASKS.get_ptr(current_tgid())?,
+        };
+        Self::of(watch)
+    }
+
+    /// `watch`, with its counters (which user space creates before the watch).
+    #[inline(always)]
+    pub fn of(watch: *const Watch) -> Option<Self> {
+        let counts = WATCH_COUNTS.get_ptr_mut(unsafe { (*watch).id })?;
+        Some(Watched {
+            watch,
+            counts,
+            discovered: false,
+        })
+    }
+
+    #[inline(always)]
+    pub fn id(&self) -> u64 {
+        unsafe { (*self.watch).id }
+    }
+
+    /// Kills the current process if the watch's policy says so for syscall `nr`; returns
+    /// whether it did. The signal is delivered before the syscall returns to user space.
+    #[inline(always)]
+    pub fn kill_if_policy(&self, nr: u32) -> bool {
+        if !unsafe { (*self.watch).kills(nr) } {
+            return false;
+        }
+        if unsafe { generated::bpf_send_signal(SIGKILL) } != 0 {
+            return false;
+        }
+        unsafe { (*self.counts).killed += 1 };
+        true
+    }
+
+    /// A new task of a watched one (`child_tid`, a process or a thread) is watched too when
+    /// the watch follows forks.
+    #[inline(always)]
+    pub fn adopt(&self, child_tid: u32) {
+        if unsafe { (*self.watch).flags } & WATCH_FOLLOW_FORKS == 0 {
+            return;
+        }
+        // The key is a thread id; it is only ever looked up as a process id, which a thread's
+        // id is when it leads its thread group. Threads' keys go at their exit.
+        if WATCHED_TASKS
+            .insert(child_tid, unsafe { &*self.watch }, 0)
+            .is_err()
+        {
+            count(Counter::TasksFull);
+        }
+    }
+
+    /// The current task exits: forget the keys it had in `WATCHED_TASKS`.
+    #[inline(always)]
+    pub fn forget_task(&self, group_dead: bool) {
+        if unsafe { (*self.watch).flags } & WATCH_FOLLOW_FORKS == 0 {
+            return;
+        }
+        let pid_tgid = bpf_get_current_pid_tgid();
+        let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+        if tid != tgid {
+            let _ = WATCHED_TASKS.remove(tid);
+        }
+        if group_dead {
+            let _ = WATCHED_TASKS.remove(tgid);
+        }
     }
 
     /// A record of this watch reached the ring buffer.
     #[inline(always)]
     pub fn emitted(&self) {
         count(Counter::Events);
-        unsafe { (*self.entry).events += 1 };
+        unsafe { (*self.counts).events += 1 };
     }
 
     /// A record of this watch was lost: the ring buffer was full.
     #[inline(always)]
     pub fn dropped(&self) {
         count(Counter::Dropped);
-        unsafe { (*self.entry).dropped += 1 };
+        unsafe { (*self.counts).dropped += 1 };
     }
+}
+
+#[inline(always)]
+pub fn current_tgid() -> u32 {
+    (bpf_get_current_pid_tgid() >> 32) as u32
 }
 
 #[inline(always)]
@@ -54,17 +132,22 @@ pub fn offsets() -> TracepointOffsets {
     unsafe { core::ptr::read_volatile(&raw const TP_OFFSETS) }
 }
 
-/// Fills `header` for the current task.
+/// Fills `header` for the current task, selected by `watch`.
 #[inline(always)]
-pub unsafe fn fill_header(header: *mut EventHeader, kind: EventKind, cgroup_id: u64) {
+pub unsafe fn fill_header(header: *mut EventHeader, kind: EventKind, watch: &Watched) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
     unsafe {
         (*header).kind = kind as u16;
-        (*header).flags = 0;
+        (*header).flags = if watch.discovered {
+            monitor_common::event::FLAG_DISCOVERED
+        } else {
+            0
+        };
         (*header).cpu = bpf_get_smp_processor_id();
         (*header).ktime_ns = bpf_ktime_get_ns();
-        (*header).cgroup_id = cgroup_id;
+        (*header).cgroup_id = bpf_get_current_cgroup_id();
+        (*header).watch_id = watch.id();
         (*header).pid = (pid_tgid >> 32) as u32;
         (*header).tid = pid_tgid as u32;
         (*header).uid = uid_gid as u32;

@@ -1,9 +1,12 @@
 //! monitor's kernel programs.
 //!
-//! Every program starts with the same test: is the current task's cgroup in `WATCHED`? If not,
-//! it returns at once, so unwatched processes pay one hash lookup on the traced syscalls and
-//! nothing on the others. Watched tasks' records go to the `EVENTS` ring buffer; a full buffer
-//! is counted (per CPU and per watch), never silent.
+//! Every program starts with the same test: is the current task's cgroup in `WATCHED`, or its
+//! process in `WATCHED_TASKS`? If not, it returns at once, so unwatched processes pay two hash
+//! lookups on the traced syscalls and nothing on the others (plus, while discovery is on, a
+//! read of the path of the files they open). Watched tasks' records go to the `EVENTS` ring
+//! buffer, each marked with the id of the watch that selected it; a full buffer is counted
+//! (per CPU and per watch), never silent. A watch's policy may kill a task at the entry of
+//! the syscalls it names.
 //!
 //! Programs:
 //! - `sys_enter` / `sys_exit`: attached to `syscalls:sys_enter_<name>` / `sys_exit_<name>` for
@@ -15,16 +18,18 @@
 
 mod capture;
 mod context;
+mod discover;
 
 use aya_ebpf::{
     EbpfContext,
     macros::{map, tracepoint},
-    maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::TracePointContext,
 };
 use monitor_common::event::{
-    CAPTURE_ENTRIES, COUNTERS as COUNTER_SLOTS, CaptureSpec, Counter, EventKind, ProcessExec,
-    ProcessExit, ProcessFork, SyscallEnter, SyscallExit, TracepointOffsets, Watch,
+    CAPTURE_ENTRIES, COUNTERS as COUNTER_SLOTS, CaptureSpec, Counter, Discovery, EventKind,
+    ProcessExec, ProcessExit, ProcessFork, SyscallEnter, SyscallExit, TracepointOffsets, Watch,
+    WatchCounts,
 };
 
 use crate::context::{Watched, count, fill_header, offsets};
@@ -35,8 +40,26 @@ const EVENTS_BYTES: u32 = 16 * 1024 * 1024;
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
+/// Watches by cgroup id: every task of the cgroup is recorded.
 #[map]
-static WATCHED: PerCpuHashMap<u64, Watch> = PerCpuHashMap::with_max_entries(4096, 0);
+static WATCHED: HashMap<u64, Watch> = HashMap::with_max_entries(4096, 0);
+
+/// Watches by process id: watched processes outside a watched cgroup (a pid watch, discovery)
+/// and, for watches that follow forks, every process they start. Not an LRU: a watched process
+/// must never be forgotten to make room.
+#[map]
+static WATCHED_TASKS: HashMap<u32, Watch> = HashMap::with_max_entries(65536, 0);
+
+/// Each watch's counters, by watch id.
+#[map]
+static WATCH_COUNTS: PerCpuHashMap<u64, WatchCounts> = PerCpuHashMap::with_max_entries(8192, 0);
+
+/// Discovery's settings (one entry).
+#[map]
+static DISCOVERY: Array<Discovery> = Array::with_max_entries(1, 0);
+
+#[map]
+static DISCOVERY_SCRATCH: PerCpuArray<discover::Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 static CAPTURE: Array<CaptureSpec> = Array::with_max_entries(CAPTURE_ENTRIES, 0);
@@ -67,10 +90,23 @@ static TP_OFFSETS: TracepointOffsets = TracepointOffsets {
 
 #[tracepoint]
 pub fn sys_enter(ctx: TracePointContext) -> u32 {
-    if let Some(watch) = Watched::current() {
+    if let Some(watch) = Watched::current().or_else(|| discover_at_enter(&ctx)) {
         capture::syscall_enter(&ctx, watch);
     }
     0
+}
+
+/// Discovery's look at an unwatched task's syscall: only for syscalls that open a file.
+#[inline(always)]
+fn discover_at_enter(ctx: &TracePointContext) -> Option<Watched> {
+    let off = offsets();
+    let nr: i32 = unsafe { ctx.read_at(off.enter_nr as usize) }.ok()?;
+    let arg = CAPTURE.get(nr as u32)?.discover_arg as usize;
+    if arg == 0 || arg > 6 {
+        return None;
+    }
+    let path: u64 = unsafe { ctx.read_at(off.enter_args as usize + 8 * (arg - 1)) }.ok()?;
+    discover::on_open(path)
 }
 
 #[tracepoint]
@@ -96,11 +132,7 @@ fn try_sys_exit(ctx: &TracePointContext, watch: Watched) -> Result<(), i64> {
     };
     let ev = entry.as_mut_ptr();
     unsafe {
-        fill_header(
-            &raw mut (*ev).header,
-            EventKind::SyscallExit,
-            watch.cgroup_id,
-        );
+        fill_header(&raw mut (*ev).header, EventKind::SyscallExit, &watch);
         (*ev).nr = nr as u32;
         (*ev)._pad = 0;
         (*ev).ret = ret;
@@ -119,20 +151,19 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
         };
         let Some(mut entry) = EVENTS.reserve::<ProcessFork>(0) else {
             watch.dropped();
+            // Even unrecorded, the child stays watched.
+            watch.adopt(child as u32);
             return 0;
         };
         let ev = entry.as_mut_ptr();
         unsafe {
-            fill_header(
-                &raw mut (*ev).header,
-                EventKind::ProcessFork,
-                watch.cgroup_id,
-            );
+            fill_header(&raw mut (*ev).header, EventKind::ProcessFork, &watch);
             (*ev).child_tid = child as u32;
             (*ev)._pad = 0;
         }
         entry.submit(0);
         watch.emitted();
+        watch.adopt(child as u32);
     }
     0
 }
@@ -147,11 +178,7 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
         };
         let ev = entry.as_mut_ptr();
         unsafe {
-            fill_header(
-                &raw mut (*ev).header,
-                EventKind::ProcessExec,
-                watch.cgroup_id,
-            );
+            fill_header(&raw mut (*ev).header, EventKind::ProcessExec, &watch);
             (*ev).old_tid = ctx.read_at::<i32>(off.exec_old_pid as usize).unwrap_or(0) as u32;
             (*ev).filename_len = 0;
             // `__data_loc`: the low 16 bits are the string's offset in the record.
@@ -189,20 +216,18 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         };
         let Some(mut entry) = EVENTS.reserve::<ProcessExit>(0) else {
             watch.dropped();
+            watch.forget_task(group_dead != 0);
             return 0;
         };
         let ev = entry.as_mut_ptr();
         unsafe {
-            fill_header(
-                &raw mut (*ev).header,
-                EventKind::ProcessExit,
-                watch.cgroup_id,
-            );
+            fill_header(&raw mut (*ev).header, EventKind::ProcessExit, &watch);
             (*ev).group_dead = group_dead;
             (*ev)._pad = [0; 7];
         }
         entry.submit(0);
         watch.emitted();
+        watch.forget_task(group_dead != 0);
     }
     0
 }

@@ -10,7 +10,8 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use monitor_daemon::{
     cgroup::{self, JobCgroup},
-    probes::{Probes, WatchCounters},
+    monitor_common::event::Watch,
+    probes::{Probes, Target, WatchCounters},
 };
 
 /// A cgroup watched by `probes`, removed from the watch and deleted when dropped.
@@ -28,8 +29,13 @@ impl<'p> WatchedJob<'p> {
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
         let cgroup = JobCgroup::create(&name).context("creating the benchmark's cgroup")?;
+        // The cgroup's id doubles as the watch's: one watch per cgroup here.
+        let watch = Watch {
+            id: cgroup.id(),
+            ..Watch::default()
+        };
         probes
-            .watch(cgroup.id())
+            .watch(&watch, &[Target::Cgroup(cgroup.id())])
             .context("watching the benchmark's cgroup")?;
         Ok(WatchedJob { probes, cgroup })
     }

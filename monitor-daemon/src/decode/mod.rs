@@ -9,8 +9,9 @@ use std::mem::size_of;
 
 use monitor_common::{
     event::{
-        EventHeader, EventKind, FLAG_READ_ERROR, FLAG_RECAPTURED, FLAG_TRUNCATED, ProcessExec,
-        ProcessExit, ProcessFork, STR_SLOTS, SyscallEnter, SyscallExit,
+        EventHeader, EventKind, FLAG_DISCOVERED, FLAG_KILLED, FLAG_READ_ERROR, FLAG_RECAPTURED,
+        FLAG_TRUNCATED, ProcessExec, ProcessExit, ProcessFork, STR_SLOTS, SyscallEnter,
+        SyscallExit,
     },
     syscall::{self, Syscall},
 };
@@ -25,6 +26,8 @@ pub struct Header {
     pub time_ns: u64,
     pub cpu: u32,
     pub cgroup_id: u64,
+    /// The watch that selected the task (which job the record belongs to).
+    pub watch_id: u64,
     pub pid: u32,
     pub tid: u32,
     pub uid: u32,
@@ -39,6 +42,12 @@ pub struct Header {
     /// An entry record captured again at the syscall's exit (see `FLAG_RECAPTURED`).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub recaptured: bool,
+    /// The watch's policy killed the task at this syscall's entry, in the kernel.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub killed: bool,
+    /// The first record of a process that discovery started watching.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub discovered: bool,
 }
 
 /// One decoded ring-buffer record.
@@ -247,6 +256,7 @@ fn header(raw: &EventHeader) -> Header {
         time_ns: raw.ktime_ns,
         cpu: raw.cpu,
         cgroup_id: raw.cgroup_id,
+        watch_id: raw.watch_id,
         pid: raw.pid,
         tid: raw.tid,
         uid: raw.uid,
@@ -255,6 +265,8 @@ fn header(raw: &EventHeader) -> Header {
         truncated: raw.flags & FLAG_TRUNCATED != 0,
         read_error: raw.flags & FLAG_READ_ERROR != 0,
         recaptured: raw.flags & FLAG_RECAPTURED != 0,
+        killed: raw.flags & FLAG_KILLED != 0,
+        discovered: raw.flags & FLAG_DISCOVERED != 0,
     }
 }
 

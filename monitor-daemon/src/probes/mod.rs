@@ -3,16 +3,22 @@
 
 mod tracefs;
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::HashMap as StdHashMap,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf},
     programs::{ProgramError, TracePoint, trace_point::TracePointLink},
     util::nr_cpus,
 };
 use monitor_common::{
-    event::{CAPTURE_ENTRIES, COUNTERS, CaptureSpec, Counter, Watch},
+    event::{
+        CAPTURE_ENTRIES, COUNTERS, CaptureSpec, Counter, Discovery, WATCH_FOLLOW_FORKS, Watch,
+        WatchCounts,
+    },
     syscall::{MAX_ARGS, SYSCALLS, Syscall},
 };
 
@@ -62,6 +68,10 @@ pub enum ProbeError {
     PerCpu(std::io::Error),
     #[error("counting CPUs failed: {0}")]
     Cpus(String),
+    #[error("watch {0} is registered already")]
+    WatchExists(u64),
+    #[error("no watch {0}")]
+    NoSuchWatch(u64),
 }
 
 /// Load-time settings.
@@ -88,6 +98,10 @@ pub struct KernelCounters {
     pub dropped: u64,
     /// Failed reads of user or kernel memory (data missing from a record, which is flagged).
     pub read_errors: u64,
+    /// Processes a watch could not follow because `WATCHED_TASKS` was full.
+    pub tasks_full: u64,
+    /// Processes discovery started watching.
+    pub discovered: u64,
 }
 
 /// One watch's own counters, summed over CPUs.
@@ -95,6 +109,21 @@ pub struct KernelCounters {
 pub struct WatchCounters {
     pub events: u64,
     pub dropped: u64,
+    /// Tasks the kernel killed by the watch's policy.
+    pub killed: u64,
+}
+
+/// What a watch selects: every task of a cgroup, or one process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Target {
+    Cgroup(u64),
+    Process(u32),
+}
+
+/// A watch as user space registered it.
+struct Registered {
+    watch: Watch,
+    targets: Vec<Target>,
 }
 
 /// The loaded and attached kernel programs.
@@ -102,7 +131,11 @@ pub struct Probes {
     /// Owned here rather than by the programs so that [`Drop`] can detach them in parallel.
     links: Vec<TracePointLink>,
     _ebpf: Ebpf,
-    watched: PerCpuHashMap<MapData, u64, Watch>,
+    watched: HashMap<MapData, u64, Watch>,
+    watched_tasks: HashMap<MapData, u32, Watch>,
+    watch_counts: PerCpuHashMap<MapData, u64, WatchCounts>,
+    discovery: Array<MapData, Discovery>,
+    registry: StdHashMap<u64, Registered>,
     counters: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
     cpus: usize,
@@ -145,32 +178,22 @@ impl Probes {
         let (links, missing) = attach_all(&mut ebpf, &tracefs)?;
         let attached = links.len();
 
-        let watched =
-            PerCpuHashMap::try_from(take_map(&mut ebpf, "WATCHED")?).map_err(|source| {
-                ProbeError::Map {
-                    name: "WATCHED",
-                    source,
-                }
-            })?;
-        let counters =
-            PerCpuArray::try_from(take_map(&mut ebpf, "COUNTERS")?).map_err(|source| {
-                ProbeError::Map {
-                    name: "COUNTERS",
-                    source,
-                }
-            })?;
-        let events = RingBuf::try_from(take_map(&mut ebpf, "EVENTS")?).map_err(|source| {
-            ProbeError::Map {
-                name: "EVENTS",
-                source,
-            }
-        })?;
+        let watched = map_as(&mut ebpf, "WATCHED", HashMap::try_from)?;
+        let watched_tasks = map_as(&mut ebpf, "WATCHED_TASKS", HashMap::try_from)?;
+        let watch_counts = map_as(&mut ebpf, "WATCH_COUNTS", PerCpuHashMap::try_from)?;
+        let discovery = map_as(&mut ebpf, "DISCOVERY", Array::try_from)?;
+        let counters = map_as(&mut ebpf, "COUNTERS", PerCpuArray::try_from)?;
+        let events = map_as(&mut ebpf, "EVENTS", RingBuf::try_from)?;
         let cpus = nr_cpus().map_err(|(what, e)| ProbeError::Cpus(format!("{what}: {e}")))?;
         tracing::debug!(attached, missing = missing.len(), "probes loaded");
         Ok(Probes {
             links,
             _ebpf: ebpf,
             watched,
+            watched_tasks,
+            watch_counts,
+            discovery,
+            registry: StdHashMap::new(),
             counters,
             events: Some(events),
             cpus,
@@ -190,48 +213,147 @@ impl Probes {
         self.events = Some(ring);
     }
 
-    /// Starts recording every task in cgroup `cgroup_id` (and, since children inherit their
-    /// cgroup, everything they start).
-    pub fn watch(&mut self, cgroup_id: u64) -> Result<(), ProbeError> {
-        let values = PerCpuValues::try_from(vec![Watch::default(); self.cpus])
+    /// Starts recording what `watch` selects: every task in each target cgroup (and, since
+    /// children inherit their cgroup, everything they start), each target process (and, with
+    /// `WATCH_FOLLOW_FORKS`, everything it starts). Records carry `watch.id`.
+    pub fn watch(&mut self, watch: &Watch, targets: &[Target]) -> Result<(), ProbeError> {
+        if self.registry.contains_key(&watch.id) {
+            return Err(ProbeError::WatchExists(watch.id));
+        }
+        // Counters first: the kernel records nothing for a watch without them.
+        let zero = PerCpuValues::try_from(vec![WatchCounts::default(); self.cpus])
             .map_err(ProbeError::PerCpu)?;
-        self.watched
-            .insert(cgroup_id, values, 0)
-            .map_err(|source| ProbeError::Map {
-                name: "WATCHED",
-                source,
-            })
+        self.watch_counts
+            .insert(watch.id, zero, 0)
+            .map_err(map_error("WATCH_COUNTS"))?;
+        self.registry.insert(
+            watch.id,
+            Registered {
+                watch: *watch,
+                targets: Vec::new(),
+            },
+        );
+        for &target in targets {
+            if let Err(e) = self.add_target(watch.id, target) {
+                let _ = self.unwatch(watch.id);
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
-    /// Stops recording cgroup `cgroup_id`; returns its final counters.
-    pub fn unwatch(&mut self, cgroup_id: u64) -> Result<WatchCounters, ProbeError> {
-        let counts = self.watch_counters(cgroup_id)?;
-        match self.watched.remove(&cgroup_id) {
+    /// Adds `target` to watch `watch_id` (a cgroup created later, a process found later).
+    pub fn add_target(&mut self, watch_id: u64, target: Target) -> Result<(), ProbeError> {
+        let registered = self
+            .registry
+            .get_mut(&watch_id)
+            .ok_or(ProbeError::NoSuchWatch(watch_id))?;
+        match target {
+            Target::Cgroup(id) => self
+                .watched
+                .insert(id, registered.watch, 0)
+                .map_err(map_error("WATCHED"))?,
+            Target::Process(pid) => self
+                .watched_tasks
+                .insert(pid, registered.watch, 0)
+                .map_err(map_error("WATCHED_TASKS"))?,
+        }
+        registered.targets.push(target);
+        Ok(())
+    }
+
+    /// Stops recording processes `pids` for watch `watch_id` (a discovered process whose
+    /// window has passed, with its descendants). Others' entries are left alone.
+    pub fn forget_processes(&mut self, watch_id: u64, pids: &[u32]) -> Result<(), ProbeError> {
+        for pid in pids {
+            match self.watched_tasks.get(pid, 0) {
+                Ok(w) if w.id == watch_id => match self.watched_tasks.remove(pid) {
+                    Ok(()) | Err(MapError::KeyNotFound) => {}
+                    Err(e) => return Err(map_error("WATCHED_TASKS")(e)),
+                },
+                Ok(_) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_error("WATCHED_TASKS")(e)),
+            }
+        }
+        if let Some(r) = self.registry.get_mut(&watch_id) {
+            r.targets
+                .retain(|t| !matches!(t, Target::Process(p) if pids.contains(p)));
+        }
+        Ok(())
+    }
+
+    /// Stops recording watch `watch_id`: its targets and every process the kernel added to it.
+    /// Returns its final counters.
+    pub fn unwatch(&mut self, watch_id: u64) -> Result<WatchCounters, ProbeError> {
+        let Some(registered) = self.registry.remove(&watch_id) else {
+            return Ok(WatchCounters::default());
+        };
+        let mut tasks = false;
+        for target in &registered.targets {
+            let removed = match *target {
+                Target::Cgroup(id) => self.watched.remove(&id),
+                Target::Process(pid) => {
+                    tasks = true;
+                    self.watched_tasks.remove(&pid)
+                }
+            };
+            match removed {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_error("WATCHED")(e)),
+            }
+        }
+        if tasks || registered.watch.flags & WATCH_FOLLOW_FORKS != 0 {
+            self.forget_all_processes_of(watch_id)?;
+        }
+        let counts = self.watch_counters(watch_id)?;
+        match self.watch_counts.remove(&watch_id) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(counts),
-            Err(source) => Err(ProbeError::Map {
-                name: "WATCHED",
-                source,
-            }),
+            Err(e) => Err(map_error("WATCH_COUNTS")(e)),
         }
     }
 
+    /// Removes every `WATCHED_TASKS` entry of `watch_id`, the kernel's included.
+    fn forget_all_processes_of(&mut self, watch_id: u64) -> Result<(), ProbeError> {
+        let pids: Vec<u32> = self
+            .watched_tasks
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, w)| w.id == watch_id)
+            .map(|(pid, _)| pid)
+            .collect();
+        for pid in pids {
+            match self.watched_tasks.remove(&pid) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_error("WATCHED_TASKS")(e)),
+            }
+        }
+        Ok(())
+    }
+
     /// The counters of one watch so far.
-    pub fn watch_counters(&self, cgroup_id: u64) -> Result<WatchCounters, ProbeError> {
-        match self.watched.get(&cgroup_id, 0) {
+    pub fn watch_counters(&self, watch_id: u64) -> Result<WatchCounters, ProbeError> {
+        match self.watch_counts.get(&watch_id, 0) {
             Ok(values) => {
                 Ok(values
                     .iter()
                     .fold(WatchCounters::default(), |acc, w| WatchCounters {
                         events: acc.events + w.events,
                         dropped: acc.dropped + w.dropped,
+                        killed: acc.killed + w.killed,
                     }))
             }
             Err(MapError::KeyNotFound) => Ok(WatchCounters::default()),
-            Err(source) => Err(ProbeError::Map {
-                name: "WATCHED",
-                source,
-            }),
+            Err(e) => Err(map_error("WATCH_COUNTS")(e)),
         }
+    }
+
+    /// Turns discovery on with `discovery` (its watch registered with [`watch`](Self::watch)
+    /// first), or off with `None`.
+    pub fn set_discovery(&mut self, discovery: Option<&Discovery>) -> Result<(), ProbeError> {
+        let value = discovery.copied().unwrap_or_default();
+        self.discovery
+            .set(0, value, 0)
+            .map_err(map_error("DISCOVERY"))
     }
 
     /// The kernel programs' counters, summed over CPUs.
@@ -250,6 +372,8 @@ impl Probes {
             events: sum(Counter::Events)?,
             dropped: sum(Counter::Dropped)?,
             read_errors: sum(Counter::ReadErrors)?,
+            tasks_full: sum(Counter::TasksFull)?,
+            discovered: sum(Counter::Discovered)?,
         })
     }
 
@@ -286,7 +410,20 @@ impl Drop for Probes {
 /// Threads that detach tracepoints at the end.
 const DETACH_THREADS: usize = 32;
 
-const _: () = assert!(COUNTERS == 3);
+const _: () = assert!(COUNTERS == 5);
+
+/// Takes map `name` out of `ebpf` as the type `convert` makes of it.
+fn map_as<T>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    convert: impl FnOnce(aya::maps::Map) -> Result<T, MapError>,
+) -> Result<T, ProbeError> {
+    convert(take_map(ebpf, name)?).map_err(map_error(name))
+}
+
+fn map_error(name: &'static str) -> impl Fn(MapError) -> ProbeError {
+    move |source| ProbeError::Map { name, source }
+}
 
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, ProbeError> {
     ebpf.take_map(name).ok_or(ProbeError::Map {
@@ -331,7 +468,7 @@ pub fn capture_spec(sc: &Syscall) -> CaptureSpec {
         enabled: 1,
         exit: u8::from(sc.returns && sc.only_if.is_none()),
         only_if_arg,
-        _pad: 0,
+        discover_arg: sc.discovery_arg().map_or(0, |i| i as u8 + 1),
         args,
         _pad2: [0; 2],
         only_if_mask,
