@@ -27,3 +27,4 @@ pub mod run;
 pub mod sandbox;
 pub mod scan;
 pub mod trace;
+pub mod watch;

@@ -191,6 +191,13 @@ impl ProcessTable {
             p.exit_ns = Some(time_ns);
         }
     }
+
+    /// Forgets the processes that exited before `time_ns` (a long-running watch would
+    /// otherwise keep every process it ever saw).
+    pub fn prune_exited(&mut self, time_ns: u64) {
+        self.procs
+            .retain(|_, p| p.exit_ns.is_none_or(|t| t >= time_ns));
+    }
 }
 
 #[cfg(test)]

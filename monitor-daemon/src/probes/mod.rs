@@ -267,10 +267,9 @@ impl Probes {
     pub fn forget_processes(&mut self, watch_id: u64, pids: &[u32]) -> Result<(), ProbeError> {
         for pid in pids {
             match self.watched_tasks.get(pid, 0) {
-                Ok(w) if w.id == watch_id => match self.watched_tasks.remove(pid) {
-                    Ok(()) | Err(MapError::KeyNotFound) => {}
-                    Err(e) => return Err(map_error("WATCHED_TASKS")(e)),
-                },
+                Ok(w) if w.id == watch_id => {
+                    gone(self.watched_tasks.remove(pid)).map_err(map_error("WATCHED_TASKS"))?
+                }
                 Ok(_) | Err(MapError::KeyNotFound) => {}
                 Err(e) => return Err(map_error("WATCHED_TASKS")(e)),
             }
@@ -290,26 +289,23 @@ impl Probes {
         };
         let mut tasks = false;
         for target in &registered.targets {
-            let removed = match *target {
-                Target::Cgroup(id) => self.watched.remove(&id),
+            // A process's key goes when it exits (the kernel removes it): gone already is fine.
+            match *target {
+                Target::Cgroup(id) => {
+                    gone(self.watched.remove(&id)).map_err(map_error("WATCHED"))?
+                }
                 Target::Process(pid) => {
                     tasks = true;
-                    self.watched_tasks.remove(&pid)
+                    gone(self.watched_tasks.remove(&pid)).map_err(map_error("WATCHED_TASKS"))?
                 }
-            };
-            match removed {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(map_error("WATCHED")(e)),
             }
         }
         if tasks || registered.watch.flags & WATCH_FOLLOW_FORKS != 0 {
             self.forget_all_processes_of(watch_id)?;
         }
         let counts = self.watch_counters(watch_id)?;
-        match self.watch_counts.remove(&watch_id) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(counts),
-            Err(e) => Err(map_error("WATCH_COUNTS")(e)),
-        }
+        gone(self.watch_counts.remove(&watch_id)).map_err(map_error("WATCH_COUNTS"))?;
+        Ok(counts)
     }
 
     /// Removes every `WATCHED_TASKS` entry of `watch_id`, the kernel's included.
@@ -322,10 +318,7 @@ impl Probes {
             .map(|(pid, _)| pid)
             .collect();
         for pid in pids {
-            match self.watched_tasks.remove(&pid) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(map_error("WATCHED_TASKS")(e)),
-            }
+            gone(self.watched_tasks.remove(&pid)).map_err(map_error("WATCHED_TASKS"))?;
         }
         Ok(())
     }
@@ -411,6 +404,15 @@ impl Drop for Probes {
 const DETACH_THREADS: usize = 32;
 
 const _: () = assert!(COUNTERS == 5);
+
+/// A removal of a key that is not there (any more) is a removal done.
+fn gone(removed: Result<(), MapError>) -> Result<(), MapError> {
+    match removed {
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        other => other,
+    }
+}
 
 /// Takes map `name` out of `ebpf` as the type `convert` makes of it.
 fn map_as<T>(

@@ -1,0 +1,14 @@
+//! Live watches: processes on the host (a cgroup's, a process tree, or whatever discovery
+//! finds opening a model artifact) traced for as long as the watch stands, judged as they act,
+//! and killed by policy.
+//!
+//! - [`spec`]: what a watch selects and its policy, as requested and validated.
+//! - [`runner`]: a watch running on the router's records: events, findings, kills.
+//! - [`artifact`]: what a model file's name looks like (discovery and the `load` phase).
+
+pub mod artifact;
+pub mod runner;
+pub mod spec;
+
+pub use runner::{Kill, WatchOutput, WatchSummary, run};
+pub use spec::{Policy, Selector, WatchRequest, WatchSpec};

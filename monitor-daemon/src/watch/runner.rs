@@ -1,0 +1,538 @@
+//! A live watch, running: the records of what it selects, paired into events, judged by the
+//! rules in force, and acted on by its policy, until it is stopped (or, for a pid watch, until
+//! the last of its processes has exited).
+
+use std::{
+    collections::{HashMap, HashSet},
+    fs,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use serde::Serialize;
+
+use crate::{
+    probes::Target,
+    router::{Router, Subscription, TraceCounts},
+    rules::{Finding, Phase, RuleSet},
+    trace::{Event, Tracer, What},
+    watch::{
+        artifact::{kernel_suffixes, looks_like_artifact},
+        spec::{Selector, WatchSpec},
+    },
+};
+use monitor_common::event::Discovery;
+
+/// How often the cgroup tree is looked at again for new cgroups, and gone processes noticed.
+const TICK: Duration = Duration::from_secs(1);
+/// Exited processes stay in the table this long (their children's findings name them).
+const KEEP_EXITED_NS: u64 = 60_000_000_000;
+
+/// What a watch reports as it goes.
+#[derive(Debug, Clone, Copy)]
+pub enum WatchOutput<'a> {
+    Event(&'a Event),
+    Finding(&'a Finding),
+    Kill(&'a Kill),
+}
+
+/// A process the watch's policy killed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Kill {
+    pub pid: u32,
+    pub comm: String,
+    pub time_ns: u64,
+    /// `kernel`: at the entry of `syscall`, before it returned to user space; `policy`: by
+    /// user space, at `rule`'s finding.
+    pub by: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub syscall: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// The cgroup killed whole (a cgroup watch), if one was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<PathBuf>,
+}
+
+/// Why a watch ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ended {
+    /// Asked to stop.
+    Stopped,
+    /// Every process it selected has exited (pid watches).
+    Exited,
+}
+
+/// A watch's account when it ends.
+#[derive(Debug, Clone, Serialize)]
+pub struct WatchSummary {
+    pub ended: Ended,
+    pub events: u64,
+    pub findings: u64,
+    pub kills: u64,
+    pub processes: usize,
+    pub kernel_records: u64,
+    pub dropped: u64,
+    pub complete: bool,
+}
+
+/// Runs `spec` on `router` until `stop` resolves (or its processes are gone), judging with
+/// the rules `rules` returns at each batch (so a reload takes effect at once).
+pub async fn run(
+    spec: &WatchSpec,
+    router: &Router,
+    rules: impl Fn() -> Arc<RuleSet>,
+    stop: impl std::future::Future<Output = ()>,
+    mut sink: impl FnMut(WatchOutput<'_>),
+) -> Result<WatchSummary> {
+    let mut selection = Selection::resolve(&spec.selector)?;
+    let mut records_of_watch = match &spec.selector {
+        Selector::Discovery { suffixes, .. } => {
+            let mut discovery = Discovery {
+                enabled: 1,
+                watch: spec.kernel_watch(),
+                ..Discovery::default()
+            };
+            kernel_suffixes(suffixes, &mut discovery)?;
+            router
+                .discover(discovery)
+                .context("turning discovery on in the kernel programs")?
+        }
+        _ => router
+            .watch(&selection.targets(), spec.kernel_watch())
+            .context("registering the watch with the kernel programs")?,
+    };
+    let mut judge = Judge::new(spec);
+    let mut records = Vec::with_capacity(1024);
+    let mut tick = tokio::time::interval(TICK);
+    let mut stop = std::pin::pin!(stop);
+    let ended = loop {
+        tokio::select! {
+            received = records_of_watch.recv(&mut records) => {
+                received.context("receiving the watch's records")?;
+                judge.feed(&mut records, &rules(), &selection, &mut sink);
+            }
+            _ = tick.tick() => {
+                selection.refresh(&records_of_watch);
+                judge.expire_discovered(&records_of_watch);
+                judge.prune();
+                if selection.is_finished(&judge.live) {
+                    break Ended::Exited;
+                }
+            }
+            _ = &mut stop => break Ended::Stopped,
+        }
+    };
+    let counts: TraceCounts = records_of_watch
+        .finish(&mut records)
+        .await
+        .context("taking the watch's last records")?;
+    judge.feed(&mut records, &rules(), &selection, &mut sink);
+    Ok(WatchSummary {
+        ended,
+        events: judge.events,
+        findings: judge.findings,
+        kills: judge.kills,
+        processes: judge.tracer.processes().len(),
+        kernel_records: counts.kernel.events,
+        dropped: counts.kernel.dropped + counts.lost_in_queue,
+        complete: counts.complete(),
+    })
+}
+
+/// What the watch selects on the host, kept up to date.
+struct Selection {
+    selector: Selector,
+    /// Cgroups watched, by id.
+    cgroups: HashMap<u64, PathBuf>,
+}
+
+impl Selection {
+    fn resolve(selector: &Selector) -> Result<Self> {
+        let mut selection = Selection {
+            selector: selector.clone(),
+            cgroups: HashMap::new(),
+        };
+        match selector {
+            Selector::Cgroup(root) => {
+                for (id, path) in cgroup_tree(root)
+                    .with_context(|| format!("reading cgroup {}", root.display()))?
+                {
+                    selection.cgroups.insert(id, path);
+                }
+            }
+            Selector::Pid(pid) => {
+                anyhow::ensure!(
+                    Path::new(&format!("/proc/{pid}")).exists(),
+                    "pid {pid}: no such process"
+                );
+            }
+            Selector::Discovery { .. } => {}
+        }
+        Ok(selection)
+    }
+
+    /// What the kernel is told to watch at the start. A pid watch takes the process's
+    /// existing descendants too; those it starts later the kernel adds itself.
+    fn targets(&self) -> Vec<Target> {
+        match &self.selector {
+            Selector::Cgroup(_) => self.cgroups.keys().map(|&id| Target::Cgroup(id)).collect(),
+            Selector::Pid(pid) => std::iter::once(*pid)
+                .chain(descendants_in_proc(*pid))
+                .map(Target::Process)
+                .collect(),
+            // The kernel finds them.
+            Selector::Discovery { .. } => Vec::new(),
+        }
+    }
+
+    /// Adds the cgroups created under a watched one since the last look.
+    fn refresh(&mut self, records_of_watch: &Subscription) {
+        let Selector::Cgroup(root) = &self.selector else {
+            return;
+        };
+        let Ok(tree) = cgroup_tree(root) else {
+            // Gone for now (a service being restarted): looked for again next time.
+            return;
+        };
+        for (id, path) in tree {
+            if self.cgroups.contains_key(&id) {
+                continue;
+            }
+            match records_of_watch.add_target(Target::Cgroup(id)) {
+                Ok(()) => {
+                    tracing::debug!(cgroup = %path.display(), "watching a new cgroup");
+                    self.cgroups.insert(id, path);
+                }
+                Err(e) => {
+                    tracing::warn!(cgroup = %path.display(), error = %e, "cannot watch a new cgroup")
+                }
+            }
+        }
+    }
+
+    fn is_finished(&self, live: &HashSet<u32>) -> bool {
+        matches!(self.selector, Selector::Pid(_)) && live.is_empty()
+    }
+}
+
+/// Events -> findings -> kills, for one watch.
+struct Judge<'a> {
+    spec: &'a WatchSpec,
+    tracer: Tracer,
+    /// Processes alive as far as the trace says (pid watches end when none is left).
+    live: HashSet<u32>,
+    /// Until when each process is loading a model (`load` phase), CLOCK_MONOTONIC ns.
+    loading_until: HashMap<u32, u64>,
+    killed: HashSet<u32>,
+    /// Processes discovery started watching, and when.
+    discovered: HashMap<u32, u64>,
+    events: u64,
+    findings: u64,
+    kills: u64,
+    batch: Vec<Event>,
+    latest_ns: u64,
+}
+
+impl<'a> Judge<'a> {
+    fn new(spec: &'a WatchSpec) -> Self {
+        let mut live = HashSet::new();
+        if let Selector::Pid(pid) = spec.selector {
+            live.insert(pid);
+            live.extend(descendants_in_proc(pid));
+        }
+        Judge {
+            spec,
+            tracer: Tracer::default(),
+            live,
+            loading_until: HashMap::new(),
+            killed: HashSet::new(),
+            discovered: HashMap::new(),
+            events: 0,
+            findings: 0,
+            kills: 0,
+            batch: Vec::new(),
+            latest_ns: 0,
+        }
+    }
+
+    fn feed(
+        &mut self,
+        records: &mut Vec<crate::decode::Record>,
+        rules: &RuleSet,
+        selection: &Selection,
+        sink: &mut impl FnMut(WatchOutput<'_>),
+    ) {
+        let mut batch = std::mem::take(&mut self.batch);
+        for r in records.drain(..) {
+            self.tracer.push(r, &mut |e| batch.push(e));
+        }
+        for event in batch.drain(..) {
+            self.judge(&event, rules, selection, sink);
+        }
+        self.batch = batch;
+    }
+
+    fn judge(
+        &mut self,
+        event: &Event,
+        rules: &RuleSet,
+        selection: &Selection,
+        sink: &mut impl FnMut(WatchOutput<'_>),
+    ) {
+        self.events += 1;
+        self.latest_ns = self.latest_ns.max(event.time_ns);
+        sink(WatchOutput::Event(event));
+        match &event.what {
+            What::Fork { child_pid } => {
+                self.live.insert(*child_pid);
+            }
+            What::Exit { .. } => {
+                self.live.remove(&event.pid);
+                self.loading_until.remove(&event.pid);
+            }
+            What::Syscall(sc) => {
+                if sc.discovered {
+                    self.discovered.entry(event.pid).or_insert(event.time_ns);
+                    tracing::info!(pid = event.pid, comm = %event.comm, path = ?opened_path(sc), "discovered a process loading a model");
+                }
+                if sc.killed && self.killed.insert(event.pid) {
+                    self.kills += 1;
+                    sink(WatchOutput::Kill(&Kill {
+                        pid: event.pid,
+                        comm: event.comm.clone(),
+                        time_ns: event.time_ns,
+                        by: "kernel",
+                        syscall: Some(sc.name),
+                        rule: None,
+                        cgroup: None,
+                    }));
+                }
+                if sc.syscall.opens
+                    && sc.ret.is_some_and(|r| r >= 0)
+                    && opened_path(sc).is_some_and(looks_like_artifact)
+                {
+                    self.loading_until.insert(
+                        event.pid,
+                        event.time_ns + self.spec.load_window_ms * 1_000_000,
+                    );
+                }
+            }
+            What::Exec { .. } => {}
+        }
+        let processes = self.tracer.processes();
+        // What a loading process starts is part of the load.
+        let loading = std::iter::once(event.pid)
+            .chain(processes.ancestors(event.pid))
+            .any(|pid| {
+                self.loading_until
+                    .get(&pid)
+                    .is_some_and(|&until| event.time_ns <= until)
+            });
+        let phase = if loading { Phase::Load } else { Phase::Run };
+        let cwd = processes.get(event.pid).and_then(|p| p.cwd.as_deref());
+        let mut found = rules.judge(event, phase, cwd);
+        for finding in &mut found {
+            finding.process = Some(processes.context(event.pid));
+        }
+        for finding in &found {
+            self.findings += 1;
+            sink(WatchOutput::Finding(finding));
+        }
+        let kill_at = self.spec.policy.kill_at;
+        if let Some(worst) = found
+            .iter()
+            .filter(|f| kill_at.is_some_and(|k| f.severity >= k))
+            .max_by_key(|f| f.severity)
+            && !self.killed.contains(&event.pid)
+        {
+            let kill = self.kill(event, &worst.rule, selection);
+            self.kills += 1;
+            sink(WatchOutput::Kill(&kill));
+        }
+    }
+
+    /// Kills the process of `event` (a cgroup watch: its whole cgroup) for `rule`.
+    fn kill(&mut self, event: &Event, rule: &str, selection: &Selection) -> Kill {
+        let mut cgroup = None;
+        if let Some(path) = selection.cgroups.get(&event.cgroup_id) {
+            match fs::write(path.join("cgroup.kill"), "1") {
+                Ok(()) => cgroup = Some(path.clone()),
+                Err(e) => {
+                    tracing::warn!(cgroup = %path.display(), error = %e, "cgroup.kill failed")
+                }
+            }
+        }
+        if cgroup.is_none() {
+            // The process and what it started.
+            let processes = self.tracer.processes();
+            let mut doomed: Vec<u32> = processes
+                .iter()
+                .filter(|p| p.exit_ns.is_none() && processes.ancestors(p.pid).contains(&event.pid))
+                .map(|p| p.pid)
+                .collect();
+            doomed.push(event.pid);
+            for pid in doomed {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                self.killed.insert(pid);
+            }
+        }
+        self.killed.insert(event.pid);
+        Kill {
+            pid: event.pid,
+            comm: event.comm.clone(),
+            time_ns: event.time_ns,
+            by: "policy",
+            syscall: match &event.what {
+                What::Syscall(sc) => Some(sc.name),
+                _ => None,
+            },
+            rule: Some(rule.to_owned()),
+            cgroup,
+        }
+    }
+
+    /// Stops watching the discovered processes whose window has passed, with what they
+    /// started.
+    fn expire_discovered(&mut self, records_of_watch: &Subscription) {
+        let Selector::Discovery { window_secs, .. } = self.spec.selector else {
+            return;
+        };
+        let now = monotonic_ns();
+        let window = window_secs.saturating_mul(1_000_000_000);
+        let expired: Vec<u32> = self
+            .discovered
+            .iter()
+            .filter(|&(_, &since)| since.saturating_add(window) < now)
+            .map(|(&pid, _)| pid)
+            .collect();
+        for root in expired {
+            self.discovered.remove(&root);
+            let processes = self.tracer.processes();
+            let mut pids: Vec<u32> = processes
+                .iter()
+                .filter(|p| processes.ancestors(p.pid).contains(&root))
+                .map(|p| p.pid)
+                .collect();
+            pids.push(root);
+            if let Err(e) = records_of_watch.forget_processes(&pids) {
+                tracing::warn!(pid = root, error = %e, "cannot stop watching a discovered process");
+            }
+        }
+    }
+
+    /// Forgets processes long gone, so a watch that runs for weeks stays small; notices
+    /// processes that are gone without their exit in the trace.
+    fn prune(&mut self) {
+        let horizon = self.latest_ns.saturating_sub(KEEP_EXITED_NS);
+        self.tracer.processes_mut().prune_exited(horizon);
+        self.live
+            .retain(|pid| Path::new(&format!("/proc/{pid}")).exists());
+        self.killed
+            .retain(|pid| Path::new(&format!("/proc/{pid}")).exists());
+    }
+}
+
+/// CLOCK_MONOTONIC, the clock of the records.
+fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
+}
+
+/// The path an opening syscall named.
+fn opened_path(sc: &crate::trace::SyscallEvent) -> Option<&str> {
+    let i = sc.syscall.discovery_arg()?;
+    sc.args.0.get(i).and_then(|(_, v)| v.as_str())
+}
+
+/// A cgroup directory and every cgroup below it, with their ids (inode numbers).
+fn cgroup_tree(root: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
+    let mut out = vec![(fs::metadata(root)?.ino(), root.to_owned())];
+    let mut next = 0;
+    while next < out.len() {
+        let dir = out[next].1.clone();
+        next += 1;
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir())
+                && let Ok(meta) = entry.metadata()
+            {
+                out.push((meta.ino(), entry.path()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The processes below `pid` now, from /proc (their parent links).
+fn descendants_in_proc(pid: u32) -> Vec<u32> {
+    let mut parent_of = HashMap::new();
+    if let Ok(entries) = fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(child) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if let Some(ppid) = fs::read_to_string(entry.path().join("stat"))
+                .ok()
+                .and_then(|stat| parse_ppid(&stat))
+            {
+                parent_of.insert(child, ppid);
+            }
+        }
+    }
+    let mut found = Vec::new();
+    let mut frontier = vec![pid];
+    while let Some(p) = frontier.pop() {
+        for (&child, &parent) in &parent_of {
+            if parent == p && !found.contains(&child) {
+                found.push(child);
+                frontier.push(child);
+            }
+        }
+    }
+    found
+}
+
+/// The parent pid from a /proc/PID/stat line ("pid (comm) state ppid ..."; comm may hold
+/// spaces and parentheses, so read after the last ')').
+fn parse_ppid(stat: &str) -> Option<u32> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ppid_is_read_after_the_command_name() {
+        assert_eq!(parse_ppid("42 (a b) c) S 7 42 42 0"), Some(7));
+        assert_eq!(parse_ppid("garbage"), None);
+    }
+
+    #[test]
+    fn our_own_children_are_our_descendants() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let found = descendants_in_proc(std::process::id());
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(found.contains(&child.id()), "{found:?}");
+    }
+}

@@ -1,0 +1,250 @@
+//! What a live watch selects and what it does about what it sees, as a user writes it (the
+//! API's JSON, monitorctl's flags) and as it is stored.
+
+use std::path::{Path, PathBuf};
+
+use monitor_common::{
+    event::{WATCH_FOLLOW_FORKS, Watch},
+    syscall,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::rules::Severity;
+
+/// Syscalls killed in the kernel when a watch kills at a severity and names none: executing a
+/// program is what a model-borne payload does first, and the default rules call it high.
+pub const DEFAULT_KILL_IN_KERNEL: &[&str] = &["execve", "execveat"];
+
+/// How long after a watched process opens a model artifact its acts count as that model's
+/// load phase, unless the watch says otherwise.
+pub const DEFAULT_LOAD_WINDOW_MS: u64 = 10_000;
+
+/// A watch, validated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchSpec {
+    /// A name for people; the id is the daemon's.
+    pub name: Option<String>,
+    pub selector: Selector,
+    pub policy: Policy,
+    /// After a watched process opens a model artifact, its acts for this long are in the
+    /// `load` phase (a phase of its own inside a long-running server); otherwise `run`.
+    pub load_window_ms: u64,
+}
+
+/// What a watch selects.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Selector {
+    /// Every process in a cgroup v2 directory and in the cgroups below it, including those
+    /// created later (a systemd service, a Kubernetes pod).
+    Cgroup(PathBuf),
+    /// One process, and every process it starts from then on.
+    Pid(u32),
+    /// Any process on the host that opens a file whose name ends in one of `suffixes`, and
+    /// what it starts, from that open on for `window_secs`. One at a time (monitord's
+    /// `[discovery]` settings).
+    Discovery {
+        suffixes: Vec<String>,
+        window_secs: u64,
+    },
+}
+
+/// What a watch does about findings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policy {
+    /// Kill the offending process at the first finding of this severity or above (the whole
+    /// cgroup for a cgroup watch); `None` reports only.
+    pub kill_at: Option<Severity>,
+    /// Syscalls killed in the kernel at their entry, before they return to user space,
+    /// rather than once a finding reaches user space.
+    pub kill_in_kernel: Vec<String>,
+}
+
+/// A watch as a request states it: every field optional but the selector, unknown fields
+/// refused.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchRequest {
+    pub name: Option<String>,
+    /// A cgroup v2 directory (absolute, under the cgroup2 mount) or a path relative to the
+    /// mount (`system.slice/torchserve.service`).
+    pub cgroup: Option<PathBuf>,
+    pub pid: Option<u32>,
+    pub kill_at: Option<Severity>,
+    /// Syscall names; defaults to [`DEFAULT_KILL_IN_KERNEL`] when `kill_at` is set.
+    pub kill_in_kernel: Option<Vec<String>>,
+    pub load_window_ms: Option<u64>,
+}
+
+/// Why a watch request was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SpecError {
+    #[error("a watch selects either a cgroup or a pid: give exactly one of `cgroup`, `pid`")]
+    Selector,
+    #[error("`{0}` is not a syscall monitor traces (see `monitorctl rules list` for names)")]
+    UnknownSyscall(String),
+    #[error("`kill_in_kernel` needs `kill_at`: a watch that only reports kills nothing")]
+    KillWithoutSeverity,
+    #[error("cgroup {path}: {reason}")]
+    Cgroup { path: String, reason: String },
+    #[error("pid {0}: no such process")]
+    NoProcess(u32),
+    #[error("pid 0 and pid 1 cannot be watched by pid (watch their cgroup instead)")]
+    ReservedPid,
+    #[error("name: at most 100 characters")]
+    Name,
+}
+
+impl WatchRequest {
+    /// Checks the request against this host (the cgroup exists, the process lives) and makes
+    /// the spec. `cgroup_root` is the cgroup2 mount.
+    pub fn validate(self, cgroup_root: &Path) -> Result<WatchSpec, SpecError> {
+        if self.name.as_ref().is_some_and(|n| n.chars().count() > 100) {
+            return Err(SpecError::Name);
+        }
+        let selector = match (self.cgroup, self.pid) {
+            (Some(path), None) => Selector::Cgroup(resolve_cgroup(&path, cgroup_root)?),
+            (None, Some(pid)) => {
+                if pid <= 1 {
+                    return Err(SpecError::ReservedPid);
+                }
+                if !Path::new(&format!("/proc/{pid}")).exists() {
+                    return Err(SpecError::NoProcess(pid));
+                }
+                Selector::Pid(pid)
+            }
+            _ => return Err(SpecError::Selector),
+        };
+        let kill_in_kernel = match (self.kill_at, self.kill_in_kernel) {
+            (None, Some(names)) if !names.is_empty() => {
+                return Err(SpecError::KillWithoutSeverity);
+            }
+            (None, _) => Vec::new(),
+            (Some(_), Some(names)) => names,
+            (Some(_), None) => DEFAULT_KILL_IN_KERNEL
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        };
+        for name in &kill_in_kernel {
+            if syscall::by_name(name).is_none() {
+                return Err(SpecError::UnknownSyscall(name.clone()));
+            }
+        }
+        Ok(WatchSpec {
+            name: self.name,
+            selector,
+            policy: Policy {
+                kill_at: self.kill_at,
+                kill_in_kernel,
+            },
+            load_window_ms: self.load_window_ms.unwrap_or(DEFAULT_LOAD_WINDOW_MS),
+        })
+    }
+}
+
+impl WatchSpec {
+    /// The kernel's view of the policy (its id is the router's to choose).
+    pub fn kernel_watch(&self) -> Watch {
+        let mut watch = Watch::default();
+        if matches!(self.selector, Selector::Pid(_) | Selector::Discovery { .. }) {
+            watch.flags |= WATCH_FOLLOW_FORKS;
+        }
+        for name in &self.policy.kill_in_kernel {
+            if let Some(sc) = syscall::by_name(name) {
+                watch.kill_at(sc.nr);
+            }
+        }
+        watch
+    }
+}
+
+/// `path` as an absolute directory under the cgroup2 mount, which must exist.
+fn resolve_cgroup(path: &Path, root: &Path) -> Result<PathBuf, SpecError> {
+    let shown = path.display().to_string();
+    let err = |reason: String| SpecError::Cgroup {
+        path: shown.clone(),
+        reason,
+    };
+    let joined = if path.is_absolute() {
+        path.to_owned()
+    } else {
+        root.join(path)
+    };
+    let resolved = joined.canonicalize().map_err(|e| err(format!("{e}")))?;
+    if !resolved.starts_with(root) {
+        return Err(err(format!(
+            "not under the cgroup2 mount {}",
+            root.display()
+        )));
+    }
+    if !resolved.join("cgroup.procs").is_file() {
+        return Err(err("not a cgroup directory (no cgroup.procs)".into()));
+    }
+    Ok(resolved)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(json: &str) -> Result<WatchRequest, serde_json::Error> {
+        serde_json::from_str(json)
+    }
+
+    #[test]
+    fn requests_are_checked_and_defaults_filled() {
+        let root = crate::cgroup::cgroup2_mount().unwrap();
+        let me = std::process::id();
+        let spec = request(&format!(r#"{{"pid": {me}, "kill_at": "high"}}"#))
+            .unwrap()
+            .validate(&root)
+            .unwrap();
+        assert_eq!(spec.selector, Selector::Pid(me));
+        assert_eq!(spec.policy.kill_in_kernel, ["execve", "execveat"]);
+        let watch = spec.kernel_watch();
+        assert!(watch.kills(59) && watch.kills(322) && !watch.kills(257));
+        assert_ne!(watch.flags & WATCH_FOLLOW_FORKS, 0);
+
+        let spec = request(r#"{"cgroup": "."}"#)
+            .unwrap()
+            .validate(&root)
+            .unwrap();
+        assert_eq!(
+            spec.selector,
+            Selector::Cgroup(root.canonicalize().unwrap())
+        );
+        assert_eq!(spec.policy, Policy::default());
+        assert_eq!(spec.kernel_watch().flags & WATCH_FOLLOW_FORKS, 0);
+
+        let bad = |json: &str| request(json).unwrap().validate(&root).unwrap_err();
+        assert_eq!(bad("{}"), SpecError::Selector);
+        assert_eq!(
+            bad(&format!(r#"{{"pid": {me}, "cgroup": "."}}"#)),
+            SpecError::Selector
+        );
+        assert_eq!(
+            bad(&format!(r#"{{"pid": {me}, "kill_in_kernel": ["execve"]}}"#)),
+            SpecError::KillWithoutSeverity
+        );
+        assert!(matches!(
+            bad(&format!(
+                r#"{{"pid": {me}, "kill_at": "high", "kill_in_kernel": ["read"]}}"#
+            )),
+            SpecError::UnknownSyscall(_)
+        ));
+        assert!(matches!(
+            bad(r#"{"cgroup": "../.."}"#),
+            SpecError::Cgroup { .. }
+        ));
+        assert!(matches!(
+            bad(r#"{"cgroup": "/etc"}"#),
+            SpecError::Cgroup { .. }
+        ));
+        assert_eq!(bad(r#"{"pid": 1}"#), SpecError::ReservedPid);
+        assert!(
+            request(r#"{"pid": 5, "kill": "high"}"#).is_err(),
+            "unknown field"
+        );
+    }
+}

@@ -1,0 +1,355 @@
+//! Live watches on the real kernel: a cgroup's processes, a process tree, and processes that
+//! discovery finds loading a model; reported as they act, killed by policy.
+
+use std::{
+    net::TcpListener,
+    os::unix::process::{CommandExt as _, ExitStatusExt as _},
+    path::Path,
+    process::Command,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use monitor_daemon::{
+    cgroup::{self, JobCgroup},
+    probes::{ProbeConfig, Probes},
+    router::Router,
+    rules::{Phase, RuleSet, Severity},
+    trace::What,
+    watch::{self, Kill, WatchOutput, WatchRequest, WatchSummary},
+};
+use monitor_tests::is_root;
+
+/// What a watch reported, in order.
+#[derive(Default)]
+struct Seen {
+    /// (rule, pid, phase) of each finding.
+    findings: Vec<(String, u32, Phase)>,
+    kills: Vec<Kill>,
+    /// pids of every event.
+    pids: Vec<u32>,
+    discovered: Vec<u32>,
+}
+
+/// Runs the watch `request` while `act` runs, and a moment after.
+async fn watch_while(
+    router: &Router,
+    request: WatchRequest,
+    act: impl std::future::Future<Output = ()>,
+) -> (Arc<Mutex<Seen>>, WatchSummary) {
+    watch_until(router, request, act, true).await
+}
+
+/// Runs the watch `request` while `act` runs, then stops it, or (`stop` false) waits for it
+/// to end by itself.
+async fn watch_until(
+    router: &Router,
+    request: WatchRequest,
+    act: impl std::future::Future<Output = ()>,
+    stop: bool,
+) -> (Arc<Mutex<Seen>>, WatchSummary) {
+    assert!(
+        is_root(),
+        "watches load eBPF programs: run the tests as root"
+    );
+    let spec = request
+        .validate(&cgroup::cgroup2_mount().unwrap())
+        .expect("a valid watch");
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let sink_seen = seen.clone();
+    let rules = Arc::new(RuleSet::defaults());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let watching = watch::run(
+        &spec,
+        router,
+        move || rules.clone(),
+        async move {
+            let _ = stop_rx.await;
+        },
+        move |out| {
+            let mut seen = sink_seen.lock().unwrap();
+            match out {
+                WatchOutput::Event(e) => {
+                    seen.pids.push(e.pid);
+                    if let What::Syscall(sc) = &e.what
+                        && sc.discovered
+                    {
+                        seen.discovered.push(e.pid);
+                    }
+                }
+                WatchOutput::Finding(f) => {
+                    seen.findings.push((f.rule.clone(), f.event.pid, f.phase))
+                }
+                WatchOutput::Kill(k) => seen.kills.push(k.clone()),
+            }
+        },
+    );
+    let driver = async move {
+        act.await;
+        if !stop {
+            // Kept until the watch ends: dropping it would stop the watch.
+            return Some(stop_tx);
+        }
+        // The last records of the act reach the watch before it stops.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let _ = stop_tx.send(());
+        None
+    };
+    let watching = tokio::time::timeout(Duration::from_secs(30), watching);
+    let (summary, _) = tokio::join!(watching, driver);
+    (
+        seen,
+        summary
+            .expect("the watch ended in time")
+            .expect("the watch ran"),
+    )
+}
+
+fn router() -> Router {
+    Router::start(Probes::load(&ProbeConfig::default()).expect("loading the probes")).unwrap()
+}
+
+/// Starts `script` with sh inside `cgroup` (joined before exec).
+fn spawn_in(cgroup: &JobCgroup, script: &str) -> std::process::Child {
+    let procs = cgroup.procs_file().unwrap();
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", script]);
+    // SAFETY: join_in_child only calls write(2).
+    unsafe { cmd.pre_exec(move || cgroup::join_in_child(&procs)) };
+    cmd.spawn().unwrap()
+}
+
+async fn wait(mut child: std::process::Child) -> std::process::ExitStatus {
+    tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap()
+}
+
+fn honeytoken(dir: &Path) -> String {
+    let aws = dir.join(".aws");
+    std::fs::create_dir_all(&aws).unwrap();
+    let path = aws.join("credentials");
+    std::fs::write(&path, "[default]\naws_access_key_id = AKIAMONITORTEST\n").unwrap();
+    path.display().to_string()
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_watched_cgroup_is_reported_live_in_order_and_others_are_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = honeytoken(dir.path());
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let watched = JobCgroup::create(&format!("test-watch-{}", std::process::id())).unwrap();
+    let other = JobCgroup::create(&format!("test-other-{}", std::process::id())).unwrap();
+    let request = WatchRequest {
+        cgroup: Some(watched.path().to_owned()),
+        ..WatchRequest::default()
+    };
+    // Same acts in both: exec, connect to a closed loopback port, read the honeytoken.
+    let script =
+        format!("/bin/true; exec 3<>/dev/tcp/127.0.0.1/{port} 2>/dev/null; cat {token} >/dev/null");
+    let script = format!("bash -c '{script}'");
+    let router = router();
+    let (other_pid, watched_pid) = (Arc::new(Mutex::new(0)), Arc::new(Mutex::new(0)));
+    let (o, w) = (other_pid.clone(), watched_pid.clone());
+    let (seen, summary) = watch_while(&router, request, async {
+        let unwatched = spawn_in(&other, &script);
+        *o.lock().unwrap() = unwatched.id();
+        let child = spawn_in(&watched, &script);
+        *w.lock().unwrap() = child.id();
+        assert!(wait(child).await.success());
+        assert!(wait(unwatched).await.success());
+    })
+    .await;
+    let seen = seen.lock().unwrap();
+    assert!(summary.complete, "{summary:?}");
+    let rules: Vec<&str> = seen.findings.iter().map(|(r, _, _)| r.as_str()).collect();
+    let at = |rule: &str| {
+        rules
+            .iter()
+            .position(|r| *r == rule)
+            .unwrap_or_else(|| panic!("no {rule} finding in {rules:?}"))
+    };
+    assert!(
+        at("exec.program") < at("net.connect") && at("net.connect") < at("cred.read"),
+        "reported in the order they happened: {rules:?}"
+    );
+    assert!(
+        seen.findings
+            .iter()
+            .all(|(_, _, phase)| *phase == Phase::Run),
+        "a server's acts are in the run phase"
+    );
+    let other_pid = *other_pid.lock().unwrap();
+    assert!(
+        !seen.pids.contains(&other_pid),
+        "nothing of the other cgroup"
+    );
+    assert!(seen.pids.contains(&*watched_pid.lock().unwrap()));
+    assert!(seen.kills.is_empty(), "a report-only watch kills nothing");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn kill_on_high_stops_an_exec_before_the_program_runs_and_reports_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    let cgroup = JobCgroup::create(&format!("test-kill-{}", std::process::id())).unwrap();
+    let request = WatchRequest {
+        cgroup: Some(cgroup.path().to_owned()),
+        kill_at: Some(Severity::High),
+        ..WatchRequest::default()
+    };
+    let router = router();
+    let status = Arc::new(Mutex::new(None));
+    let st = status.clone();
+    let script = format!("exec /usr/bin/touch {}", marker.display());
+    let (seen, summary) = watch_while(&router, request, async {
+        let child = spawn_in(&cgroup, &script);
+        *st.lock().unwrap() = Some(wait(child).await);
+    })
+    .await;
+    let status = status.lock().unwrap().unwrap();
+    assert_eq!(status.signal(), Some(9), "killed: {status:?}");
+    assert!(!marker.exists(), "the program never ran");
+    let seen = seen.lock().unwrap();
+    let kill = seen
+        .kills
+        .iter()
+        .find(|k| k.by == "kernel")
+        .expect("the kernel's kill is reported");
+    assert_eq!(kill.syscall, Some("execve"));
+    assert!(summary.kills >= 1);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_pid_watch_follows_the_processes_it_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = honeytoken(dir.path());
+    let go = dir.path().join("go");
+    // Unwatched at its start; it waits until the watch stands, then reads in a child.
+    let mut cmd = Command::new("sh");
+    cmd.args([
+        "-c",
+        &format!(
+            "while [ ! -e {go} ]; do sleep 0.05; done; cat {token} >/dev/null",
+            go = go.display()
+        ),
+    ]);
+    let child = cmd.spawn().unwrap();
+    let root = child.id();
+    let request = WatchRequest {
+        pid: Some(root),
+        ..WatchRequest::default()
+    };
+    let router = router();
+    let act = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        std::fs::write(&go, "").unwrap();
+        assert!(wait(child).await.success());
+    };
+    let (seen, summary) = watch_until(&router, request, act, false).await;
+    let seen = seen.lock().unwrap();
+    let (_, reader, _) = seen
+        .findings
+        .iter()
+        .find(|(rule, _, _)| rule == "cred.read")
+        .expect("the child's read of the honeytoken");
+    assert_ne!(
+        *reader, root,
+        "read by the child it started after the watch began"
+    );
+    assert!(seen.pids.contains(&root));
+    assert!(summary.complete);
+    assert_eq!(
+        summary.ended,
+        monitor_daemon::watch::runner::Ended::Exited,
+        "a pid watch ends with its last process"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn discovery_catches_a_python_process_unpickling_a_malicious_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("downloaded-model.pkl");
+    // pickle protocol 0: os.system("true") at load.
+    std::fs::write(&model, b"cposix\nsystem\n(Vtrue\ntR.").unwrap();
+    let router = router();
+    let python = Arc::new(Mutex::new(0));
+    let p = python.clone();
+    let spec = monitor_daemon::watch::WatchSpec {
+        name: Some("discovery".into()),
+        selector: monitor_daemon::watch::Selector::Discovery {
+            suffixes: watch::artifact::DEFAULT_SUFFIXES
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            window_secs: 60,
+        },
+        policy: Default::default(),
+        load_window_ms: 10_000,
+    };
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let sink_seen = seen.clone();
+    let rules = Arc::new(RuleSet::defaults());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let watching = watch::run(
+        &spec,
+        &router,
+        move || rules.clone(),
+        async move {
+            let _ = stop_rx.await;
+        },
+        move |out| {
+            let mut seen = sink_seen.lock().unwrap();
+            match out {
+                WatchOutput::Event(e) => {
+                    if let What::Syscall(sc) = &e.what
+                        && sc.discovered
+                    {
+                        seen.discovered.push(e.pid);
+                    }
+                }
+                WatchOutput::Finding(f) => {
+                    seen.findings.push((f.rule.clone(), f.event.pid, f.phase))
+                }
+                WatchOutput::Kill(k) => seen.kills.push(k.clone()),
+            }
+        },
+    );
+    let model_path = model.display().to_string();
+    let driver = async move {
+        // Nobody watches this process: it is not in a watched cgroup, no pid watch names it.
+        let child = Command::new("/usr/bin/python3")
+            .args([
+                "-c",
+                "import pickle, sys; pickle.load(open(sys.argv[1], 'rb'))",
+                &model_path,
+            ])
+            .spawn()
+            .unwrap();
+        *p.lock().unwrap() = child.id();
+        assert!(wait(child).await.success());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let _ = stop_tx.send(());
+    };
+    let (summary, ()) = tokio::join!(watching, driver);
+    let summary = summary.unwrap();
+    let seen = seen.lock().unwrap();
+    let python = *python.lock().unwrap();
+    assert!(
+        seen.discovered.contains(&python),
+        "the python process was discovered: {:?}",
+        seen.discovered
+    );
+    let exec = seen
+        .findings
+        .iter()
+        .find(|(rule, _, _)| rule == "exec.program")
+        .expect("the payload's exec is found");
+    assert_eq!(exec.2, Phase::Load, "while loading the model it opened");
+    assert!(summary.complete);
+    assert!(router.counters().unwrap().discovered >= 1);
+}
