@@ -209,6 +209,8 @@ mod tests {
                 truncated: false,
                 read_error: false,
                 recaptured: false,
+                killed: false,
+                discovered: false,
                 syscall: sc,
             }),
         }
