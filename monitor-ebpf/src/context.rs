@@ -76,7 +76,7 @@ impl Watched {
         // The key is a thread id; it is only ever looked up as a process id, which a thread's
         // id is when it leads its thread group. Threads' keys go at their exit.
         if WATCHED_TASKS
-            .insert(child_tid, unsafe { &*self.watch }, 0)
+            .insert(child_tid, unsafe { *self.watch }, 0)
             .is_err()
         {
             count(Counter::TasksFull);

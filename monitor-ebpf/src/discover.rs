@@ -51,7 +51,7 @@ pub fn on_open(path: u64) -> Option<Watched> {
         (*scratch).watch.flags |= WATCH_FOLLOW_FORKS;
     }
     if WATCHED_TASKS
-        .insert(tgid, unsafe { &(*scratch).watch }, 0)
+        .insert(tgid, unsafe { (*scratch).watch }, 0)
         .is_err()
     {
         count(Counter::TasksFull);
