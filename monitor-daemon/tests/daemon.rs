@@ -29,6 +29,10 @@ impl Daemon {
         if extra_rules.exists() {
             settings.push_str(&format!("rules = [{extra_rules:?}]\n"));
         }
+        // Tables go last in TOML.
+        if let Ok(extra) = std::fs::read_to_string(dir.join("extra-config.toml")) {
+            settings.push_str(&extra);
+        }
         std::fs::write(&config, settings).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_monitord"))
             .arg("--config")
@@ -527,5 +531,216 @@ fn scans_run_side_by_side_each_with_its_own_trace() {
     let (_, status) = daemon.json("GET", "/v1/status", &Value::Null);
     assert_eq!(status["running"], json!([]), "{status}");
     assert_eq!(status["probes"]["watched_cgroups"], 0, "{status}");
+    daemon.stop();
+}
+
+/// Reads the findings stream until each of `want` (`|`-separated) appears in it; returns what
+/// was read.
+fn read_stream_until(stream: &mut UnixStream, want: &str) -> String {
+    let mut seen = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !want
+        .split('|')
+        .all(|w| String::from_utf8_lossy(&seen).contains(w))
+    {
+        let n = stream
+            .read(&mut chunk)
+            .unwrap_or_else(|e| panic!("waiting for {want} on the stream: {e}"));
+        assert!(
+            n > 0,
+            "the stream ended: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&chunk[..n]);
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+fn open_stream(daemon: &Daemon) -> UnixStream {
+    let mut stream = UnixStream::connect(&daemon.socket).unwrap();
+    write!(
+        stream,
+        "GET /v1/findings/stream HTTP/1.1\r\nHost: monitord\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    stream
+}
+
+/// Starts `script` with bash inside `cgroup` (it joins before exec).
+fn spawn_in(cgroup: &Path, script: &str) -> Child {
+    use std::os::unix::process::CommandExt as _;
+    let procs = std::fs::OpenOptions::new()
+        .write(true)
+        .open(cgroup.join("cgroup.procs"))
+        .unwrap();
+    let mut cmd = Command::new("/bin/bash");
+    cmd.args(["-c", script]);
+    // SAFETY: join_in_child only calls write(2).
+    unsafe { cmd.pre_exec(move || monitor_daemon::cgroup::join_in_child(&procs)) };
+    cmd.spawn().unwrap()
+}
+
+/// A watch added over the API reports live, kills by policy, survives a restart, and goes
+/// when removed; bad watch requests get their 4xx.
+#[test]
+fn a_live_watch_reports_kills_and_survives_a_restart() {
+    use std::os::unix::process::ExitStatusExt as _;
+    root_required();
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(home.join(".ssh")).unwrap();
+    let key = home.join(".ssh/id_rsa");
+    std::fs::write(&key, "not a key").unwrap();
+    let marker = dir.path().join("ran");
+    let cgroup =
+        monitor_daemon::cgroup::JobCgroup::create(&format!("test-served-{}", std::process::id()))
+            .unwrap();
+
+    // The served process: started before the watch (a watch that kills at exec would kill
+    // its start too), it waits for `go`, with shell built-ins only, then connects to a closed
+    // loopback port (high) and tries to run a program.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let connect = format!("{{ : 3<>/dev/tcp/127.0.0.1/{port}; }} 2>/dev/null");
+    let (go, go_again) = (dir.path().join("go"), dir.path().join("go-again"));
+    let wait_for = |go: &Path| format!("while [ ! -e {} ]; do :; done", go.display());
+    let mut child = spawn_in(
+        cgroup.path(),
+        &format!(
+            "{}; {connect}; exec /usr/bin/touch {}",
+            wait_for(&go),
+            marker.display()
+        ),
+    );
+    // And one that acts only after the daemon's restart.
+    let mut later = spawn_in(
+        cgroup.path(),
+        // It spins after the read (for a bounded while) so that the kill finds it alive.
+        &format!(
+            "{}; read -r x < {}; i=0; while [ $i -lt 20000000 ]; do i=$((i+1)); done",
+            wait_for(&go_again),
+            key.display()
+        ),
+    );
+
+    let daemon = Daemon::start(dir.path());
+    let mut stream = open_stream(&daemon);
+    let (status, watch) = daemon.json(
+        "POST",
+        "/v1/watches",
+        // Critical: the connect (high) is reported, the exec killed in the kernel.
+        &json!({ "name": "model-server", "cgroup": cgroup.path(), "kill_at": "critical" }),
+    );
+    assert_eq!(status, 201, "{watch}");
+    let id = watch["id"].as_str().unwrap().to_owned();
+    assert_eq!(watch["state"], "active");
+    assert_eq!(
+        watch["policy"]["kill_in_kernel"],
+        json!(["execve", "execveat"])
+    );
+
+    std::fs::write(&go, "").unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.signal(), Some(9), "killed at its exec: {status:?}");
+    assert!(!marker.exists(), "the program never ran");
+    let seen = read_stream_until(&mut stream, "\"kill\"|net.connect");
+    assert!(seen.contains(&id), "{seen}");
+    let (_, findings) = daemon.json("GET", "/v1/findings?source=watch", &Value::Null);
+    let findings = findings["findings"].as_array().unwrap();
+    assert!(
+        findings
+            .iter()
+            .any(|f| f["watch_id"] == id.as_str() && f["finding"]["rule"] == "net.connect"),
+        "{findings:?}"
+    );
+    let (_, shown) = daemon.json("GET", &format!("/v1/watches/{id}"), &Value::Null);
+    assert_eq!(shown["recent_kills"][0]["by"], "kernel", "{shown}");
+    assert_eq!(shown["recent_kills"][0]["syscall"], "execve", "{shown}");
+    let (_, metrics) = daemon.http("GET", "/metrics", b"");
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics.contains("source=\"watch\"") && metrics.contains("monitor_watches_active 1"),
+        "{metrics}"
+    );
+
+    // Bad requests.
+    for (body, code) in [
+        (json!({}), "invalid_watch"),
+        (json!({ "pid": 1 }), "invalid_watch"),
+        (json!({ "cgroup": "/etc" }), "invalid_watch"),
+        (json!({ "pid": 2, "colour": "red" }), "malformed_request"),
+    ] {
+        let (status, reply) = daemon.json("POST", "/v1/watches", &body);
+        assert_eq!(
+            (status, reply["error"]["code"].as_str()),
+            (400, Some(code)),
+            "{body}: {reply}"
+        );
+    }
+    let (status, _) = daemon.json("GET", "/v1/watches/nope", &Value::Null);
+    assert_eq!(status, 404);
+
+    // A restart resumes it.
+    daemon.stop();
+    let daemon = Daemon::start(dir.path());
+    let (_, list) = daemon.json("GET", "/v1/watches", &Value::Null);
+    let watches = list["watches"].as_array().unwrap();
+    assert_eq!(watches.len(), 1, "{list}");
+    assert_eq!(watches[0]["id"], id.as_str());
+    assert_eq!(watches[0]["state"], "active");
+    let mut stream = open_stream(&daemon);
+    std::fs::write(&go_again, "").unwrap();
+    // Reading a credential is critical: killed by the policy, in user space, at the finding.
+    assert_eq!(later.wait().unwrap().signal(), Some(9));
+    read_stream_until(&mut stream, "cred.read");
+
+    let (status, _) = daemon.http("DELETE", &format!("/v1/watches/{id}"), b"");
+    assert_eq!(status, 204);
+    let (status, _) = daemon.http("DELETE", &format!("/v1/watches/{id}"), b"");
+    assert_eq!(status, 404);
+    daemon.stop();
+    drop(cgroup);
+}
+
+/// With `[discovery]` on, a Python process that unpickles a malicious file from a directory
+/// nobody watches is found and reported.
+#[test]
+fn discovery_reports_a_process_that_loads_a_malicious_model() {
+    root_required();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("extra-config.toml"),
+        "[discovery]\nenabled = true\nwindow_secs = 30\n",
+    )
+    .unwrap();
+    let model = pickle(
+        dir.path(),
+        "model-from-the-hub.pkl",
+        "cposix\nsystem\n(Vtrue\ntR.",
+    );
+    let daemon = Daemon::start(dir.path());
+    let (_, list) = daemon.json("GET", "/v1/watches", &Value::Null);
+    assert_eq!(list["watches"][0]["id"], "discovery", "{list}");
+    assert_eq!(list["watches"][0]["builtin"], true);
+    let mut stream = open_stream(&daemon);
+    let status = Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            "import pickle, sys; pickle.load(open(sys.argv[1], 'rb'))",
+        ])
+        .arg(&model)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let seen = read_stream_until(&mut stream, "exec.program");
+    assert!(seen.contains("\"watch_id\":\"discovery\""), "{seen}");
+    let (status, reply) = daemon.json("DELETE", "/v1/watches/discovery", &Value::Null);
+    assert_eq!(status, 409, "{reply}");
     daemon.stop();
 }

@@ -109,10 +109,10 @@ fn router() -> Router {
     Router::start(Probes::load(&ProbeConfig::default()).expect("loading the probes")).unwrap()
 }
 
-/// Starts `script` with sh inside `cgroup` (joined before exec).
+/// Starts `script` with bash inside `cgroup` (joined before exec).
 fn spawn_in(cgroup: &JobCgroup, script: &str) -> std::process::Child {
     let procs = cgroup.procs_file().unwrap();
-    let mut cmd = Command::new("sh");
+    let mut cmd = Command::new("/bin/bash");
     cmd.args(["-c", script]);
     // SAFETY: join_in_child only calls write(2).
     unsafe { cmd.pre_exec(move || cgroup::join_in_child(&procs)) };
@@ -222,6 +222,47 @@ async fn kill_on_high_stops_an_exec_before_the_program_runs_and_reports_it() {
         .expect("the kernel's kill is reported");
     assert_eq!(kill.syscall, Some("execve"));
     assert!(summary.kills >= 1);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn kill_on_high_in_user_space_kills_the_cgroup_at_the_finding() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = honeytoken(dir.path());
+    let go = dir.path().join("go");
+    let cgroup = JobCgroup::create(&format!("test-ukill-{}", std::process::id())).unwrap();
+    // Started before the watch; then reads the honeytoken and spins, with built-ins only.
+    let child = spawn_in(
+        &cgroup,
+        &format!(
+            "while [ ! -e {go} ]; do :; done; read -r x < {token}; \
+             i=0; while [ $i -lt 20000000 ]; do i=$((i+1)); done",
+            go = go.display()
+        ),
+    );
+    let request = WatchRequest {
+        cgroup: Some(cgroup.path().to_owned()),
+        kill_at: Some(Severity::High),
+        kill_in_kernel: Some(Vec::new()),
+        ..WatchRequest::default()
+    };
+    let router = router();
+    let status = Arc::new(Mutex::new(None));
+    let st = status.clone();
+    let (seen, _) = watch_while(&router, request, async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        std::fs::write(&go, "").unwrap();
+        *st.lock().unwrap() = Some(wait(child).await);
+    })
+    .await;
+    let status = status.lock().unwrap().unwrap();
+    assert_eq!(status.signal(), Some(9), "killed: {status:?}");
+    let seen = seen.lock().unwrap();
+    let kill = seen.kills.first().expect("the kill is reported");
+    assert_eq!(
+        (kill.by, kill.rule.as_deref()),
+        ("policy", Some("cred.read"))
+    );
+    assert_eq!(kill.cgroup.as_deref(), Some(cgroup.path()));
 }
 
 #[tokio::test(flavor = "current_thread")]

@@ -38,6 +38,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
                 usize::try_from(shared.config.max_artifact_mib << 20).unwrap_or(usize::MAX),
             )),
         )
+        .route("/v1/watches", get(list_watches).post(add_watch))
+        .route("/v1/watches/{id}", get(get_watch).delete(remove_watch))
         .route("/v1/findings", get(list_findings))
         .route("/v1/findings/stream", get(stream_findings))
         .route("/v1/rules", get(list_rules))
@@ -125,6 +127,7 @@ async fn status(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
         "queue_depth": shared.metrics.queue_depth.get(),
         "max_concurrent_scans": shared.config.max_concurrent_scans,
         "running": running,
+        "watches_active": shared.watches.active(),
         "loader_env": { "python": python, "present": python.is_file() },
         "rules": shared.rules().len(),
     }))
@@ -379,6 +382,7 @@ struct PageQuery {
     offset: Option<u32>,
     severity: Option<String>,
     rule: Option<String>,
+    source: Option<crate::daemon::store::Source>,
 }
 
 async fn get_events(
@@ -410,7 +414,13 @@ async fn list_findings(
     let offset = q.offset.unwrap_or(0);
     let findings = shared
         .store
-        .findings(q.severity.as_deref(), q.rule.as_deref(), limit, offset)
+        .findings(
+            q.source,
+            q.severity.as_deref(),
+            q.rule.as_deref(),
+            limit,
+            offset,
+        )
         .map_err(ApiError::internal)?;
     Ok(Json(
         json!({ "findings": findings, "limit": limit, "offset": offset }),
@@ -456,6 +466,84 @@ async fn stream_findings(
             .data(finding.to_string()))
     });
     axum::response::sse::Sse::new(events).keep_alive(axum::response::sse::KeepAlive::default())
+}
+
+async fn list_watches(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
+    Json(json!({ "watches": shared.watches.list() }))
+}
+
+async fn add_watch(
+    State(shared): State<Arc<Shared>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let body = body.map_err(|e| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            e.body_text(),
+        )
+    })?;
+    let request: crate::watch::WatchRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_request",
+            format!("the body is not a watch request: {e}"),
+        )
+    })?;
+    let root = crate::cgroup::cgroup2_mount().map_err(ApiError::internal)?;
+    let spec = request
+        .validate(&root)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_watch", e.to_string()))?;
+    let id = uuid::Uuid::new_v4().to_string();
+    shared
+        .store
+        .insert_watch(&id, &spec)
+        .map_err(ApiError::internal)?;
+    let record = shared
+        .store
+        .watches()
+        .map_err(ApiError::internal)?
+        .into_iter()
+        .find(|w| w.id == id)
+        .ok_or_else(|| ApiError::internal("the stored watch vanished"))?;
+    shared.watches.start(&shared, record, false);
+    let status = shared.watches.get(&id);
+    Ok((StatusCode::CREATED, Json(json!(status))))
+}
+
+async fn get_watch(
+    State(shared): State<Arc<Shared>>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let status = shared.watches.get(&id).ok_or_else(|| no_watch(&id))?;
+    let kills = shared
+        .store
+        .watch_kills(&id, 20)
+        .map_err(ApiError::internal)?;
+    let mut value = json!(status);
+    value["recent_kills"] = json!(kills);
+    Ok(Json(value))
+}
+
+async fn remove_watch(
+    State(shared): State<Arc<Shared>>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<StatusCode, ApiError> {
+    let status = shared.watches.get(&id).ok_or_else(|| no_watch(&id))?;
+    if status.builtin {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "builtin_watch",
+            format!("watch {id} comes from monitord's configuration; change it there"),
+        ));
+    }
+    shared.watches.stop(&id);
+    shared.store.remove_watch(&id).map_err(ApiError::internal)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn no_watch(id: &str) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no watch {id}"))
 }
 
 fn bad_query(e: QueryRejection) -> ApiError {

@@ -32,6 +32,86 @@ pub struct Config {
     pub retention_days: u64,
     /// Size of the kernel ring buffer in KiB (a power of two).
     pub ring_buffer_kib: u32,
+    /// Watching any process on the host that opens a model artifact.
+    pub discovery: DiscoveryConfig,
+}
+
+/// `[discovery]`: any process on the host that opens a file whose name ends in one of
+/// `suffixes` is watched from that open on, with what it starts, for `window_secs`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DiscoveryConfig {
+    pub enabled: bool,
+    /// File name endings, matched without case (at most 16, each at most 16 bytes).
+    pub suffixes: Vec<String>,
+    pub window_secs: u64,
+    /// Kill a discovered process at a finding of this severity or above.
+    pub kill_at: Option<crate::rules::Severity>,
+    /// Syscalls killed in the kernel (default with `kill_at`: execve, execveat).
+    pub kill_in_kernel: Option<Vec<String>>,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        DiscoveryConfig {
+            enabled: false,
+            suffixes: crate::watch::artifact::DEFAULT_SUFFIXES
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            window_secs: 300,
+            kill_at: None,
+            kill_in_kernel: None,
+        }
+    }
+}
+
+impl DiscoveryConfig {
+    /// The watch discovery runs as.
+    pub fn spec(&self) -> Result<crate::watch::WatchSpec, ConfigError> {
+        use crate::watch::{Policy, Selector, WatchSpec, spec::DEFAULT_KILL_IN_KERNEL};
+        let mut probe = monitor_common::event::Discovery::default();
+        crate::watch::artifact::kernel_suffixes(&self.suffixes, &mut probe)
+            .map_err(|e| ConfigError::Invalid(format!("discovery.suffixes: {e}")))?;
+        if self.window_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "discovery.window_secs must be above zero".into(),
+            ));
+        }
+        let kill_in_kernel = match (&self.kill_at, &self.kill_in_kernel) {
+            (None, Some(k)) if !k.is_empty() => {
+                return Err(ConfigError::Invalid(
+                    "discovery.kill_in_kernel needs discovery.kill_at".into(),
+                ));
+            }
+            (None, _) => Vec::new(),
+            (Some(_), Some(k)) => k.clone(),
+            (Some(_), None) => DEFAULT_KILL_IN_KERNEL
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        };
+        if let Some(bad) = kill_in_kernel
+            .iter()
+            .find(|n| monitor_common::syscall::by_name(n).is_none())
+        {
+            return Err(ConfigError::Invalid(format!(
+                "discovery.kill_in_kernel: `{bad}` is not a traced syscall"
+            )));
+        }
+        Ok(WatchSpec {
+            name: Some("discovery".into()),
+            selector: Selector::Discovery {
+                suffixes: self.suffixes.clone(),
+                window_secs: self.window_secs,
+            },
+            policy: Policy {
+                kill_at: self.kill_at,
+                kill_in_kernel,
+            },
+            load_window_ms: crate::watch::spec::DEFAULT_LOAD_WINDOW_MS,
+        })
+    }
 }
 
 impl Default for Config {
@@ -48,6 +128,7 @@ impl Default for Config {
             loader_env: crate::scan::job::DEFAULT_LOADER_ENV.into(),
             retention_days: 90,
             ring_buffer_kib: 16 * 1024,
+            discovery: DiscoveryConfig::default(),
         }
     }
 }
@@ -104,6 +185,7 @@ impl Config {
                 "scan_timeout_secs and max_queued_scans must be above zero".into(),
             ));
         }
+        self.discovery.spec()?;
         if !(1..=MAX_CONCURRENT_SCANS).contains(&self.max_concurrent_scans) {
             return Err(ConfigError::Invalid(format!(
                 "max_concurrent_scans must be between 1 and {MAX_CONCURRENT_SCANS}"
@@ -129,5 +211,12 @@ mod tests {
         assert!(err.to_string().contains("unknown field"), "{err}");
         let open: Config = toml::from_str("metrics_listen = \"0.0.0.0:9464\"").unwrap();
         assert!(open.validate().is_err());
+        let discovery: Config =
+            toml::from_str("[discovery]\nenabled = true\nkill_at = \"high\"").unwrap();
+        discovery.validate().unwrap();
+        let spec = discovery.discovery.spec().unwrap();
+        assert_eq!(spec.policy.kill_in_kernel, ["execve", "execveat"]);
+        let bad: Config = toml::from_str("[discovery]\nsuffixes = [\"\"]").unwrap();
+        assert!(bad.validate().is_err());
     }
 }

@@ -24,7 +24,7 @@ pub struct ScanLabels {
 pub struct FindingLabels {
     pub severity: String,
     pub rule: String,
-    /// `scan` (later: `watch`).
+    /// `scan` or `watch`.
     pub source: String,
 }
 
@@ -47,6 +47,7 @@ pub struct Metrics {
     pub events_dropped: Counter,
     pub queue_depth: Gauge,
     pub processes_killed: Counter,
+    pub watches_active: Gauge,
 }
 
 impl Default for Metrics {
@@ -80,7 +81,7 @@ impl Default for Metrics {
         let processes_killed = Counter::default();
         registry.register(
             "processes_killed",
-            "Jobs whose processes monitor killed (time limit or kill policy)",
+            "Processes or jobs monitor killed (a scan's time limit, a watch's kill policy)",
             processes_killed.clone(),
         );
         let events_dropped = Counter::default();
@@ -94,6 +95,12 @@ impl Default for Metrics {
             "scan_queue_depth",
             "Scans waiting to run",
             queue_depth.clone(),
+        );
+        let watches_active = Gauge::default();
+        registry.register(
+            "watches_active",
+            "Live watches running (discovery included)",
+            watches_active.clone(),
         );
         registry.register(
             "build",
@@ -111,6 +118,7 @@ impl Default for Metrics {
             events_dropped,
             queue_depth,
             processes_killed,
+            watches_active,
         }
     }
 }

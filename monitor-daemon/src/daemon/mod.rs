@@ -8,6 +8,7 @@ pub mod config;
 pub mod jobs;
 pub mod metrics;
 pub mod store;
+pub mod watches;
 
 use std::{
     os::unix::fs::PermissionsExt as _,
@@ -37,6 +38,7 @@ pub struct Shared {
     pub running: jobs::RunningScans,
     /// The probes, loaded once at start, and the router of their records.
     pub router: Router,
+    pub watches: watches::Watches,
     /// Findings as they happen, for /v1/findings/stream.
     pub findings_feed: tokio::sync::broadcast::Sender<serde_json::Value>,
     /// Becomes true when the daemon stops, ending the streams that would keep it serving.
@@ -112,6 +114,7 @@ pub async fn run(config: Config) -> Result<()> {
         queue,
         running: Arc::new(Mutex::new(Default::default())),
         router,
+        watches: watches::Watches::default(),
         findings_feed: tokio::sync::broadcast::channel(1024).0,
         stopping: tokio::sync::watch::channel(false).0,
     });
@@ -120,6 +123,7 @@ pub async fn run(config: Config) -> Result<()> {
         shared.queue.send(item).await.expect("the queue is open");
     }
     let worker = tokio::task::spawn_local(jobs::worker(shared.clone(), waiting));
+    resume_watches(&shared)?;
 
     let listener = bind(&shared.config.socket)?;
     tracing::info!(socket = %shared.config.socket.display(), "monitord is serving");
@@ -151,6 +155,7 @@ pub async fn run(config: Config) -> Result<()> {
         .await
         .context("serving the API")?;
 
+    shared.watches.stop_all();
     tracing::info!("stopping: letting the running scans finish");
     let _ = std::fs::remove_file(&shared.config.socket);
     if tokio::time::timeout(DRAIN, async {
@@ -169,6 +174,32 @@ pub async fn run(config: Config) -> Result<()> {
         tracing::warn!("scans were still running; they will be reported as interrupted");
     }
     worker.abort();
+    Ok(())
+}
+
+/// Starts the stored watches (those whose process is gone end instead) and discovery.
+fn resume_watches(shared: &Arc<Shared>) -> Result<()> {
+    for record in shared
+        .store
+        .watches()
+        .context("reading the stored watches")?
+    {
+        if record.spec.selector.still_there() {
+            shared.watches.start(shared, record, false);
+        } else {
+            tracing::info!(watch = %record.id, "not resumed: what it watched is gone");
+            shared.store.remove_watch(&record.id)?;
+        }
+    }
+    if shared.config.discovery.enabled {
+        let spec = shared.config.discovery.spec()?;
+        let record = store::WatchRecord {
+            id: watches::DISCOVERY_ID.into(),
+            spec,
+            created_at: 0,
+        };
+        shared.watches.start(shared, record, true);
+    }
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! The daemon's memory: SQLite (WAL) under the state directory. A scan is a row from the
 //! moment it is accepted, so queued scans survive a restart and a scan that was running when
-//! the daemon died is found and reported as interrupted, never lost.
+//! the daemon died is found and reported as interrupted, never lost. Live watches are rows
+//! too, restarted with the daemon; their findings and kills are kept after they are removed.
 
 use std::{path::Path, sync::Mutex};
 
@@ -116,7 +117,45 @@ CREATE TABLE IF NOT EXISTS events (
     event TEXT NOT NULL,
     PRIMARY KEY (scan_id, seq)
 );
+CREATE TABLE IF NOT EXISTS watches (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    spec TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS watch_findings (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    watch_id TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    finding TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS watch_findings_by_watch ON watch_findings (watch_id, seq);
+CREATE TABLE IF NOT EXISTS watch_kills (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    watch_id TEXT NOT NULL,
+    kill TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
 ";
+
+/// A live watch as stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct WatchRecord {
+    pub id: String,
+    pub spec: crate::watch::WatchSpec,
+    /// Unix time in milliseconds.
+    pub created_at: i64,
+}
+
+/// Where findings come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    Scan,
+    Watch,
+}
 
 impl Store {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
@@ -209,32 +248,132 @@ impl Store {
         Ok(())
     }
 
-    /// Findings of every scan, newest first, optionally of one severity or rule.
+    /// Findings of scans and watches, newest first, optionally of one source, severity or
+    /// rule.
     pub fn findings(
         &self,
+        source: Option<Source>,
         severity: Option<&str>,
         rule: Option<&str>,
         limit: u32,
         offset: u32,
     ) -> Result<Vec<serde_json::Value>, StoreError> {
         let db = self.db();
+        let (scans, watches) = match source {
+            None => (true, true),
+            Some(Source::Scan) => (true, false),
+            Some(Source::Watch) => (false, true),
+        };
         let mut stmt = db.prepare(
-            "SELECT scan_id, finding FROM findings WHERE (?1 IS NULL OR severity = ?1) \
-             AND (?2 IS NULL OR rule = ?2) ORDER BY seq DESC LIMIT ?3 OFFSET ?4",
+            "SELECT src, owner, finding FROM (                SELECT 'scan' AS src, f.scan_id AS owner, f.finding,                       COALESCE(s.finished_at, s.created_at) AS t, f.seq                FROM findings f JOIN scans s ON s.id = f.scan_id                WHERE ?1 AND (?3 IS NULL OR f.severity = ?3) AND (?4 IS NULL OR f.rule = ?4)              UNION ALL                SELECT 'watch', w.watch_id, w.finding, w.created_at, w.seq FROM watch_findings w                WHERE ?2 AND (?3 IS NULL OR w.severity = ?3) AND (?4 IS NULL OR w.rule = ?4)              ) ORDER BY t DESC, seq DESC LIMIT ?5 OFFSET ?6",
         )?;
         let rows = stmt
-            .query_map(params![severity, rule, limit, offset], |row| {
-                Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
-            })?
+            .query_map(
+                params![scans, watches, severity, rule, limit, offset],
+                |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, String>(2)?,
+                    ))
+                },
+            )?
             .collect::<Result<Vec<_>, _>>()?;
         rows.into_iter()
-            .map(|(scan_id, finding)| {
+            .map(|(src, owner, finding)| {
+                let owner_key = if src == "scan" { "scan_id" } else { "watch_id" };
                 Ok(serde_json::json!({
-                    "scan_id": scan_id,
+                    "source": src,
+                    owner_key: owner,
                     "finding": serde_json::from_str::<serde_json::Value>(&finding)?,
                 }))
             })
             .collect()
+    }
+
+    /// Stores a new watch.
+    pub fn insert_watch(&self, id: &str, spec: &crate::watch::WatchSpec) -> Result<(), StoreError> {
+        self.db().execute(
+            "INSERT INTO watches (id, spec, created_at) VALUES (?1, ?2, ?3)",
+            params![id, serde_json::to_string(spec)?, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    /// Removes a watch; its findings and kills stay. Returns whether it existed.
+    pub fn remove_watch(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .db()
+            .execute("DELETE FROM watches WHERE id = ?1", params![id])?
+            > 0)
+    }
+
+    /// Every watch, oldest first.
+    pub fn watches(&self) -> Result<Vec<WatchRecord>, StoreError> {
+        let db = self.db();
+        let mut stmt = db.prepare("SELECT id, spec, created_at FROM watches ORDER BY seq")?;
+        let rows = stmt
+            .query_map([], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, i64>(2)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter()
+            .map(|(id, spec, created_at)| {
+                Ok(WatchRecord {
+                    id,
+                    spec: serde_json::from_str(&spec)?,
+                    created_at,
+                })
+            })
+            .collect()
+    }
+
+    /// Keeps a watch's finding.
+    pub fn add_watch_finding(
+        &self,
+        watch_id: &str,
+        rule: &str,
+        severity: &str,
+        finding: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        self.db().execute(
+            "INSERT INTO watch_findings (watch_id, rule, severity, finding, created_at)              VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![watch_id, rule, severity, serde_json::to_string(finding)?, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    /// Keeps a kill made by a watch's policy.
+    pub fn add_watch_kill(
+        &self,
+        watch_id: &str,
+        kill: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        self.db().execute(
+            "INSERT INTO watch_kills (watch_id, kill, created_at) VALUES (?1, ?2, ?3)",
+            params![watch_id, serde_json::to_string(kill)?, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    /// A watch's kills, newest first.
+    pub fn watch_kills(
+        &self,
+        watch_id: &str,
+        limit: u32,
+    ) -> Result<Vec<serde_json::Value>, StoreError> {
+        let db = self.db();
+        let mut stmt = db.prepare(
+            "SELECT kill FROM watch_kills WHERE watch_id = ?1 ORDER BY seq DESC LIMIT ?2",
+        )?;
+        let rows = stmt
+            .query_map(params![watch_id, limit], |row| row.get::<_, String>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.iter().map(|k| Ok(serde_json::from_str(k)?)).collect()
     }
 
     /// A scan's stored trace, in order.
@@ -285,16 +424,26 @@ impl Store {
         rows.into_iter().map(|r| r.into_record(false)).collect()
     }
 
-    /// Deletes finished scans older than `days` days.
+    /// Deletes finished scans, and watches' findings and kills, older than `days` days.
     pub fn expire(&self, days: u64) -> Result<usize, StoreError> {
         if days == 0 {
             return Ok(0);
         }
         let cutoff = now_ms() - (days as i64) * 86_400_000;
-        Ok(self.db().execute(
+        let db = self.db();
+        let mut removed = db.execute(
             "DELETE FROM scans WHERE status IN ('done', 'interrupted') AND created_at < ?1",
             params![cutoff],
-        )?)
+        )?;
+        removed += db.execute(
+            "DELETE FROM watch_findings WHERE created_at < ?1",
+            params![cutoff],
+        )?;
+        removed += db.execute(
+            "DELETE FROM watch_kills WHERE created_at < ?1",
+            params![cutoff],
+        )?;
+        Ok(removed)
     }
 }
 
@@ -411,9 +560,62 @@ mod tests {
         assert_eq!(store.list(Some("clean"), 10, 0).unwrap().len(), 1);
         assert_eq!(store.list(None, 10, 0).unwrap()[0].id, "c", "newest first");
         assert!(store.get("nope").unwrap().is_none());
-        let findings = store.findings(Some("high"), None, 10, 0).unwrap();
+        let findings = store.findings(None, Some("high"), None, 10, 0).unwrap();
         assert_eq!(findings[0]["scan_id"], "c");
-        assert!(store.findings(Some("low"), None, 10, 0).unwrap().is_empty());
+        assert!(
+            store
+                .findings(None, Some("low"), None, 10, 0)
+                .unwrap()
+                .is_empty()
+        );
         assert_eq!(store.events("c", 10, 0).unwrap()[0]["syscall"], "execve");
+    }
+
+    #[test]
+    fn watches_persist_and_their_findings_outlive_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("monitor.db");
+        let spec = crate::watch::WatchSpec {
+            name: Some("server".into()),
+            selector: crate::watch::Selector::Pid {
+                pid: 1234,
+                started: 99,
+            },
+            policy: Default::default(),
+            load_window_ms: 5,
+        };
+        {
+            let store = Store::open(&db).unwrap();
+            store.insert_watch("w1", &spec).unwrap();
+            store
+                .add_watch_finding(
+                    "w1",
+                    "exec.program",
+                    "high",
+                    &serde_json::json!({"rule": "exec.program"}),
+                )
+                .unwrap();
+            store
+                .add_watch_kill("w1", &serde_json::json!({"pid": 5}))
+                .unwrap();
+        }
+        let store = Store::open(&db).unwrap();
+        let watches = store.watches().unwrap();
+        assert_eq!(watches.len(), 1);
+        assert_eq!(watches[0].spec, spec);
+        assert!(store.remove_watch("w1").unwrap());
+        assert!(!store.remove_watch("w1").unwrap());
+        let findings = store
+            .findings(Some(Source::Watch), None, None, 10, 0)
+            .unwrap();
+        assert_eq!(findings[0]["watch_id"], "w1");
+        assert_eq!(findings[0]["source"], "watch");
+        assert!(
+            store
+                .findings(Some(Source::Scan), None, None, 10, 0)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(store.watch_kills("w1", 10).unwrap()[0]["pid"], 5);
     }
 }

@@ -165,11 +165,8 @@ impl Selection {
                     selection.cgroups.insert(id, path);
                 }
             }
-            Selector::Pid(pid) => {
-                anyhow::ensure!(
-                    Path::new(&format!("/proc/{pid}")).exists(),
-                    "pid {pid}: no such process"
-                );
+            Selector::Pid { pid, .. } => {
+                anyhow::ensure!(selector.still_there(), "pid {pid}: the process is gone");
             }
             Selector::Discovery { .. } => {}
         }
@@ -181,7 +178,7 @@ impl Selection {
     fn targets(&self) -> Vec<Target> {
         match &self.selector {
             Selector::Cgroup(_) => self.cgroups.keys().map(|&id| Target::Cgroup(id)).collect(),
-            Selector::Pid(pid) => std::iter::once(*pid)
+            Selector::Pid { pid, .. } => std::iter::once(*pid)
                 .chain(descendants_in_proc(*pid))
                 .map(Target::Process)
                 .collect(),
@@ -216,7 +213,7 @@ impl Selection {
     }
 
     fn is_finished(&self, live: &HashSet<u32>) -> bool {
-        matches!(self.selector, Selector::Pid(_)) && live.is_empty()
+        matches!(self.selector, Selector::Pid { .. }) && live.is_empty()
     }
 }
 
@@ -241,7 +238,7 @@ struct Judge<'a> {
 impl<'a> Judge<'a> {
     fn new(spec: &'a WatchSpec) -> Self {
         let mut live = HashSet::new();
-        if let Selector::Pid(pid) = spec.selector {
+        if let Selector::Pid { pid, .. } = spec.selector {
             live.insert(pid);
             live.extend(descendants_in_proc(pid));
         }

@@ -38,8 +38,9 @@ pub enum Selector {
     /// Every process in a cgroup v2 directory and in the cgroups below it, including those
     /// created later (a systemd service, a Kubernetes pod).
     Cgroup(PathBuf),
-    /// One process, and every process it starts from then on.
-    Pid(u32),
+    /// One process, and every process it starts from then on. `started` (its start time in
+    /// clock ticks after boot, from /proc) tells it from a later process given the same pid.
+    Pid { pid: u32, started: u64 },
     /// Any process on the host that opens a file whose name ends in one of `suffixes`, and
     /// what it starts, from that open on for `window_secs`. One at a time (monitord's
     /// `[discovery]` settings).
@@ -108,10 +109,8 @@ impl WatchRequest {
                 if pid <= 1 {
                     return Err(SpecError::ReservedPid);
                 }
-                if !Path::new(&format!("/proc/{pid}")).exists() {
-                    return Err(SpecError::NoProcess(pid));
-                }
-                Selector::Pid(pid)
+                let started = process_start(pid).ok_or(SpecError::NoProcess(pid))?;
+                Selector::Pid { pid, started }
             }
             _ => return Err(SpecError::Selector),
         };
@@ -147,7 +146,10 @@ impl WatchSpec {
     /// The kernel's view of the policy (its id is the router's to choose).
     pub fn kernel_watch(&self) -> Watch {
         let mut watch = Watch::default();
-        if matches!(self.selector, Selector::Pid(_) | Selector::Discovery { .. }) {
+        if matches!(
+            self.selector,
+            Selector::Pid { .. } | Selector::Discovery { .. }
+        ) {
             watch.flags |= WATCH_FOLLOW_FORKS;
         }
         for name in &self.policy.kill_in_kernel {
@@ -157,6 +159,26 @@ impl WatchSpec {
         }
         watch
     }
+}
+
+impl Selector {
+    /// Whether what it selects is still there to watch: the same process (not another that
+    /// got its pid), a cgroup directory. Asked again when the daemon restarts.
+    pub fn still_there(&self) -> bool {
+        match self {
+            Selector::Pid { pid, started } => process_start(*pid) == Some(*started),
+            Selector::Cgroup(path) => path.join("cgroup.procs").is_file(),
+            Selector::Discovery { .. } => true,
+        }
+    }
+}
+
+/// When process `pid` started (field 22 of /proc/PID/stat, clock ticks after boot).
+pub fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name, which may hold spaces and parentheses: state is field 3.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// `path` as an absolute directory under the cgroup2 mount, which must exist.
@@ -200,7 +222,22 @@ mod tests {
             .unwrap()
             .validate(&root)
             .unwrap();
-        assert_eq!(spec.selector, Selector::Pid(me));
+        assert_eq!(
+            spec.selector,
+            Selector::Pid {
+                pid: me,
+                started: process_start(me).unwrap()
+            }
+        );
+        assert!(spec.selector.still_there());
+        let reused = Selector::Pid {
+            pid: me,
+            started: process_start(me).unwrap() + 1,
+        };
+        assert!(
+            !reused.still_there(),
+            "another process with our pid is not ours"
+        );
         assert_eq!(spec.policy.kill_in_kernel, ["execve", "execveat"]);
         let watch = spec.kernel_watch();
         assert!(watch.kills(59) && watch.kills(322) && !watch.kills(257));

@@ -1,0 +1,237 @@
+//! The daemon's live watches: each one a task running [`crate::watch::run`] on the shared
+//! router, its findings and kills stored, streamed and counted as they happen. Watches are in
+//! the store, so a restart resumes them (those whose process is gone end instead).
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+};
+
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::oneshot;
+
+use crate::{
+    daemon::{
+        Shared,
+        metrics::{EventLabels, FindingLabels},
+        store::WatchRecord,
+    },
+    trace::What,
+    watch::{self, WatchOutput, WatchSpec, WatchSummary},
+};
+
+/// The id of the watch that monitord's `[discovery]` settings start.
+pub const DISCOVERY_ID: &str = "discovery";
+
+/// Where a watch is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Active,
+    /// It ended by itself (its processes are gone).
+    Ended,
+    /// It could not run (see `error`).
+    Failed,
+}
+
+/// A watch as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct WatchStatus {
+    pub id: String,
+    #[serde(flatten)]
+    pub spec: WatchSpec,
+    pub created_at: i64,
+    /// Started by the configuration, not the API (cannot be removed through it).
+    pub builtin: bool,
+    pub state: State,
+    pub events: u64,
+    pub findings: u64,
+    pub kills: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub summary: Option<WatchSummary>,
+}
+
+struct Running {
+    status: Arc<Mutex<WatchStatus>>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+/// Every watch of this daemon, by id.
+#[derive(Default)]
+pub struct Watches {
+    running: Mutex<BTreeMap<String, Running>>,
+}
+
+impl Watches {
+    /// Starts running `record` (a task on the daemon's runtime).
+    pub fn start(&self, shared: &Arc<Shared>, record: WatchRecord, builtin: bool) {
+        let status = Arc::new(Mutex::new(WatchStatus {
+            id: record.id.clone(),
+            spec: record.spec.clone(),
+            created_at: record.created_at,
+            builtin,
+            state: State::Active,
+            events: 0,
+            findings: 0,
+            kills: 0,
+            error: None,
+            summary: None,
+        }));
+        let (stop, stopped) = oneshot::channel();
+        lock(&self.running).insert(
+            record.id.clone(),
+            Running {
+                status: status.clone(),
+                stop: Some(stop),
+            },
+        );
+        shared.metrics.watches_active.inc();
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let id = record.id.clone();
+            tracing::info!(watch = %id, name = ?record.spec.name, "watch started");
+            let ran = watch::run(
+                &record.spec,
+                &shared.router,
+                || shared.rules(),
+                async {
+                    let _ = stopped.await;
+                },
+                |out| report(&shared, &id, &status, out),
+            )
+            .await;
+            shared.metrics.watches_active.dec();
+            let mut s = lock(&status);
+            match ran {
+                Ok(summary) => {
+                    shared.metrics.events_dropped.inc_by(summary.dropped);
+                    if summary.ended == watch::runner::Ended::Exited {
+                        s.state = State::Ended;
+                        // Its processes are gone: nothing to resume after a restart.
+                        if let Err(e) = shared.store.remove_watch(&id) {
+                            tracing::error!(watch = %id, error = %e, "removing an ended watch");
+                        }
+                        tracing::info!(watch = %id, "watch ended: its processes have exited");
+                    }
+                    s.summary = Some(summary);
+                }
+                Err(e) => {
+                    tracing::error!(watch = %id, error = format!("{e:#}"), "watch failed");
+                    s.state = State::Failed;
+                    s.error = Some(format!("{e:#}"));
+                }
+            }
+        });
+    }
+
+    /// Stops watch `id` and forgets it; `false` when there is none.
+    pub fn stop(&self, id: &str) -> bool {
+        match lock(&self.running).remove(id) {
+            Some(mut running) => {
+                if let Some(stop) = running.stop.take() {
+                    let _ = stop.send(());
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Stops every watch (the daemon is stopping; they resume at the next start).
+    pub fn stop_all(&self) {
+        for running in lock(&self.running).values_mut() {
+            if let Some(stop) = running.stop.take() {
+                let _ = stop.send(());
+            }
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Option<WatchStatus> {
+        lock(&self.running).get(id).map(|r| lock(&r.status).clone())
+    }
+
+    pub fn list(&self) -> Vec<WatchStatus> {
+        lock(&self.running)
+            .values()
+            .map(|r| lock(&r.status).clone())
+            .collect()
+    }
+
+    /// Watches running now.
+    pub fn active(&self) -> usize {
+        lock(&self.running)
+            .values()
+            .filter(|r| lock(&r.status).state == State::Active)
+            .count()
+    }
+}
+
+/// Stores, streams and counts what watch `id` reports.
+fn report(shared: &Shared, id: &str, status: &Mutex<WatchStatus>, out: WatchOutput<'_>) {
+    match out {
+        WatchOutput::Event(event) => {
+            lock(status).events += 1;
+            if let What::Syscall(sc) = &event.what {
+                shared
+                    .metrics
+                    .events
+                    .get_or_create(&EventLabels {
+                        syscall: sc.name.to_string(),
+                    })
+                    .inc();
+            }
+        }
+        WatchOutput::Finding(finding) => {
+            lock(status).findings += 1;
+            shared
+                .metrics
+                .findings
+                .get_or_create(&FindingLabels {
+                    severity: finding.severity.name().into(),
+                    rule: finding.rule.clone(),
+                    source: "watch".into(),
+                })
+                .inc();
+            match serde_json::to_value(finding) {
+                Ok(value) => {
+                    if let Err(e) = shared.store.add_watch_finding(
+                        id,
+                        &finding.rule,
+                        finding.severity.name(),
+                        &value,
+                    ) {
+                        tracing::error!(watch = %id, error = %e, "storing a finding failed");
+                    }
+                    // Nobody listening is fine.
+                    let _ = shared.findings_feed.send(json!({
+                        "source": "watch",
+                        "watch_id": id,
+                        "finding": value,
+                    }));
+                }
+                Err(e) => tracing::error!(watch = %id, error = %e, "a finding did not serialise"),
+            }
+        }
+        WatchOutput::Kill(kill) => {
+            lock(status).kills += 1;
+            shared.metrics.processes_killed.inc();
+            tracing::warn!(watch = %id, pid = kill.pid, comm = %kill.comm, by = kill.by, rule = ?kill.rule, syscall = ?kill.syscall, "killed a process");
+            let value = serde_json::to_value(kill).unwrap_or_default();
+            if let Err(e) = shared.store.add_watch_kill(id, &value) {
+                tracing::error!(watch = %id, error = %e, "storing a kill failed");
+            }
+            let _ = shared.findings_feed.send(json!({
+                "source": "watch",
+                "watch_id": id,
+                "kill": value,
+            }));
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
