@@ -6,6 +6,7 @@ mod duration;
 mod run;
 mod sandbox_exec;
 mod scan;
+mod watch;
 
 use std::process::ExitCode;
 
@@ -28,7 +29,9 @@ struct Cli {
 enum Command {
     Scan(scan::ScanArgs),
     Run(run::RunArgs),
-    /// What monitord is doing: kernel, probes, queue, the scan running, the loader environment.
+    Watch(watch::WatchArgs),
+    /// What monitord is doing: kernel, probes, queue, the scans running, watches, the loader
+    /// environment.
     Status(daemon_cmds::DaemonArgs),
     /// The reports monitord keeps.
     Reports {
@@ -62,6 +65,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Scan(args) => scan::main(args),
         Command::Run(args) => run::main(args),
+        Command::Watch(args) => watch::main(args),
         Command::Status(args) => daemon_cmds::main(args, daemon_cmds::Request::Status),
         Command::Reports { daemon, command } => {
             daemon_cmds::main(daemon, daemon_cmds::Request::Reports(command))

@@ -744,3 +744,87 @@ fn discovery_reports_a_process_that_loads_a_malicious_model() {
     assert_eq!(status, 409, "{reply}");
     daemon.stop();
 }
+
+/// `monitorctl watch add|list|tail|rm` against the real daemon: a pid watch's finding shows up
+/// in `tail` as it happens.
+#[test]
+fn monitorctl_watch_adds_lists_tails_and_removes() {
+    use std::io::BufRead as _;
+    root_required();
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join(".aws/credentials");
+    std::fs::create_dir_all(key.parent().unwrap()).unwrap();
+    std::fs::write(&key, "[default]\n").unwrap();
+    let go = dir.path().join("go");
+    let mut served = Command::new("/bin/bash")
+        .arg("-c")
+        .arg(format!(
+            "while [ ! -e {} ]; do :; done; read -r x < {}",
+            go.display(),
+            key.display()
+        ))
+        .spawn()
+        .unwrap();
+    let daemon = Daemon::start(dir.path());
+    let monitorctl = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/monitorctl");
+    let ctl = |args: &[&str]| {
+        let out = Command::new(&monitorctl)
+            .args(args)
+            .arg("--socket")
+            .arg(&daemon.socket)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let pid = served.id().to_string();
+    let id = ctl(&["watch", "add", "--pid", &pid, "--name", "notebook"])
+        .trim()
+        .to_owned();
+    let list = ctl(&["watch", "list"]);
+    assert!(
+        list.contains(&id) && list.contains("notebook: pid"),
+        "{list}"
+    );
+
+    let mut tail = Command::new(&monitorctl)
+        .args(["watch", "tail", "--json", "--watch", &id, "--socket"])
+        .arg(&daemon.socket)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The stream is open once the daemon has a second connection's worth of time.
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::write(&go, "").unwrap();
+    assert!(served.wait().unwrap().success());
+    let mut lines = std::io::BufReader::new(tail.stdout.take().unwrap()).lines();
+    let line = lines.next().expect("a line").unwrap();
+    let item: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(item["finding"]["rule"], "cred.read", "{line}");
+    assert_eq!(item["watch_id"], id.as_str());
+    let _ = tail.kill();
+    let _ = tail.wait();
+
+    // The process is gone: the watch ended by itself and left the store.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, w) = daemon.json("GET", &format!("/v1/watches/{id}"), &Value::Null);
+        if w["state"] == "ended" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{w}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ctl(&["watch", "rm", &id]);
+    let out = Command::new(&monitorctl)
+        .args(["watch", "rm", &id, "--socket"])
+        .arg(&daemon.socket)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no watch"),
+        "{out:?}"
+    );
+    daemon.stop();
+}

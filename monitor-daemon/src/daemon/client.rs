@@ -62,7 +62,68 @@ impl Client {
             .await
     }
 
+    pub async fn delete(&self, path: &str) -> Result<Reply> {
+        self.request(Method::DELETE, path, None).await
+    }
+
+    /// Follows the server-sent events at `path`, calling `each` with every event's data
+    /// until it returns `false` or the stream ends.
+    pub async fn follow(&self, path: &str, mut each: impl FnMut(&str) -> bool) -> Result<()> {
+        let response = self.send(Method::GET, path, None).await?;
+        if !response.status().is_success() {
+            let status = response.status();
+            let body = response.into_body().collect().await?.to_bytes();
+            let reply = Reply {
+                status: status.as_u16(),
+                body,
+            };
+            bail!("{}", reply.error_message());
+        }
+        let mut body = response.into_body();
+        let mut pending = String::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.context("reading the daemon's stream")?;
+            let Some(data) = frame.data_ref() else {
+                continue;
+            };
+            pending.push_str(&String::from_utf8_lossy(data));
+            // Events end with a blank line; their `data:` lines carry the payload.
+            while let Some(end) = pending.find("\n\n") {
+                let event: String = pending.drain(..end + 2).collect();
+                let data: Vec<&str> = event
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data:"))
+                    .map(str::trim_start)
+                    .collect();
+                if !data.is_empty() && !each(&data.join("\n")) {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn request(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Reply> {
+        let response = self.send(method, path, body).await?;
+        let status = response.status().as_u16();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .context("reading the daemon's reply")?
+            .to_bytes();
+        if status >= 500 {
+            bail!("the daemon failed: {}", String::from_utf8_lossy(&body));
+        }
+        Ok(Reply { status, body })
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>> {
         let stream = UnixStream::connect(&self.socket)
             .await
             .with_context(|| format!("connecting to {}", self.socket.display()))?;
@@ -76,20 +137,9 @@ impl Client {
             .header("host", "monitord")
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(body.unwrap_or_default())))?;
-        let response = sender
+        sender
             .send_request(request)
             .await
-            .context("sending the request to the daemon")?;
-        let status = response.status().as_u16();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .context("reading the daemon's reply")?
-            .to_bytes();
-        if status >= 500 {
-            bail!("the daemon failed: {}", String::from_utf8_lossy(&body));
-        }
-        Ok(Reply { status, body })
+            .context("sending the request to the daemon")
     }
 }

@@ -1,0 +1,273 @@
+//! `monitorctl watch add|list|show|rm|tail`: monitord's live watches of model-serving
+//! processes.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Args, Subcommand};
+use monitor_daemon::{
+    daemon::client::{self, Client},
+    rules::Severity,
+};
+use serde_json::{Value, json};
+
+/// Watch live processes through monitord: a service's cgroup, a process tree. Findings
+/// stream in as they happen (`watch tail`); a policy can kill the process that does
+/// something high-risk, in the kernel before its syscall returns (`--kill-in-kernel`) or at
+/// the finding.
+#[derive(Args)]
+pub struct WatchArgs {
+    /// monitord's socket [default: $MONITOR_SOCKET, or /run/monitor/monitord.sock].
+    #[arg(long, value_name = "PATH", global = true)]
+    socket: Option<PathBuf>,
+    #[command(subcommand)]
+    command: WatchCommand,
+}
+
+#[derive(Subcommand)]
+enum WatchCommand {
+    /// Start watching a cgroup (with the cgroups below it, also those created later) or a
+    /// process (with every process it starts). Watches survive monitord's restarts.
+    ///
+    /// Examples:
+    ///   monitorctl watch add --cgroup system.slice/torchserve.service --kill-at high
+    ///   monitorctl watch add --pid 4242 --name notebook
+    #[command(verbatim_doc_comment)]
+    Add {
+        /// A cgroup v2 directory: absolute, or relative to the cgroup2 mount.
+        #[arg(
+            long,
+            value_name = "PATH",
+            conflicts_with = "pid",
+            required_unless_present = "pid"
+        )]
+        cgroup: Option<PathBuf>,
+        /// A process id.
+        #[arg(long, value_name = "PID")]
+        pid: Option<u32>,
+        /// A name to show.
+        #[arg(long)]
+        name: Option<String>,
+        /// Kill the offending process (a cgroup watch: its cgroup) at the first finding of
+        /// this severity or above.
+        #[arg(long, value_name = "SEVERITY", value_parser = parse_severity)]
+        kill_at: Option<Severity>,
+        /// Syscalls killed in the kernel at their entry, comma-separated [default with
+        /// --kill-at: execve,execveat]. Careful: in a watched cgroup this also kills a
+        /// service's own restart. `none` for no in-kernel kill.
+        #[arg(
+            long,
+            value_name = "SYSCALLS",
+            value_delimiter = ',',
+            requires = "kill_at"
+        )]
+        kill_in_kernel: Option<Vec<String>>,
+        /// After a watched process opens a model artifact, its acts for this many
+        /// milliseconds are in the `load` phase [default: 10000].
+        #[arg(long, value_name = "MS")]
+        load_window_ms: Option<u64>,
+    },
+    /// The watches, with what each has seen.
+    List,
+    /// One watch, with its recent kills.
+    Show { id: String },
+    /// Stop a watch (its findings stay in the store).
+    Rm { id: String },
+    /// Print findings and kills as they happen, until interrupted.
+    Tail {
+        /// Only this watch's.
+        #[arg(long, value_name = "ID")]
+        watch: Option<String>,
+        /// Scans' findings too.
+        #[arg(long)]
+        all: bool,
+        /// One JSON object per line, as the daemon sends them.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_severity(s: &str) -> Result<Severity, String> {
+    serde_json::from_value(Value::String(s.to_owned()))
+        .map_err(|_| "one of info, low, medium, high, critical".to_owned())
+}
+
+pub fn main(args: WatchArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("monitorctl: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(watch(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("monitorctl watch: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn watch(args: WatchArgs) -> Result<()> {
+    let socket = client::socket_path(args.socket.as_deref());
+    let client = Client::connect(&socket).await.with_context(|| {
+        format!(
+            "no daemon answers at {} (start monitord, or pass --socket): watches live in it",
+            socket.display()
+        )
+    })?;
+    match args.command {
+        WatchCommand::Add {
+            cgroup,
+            pid,
+            name,
+            kill_at,
+            kill_in_kernel,
+            load_window_ms,
+        } => {
+            let kill_in_kernel = kill_in_kernel.map(|names| {
+                names
+                    .into_iter()
+                    .filter(|n| n != "none" && !n.is_empty())
+                    .collect::<Vec<_>>()
+            });
+            let mut body =
+                json!({ "name": name, "kill_at": kill_at, "load_window_ms": load_window_ms });
+            if let Some(cgroup) = cgroup {
+                body["cgroup"] = json!(cgroup);
+            }
+            if let Some(pid) = pid {
+                body["pid"] = json!(pid);
+            }
+            if let Some(k) = kill_in_kernel {
+                body["kill_in_kernel"] = json!(k);
+            }
+            let reply = client.post_json("/v1/watches", &body).await?;
+            if reply.status >= 400 {
+                bail!("{}", reply.error_message());
+            }
+            let watch = reply.json()?;
+            println!("{}", watch["id"].as_str().unwrap_or("?"));
+            eprintln!(
+                "monitorctl: watching {}; `monitorctl watch tail` shows what it finds",
+                describe(&watch)
+            );
+        }
+        WatchCommand::List => {
+            let reply = client.get("/v1/watches").await?;
+            if reply.status >= 400 {
+                bail!("{}", reply.error_message());
+            }
+            println!(
+                "{:<36}  {:<7}  {:>8}  {:>8}  {:>5}  what",
+                "id", "state", "events", "findings", "kills"
+            );
+            for w in reply.json()?["watches"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<36}  {:<7}  {:>8}  {:>8}  {:>5}  {}",
+                    w["id"].as_str().unwrap_or("?"),
+                    w["state"].as_str().unwrap_or("?"),
+                    w["events"],
+                    w["findings"],
+                    w["kills"],
+                    describe(w)
+                );
+            }
+        }
+        WatchCommand::Show { id } => {
+            let reply = client.get(&format!("/v1/watches/{id}")).await?;
+            if reply.status >= 400 {
+                bail!("{}", reply.error_message());
+            }
+            println!("{}", serde_json::to_string_pretty(&reply.json()?)?);
+        }
+        WatchCommand::Rm { id } => {
+            let reply = client.delete(&format!("/v1/watches/{id}")).await?;
+            if reply.status >= 400 {
+                bail!("{}", reply.error_message());
+            }
+            eprintln!("monitorctl: watch {id} stopped");
+        }
+        WatchCommand::Tail { watch, all, json } => {
+            client
+                .follow("/v1/findings/stream", |data| {
+                    let Ok(item) = serde_json::from_str::<Value>(data) else {
+                        return true;
+                    };
+                    let from_watch = item["source"] == "watch";
+                    let wanted = match &watch {
+                        Some(id) => item["watch_id"].as_str() == Some(id),
+                        None => all || from_watch,
+                    };
+                    if wanted {
+                        if json {
+                            println!("{data}");
+                        } else {
+                            println!("{}", line(&item));
+                        }
+                    }
+                    true
+                })
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// "cgroup X", "pid N", or "discovery", with the name.
+fn describe(w: &Value) -> String {
+    let selector = &w["selector"];
+    let what = if let Some(path) = selector["cgroup"].as_str() {
+        format!("cgroup {path}")
+    } else if let Some(pid) = selector["pid"]["pid"].as_u64() {
+        format!("pid {pid}")
+    } else if selector.get("discovery").is_some() {
+        "processes that open model files (discovery)".into()
+    } else {
+        selector.to_string()
+    };
+    match w["name"].as_str() {
+        Some(name) => format!("{name}: {what}"),
+        None => what,
+    }
+}
+
+/// One line of `watch tail`.
+fn line(item: &Value) -> String {
+    let owner = item["watch_id"]
+        .as_str()
+        .or(item["scan_id"].as_str())
+        .unwrap_or("?");
+    if let Some(kill) = item.get("kill") {
+        let how = match kill["by"].as_str() {
+            Some("kernel") => format!(
+                "in the kernel at {}",
+                kill["syscall"].as_str().unwrap_or("?")
+            ),
+            _ => format!("at finding {}", kill["rule"].as_str().unwrap_or("?")),
+        };
+        return format!(
+            "KILLED [{owner}] pid {} {} {how}",
+            kill["pid"],
+            kill["comm"].as_str().unwrap_or("")
+        );
+    }
+    let f = &item["finding"];
+    let e = &f["event"];
+    format!(
+        "{} {} [{owner}] {}: pid {} {} {}({}) = {} ({} phase)",
+        f["severity"].as_str().unwrap_or("?").to_uppercase(),
+        f["rule"].as_str().unwrap_or("?"),
+        f["description"].as_str().unwrap_or(""),
+        e["pid"],
+        e["comm"].as_str().unwrap_or(""),
+        e["syscall"].as_str().unwrap_or("?"),
+        e["args"],
+        e["ret"],
+        f["phase"].as_str().unwrap_or("?"),
+    )
+}
