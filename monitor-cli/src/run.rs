@@ -41,6 +41,11 @@ pub struct RunArgs {
     /// Print every event as it happens (to stderr, or to --output).
     #[arg(long)]
     print_trace: bool,
+    /// Real-time mode: every event and finding is written the moment it is judged and
+    /// flushed line by line, so `tail -f` on --output follows it (implies --print-trace).
+    /// Findings are always reported as they happen; --terminate-on-high-risk acts on them.
+    #[arg(long)]
+    realtime: bool,
     /// Write JSON lines instead of text: one object per event (with --print-trace) and a last
     /// `{"type":"summary",...}` line.
     #[arg(long)]
@@ -139,7 +144,8 @@ fn run(args: RunArgs) -> anyhow::Result<RunSummary> {
         None => Box::new(io::stderr().lock()),
     };
     let mut write_error = None;
-    let print = args.print_trace;
+    let print = args.print_trace || args.realtime;
+    let realtime = args.realtime;
     let classes = args.trace.clone();
     let selected = |e: &Event| classes.is_empty() || classes.contains(&class_of(e));
 
@@ -163,6 +169,7 @@ fn run(args: RunArgs) -> anyhow::Result<RunSummary> {
             Output::Finding(finding) => render::write_finding(&mut out, style, finding),
             Output::Control(_) => Ok(()),
         };
+        let written = written.and_then(|()| if realtime { out.flush() } else { Ok(()) });
         if let Err(e) = written {
             write_error = Some(e);
         }

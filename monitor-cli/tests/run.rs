@@ -235,3 +235,42 @@ fn completions_and_the_manual_page_are_generated() {
         "{page}"
     );
 }
+
+/// `--realtime`: what the command did is in the output file while the command still runs.
+#[test]
+fn realtime_writes_each_event_while_the_command_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace.jsonl");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_monitorctl"))
+        .args(["run", "--realtime", "--json", "--output"])
+        .arg(&trace)
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "cat /etc/hostname >/dev/null; exec sleep 10",
+        ])
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(8);
+    loop {
+        let text = std::fs::read_to_string(&trace).unwrap_or_default();
+        if text.contains("\"/etc/hostname\"") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing written while the command ran: {text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the event was written before the command ended"
+    );
+    // The command (monitorctl's child) ends; monitorctl follows.
+    let _ = Command::new("pkill")
+        .args(["-TERM", "-P", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+}
