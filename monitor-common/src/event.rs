@@ -255,6 +255,9 @@ pub struct Discovery {
     pub count: u32,
     /// What a discovered process is watched with (`WATCH_FOLLOW_FORKS` is implied).
     pub watch: Watch,
+    /// Which bytes end a suffix (bit `b % 64` of word `b / 64`), so that most paths are
+    /// ruled out by their last byte alone.
+    pub last_bytes: [u64; 4],
     /// Bytes of each suffix.
     pub len: [u8; SUFFIXES],
     /// Lower-case ASCII; a path matches whatever the case of its letters.

@@ -2,52 +2,34 @@
 //! finishes when they are submitted all at once, and how much memory it holds (idle, and at
 //! its peak). Harness-less: never part of `cargo test`.
 
+#[allow(dead_code)]
+#[path = "support/daemon.rs"]
+mod support;
+
 use std::{
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
 use monitor_daemon::daemon::client::Client;
 use serde_json::json;
+use support::{Daemon, release_dir};
 
 /// Scans per batch, and batches.
 const SCANS: usize = 40;
 const BATCHES: usize = 3;
 
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn main() -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("the benchmark loads eBPF programs: run it as root");
     }
-    let release = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release");
-    for bin in ["monitord", "monitorctl"] {
-        if !release.join(bin).is_file() {
-            bail!("{bin} is missing: `cargo build --release --bins`");
-        }
+    if !release_dir().join("monitorctl").is_file() {
+        bail!("monitorctl is missing: `cargo build --release --bins`");
     }
     let dir = tempfile::Builder::new()
         .prefix("monitor-bench-daemon-")
         .tempdir_in("/var/tmp")?;
-    let socket = dir.path().join("monitord.sock");
-    let config = dir.path().join("monitord.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "state_dir = {:?}\nsocket = {:?}\n",
-            dir.path().join("state"),
-            socket
-        ),
-    )?;
     // Two small pickles, one benign and one whose payload runs `true`.
     let benign = write(
         dir.path(),
@@ -56,31 +38,11 @@ fn main() -> Result<()> {
     )?;
     let malicious = write(dir.path(), "evil.pkl", "cposix\nsystem\n(Vtrue\ntR.")?;
 
-    let daemon = Daemon(
-        Command::new(release.join("monitord"))
-            .arg("--config")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting monitord")?,
-    );
-    let pid = daemon.0.id();
+    let (daemon, client) = Daemon::start(dir.path(), "")?;
+    let pid = daemon.pid();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let client = rt.block_on(async {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(client) = Client::connect(&socket).await {
-                return Ok(client);
-            }
-            if Instant::now() > deadline {
-                bail!("monitord did not come up");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })?;
     std::thread::sleep(Duration::from_secs(1));
     let idle = memory(pid, "VmRSS")?;
 

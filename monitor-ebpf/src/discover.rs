@@ -42,6 +42,16 @@ pub fn on_open(path: u64) -> Option<Watched> {
         return None;
     }
     let len = n as usize - 1;
+    // Most paths end in a byte no suffix ends in: one test instead of the loop.
+    let last = unsafe { (*buf)[(len - 1) & (DISCOVERY_PATH_MAX - 1)] };
+    let last = if last.is_ascii_uppercase() {
+        last | 0x20
+    } else {
+        last
+    };
+    if config.last_bytes[(last >> 6) as usize & 3] & (1 << (last & 63)) == 0 {
+        return None;
+    }
     if !matches_any(config, unsafe { &*buf }, len) {
         return None;
     }

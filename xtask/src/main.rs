@@ -60,6 +60,9 @@ enum BenchTarget {
     Scan,
     /// monitord's throughput for scans submitted at once, and its memory.
     Daemon,
+    /// Live watches: offending syscall to finding on the stream, in-kernel kills, and what
+    /// discovery costs the rest of the host.
+    Watch,
 }
 
 fn main() -> Result<()> {
@@ -88,6 +91,7 @@ fn main() -> Result<()> {
                 BenchTarget::Probes => "probes",
                 BenchTarget::Scan => "scan",
                 BenchTarget::Daemon => "daemon",
+                BenchTarget::Watch => "watch",
             })
         }
     }

@@ -30,6 +30,7 @@ pub fn kernel_suffixes(suffixes: &[String], into: &mut Discovery) -> Result<(), 
     if suffixes.len() > SUFFIXES {
         return Err(SuffixError::TooMany(suffixes.len()));
     }
+    into.last_bytes = [0; 4];
     for (i, s) in suffixes.iter().enumerate() {
         if s.is_empty() || s.len() > SUFFIX_MAX || !s.is_ascii() {
             return Err(SuffixError::Bad(s.clone()));
@@ -38,6 +39,9 @@ pub fn kernel_suffixes(suffixes: &[String], into: &mut Discovery) -> Result<(), 
         into.suffix[i] = [0; SUFFIX_MAX];
         into.suffix[i][..lower.len()].copy_from_slice(lower.as_bytes());
         into.len[i] = lower.len() as u8;
+        let last = *lower.as_bytes().last().expect("not empty") as usize;
+        into.last_bytes[last / 64] |= 1 << (last % 64);
+        // The kernel lowers the path's letters; an upper-case last byte never matches.
     }
     into.count = suffixes.len() as u32;
     Ok(())
@@ -57,6 +61,8 @@ mod tests {
         assert_eq!(d.count as usize, DEFAULT_SUFFIXES.len());
         assert_eq!(&d.suffix[0][..4], b".pkl");
         assert_eq!(d.len[0], 4);
+        let ends = |b: u8| d.last_bytes[b as usize / 64] & (1 << (b % 64)) != 0;
+        assert!(ends(b'l') && ends(b'5') && !ends(b'o') && !ends(b'x'));
         let long = vec!["x".repeat(SUFFIX_MAX + 1)];
         assert!(kernel_suffixes(&long, &mut d).is_err());
         let many: Vec<String> = (0..=SUFFIXES).map(|i| format!(".{i}")).collect();

@@ -1,0 +1,87 @@
+//! The real monitord, started for a benchmark on a temporary socket and state directory.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use monitor_daemon::daemon::client::Client;
+
+/// A running monitord, killed when dropped.
+pub struct Daemon {
+    child: Child,
+    pub socket: PathBuf,
+}
+
+impl Daemon {
+    /// Starts target/release/monitord with `extra` appended to its configuration (TOML), in
+    /// `dir`; returns once its socket answers.
+    pub fn start(dir: &Path, extra: &str) -> Result<(Daemon, Client)> {
+        let release = release_dir();
+        if !release.join("monitord").is_file() {
+            bail!("monitord is missing: `cargo build --release --bins`");
+        }
+        let socket = dir.join("monitord.sock");
+        let config = dir.join("monitord.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "state_dir = {:?}\nsocket = {:?}\n{extra}",
+                dir.join("state"),
+                socket
+            ),
+        )?;
+        let child = Command::new(release.join("monitord"))
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting monitord")?;
+        let daemon = Daemon { child, socket };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let client = rt.block_on(async {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                if let Some(client) = Client::connect(&daemon.socket).await {
+                    return Ok(client);
+                }
+                if Instant::now() > deadline {
+                    bail!("monitord did not come up");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })?;
+        Ok((daemon, client))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then waits: the probes are detached when this returns.
+    pub fn stop(mut self) -> Result<()> {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )?;
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// target/release, where the binaries are.
+pub fn release_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release")
+}

@@ -1,0 +1,332 @@
+//! `cargo xtask bench watch`: how fast a live watch of the real monitord tells and acts, and
+//! what discovery costs everything else on the host. Harness-less: never part of `cargo test`.
+//!
+//! 1. Finding latency: a watched process reads a honeytoken every few milliseconds; each
+//!    read's kernel time (CLOCK_MONOTONIC, in the finding) is compared with the time the
+//!    finding arrives on `/v1/findings/stream`.
+//! 2. Kill: under `kill_at` with the in-kernel kill of execve, a watched process starts
+//!    children that each try to execute a program; counted: how many programs ran (goal: none)
+//!    and the time from the execve's entry to the parent seeing the child dead.
+//! 3. Discovery's cost: an unwatched open+close loop, with monitord running discovery off and
+//!    on, in alternating rounds.
+//!
+//! The workloads are this binary run again with a first argument naming the workload.
+
+#[allow(dead_code)]
+#[path = "support/daemon.rs"]
+mod support;
+
+use std::{
+    collections::HashMap,
+    os::unix::process::{CommandExt as _, ExitStatusExt as _},
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use monitor_daemon::cgroup::{self, JobCgroup};
+use serde_json::{Value, json};
+use support::Daemon;
+
+const READS: usize = 300;
+const READ_GAP: Duration = Duration::from_millis(5);
+const EXECS: usize = 50;
+const OPENS: u32 = 200_000;
+const ROUNDS: usize = 5;
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("workload-reads") => return workload_reads(Path::new(&args[2]), Path::new(&args[3])),
+        Some("workload-execs") => return workload_execs(Path::new(&args[2])),
+        _ => {}
+    }
+    if !nix::unistd::geteuid().is_root() {
+        bail!("the benchmark loads eBPF programs: run it as root");
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("monitor-bench-watch-")
+        .tempdir_in("/var/tmp")?;
+    println!("## Live watches (`cargo xtask bench watch`)\n");
+    finding_latency(dir.path())?;
+    kill_latency(dir.path())?;
+    discovery_cost(dir.path())?;
+    Ok(())
+}
+
+/// Reads the honeytoken `READS` times, `READ_GAP` apart, once `go` exists.
+fn workload_reads(go: &Path, token: &Path) -> Result<()> {
+    while !go.exists() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for _ in 0..READS {
+        drop(std::fs::File::open(token)?);
+        std::thread::sleep(READ_GAP);
+    }
+    Ok(())
+}
+
+/// Once `dir/go` exists, starts `EXECS` children that each execute `touch dir/ran-N`; prints
+/// one JSON line per child: its pid, whether a signal ended it, and when its parent saw it end.
+fn workload_execs(dir: &Path) -> Result<()> {
+    while !dir.join("go").exists() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for i in 0..EXECS {
+        let mut child = Command::new("/usr/bin/touch")
+            .arg(dir.join(format!("ran-{i}")))
+            .spawn()?;
+        let pid = child.id();
+        let status = child.wait()?;
+        println!(
+            "{}",
+            json!({ "pid": pid, "signal": status.signal(), "seen_dead_ns": monotonic_ns() })
+        );
+    }
+    Ok(())
+}
+
+fn finding_latency(dir: &Path) -> Result<()> {
+    let work = dir.join("latency");
+    std::fs::create_dir_all(work.join(".aws"))?;
+    let token = work.join(".aws/credentials");
+    std::fs::write(&token, "[default]\n")?;
+    let go = work.join("go");
+    let cgroup = JobCgroup::create(&format!("bench-watch-{}", std::process::id()))?;
+    let (daemon, client) = Daemon::start(&work, "")?;
+    let mut workload = spawn_in(
+        &cgroup,
+        &[
+            "workload-reads",
+            &go.display().to_string(),
+            &token.display().to_string(),
+        ],
+    )?;
+    let rt = runtime()?;
+    let latencies = rt.block_on(async {
+        let reply = client
+            .post_json("/v1/watches", &json!({ "cgroup": cgroup.path() }))
+            .await?;
+        if reply.status != 201 {
+            bail!("the watch was refused: {}", reply.error_message());
+        }
+        let mut latencies = Vec::with_capacity(READS);
+        let follow = client.follow("/v1/findings/stream", |data| {
+            let now = monotonic_ns();
+            if let Ok(item) = serde_json::from_str::<Value>(data)
+                && item["finding"]["rule"] == "cred.read"
+                && let Some(t) = item["finding"]["event"]["time_ns"].as_u64()
+            {
+                latencies.push(now.saturating_sub(t) as f64 / 1e6);
+            }
+            latencies.len() < READS
+        });
+        let start = async {
+            // The stream is open once the daemon has taken the connection.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            std::fs::write(&go, "")?;
+            Ok::<_, anyhow::Error>(())
+        };
+        let (followed, started) =
+            tokio::join!(tokio::time::timeout(Duration::from_secs(60), follow), start);
+        started?;
+        followed.context("the findings did not all arrive in 60 s")??;
+        Ok(latencies)
+    })?;
+    workload.wait()?;
+    daemon.stop()?;
+    let (median, p99, max) = percentiles(latencies.clone());
+    println!("### From the offending syscall to the finding on the stream\n");
+    println!(
+        "A process in a watched cgroup opens a honeytoken {READS} times, {} ms apart; each \
+         `cred.read` finding's kernel time against its arrival on `/v1/findings/stream` \
+         (server-sent events over the Unix socket, read by this benchmark).\n",
+        READ_GAP.as_millis()
+    );
+    println!("| findings | median | p99 | max | goal: median |");
+    println!("| --- | --- | --- | --- | --- |");
+    println!(
+        "| {} | {median:.2} ms | {p99:.2} ms | {max:.2} ms | <= 10 ms: {} |\n",
+        latencies.len(),
+        if median <= 10.0 { "met" } else { "**not met**" }
+    );
+    Ok(())
+}
+
+fn kill_latency(dir: &Path) -> Result<()> {
+    let work = dir.join("kill");
+    std::fs::create_dir_all(&work)?;
+    let cgroup = JobCgroup::create(&format!("bench-kill-{}", std::process::id()))?;
+    let (daemon, client) = Daemon::start(&work, "")?;
+    let rt = runtime()?;
+    // Started before the watch: its own start is an exec the policy would kill.
+    let workload = spawn_in_piped(&cgroup, &["workload-execs", &work.display().to_string()])?;
+    let kills = rt.block_on(async {
+        let reply = client
+            .post_json(
+                "/v1/watches",
+                &json!({ "cgroup": cgroup.path(), "kill_at": "critical", "kill_in_kernel": ["execve"] }),
+            )
+            .await?;
+        if reply.status != 201 {
+            bail!("the watch was refused: {}", reply.error_message());
+        }
+        let mut kills: HashMap<u64, u64> = HashMap::new();
+        let follow = client.follow("/v1/findings/stream", |data| {
+            if let Ok(item) = serde_json::from_str::<Value>(data)
+                && item["kill"]["by"] == "kernel"
+                && let (Some(pid), Some(t)) =
+                    (item["kill"]["pid"].as_u64(), item["kill"]["time_ns"].as_u64())
+            {
+                kills.insert(pid, t);
+            }
+            kills.len() < EXECS
+        });
+        let start = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            std::fs::write(work.join("go"), "")?;
+            Ok::<_, anyhow::Error>(())
+        };
+        let (followed, started) = tokio::join!(
+            tokio::time::timeout(Duration::from_secs(60), follow),
+            start
+        );
+        started?;
+        followed.context("the kills were not all reported in 60 s")??;
+        Ok(kills)
+    })?;
+    let out = workload.wait_with_output()?;
+    daemon.stop()?;
+    let mut latencies = Vec::new();
+    let mut killed = 0;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let child: Value = serde_json::from_str(line)?;
+        if child["signal"] == 9 {
+            killed += 1;
+        }
+        if let (Some(pid), Some(dead)) = (child["pid"].as_u64(), child["seen_dead_ns"].as_u64())
+            && let Some(entry) = kills.get(&pid)
+        {
+            latencies.push(dead.saturating_sub(*entry) as f64 / 1e6);
+        }
+    }
+    let ran = (0..EXECS)
+        .filter(|i| work.join(format!("ran-{i}")).exists())
+        .count();
+    let (median, p99, max) = percentiles(latencies);
+    println!("### Kill on high risk\n");
+    println!(
+        "A watched process starts {EXECS} children that each execute `touch`; the watch kills \
+         execve in the kernel (`kill_in_kernel: [execve]`). A program that ran would have \
+         created its file.\n"
+    );
+    println!(
+        "| children | killed by SIGKILL | programs that ran | execve entry -> parent sees the child dead: median | p99 | max |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- |");
+    println!(
+        "| {EXECS} | {killed} | {ran} (goal 0: {}) | {median:.3} ms | {p99:.3} ms | {max:.3} ms |\n",
+        if ran == 0 { "met" } else { "**not met**" }
+    );
+    Ok(())
+}
+
+fn discovery_cost(dir: &Path) -> Result<()> {
+    let file = dir.join("not-a-model.txt");
+    std::fs::write(&file, "x")?;
+    let mut off = Vec::new();
+    let mut on = Vec::new();
+    for round in 0..ROUNDS {
+        for discovery in [false, true] {
+            let work = dir.join(format!("discovery-{round}-{discovery}"));
+            std::fs::create_dir_all(&work)?;
+            let extra = if discovery {
+                "[discovery]\nenabled = true\n"
+            } else {
+                ""
+            };
+            let (daemon, _client) = Daemon::start(&work, extra)?;
+            // The daemon's watches start just after its socket answers.
+            std::thread::sleep(Duration::from_millis(500));
+            let ns = open_loop(&file)?;
+            daemon.stop()?;
+            if discovery { &mut on } else { &mut off }.push(ns);
+        }
+    }
+    let ratios: Vec<f64> = off.iter().zip(&on).map(|(a, b)| b / a).collect();
+    let (off_m, _, _) = percentiles(off.clone());
+    let (on_m, _, _) = percentiles(on.clone());
+    let (ratio, _, _) = percentiles(ratios.clone());
+    let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = ratios.iter().copied().fold(0.0, f64::max);
+    println!("### What discovery costs the rest of the host\n");
+    println!(
+        "An unwatched loop of open+close on a file that is not a model (`{OPENS}` iterations), \
+         with monitord running, discovery off and on in alternating rounds ({ROUNDS} each); \
+         with discovery on the kernel reads the path of every open on the host and matches its \
+         end against the model suffixes. Ratios within a round, then the median.\n"
+    );
+    println!("| discovery off, ns/open | discovery on, ns/open | on / off (min-max) | goal |");
+    println!("| --- | --- | --- | --- |");
+    println!(
+        "| {off_m:.0} | {on_m:.0} | {ratio:.3} ({lo:.3}-{hi:.3}) | <= 1.05: {} |",
+        if ratio <= 1.05 { "met" } else { "**not met**" }
+    );
+    Ok(())
+}
+
+/// ns per open+close of `file`, in this (unwatched) process.
+fn open_loop(file: &Path) -> Result<f64> {
+    let start = Instant::now();
+    for _ in 0..OPENS {
+        drop(std::fs::File::open(file)?);
+    }
+    Ok(start.elapsed().as_nanos() as f64 / f64::from(OPENS))
+}
+
+fn spawn_in(cgroup: &JobCgroup, args: &[&str]) -> Result<std::process::Child> {
+    command_in(cgroup, args)?
+        .spawn()
+        .context("starting a workload")
+}
+
+fn spawn_in_piped(cgroup: &JobCgroup, args: &[&str]) -> Result<std::process::Child> {
+    command_in(cgroup, args)?
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("starting a workload")
+}
+
+/// This binary, run again as workload `args`, inside `cgroup` from its first instruction.
+fn command_in(cgroup: &JobCgroup, args: &[&str]) -> Result<Command> {
+    let procs = cgroup.procs_file()?;
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args(args);
+    // SAFETY: join_in_child only calls write(2), which is async-signal-safe.
+    unsafe { cmd.pre_exec(move || cgroup::join_in_child(&procs)) };
+    Ok(cmd)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// Median, 99th percentile and maximum.
+fn percentiles(mut v: Vec<f64>) -> (f64, f64, f64) {
+    if v.is_empty() {
+        return (f64::NAN, f64::NAN, f64::NAN);
+    }
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    (at(0.5), at(0.99), v[v.len() - 1])
+}
+
+/// CLOCK_MONOTONIC, the clock of the kernel's records.
+fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
+}
