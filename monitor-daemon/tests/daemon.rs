@@ -517,7 +517,7 @@ fn scans_run_side_by_side_each_with_its_own_trace() {
         let running = status["running"].as_array().unwrap().len();
         most_at_once = most_at_once.max(running);
         if most_at_once == 2 {
-            assert_eq!(status["probes"]["watched_cgroups"], 2, "{status}");
+            assert_eq!(status["probes"]["subscriptions"], 2, "{status}");
             break;
         }
         assert!(
@@ -530,7 +530,7 @@ fn scans_run_side_by_side_each_with_its_own_trace() {
     assert_eq!(daemon.wait(&malicious)["verdict"], "malicious");
     let (_, status) = daemon.json("GET", "/v1/status", &Value::Null);
     assert_eq!(status["running"], json!([]), "{status}");
-    assert_eq!(status["probes"]["watched_cgroups"], 0, "{status}");
+    assert_eq!(status["probes"]["subscriptions"], 0, "{status}");
     daemon.stop();
 }
 

@@ -122,7 +122,7 @@ async fn status(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
             "counters": counters,
             "malformed_records": router.malformed(),
             "unrouted_records": router.unrouted(),
-            "watched_cgroups": router.subscriptions(),
+            "subscriptions": router.subscriptions(),
         },
         "queue_depth": shared.metrics.queue_depth.get(),
         "max_concurrent_scans": shared.config.max_concurrent_scans,
