@@ -24,7 +24,8 @@ pub struct Config {
     pub scan_timeout_secs: u64,
     /// The largest artifact accepted, in MiB.
     pub max_artifact_mib: u64,
-    /// Extra rule files (YAML), judged with the defaults.
+    /// Extra rule files (YAML), judged with the defaults. A directory stands for every
+    /// `*.yaml` / `*.yml` file in it, in name order (read again at each reload).
     pub rules: Vec<PathBuf>,
     /// The loader environment (its bin/python is the loader).
     pub loader_env: PathBuf,

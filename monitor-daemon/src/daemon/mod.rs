@@ -69,10 +69,35 @@ impl Shared {
 /// The default rules plus the configured files, validated.
 fn load_rules(config: &Config) -> Result<RuleSet, crate::rules::RuleError> {
     let mut rules = RuleSet::defaults();
-    for path in &config.rules {
-        rules.extend(RuleSet::load(path)?, &path.display().to_string())?;
+    for path in config.rules.iter().flat_map(|p| rule_files(p)) {
+        let path = path?;
+        rules.extend(RuleSet::load(&path)?, &path.display().to_string())?;
     }
     Ok(rules)
+}
+
+/// `path` itself, or, for a directory, its YAML files in name order.
+fn rule_files(path: &std::path::Path) -> Vec<Result<std::path::PathBuf, crate::rules::RuleError>> {
+    if !path.is_dir() {
+        return vec![Ok(path.to_owned())];
+    }
+    let entries = match std::fs::read_dir(path) {
+        Ok(entries) => entries,
+        Err(e) => {
+            return vec![Err(crate::rules::RuleError {
+                source_name: path.display().to_string(),
+                line: 0,
+                message: e.to_string(),
+            })];
+        }
+    };
+    let mut files: Vec<_> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    files.sort();
+    files.into_iter().map(Ok).collect()
 }
 
 pub async fn run(config: Config) -> Result<()> {
@@ -230,5 +255,42 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rules_directory_is_its_yaml_files_in_name_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let rule = |id: &str| {
+            format!(
+                "rules:\n  - id: {id}\n    description: d\n    severity: low\n    \
+                 match: {{ syscalls: [openat] }}\n"
+            )
+        };
+        std::fs::write(dir.path().join("b.yml"), rule("test.b")).unwrap();
+        std::fs::write(dir.path().join("a.yaml"), rule("test.a")).unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "not rules").unwrap();
+        let files: Vec<_> = rule_files(dir.path())
+            .into_iter()
+            .map(|f| f.unwrap().file_name().unwrap().to_owned())
+            .collect();
+        assert_eq!(files, ["a.yaml", "b.yml"]);
+        let config = Config {
+            rules: vec![dir.path().to_owned()],
+            ..Config::default()
+        };
+        let rules = load_rules(&config).unwrap();
+        assert_eq!(rules.len(), RuleSet::defaults().len() + 2);
+        std::fs::write(
+            dir.path().join("c.yaml"),
+            "rules: [{id: x, severity: loud}]",
+        )
+        .unwrap();
+        let err = load_rules(&config).unwrap_err();
+        assert!(err.source_name.ends_with("c.yaml"), "{err}");
     }
 }
