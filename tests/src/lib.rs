@@ -88,3 +88,49 @@ pub fn loader_python() -> std::path::PathBuf {
     );
     python
 }
+
+/// A protocol-0 pickle whose load runs `code` (Python) with `builtins.exec`.
+pub fn pickle_exec(code: &str) -> Vec<u8> {
+    // Protocol 0's `V` takes raw-unicode-escape text on one line.
+    let escaped = code.replace('\\', "\\u005c").replace('\n', "\\u000a");
+    format!("cbuiltins\nexec\n(V{escaped}\ntR.").into_bytes()
+}
+
+/// Scans a pickle that runs `code` when loaded, in the sandbox, with time limit `timeout`.
+pub async fn scan_code(
+    code: &str,
+    timeout: std::time::Duration,
+) -> monitor_daemon::scan::ScanReport {
+    assert!(is_root(), "scans load eBPF programs: run the tests as root");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.pkl");
+    std::fs::write(&path, pickle_exec(code)).unwrap();
+    let mut spec = monitor_daemon::scan::ScanSpec::new(&path);
+    spec.python = loader_python();
+    spec.timeout = timeout;
+    let mut probes = monitor_daemon::scan::LazyProbes::new(ProbeConfig::default());
+    monitor_daemon::scan::scan(&spec, &mut probes, |_| {}).await
+}
+
+/// Processes of the sandbox's user left on the host.
+pub fn nobody_processes() -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.parse::<u32>().is_ok())
+        })
+        .filter(|e| {
+            std::fs::read_to_string(e.path().join("status"))
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find(|l| l.starts_with("Uid:"))
+                        .map(|l| l.split_whitespace().nth(1) == Some("65534"))
+                })
+                .unwrap_or(false)
+        })
+        .count()
+}

@@ -71,6 +71,10 @@ pub struct SandboxOptions {
     pub max_file_size: u64,
     /// RLIMIT_NOFILE.
     pub max_open_files: u64,
+    /// RLIMIT_NPROC: processes and threads of the job's user, host-wide, so that a fork bomb
+    /// stops there (the pid namespace alone does not bound it, and this host's cgroup v2 may
+    /// lack the pids controller). Concurrent jobs share it: they run as the same user.
+    pub max_processes: u64,
     /// Environment of the job besides PATH, HOME, USER, LOGNAME and TMPDIR (the host's is not
     /// passed on: it may hold secrets).
     pub env: Vec<(String, String)>,
@@ -83,9 +87,10 @@ impl Default for SandboxOptions {
         SandboxOptions {
             uid: 65534,
             gid: 65534,
-            max_address_space: 32 << 30,
+            max_address_space: default_address_space(),
             max_file_size: 1 << 30,
             max_open_files: 4096,
+            max_processes: 2048,
             env: Vec::new(),
             landlock: true,
         }
@@ -219,6 +224,7 @@ impl Sandbox {
                 limit(libc::RLIMIT_AS, o.max_address_space)?;
                 limit(libc::RLIMIT_FSIZE, o.max_file_size)?;
                 limit(libc::RLIMIT_NOFILE, o.max_open_files)?;
+                limit(libc::RLIMIT_NPROC, o.max_processes)?;
                 limit(libc::RLIMIT_CORE, 0)?;
                 check(libc::setgroups(0, std::ptr::null()))?;
                 check(libc::setgid(o.gid))?;
@@ -226,6 +232,22 @@ impl Sandbox {
                 Ok(())
             });
         }
+    }
+}
+
+/// 32 GiB (frameworks reserve much more address space than they use), but at most half the
+/// machine's memory: this host's cgroup v2 may have no memory controller, and a payload that
+/// fills its address space must not push the host into the OOM killer.
+fn default_address_space() -> u64 {
+    const CAP: u64 = 32 << 30;
+    let total_kib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    });
+    match total_kib {
+        Some(kib) => CAP.min(kib * 1024 / 2).max(4 << 30),
+        None => CAP,
     }
 }
 
