@@ -6,28 +6,36 @@
 //! is counted (per CPU and per watch), never silent.
 //!
 //! Programs:
-//! - `sys_enter` / `sys_exit`: attached to `syscalls:sys_enter_<name>` / `sys_exit_<name>` for
-//!   every syscall of `monitor_common::syscall::SYSCALLS`; what to copy is read from the
-//!   `CAPTURE` map that user space fills from that table.
-//! - `sched_process_fork`, `sched_process_exec`, `sched_process_exit`: the process tree.
+//! - `sys_enter` / `sys_exit`: a kprobe and a kretprobe on the kernel function of every
+//!   syscall of `monitor_common::syscall::SYSCALLS` (`__x64_sys_<name>`). Where the kernel
+//!   has no kprobes, `sys_enter_tp` / `sys_exit_tp` on `syscalls:sys_enter_<name>` /
+//!   `sys_exit_<name>` instead (see `hooks`). Both share the capture; what to copy is read
+//!   from the `CAPTURE` map that user space fills from that table.
+//! - `sched_process_fork`, `sched_process_exec`, `sched_process_exit`: the process tree
+//!   (tracepoints, which flag no task).
 #![no_std]
 #![no_main]
 
 mod capture;
 mod context;
+mod hooks;
+mod ring;
 
 use aya_ebpf::{
     EbpfContext,
-    macros::{map, tracepoint},
+    macros::{kprobe, kretprobe, map, tracepoint},
     maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::TracePointContext,
+    programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 use monitor_common::event::{
     CAPTURE_ENTRIES, COUNTERS as COUNTER_SLOTS, CaptureSpec, Counter, EventKind, ProcessExec,
     ProcessExit, ProcessFork, SyscallEnter, SyscallExit, TracepointOffsets, Watch,
 };
 
-use crate::context::{Watched, count, fill_header, offsets};
+use crate::{
+    context::{Watched, count, fill_header, offsets},
+    ring::commit_flags,
+};
 
 /// Default ring buffer size; user space may change it before load.
 const EVENTS_BYTES: u32 = 16 * 1024 * 1024;
@@ -52,6 +60,15 @@ static RETRY: LruHashMap<u32, capture::Retry> = LruHashMap::with_max_entries(163
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
 
+/// When the reader was last woken (`bpf_ktime_get_ns`), shared by all CPUs: see `ring`.
+#[map]
+static LAST_WAKEUP: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Pending bytes above which a record wakes the reader at once, written by user space before
+/// load (a fraction of the ring buffer's size).
+#[unsafe(no_mangle)]
+static WAKEUP_BYTES: u64 = EVENTS_BYTES as u64 / 8;
+
 /// Tracepoint field offsets of the running kernel, written by user space before load.
 #[unsafe(no_mangle)]
 static TP_OFFSETS: TracepointOffsets = TracepointOffsets {
@@ -65,31 +82,55 @@ static TP_OFFSETS: TracepointOffsets = TracepointOffsets {
     exit_group_dead: u16::MAX,
 };
 
-#[tracepoint]
-pub fn sys_enter(ctx: TracePointContext) -> u32 {
-    if let Some(watch) = Watched::current() {
-        capture::syscall_enter(&ctx, watch);
+#[kprobe]
+pub fn sys_enter(ctx: ProbeContext) -> u32 {
+    if let Some(watch) = Watched::current()
+        && let Ok((nr, args)) = hooks::kprobe_entry(&ctx)
+    {
+        capture::syscall_enter(watch, nr, args);
+    }
+    0
+}
+
+#[kretprobe]
+pub fn sys_exit(ctx: RetProbeContext) -> u32 {
+    if let Some(watch) = Watched::current()
+        && let Ok((nr, ret)) = hooks::kretprobe_exit(&ctx)
+    {
+        let _ = syscall_exit(watch, nr, ret);
     }
     0
 }
 
 #[tracepoint]
-pub fn sys_exit(ctx: TracePointContext) -> u32 {
-    if let Some(watch) = Watched::current() {
-        let _ = try_sys_exit(&ctx, watch);
+pub fn sys_enter_tp(ctx: TracePointContext) -> u32 {
+    if let Some(watch) = Watched::current()
+        && let Ok((nr, args)) = hooks::tracepoint_entry(&ctx)
+    {
+        capture::syscall_enter(watch, nr, args);
     }
     0
 }
 
-fn try_sys_exit(ctx: &TracePointContext, watch: Watched) -> Result<(), i64> {
-    let off = offsets();
-    let nr: i32 = unsafe { ctx.read_at(off.exit_nr as usize) }.map_err(i64::from)?;
-    let spec = CAPTURE.get(nr as u32).ok_or(0)?;
+#[tracepoint]
+pub fn sys_exit_tp(ctx: TracePointContext) -> u32 {
+    if let Some(watch) = Watched::current()
+        && let Ok((nr, ret)) = hooks::tracepoint_exit(&ctx)
+    {
+        let _ = syscall_exit(watch, nr, ret);
+    }
+    0
+}
+
+/// At a syscall's return (however hooked): the exit record, and the entry's again if its
+/// user memory could not be read then.
+#[inline(always)]
+fn syscall_exit(watch: Watched, nr: u32, ret: i64) -> Result<(), i64> {
+    let spec = CAPTURE.get(nr).ok_or(0)?;
     if spec.exit == 0 {
         return Ok(());
     }
-    capture::recapture(watch, nr as u32);
-    let ret: i64 = unsafe { ctx.read_at(off.exit_ret as usize) }.map_err(i64::from)?;
+    capture::recapture(watch, nr);
     let Some(mut entry) = EVENTS.reserve::<SyscallExit>(0) else {
         watch.dropped();
         return Ok(());
@@ -101,11 +142,11 @@ fn try_sys_exit(ctx: &TracePointContext, watch: Watched) -> Result<(), i64> {
             EventKind::SyscallExit,
             watch.cgroup_id,
         );
-        (*ev).nr = nr as u32;
+        (*ev).nr = nr;
         (*ev)._pad = 0;
         (*ev).ret = ret;
     }
-    entry.submit(0);
+    entry.submit(commit_flags());
     watch.emitted();
     Ok(())
 }
@@ -131,7 +172,7 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
             (*ev).child_tid = child as u32;
             (*ev)._pad = 0;
         }
-        entry.submit(0);
+        entry.submit(commit_flags());
         watch.emitted();
     }
     0
@@ -172,7 +213,7 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
                 }
             }
         }
-        entry.submit(0);
+        entry.submit(commit_flags());
         watch.emitted();
     }
     0
@@ -201,7 +242,7 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
             (*ev).group_dead = group_dead;
             (*ev)._pad = [0; 7];
         }
-        entry.submit(0);
+        entry.submit(commit_flags());
         watch.emitted();
     }
     0
