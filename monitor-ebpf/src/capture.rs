@@ -199,7 +199,7 @@ fn emit(
     }
     let len = (SyscallEnter::FIXED_LEN + data_len).min(core::mem::size_of::<SyscallEnter>());
     let bytes = unsafe { core::slice::from_raw_parts(ev.cast::<u8>(), len) };
-    match EVENTS.output::<[u8]>(bytes, commit_flags()) {
+    match EVENTS.output::<[u8]>(bytes, commit_flags(len as u64)) {
         Ok(()) => watch.emitted(),
         Err(_) => watch.dropped(),
     }

@@ -131,6 +131,7 @@ fn syscall_exit(watch: Watched, nr: u32, ret: i64) -> Result<(), i64> {
         return Ok(());
     }
     capture::recapture(watch, nr);
+    let flags = commit_flags(size_of::<SyscallExit>() as u64);
     let Some(mut entry) = EVENTS.reserve::<SyscallExit>(0) else {
         watch.dropped();
         return Ok(());
@@ -146,7 +147,7 @@ fn syscall_exit(watch: Watched, nr: u32, ret: i64) -> Result<(), i64> {
         (*ev)._pad = 0;
         (*ev).ret = ret;
     }
-    entry.submit(commit_flags());
+    entry.submit(flags);
     watch.emitted();
     Ok(())
 }
@@ -158,6 +159,7 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
             Ok(v) => v,
             Err(_) => return 0,
         };
+        let flags = commit_flags(size_of::<ProcessFork>() as u64);
         let Some(mut entry) = EVENTS.reserve::<ProcessFork>(0) else {
             watch.dropped();
             return 0;
@@ -172,7 +174,7 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
             (*ev).child_tid = child as u32;
             (*ev)._pad = 0;
         }
-        entry.submit(commit_flags());
+        entry.submit(flags);
         watch.emitted();
     }
     0
@@ -182,6 +184,7 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
 pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
     if let Some(watch) = Watched::current() {
         let off = offsets();
+        let flags = commit_flags(size_of::<ProcessExec>() as u64);
         let Some(mut entry) = EVENTS.reserve::<ProcessExec>(0) else {
             watch.dropped();
             return 0;
@@ -213,7 +216,7 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
                 }
             }
         }
-        entry.submit(commit_flags());
+        entry.submit(flags);
         watch.emitted();
     }
     0
@@ -228,6 +231,7 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         } else {
             unsafe { ctx.read_at::<u8>(off.exit_group_dead as usize) }.unwrap_or(0)
         };
+        let flags = commit_flags(size_of::<ProcessExit>() as u64);
         let Some(mut entry) = EVENTS.reserve::<ProcessExit>(0) else {
             watch.dropped();
             return 0;
@@ -242,7 +246,7 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
             (*ev).group_dead = group_dead;
             (*ev)._pad = [0; 7];
         }
-        entry.submit(commit_flags());
+        entry.submit(flags);
         watch.emitted();
     }
     0

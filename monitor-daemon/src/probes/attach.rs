@@ -9,6 +9,11 @@
 //!
 //! aya 0.14 has no kprobe-multi links (one link over many functions, which would also detach in
 //! one go), so each function gets a link of its own.
+//!
+//! A kretprobe keeps one instance per call in flight, from a pool of max(10, 2 x CPUs) per
+//! function (perf-created kprobes cannot ask for more): calls beyond that, for example many
+//! threads blocked in accept at once, lose their exit record (the kernel counts them in the
+//! probe's `nmissed`, which is not read yet); their entries are reported without a result.
 
 use std::path::Path;
 

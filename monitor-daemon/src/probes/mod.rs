@@ -449,7 +449,7 @@ mod tests {
             ("delete_module", libc::SYS_delete_module),
             ("bpf", libc::SYS_bpf),
             ("io_uring_setup", libc::SYS_io_uring_setup),
-            // The tracepoint is named after the kernel's SYSCALL_DEFINE, `umount`.
+            // The table uses the kernel's SYSCALL_DEFINE name, `umount` (`__x64_sys_umount`).
             ("umount", libc::SYS_umount2),
         ];
         for (name, nr) in reference {
