@@ -242,6 +242,13 @@ fn line(item: &Value) -> String {
         .as_str()
         .or(item["scan_id"].as_str())
         .unwrap_or("?");
+    if let Some(found) = item.get("discovered") {
+        return format!(
+            "DISCOVERED [{owner}] pid {} {}: opened a model artifact; watched from now on",
+            found["pid"],
+            found["comm"].as_str().unwrap_or("")
+        );
+    }
     if let Some(kill) = item.get("kill") {
         let how = match kill["by"].as_str() {
             Some("kernel") => format!(

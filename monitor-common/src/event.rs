@@ -71,8 +71,6 @@ pub const FLAG_READ_ERROR: u16 = 1 << 1;
 pub const FLAG_RECAPTURED: u16 = 1 << 2;
 /// Header flag (entry records): the watch's policy killed the task at this syscall's entry.
 pub const FLAG_KILLED: u16 = 1 << 3;
-/// Header flag: the first record of a process that discovery started watching.
-pub const FLAG_DISCOVERED: u16 = 1 << 4;
 
 /// Bytes of variable data a [`SyscallEnter`] can carry. Every item starts below
 /// [`ITEM_START_MAX`] and is at most that long, so the sum stays in bounds.
@@ -287,7 +285,9 @@ pub struct CaptureSpec {
 pub const CAPTURE_ENTRIES: u32 = 512;
 
 /// Where the tracepoint fields sit on this kernel, read from tracefs `format` files by user
-/// space and written into the programs' read-only data before load.
+/// space and written into the programs' read-only data before load. (Syscall kprobes read
+/// the registers instead, see [`crate::regs`]; the syscall fields serve the tracepoint
+/// fallback.)
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TracepointOffsets {
@@ -305,3 +305,13 @@ pub struct TracepointOffsets {
     /// `sched:sched_process_exit`: `group_dead`, or `u16::MAX` where the kernel lacks it.
     pub exit_group_dead: u16,
 }
+
+/// The kernel programs commit records without waking the reader, and wake it (forced) only
+/// for the first record after this long a quiet spell, or when the ring buffer holds more than
+/// its wake-up threshold. One wake-up per record was the largest cost to a watched process.
+pub const WAKEUP_INTERVAL_NS: u64 = 1_000_000;
+
+/// Records committed without a wake-up arrive at most [`WAKEUP_INTERVAL_NS`] after a forced
+/// one, so a reader that looks again this long after finding records never leaves one behind
+/// (the margin covers the time between a program's decision and its commit).
+pub const READER_RECHECK_NS: u64 = 2 * WAKEUP_INTERVAL_NS;

@@ -6,9 +6,12 @@
 //!   decoder reads it to name and format arguments.
 //! - [`event`]: the `#[repr(C)]` records the kernel writes into the ring buffer.
 //!
+//! [`regs`] says where the kernel saves a syscall's number and arguments (x86_64 `pt_regs`).
+//!
 //! The crate is `no_std` and holds no logic beyond constant look-ups; the `user` feature adds
 //! what only user space needs (`aya::Pod`, serde).
 #![no_std]
 
 pub mod event;
+pub mod regs;
 pub mod syscall;

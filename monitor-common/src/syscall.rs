@@ -1,7 +1,7 @@
-//! The traced syscalls: one table that drives the kernel capture map, the tracepoints that get
-//! attached, and the decoder.
+//! The traced syscalls: one table that drives the kernel capture map, the kernel functions the
+//! probes attach to, and the decoder.
 //!
-//! Numbers are the x86_64 ones (the kernel's `__syscall_nr` field of `syscalls:*` tracepoints).
+//! Numbers are the x86_64 ones (what the kernel saves in `orig_ax`, see [`crate::regs`]).
 //! A unit test on the user side checks each against `libc::SYS_*`.
 
 #[cfg(not(any(target_arch = "x86_64", target_arch = "bpf")))]
@@ -122,11 +122,11 @@ pub struct Syscall {
     pub class: Class,
     pub args: &'static [Arg],
     /// Emit the entry event only when `args[i] & mask != 0` (for example mmap/mprotect only
-    /// with PROT_EXEC). Such syscalls have no exit event: the exit tracepoint cannot apply the
+    /// with PROT_EXEC). Such syscalls have no exit event: the exit probe cannot apply the
     /// same test, and an unpaired exit is noise.
     pub only_if: Option<(u8, u64)>,
     /// Whether the syscall can return to its caller (exit_group cannot; execve does only on
-    /// failure, but its exit tracepoint still fires in the new image on success).
+    /// failure, but its syscall function still returns, in the new image, on success).
     pub returns: bool,
     /// Whether it opens the file its first `Path` argument names: discovery looks at those
     /// paths for model artifacts.
@@ -170,8 +170,8 @@ pub const PROT_EXEC: u64 = 0x4;
 /// The most arguments a syscall has.
 pub const MAX_ARGS: usize = 6;
 
-/// Every traced syscall. Order is irrelevant; names are the tracepoint names
-/// (`syscalls:sys_enter_<name>`).
+/// Every traced syscall. Order is irrelevant; names are the kernel's `SYSCALL_DEFINE` names,
+/// whose functions the probes attach to ([`Syscall::kernel_function`]).
 #[rustfmt::skip]
 pub static SYSCALLS: &[Syscall] = &[
     // Process creation and execution.
@@ -277,6 +277,27 @@ pub static SYSCALLS: &[Syscall] = &[
     sc("bpf", 321, Kernel, &[a("cmd", BpfCmd), a("uattr", Ptr), a("size", Size)]),
     sc("io_uring_setup", 425, Kernel, &[a("entries", UInt), a("params", Ptr)]),
 ];
+
+/// Prefix of the x86_64 syscall functions (`__x64_sys_openat`): with syscall wrappers each
+/// takes a pointer to the user's saved registers.
+pub const KERNEL_FUNCTION_PREFIX: &str = "__x64_sys_";
+
+impl Syscall {
+    /// The kernel function the probes attach to (`__x64_sys_openat`); `Display` it.
+    pub const fn kernel_function(&self) -> KernelFunction {
+        KernelFunction(self.name)
+    }
+}
+
+/// A syscall's kernel function name, [`KERNEL_FUNCTION_PREFIX`] + the syscall's name.
+#[derive(Clone, Copy, Debug)]
+pub struct KernelFunction(&'static str);
+
+impl core::fmt::Display for KernelFunction {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{KERNEL_FUNCTION_PREFIX}{}", self.0)
+    }
+}
 
 /// The syscall with this x86_64 number, if traced.
 pub fn by_nr(nr: u32) -> Option<&'static Syscall> {

@@ -1,12 +1,24 @@
 //! Reads the ring buffer: waits for the kernel to signal data through epoll (tokio's
-//! `AsyncFd`), then drains every available record. No polling with sleeps.
+//! `AsyncFd`), then drains every available record.
+//!
+//! The kernel programs do not wake the reader for every record (that cost a watched process
+//! more than the capture itself): they wake it for the first record after a quiet spell and
+//! when much is pending, and commit the rest silently, for at most
+//! [`WAKEUP_INTERVAL_NS`](monitor_common::event::WAKEUP_INTERVAL_NS) after a wake-up. So after
+//! every batch it finds, the reader looks once more [`READER_RECHECK_NS`] later, and again as
+//! long as it finds records; an idle reader sleeps until the kernel wakes it. A record waits at
+//! most about that long (2 ms) to be read.
 
-use std::io;
+use std::{io, time::Duration};
 
 use aya::maps::{MapData, RingBuf};
-use tokio::io::unix::AsyncFd;
+use monitor_common::event::READER_RECHECK_NS;
+use tokio::{io::unix::AsyncFd, time::Instant};
 
 use crate::decode::{DecodeError, Decoder, Record};
+
+/// How long after finding records the reader looks again, unwoken.
+const RECHECK: Duration = Duration::from_nanos(READER_RECHECK_NS);
 
 /// The single consumer of the `EVENTS` ring buffer.
 pub struct Reader {
@@ -14,6 +26,8 @@ pub struct Reader {
     decoder: Decoder,
     malformed: u64,
     last_error: Option<DecodeError>,
+    /// When to look again without being woken: set while records may be committed silently.
+    recheck_at: Option<Instant>,
 }
 
 impl Reader {
@@ -32,6 +46,7 @@ impl Reader {
             decoder: Decoder::default(),
             malformed: 0,
             last_error: None,
+            recheck_at: None,
         })
     }
 
@@ -39,17 +54,46 @@ impl Reader {
     /// into `out`. Returns how many were added.
     pub async fn read(&mut self, out: &mut Vec<Record>) -> io::Result<usize> {
         loop {
-            let mut guard = self.ring.readable_mut().await?;
-            let ring = guard.get_inner_mut();
-            let n = drain(
-                ring,
-                &self.decoder,
-                out,
-                &mut self.malformed,
-                &mut self.last_error,
-            );
-            guard.clear_ready();
+            let n = match self.recheck_at {
+                Some(deadline) => {
+                    tokio::select! {
+                        guard = self.ring.readable_mut() => {
+                            let mut guard = guard?;
+                            let n = drain(
+                                guard.get_inner_mut(),
+                                &self.decoder,
+                                out,
+                                &mut self.malformed,
+                                &mut self.last_error,
+                            );
+                            guard.clear_ready();
+                            n
+                        }
+                        () = tokio::time::sleep_until(deadline) => {
+                            let n = self.drain_now(out);
+                            if n == 0 {
+                                // Nothing was committed silently since: sleep until woken.
+                                self.recheck_at = None;
+                            }
+                            n
+                        }
+                    }
+                }
+                None => {
+                    let mut guard = self.ring.readable_mut().await?;
+                    let n = drain(
+                        guard.get_inner_mut(),
+                        &self.decoder,
+                        out,
+                        &mut self.malformed,
+                        &mut self.last_error,
+                    );
+                    guard.clear_ready();
+                    n
+                }
+            };
             if n > 0 {
+                self.found_records();
                 return Ok(n);
             }
         }
@@ -57,6 +101,14 @@ impl Reader {
 
     /// Decodes every record available now, without waiting.
     pub fn drain(&mut self, out: &mut Vec<Record>) -> usize {
+        let n = self.drain_now(out);
+        if n > 0 {
+            self.found_records();
+        }
+        n
+    }
+
+    fn drain_now(&mut self, out: &mut Vec<Record>) -> usize {
         drain(
             self.ring.get_mut(),
             &self.decoder,
@@ -64,6 +116,12 @@ impl Reader {
             &mut self.malformed,
             &mut self.last_error,
         )
+    }
+
+    /// Records were found: more may follow without a wake-up, so look again soon. (Only a
+    /// look that finds nothing ends the rechecks; an empty wake-up leaves them running.)
+    fn found_records(&mut self) {
+        self.recheck_at = Some(Instant::now() + RECHECK);
     }
 
     /// Records that could not be decoded (each also logged once as a warning).
@@ -79,6 +137,9 @@ impl Reader {
         while let Some(item) = ring.next() {
             f(&item);
             n += 1;
+        }
+        if n > 0 {
+            self.found_records();
         }
         n
     }

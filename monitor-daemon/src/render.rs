@@ -78,9 +78,6 @@ pub fn text(event: &Event) -> String {
             if sc.recaptured {
                 line.push_str(" <read at exit>");
             }
-            if sc.discovered {
-                line.push_str(" <discovered: watched from here on>");
-            }
             if sc.killed {
                 line.push_str(" <killed by the watch's policy>");
             }

@@ -73,9 +73,6 @@ pub struct SyscallEvent {
     /// The watch's policy killed the process at this syscall's entry, in the kernel.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub killed: bool,
-    /// Discovery started watching the process at this syscall (it opened a model artifact).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub discovered: bool,
     #[serde(skip)]
     pub syscall: &'static Syscall,
 }
@@ -277,7 +274,6 @@ impl Tracer {
             read_error: enter.header.read_error,
             recaptured: enter.header.recaptured,
             killed: enter.header.killed,
-            discovered: enter.header.discovered,
             syscall: sc,
         });
         self.event(&enter.header, what)

@@ -539,10 +539,17 @@ fn scans_run_side_by_side_each_with_its_own_trace() {
 fn read_stream_until(stream: &mut UnixStream, want: &str) -> String {
     let mut seen = Vec::new();
     let mut chunk = [0u8; 4096];
+    // Keep-alive comments keep the socket busy: bound the whole wait, not only each read.
+    let deadline = Instant::now() + Duration::from_secs(60);
     while !want
         .split('|')
         .all(|w| String::from_utf8_lossy(&seen).contains(w))
     {
+        assert!(
+            Instant::now() < deadline,
+            "{want} not on the stream in 60 s: {}",
+            String::from_utf8_lossy(&seen)
+        );
         let n = stream
             .read(&mut chunk)
             .unwrap_or_else(|e| panic!("waiting for {want} on the stream: {e}"));
@@ -566,6 +573,14 @@ fn open_stream(daemon: &Daemon) -> UnixStream {
     stream
         .set_read_timeout(Some(Duration::from_secs(60)))
         .unwrap();
+    // The reply's head comes once the daemon has subscribed this stream to the feed: what
+    // happens after it is on the stream.
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(stream.read(&mut byte).unwrap(), 1, "the stream closed");
+        head.push(byte[0]);
+    }
     stream
 }
 

@@ -4,22 +4,20 @@
 //! buffer. Every copy starts below `ITEM_START_MAX` (checked, then masked so the verifier can
 //! see it) and is at most `ITEM_START_MAX` long, so no copy can leave `data`.
 
-use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated},
-    programs::TracePointContext,
-};
+use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated};
 use monitor_common::{
     event::{
-        ARG_MAX, ARGV_MAX, BLOB_MAX, CaptureSpec, Counter, DATA_MAX, EventKind, FLAG_DISCOVERED,
-        FLAG_KILLED, FLAG_READ_ERROR, FLAG_RECAPTURED, FLAG_TRUNCATED, ITEM_START_MAX, STR_MAX,
-        STR_SLOTS, SyscallEnter,
+        ARG_MAX, ARGV_MAX, BLOB_MAX, CaptureSpec, Counter, DATA_MAX, EventKind, FLAG_KILLED,
+        FLAG_READ_ERROR, FLAG_RECAPTURED, FLAG_TRUNCATED, ITEM_START_MAX, STR_MAX, STR_SLOTS,
+        SyscallEnter,
     },
     syscall::{Capture, MAX_ARGS},
 };
 
 use crate::{
     CAPTURE, EVENTS, RETRY, SCRATCH,
-    context::{Watched, count, fill_header, offsets},
+    context::{Watched, count, fill_header},
+    ring::commit_flags,
 };
 
 const _: () = assert!(ITEM_START_MAX.is_power_of_two());
@@ -90,29 +88,24 @@ impl Cursor {
     }
 }
 
+/// At a syscall's entry (however hooked): captures its record, if the table traces it.
 #[inline(always)]
-pub fn syscall_enter(ctx: &TracePointContext, watch: Watched) {
-    let _ = try_syscall_enter(ctx, watch);
+pub fn syscall_enter(watch: Watched, nr: u32, args: [u64; MAX_ARGS]) {
+    let _ = try_syscall_enter(watch, nr, args);
 }
 
 #[inline(always)]
-fn try_syscall_enter(ctx: &TracePointContext, watch: Watched) -> Result<(), i64> {
-    let off = offsets();
-    let nr: i32 = unsafe { ctx.read_at(off.enter_nr as usize) }.map_err(i64::from)?;
-    let spec = CAPTURE.get(nr as u32).ok_or(0)?;
+fn try_syscall_enter(watch: Watched, nr: u32, args: [u64; MAX_ARGS]) -> Result<(), i64> {
+    let spec = CAPTURE.get(nr).ok_or(0)?;
     if spec.enabled == 0 {
         return Ok(());
     }
     // First, so that nothing below can delay it; the record then says what was stopped.
-    let killed = if watch.kill_if_policy(nr as u32) {
+    let killed = if watch.kill_if_policy(nr) {
         FLAG_KILLED
     } else {
         0
     };
-    let mut args = [0u64; MAX_ARGS];
-    for (i, arg) in args.iter_mut().enumerate() {
-        *arg = unsafe { ctx.read_at(off.enter_args as usize + 8 * i) }.map_err(i64::from)?;
-    }
     if spec.only_if_mask != 0 && killed == 0 {
         let tested = args.get(spec.only_if_arg as usize).copied().unwrap_or(0);
         if tested & spec.only_if_mask == 0 {
@@ -120,20 +113,12 @@ fn try_syscall_enter(ctx: &TracePointContext, watch: Watched) -> Result<(), i64>
         }
     }
 
-    let flags = emit(watch, nr as u32, spec, args, killed)?;
+    let flags = emit(watch, nr, spec, args, killed)?;
     // User memory that was not paged in cannot be read here; the kernel will have touched it
     // by the time the syscall returns, so try again then.
     if flags & FLAG_READ_ERROR != 0 && spec.exit != 0 {
         let tid = bpf_get_current_pid_tgid() as u32;
-        let _ = RETRY.insert(
-            tid,
-            Retry {
-                nr: nr as u32,
-                _pad: 0,
-                args,
-            },
-            0,
-        );
+        let _ = RETRY.insert(tid, Retry { nr, _pad: 0, args }, 0);
     }
     Ok(())
 }
@@ -175,11 +160,6 @@ fn emit(
     flags: u16,
 ) -> Result<u16, i64> {
     let ev = SCRATCH.get_ptr_mut(0).ok_or(0)?;
-    let flags = if watch.discovered {
-        flags | FLAG_DISCOVERED
-    } else {
-        flags
-    };
     let mut cur = Cursor { off: 0, flags };
     unsafe {
         fill_header(&raw mut (*ev).header, EventKind::SyscallEnter, &watch);
@@ -222,7 +202,7 @@ fn emit(
     }
     let len = (SyscallEnter::FIXED_LEN + data_len).min(core::mem::size_of::<SyscallEnter>());
     let bytes = unsafe { core::slice::from_raw_parts(ev.cast::<u8>(), len) };
-    match EVENTS.output::<[u8]>(bytes, 0) {
+    match EVENTS.output::<[u8]>(bytes, commit_flags(len as u64)) {
         Ok(()) => watch.emitted(),
         Err(_) => watch.dropped(),
     }

@@ -19,8 +19,6 @@ const SIGKILL: u32 = 9;
 pub struct Watched {
     watch: *const Watch,
     counts: *mut WatchCounts,
-    /// Discovery selected the task just now: its first record says so.
-    pub discovered: bool,
 }
 
 impl Watched {
@@ -40,11 +38,7 @@ impl Watched {
     #[inline(always)]
     pub fn of(watch: *const Watch) -> Option<Self> {
         let counts = WATCH_COUNTS.get_ptr_mut(unsafe { (*watch).id })?;
-        Some(Watched {
-            watch,
-            counts,
-            discovered: false,
-        })
+        Some(Watched { watch, counts })
     }
 
     #[inline(always)]
@@ -139,11 +133,7 @@ pub unsafe fn fill_header(header: *mut EventHeader, kind: EventKind, watch: &Wat
     let uid_gid = bpf_get_current_uid_gid();
     unsafe {
         (*header).kind = kind as u16;
-        (*header).flags = if watch.discovered {
-            monitor_common::event::FLAG_DISCOVERED
-        } else {
-            0
-        };
+        (*header).flags = 0;
         (*header).cpu = bpf_get_smp_processor_id();
         (*header).ktime_ns = bpf_ktime_get_ns();
         (*header).cgroup_id = bpf_get_current_cgroup_id();

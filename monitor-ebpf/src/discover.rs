@@ -12,7 +12,7 @@ use monitor_common::event::{
 
 use crate::{
     DISCOVERY, DISCOVERY_SCRATCH, WATCHED_TASKS,
-    context::{Watched, count, current_tgid},
+    context::{count, current_tgid},
 };
 
 const _: () = assert!(DISCOVERY_PATH_MAX.is_power_of_two());
@@ -25,9 +25,16 @@ pub struct Scratch {
 }
 
 /// For an unwatched task entering an opening syscall whose path argument is at user address
-/// `path`: starts watching the task's process if the path names a model artifact.
+/// `path`: starts watching the task's process if the path names a model artifact, and says
+/// whether it did. (The caller then finds the watch as for any watched task: one shape of
+/// state for the verifier, which otherwise explores every path twice.)
 #[inline(always)]
-pub fn on_open(path: u64) -> Option<Watched> {
+pub fn on_open(path: u64) -> bool {
+    matches(path).is_some()
+}
+
+#[inline(always)]
+fn matches(path: u64) -> Option<()> {
     let config = DISCOVERY.get(0)?;
     if config.enabled == 0 || path == 0 {
         return None;
@@ -68,9 +75,7 @@ pub fn on_open(path: u64) -> Option<Watched> {
         return None;
     }
     count(Counter::Discovered);
-    let mut watched = Watched::of(WATCHED_TASKS.get_ptr(tgid)?)?;
-    watched.discovered = true;
-    Some(watched)
+    Some(())
 }
 
 /// Whether the `len` bytes of `path` end in one of the configured suffixes, ASCII letters

@@ -9,22 +9,27 @@
 //! the syscalls it names.
 //!
 //! Programs:
-//! - `sys_enter` / `sys_exit`: attached to `syscalls:sys_enter_<name>` / `sys_exit_<name>` for
-//!   every syscall of `monitor_common::syscall::SYSCALLS`; what to copy is read from the
-//!   `CAPTURE` map that user space fills from that table.
-//! - `sched_process_fork`, `sched_process_exec`, `sched_process_exit`: the process tree.
+//! - `sys_enter` / `sys_exit`: a kprobe and a kretprobe on the kernel function of every
+//!   syscall of `monitor_common::syscall::SYSCALLS` (`__x64_sys_<name>`). Where the kernel
+//!   has no kprobes, `sys_enter_tp` / `sys_exit_tp` on `syscalls:sys_enter_<name>` /
+//!   `sys_exit_<name>` instead (see `hooks`). Both share the capture; what to copy is read
+//!   from the `CAPTURE` map that user space fills from that table.
+//! - `sched_process_fork`, `sched_process_exec`, `sched_process_exit`: the process tree
+//!   (tracepoints, which flag no task).
 #![no_std]
 #![no_main]
 
 mod capture;
 mod context;
 mod discover;
+mod hooks;
+mod ring;
 
 use aya_ebpf::{
     EbpfContext,
-    macros::{map, tracepoint},
+    macros::{kprobe, kretprobe, map, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::TracePointContext,
+    programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 use monitor_common::event::{
     CAPTURE_ENTRIES, COUNTERS as COUNTER_SLOTS, CaptureSpec, Counter, Discovery, EventKind,
@@ -32,7 +37,10 @@ use monitor_common::event::{
     WatchCounts,
 };
 
-use crate::context::{Watched, count, fill_header, offsets};
+use crate::{
+    context::{Watched, count, fill_header, offsets},
+    ring::commit_flags,
+};
 
 /// Default ring buffer size; user space may change it before load.
 const EVENTS_BYTES: u32 = 16 * 1024 * 1024;
@@ -75,6 +83,15 @@ static RETRY: LruHashMap<u32, capture::Retry> = LruHashMap::with_max_entries(163
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
 
+/// When the reader was last woken (`bpf_ktime_get_ns`), shared by all CPUs: see `ring`.
+#[map]
+static LAST_WAKEUP: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Pending bytes above which a record wakes the reader at once, written by user space before
+/// load (a fraction of the ring buffer's size).
+#[unsafe(no_mangle)]
+static WAKEUP_BYTES: u64 = EVENTS_BYTES as u64 / 8;
+
 /// Tracepoint field offsets of the running kernel, written by user space before load.
 #[unsafe(no_mangle)]
 static TP_OFFSETS: TracepointOffsets = TracepointOffsets {
@@ -88,44 +105,96 @@ static TP_OFFSETS: TracepointOffsets = TracepointOffsets {
     exit_group_dead: u16::MAX,
 };
 
-#[tracepoint]
-pub fn sys_enter(ctx: TracePointContext) -> u32 {
-    if let Some(watch) = Watched::current().or_else(|| discover_at_enter(&ctx)) {
-        capture::syscall_enter(&ctx, watch);
+#[kprobe]
+pub fn sys_enter(ctx: ProbeContext) -> u32 {
+    let watch = Watched::current();
+    if watch.is_none() && !discovery_is_on() {
+        return 0;
+    }
+    if let Ok((nr, args)) = hooks::kprobe_entry(&ctx) {
+        syscall_enter(watch, nr, args);
     }
     0
+}
+
+#[kretprobe]
+pub fn sys_exit(ctx: RetProbeContext) -> u32 {
+    if let Some(watch) = Watched::current()
+        && let Ok((nr, ret)) = hooks::kretprobe_exit(&ctx)
+    {
+        let _ = syscall_exit(watch, nr, ret);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_tp(ctx: TracePointContext) -> u32 {
+    let watch = Watched::current();
+    if watch.is_none() && !discovery_is_on() {
+        return 0;
+    }
+    if let Ok((nr, args)) = hooks::tracepoint_entry(&ctx) {
+        syscall_enter(watch, nr, args);
+    }
+    0
+}
+
+/// At a syscall's entry (however hooked): the task's watch, or discovery's when it opens a
+/// model artifact, captures the call.
+#[inline(always)]
+fn syscall_enter(watch: Option<Watched>, nr: u32, args: [u64; 6]) {
+    let watch = match watch {
+        Some(watch) => watch,
+        None if discover_at_enter(nr, &args) => match Watched::current() {
+            Some(watch) => watch,
+            None => return,
+        },
+        None => return,
+    };
+    capture::syscall_enter(watch, nr, args);
+}
+
+#[inline(always)]
+fn discovery_is_on() -> bool {
+    DISCOVERY.get(0).is_some_and(|d| d.enabled != 0)
 }
 
 /// Discovery's look at an unwatched task's syscall: only for syscalls that open a file.
 #[inline(always)]
-fn discover_at_enter(ctx: &TracePointContext) -> Option<Watched> {
-    let off = offsets();
-    let nr: i32 = unsafe { ctx.read_at(off.enter_nr as usize) }.ok()?;
-    let arg = CAPTURE.get(nr as u32)?.discover_arg as usize;
-    if arg == 0 || arg > 6 {
-        return None;
-    }
-    let path: u64 = unsafe { ctx.read_at(off.enter_args as usize + 8 * (arg - 1)) }.ok()?;
+fn discover_at_enter(nr: u32, args: &[u64; 6]) -> bool {
+    let Some(spec) = CAPTURE.get(nr) else {
+        return false;
+    };
+    // Constant indexes: the verifier refuses reads from the stack at a variable offset.
+    let path = match spec.discover_arg {
+        1 => args[0],
+        2 => args[1],
+        3 => args[2],
+        _ => return false,
+    };
     discover::on_open(path)
 }
 
 #[tracepoint]
-pub fn sys_exit(ctx: TracePointContext) -> u32 {
-    if let Some(watch) = Watched::current() {
-        let _ = try_sys_exit(&ctx, watch);
+pub fn sys_exit_tp(ctx: TracePointContext) -> u32 {
+    if let Some(watch) = Watched::current()
+        && let Ok((nr, ret)) = hooks::tracepoint_exit(&ctx)
+    {
+        let _ = syscall_exit(watch, nr, ret);
     }
     0
 }
 
-fn try_sys_exit(ctx: &TracePointContext, watch: Watched) -> Result<(), i64> {
-    let off = offsets();
-    let nr: i32 = unsafe { ctx.read_at(off.exit_nr as usize) }.map_err(i64::from)?;
-    let spec = CAPTURE.get(nr as u32).ok_or(0)?;
+/// At a syscall's return (however hooked): the exit record, and the entry's again if its
+/// user memory could not be read then.
+#[inline(always)]
+fn syscall_exit(watch: Watched, nr: u32, ret: i64) -> Result<(), i64> {
+    let spec = CAPTURE.get(nr).ok_or(0)?;
     if spec.exit == 0 {
         return Ok(());
     }
-    capture::recapture(watch, nr as u32);
-    let ret: i64 = unsafe { ctx.read_at(off.exit_ret as usize) }.map_err(i64::from)?;
+    capture::recapture(watch, nr);
+    let flags = commit_flags(size_of::<SyscallExit>() as u64);
     let Some(mut entry) = EVENTS.reserve::<SyscallExit>(0) else {
         watch.dropped();
         return Ok(());
@@ -133,11 +202,11 @@ fn try_sys_exit(ctx: &TracePointContext, watch: Watched) -> Result<(), i64> {
     let ev = entry.as_mut_ptr();
     unsafe {
         fill_header(&raw mut (*ev).header, EventKind::SyscallExit, &watch);
-        (*ev).nr = nr as u32;
+        (*ev).nr = nr;
         (*ev)._pad = 0;
         (*ev).ret = ret;
     }
-    entry.submit(0);
+    entry.submit(flags);
     watch.emitted();
     Ok(())
 }
@@ -149,6 +218,7 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
             Ok(v) => v,
             Err(_) => return 0,
         };
+        let flags = commit_flags(size_of::<ProcessFork>() as u64);
         let Some(mut entry) = EVENTS.reserve::<ProcessFork>(0) else {
             watch.dropped();
             // Even unrecorded, the child stays watched.
@@ -161,7 +231,7 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
             (*ev).child_tid = child as u32;
             (*ev)._pad = 0;
         }
-        entry.submit(0);
+        entry.submit(flags);
         watch.emitted();
         watch.adopt(child as u32);
     }
@@ -172,6 +242,7 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
 pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
     if let Some(watch) = Watched::current() {
         let off = offsets();
+        let flags = commit_flags(size_of::<ProcessExec>() as u64);
         let Some(mut entry) = EVENTS.reserve::<ProcessExec>(0) else {
             watch.dropped();
             return 0;
@@ -199,7 +270,7 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
                 }
             }
         }
-        entry.submit(0);
+        entry.submit(flags);
         watch.emitted();
     }
     0
@@ -214,6 +285,7 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         } else {
             unsafe { ctx.read_at::<u8>(off.exit_group_dead as usize) }.unwrap_or(0)
         };
+        let flags = commit_flags(size_of::<ProcessExit>() as u64);
         let Some(mut entry) = EVENTS.reserve::<ProcessExit>(0) else {
             watch.dropped();
             watch.forget_task(group_dead != 0);
@@ -225,7 +297,7 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
             (*ev).group_dead = group_dead;
             (*ev)._pad = [0; 7];
         }
-        entry.submit(0);
+        entry.submit(flags);
         watch.emitted();
         watch.forget_task(group_dead != 0);
     }

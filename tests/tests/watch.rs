@@ -15,7 +15,6 @@ use monitor_daemon::{
     probes::{ProbeConfig, Probes},
     router::Router,
     rules::{Phase, RuleSet, Severity},
-    trace::What,
     watch::{self, Kill, WatchOutput, WatchRequest, WatchSummary},
 };
 use monitor_tests::is_root;
@@ -69,14 +68,8 @@ async fn watch_until(
         move |out| {
             let mut seen = sink_seen.lock().unwrap();
             match out {
-                WatchOutput::Event(e) => {
-                    seen.pids.push(e.pid);
-                    if let What::Syscall(sc) = &e.what
-                        && sc.discovered
-                    {
-                        seen.discovered.push(e.pid);
-                    }
-                }
+                WatchOutput::Event(e) => seen.pids.push(e.pid),
+                WatchOutput::Discovered(e) => seen.discovered.push(e.pid),
                 WatchOutput::Finding(f) => {
                     seen.findings.push((f.rule.clone(), f.event.pid, f.phase))
                 }
@@ -346,13 +339,8 @@ async fn discovery_catches_a_python_process_unpickling_a_malicious_file() {
         move |out| {
             let mut seen = sink_seen.lock().unwrap();
             match out {
-                WatchOutput::Event(e) => {
-                    if let What::Syscall(sc) = &e.what
-                        && sc.discovered
-                    {
-                        seen.discovered.push(e.pid);
-                    }
-                }
+                WatchOutput::Event(_) => {}
+                WatchOutput::Discovered(e) => seen.discovered.push(e.pid),
                 WatchOutput::Finding(f) => {
                     seen.findings.push((f.rule.clone(), f.event.pid, f.phase))
                 }

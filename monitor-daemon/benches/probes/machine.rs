@@ -1,9 +1,12 @@
 //! The machine the numbers come from.
 
 use anyhow::{Context as _, Result};
+use monitor_daemon::probes::SyscallHooks;
 
 pub struct Machine {
     pub kernel: String,
+    /// How the probes hook syscalls on this kernel (kprobes, or tracepoints without them).
+    pub syscall_hooks: SyscallHooks,
     pub cpus: usize,
     pub cpu_model: String,
 }
@@ -22,6 +25,7 @@ impl Machine {
             .map_or_else(|| "unknown".into(), |(_, m)| m.trim().to_owned());
         Ok(Machine {
             kernel,
+            syscall_hooks: SyscallHooks::detect(),
             cpus: crate::cpu::check()?,
             cpu_model,
         })

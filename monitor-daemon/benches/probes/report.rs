@@ -39,8 +39,14 @@ pub fn print(r: &Results<'_>) {
         "`cargo xtask bench probes` on {} CPUs ({}), Linux {}. The measured loop runs on \
          CPU 1; whatever traces it (monitor's consumer, strace) and the benchmark run on \
          CPU 0. Each cell: median (min–max); ratios are taken within a round, then the median. \
-         Rounds: {} (cost), {} (decoder), {} (live).\n",
-        m.cpus, m.cpu_model, m.kernel, r.rounds.cost, r.rounds.replay, r.rounds.live
+         Rounds: {} (cost), {} (decoder), {} (live). Syscalls hooked with {}.\n",
+        m.cpus,
+        m.cpu_model,
+        m.kernel,
+        r.rounds.cost,
+        r.rounds.replay,
+        r.rounds.live,
+        m.syscall_hooks.describe()
     );
     print_quiet(r.quiet);
     print_unwatched(r.costs);

@@ -1,7 +1,7 @@
 //! Probes loaded once for a series of watched jobs. Loading takes a fraction of a second, but
-//! detaching the ~120 tracepoints takes from 0.3 s to several seconds here (the kernel
-//! detaches them one at a time, each after an RCU grace period), so a load per job would
-//! dominate the benchmark's run time.
+//! detaching the ~120 attachments (tracepoints or kprobes) takes from 0.3 s to several seconds
+//! here (the kernel detaches them one at a time, each after an RCU grace period), so a load
+//! per job would dominate the benchmark's run time.
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{MapData, RingBuf};

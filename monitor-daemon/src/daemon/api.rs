@@ -506,7 +506,15 @@ async fn add_watch(
         .into_iter()
         .find(|w| w.id == id)
         .ok_or_else(|| ApiError::internal("the stored watch vanished"))?;
-    shared.watches.start(&shared, record, false);
+    if let Err(e) = shared.watches.start(&shared, record, false) {
+        // Nothing half-made stays behind: the kernel refused it, so the store forgets it.
+        let _ = shared.store.remove_watch(&id);
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "watch_failed",
+            format!("{e:#}"),
+        ));
+    }
     let status = shared.watches.get(&id);
     Ok((StatusCode::CREATED, Json(json!(status))))
 }

@@ -210,7 +210,10 @@ fn resume_watches(shared: &Arc<Shared>) -> Result<()> {
         .context("reading the stored watches")?
     {
         if record.spec.selector.still_there() {
-            shared.watches.start(shared, record, false);
+            let id = record.id.clone();
+            if let Err(e) = shared.watches.start(shared, record, false) {
+                tracing::error!(watch = %id, error = format!("{e:#}"), "watch not resumed");
+            }
         } else {
             tracing::info!(watch = %record.id, "not resumed: what it watched is gone");
             shared.store.remove_watch(&record.id)?;
@@ -223,7 +226,10 @@ fn resume_watches(shared: &Arc<Shared>) -> Result<()> {
             spec,
             created_at: 0,
         };
-        shared.watches.start(shared, record, true);
+        shared
+            .watches
+            .start(shared, record, true)
+            .context("starting discovery")?;
     }
     Ok(())
 }

@@ -66,8 +66,15 @@ pub struct Watches {
 }
 
 impl Watches {
-    /// Starts running `record` (a task on the daemon's runtime).
-    pub fn start(&self, shared: &Arc<Shared>, record: WatchRecord, builtin: bool) {
+    /// Registers `record` with the kernel programs now, then runs it as a task on the
+    /// daemon's runtime: when this returns, every later act of what it selects is seen.
+    pub fn start(
+        &self,
+        shared: &Arc<Shared>,
+        record: WatchRecord,
+        builtin: bool,
+    ) -> anyhow::Result<()> {
+        let started = watch::runner::start(&record.spec, &shared.router)?;
         let status = Arc::new(Mutex::new(WatchStatus {
             id: record.id.clone(),
             spec: record.spec.clone(),
@@ -93,16 +100,15 @@ impl Watches {
         tokio::spawn(async move {
             let id = record.id.clone();
             tracing::info!(watch = %id, name = ?record.spec.name, "watch started");
-            let ran = watch::run(
-                &record.spec,
-                &shared.router,
-                || shared.rules(),
-                async {
-                    let _ = stopped.await;
-                },
-                |out| report(&shared, &id, &status, out),
-            )
-            .await;
+            let ran = started
+                .run(
+                    || shared.rules(),
+                    async {
+                        let _ = stopped.await;
+                    },
+                    |out| report(&shared, &id, &status, out),
+                )
+                .await;
             shared.metrics.watches_active.dec();
             let mut s = lock(&status);
             match ran {
@@ -125,6 +131,7 @@ impl Watches {
                 }
             }
         });
+        Ok(())
     }
 
     /// Stops watch `id` and forgets it; `false` when there is none.
@@ -214,6 +221,13 @@ fn report(shared: &Shared, id: &str, status: &Mutex<WatchStatus>, out: WatchOutp
                 }
                 Err(e) => tracing::error!(watch = %id, error = %e, "a finding did not serialise"),
             }
+        }
+        WatchOutput::Discovered(event) => {
+            let _ = shared.findings_feed.send(json!({
+                "source": "watch",
+                "watch_id": id,
+                "discovered": { "pid": event.pid, "comm": event.comm, "time_ns": event.time_ns },
+            }));
         }
         WatchOutput::Kill(kill) => {
             lock(status).kills += 1;

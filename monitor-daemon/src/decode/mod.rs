@@ -9,9 +9,8 @@ use std::mem::size_of;
 
 use monitor_common::{
     event::{
-        EventHeader, EventKind, FLAG_DISCOVERED, FLAG_KILLED, FLAG_READ_ERROR, FLAG_RECAPTURED,
-        FLAG_TRUNCATED, ProcessExec, ProcessExit, ProcessFork, STR_SLOTS, SyscallEnter,
-        SyscallExit,
+        EventHeader, EventKind, FLAG_KILLED, FLAG_READ_ERROR, FLAG_RECAPTURED, FLAG_TRUNCATED,
+        ProcessExec, ProcessExit, ProcessFork, STR_SLOTS, SyscallEnter, SyscallExit,
     },
     syscall::{self, Syscall},
 };
@@ -45,9 +44,6 @@ pub struct Header {
     /// The watch's policy killed the task at this syscall's entry, in the kernel.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub killed: bool,
-    /// The first record of a process that discovery started watching.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub discovered: bool,
 }
 
 /// One decoded ring-buffer record.
@@ -266,7 +262,6 @@ fn header(raw: &EventHeader) -> Header {
         read_error: raw.flags & FLAG_READ_ERROR != 0,
         recaptured: raw.flags & FLAG_RECAPTURED != 0,
         killed: raw.flags & FLAG_KILLED != 0,
-        discovered: raw.flags & FLAG_DISCOVERED != 0,
     }
 }
 

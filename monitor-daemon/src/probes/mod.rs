@@ -1,6 +1,8 @@
-//! The kernel side, seen from user space: load the programs, attach them to every tracepoint of
-//! the syscall table, fill the capture map, and manage which cgroups are watched.
+//! The kernel side, seen from user space: load the programs, attach them to the kernel
+//! function of every syscall of the table (a kprobe at entry, a kretprobe at return) and to
+//! the process tracepoints, fill the capture map, and manage which cgroups are watched.
 
+mod attach;
 mod tracefs;
 
 use std::{
@@ -11,7 +13,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf},
-    programs::{ProgramError, TracePoint, trace_point::TracePointLink},
+    programs::ProgramError,
     util::nr_cpus,
 };
 use monitor_common::{
@@ -21,6 +23,9 @@ use monitor_common::{
     },
     syscall::{MAX_ARGS, SYSCALLS, Syscall},
 };
+
+pub use self::attach::SyscallHooks;
+use self::attach::{Link, attach_all};
 
 pub use tracefs::{Format, Tracefs};
 
@@ -39,7 +44,7 @@ pub enum ProbeError {
         path: PathBuf,
         errno: nix::errno::Errno,
     },
-    #[error("tracepoint description {} is unreadable: {source} (kernel without CONFIG_FTRACE_SYSCALLS?)", path.display())]
+    #[error("tracepoint description {} is unreadable: {source} (kernel without CONFIG_TRACEPOINTS?)", path.display())]
     TracepointMissing {
         path: PathBuf,
         source: std::io::Error,
@@ -129,7 +134,8 @@ struct Registered {
 /// The loaded and attached kernel programs.
 pub struct Probes {
     /// Owned here rather than by the programs so that [`Drop`] can detach them in parallel.
-    links: Vec<TracePointLink>,
+    links: Vec<Link>,
+    hooks: SyscallHooks,
     _ebpf: Ebpf,
     watched: HashMap<MapData, u64, Watch>,
     watched_tasks: HashMap<MapData, u32, Watch>,
@@ -168,14 +174,23 @@ impl Probes {
         raise_memlock_limit();
 
         let tracefs = Tracefs::find_or_mount()?;
-        let offsets = tracefs.offsets()?;
+        let hooks = SyscallHooks::detect();
+        if hooks == SyscallHooks::Tracepoints {
+            tracing::info!(
+                "this kernel has no kprobes (CONFIG_KPROBES): syscalls are hooked on their \
+                 tracepoints, which slow every syscall of every process while attached"
+            );
+        }
+        let offsets = tracefs.offsets(hooks == SyscallHooks::Tracepoints)?;
+        let wakeup_bytes = wakeup_bytes(size);
         let mut ebpf = EbpfLoader::new()
             .override_global("TP_OFFSETS", &offsets, true)
+            .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
             .map_max_entries("EVENTS", size)
             .load(OBJECT)?;
 
         fill_capture_map(&mut ebpf)?;
-        let (links, missing) = attach_all(&mut ebpf, &tracefs)?;
+        let (links, missing) = attach_all(&mut ebpf, hooks, &tracefs)?;
         let attached = links.len();
 
         let watched = map_as(&mut ebpf, "WATCHED", HashMap::try_from)?;
@@ -185,9 +200,10 @@ impl Probes {
         let counters = map_as(&mut ebpf, "COUNTERS", PerCpuArray::try_from)?;
         let events = map_as(&mut ebpf, "EVENTS", RingBuf::try_from)?;
         let cpus = nr_cpus().map_err(|(what, e)| ProbeError::Cpus(format!("{what}: {e}")))?;
-        tracing::debug!(attached, missing = missing.len(), "probes loaded");
+        tracing::debug!(attached, missing = missing.len(), ?hooks, "probes loaded");
         Ok(Probes {
             links,
+            hooks,
             _ebpf: ebpf,
             watched,
             watched_tasks,
@@ -370,27 +386,33 @@ impl Probes {
         })
     }
 
-    /// How many tracepoints are attached.
+    /// How many attachments (kprobes, kretprobes, tracepoints) there are.
     pub fn attached(&self) -> usize {
         self.attached
     }
 
-    /// Tracepoints of the syscall table that this kernel does not have.
+    /// How the syscalls are hooked on this kernel.
+    pub fn syscall_hooks(&self) -> SyscallHooks {
+        self.hooks
+    }
+
+    /// Syscalls of the table that this kernel does not have.
     pub fn missing(&self) -> &[String] {
         &self.missing
     }
 }
 
 impl Drop for Probes {
-    /// Detaching a tracepoint waits for an RCU grace period: ~70 ms here, so one after another
-    /// 120 of them take seconds. Detached from many threads at once, the waits overlap.
+    /// Detaching a kprobe or a tracepoint waits for an RCU grace period (~70 ms here), so one
+    /// after another 120 of them take seconds. Detached from many threads at once, the waits
+    /// overlap where the kernel lets them.
     fn drop(&mut self) {
         let links = std::mem::take(&mut self.links);
         let per_thread = links.len().div_ceil(DETACH_THREADS).max(1);
         let mut links = links.into_iter();
         std::thread::scope(|scope| {
             loop {
-                let chunk: Vec<TracePointLink> = links.by_ref().take(per_thread).collect();
+                let chunk: Vec<Link> = links.by_ref().take(per_thread).collect();
                 if chunk.is_empty() {
                     break;
                 }
@@ -400,8 +422,14 @@ impl Drop for Probes {
     }
 }
 
-/// Threads that detach tracepoints at the end.
+/// Threads that detach the probes at the end.
 const DETACH_THREADS: usize = 32;
+
+/// Pending bytes above which a record wakes the reader at once (see monitor-ebpf's `ring`):
+/// an eighth of the buffer, so that a burst wakes the reader long before the buffer is full.
+fn wakeup_bytes(ring_buffer_bytes: u32) -> u64 {
+    u64::from(ring_buffer_bytes / 8)
+}
 
 const _: () = assert!(COUNTERS == 5);
 
@@ -475,80 +503,6 @@ pub fn capture_spec(sc: &Syscall) -> CaptureSpec {
         _pad2: [0; 2],
         only_if_mask,
     }
-}
-
-/// Attaches the syscall programs to each table entry's tracepoints and the sched programs.
-/// Returns the links and which table entries this kernel lacks.
-fn attach_all(
-    ebpf: &mut Ebpf,
-    tracefs: &Tracefs,
-) -> Result<(Vec<TracePointLink>, Vec<String>), ProbeError> {
-    let mut links = Vec::new();
-    let mut missing = Vec::new();
-
-    let mut attach = |ebpf: &mut Ebpf, prog: &str, category: &str, event: &str| {
-        let program: &mut TracePoint = ebpf
-            .program_mut(prog)
-            .ok_or_else(|| ProbeError::Program {
-                name: prog.into(),
-                source: ProgramError::InvalidName { name: prog.into() },
-            })?
-            .try_into()
-            .map_err(|source| ProbeError::Program {
-                name: prog.into(),
-                source,
-            })?;
-        if program.fd().is_err() {
-            program.load().map_err(|source| ProbeError::Program {
-                name: prog.into(),
-                source,
-            })?;
-        }
-        let name = || format!("{prog} -> {category}:{event}");
-        let id = program
-            .attach(category, event)
-            .map_err(|source| ProbeError::Program {
-                name: name(),
-                source,
-            })?;
-        let link = program
-            .take_link(id)
-            .map_err(|source| ProbeError::Program {
-                name: name(),
-                source,
-            })?;
-        links.push(link);
-        Ok::<(), ProbeError>(())
-    };
-
-    for sc in SYSCALLS {
-        let enter = format!("sys_enter_{}", sc.name);
-        if !tracefs.has_event("syscalls", &enter) {
-            tracing::info!(
-                syscall = sc.name,
-                "this kernel has no tracepoint for it; not traced"
-            );
-            missing.push(sc.name.to_owned());
-            continue;
-        }
-        attach(ebpf, "sys_enter", "syscalls", &enter)?;
-        if capture_spec(sc).exit != 0 {
-            attach(
-                ebpf,
-                "sys_exit",
-                "syscalls",
-                &format!("sys_exit_{}", sc.name),
-            )?;
-        }
-    }
-    for name in [
-        "sched_process_fork",
-        "sched_process_exec",
-        "sched_process_exit",
-    ] {
-        attach(ebpf, name, "sched", name)?;
-    }
-    Ok((links, missing))
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones to the cgroup. Raising
@@ -634,7 +588,7 @@ mod tests {
             ("delete_module", libc::SYS_delete_module),
             ("bpf", libc::SYS_bpf),
             ("io_uring_setup", libc::SYS_io_uring_setup),
-            // The tracepoint is named after the kernel's SYSCALL_DEFINE, `umount`.
+            // The table uses the kernel's SYSCALL_DEFINE name, `umount` (`__x64_sys_umount`).
             ("umount", libc::SYS_umount2),
         ];
         for (name, nr) in reference {
@@ -648,6 +602,63 @@ mod tests {
         );
     }
 
+    /// The kernel program reads syscall arguments at fixed offsets of `struct pt_regs`; the
+    /// ptrace ABI's `user_regs_struct` has the same layout and libc spells it out.
+    #[test]
+    fn register_layout_matches_the_abi() {
+        use std::mem::offset_of;
+
+        use libc::user_regs_struct as U;
+        use monitor_common::regs::{PtRegs as P, SYSCALL_REGS_OFFSET, SyscallRegs};
+        assert_eq!(offset_of!(P, di), offset_of!(U, rdi));
+        assert_eq!(offset_of!(P, si), offset_of!(U, rsi));
+        assert_eq!(offset_of!(P, dx), offset_of!(U, rdx));
+        assert_eq!(offset_of!(P, r10), offset_of!(U, r10));
+        assert_eq!(offset_of!(P, r8), offset_of!(U, r8));
+        assert_eq!(offset_of!(P, r9), offset_of!(U, r9));
+        assert_eq!(offset_of!(P, ax), offset_of!(U, rax));
+        assert_eq!(offset_of!(P, orig_ax), offset_of!(U, orig_rax));
+        assert_eq!(offset_of!(P, ss), offset_of!(U, ss));
+        assert_eq!(SYSCALL_REGS_OFFSET, offset_of!(U, r10));
+        let regs = SyscallRegs {
+            di: 1,
+            si: 2,
+            dx: 3,
+            r10: 4,
+            r8: 5,
+            r9: 6,
+            ..SyscallRegs::default()
+        };
+        assert_eq!(regs.args(), [1, 2, 3, 4, 5, 6]);
+    }
+
+    #[test]
+    fn kernel_functions_derive_from_the_table() {
+        let openat = by_name("openat").unwrap();
+        assert_eq!(openat.kernel_function().to_string(), "__x64_sys_openat");
+    }
+
+    /// Kernels without kprobes (this project's VMs) attach the tracepoint programs, so the
+    /// kprobe programs would otherwise never meet the verifier here: load them, unattached.
+    #[test]
+    fn kprobe_programs_pass_the_verifier() {
+        if !nix::unistd::geteuid().is_root() || OBJECT.is_empty() {
+            eprintln!("skipped: needs root and the kernel object");
+            return;
+        }
+        let mut ebpf = EbpfLoader::new().load(OBJECT).expect("loading the object");
+        for name in ["sys_enter", "sys_exit"] {
+            let program: &mut aya::programs::KProbe = ebpf
+                .program_mut(name)
+                .unwrap_or_else(|| panic!("no program {name}"))
+                .try_into()
+                .expect("a kprobe program");
+            program
+                .load()
+                .unwrap_or_else(|e| panic!("{name} rejected: {e:?}"));
+        }
+    }
+
     #[test]
     fn capture_specs_follow_the_table() {
         let openat = capture_spec(by_name("openat").unwrap());
@@ -659,5 +670,10 @@ mod tests {
         assert_eq!((mmap.only_if_arg, mmap.only_if_mask), (2, PROT_EXEC));
         assert_eq!(mmap.exit, 0, "filtered syscalls have no exit record");
         assert_eq!(capture_spec(by_name("exit_group").unwrap()).exit, 0);
+        // The kernel's discovery reads the path from one of the first three arguments.
+        for sc in SYSCALLS {
+            assert!(capture_spec(sc).discover_arg <= 3, "{}", sc.name);
+        }
+        assert_eq!(capture_spec(by_name("openat").unwrap()).discover_arg, 2);
     }
 }

@@ -1,5 +1,6 @@
 //! tracefs: where the tracepoints are described. Mounted on demand, and read for the field
-//! offsets of the running kernel (they change between kernel versions).
+//! offsets of the running kernel (they change between kernel versions): the process
+//! tracepoints always, the syscall ones for the fallback from kprobes.
 
 use std::{
     fs,
@@ -72,11 +73,9 @@ impl Tracefs {
         Ok(Format::parse(&text))
     }
 
-    /// Reads every offset the kernel programs need.
-    pub fn offsets(&self) -> Result<TracepointOffsets, ProbeError> {
-        // Every sys_enter_* / sys_exit_* event shares one layout; openat stands for all.
-        let enter = self.format("syscalls", "sys_enter_openat")?;
-        let exit = self.format("syscalls", "sys_exit_openat")?;
+    /// Reads every offset the kernel programs need. The syscall tracepoints' are needed only
+    /// without kprobes (`syscall_tracepoints`); they are left 0 otherwise.
+    pub fn offsets(&self, syscall_tracepoints: bool) -> Result<TracepointOffsets, ProbeError> {
         let fork = self.format("sched", "sched_process_fork")?;
         let exec = self.format("sched", "sched_process_exec")?;
         let exit_proc = self.format("sched", "sched_process_exit")?;
@@ -84,16 +83,23 @@ impl Tracefs {
             f.offset(field)
                 .ok_or(ProbeError::FieldMissing { event, field })
         };
-        Ok(TracepointOffsets {
-            enter_nr: need(&enter, "sys_enter_openat", "__syscall_nr")?,
-            enter_args: need(&enter, "sys_enter_openat", "dfd")?,
-            exit_nr: need(&exit, "sys_exit_openat", "__syscall_nr")?,
-            exit_ret: need(&exit, "sys_exit_openat", "ret")?,
+        let mut offsets = TracepointOffsets {
             fork_child_pid: need(&fork, "sched_process_fork", "child_pid")?,
             exec_filename_loc: need(&exec, "sched_process_exec", "filename")?,
             exec_old_pid: need(&exec, "sched_process_exec", "old_pid")?,
             exit_group_dead: exit_proc.offset("group_dead").unwrap_or(u16::MAX),
-        })
+            ..TracepointOffsets::default()
+        };
+        if syscall_tracepoints {
+            // Every sys_enter_* / sys_exit_* event shares one layout; openat stands for all.
+            let enter = self.format("syscalls", "sys_enter_openat")?;
+            let exit = self.format("syscalls", "sys_exit_openat")?;
+            offsets.enter_nr = need(&enter, "sys_enter_openat", "__syscall_nr")?;
+            offsets.enter_args = need(&enter, "sys_enter_openat", "dfd")?;
+            offsets.exit_nr = need(&exit, "sys_exit_openat", "__syscall_nr")?;
+            offsets.exit_ret = need(&exit, "sys_exit_openat", "ret")?;
+        }
+        Ok(offsets)
     }
 }
 

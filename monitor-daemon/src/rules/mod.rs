@@ -210,7 +210,6 @@ mod tests {
                 read_error: false,
                 recaptured: false,
                 killed: false,
-                discovered: false,
                 syscall: sc,
             }),
         }

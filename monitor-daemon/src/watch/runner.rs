@@ -37,6 +37,8 @@ pub enum WatchOutput<'a> {
     Event(&'a Event),
     Finding(&'a Finding),
     Kill(&'a Kill),
+    /// Discovery started watching a process (the event is its first, the open of a model).
+    Discovered(&'a Event),
 }
 
 /// A process the watch's policy killed.
@@ -87,10 +89,23 @@ pub async fn run(
     router: &Router,
     rules: impl Fn() -> Arc<RuleSet>,
     stop: impl std::future::Future<Output = ()>,
-    mut sink: impl FnMut(WatchOutput<'_>),
+    sink: impl FnMut(WatchOutput<'_>),
 ) -> Result<WatchSummary> {
-    let mut selection = Selection::resolve(&spec.selector)?;
-    let mut records_of_watch = match &spec.selector {
+    start(spec, router)?.run(rules, stop, sink).await
+}
+
+/// A watch registered with the kernel programs: from here on nothing it selects is missed.
+pub struct Started {
+    spec: WatchSpec,
+    selection: Selection,
+    records_of_watch: Subscription,
+}
+
+/// Resolves what `spec` selects and registers it with the kernel programs, at once (so that a
+/// caller who is told the watch stands knows every later act is seen).
+pub fn start(spec: &WatchSpec, router: &Router) -> Result<Started> {
+    let selection = Selection::resolve(&spec.selector)?;
+    let records_of_watch = match &spec.selector {
         Selector::Discovery { suffixes, .. } => {
             let mut discovery = Discovery {
                 enabled: 1,
@@ -106,42 +121,64 @@ pub async fn run(
             .watch(&selection.targets(), spec.kernel_watch())
             .context("registering the watch with the kernel programs")?,
     };
-    let mut judge = Judge::new(spec);
-    let mut records = Vec::with_capacity(1024);
-    let mut tick = tokio::time::interval(TICK);
-    let mut stop = std::pin::pin!(stop);
-    let ended = loop {
-        tokio::select! {
-            received = records_of_watch.recv(&mut records) => {
-                received.context("receiving the watch's records")?;
-                judge.feed(&mut records, &rules(), &selection, &mut sink);
-            }
-            _ = tick.tick() => {
-                selection.refresh(&records_of_watch);
-                judge.expire_discovered(&records_of_watch);
-                judge.prune();
-                if selection.is_finished(&judge.live) {
-                    break Ended::Exited;
-                }
-            }
-            _ = &mut stop => break Ended::Stopped,
-        }
-    };
-    let counts: TraceCounts = records_of_watch
-        .finish(&mut records)
-        .await
-        .context("taking the watch's last records")?;
-    judge.feed(&mut records, &rules(), &selection, &mut sink);
-    Ok(WatchSummary {
-        ended,
-        events: judge.events,
-        findings: judge.findings,
-        kills: judge.kills,
-        processes: judge.tracer.processes().len(),
-        kernel_records: counts.kernel.events,
-        dropped: counts.kernel.dropped + counts.lost_in_queue,
-        complete: counts.complete(),
+    Ok(Started {
+        spec: spec.clone(),
+        selection,
+        records_of_watch,
     })
+}
+
+impl Started {
+    /// Judges until `stop` resolves (or, for a pid watch, its processes are gone).
+    pub async fn run(
+        self,
+        rules: impl Fn() -> Arc<RuleSet>,
+        stop: impl std::future::Future<Output = ()>,
+        mut sink: impl FnMut(WatchOutput<'_>),
+    ) -> Result<WatchSummary> {
+        let Started {
+            spec,
+            mut selection,
+            mut records_of_watch,
+        } = self;
+        let spec = &spec;
+        let mut judge = Judge::new(spec);
+        let mut records = Vec::with_capacity(1024);
+        let mut tick = tokio::time::interval(TICK);
+        let mut stop = std::pin::pin!(stop);
+        let ended = loop {
+            tokio::select! {
+                received = records_of_watch.recv(&mut records) => {
+                    received.context("receiving the watch's records")?;
+                    judge.feed(&mut records, &rules(), &selection, &mut sink);
+                }
+                _ = tick.tick() => {
+                    selection.refresh(&records_of_watch);
+                    judge.expire_discovered(&records_of_watch);
+                    judge.prune();
+                    if selection.is_finished(&judge.live) {
+                        break Ended::Exited;
+                    }
+                }
+                _ = &mut stop => break Ended::Stopped,
+            }
+        };
+        let counts: TraceCounts = records_of_watch
+            .finish(&mut records)
+            .await
+            .context("taking the watch's last records")?;
+        judge.feed(&mut records, &rules(), &selection, &mut sink);
+        Ok(WatchSummary {
+            ended,
+            events: judge.events,
+            findings: judge.findings,
+            kills: judge.kills,
+            processes: judge.tracer.processes().len(),
+            kernel_records: counts.kernel.events,
+            dropped: counts.kernel.dropped + counts.lost_in_queue,
+            complete: counts.complete(),
+        })
+    }
 }
 
 /// What the watch selects on the host, kept up to date.
@@ -228,6 +265,8 @@ struct Judge<'a> {
     killed: HashSet<u32>,
     /// Processes discovery started watching, and when.
     discovered: HashMap<u32, u64>,
+    /// Processes started by watched ones (not discovered themselves).
+    started: HashSet<u32>,
     events: u64,
     findings: u64,
     kills: u64,
@@ -249,6 +288,7 @@ impl<'a> Judge<'a> {
             loading_until: HashMap::new(),
             killed: HashSet::new(),
             discovered: HashMap::new(),
+            started: HashSet::new(),
             events: 0,
             findings: 0,
             kills: 0,
@@ -287,15 +327,23 @@ impl<'a> Judge<'a> {
         match &event.what {
             What::Fork { child_pid } => {
                 self.live.insert(*child_pid);
+                self.started.insert(*child_pid);
             }
             What::Exit { .. } => {
                 self.live.remove(&event.pid);
                 self.loading_until.remove(&event.pid);
             }
             What::Syscall(sc) => {
-                if sc.discovered {
-                    self.discovered.entry(event.pid).or_insert(event.time_ns);
+                // Discovery's watch sees a process first at the open that selected it; a
+                // process whose parent it has never seen is one discovery found (not one
+                // that a discovered process started).
+                if matches!(self.spec.selector, Selector::Discovery { .. })
+                    && !self.discovered.contains_key(&event.pid)
+                    && !self.started.contains(&event.pid)
+                {
+                    self.discovered.insert(event.pid, event.time_ns);
                     tracing::info!(pid = event.pid, comm = %event.comm, path = ?opened_path(sc), "discovered a process loading a model");
+                    sink(WatchOutput::Discovered(event));
                 }
                 if sc.killed && self.killed.insert(event.pid) {
                     self.kills += 1;
@@ -433,6 +481,8 @@ impl<'a> Judge<'a> {
         self.live
             .retain(|pid| Path::new(&format!("/proc/{pid}")).exists());
         self.killed
+            .retain(|pid| Path::new(&format!("/proc/{pid}")).exists());
+        self.started
             .retain(|pid| Path::new(&format!("/proc/{pid}")).exists());
     }
 }

@@ -1,0 +1,71 @@
+//! Where a syscall's number, arguments and return value come from, for each way of hooking it.
+//!
+//! - kprobe / kretprobe on the syscall's function (`__x64_sys_<name>`), preferred: only the
+//!   traced syscalls pay. The function's one argument points to the user's saved registers.
+//! - `syscalls:sys_enter_<name>` / `sys_exit_<name>` tracepoints, where the kernel has no
+//!   kprobes (CONFIG_KPROBES unset): while any of them is in use every syscall of every task
+//!   takes the kernel's slow path, traced or not.
+
+use aya_ebpf::{
+    helpers::{bpf_probe_read_kernel, generated},
+    programs::{ProbeContext, RetProbeContext, TracePointContext},
+};
+use monitor_common::{
+    event::CAPTURE_ENTRIES,
+    regs::{PtRegs, SYSCALL_REGS_OFFSET, SyscallRegs},
+    syscall::MAX_ARGS,
+};
+
+use crate::context::offsets;
+
+/// A syscall's number, checked to index the `CAPTURE` map.
+#[inline(always)]
+fn traced_nr(nr: u64) -> Result<u32, i64> {
+    // -1 outside a syscall; x32 calls carry a high bit: neither is in the table.
+    if nr >= u64::from(CAPTURE_ENTRIES) {
+        return Err(0);
+    }
+    Ok(nr as u32)
+}
+
+/// At a syscall function's entry: its number and arguments.
+#[inline(always)]
+pub fn kprobe_entry(ctx: &ProbeContext) -> Result<(u32, [u64; MAX_ARGS]), i64> {
+    // `__x64_sys_<name>(const struct pt_regs *regs)`: the user's registers, saved on entry.
+    let regs: *const PtRegs = ctx.arg(0).ok_or(0)?;
+    let window = unsafe { regs.cast::<u8>().add(SYSCALL_REGS_OFFSET) }.cast::<SyscallRegs>();
+    let saved = unsafe { bpf_probe_read_kernel(window) }?;
+    Ok((traced_nr(saved.orig_ax)?, saved.args()))
+}
+
+/// At a syscall function's return: its number and return value.
+#[inline(always)]
+pub fn kretprobe_exit(ctx: &RetProbeContext) -> Result<(u32, i64), i64> {
+    // The function's argument is gone by its return; the task's saved user registers still
+    // hold the number (also after a successful execve, in the new image).
+    let task = unsafe { generated::bpf_get_current_task_btf() };
+    let regs = unsafe { generated::bpf_task_pt_regs(task) } as *const PtRegs;
+    let orig_ax = unsafe { bpf_probe_read_kernel(&raw const (*regs).orig_ax) }?;
+    Ok((traced_nr(orig_ax)?, ctx.ret()))
+}
+
+/// At `syscalls:sys_enter_*`: the syscall's number and arguments.
+#[inline(always)]
+pub fn tracepoint_entry(ctx: &TracePointContext) -> Result<(u32, [u64; MAX_ARGS]), i64> {
+    let off = offsets();
+    let nr: i32 = unsafe { ctx.read_at(off.enter_nr as usize) }.map_err(i64::from)?;
+    let mut args = [0u64; MAX_ARGS];
+    for (i, arg) in args.iter_mut().enumerate() {
+        *arg = unsafe { ctx.read_at(off.enter_args as usize + 8 * i) }.map_err(i64::from)?;
+    }
+    Ok((traced_nr(nr as i64 as u64)?, args))
+}
+
+/// At `syscalls:sys_exit_*`: the syscall's number and return value.
+#[inline(always)]
+pub fn tracepoint_exit(ctx: &TracePointContext) -> Result<(u32, i64), i64> {
+    let off = offsets();
+    let nr: i32 = unsafe { ctx.read_at(off.exit_nr as usize) }.map_err(i64::from)?;
+    let ret: i64 = unsafe { ctx.read_at(off.exit_ret as usize) }.map_err(i64::from)?;
+    Ok((traced_nr(nr as i64 as u64)?, ret))
+}
