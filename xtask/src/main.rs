@@ -1,6 +1,7 @@
 //! `cargo xtask <task>`: everything a developer or CI does, from a fresh clone.
 
 mod bench;
+mod compare;
 mod corpus;
 mod loader_env;
 mod setup;
@@ -43,6 +44,11 @@ enum Task {
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
+    /// Set up, then compare monitor with the static scanners (picklescan, modelscan, fickling,
+    /// ModelAudit, installed from PyPI into their own environment) and a strace-based scan
+    /// over the same corpora (root; about half an hour). Writes the table into
+    /// docs/comparison.md.
+    Compare,
     /// Set up, then measure (root). Prints a markdown table for docs/benchmarks.md.
     Bench {
         #[arg(value_enum)]
@@ -78,6 +84,10 @@ fn main() -> Result<()> {
             setup::all()?;
             corpus::ensure(&corpus::default_dir())?;
             test()
+        }
+        Task::Compare => {
+            setup::all()?;
+            compare::run_all()
         }
         Task::Bench { target } => {
             setup::all()?;
