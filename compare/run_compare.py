@@ -498,7 +498,7 @@ def main():
     p.add_argument("--doc", required=True)
     p.add_argument("--results", required=True)
     p.add_argument("--rounds", type=int, default=3, help="rounds of the checkpoint timing")
-    p.add_argument("--only", help="only files whose name contains this (no doc written)")
+    p.add_argument("--only", help="only files whose CORPUS:FILE contains this (no doc written)")
     p.add_argument("--tools", help="run only these tools (comma-separated); the others' "
                    "results are taken from --results as a previous run left them")
     p.add_argument("--no-timing", action="store_true",
@@ -528,7 +528,7 @@ def main():
     try:
         for corpus, entries in corpora.items():
             for e in entries:
-                if args.only and args.only not in e["file"]:
+                if args.only and args.only not in "%s:%s" % (corpus, e["file"]):
                     # Kept from the previous run, so that partial runs add up.
                     rows += [r for r in previous.get("rows", [])
                              if r["corpus"] == corpus and r["file"] == e["file"]]
