@@ -32,7 +32,7 @@ fn env_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_ENV))
 }
 
-pub fn run_all() -> Result<()> {
+pub fn run_all(only: Option<&str>) -> Result<()> {
     if !crate::setup::is_root() {
         bail!("the comparison loads eBPF programs and sandboxes as root: run it as root");
     }
@@ -48,8 +48,12 @@ pub fn run_all() -> Result<()> {
         .arg(root().join("compare/make_large.py"))
         .arg(&large))?;
     let results = root().join("target/compare-results.json");
-    run(Command::new(SYSTEM_PYTHON)
-        .arg(root().join("compare/run_compare.py"))
+    let mut runner = Command::new(SYSTEM_PYTHON);
+    runner.arg(root().join("compare/run_compare.py"));
+    if let Some(only) = only {
+        runner.arg("--only").arg(only);
+    }
+    run(runner
         .arg("--tools-env")
         .arg(env_dir())
         .arg("--loader-python")

@@ -48,7 +48,11 @@ enum Task {
     /// ModelAudit, installed from PyPI into their own environment) and a strace-based scan
     /// over the same corpora (root; about half an hour). Writes the table into
     /// docs/comparison.md.
-    Compare,
+    Compare {
+        /// Only the files whose CORPUS:FILE contains this (results kept, page not rewritten).
+        #[arg(long, value_name = "TEXT")]
+        only: Option<String>,
+    },
     /// Set up, then measure (root). Prints a markdown table for docs/benchmarks.md.
     Bench {
         #[arg(value_enum)]
@@ -85,9 +89,9 @@ fn main() -> Result<()> {
             corpus::ensure(&corpus::default_dir())?;
             test()
         }
-        Task::Compare => {
+        Task::Compare { only } => {
             setup::all()?;
-            compare::run_all()
+            compare::run_all(only.as_deref())
         }
         Task::Bench { target } => {
             setup::all()?;
