@@ -1,6 +1,7 @@
 //! `cargo xtask <task>`: everything a developer or CI does, from a fresh clone.
 
 mod bench;
+mod compare;
 mod corpus;
 mod loader_env;
 mod setup;
@@ -43,6 +44,15 @@ enum Task {
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
+    /// Set up, then compare monitor with the static scanners (picklescan, modelscan, fickling,
+    /// ModelAudit, installed from PyPI into their own environment) and a strace-based scan
+    /// over the same corpora (root; about half an hour). Writes the table into
+    /// docs/comparison.md.
+    Compare {
+        /// Only the files whose CORPUS:FILE contains this (results kept, page not rewritten).
+        #[arg(long, value_name = "TEXT")]
+        only: Option<String>,
+    },
     /// Set up, then measure (root). Prints a markdown table for docs/benchmarks.md.
     Bench {
         #[arg(value_enum)]
@@ -81,6 +91,10 @@ fn main() -> Result<()> {
             setup::all()?;
             corpus::ensure(&corpus::default_dir())?;
             test()
+        }
+        Task::Compare { only } => {
+            setup::all()?;
+            compare::run_all(only.as_deref())
         }
         Task::Bench { target } => {
             setup::all()?;

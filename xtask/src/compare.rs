@@ -1,0 +1,113 @@
+//! `cargo xtask compare`: monitor side by side with the static scanners (picklescan, modelscan,
+//! fickling, ModelAudit) and a strace-based dynamic scan, over the same corpora, measured in
+//! one run; the table goes into docs/comparison.md.
+//!
+//! This prepares the inputs (the peers' environment, the generated corpus, the large benign
+//! artifacts, the release build) and hands the measuring to compare/run_compare.py, which
+//! runs every tool as its own process and writes the generated section of the page.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{corpus, loader_env, root, run};
+
+/// Where the peers are installed: their own environment, never the loader's (their pins
+/// would fight the frameworks' and they must not change what monitor loads with).
+const DEFAULT_ENV: &str = "/var/lib/monitor/compare-env";
+const SYSTEM_PYTHON: &str = "/usr/bin/python3";
+/// A copy of the requirements the environment was built from.
+const STAMP: &str = "compare-requirements.txt";
+/// The peer corpus: picklescan's own fixtures, kept outside the repository.
+const PEER_CORPUS: &str = "../shared/corpus/picklescan";
+
+fn env_dir() -> PathBuf {
+    std::env::var_os("MONITOR_COMPARE_ENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_ENV))
+}
+
+pub fn run_all(only: Option<&str>) -> Result<()> {
+    if !crate::setup::is_root() {
+        bail!("the comparison loads eBPF programs and sandboxes as root: run it as root");
+    }
+    let started = Instant::now();
+    // The install can fail (no registry, a yanked pin): the runner then records every peer's
+    // result as an error instead of stopping the comparison.
+    if let Err(e) = ensure_env() {
+        eprintln!("compare: warning: the peers' environment is not usable: {e:#}");
+    }
+    let corpus = corpus::ensure(&corpus::default_dir())?;
+    let large = root().join("target/compare-large");
+    run(Command::new(loader_env::python())
+        .arg(root().join("compare/make_large.py"))
+        .arg(&large))?;
+    let results = root().join("target/compare-results.json");
+    let mut runner = Command::new(SYSTEM_PYTHON);
+    runner.arg(root().join("compare/run_compare.py"));
+    if let Some(only) = only {
+        runner.arg("--only").arg(only);
+    }
+    run(runner
+        .arg("--tools-env")
+        .arg(env_dir())
+        .arg("--loader-python")
+        .arg(loader_env::python())
+        .arg("--monitorctl")
+        .arg(root().join("target/release/monitorctl"))
+        .arg("--corpus")
+        .arg(&corpus)
+        .arg("--peer-corpus")
+        .arg(root().join(PEER_CORPUS))
+        .arg("--large")
+        .arg(&large)
+        .arg("--doc")
+        .arg(root().join("docs/comparison.md"))
+        .arg("--results")
+        .arg(&results))?;
+    println!(
+        "compare: done in {:.0} s: docs/comparison.md, raw results in {}",
+        started.elapsed().as_secs_f64(),
+        results.display()
+    );
+    Ok(())
+}
+
+/// Creates or updates the peers' environment from compare/requirements.txt (a full freeze,
+/// installed without resolving); does nothing when it matches.
+fn ensure_env() -> Result<()> {
+    let requirements_path = root().join("compare/requirements.txt");
+    let requirements = fs::read(&requirements_path)
+        .with_context(|| format!("reading {}", requirements_path.display()))?;
+    let env = env_dir();
+    let python = env.join("bin/python");
+    let stamp = env.join(STAMP);
+    if python.is_file() && fs::read(&stamp).is_ok_and(|s| s == requirements) {
+        return Ok(());
+    }
+    println!(
+        "compare: installing the static scanners into {}",
+        env.display()
+    );
+    if env.exists() {
+        fs::remove_dir_all(&env).with_context(|| format!("removing the old {}", env.display()))?;
+    }
+    fs::create_dir_all(env.parent().unwrap_or(Path::new("/")))
+        .with_context(|| format!("creating the parent of {}", env.display()))?;
+    run(Command::new(SYSTEM_PYTHON).arg("-m").arg("venv").arg(&env))?;
+    let pip = |args: &[&str]| {
+        let mut cmd = Command::new(&python);
+        cmd.args(["-m", "pip", "--disable-pip-version-check", "--no-input"]);
+        cmd.args(args);
+        cmd
+    };
+    run(pip(&["install", "--quiet", "--no-deps", "--requirement"]).arg(&requirements_path))?;
+    run(&mut pip(&["check"]))?;
+    // Written last: an interrupted install is redone by the next run.
+    fs::write(&stamp, &requirements).with_context(|| format!("writing {}", stamp.display()))
+}
