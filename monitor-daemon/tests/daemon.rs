@@ -98,18 +98,21 @@ impl Daemon {
     }
 
     fn wait(&self, id: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(120);
+        self.poll(&format!("/v1/scans/{id}"), 120, |r| {
+            r["status"] == "done" || r["status"] == "interrupted"
+        })
+    }
+
+    /// GETs `path` until `done` holds for the reply (or fails after `secs` seconds).
+    fn poll(&self, path: &str, secs: u64, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
-            let (status, record) = self.json("GET", &format!("/v1/scans/{id}"), &Value::Null);
-            assert_eq!(status, 200, "{record}");
-            if record["status"] == "done" || record["status"] == "interrupted" {
-                return record;
+            let (_, reply) = self.json("GET", path, &Value::Null);
+            if done(&reply) {
+                return reply;
             }
-            assert!(
-                Instant::now() < deadline,
-                "scan {id} did not finish: {record}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
+            assert!(Instant::now() < deadline, "{path}: still {reply}");
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -167,35 +170,14 @@ fn scans_over_the_socket_survive_a_restart_and_bad_requests_get_4xx() {
     let daemon = Daemon::start(dir.path());
 
     // A listener on the live findings stream, before the scan.
-    let mut stream = UnixStream::connect(&daemon.socket).unwrap();
-    write!(
-        stream,
-        "GET /v1/findings/stream HTTP/1.1\r\nHost: monitord\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
+    let mut stream = open_stream(&daemon);
 
     let id = daemon.submit(&malicious);
     let record = daemon.wait(&id);
     assert_eq!(record["verdict"], "malicious", "{record}");
     assert_eq!(record["exit_code"], 1);
     assert_eq!(record["report"]["schema"], "monitor.scan/v1");
-    let mut seen = Vec::new();
-    let mut chunk = [0u8; 4096];
-    while !String::from_utf8_lossy(&seen).contains("exec.program") {
-        let n = stream
-            .read(&mut chunk)
-            .expect("the stream sends the finding");
-        assert!(
-            n > 0,
-            "the stream ended: {}",
-            String::from_utf8_lossy(&seen)
-        );
-        seen.extend_from_slice(&chunk[..n]);
-    }
-    let seen = String::from_utf8_lossy(&seen);
+    let seen = read_stream_until(&mut stream, "exec.program");
     assert!(
         seen.contains("event: finding") && seen.contains(&id),
         "{seen}"
@@ -379,15 +361,7 @@ fn a_scan_running_when_the_daemon_is_killed_is_reported_interrupted() {
     let slow = pickle(dir.path(), "slow.pkl", "ctime\nsleep\n(I30\ntR.");
     let mut daemon = Daemon::start(dir.path());
     let id = daemon.submit(&slow);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (_, record) = daemon.json("GET", &format!("/v1/scans/{id}"), &Value::Null);
-        if record["status"] == "running" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the scan never ran: {record}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    daemon.poll(&format!("/v1/scans/{id}"), 60, |r| r["status"] == "running");
     let dead = daemon.child.id();
     daemon.child.kill().unwrap(); // SIGKILL: no chance to tidy up
     daemon.child.wait().unwrap();
@@ -510,22 +484,10 @@ fn scans_run_side_by_side_each_with_its_own_trace() {
 
     let benign = daemon.submit(&slow_benign);
     let malicious = daemon.submit(&slow_malicious);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut most_at_once = 0;
-    loop {
-        let (_, status) = daemon.json("GET", "/v1/status", &Value::Null);
-        let running = status["running"].as_array().unwrap().len();
-        most_at_once = most_at_once.max(running);
-        if most_at_once == 2 {
-            assert_eq!(status["probes"]["subscriptions"], 2, "{status}");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never two scans at once: {status}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let both = daemon.poll("/v1/status", 60, |s| {
+        s["running"].as_array().is_some_and(|r| r.len() == 2)
+    });
+    assert_eq!(both["probes"]["subscriptions"], 2, "{both}");
     assert_eq!(daemon.wait(&benign)["verdict"], "clean");
     assert_eq!(daemon.wait(&malicious)["verdict"], "malicious");
     let (_, status) = daemon.json("GET", "/v1/status", &Value::Null);
@@ -821,15 +783,7 @@ fn monitorctl_watch_adds_lists_tails_and_removes() {
     let _ = tail.wait();
 
     // The process is gone: the watch ended by itself and left the store.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, w) = daemon.json("GET", &format!("/v1/watches/{id}"), &Value::Null);
-        if w["state"] == "ended" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{w}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    daemon.poll(&format!("/v1/watches/{id}"), 10, |w| w["state"] == "ended");
     ctl(&["watch", "rm", &id]);
     let out = Command::new(&monitorctl)
         .args(["watch", "rm", &id, "--socket"])
