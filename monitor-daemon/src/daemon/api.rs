@@ -137,21 +137,7 @@ async fn submit_scan(
     State(shared): State<Arc<Shared>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    let body = body.map_err(|e| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            e.body_text(),
-        )
-    })?;
-    let request: ScanRequest = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "malformed_request",
-            format!("the body is not a scan request: {e}"),
-        )
-    })?;
-    let mut request = request;
+    let mut request: ScanRequest = json_body(body, "a scan request")?;
     // Only the daemon itself marks its own copies of uploads for deletion.
     request.uploaded = false;
     let path = Path::new(&request.path);
@@ -217,13 +203,7 @@ async fn upload_scan(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let Query(q) = query.map_err(bad_query)?;
-    let body = body.map_err(|e| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            e.body_text(),
-        )
-    })?;
+    let body = body.map_err(too_large)?;
     // Only the last path component, and only plain characters: the name is not trusted.
     let name: String = q
         .name
@@ -476,20 +456,7 @@ async fn add_watch(
     State(shared): State<Arc<Shared>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    let body = body.map_err(|e| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            e.body_text(),
-        )
-    })?;
-    let request: crate::watch::WatchRequest = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "malformed_request",
-            format!("the body is not a watch request: {e}"),
-        )
-    })?;
+    let request: crate::watch::WatchRequest = json_body(body, "a watch request")?;
     let root = crate::cgroup::cgroup2_mount().map_err(ApiError::internal)?;
     let spec = request
         .validate(&root)
@@ -548,6 +515,29 @@ async fn remove_watch(
     shared.watches.stop(&id);
     shared.store.remove_watch(&id).map_err(ApiError::internal)?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A JSON request body as a `T` (`what` names it in the error), or the 4xx that says why not.
+fn json_body<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+    what: &str,
+) -> Result<T, ApiError> {
+    let body = body.map_err(too_large)?;
+    serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_request",
+            format!("the body is not {what}: {e}"),
+        )
+    })
+}
+
+fn too_large(e: BytesRejection) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        e.body_text(),
+    )
 }
 
 fn no_watch(id: &str) -> ApiError {
