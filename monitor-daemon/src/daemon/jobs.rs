@@ -14,13 +14,11 @@ use tokio::sync::{Semaphore, mpsc};
 use crate::{
     daemon::{
         Shared,
-        metrics::EventLabels,
         store::{Finished, ScanRequest, StoreError},
     },
     rules::Phase,
     run::Output,
     scan::{self, LazyProbes, Progress, ScanSpec, format::Limits, sarif, text},
-    trace::What,
 };
 
 /// A scan's trace is stored up to this many events (the report counts them all).
@@ -77,15 +75,7 @@ async fn run_one(
             {
                 trace.push(value);
             }
-            if let What::Syscall(sc) = &event.what {
-                shared
-                    .metrics
-                    .events
-                    .get_or_create(&EventLabels {
-                        syscall: sc.name.to_string(),
-                    })
-                    .inc();
-            }
+            shared.metrics.count_event(event);
         }
         _ => {}
     })

@@ -124,6 +124,28 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// A traced event of a scan or a watch: syscalls are counted by name.
+    pub fn count_event(&self, event: &crate::trace::Event) {
+        if let crate::trace::What::Syscall(sc) = &event.what {
+            self.events
+                .get_or_create(&EventLabels {
+                    syscall: sc.name.to_string(),
+                })
+                .inc();
+        }
+    }
+
+    /// A finding of a scan or a watch (`source`).
+    pub fn count_finding(&self, finding: &crate::rules::Finding, source: &str) {
+        self.findings
+            .get_or_create(&FindingLabels {
+                severity: finding.severity.name().into(),
+                rule: finding.rule.clone(),
+                source: source.into(),
+            })
+            .inc();
+    }
+
     pub fn record_scan(&self, report: &ScanReport) {
         self.scans
             .get_or_create(&ScanLabels {
@@ -138,13 +160,7 @@ impl Metrics {
         self.scan_duration
             .observe(report.duration_ms as f64 / 1000.0);
         for f in &report.findings {
-            self.findings
-                .get_or_create(&FindingLabels {
-                    severity: f.severity.name().into(),
-                    rule: f.rule.clone(),
-                    source: "scan".into(),
-                })
-                .inc();
+            self.count_finding(f, "scan");
         }
         if let Some(trace) = &report.trace {
             self.events_dropped.inc_by(trace.dropped);

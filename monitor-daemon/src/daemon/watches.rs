@@ -12,12 +12,7 @@ use serde_json::json;
 use tokio::sync::oneshot;
 
 use crate::{
-    daemon::{
-        Shared,
-        metrics::{EventLabels, FindingLabels},
-        store::WatchRecord,
-    },
-    trace::What,
+    daemon::{Shared, store::WatchRecord},
     watch::{self, WatchOutput, WatchSpec, WatchSummary},
 };
 
@@ -181,27 +176,11 @@ fn report(shared: &Shared, id: &str, status: &Mutex<WatchStatus>, out: WatchOutp
     match out {
         WatchOutput::Event(event) => {
             lock(status).events += 1;
-            if let What::Syscall(sc) = &event.what {
-                shared
-                    .metrics
-                    .events
-                    .get_or_create(&EventLabels {
-                        syscall: sc.name.to_string(),
-                    })
-                    .inc();
-            }
+            shared.metrics.count_event(event);
         }
         WatchOutput::Finding(finding) => {
             lock(status).findings += 1;
-            shared
-                .metrics
-                .findings
-                .get_or_create(&FindingLabels {
-                    severity: finding.severity.name().into(),
-                    rule: finding.rule.clone(),
-                    source: "watch".into(),
-                })
-                .inc();
+            shared.metrics.count_finding(finding, "watch");
             match serde_json::to_value(finding) {
                 Ok(value) => {
                     if let Err(e) = shared.store.add_watch_finding(
