@@ -4,6 +4,31 @@ use std::path::PathBuf;
 
 use monitor_daemon::{probes::Probes, rules::RuleSet};
 
+/// Runs `task` on a current-thread runtime; an error is printed as `monitorctl{context}: ...`
+/// and becomes exit status 1.
+pub fn block_on(
+    context: &str,
+    task: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> std::process::ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("monitorctl: starting the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(task) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("monitorctl{context}: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// The default rules (unless `no_defaults`) plus those of each file, validated.
 pub fn rule_set(files: &[PathBuf], no_defaults: bool) -> anyhow::Result<RuleSet> {
     let mut rules = if no_defaults {

@@ -56,23 +56,7 @@ pub enum Request {
 }
 
 pub fn main(args: DaemonArgs, request: Request) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("monitorctl: starting the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(ask(args, request)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("monitorctl: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    crate::common::block_on("", ask(args, request))
 }
 
 async fn ask(args: DaemonArgs, request: Request) -> Result<()> {

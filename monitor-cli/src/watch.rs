@@ -93,23 +93,7 @@ fn parse_severity(s: &str) -> Result<Severity, String> {
 }
 
 pub fn main(args: WatchArgs) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("monitorctl: starting the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(watch(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("monitorctl watch: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    crate::common::block_on(" watch", watch(args))
 }
 
 async fn watch(args: WatchArgs) -> Result<()> {
