@@ -15,7 +15,7 @@ use monitor_daemon::{
     probes::{ProbeConfig, Probes},
     router::Router,
     rules::{Phase, RuleSet, Severity},
-    watch::{self, Kill, WatchOutput, WatchRequest, WatchSummary},
+    watch::{self, Kill, Selector, WatchOutput, WatchRequest, WatchSpec, WatchSummary},
 };
 use monitor_tests::is_root;
 
@@ -47,13 +47,23 @@ async fn watch_until(
     act: impl std::future::Future<Output = ()>,
     stop: bool,
 ) -> (Arc<Mutex<Seen>>, WatchSummary) {
+    let spec = request
+        .validate(&cgroup::cgroup2_mount().unwrap())
+        .expect("a valid watch");
+    run_spec(router, spec, act, stop).await
+}
+
+/// [`watch_until`] for a spec made by hand (discovery has no request form).
+async fn run_spec(
+    router: &Router,
+    spec: WatchSpec,
+    act: impl std::future::Future<Output = ()>,
+    stop: bool,
+) -> (Arc<Mutex<Seen>>, WatchSummary) {
     assert!(
         is_root(),
         "watches load eBPF programs: run the tests as root"
     );
-    let spec = request
-        .validate(&cgroup::cgroup2_mount().unwrap())
-        .expect("a valid watch");
     let seen = Arc::new(Mutex::new(Seen::default()));
     let sink_seen = seen.clone();
     let rules = Arc::new(RuleSet::defaults());
@@ -313,9 +323,9 @@ async fn discovery_catches_a_python_process_unpickling_a_malicious_file() {
     let router = router();
     let python = Arc::new(Mutex::new(0));
     let p = python.clone();
-    let spec = monitor_daemon::watch::WatchSpec {
+    let spec = WatchSpec {
         name: Some("discovery".into()),
-        selector: monitor_daemon::watch::Selector::Discovery {
+        selector: Selector::Discovery {
             suffixes: watch::artifact::DEFAULT_SUFFIXES
                 .iter()
                 .map(|s| s.to_string())
@@ -325,31 +335,8 @@ async fn discovery_catches_a_python_process_unpickling_a_malicious_file() {
         policy: Default::default(),
         load_window_ms: 10_000,
     };
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let sink_seen = seen.clone();
-    let rules = Arc::new(RuleSet::defaults());
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let watching = watch::run(
-        &spec,
-        &router,
-        move || rules.clone(),
-        async move {
-            let _ = stop_rx.await;
-        },
-        move |out| {
-            let mut seen = sink_seen.lock().unwrap();
-            match out {
-                WatchOutput::Event(_) => {}
-                WatchOutput::Discovered(e) => seen.discovered.push(e.pid),
-                WatchOutput::Finding(f) => {
-                    seen.findings.push((f.rule.clone(), f.event.pid, f.phase))
-                }
-                WatchOutput::Kill(k) => seen.kills.push(k.clone()),
-            }
-        },
-    );
     let model_path = model.display().to_string();
-    let driver = async move {
+    let act = async {
         // Nobody watches this process: it is not in a watched cgroup, no pid watch names it.
         let child = Command::new("/usr/bin/python3")
             .args([
@@ -361,11 +348,8 @@ async fn discovery_catches_a_python_process_unpickling_a_malicious_file() {
             .unwrap();
         *p.lock().unwrap() = child.id();
         assert!(wait(child).await.success());
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let _ = stop_tx.send(());
     };
-    let (summary, ()) = tokio::join!(watching, driver);
-    let summary = summary.unwrap();
+    let (seen, summary) = run_spec(&router, spec, act, true).await;
     let seen = seen.lock().unwrap();
     let python = *python.lock().unwrap();
     assert!(
