@@ -6,23 +6,18 @@
 //! artifacts, the release build) and hands the measuring to compare/run_compare.py, which
 //! runs every tool as its own process and writes the generated section of the page.
 
-use std::{
-    fs,
-    path::{Path, PathBuf},
-    process::Command,
-    time::Instant,
+use std::{path::PathBuf, process::Command, time::Instant};
+
+use anyhow::{Result, bail};
+
+use crate::{
+    corpus, loader_env, root, run,
+    venv::{PinnedVenv, SYSTEM_PYTHON},
 };
-
-use anyhow::{Context as _, Result, bail};
-
-use crate::{corpus, loader_env, root, run};
 
 /// Where the peers are installed: their own environment, never the loader's (their pins
 /// would fight the frameworks' and they must not change what monitor loads with).
 const DEFAULT_ENV: &str = "/var/lib/monitor/compare-env";
-const SYSTEM_PYTHON: &str = "/usr/bin/python3";
-/// A copy of the requirements the environment was built from.
-const STAMP: &str = "compare-requirements.txt";
 /// The peer corpus: picklescan's own fixtures, kept outside the repository.
 const PEER_CORPUS: &str = "../shared/corpus/picklescan";
 
@@ -78,36 +73,21 @@ pub fn run_all(only: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-/// Creates or updates the peers' environment from compare/requirements.txt (a full freeze,
-/// installed without resolving); does nothing when it matches.
+/// Creates or updates the peers' environment from compare/requirements.txt; does nothing
+/// when it matches.
 fn ensure_env() -> Result<()> {
-    let requirements_path = root().join("compare/requirements.txt");
-    let requirements = fs::read(&requirements_path)
-        .with_context(|| format!("reading {}", requirements_path.display()))?;
-    let env = env_dir();
-    let python = env.join("bin/python");
-    let stamp = env.join(STAMP);
-    if python.is_file() && fs::read(&stamp).is_ok_and(|s| s == requirements) {
+    let env = PinnedVenv {
+        dir: env_dir(),
+        requirements: root().join("compare/requirements.txt"),
+        stamp: "compare-requirements.txt",
+        label: "compare",
+    };
+    if env.is_current()? {
         return Ok(());
     }
     println!(
         "compare: installing the static scanners into {}",
-        env.display()
+        env.dir.display()
     );
-    if env.exists() {
-        fs::remove_dir_all(&env).with_context(|| format!("removing the old {}", env.display()))?;
-    }
-    fs::create_dir_all(env.parent().unwrap_or(Path::new("/")))
-        .with_context(|| format!("creating the parent of {}", env.display()))?;
-    run(Command::new(SYSTEM_PYTHON).arg("-m").arg("venv").arg(&env))?;
-    let pip = |args: &[&str]| {
-        let mut cmd = Command::new(&python);
-        cmd.args(["-m", "pip", "--disable-pip-version-check", "--no-input"]);
-        cmd.args(args);
-        cmd
-    };
-    run(pip(&["install", "--quiet", "--no-deps", "--requirement"]).arg(&requirements_path))?;
-    run(&mut pip(&["check"]))?;
-    // Written last: an interrupted install is redone by the next run.
-    fs::write(&stamp, &requirements).with_context(|| format!("writing {}", stamp.display()))
+    env.rebuild(|| Ok(()))
 }

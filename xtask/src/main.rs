@@ -6,6 +6,7 @@ mod corpus;
 mod loader_env;
 mod setup;
 mod stamp;
+mod venv;
 
 use std::{
     path::{Path, PathBuf},
