@@ -54,33 +54,16 @@ impl Reader {
     /// into `out`. Returns how many were added.
     pub async fn read(&mut self, out: &mut Vec<Record>) -> io::Result<usize> {
         loop {
-            let n = match self.recheck_at {
-                Some(deadline) => {
-                    tokio::select! {
-                        guard = self.ring.readable_mut() => {
-                            let mut guard = guard?;
-                            let n = drain(
-                                guard.get_inner_mut(),
-                                &self.decoder,
-                                out,
-                                &mut self.malformed,
-                                &mut self.last_error,
-                            );
-                            guard.clear_ready();
-                            n
-                        }
-                        () = tokio::time::sleep_until(deadline) => {
-                            let n = self.drain_now(out);
-                            if n == 0 {
-                                // Nothing was committed silently since: sleep until woken.
-                                self.recheck_at = None;
-                            }
-                            n
-                        }
-                    }
-                }
-                None => {
-                    let mut guard = self.ring.readable_mut().await?;
+            // Woken by the kernel (`Some`), or the recheck after a batch came due (`None`).
+            let woken = match self.recheck_at {
+                Some(deadline) => tokio::select! {
+                    guard = self.ring.readable_mut() => Some(guard?),
+                    () = tokio::time::sleep_until(deadline) => None,
+                },
+                None => Some(self.ring.readable_mut().await?),
+            };
+            let n = match woken {
+                Some(mut guard) => {
                     let n = drain(
                         guard.get_inner_mut(),
                         &self.decoder,
@@ -89,6 +72,14 @@ impl Reader {
                         &mut self.last_error,
                     );
                     guard.clear_ready();
+                    n
+                }
+                None => {
+                    let n = self.drain_now(out);
+                    if n == 0 {
+                        // Nothing was committed silently since: sleep until woken.
+                        self.recheck_at = None;
+                    }
                     n
                 }
             };
