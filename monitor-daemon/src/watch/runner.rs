@@ -371,13 +371,15 @@ impl<'a> Judge<'a> {
         }
         let processes = self.tracer.processes();
         // What a loading process starts is part of the load.
-        let loading = std::iter::once(event.pid)
-            .chain(processes.ancestors(event.pid))
-            .any(|pid| {
-                self.loading_until
-                    .get(&pid)
-                    .is_some_and(|&until| event.time_ns <= until)
-            });
+        // Most of a server's life nothing is loading: no parent chain to walk then.
+        let loading = !self.loading_until.is_empty()
+            && std::iter::once(event.pid)
+                .chain(processes.ancestors(event.pid))
+                .any(|pid| {
+                    self.loading_until
+                        .get(&pid)
+                        .is_some_and(|&until| event.time_ns <= until)
+                });
         let phase = if loading { Phase::Load } else { Phase::Run };
         let cwd = processes.get(event.pid).and_then(|p| p.cwd.as_deref());
         let mut found = rules.judge(event, phase, cwd);
