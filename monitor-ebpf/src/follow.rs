@@ -8,6 +8,10 @@
 //! Both match paths, as [`PathKey`]s: cgroups by their path under the cgroup2 root (the
 //! tracepoints give no parent id), executables by the path `execve` was given.
 
+// Keys are passed by reference into their per-CPU scratch: by value, each 256-byte key would
+// be copied onto the 512-byte stack.
+#![allow(clippy::needless_borrows_for_generic_args)]
+
 use aya_ebpf::{EbpfContext, helpers::generated, programs::TracePointContext};
 use monitor_common::event::{Counter, PATH_KEY_MAX, PathKey};
 

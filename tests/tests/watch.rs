@@ -445,7 +445,10 @@ async fn an_executable_watch_takes_running_and_new_processes_of_that_file_only()
         std::fs::write(&go, "").unwrap();
         assert!(wait(running).await.success());
         // Started after: the kernel matches it at its exec.
-        let started = Command::new(&server).args(["-c", &read_token]).spawn().unwrap();
+        let started = Command::new(&server)
+            .args(["-c", &read_token])
+            .spawn()
+            .unwrap();
         // The same acts by another program: not this watch's.
         let other = Command::new("/bin/bash")
             .args(["-c", &read_token])

@@ -213,8 +213,7 @@ impl Selection {
         };
         match selector {
             Selector::Cgroup(root) => {
-                selection.cgroup_mount =
-                    cgroup2_mount().context("finding the cgroup2 mount")?;
+                selection.cgroup_mount = cgroup2_mount().context("finding the cgroup2 mount")?;
                 for (id, path) in cgroup_tree(root)
                     .with_context(|| format!("reading cgroup {}", root.display()))?
                 {
@@ -329,10 +328,10 @@ impl Selection {
                     let _ = records_of_watch.forget_processes(&gone);
                 }
                 for pid in processes_running(&exe.file) {
-                    if exe.found.insert(pid) {
-                        if let Err(e) = records_of_watch.add_target(Target::Process(pid)) {
-                            tracing::warn!(pid, error = %e, "cannot watch a process running the executable");
-                        }
+                    if exe.found.insert(pid)
+                        && let Err(e) = records_of_watch.add_target(Target::Process(pid))
+                    {
+                        tracing::warn!(pid, error = %e, "cannot watch a process running the executable");
                     }
                 }
             }

@@ -86,7 +86,9 @@ pub struct WatchRequest {
 /// Why a watch request was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SpecError {
-    #[error("a watch selects a cgroup, a pid or an executable: give exactly one of `cgroup`, `pid`, `exe`")]
+    #[error(
+        "a watch selects a cgroup, a pid or an executable: give exactly one of `cgroup`, `pid`, `exe`"
+    )]
     Selector,
     #[error("`{0}` is not a syscall monitor traces (see `monitorctl rules list` for names)")]
     UnknownSyscall(String),
@@ -315,7 +317,12 @@ mod tests {
             .unwrap();
         assert_eq!(spec.selector, Selector::Executable("/bin/sh".into()));
         assert_ne!(spec.kernel_watch().flags & WATCH_FOLLOW_FORKS, 0);
-        for exe in [r#""sh""#, r#""/etc/hostname""#, r#""/nonexistent""#, r#""/tmp""#] {
+        for exe in [
+            r#""sh""#,
+            r#""/etc/hostname""#,
+            r#""/nonexistent""#,
+            r#""/tmp""#,
+        ] {
             assert!(
                 matches!(
                     bad(&format!(r#"{{"exe": {exe}}}"#)),
