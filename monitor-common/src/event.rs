@@ -247,6 +247,12 @@ pub const SUFFIXES: usize = 16;
 /// Bytes of an opened path that discovery reads (the suffix must lie within them).
 pub const DISCOVERY_PATH_MAX: usize = 256;
 
+/// The bit of [`Discovery::tails`] that a path ending in bytes `second_last`, `last` (lower
+/// case) tests.
+pub const fn tail_bit(second_last: u8, last: u8) -> usize {
+    (last.wrapping_mul(31) ^ second_last) as usize
+}
+
 /// The only entry of the `DISCOVERY` map: any process on the host that opens a file whose name
 /// ends in one of `suffixes` starts being watched with `watch`.
 #[repr(C)]
@@ -258,9 +264,10 @@ pub struct Discovery {
     pub count: u32,
     /// What a discovered process is watched with (`WATCH_FOLLOW_FORKS` is implied).
     pub watch: Watch,
-    /// Which bytes end a suffix (bit `b % 64` of word `b / 64`), so that most paths are
-    /// ruled out by their last byte alone.
-    pub last_bytes: [u64; 4],
+    /// Which two-byte endings the suffixes have: bit [`tail_bit`] of the last two bytes (lower
+    /// case) is set for each, so that most paths are ruled out by their last two bytes alone
+    /// (a `.txt` by `xt`, where its last byte alone would pass for `.pt`'s).
+    pub tails: [u64; 4],
     /// Bytes of each suffix.
     pub len: [u8; SUFFIXES],
     /// Lower-case ASCII; a path matches whatever the case of its letters.

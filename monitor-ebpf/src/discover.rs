@@ -8,6 +8,7 @@
 use aya_ebpf::helpers::generated;
 use monitor_common::event::{
     Counter, DISCOVERY_PATH_MAX, Discovery, SUFFIX_MAX, SUFFIXES, WATCH_FOLLOW_FORKS, Watch,
+    tail_bit,
 };
 
 use crate::{
@@ -49,14 +50,15 @@ fn matches(path: u64) -> Option<()> {
         return None;
     }
     let len = n as usize - 1;
-    // Most paths end in a byte no suffix ends in: one test instead of the loop.
-    let last = unsafe { (*buf)[(len - 1) & (DISCOVERY_PATH_MAX - 1)] };
-    let last = if last.is_ascii_uppercase() {
-        last | 0x20
-    } else {
-        last
-    };
-    if config.last_bytes[(last >> 6) as usize & 3] & (1 << (last & 63)) == 0 {
+    if len < 2 {
+        return None;
+    }
+    // Most paths end in two bytes no suffix ends in: one test instead of the loop.
+    let lower = |c: u8| if c.is_ascii_uppercase() { c | 0x20 } else { c };
+    let last = lower(unsafe { (*buf)[(len - 1) & (DISCOVERY_PATH_MAX - 1)] });
+    let second = lower(unsafe { (*buf)[(len - 2) & (DISCOVERY_PATH_MAX - 1)] });
+    let bit = tail_bit(second, last);
+    if config.tails[(bit >> 6) & 3] & (1 << (bit & 63)) == 0 {
         return None;
     }
     if !matches_any(config, unsafe { &*buf }, len) {

@@ -149,12 +149,23 @@ pub fn sys_exit(ctx: RetProbeContext) -> u32 {
 
 #[tracepoint]
 pub fn sys_enter_tp(ctx: TracePointContext) -> u32 {
-    let watch = Watched::current();
-    if watch.is_none() && !discovery_is_on() {
-        return 0;
-    }
+    let watch = match Watched::current() {
+        Some(watch) => watch,
+        // Discovery reads the syscall's number and its one path argument, nothing more,
+        // unless the path names a model.
+        None if discovery_is_on()
+            && hooks::tracepoint_nr(&ctx)
+                .is_ok_and(|nr| discover_at_enter(nr, |i| hooks::tracepoint_arg(&ctx, i))) =>
+        {
+            match Watched::current() {
+                Some(watch) => watch,
+                None => return 0,
+            }
+        }
+        None => return 0,
+    };
     if let Ok((nr, args)) = hooks::tracepoint_entry(&ctx) {
-        syscall_enter(watch, nr, args);
+        capture::syscall_enter(watch, nr, args);
     }
     0
 }
@@ -165,7 +176,7 @@ pub fn sys_enter_tp(ctx: TracePointContext) -> u32 {
 fn syscall_enter(watch: Option<Watched>, nr: u32, args: [u64; 6]) {
     let watch = match watch {
         Some(watch) => watch,
-        None if discover_at_enter(nr, &args) => match Watched::current() {
+        None if discover_at_enter(nr, |i| Ok(args[i])) => match Watched::current() {
             Some(watch) => watch,
             None => return,
         },
@@ -179,20 +190,21 @@ fn discovery_is_on() -> bool {
     DISCOVERY.get(0).is_some_and(|d| d.enabled != 0)
 }
 
-/// Discovery's look at an unwatched task's syscall: only for syscalls that open a file.
+/// Discovery's look at an unwatched task's syscall `nr`, whose argument `i` is `arg(i)`:
+/// only for syscalls that open a file.
 #[inline(always)]
-fn discover_at_enter(nr: u32, args: &[u64; 6]) -> bool {
+fn discover_at_enter(nr: u32, arg: impl Fn(usize) -> Result<u64, i64>) -> bool {
     let Some(spec) = CAPTURE.get(nr) else {
         return false;
     };
     // Constant indexes: the verifier refuses reads from the stack at a variable offset.
     let path = match spec.discover_arg {
-        1 => args[0],
-        2 => args[1],
-        3 => args[2],
+        1 => arg(0),
+        2 => arg(1),
+        3 => arg(2),
         _ => return false,
     };
-    discover::on_open(path)
+    path.is_ok_and(discover::on_open)
 }
 
 #[tracepoint]
