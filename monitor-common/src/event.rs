@@ -247,10 +247,11 @@ pub const SUFFIXES: usize = 16;
 /// Bytes of an opened path that discovery reads (the suffix must lie within them).
 pub const DISCOVERY_PATH_MAX: usize = 256;
 
-/// The bit of [`Discovery::tails`] that a path ending in bytes `second_last`, `last` (lower
-/// case) tests.
-pub const fn tail_bit(second_last: u8, last: u8) -> usize {
-    (last.wrapping_mul(31) ^ second_last) as usize
+/// The bit of [`Discovery::tails`] that a path ending in bytes `a`, `b`, `c` (lower case)
+/// tests. Chosen so that the default suffixes share no bit with the endings most opened on a
+/// host (`.py`, `pyc`, `.so`, `txt`, `son`, `.js`, `.db`, `xml`, ...).
+pub const fn tail_bit(a: u8, b: u8, c: u8) -> usize {
+    (c ^ b.wrapping_mul(3) ^ a.wrapping_mul(3)) as usize
 }
 
 /// The only entry of the `DISCOVERY` map: any process on the host that opens a file whose name
@@ -264,9 +265,10 @@ pub struct Discovery {
     pub count: u32,
     /// What a discovered process is watched with (`WATCH_FOLLOW_FORKS` is implied).
     pub watch: Watch,
-    /// Which two-byte endings the suffixes have: bit [`tail_bit`] of the last two bytes (lower
-    /// case) is set for each, so that most paths are ruled out by their last two bytes alone
-    /// (a `.txt` by `xt`, where its last byte alone would pass for `.pt`'s).
+    /// Which three-byte endings the suffixes have: bit [`tail_bit`] of the last three bytes
+    /// (lower case) is set for each, so that most paths are ruled out by their end alone (a
+    /// `.txt` by `txt`, where its last byte would pass for `.pt`'s, a `.py` where its last
+    /// two would pass for `.npy`'s).
     pub tails: [u64; 4],
     /// Bytes of each suffix.
     pub len: [u8; SUFFIXES],

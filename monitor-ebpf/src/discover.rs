@@ -50,14 +50,16 @@ fn matches(path: u64) -> Option<()> {
         return None;
     }
     let len = n as usize - 1;
-    if len < 2 {
+    // (A path shorter than this names no model file a suffix is meant for.)
+    if len < 3 {
         return None;
     }
-    // Most paths end in two bytes no suffix ends in: one test instead of the loop.
-    let lower = |c: u8| if c.is_ascii_uppercase() { c | 0x20 } else { c };
-    let last = lower(unsafe { (*buf)[(len - 1) & (DISCOVERY_PATH_MAX - 1)] });
-    let second = lower(unsafe { (*buf)[(len - 2) & (DISCOVERY_PATH_MAX - 1)] });
-    let bit = tail_bit(second, last);
+    // Most paths end in three bytes no suffix ends in: one test instead of the loop.
+    let at = |i: usize| {
+        let c = unsafe { (*buf)[i & (DISCOVERY_PATH_MAX - 1)] };
+        if c.is_ascii_uppercase() { c | 0x20 } else { c }
+    };
+    let bit = tail_bit(at(len - 3), at(len - 2), at(len - 1));
     if config.tails[(bit >> 6) & 3] & (1 << (bit & 63)) == 0 {
         return None;
     }

@@ -40,20 +40,21 @@ pub fn kernel_suffixes(suffixes: &[String], into: &mut Discovery) -> Result<(), 
         into.suffix[i][..lower.len()].copy_from_slice(lower.as_bytes());
         into.len[i] = lower.len() as u8;
         // The kernel lowers the path's letters; an upper-case tail never matches.
-        let bytes = lower.as_bytes();
-        let last = bytes[bytes.len() - 1];
-        let mut set = |second: u8| {
-            let bit = tail_bit(second, last);
-            into.tails[bit / 64] |= 1 << (bit % 64);
-        };
-        match bytes.len() {
-            // Whatever comes before a one-byte suffix.
-            1 => (0..=255).for_each(&mut set),
-            n => set(bytes[n - 2]),
+        let b = lower.as_bytes();
+        let n = b.len();
+        match n {
+            // Whatever comes before a short suffix.
+            1 => into.tails = [u64::MAX; 4],
+            2 => (0..=255).for_each(|a| set_tail(into, tail_bit(a, b[0], b[1]))),
+            _ => set_tail(into, tail_bit(b[n - 3], b[n - 2], b[n - 1])),
         }
     }
     into.count = suffixes.len() as u32;
     Ok(())
+}
+
+fn set_tail(into: &mut Discovery, bit: usize) {
+    into.tails[bit / 64] |= 1 << (bit % 64);
 }
 
 #[cfg(test)]
@@ -70,12 +71,16 @@ mod tests {
         assert_eq!(d.count as usize, DEFAULT_SUFFIXES.len());
         assert_eq!(&d.suffix[0][..4], b".pkl");
         assert_eq!(d.len[0], 4);
-        let ends = |tail: &[u8; 2]| {
-            let bit = tail_bit(tail[0], tail[1]);
+        let ends = |t: &[u8; 3]| {
+            let bit = tail_bit(t[0], t[1], t[2]);
             d.tails[bit / 64] & (1 << (bit % 64)) != 0
         };
-        assert!(ends(b"kl") && ends(b"h5") && ends(b"pt"));
-        assert!(!ends(b"xt") && !ends(b"py") && !ends(b"so") && !ends(b"on"));
+        assert!(ends(b"pkl") && ends(b".h5") && ends(b".pt") && ends(b"kpt"));
+        for common in [
+            b".py", b"pyc", b".so", b"txt", b"son", b".js", b".db", b"xml",
+        ] {
+            assert!(!ends(common), "{}", String::from_utf8_lossy(common));
+        }
         let long = vec!["x".repeat(SUFFIX_MAX + 1)];
         assert!(kernel_suffixes(&long, &mut d).is_err());
         let many: Vec<String> = (0..=SUFFIXES).map(|i| format!(".{i}")).collect();

@@ -317,12 +317,11 @@ mod tests {
             .unwrap();
         assert_eq!(spec.selector, Selector::Executable("/bin/sh".into()));
         assert_ne!(spec.kernel_watch().flags & WATCH_FOLLOW_FORKS, 0);
-        for exe in [
-            r#""sh""#,
-            r#""/etc/hostname""#,
-            r#""/nonexistent""#,
-            r#""/tmp""#,
-        ] {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("weights.bin");
+        std::fs::write(&data, "not a program").unwrap();
+        let data = format!("{:?}", data.display().to_string());
+        for exe in [r#""sh""#, &data, r#""/nonexistent""#, r#""/tmp""#] {
             assert!(
                 matches!(
                     bad(&format!(r#"{{"exe": {exe}}}"#)),
