@@ -34,7 +34,7 @@ impl Daemon {
             settings.push_str(&extra);
         }
         std::fs::write(&config, settings).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_monitord"))
+        let child = as_the_unit_runs_it()
             .arg("--config")
             .arg(&config)
             .stdout(Stdio::null())
@@ -131,6 +131,36 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// monitord as dist/monitord.service starts it: with the unit's CapabilityBoundingSet and
+/// NoNewPrivileges, applied by setpriv (systemd is not PID 1 where the tests run). So every test
+/// here also checks that the unit leaves the daemon the powers it needs.
+fn as_the_unit_runs_it() -> Command {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../dist/monitord.service"
+    ))
+    .unwrap();
+    let setting = |key: &str| {
+        unit.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .unwrap_or_else(|| panic!("dist/monitord.service has no {key}="))
+            .to_owned()
+    };
+    assert_eq!(setting("NoNewPrivileges"), "yes");
+    let keep: Vec<String> = setting("CapabilityBoundingSet")
+        .split_whitespace()
+        .map(|cap| {
+            let name = cap.strip_prefix("CAP_").expect("a capability name");
+            format!("+{}", name.to_ascii_lowercase())
+        })
+        .collect();
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--no-new-privs", "--inh-caps=-all"])
+        .arg(format!("--bounding-set=-all,{}", keep.join(",")))
+        .arg(env!("CARGO_BIN_EXE_monitord"));
+    cmd
 }
 
 fn dechunk(mut body: &[u8]) -> Vec<u8> {
