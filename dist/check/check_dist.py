@@ -19,6 +19,7 @@ cannot fail proves nothing. Run by `cargo xtask test` through xtask/src/dist_che
 import argparse
 import copy
 import fnmatch
+import io
 import json
 import os
 import re
@@ -87,12 +88,12 @@ def copy_args(value):
 
 
 def check_dockerfile(checks, text, root, loader_dir, loader_stamp):
-    parser = DockerfileParser(fileobj=_bytes_io(text))
+    parser = DockerfileParser(fileobj=io.BytesIO(text.encode()))
     instructions = [i for i in parser.structure if i["instruction"] != "COMMENT"]
     stages = []  # (name, base)
     bases = iter(parser.parent_images)
     patterns = dockerignore_patterns(root)
-    stage_runs = {}
+    stage_text = {}  # a stage's instructions, joined: what it does
     for ins in instructions:
         kind, value = ins["instruction"], ins["value"]
         line = ins["startline"] + 1
@@ -103,7 +104,7 @@ def check_dockerfile(checks, text, root, loader_dir, loader_stamp):
             base = next(bases)
             checks.expect("$" not in base, f"Dockerfile:{line}: FROM {base}: an ARG undeclared")
             stages.append((name, base))
-            stage_runs[name] = []
+            stage_text[name] = []
             continue
         # Only ARGs (for FROM lines) may come before the first stage.
         checks.expect(
@@ -111,8 +112,7 @@ def check_dockerfile(checks, text, root, loader_dir, loader_stamp):
         )
         if not stages:
             continue
-        if kind == "RUN":
-            stage_runs[stages[-1][0]].append(value)
+        stage_text[stages[-1][0]].append(value)
         if kind in ("COPY", "ADD"):
             flags, sources, _dest = copy_args(value)
             if "from" in flags:
@@ -146,11 +146,21 @@ def check_dockerfile(checks, text, root, loader_dir, loader_stamp):
         f"Dockerfile: the loader environment is built on {base.get('loader')} but runs on "
         f"{base.get('runtime')}: its Python would not be there",
     )
-    loader_steps = " ".join(stage_runs.get("loader", []))
+    # The binaries link against the build stage's glibc: the runtime's must be that release's.
+    codename = r"(bookworm|trixie|bullseye|forky)"
+    releases = {name: re.findall(codename, b) for name, b in stages}
+    checks.expect(
+        releases.get("build") and releases.get("build") == releases.get("runtime"),
+        f"Dockerfile: built on {base.get('build')}, run on {base.get('runtime')}: "
+        "not one Debian release",
+    )
+    loader_steps = " ".join(stage_text.get("loader", []))
     for want in (f"venv {loader_dir}", "--no-deps", "loader/requirements.txt", loader_stamp):
-        present = want in loader_steps or want in text
-        checks.expect(present, f"Dockerfile: the loader stage lacks `{want}` (see loader_env.rs)")
-    build_steps = " ".join(stage_runs.get("build", []))
+        checks.expect(
+            want in loader_steps,
+            f"Dockerfile: the loader stage lacks `{want}` (see loader_env.rs)",
+        )
+    build_steps = " ".join(stage_text.get("build", []))
     checks.expect(
         "cargo xtask build" in build_steps,
         "Dockerfile: the build stage does not run `cargo xtask build`",
@@ -168,10 +178,27 @@ def check_dockerfile(checks, text, root, loader_dir, loader_stamp):
         )
 
 
-def _bytes_io(text):
-    import io
+# Libraries of Debian's essential packages (libc6, libgcc-s1), in every Debian image.
+BASE_LIBRARIES = {
+    "linux-vdso.so.1",
+    "libc.so.6",
+    "libm.so.6",
+    "libgcc_s.so.1",
+    "ld-linux-x86-64.so.2",
+}
 
-    return io.BytesIO(text.encode())
+
+def check_binaries(checks, binaries):
+    """The runtime image installs no libraries for the binaries: they must need none more."""
+    for binary in binaries:
+        out = subprocess.run(["ldd", binary], capture_output=True, text=True, check=True)
+        lines = [line.split() for line in out.stdout.splitlines() if line.strip()]
+        needed = {os.path.basename(words[0]) for words in lines}
+        extra = needed - BASE_LIBRARIES
+        checks.expect(
+            not extra,
+            f"{os.path.basename(binary)} needs {sorted(extra)}, not in the runtime image",
+        )
 
 
 # ---- Kubernetes ----------------------------------------------------------------------------
@@ -186,7 +213,10 @@ def validate_schema(checks, docs, kube_version, source):
         except kubernetes_validate.ValidationError as e:
             path = ".".join(str(p) for p in e.path)
             checks.expect(False, f"{what}: {path}: {e.message}")
-        except (kubernetes_validate.SchemaNotFoundError, kubernetes_validate.InvalidSchemaError) as e:
+        except (
+            kubernetes_validate.SchemaNotFoundError,
+            kubernetes_validate.InvalidSchemaError,
+        ) as e:
             checks.expect(False, f"{what}: {e.message}")
 
 
@@ -402,6 +432,23 @@ def self_test(args, dockerfile, docs, unit):
             args.loader_stamp,
         ),
     )
+    must_fail(
+        "Dockerfile release",
+        lambda c: check_dockerfile(
+            c,
+            dockerfile.replace("rust:1.95-bookworm", "rust:1.95-trixie"),
+            root,
+            args.loader_dir,
+            args.loader_stamp,
+        ),
+    )
+    must_fail(
+        "Dockerfile loader",
+        lambda c: check_dockerfile(
+            c, dockerfile.replace("--no-deps", ""), root, args.loader_dir, args.loader_stamp
+        ),
+    )
+    must_fail("binaries' libraries", lambda c: check_binaries(c, ["/usr/bin/python3"]))
     bad = copy.deepcopy(docs)
     for doc in bad:
         if doc["kind"] == "DaemonSet":
@@ -450,6 +497,8 @@ def main():
     self_test(args, dockerfile, docs, unit)
     checks = Checks()
     check_dockerfile(checks, dockerfile, args.root, args.loader_dir, args.loader_stamp)
+    monitorctl = os.path.join(os.path.dirname(args.monitord), "monitorctl")
+    check_binaries(checks, [args.monitord, monitorctl])
     for version in args.kubernetes_version:
         for doc, source in zip(docs, sources):
             validate_schema(checks, [doc], version, source)

@@ -12,12 +12,13 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// The API's Unix socket (mode 0660, group `monitor` when that group exists).
     pub socket: PathBuf,
-    /// Also serve /metrics (only) over TCP here; refused unless a loopback address, because
-    /// the socket's permissions are the API's only access control.
+    /// Also serve /metrics (only) over TCP here. A loopback address unless
+    /// `metrics_listen_allow_non_loopback`: a listener others reach is an opt-in.
     pub metrics_listen: Option<SocketAddr>,
     /// Allow `metrics_listen` on an address that is not loopback (a pod's IP in a Kubernetes
     /// DaemonSet, for Prometheus to scrape). Only /metrics is served there: counters, no
-    /// reports and no control; the API stays on the Unix socket.
+    /// reports and no control; the API stays on the Unix socket, whose permissions are its
+    /// only access control.
     pub metrics_listen_allow_non_loopback: bool,
     /// Scans waiting beyond this are refused with 503 (`queue_full`).
     pub max_queued_scans: usize,
