@@ -34,7 +34,7 @@ impl Daemon {
             settings.push_str(&extra);
         }
         std::fs::write(&config, settings).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_monitord"))
+        let child = as_the_unit_runs_it()
             .arg("--config")
             .arg(&config)
             .stdout(Stdio::null())
@@ -131,6 +131,36 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// monitord as dist/monitord.service starts it: with the unit's CapabilityBoundingSet and
+/// NoNewPrivileges, applied by setpriv (systemd is not PID 1 where the tests run). So every test
+/// here also checks that the unit leaves the daemon the powers it needs.
+fn as_the_unit_runs_it() -> Command {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../dist/monitord.service"
+    ))
+    .unwrap();
+    let setting = |key: &str| {
+        unit.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .unwrap_or_else(|| panic!("dist/monitord.service has no {key}="))
+            .to_owned()
+    };
+    assert_eq!(setting("NoNewPrivileges"), "yes");
+    let keep: Vec<String> = setting("CapabilityBoundingSet")
+        .split_whitespace()
+        .map(|cap| {
+            let name = cap.strip_prefix("CAP_").expect("a capability name");
+            format!("+{}", name.to_ascii_lowercase())
+        })
+        .collect();
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--no-new-privs", "--inh-caps=-all"])
+        .arg(format!("--bounding-set=-all,{}", keep.join(",")))
+        .arg(env!("CARGO_BIN_EXE_monitord"));
+    cmd
 }
 
 fn dechunk(mut body: &[u8]) -> Vec<u8> {
@@ -579,11 +609,7 @@ fn a_live_watch_reports_kills_and_survives_a_restart() {
     // The served process: started before the watch (a watch that kills at exec would kill
     // its start too), it waits for `go`, with shell built-ins only, then connects to a closed
     // loopback port (high) and tries to run a program.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port("127.0.0.1");
     let connect = format!("{{ : 3<>/dev/tcp/127.0.0.1/{port}; }} 2>/dev/null");
     let (go, go_again) = (dir.path().join("go"), dir.path().join("go-again"));
     let wait_for = |go: &Path| format!("while [ ! -e {} ]; do :; done", go.display());
@@ -795,5 +821,71 @@ fn monitorctl_watch_adds_lists_tails_and_removes() {
         String::from_utf8_lossy(&out.stderr).contains("no watch"),
         "{out:?}"
     );
+    daemon.stop();
+}
+
+/// A TCP port free on `ip` a moment ago.
+fn free_port(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One HTTP/1.0 GET over TCP; the status and the body.
+fn tcp_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: monitord\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    let (head, body) = reply.split_once("\r\n\r\n").expect("an HTTP reply");
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, body.to_owned())
+}
+
+/// The DaemonSet's configuration: /metrics on every address of the pod. Only with the opt-in,
+/// and only /metrics there: the API (reports, control) stays on the socket.
+#[test]
+fn a_non_loopback_metrics_listener_needs_the_opt_in_and_serves_only_metrics() {
+    root_required();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port("0.0.0.0");
+    let listen = format!("metrics_listen = \"0.0.0.0:{port}\"\n");
+
+    let refused = dir.path().join("refused.toml");
+    std::fs::write(&refused, &listen).unwrap();
+    let out = as_the_unit_runs_it()
+        .arg("--config")
+        .arg(&refused)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("metrics_listen_allow_non_loopback"),
+        "{out:?}"
+    );
+
+    std::fs::write(
+        dir.path().join("extra-config.toml"),
+        format!("{listen}metrics_listen_allow_non_loopback = true\n"),
+    )
+    .unwrap();
+    let daemon = Daemon::start(dir.path());
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "no metrics listener on {addr}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, metrics) = tcp_get(addr, "/metrics");
+    assert_eq!(status, 200, "{metrics}");
+    assert!(metrics.contains("monitor_build_info{"), "{metrics}");
+    for path in ["/v1/status", "/v1/scans", "/v1/findings", "/healthz"] {
+        let (status, _) = tcp_get(addr, path);
+        assert_eq!(status, 404, "{path} must not be served over TCP");
+    }
+    let (status, _) = daemon.http("GET", "/v1/status", b"");
+    assert_eq!(status, 200, "the API is on the socket");
     daemon.stop();
 }
