@@ -84,6 +84,9 @@ enum BenchTarget {
     /// Live watches: offending syscall to finding on the stream, in-kernel kills, and what
     /// discovery costs the rest of the host.
     Watch,
+    /// 1,000 scans, four at a time, beside a watched flood of syscalls: verdicts, stored
+    /// reports, drops, the daemon's memory.
+    Soak,
 }
 
 fn main() -> Result<()> {
@@ -119,6 +122,7 @@ fn main() -> Result<()> {
                 BenchTarget::Scan => "scan",
                 BenchTarget::Daemon => "daemon",
                 BenchTarget::Watch => "watch",
+                BenchTarget::Soak => "soak",
             })
         }
     }
