@@ -3,6 +3,7 @@
 mod bench;
 mod compare;
 mod corpus;
+mod fuzz_api;
 mod loader_env;
 mod setup;
 mod stamp;
@@ -38,6 +39,10 @@ enum Task {
     /// Set up, build the corpus, then run every test (root: tests load real probes and scan
     /// real artifacts), rustfmt and clippy.
     Test,
+    /// Set up, then fuzz monitord's HTTP API with schemathesis (from PyPI, into its own
+    /// environment) against docs/api.yaml: no 5xx, replies as the spec says, no hang (root;
+    /// about a minute). Part of `test`.
+    FuzzApi,
     /// Build the test corpus: malicious and benign artifacts of every format, made with the
     /// real frameworks, and the manifest of what a scan must find in each.
     Corpus {
@@ -91,7 +96,15 @@ fn main() -> Result<()> {
         Task::Test => {
             setup::all()?;
             corpus::ensure(&corpus::default_dir())?;
-            test()
+            test()?;
+            fuzz_api::run_fuzz()
+        }
+        Task::FuzzApi => {
+            setup::all()?;
+            if !setup::is_root() {
+                bail!("monitord loads eBPF programs: run the API fuzzing as root");
+            }
+            fuzz_api::run_fuzz()
         }
         Task::Compare { only } => {
             setup::all()?;
