@@ -58,6 +58,8 @@ pub fn run_fuzz() -> Result<()> {
     let scan_id = daemon.seed_scan(&dir.0)?;
 
     let started = Instant::now();
+    let out = root().join("target/fuzz-api");
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let mut schemathesis = Command::new(env.python());
     schemathesis
         .arg(root().join("fuzz/api/run_schemathesis.py"))
@@ -72,10 +74,11 @@ pub fn run_fuzz() -> Result<()> {
         // Seeded: a failure found in CI is found again by the same command.
         .args(["--seed", "7", "--workers", "2"])
         .arg("--report-dir")
-        .arg(root().join("target/fuzz-api"))
+        .arg(&out)
         .args(["--report", "junit"])
         .env("MONITOR_FUZZ_SCAN_ID", &scan_id)
-        .current_dir(root());
+        // Its cache of crashes goes into the working directory: keep it out of the tree.
+        .current_dir(&out);
     let mut schemathesis = schemathesis.spawn().context("starting schemathesis")?;
     let status = wait_bounded(&mut schemathesis, RUN_LIMIT)?;
     let alive = daemon.serving();
