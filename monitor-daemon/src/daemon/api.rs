@@ -274,7 +274,9 @@ async fn list_scans(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Query(q) = query.map_err(bad_query)?;
     if let Some(v) = &q.verdict
-        && !["clean", "suspicious", "malicious", "error"].contains(&v.as_str())
+        && !crate::scan::Verdict::ALL
+            .iter()
+            .any(|known| known.name() == v)
     {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
