@@ -168,6 +168,20 @@ fn cut(bytes: &[u8], keep_per_mille: usize) -> Vec<u8> {
     bytes[..bytes.len() * keep_per_mille / 1000].to_vec()
 }
 
+/// A pickle: `head`, then for each memo index `i` of `indices` the opcodes `before`,
+/// LONG_BINGET `i`, `after`; then STOP.
+fn memo_chain(head: &[u8], indices: std::ops::Range<u32>, before: &[u8], after: &[u8]) -> Vec<u8> {
+    let mut p = head.to_vec();
+    for i in indices {
+        p.extend_from_slice(before);
+        p.push(b'j');
+        p.extend_from_slice(&i.to_le_bytes());
+        p.extend_from_slice(after);
+    }
+    p.push(b'.');
+    p
+}
+
 /// The artifacts, each with a piece of the reason its report must give.
 fn hostile() -> Vec<(&'static str, Vec<u8>, &'static str)> {
     let torch = std::fs::read(corpus_file("state_dict.pt")).unwrap();
@@ -205,33 +219,23 @@ fn hostile() -> Vec<(&'static str, Vec<u8>, &'static str)> {
         p.push(b'.');
         p
     };
-    let deep_through_memo = {
-        // The same depth with a stack that never grows: each list found again by its memo
-        // index, a new one appended into it and memoized, the copy popped.
-        let mut p = b"\x80\x04]\x94".to_vec();
-        for i in 0u32..200_000 {
-            p.push(b'j');
-            p.extend_from_slice(&i.to_le_bytes());
-            p.extend_from_slice(b"]\x94a0");
-        }
-        p.push(b'.');
-        p
-    };
+    // The same depth with a stack that never grows: each list found again by its memo
+    // index, a new one appended into it and memoized, the copy popped.
+    let deep_through_memo = memo_chain(b"\x80\x04]\x94", 0..200_000, b"", b"]\x94a0");
     let marks = [b"\x80\x04".to_vec(), vec![b'('; 1_000_000], b".".to_vec()].concat();
     // Nesting made by REDUCE: `tuple([previous])`, a hundred thousand times, each result
-    // found again through the memo.
-    let reduce_chain = {
-        let mut p = b"\x80\x04\x8c\x08builtins\x94\x8c\x05tuple\x94\x93\x94)\x94".to_vec();
-        for previous in 3u32..100_003 {
-            p.extend_from_slice(b"h\x02]j");
-            p.extend_from_slice(&previous.to_le_bytes());
-            p.extend_from_slice(b"a\x85R\x940");
-        }
-        p.push(b'j');
-        p.extend_from_slice(&100_003u32.to_le_bytes());
-        p.push(b'.');
-        p
-    };
+    // found again through the memo (index 2 is `builtins.tuple`, 3 the first empty tuple).
+    let mut reduce_chain = memo_chain(
+        b"\x80\x04\x8c\x08builtins\x94\x8c\x05tuple\x94\x93\x94)\x94",
+        3..100_003,
+        b"h\x02]",
+        b"a\x85R\x940",
+    );
+    // The last result is what the pickle returns.
+    reduce_chain.pop();
+    reduce_chain.push(b'j');
+    reduce_chain.extend_from_slice(&100_003u32.to_le_bytes());
+    reduce_chain.push(b'.');
     let memo_out_of_range = b"\x80\x04K\x01\x94j\xff\xff\xff\x7f.".to_vec();
     let mut hdf5_garbage = b"\x89HDF\r\n\x1a\n".to_vec();
     hdf5_garbage.extend((0u32..4096).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
