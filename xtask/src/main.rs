@@ -5,6 +5,7 @@ mod compare;
 mod corpus;
 mod dist;
 mod dist_check;
+mod fuzz_api;
 mod loader_env;
 mod setup;
 mod stamp;
@@ -43,6 +44,10 @@ enum Task {
     /// Set up, build the corpus, then run every test (root: tests load real probes and scan
     /// real artifacts), rustfmt, clippy, and `cargo xtask dist`'s checks.
     Test,
+    /// Set up, then fuzz monitord's HTTP API with schemathesis (from PyPI, into its own
+    /// environment) against docs/api.yaml: no 5xx, replies as the spec says, no hang (root;
+    /// about a minute). Part of `test`.
+    FuzzApi,
     /// Build the test corpus: malicious and benign artifacts of every format, made with the
     /// real frameworks, and the manifest of what a scan must find in each.
     Corpus {
@@ -105,7 +110,15 @@ fn main() -> Result<()> {
         Task::Test => {
             setup::all()?;
             corpus::ensure(&corpus::default_dir())?;
-            test()
+            test()?;
+            fuzz_api::run_fuzz()
+        }
+        Task::FuzzApi => {
+            setup::all()?;
+            if !setup::is_root() {
+                bail!("monitord loads eBPF programs: run the API fuzzing as root");
+            }
+            fuzz_api::run_fuzz()
         }
         Task::Compare { only } => {
             setup::all()?;
