@@ -84,12 +84,20 @@ fn main() -> Result<()> {
     let _ = flood.kill();
     let _ = flood.wait();
     let outcome = outcome?;
-    let watch_view = rt.block_on(async {
+    let watch_view: Value = rt.block_on(async {
         client
             .get(&format!("/v1/watches/{watch}"))
             .await?
             .json()
             .context("reading the watch")
+    })?;
+    // A watch's drops are counted when it stops.
+    let dropped = rt.block_on(async {
+        client.delete(&format!("/v1/watches/{watch}")).await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let reply = client.get("/metrics").await?;
+        let text = String::from_utf8_lossy(&reply.body).into_owned();
+        anyhow::Ok(metric(&text, "monitor_events_dropped_total"))
     })?;
     let rss_end = memory(pid, "VmRSS")?;
     let rss_peak = memory(pid, "VmHWM")?;
@@ -115,13 +123,16 @@ fn main() -> Result<()> {
         "| wall time | {secs:.1} s ({:.1} scans/s) |",
         SCANS as f64 / secs
     );
+    let events = watch_view["events"].as_u64().unwrap_or(0);
     println!(
-        "| watched flood: events / dropped (daemon's count) | {} / {} |",
-        watch_view["events"], watch_view["dropped"]
+        "| watched flood: events judged ({:.0}/s) / records dropped | {events} / {} |",
+        events as f64 / secs,
+        dropped.map_or("?".into(), |d| format!("{d:.0}"))
     );
     println!(
-        "| monitord RSS: start / min-max during / end / peak (MiB) | {:.1} / {:.1}-{:.1} / {:.1} / {:.1} |",
+        "| monitord RSS: idle / after 100 scans / min-max during / end / peak (MiB) | {:.1} / {:.1} / {:.1}-{:.1} / {:.1} / {:.1} |",
         mib(rss_start),
+        mib(outcome.rss_after_100),
         mib(outcome.rss_min),
         mib(outcome.rss_max),
         mib(rss_end),
@@ -139,6 +150,7 @@ struct Outcome {
     wrong: Vec<String>,
     reports_missing: usize,
     incomplete: usize,
+    rss_after_100: u64,
     rss_min: u64,
     rss_max: u64,
 }
@@ -156,6 +168,7 @@ async fn run_scans(
         wrong: Vec::new(),
         reports_missing: 0,
         incomplete: 0,
+        rss_after_100: 0,
         rss_min: u64::MAX,
         rss_max: 0,
     };
@@ -202,6 +215,9 @@ async fn run_scans(
             if outcome.finished.is_multiple_of(100) {
                 eprintln!("soak: {} scans done", outcome.finished);
             }
+            if outcome.finished == 100 {
+                outcome.rss_after_100 = memory(daemon_pid, "VmRSS")?;
+            }
         }
         outstanding = still;
         if last_sample.elapsed() > Duration::from_secs(1) {
@@ -245,4 +261,10 @@ fn workload_flood(rate: u64, secs: u64) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The value of an unlabelled metric in Prometheus' text format.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
