@@ -15,12 +15,19 @@ The template is the page, written by hand, with placeholders the run fills:
   {{timing:METHOD:ratio}}        monitor) and its ratio to the bare load
   {{misses:TOOL}}                that tool's misses, one line each, with the reason the
                                  template's reasons block gives for the file
+  {{benign_errors:TOOL}}         the benign files that tool could not scan, with what it said
+  {{timing_goal}}                whether monitor's checkpoint cost met the 1.2x goal, and
+                                 strace's against it
 
 The reasons block is the human part that must stay true of the numbers:
 
   <!-- reasons
   `glob-of-a-file`: why it is missed
+  `glob-of-a-file` (error): why, only where the tool's outcome for it is `error`
   -->
+
+The first line whose glob (and outcome, when given) fits a miss gives its reason: specific
+lines first, general ones after.
 
 A miss no reason matches is still listed, marked as unexplained, and the renderer says so on
 stderr (and exits 3 with --strict): the page never hides a new miss behind old prose.
@@ -46,14 +53,17 @@ def reasons_of(template):
         return template, []
     reasons = []
     for line in match.group(1).splitlines():
-        m = re.match(r"\s*`([^`]+)`:\s*(.+)", line)
+        m = re.match(r"\s*`([^`]+)`(?:\s*\((\w+)\))?:\s*(.+)", line)
         if m:
-            reasons.append((m.group(1), m.group(2).strip()))
+            reasons.append((m.group(1), m.group(2), m.group(3).strip()))
     return template[:match.start()] + template[match.end():], reasons
 
 
-def reason_for(file, reasons):
-    for pattern, why in reasons:
+def reason_for(row, reasons):
+    file = row["file"]
+    for pattern, outcome, why in reasons:
+        if outcome and outcome != row["outcome"]:
+            continue
         if fnmatch.fnmatch(file, pattern) or fnmatch.fnmatch(os.path.basename(file), pattern):
             return why
     return None
@@ -91,12 +101,27 @@ def render(template, results):
         for corpus in dict.fromkeys(r["corpus"] for r in rows):
             t = table.get((tool, corpus))
             for r in (t or {}).get("misses", []):
-                why = reason_for(r["file"], reasons)
+                why = reason_for(r, reasons)
                 if why is None:
                     unexplained.append("%s: %s" % (tool, r["file"]))
                     why = UNEXPLAINED
                 lines.append("- `%s` (%s, %s): %s" % (r["file"], corpus, r["outcome"], why))
         return "\n".join(lines) if lines else "- none"
+
+    def benign_errors(tool):
+        lines = ["- `%s` (%s): %s" % (r["file"], r["corpus"], r["detail"]) for r in rows
+                 if r["tool"] == tool and r["label"] == "benign" and r["outcome"] == "error"]
+        return "\n".join(lines) if lines else "- none"
+
+    def timing_goal():
+        if not timing:
+            return "No checkpoint timing was made in this run."
+        med = {k: sorted(v)[len(v) // 2] for k, v in timing["times"].items()}
+        ours, theirs = med["monitor"] / med["bare"], med["strace"] / med["bare"]
+        met = "within" if ours <= 1.2 else "above"
+        cheaper = "less than" if ours < theirs else "not less than"
+        return ("In this run monitor's cost is %s the goal of 1.2x the bare load (%.2fx), "
+                "and %s strace's (%.2fx)." % (met, ours, cheaper, theirs))
 
     def fill(m):
         kind, _, rest = m.group(1).partition(":")
@@ -115,6 +140,10 @@ def render(template, results):
             return timing_value(*args)
         if kind == "misses":
             return misses(*args)
+        if kind == "benign_errors":
+            return benign_errors(*args)
+        if kind == "timing_goal":
+            return timing_goal()
         raise SystemExit("render: unknown placeholder {{%s}}" % m.group(1))
 
     page = re.sub(r"\{\{([^}]+)\}\}", fill, template)

@@ -406,6 +406,10 @@ def markdown(rows, meta, timing):
     out.append("Generated %s by `%s` on %s (%d CPUs, Linux %s), in %.0f s." % (
         meta["date"], meta["command"], meta["machine"], os.cpu_count() or 0,
         platform.release(), meta["elapsed"]))
+    if meta.get("load"):
+        out.append("")
+        out.append("Load average (1 min) at the start and at the end: %.1f, %.1f." % tuple(
+            meta["load"]))
     out.append("")
     out.append("Tools: " + "; ".join("%s %s" % (k, v) for k, v in meta["versions"].items())
                + ".")
@@ -517,6 +521,7 @@ def main():
     args.monitorctl = os.path.join(bin_dir, "monitorctl")
 
     started = time.monotonic()
+    load_at_start = os.getloadavg()[0]
     corpora = {"generated": generated_corpus(args.corpus), "picklescan": []}
     if os.path.isdir(args.peer_corpus):
         corpora["picklescan"] = peer_corpus(args.peer_corpus)
@@ -586,6 +591,8 @@ def main():
         "command": "cargo xtask compare",
         "machine": platform.machine(),
         "elapsed": time.monotonic() - started,
+        # Other work on the machine skews every time here: say how busy it was.
+        "load": [load_at_start, os.getloadavg()[0]],
         "versions": versions(args),
         "commands": [
             "picklescan: `picklescan -p F`",
