@@ -519,7 +519,13 @@ def main():
     os.chmod(bin_dir, 0o755)  # the sandbox binds the binary in, as its own unprivileged user
     shutil.copy2(args.monitorctl, os.path.join(bin_dir, "monitorctl"))
     args.monitorctl = os.path.join(bin_dir, "monitorctl")
+    try:
+        measure(args)
+    finally:
+        shutil.rmtree(bin_dir, ignore_errors=True)
 
+
+def measure(args):
     started = time.monotonic()
     load_at_start = os.getloadavg()[0]
     corpora = {"generated": generated_corpus(args.corpus), "picklescan": []}
