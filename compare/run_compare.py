@@ -302,7 +302,8 @@ def strace_scan(loader_python, path, exercise=False):
 # --- monitor ----------------------------------------------------------------------------------
 
 def monitor_scan(monitorctl, path, exercise=False):
-    cmd = [monitorctl, "scan", "--local", "--format", "json", path]
+    # --audit: the harness's Python audit hook adds interpreter evidence and its rules.
+    cmd = [monitorctl, "scan", "--local", "--audit", "--format", "json", path]
     if exercise:
         cmd.insert(2, "--exercise")
     code, out, err, seconds = timed(cmd)
@@ -310,7 +311,7 @@ def monitor_scan(monitorctl, path, exercise=False):
         report = json.loads(out)
     except ValueError:
         return "error", "exit %s, no report: %s" % (code, last_line(err)), seconds
-    high = [f["rule"] for f in report.get("findings", [])
+    high = [f["rule"] for f in report.get("findings", []) + report.get("audit_findings", [])
             if f.get("severity") in ("high", "critical")]
     errors = report.get("errors", [])
     if report.get("exit_code") == 1:
@@ -405,6 +406,10 @@ def markdown(rows, meta, timing):
     out.append("Generated %s by `%s` on %s (%d CPUs, Linux %s), in %.0f s." % (
         meta["date"], meta["command"], meta["machine"], os.cpu_count() or 0,
         platform.release(), meta["elapsed"]))
+    if meta.get("load"):
+        out.append("")
+        out.append("Load average (1 min) at the start and at the end: %.1f, %.1f." % tuple(
+            meta["load"]))
     out.append("")
     out.append("Tools: " + "; ".join("%s %s" % (k, v) for k, v in meta["versions"].items())
                + ".")
@@ -509,8 +514,20 @@ def main():
         setattr(args, name, os.path.abspath(getattr(args, name)))
     if os.geteuid() != 0:
         sys.exit("compare: run as root (monitorctl loads probes; the strace scan switches users)")
+    # A private copy of the binary: a rebuild during the run must not change the tool measured.
+    bin_dir = tempfile.mkdtemp(prefix="monitor-compare-bin-")
+    os.chmod(bin_dir, 0o755)  # the sandbox binds the binary in, as its own unprivileged user
+    shutil.copy2(args.monitorctl, os.path.join(bin_dir, "monitorctl"))
+    args.monitorctl = os.path.join(bin_dir, "monitorctl")
+    try:
+        measure(args)
+    finally:
+        shutil.rmtree(bin_dir, ignore_errors=True)
 
+
+def measure(args):
     started = time.monotonic()
+    load_at_start = os.getloadavg()[0]
     corpora = {"generated": generated_corpus(args.corpus), "picklescan": []}
     if os.path.isdir(args.peer_corpus):
         corpora["picklescan"] = peer_corpus(args.peer_corpus)
@@ -535,9 +552,10 @@ def main():
                     continue
                 runs = [(tool, lambda tool=tool: peers.run(tool, e["path"])) for tool in PEERS]
                 runs.append(("strace -f", lambda: strace_scan(args.loader_python, e["path"])))
-                runs.append(("monitor", lambda: monitor_scan(args.monitorctl, e["path"])))
+                runs.append(("monitor --audit",
+                             lambda: monitor_scan(args.monitorctl, e["path"])))
                 if corpus == "generated":
-                    runs.append(("monitor --exercise",
+                    runs.append(("monitor --exercise --audit",
                                  lambda: monitor_scan(args.monitorctl, e["path"], True)))
                 for tool, run in runs:
                     if wanted and tool not in wanted:
@@ -579,6 +597,8 @@ def main():
         "command": "cargo xtask compare",
         "machine": platform.machine(),
         "elapsed": time.monotonic() - started,
+        # Other work on the machine skews every time here: say how busy it was.
+        "load": [load_at_start, os.getloadavg()[0]],
         "versions": versions(args),
         "commands": [
             "picklescan: `picklescan -p F`",
@@ -592,8 +612,10 @@ def main():
             "executed, a connect or send to an Internet address, an open of ~/.ssh, "
             "/etc/passwd, /etc/shadow or a credential file, from the harness's load marker "
             "on" % os.path.relpath(HARNESS, ROOT),
-            "monitor: `monitorctl scan --local --format json F`; "
-            "monitor --exercise: the same with `--exercise` (generated corpus only)",
+            "monitor --audit: `monitorctl scan --local --audit --format json F` (the kernel "
+            "trace, and the harness's Python audit hook with its rules); "
+            "monitor --exercise --audit: the same with `--exercise` (generated corpus only); "
+            "the checkpoint timing below is `monitorctl scan --local` without `--audit`",
         ],
         "corpora": {
             "generated": "`cargo xtask corpus` (target/corpus, manifest.json: %d malicious, "
@@ -605,6 +627,8 @@ def main():
                 "%s %.0f MB" % (e["file"], size(e["path"]) / 1e6) for e in corpora["large"]),
         },
     }
+    with open(args.results, "w") as f:
+        json.dump({"rows": rows, "timing": timing, "meta": meta}, f, indent=1)
     write_doc(args.doc, markdown(rows, meta, timing))
     print("compare: %s updated in %.0f s (raw results: %s)" % (
         args.doc, time.monotonic() - started, args.results))

@@ -72,8 +72,8 @@ pub struct ScanArgs {
     /// modules, objects with predict): some payloads fire only at inference.
     #[arg(long)]
     exercise: bool,
-    /// Add Python audit-hook evidence (pickle globals resolved, exec/compile, ...) to the
-    /// report.
+    /// Add Python audit-hook evidence (pickle globals asked for, os.system, exec/compile, ...)
+    /// to the report, judged by the `py.*` rules: findings that can only raise the verdict.
     #[arg(long)]
     audit: bool,
     /// Stop the scan (and count it as an error, unless a threat was seen) after this long.

@@ -47,6 +47,9 @@ pub enum ControlMessage {
     Audit {
         event: String,
         args: String,
+        /// What rules match on (see `AuditRecord::subject`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        subject: Option<String>,
         #[serde(default)]
         pid: u32,
         t: u64,

@@ -129,6 +129,39 @@ async fn audit_evidence_names_the_pickle_global_that_ran() {
 }
 
 #[tokio::test(flavor = "current_thread")]
+async fn python_only_evidence_becomes_a_finding_with_audit_and_is_no_verdict_without() {
+    // eval of a constant: no syscall any rule can call dangerous, only the interpreter sees it.
+    let eval = pickle_calling("builtins", "eval", "6*7");
+    let kernel_only = scan_bytes(&eval, |_| {}).await;
+    assert_eq!(kernel_only.verdict, Verdict::Clean, "{kernel_only:#?}");
+    assert!(kernel_only.audit_findings.is_empty());
+    // The static evidence is there either way, and decides nothing.
+    let named = &kernel_only.artifact.globals[0].globals[0];
+    assert_eq!(
+        (named.module.as_str(), named.name.as_str()),
+        ("builtins", "eval")
+    );
+    assert_eq!(named.rule.as_deref(), Some("py.global-code"));
+
+    let audited = scan_bytes(&eval, |spec| spec.audit = true).await;
+    assert_eq!(audited.exit_code, ExitCode::Threat, "{audited:#?}");
+    let finding = audited
+        .audit_findings
+        .iter()
+        .find(|f| f.rule == "py.global-code")
+        .expect("py.global-code");
+    assert_eq!(finding.phase, Phase::Load);
+    assert_eq!(finding.audit.subject.as_deref(), Some("builtins.eval"));
+    assert!(audited.findings.is_empty(), "{:?}", rules(&audited));
+
+    // A benign pickle with the hook on stays clean: the loader's own imports and compiles
+    // are evidence, not findings.
+    let plain = scan_bytes(PLAIN_PICKLE, |spec| spec.audit = true).await;
+    assert_eq!(plain.verdict, Verdict::Clean, "{plain:#?}");
+    assert!(plain.audit_findings.is_empty());
+}
+
+#[tokio::test(flavor = "current_thread")]
 async fn bad_input_is_an_input_error_and_nothing_is_started() {
     let dir = tempfile::tempdir().unwrap();
     let empty = dir.path().join("empty.pkl");

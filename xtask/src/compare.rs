@@ -65,6 +65,20 @@ pub fn run_all(only: Option<&str>) -> Result<()> {
         .arg(root().join("docs/comparison.md"))
         .arg("--results")
         .arg(&results))?;
+    if only.is_some() {
+        println!("compare: partial run, results in {}", results.display());
+        return Ok(());
+    }
+    // The page from the raw results and its template (compare/comparison.md.in): the prose
+    // about each miss lives there, and the renderer says when a miss has none.
+    run(Command::new(SYSTEM_PYTHON)
+        .arg(root().join("compare/render_doc.py"))
+        .arg("--results")
+        .arg(&results)
+        .arg("--template")
+        .arg(root().join("compare/comparison.md.in"))
+        .arg("--doc")
+        .arg(root().join("docs/comparison.md")))?;
     println!(
         "compare: done in {:.0} s: docs/comparison.md, raw results in {}",
         started.elapsed().as_secs_f64(),

@@ -21,6 +21,10 @@ pub(super) struct Matcher {
     mode_any: Option<u32>,
     family: Vec<String>,
     port: Vec<u16>,
+    /// Audit event names; not empty: the rule is about audit events, never syscalls.
+    audit: Vec<String>,
+    subject: Option<GlobSet>,
+    subject_not: Option<GlobSet>,
 }
 
 impl Matcher {
@@ -60,17 +64,57 @@ impl Matcher {
             mode_any: spec.mode_any,
             family: spec.family.clone(),
             port: spec.port.clone(),
+            audit: spec.audit.clone(),
+            subject: globs(&spec.subject)?,
+            subject_not: globs(&spec.subject_not)?,
         };
-        if matcher.syscalls.is_empty() && matcher.classes.is_empty() {
+        let about_syscalls = !matcher.syscalls.is_empty() || !matcher.classes.is_empty();
+        if matcher.is_audit() {
+            let syscall_only = about_syscalls
+                || matcher.result != ResultCondition::Any
+                || matcher.path.is_some()
+                || matcher.path_not.is_some()
+                || !matcher.flags_any.is_empty()
+                || matcher.mode_any.is_some()
+                || !matcher.family.is_empty()
+                || !matcher.port.is_empty();
+            if syscall_only {
+                return Err("an `audit` rule cannot have syscall conditions: \
+                            write one rule per kind of evidence"
+                    .into());
+            }
+        } else if !about_syscalls {
             return Err(
-                "give `syscalls` or `classes`: a rule must say which syscalls it is about".into(),
+                "give `syscalls`, `classes` or `audit`: a rule must say which events it is about"
+                    .into(),
             );
+        } else if matcher.subject.is_some() || matcher.subject_not.is_some() {
+            return Err("`subject` is for `audit` rules".into());
         }
         Ok(matcher)
     }
 
+    pub(super) fn is_audit(&self) -> bool {
+        !self.audit.is_empty()
+    }
+
+    /// Whether an audit event named `event` about `subject` matches (never for a syscall
+    /// rule). A rule with subject globs needs a subject.
+    pub(super) fn matches_audit(&self, event: &str, subject: Option<&str>) -> bool {
+        self.audit.iter().any(|a| a == event)
+            && self
+                .subject
+                .as_ref()
+                .is_none_or(|g| subject.is_some_and(|s| g.is_match(s)))
+            && self
+                .subject_not
+                .as_ref()
+                .is_none_or(|g| !subject.is_some_and(|s| g.is_match(s)))
+    }
+
     pub(super) fn matches(&self, sc: &SyscallEvent, facts: &Facts) -> bool {
-        (self.syscalls.is_empty() || self.syscalls.contains(&sc.syscall.nr))
+        !self.is_audit()
+            && (self.syscalls.is_empty() || self.syscalls.contains(&sc.syscall.nr))
             && (self.classes.is_empty() || self.classes.contains(&sc.class))
             && match self.result {
                 ResultCondition::Any => true,

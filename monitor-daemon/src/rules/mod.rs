@@ -179,6 +179,32 @@ impl RuleSet {
     }
 }
 
+impl RuleSet {
+    /// The rules a Python audit event (`event` about `subject`) fires in `phase`.
+    pub fn judge_audit<'a>(
+        &'a self,
+        event: &'a str,
+        subject: Option<&'a str>,
+        phase: Phase,
+    ) -> impl Iterator<Item = &'a Rule> + 'a {
+        self.rules()
+            .filter(move |r| r.applies_in(phase) && r.matcher.matches_audit(event, subject))
+    }
+
+    /// The most severe rule an unpickler resolving `module.name` would fire (the audit rules
+    /// on `pickle.find_class`), whatever the phase: what a scan shows next to a global that a
+    /// file names, as evidence. One list, the rules', for both the dynamic and static view.
+    pub fn rule_for_global(&self, module: &str, name: &str) -> Option<&Rule> {
+        let subject = format!("{module}.{name}");
+        self.rules()
+            .filter(|r| r.matcher.matches_audit(FIND_CLASS, Some(&subject)))
+            .max_by_key(|r| r.spec.severity)
+    }
+}
+
+/// The audit event an unpickler raises for every global it resolves.
+pub const FIND_CLASS: &str = "pickle.find_class";
+
 /// The line of `id: <id>` in `text` (1-based), or 0.
 /// The 1-based line below line `after` that sets `id: <id>` (an id spelled over several lines,
 /// or in a flow mapping with others before it, is not found).
@@ -426,7 +452,7 @@ mod tests {
             RuleSet::parse(no_scope, "x")
                 .unwrap_err()
                 .to_string()
-                .contains("which syscalls")
+                .contains("which events")
         );
 
         let bad_flag = "rules:\n  - id: a\n    description: d\n    severity: low\n    match: { syscalls: [open], flags_any: [O_CREATE] }\n";
@@ -435,6 +461,82 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("unknown flag `O_CREATE`")
+        );
+    }
+
+    #[test]
+    fn audit_rules_judge_audit_events_only_and_mark_globals() {
+        let rules = RuleSet::defaults();
+        let fired = |event: &str, subject: Option<&str>, phase| -> Vec<String> {
+            rules
+                .judge_audit(event, subject, phase)
+                .map(|r| r.id().to_string())
+                .collect()
+        };
+        assert_eq!(
+            fired(FIND_CLASS, Some("builtins.eval"), Phase::Load),
+            ["py.global-code"]
+        );
+        assert_eq!(
+            fired(FIND_CLASS, Some("posix.system"), Phase::Load),
+            ["py.global-system"]
+        );
+        // What benign models name, and what the harness imports while setting up.
+        for benign in [
+            "collections.OrderedDict",
+            "torch._utils._rebuild_tensor_v2",
+            "_codecs.encode",
+            "builtins.set",
+            "numpy.core.multiarray._reconstruct",
+            "cloudpickle.cloudpickle._make_function",
+            "dill._dill._create_code",
+        ] {
+            assert!(
+                fired(FIND_CLASS, Some(benign), Phase::Load).is_empty(),
+                "{benign}"
+            );
+        }
+        assert!(fired(FIND_CLASS, Some("builtins.eval"), Phase::Setup).is_empty());
+        assert_eq!(
+            fired("os.system", Some("id"), Phase::Load),
+            ["py.run-program"]
+        );
+        // ctypes.dlopen(None) is the process's own symbols (numpy does it); a named library
+        // is a finding.
+        assert!(fired("ctypes.dlopen", None, Phase::Load).is_empty());
+        assert_eq!(
+            fired("ctypes.dlopen", Some("libc.so.6"), Phase::Load),
+            ["py.native-library"]
+        );
+        assert_eq!(
+            rules.rule_for_global("builtins", "getattr").map(Rule::id),
+            Some("py.global-indirect")
+        );
+        // No syscall event ever matches an audit rule.
+        let event = openat("/etc/shadow", "O_RDONLY");
+        assert!(
+            rules
+                .judge(&event, Phase::Load, None)
+                .iter()
+                .all(|f| !f.rule.starts_with("py."))
+        );
+    }
+
+    #[test]
+    fn an_audit_rule_cannot_mix_in_syscall_conditions() {
+        let mixed = "rules:\n  - id: a\n    description: d\n    severity: low\n    match: { audit: [os.system], syscalls: [execve] }\n";
+        assert!(
+            RuleSet::parse(mixed, "x")
+                .unwrap_err()
+                .to_string()
+                .contains("cannot have syscall conditions")
+        );
+        let subject_on_syscalls = "rules:\n  - id: a\n    description: d\n    severity: low\n    match: { syscalls: [execve], subject: [\"x\"] }\n";
+        assert!(
+            RuleSet::parse(subject_on_syscalls, "x")
+                .unwrap_err()
+                .to_string()
+                .contains("for `audit` rules")
         );
     }
 

@@ -60,6 +60,18 @@ pub struct MatchSpec {
     /// Ports of the address given (connect, bind, sendto).
     #[serde(default)]
     pub port: Vec<u16>,
+    /// Python audit events from the scan harness's hook (`pickle.find_class`, `os.system`,
+    /// ...) instead of syscalls. Such a rule can only add findings: the hook lives inside the
+    /// process under scan, which may silence it, so the kernel trace stays the ground truth.
+    #[serde(default)]
+    pub audit: Vec<String>,
+    /// Globs the audit event's subject must match: `module.name` for `pickle.find_class`,
+    /// the first text argument for the others (a command, a URL, a module).
+    #[serde(default)]
+    pub subject: Vec<String>,
+    /// Globs the audit event's subject may not match.
+    #[serde(default)]
+    pub subject_not: Vec<String>,
 }
 
 /// Whether the syscall must have succeeded, failed, or either (default).

@@ -49,9 +49,12 @@ AUDITED = (
     "code.__new__",
     "builtins.input",
     "os.kill",
+    "webbrowser.open",
     "import",
 )
-MAX_AUDIT_MESSAGES = 2000
+# Per event name, so that a flood of one kind (a payload can make thousands of imports or
+# compiles) cannot use up the budget of the others. What is left out is counted.
+MAX_AUDIT_MESSAGES_PER_EVENT = 500
 
 
 class Control:
@@ -61,7 +64,6 @@ class Control:
         os.set_inheritable(fd, False)
         self._file = os.fdopen(fd, "w", buffering=1, encoding="utf-8", errors="replace")
         self._lock = threading.Lock()
-        self.audit_budget = MAX_AUDIT_MESSAGES
 
     def say(self, kind, **fields):
         fields["kind"] = kind
@@ -85,12 +87,42 @@ def short(value, limit=300):
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+def audit_subject(event, args):
+    """What rules match an audit event on: `module.name` of a global the unpickler resolves,
+    else the first argument when it is text (a command, a URL, a library's name)."""
+    if event == "pickle.find_class" and len(args) == 2:
+        return "%s.%s" % (args[0], args[1])
+    if args and isinstance(args[0], (str, bytes, os.PathLike)):
+        return os.fsdecode(args[0])[:300]
+    return None
+
+
 def install_audit_hook(control):
+    sent = {}
+    globals_seen = set()
+    dropped = [0]
+
     def hook(event, args):
-        if control.audit_budget <= 0 or not event.startswith(AUDITED):
+        if not event.startswith(AUDITED):
             return
-        control.audit_budget -= 1
-        control.say("audit", event=event, args=short(args), pid=os.getpid())
+        try:
+            subject = audit_subject(event, args)
+        except Exception:  # a payload's object may make str() or fsdecode raise
+            subject = None
+        if event == "pickle.find_class":
+            # Once per global: a pickle can name the same one a million times.
+            if subject in globals_seen:
+                return
+            globals_seen.add(subject)
+        count = sent.get(event, 0)
+        if count >= MAX_AUDIT_MESSAGES_PER_EVENT:
+            dropped[0] += 1
+            if dropped[0] == 1:
+                control.say("note", message="audit events beyond %d per kind are not sent"
+                            % MAX_AUDIT_MESSAGES_PER_EVENT)
+            return
+        sent[event] = count + 1
+        control.say("audit", event=event, args=short(args), subject=subject, pid=os.getpid())
 
     sys.addaudithook(hook)
 

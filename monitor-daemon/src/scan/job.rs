@@ -23,8 +23,11 @@ use crate::{
     sandbox::{Sandbox, SandboxOptions, WORK_DIR},
     scan::{
         format::{self, Format, Limits},
-        harness,
-        report::{AuditRecord, ErrorKind, Loader, PhaseStart, ScanError, ScanReport, TraceStats},
+        globals, harness,
+        report::{
+            AuditFinding, AuditRecord, ErrorKind, Loader, PhaseStart, ScanError, ScanReport,
+            TraceStats,
+        },
     },
 };
 
@@ -171,6 +174,7 @@ pub async fn scan(
     report.artifact.format = Some(format.id().to_string());
     report.artifact.description = Some(format.describe());
     report.artifact.size = size_of(&spec.artifact).ok();
+    report.artifact.globals = globals::of(&spec.artifact, &format, &spec.rules);
     progress(Progress::Detected(&format));
 
     if let Some(loader) = format.loader() {
@@ -277,9 +281,10 @@ async fn load_under_watch(
             Output::Control(ControlMessage::Audit {
                 event,
                 args,
+                subject,
                 pid,
                 t,
-            }) => audit.push((event.clone(), args.clone(), *pid, *t)),
+            }) => audit.push((event.clone(), args.clone(), subject.clone(), *pid, *t)),
             Output::Control(ControlMessage::Note { .. }) => {}
             Output::Finding(f) => findings.push(f.clone()),
             Output::Event(_) => {}
@@ -300,14 +305,28 @@ async fn load_under_watch(
     };
     report.audit = audit
         .into_iter()
-        .map(|(event, args, pid, t)| AuditRecord {
+        .map(|(event, args, subject, pid, t)| AuditRecord {
             event,
             args,
+            subject,
             pid,
             time_ns: t,
             phase: phase_at(t),
         })
         .collect();
+    // Audit rules can only add findings: a payload may silence the hook, never the kernel.
+    let audit_findings: Vec<AuditFinding> = report
+        .audit
+        .iter()
+        .flat_map(|record| {
+            spec.rules
+                .judge_audit(&record.event, record.subject.as_deref(), record.phase)
+                .map(|rule| AuditFinding::new(rule, record.clone()))
+        })
+        .collect();
+    for finding in audit_findings {
+        report.add_audit_finding(finding);
+    }
     report.errors.extend(errors);
     report
         .errors

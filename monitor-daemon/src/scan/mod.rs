@@ -1,13 +1,14 @@
 //! Scan jobs: `monitorctl scan model.pkl`.
 //!
 //! 1. [`format`]: what the artifact is, from its content (safetensors is checked right there:
-//!    no code runs to load it).
+//!    no code runs to load it); [`globals`]: what its pickles name, as evidence.
 //! 2. [`job`]: a private copy in a fresh sandbox, the [`harness`] loading it with its
 //!    framework under watch and saying which phase it is in, the rules judging each event.
 //! 3. [`verdict`] and [`report`]: clean, suspicious, malicious or error, and the evidence;
 //!    [`sarif`] and [`text`] render it.
 
 pub mod format;
+pub mod globals;
 pub mod harness;
 pub mod job;
 pub mod report;

@@ -8,8 +8,11 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::{
-    rules::{Finding, Phase, Severity},
-    scan::verdict::{ExitCode, Verdict},
+    rules::{Finding, Phase, Rule, Severity},
+    scan::{
+        globals::PickleGlobals,
+        verdict::{ExitCode, Verdict},
+    },
 };
 
 pub const SCHEMA: &str = "monitor.scan/v1";
@@ -41,6 +44,10 @@ pub struct ScanReport {
     /// Interpreter-level evidence (`--audit`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub audit: Vec<AuditRecord>,
+    /// Findings of the audit rules on that evidence (`--audit`); counted in `counts` and the
+    /// verdict like `findings`, kept apart because their evidence is no kernel event.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub audit_findings: Vec<AuditFinding>,
     pub duration_ms: u64,
 }
 
@@ -69,6 +76,10 @@ pub struct Artifact {
     pub description: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
+    /// The globals its pickles name, read without running anything: evidence, never the
+    /// verdict.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub globals: Vec<PickleGlobals>,
 }
 
 /// One reason the scan is incomplete.
@@ -143,9 +154,37 @@ pub struct TraceStats {
 pub struct AuditRecord {
     pub event: String,
     pub args: String,
+    /// What the audit rules match on: `module.name` for `pickle.find_class`, else the first
+    /// argument when it is text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
     pub pid: u32,
     pub time_ns: u64,
     pub phase: Phase,
+}
+
+/// An audit rule that fired, with the audit record that made it fire.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditFinding {
+    pub rule: String,
+    pub severity: Severity,
+    pub description: String,
+    pub tags: Vec<String>,
+    pub phase: Phase,
+    pub audit: AuditRecord,
+}
+
+impl AuditFinding {
+    pub fn new(rule: &Rule, audit: AuditRecord) -> Self {
+        AuditFinding {
+            rule: rule.id().to_string(),
+            severity: rule.spec.severity,
+            description: rule.spec.description.clone(),
+            tags: rule.spec.tags.clone(),
+            phase: audit.phase,
+            audit,
+        }
+    }
 }
 
 impl ScanReport {
@@ -167,6 +206,7 @@ impl ScanReport {
             loader: None,
             trace: None,
             audit: Vec::new(),
+            audit_findings: Vec::new(),
             duration_ms: 0,
         }
     }
@@ -174,6 +214,11 @@ impl ScanReport {
     pub fn add_finding(&mut self, finding: Finding) {
         *self.counts.entry(finding.severity).or_default() += 1;
         self.findings.push(finding);
+    }
+
+    pub fn add_audit_finding(&mut self, finding: AuditFinding) {
+        *self.counts.entry(finding.severity).or_default() += 1;
+        self.audit_findings.push(finding);
     }
 
     pub fn worst(&self) -> Option<Severity> {

@@ -5,8 +5,8 @@ use std::io::{self, Write};
 
 use crate::{
     render,
-    rules::{Finding, Severity},
-    scan::report::ScanReport,
+    rules::{Finding, Phase, Severity},
+    scan::report::{AuditFinding, ScanReport},
 };
 
 /// At most this many findings of one rule are shown in full; the rest are counted.
@@ -61,24 +61,24 @@ pub fn write(out: &mut impl Write, report: &ScanReport) -> io::Result<()> {
             .iter()
             .filter(|f| f.severity == severity)
             .collect();
-        if of.is_empty() {
+        let audited: Vec<&AuditFinding> = report
+            .audit_findings
+            .iter()
+            .filter(|f| f.severity == severity)
+            .collect();
+        if of.is_empty() && audited.is_empty() {
             continue;
         }
-        writeln!(out, "\n{} ({})", title(severity), of.len())?;
+        writeln!(out, "\n{} ({})", title(severity), of.len() + audited.len())?;
         let mut shown: Vec<(&str, usize)> = Vec::new();
         for finding in &of {
-            let seen = match shown.iter_mut().find(|(rule, _)| *rule == finding.rule) {
-                Some((_, n)) => {
-                    *n += 1;
-                    *n
-                }
-                None => {
-                    shown.push((&finding.rule, 1));
-                    1
-                }
-            };
-            if seen <= SHOWN_PER_RULE {
+            if count_shown(&mut shown, &finding.rule) <= SHOWN_PER_RULE {
                 write_finding(out, finding, start)?;
+            }
+        }
+        for finding in &audited {
+            if count_shown(&mut shown, &finding.rule) <= SHOWN_PER_RULE {
+                write_audit_finding(out, finding, start)?;
             }
         }
         for (rule, n) in shown.iter().filter(|(_, n)| *n > SHOWN_PER_RULE) {
@@ -91,6 +91,7 @@ pub fn write(out: &mut impl Write, report: &ScanReport) -> io::Result<()> {
     }
 
     write_audit(out, report, start)?;
+    write_globals(out, report)?;
 
     if !report.errors.is_empty() {
         writeln!(out, "\nErrors ({})", report.errors.len())?;
@@ -106,10 +107,24 @@ pub fn write(out: &mut impl Write, report: &ScanReport) -> io::Result<()> {
             }
         }
     }
-    if report.findings.is_empty() && report.errors.is_empty() {
+    if report.findings.is_empty() && report.audit_findings.is_empty() && report.errors.is_empty() {
         writeln!(out, "\nNo findings.")?;
     }
     Ok(())
+}
+
+/// Counts one more finding of `rule`; returns how many of it there are so far.
+fn count_shown<'a>(shown: &mut Vec<(&'a str, usize)>, rule: &'a str) -> usize {
+    match shown.iter_mut().find(|(r, _)| *r == rule) {
+        Some((_, n)) => {
+            *n += 1;
+            *n
+        }
+        None => {
+            shown.push((rule, 1));
+            1
+        }
+    }
 }
 
 /// Interpreter evidence worth a person's time: what the artifact made Python resolve and run.
@@ -148,16 +163,79 @@ fn write_audit(out: &mut impl Write, report: &ScanReport, start_ns: u64) -> io::
     Ok(())
 }
 
-fn write_finding(out: &mut impl Write, f: &Finding, start_ns: u64) -> io::Result<()> {
-    let at = f.event.time_ns.saturating_sub(start_ns) as f64 / 1e9;
+/// The globals the file names that a rule marks: what a static scanner would flag, shown as
+/// evidence beside what loading did, never as the verdict.
+fn write_globals(out: &mut impl Write, report: &ScanReport) -> io::Result<()> {
+    let pickles = &report.artifact.globals;
+    if pickles.is_empty() {
+        return Ok(());
+    }
+    let named: usize = pickles.iter().map(|p| p.globals.len() + p.omitted).sum();
+    let flagged: Vec<_> = pickles
+        .iter()
+        .filter(|p| p.globals.iter().any(|g| g.is_flagged()))
+        .collect();
     writeln!(
         out,
-        "  {}: {} [{} phase, +{at:.3} s] {}",
-        f.rule,
-        f.description,
-        f.phase,
-        f.tags.join(",")
+        "\nStatic evidence (the file's pickles name {named} global{}; not the verdict)",
+        if named == 1 { "" } else { "s" }
     )?;
+    if flagged.is_empty() {
+        writeln!(out, "  none a rule marks (all in --format json)")?;
+    }
+    for p in flagged {
+        let marked: Vec<String> = p
+            .globals
+            .iter()
+            .filter_map(|g| {
+                let rule = g.rule.as_deref()?;
+                let severity = g.severity.map_or("?", |s| s.name());
+                Some(format!("{}.{} ({rule}, {severity})", g.module, g.name))
+            })
+            .collect();
+        writeln!(out, "  {}: {}", p.source, marked.join(", "))?;
+    }
+    Ok(())
+}
+
+/// A finding's first line: rule, description, phase, time since the first phase, tags.
+fn write_headline(
+    out: &mut impl Write,
+    (rule, description, phase, tags): (&str, &str, Phase, &[String]),
+    time_ns: u64,
+    start_ns: u64,
+) -> io::Result<()> {
+    let at = time_ns.saturating_sub(start_ns) as f64 / 1e9;
+    writeln!(
+        out,
+        "  {rule}: {description} [{phase} phase, +{at:.3} s] {}",
+        tags.join(",")
+    )
+}
+
+fn write_audit_finding(out: &mut impl Write, f: &AuditFinding, start_ns: u64) -> io::Result<()> {
+    let what = (
+        f.rule.as_str(),
+        f.description.as_str(),
+        f.phase,
+        &f.tags[..],
+    );
+    write_headline(out, what, f.audit.time_ns, start_ns)?;
+    writeln!(
+        out,
+        "    [python audit, sandbox pid {}] {} {}",
+        f.audit.pid, f.audit.event, f.audit.args
+    )
+}
+
+fn write_finding(out: &mut impl Write, f: &Finding, start_ns: u64) -> io::Result<()> {
+    let what = (
+        f.rule.as_str(),
+        f.description.as_str(),
+        f.phase,
+        &f.tags[..],
+    );
+    write_headline(out, what, f.event.time_ns, start_ns)?;
     writeln!(out, "    {}", render::text(&f.event))?;
     if let Some(p) = &f.process {
         let argv = if p.argv.is_empty() {

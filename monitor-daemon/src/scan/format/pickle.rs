@@ -171,6 +171,38 @@ pub fn walk(input: &mut (impl BufRead + Seek)) -> Result<Walk, NotPickle> {
     }
 }
 
+/// The globals of each pickle in `input`, in order, for at most `max_pickles` pickles (a torch
+/// legacy file is followed by raw storages). A pickle that cannot be read to its STOP ends the
+/// walk: its globals so far are kept, and the damage says where it stopped.
+pub fn globals_per_pickle(
+    input: &mut (impl BufRead + Seek),
+    max_pickles: usize,
+) -> (Vec<Vec<(String, String)>>, Option<Damage>) {
+    let mut per_pickle = Vec::new();
+    let mut walker = Walker::default();
+    while per_pickle.len() < max_pickles {
+        match input.fill_buf() {
+            Ok([]) => break,
+            Ok(_) => {}
+            Err(e) => return (per_pickle, Some(damage_at(input, &Failure::Io(e)))),
+        }
+        let mut walk = Walk::default();
+        let result = walker.one(input, &mut walk);
+        per_pickle.push(walk.globals);
+        if let Err(failure) = result {
+            return (per_pickle, Some(damage_at(input, &failure)));
+        }
+    }
+    (per_pickle, None)
+}
+
+fn damage_at(input: &mut impl Seek, failure: &Failure) -> Damage {
+    Damage {
+        offset: input.stream_position().unwrap_or(0),
+        what: failure.to_string(),
+    }
+}
+
 fn by_joblib(globals: &[(String, String)]) -> bool {
     globals
         .iter()
@@ -453,6 +485,31 @@ mod tests {
                 "{text:?}"
             );
         }
+    }
+
+    #[test]
+    fn globals_are_kept_per_pickle_up_to_the_damage() {
+        let mut bytes = b"cposix\nsystem\n(Vid\ntR.".to_vec();
+        bytes.extend_from_slice(b"cbuiltins\nset\n)R.");
+        bytes.extend_from_slice(b"cos\ngetcwd\n\xff");
+        let (per_pickle, damage) = globals_per_pickle(&mut Cursor::new(bytes), 10);
+        let names: Vec<Vec<String>> = per_pickle
+            .iter()
+            .map(|g| g.iter().map(|(m, n)| format!("{m}.{n}")).collect())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                vec!["posix.system"],
+                vec!["builtins.set"],
+                vec!["os.getcwd"]
+            ]
+        );
+        assert!(damage.expect("damaged").what.contains("0xff"));
+        let (first, damage) =
+            globals_per_pickle(&mut Cursor::new(b"cposix\nsystem\n.K\x01.".to_vec()), 1);
+        assert_eq!(first.len(), 1);
+        assert!(damage.is_none());
     }
 
     #[test]
