@@ -26,7 +26,9 @@ pub fn on_cgroup_mkdir(ctx: &TracePointContext) -> Option<()> {
     let (id, key) = cgroup_event(ctx)?;
     let loc = offsets().cgroup_path_loc;
     let len = read_path(ctx, loc, key)?;
-    unsafe { cut_to_parent(key, len) };
+    // The parent's path is the first `cut` bytes: read again, only that far.
+    let cut = unsafe { last_slash(key, len) };
+    read_prefix(ctx, loc, key, cut)?;
     let watch = *unsafe { WATCHED_CGROUP_PATHS.get(&*key) }?;
     if WATCHED.insert(id, watch, 0).is_err() {
         count(Counter::CgroupsFull);
@@ -90,6 +92,36 @@ fn cgroup_event(ctx: &TracePointContext) -> Option<(u64, *mut PathKey)> {
 /// padded; its length, or `None` when it does not fit a key.
 #[inline(always)]
 fn read_path(ctx: &TracePointContext, loc_offset: u16, key: *mut PathKey) -> Option<usize> {
+    let n = read_into(ctx, loc_offset, key, PATH_KEY_MAX as u32)?;
+    // Cut at the bound: a longer path, which no key holds.
+    if n >= PATH_KEY_MAX - 1 {
+        return None;
+    }
+    Some(n)
+}
+
+/// Reads the first `len` (1 to `PATH_KEY_MAX - 1`) bytes of that string into `key`, NUL
+/// padded.
+#[inline(always)]
+fn read_prefix(
+    ctx: &TracePointContext,
+    loc_offset: u16,
+    key: *mut PathKey,
+    len: usize,
+) -> Option<()> {
+    let size = (len & (PATH_KEY_MAX - 1)) as u32 + 1;
+    read_into(ctx, loc_offset, key, size).map(drop)
+}
+
+/// Zeroes `key`, then copies at most `size - 1` bytes of the string and its NUL into it;
+/// the bytes copied before the NUL.
+#[inline(always)]
+fn read_into(
+    ctx: &TracePointContext,
+    loc_offset: u16,
+    key: *mut PathKey,
+    size: u32,
+) -> Option<usize> {
     let words = key.cast::<u64>();
     for i in 0..PATH_KEY_MAX / 8 {
         // Volatile: a plain loop would become a call to memset, which BPF does not have.
@@ -98,39 +130,28 @@ fn read_path(ctx: &TracePointContext, loc_offset: u16, key: *mut PathKey) -> Opt
     let loc: u32 = unsafe { ctx.read_at(loc_offset as usize) }.ok()?;
     // The low 16 bits of a `__data_loc` word are the string's offset in the record.
     let src = unsafe { (ctx.as_ptr() as *const u8).add((loc & 0xffff) as usize) };
-    let n = unsafe {
-        generated::bpf_probe_read_kernel_str(key.cast(), PATH_KEY_MAX as u32, src.cast())
-    };
-    if n <= 1 || n as usize >= PATH_KEY_MAX {
+    let n = unsafe { generated::bpf_probe_read_kernel_str(key.cast(), size, src.cast()) };
+    if n <= 1 {
         return None;
     }
     Some(n as usize - 1)
 }
 
-/// Cuts the `len`-byte path in `key` to the directory above it: up to its last `/`, or `/`
-/// itself.
+/// Where the directory above the `len`-byte path in `key` ends: at its last `/`, or after
+/// the `/` of the root.
 #[inline(always)]
-unsafe fn cut_to_parent(key: *mut PathKey, len: usize) {
+unsafe fn last_slash(key: *const PathKey, len: usize) -> usize {
     const MASK: usize = PATH_KEY_MAX - 1;
-    let bytes = unsafe { &raw mut (*key).bytes };
-    // From the end, so the verifier sees one unknown position rather than one state for each
-    // slash a forward scan could have seen last.
-    let mut cut = 1;
+    let bytes = unsafe { &raw const (*key).bytes };
+    // From the end, and one loop only: its exit is where the verifier's work multiplies.
     for k in 1..PATH_KEY_MAX {
-        if k >= len {
+        if k + 1 >= len {
             break;
         }
         let i = len - k;
         if unsafe { (*bytes)[i & MASK] } == b'/' {
-            cut = i;
-            break;
+            return i;
         }
     }
-    for k in 0..PATH_KEY_MAX {
-        let i = cut + k;
-        if i >= len {
-            break;
-        }
-        unsafe { core::ptr::write_volatile(&raw mut (*bytes)[i & MASK], 0) };
-    }
+    1
 }
