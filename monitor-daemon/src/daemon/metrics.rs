@@ -48,6 +48,7 @@ pub struct Metrics {
     pub queue_depth: Gauge,
     pub processes_killed: Counter,
     pub watches_active: Gauge,
+    pub store_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -102,6 +103,12 @@ impl Default for Metrics {
             "Live watches running (discovery included)",
             watches_active.clone(),
         );
+        let store_errors = Counter::default();
+        registry.register(
+            "store_errors",
+            "Scans refused or reports lost because the state directory was full",
+            store_errors.clone(),
+        );
         registry.register(
             "build",
             "The running monitord",
@@ -119,6 +126,7 @@ impl Default for Metrics {
             queue_depth,
             processes_killed,
             watches_active,
+            store_errors,
         }
     }
 }

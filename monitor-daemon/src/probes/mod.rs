@@ -37,9 +37,19 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mo
 pub enum ProbeError {
     #[error("loading eBPF programs needs root (CAP_BPF and CAP_PERFMON); run as root")]
     NotRoot,
-    #[error("the kernel has no BTF ({}): it needs CONFIG_DEBUG_INFO_BTF=y", .0.display())]
+    #[error(
+        "the kernel's BTF ({}) is missing: monitor needs a kernel built with \
+         CONFIG_DEBUG_INFO_BTF=y, and /sys/kernel/btf visible to it",
+        .0.display()
+    )]
     NoBtf(PathBuf),
-    #[error("tracefs is not mounted and mounting it at {} failed: {errno}", path.display())]
+    #[error(
+        "tracefs (the kernel's tracepoint descriptions) is mounted neither at /sys/kernel/tracing \
+         nor at /sys/kernel/debug/tracing, and mounting it at {} failed: {errno}; mount it \
+         (`mount -t tracefs tracefs /sys/kernel/tracing`) or give monitor a view of /sys \
+         that has it",
+        path.display()
+    )]
     TracefsMount {
         path: PathBuf,
         errno: nix::errno::Errno,
