@@ -16,9 +16,11 @@ use std::{
 use serde_json::{Value, json};
 use support::{Daemon, pickle, root_required};
 
-/// A pickle whose load runs one line of Python (protocol 0's `V` takes it raw).
-fn pickle_exec(dir: &Path, name: &str, line: &str) -> PathBuf {
-    pickle(dir, name, &format!("cbuiltins\nexec\n(V{line}\ntR."))
+/// A pickle whose load runs `code` (Python; protocol 0's `V` takes raw-unicode-escape text
+/// on one line).
+fn pickle_exec(dir: &Path, name: &str, code: &str) -> PathBuf {
+    let escaped = code.replace('\\', "\\u005c").replace('\n', "\\u000a");
+    pickle(dir, name, &format!("cbuiltins\nexec\n(V{escaped}\ntR."))
 }
 
 /// The three kinds of scan the kill test runs: a threat, a clean load, and one whose trace
@@ -392,4 +394,72 @@ fn without_btf_or_tracefs_monitord_stops_at_start_saying_what_is_missing() {
         !dir.path().join("monitord.sock").exists(),
         "it never served"
     );
+}
+
+#[test]
+fn a_scan_cannot_trace_signal_or_call_the_daemon_and_is_found_trying() {
+    root_required();
+    // Under target/, which the sandbox sees (read-only), and traversable: only the socket's own
+    // mode (0660, root) keeps the job out.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut daemon = Daemon::start(dir.path());
+    let pid = daemon.child.id();
+    let hostile = pickle_exec(
+        dir.path(),
+        "hostile.pkl",
+        &format!(
+            "import ctypes, os, socket\n\
+             libc = ctypes.CDLL(None, use_errno=True)\n\
+             libc.ptrace(16, {pid}, 0, 0)\n\
+             try:\n\
+             \x20   os.kill({pid}, 9)\n\
+             except OSError:\n\
+             \x20   pass\n\
+             s = socket.socket(socket.AF_UNIX)\n\
+             try:\n\
+             \x20   s.connect({socket:?})\n\
+             \x20   s.sendall(b'POST /v1/rules/reload HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')\n\
+             except OSError:\n\
+             \x20   pass\n",
+            socket = daemon.socket.display().to_string(),
+        ),
+    );
+    let id = daemon.submit(&hostile);
+    let record = daemon.wait(&id);
+    assert!(
+        daemon.child.try_wait().is_ok_and(|exit| exit.is_none()),
+        "the daemon lives"
+    );
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(status.contains("TracerPid:\t0"), "nobody traces it");
+    assert_eq!(record["verdict"], "malicious", "{record}");
+    let found: Vec<&str> = record["report"]["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["rule"].as_str().unwrap())
+        .collect();
+    for rule in [
+        "priv.ptrace",
+        "evasion.signal-outside",
+        "evasion.monitor-socket",
+    ] {
+        assert!(found.contains(&rule), "{rule} not in {found:?}");
+    }
+    // Each attempt failed, as the kernel said.
+    let (_, events) = daemon.json(
+        "GET",
+        &format!("/v1/scans/{id}/events?limit=20000"),
+        &Value::Null,
+    );
+    for syscall in ["ptrace", "kill", "connect"] {
+        let failed = events["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["syscall"] == syscall && e["ret"].as_i64().is_some_and(|r| r < 0));
+        assert!(failed, "{syscall} failed");
+    }
+    daemon.stop();
 }
