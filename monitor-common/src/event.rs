@@ -264,7 +264,7 @@ pub struct Discovery {
 
 /// Value of the `CAPTURE` map, indexed by syscall number: what to copy at entry.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CaptureSpec {
     /// Non-zero when the syscall is traced.
     pub enabled: u8,

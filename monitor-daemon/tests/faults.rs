@@ -463,3 +463,89 @@ fn a_scan_cannot_trace_signal_or_call_the_daemon_and_is_found_trying() {
     }
     daemon.stop();
 }
+
+/// The maps of process `pid` named `name`, as another root process on the host opens them.
+fn maps_of(pid: u32, name: &str) -> Vec<aya::maps::MapData> {
+    let mut ids: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let info = std::fs::read_to_string(e.path()).ok()?;
+            info.lines()
+                .find_map(|l| l.strip_prefix("map_id:"))
+                .and_then(|id| id.trim().parse().ok())
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids.into_iter()
+        .filter(|&id| {
+            aya::maps::MapInfo::from_id(id).is_ok_and(|info| info.name_as_str() == Some(name))
+        })
+        .map(|id| aya::maps::MapData::from_id(id).unwrap())
+        .collect()
+}
+
+fn metric(daemon: &Daemon, name: &str) -> u64 {
+    let (_, metrics) = daemon.http("GET", "/metrics", b"");
+    String::from_utf8_lossy(&metrics)
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name}"))
+}
+
+#[test]
+fn probes_changed_from_outside_are_found_restored_and_make_scans_not_clean() {
+    root_required();
+    use monitor_common::{event::CaptureSpec, syscall::by_name};
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path());
+    let pid = daemon.child.id();
+    let (_, status) = daemon.json("GET", "/v1/status", &Value::Null);
+    assert_eq!(status["probes"]["tampering"], json!([]), "{status}");
+
+    // Turn the capture of execve off, as `bpftool map update` would.
+    let [capture] = <[_; 1]>::try_from(maps_of(pid, "CAPTURE")).expect("one CAPTURE map");
+    let mut capture: aya::maps::Array<_, CaptureSpec> =
+        aya::maps::Array::try_from(aya::maps::Map::from_map_data(capture).unwrap()).unwrap();
+    let execve = by_name("execve").unwrap().nr;
+    let original = capture.get(&execve, 0).unwrap();
+    assert_ne!(original.enabled, 0);
+    capture.set(execve, CaptureSpec::default(), 0).unwrap();
+    let status = daemon.poll("/v1/status", 30, |s| {
+        s["probes"]["checks_that_found_tampering"].as_u64() >= Some(1)
+    });
+    assert!(
+        capture.get(&execve, 0).unwrap() == original,
+        "restored: {status}"
+    );
+    assert!(metric(&daemon, "monitor_probe_tampering_total") >= 1);
+
+    // Take a running scan's cgroup out of WATCHED: its trace has a hole, so it is not clean.
+    let slow = pickle_exec(
+        dir.path(),
+        "slow.pkl",
+        "import time, os; time.sleep(2); os.system('id')",
+    );
+    let id = daemon.submit(&slow);
+    daemon.poll(&format!("/v1/scans/{id}"), 60, |r| r["phase"] == "load");
+    let [watched] = <[_; 1]>::try_from(maps_of(pid, "WATCHED")).expect("one WATCHED map");
+    let mut watched: aya::maps::HashMap<_, u64, monitor_common::event::Watch> =
+        aya::maps::HashMap::try_from(aya::maps::Map::from_map_data(watched).unwrap()).unwrap();
+    let cgroups: Vec<u64> = watched.keys().map(Result::unwrap).collect();
+    assert!(!cgroups.is_empty(), "the scan's cgroup is watched");
+    for cgroup in &cgroups {
+        watched.remove(cgroup).unwrap();
+    }
+    let record = daemon.wait(&id);
+    assert_ne!(record["verdict"], "clean", "{record}");
+    let errors = record["report"]["errors"].as_array().unwrap();
+    assert!(
+        errors.iter().any(|e| e["kind"] == "incomplete_trace"
+            && e["message"].as_str().unwrap().contains("from outside")),
+        "{errors:?}"
+    );
+    assert_eq!(record["report"]["trace"]["complete"], false);
+    assert!(metric(&daemon, "monitor_probe_tampering_total") >= 2);
+    daemon.stop();
+}

@@ -49,6 +49,8 @@ pub struct Metrics {
     pub processes_killed: Counter,
     pub watches_active: Gauge,
     pub store_errors: Counter,
+    pub probes_tampered: Gauge,
+    pub probe_tampering: Counter,
 }
 
 impl Default for Metrics {
@@ -109,6 +111,19 @@ impl Default for Metrics {
             "Scans refused or reports lost because the state directory was full",
             store_errors.clone(),
         );
+        let probes_tampered = Gauge::default();
+        registry.register(
+            "probes_tampered",
+            "Problems the last check found in the kernel probes (changed from outside); \
+             scans are not clean while it is above zero",
+            probes_tampered.clone(),
+        );
+        let probe_tampering = Counter::default();
+        registry.register(
+            "probe_tampering",
+            "Checks of the kernel probes that found them changed from outside",
+            probe_tampering.clone(),
+        );
         registry.register(
             "build",
             "The running monitord",
@@ -127,6 +142,8 @@ impl Default for Metrics {
             processes_killed,
             watches_active,
             store_errors,
+            probes_tampered,
+            probe_tampering,
         }
     }
 }

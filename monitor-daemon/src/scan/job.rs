@@ -372,6 +372,16 @@ fn run_errors(summary: &RunSummary, timeline: &[PhaseStart], spec: &ScanSpec) ->
             ),
         ));
     }
+    if !summary.tampering.is_empty() {
+        errors.push(ScanError::new(
+            ErrorKind::IncompleteTrace,
+            format!(
+                "the kernel probes were changed from outside while the scan ran, so its trace \
+                 may be missing records: {}",
+                summary.tampering.join("; ")
+            ),
+        ));
+    }
     if summary.timed_out {
         errors.push(ScanError::new(
             ErrorKind::Timeout,
