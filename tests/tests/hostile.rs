@@ -197,6 +197,7 @@ async fn a_syscall_flood_that_overflows_the_ring_buffer_is_reported_and_never_cl
     .await;
     never_clean(&report);
     let trace = report.trace.as_ref().expect("a trace");
+    eprintln!("flood: {trace:?}");
     assert!(trace.dropped > 0, "{trace:?}");
     assert!(!trace.complete, "{trace:?}");
     assert!(
