@@ -341,7 +341,8 @@ fn scans_run_side_by_side_each_with_its_own_trace() {
     });
     assert_eq!(both["probes"]["subscriptions"], 2, "{both}");
     assert_eq!(daemon.wait(&benign)["verdict"], "clean");
-    assert_eq!(daemon.wait(&malicious)["verdict"], "malicious");
+    let record = daemon.wait(&malicious);
+    assert_eq!(record["verdict"], "malicious", "{record}");
     let (_, status) = daemon.json("GET", "/v1/status", &Value::Null);
     assert_eq!(status["running"], json!([]), "{status}");
     assert_eq!(status["probes"]["subscriptions"], 0, "{status}");
