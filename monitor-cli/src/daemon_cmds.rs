@@ -4,7 +4,24 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Subcommand};
-use monitor_daemon::daemon::client::{self, Client};
+use monitor_daemon::{
+    daemon::client::{self, Client},
+    scan::Verdict,
+};
+
+use crate::scan::ReportFormat;
+
+/// A verdict's name, checked here so that a typo is a usage error even with no daemon.
+fn verdict_name(s: &str) -> Result<String, String> {
+    Verdict::ALL
+        .iter()
+        .find(|v| v.name() == s)
+        .map(|v| v.name().to_owned())
+        .ok_or_else(|| {
+            let names: Vec<_> = Verdict::ALL.iter().map(|v| v.name()).collect();
+            format!("one of: {}", names.join(", "))
+        })
+}
 
 #[derive(Args)]
 pub struct DaemonArgs {
@@ -17,8 +34,8 @@ pub struct DaemonArgs {
 pub enum ReportsCommand {
     /// Scans, newest first.
     List {
-        /// Only scans with this verdict: clean, suspicious, malicious, error.
-        #[arg(long)]
+        /// Only scans with this verdict.
+        #[arg(long, value_parser = verdict_name)]
         verdict: Option<String>,
         #[arg(long, default_value_t = 20)]
         limit: u32,
@@ -26,7 +43,7 @@ pub enum ReportsCommand {
     /// Every finished report as JSON lines (schema monitor.scan/v1), oldest last.
     Export {
         /// Only scans with this verdict.
-        #[arg(long)]
+        #[arg(long, value_parser = verdict_name)]
         verdict: Option<String>,
         /// Write to FILE instead of stdout.
         #[arg(short, long, value_name = "FILE")]
@@ -35,9 +52,8 @@ pub enum ReportsCommand {
     /// One scan's report.
     Show {
         id: String,
-        /// text, json or sarif.
-        #[arg(long, default_value = "text")]
-        format: String,
+        #[arg(long, value_enum, default_value = "text")]
+        format: ReportFormat,
     },
 }
 
@@ -79,9 +95,10 @@ async fn ask(args: DaemonArgs, request: Request) -> Result<()> {
                 .unwrap_or_default();
             (format!("/v1/scans?limit={limit}{filter}"), false)
         }
-        Request::Reports(ReportsCommand::Show { id, format }) => {
-            (format!("/v1/scans/{id}/report?format={format}"), false)
-        }
+        Request::Reports(ReportsCommand::Show { id, format }) => (
+            format!("/v1/scans/{id}/report?format={}", format.name()),
+            false,
+        ),
         Request::Reports(ReportsCommand::Export { .. }) => unreachable!("handled above"),
         Request::Rules(RulesCommand::List) => ("/v1/rules".to_string(), false),
         Request::Rules(RulesCommand::Reload) => ("/v1/rules/reload".to_string(), true),
@@ -110,7 +127,10 @@ async fn ask(args: DaemonArgs, request: Request) -> Result<()> {
                 );
             }
         }
-        Request::Reports(ReportsCommand::Show { format, .. }) if format == "text" => {
+        Request::Reports(ReportsCommand::Show {
+            format: ReportFormat::Text,
+            ..
+        }) => {
             print!("{}", String::from_utf8_lossy(&reply.body));
         }
         Request::Rules(RulesCommand::List) => {

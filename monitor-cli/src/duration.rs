@@ -22,7 +22,11 @@ pub fn parse(s: &str) -> Result<Duration, String> {
     if !(seconds > 0.0 && seconds.is_finite()) {
         return Err("must be greater than zero".into());
     }
-    Ok(Duration::from_secs_f64(seconds))
+    match Duration::try_from_secs_f64(seconds) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err("must be at least a nanosecond".into()),
+        Err(_) => Err(format!("`{s}` is longer than any time limit can be")),
+    }
 }
 
 #[cfg(test)]
@@ -38,5 +42,9 @@ mod tests {
         assert!(parse("0").is_err());
         assert!(parse("5 parsecs").is_err());
         assert!(parse("soon").is_err());
+        // Too long or too short for a Duration: refused, not a panic.
+        assert!(parse("99999999999999999999").is_err());
+        assert!(parse("1e400").is_err());
+        assert!(parse("0.0000000000001ms").is_err());
     }
 }

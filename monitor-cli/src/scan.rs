@@ -109,10 +109,21 @@ pub struct ScanArgs {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum ReportFormat {
+pub enum ReportFormat {
     Text,
     Json,
     Sarif,
+}
+
+impl ReportFormat {
+    /// Its name in the API (`?format=`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ReportFormat::Text => "text",
+            ReportFormat::Json => "json",
+            ReportFormat::Sarif => "sarif",
+        }
+    }
 }
 
 fn parse_severity(s: &str) -> Result<Severity, String> {
@@ -307,11 +318,7 @@ async fn scan_with_daemon(client: &Client, args: &ScanArgs) -> anyhow::Result<u8
     if record["status"] == "interrupted" {
         anyhow::bail!("the daemon stopped during scan {id}; it is reported as interrupted");
     }
-    let format = match args.format {
-        ReportFormat::Text => "text",
-        ReportFormat::Json => "json",
-        ReportFormat::Sarif => "sarif",
-    };
+    let format = args.format.name();
     let reply = client
         .get(&format!("/v1/scans/{id}/report?format={format}"))
         .await?;

@@ -11,8 +11,8 @@ use monitor_daemon::{
 };
 use serde_json::{Value, json};
 
-/// Watch live processes through monitord: a service's cgroup, a process tree. Findings
-/// stream in as they happen (`watch tail`); a policy can kill the process that does
+/// Watch live processes through monitord: a service's cgroup, a process tree, an
+/// executable. Findings stream in as they happen (`watch tail`); a policy can kill the process that does
 /// something high-risk, in the kernel before its syscall returns (`--kill-in-kernel`) or at
 /// the finding.
 #[derive(Args)]
@@ -26,25 +26,31 @@ pub struct WatchArgs {
 
 #[derive(Subcommand)]
 enum WatchCommand {
-    /// Start watching a cgroup (with the cgroups below it, also those created later) or a
-    /// process (with every process it starts). Watches survive monitord's restarts.
+    /// Start watching a cgroup (with the cgroups below it, also those created later), a
+    /// process (with every process it starts), or every process of an executable (those
+    /// running now and those started later, with what they start). Watches survive
+    /// monitord's restarts.
     ///
     /// Examples:
     ///   monitorctl watch add --cgroup system.slice/torchserve.service --kill-at high
     ///   monitorctl watch add --pid 4242 --name notebook
-    #[command(verbatim_doc_comment)]
+    ///   monitorctl watch add --exe /opt/serving/bin/python3.11 --name inference
+    #[command(
+        verbatim_doc_comment,
+        group(clap::ArgGroup::new("selector").required(true).multiple(false))
+    )]
     Add {
         /// A cgroup v2 directory: absolute, or relative to the cgroup2 mount.
-        #[arg(
-            long,
-            value_name = "PATH",
-            conflicts_with = "pid",
-            required_unless_present = "pid"
-        )]
+        #[arg(long, value_name = "PATH", group = "selector")]
         cgroup: Option<PathBuf>,
         /// A process id.
-        #[arg(long, value_name = "PID")]
+        #[arg(long, value_name = "PID", group = "selector")]
         pid: Option<u32>,
+        /// An executable's absolute path. A process is matched when it executes this path
+        /// or the file it names (symlinks resolved); one started through another symlink is
+        /// picked up within a second.
+        #[arg(long, value_name = "PATH", group = "selector")]
+        exe: Option<PathBuf>,
         /// A name to show.
         #[arg(long)]
         name: Option<String>,
@@ -108,6 +114,7 @@ async fn watch(args: WatchArgs) -> Result<()> {
         WatchCommand::Add {
             cgroup,
             pid,
+            exe,
             name,
             kill_at,
             kill_in_kernel,
@@ -126,6 +133,10 @@ async fn watch(args: WatchArgs) -> Result<()> {
             }
             if let Some(pid) = pid {
                 body["pid"] = json!(pid);
+            }
+            if let Some(exe) = exe {
+                // The daemon resolves nothing against its own working directory.
+                body["exe"] = json!(std::path::absolute(&exe).unwrap_or(exe));
             }
             if let Some(k) = kill_in_kernel {
                 body["kill_in_kernel"] = json!(k);
@@ -202,13 +213,15 @@ async fn watch(args: WatchArgs) -> Result<()> {
     Ok(())
 }
 
-/// "cgroup X", "pid N", or "discovery", with the name.
+/// "cgroup X", "pid N", "executable P" or "discovery", with the name.
 fn describe(w: &Value) -> String {
     let selector = &w["selector"];
     let what = if let Some(path) = selector["cgroup"].as_str() {
         format!("cgroup {path}")
     } else if let Some(pid) = selector["pid"]["pid"].as_u64() {
         format!("pid {pid}")
+    } else if let Some(path) = selector["executable"].as_str() {
+        format!("executable {path}")
     } else if selector.get("discovery").is_some() {
         "processes that open model files (discovery)".into()
     } else {

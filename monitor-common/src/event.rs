@@ -179,10 +179,15 @@ pub enum Counter {
     TasksFull = 3,
     /// Processes that discovery started watching.
     Discovered = 4,
+    /// Cgroups and processes the kernel added to a watch itself: a cgroup made under a
+    /// watched one, a process that executed a watched executable.
+    Followed = 5,
+    /// Cgroups made under a watched one that `WATCHED` had no room for.
+    CgroupsFull = 6,
 }
 
 /// How many [`Counter`]s there are.
-pub const COUNTERS: u32 = 5;
+pub const COUNTERS: u32 = 7;
 
 /// What selects a task for recording, and what the kernel does to it: the value of the
 /// `WATCHED` map (keyed by cgroup id) and of the `WATCHED_TASKS` map (keyed by process id).
@@ -242,6 +247,13 @@ pub const SUFFIXES: usize = 16;
 /// Bytes of an opened path that discovery reads (the suffix must lie within them).
 pub const DISCOVERY_PATH_MAX: usize = 256;
 
+/// The bit of [`Discovery::tails`] that a path ending in bytes `a`, `b`, `c` (lower case)
+/// tests. Chosen so that the default suffixes share no bit with the endings most opened on a
+/// host (`.py`, `pyc`, `.so`, `txt`, `son`, `.js`, `.db`, `xml`, ...).
+pub const fn tail_bit(a: u8, b: u8, c: u8) -> usize {
+    (c ^ b.wrapping_mul(3) ^ a.wrapping_mul(3)) as usize
+}
+
 /// The only entry of the `DISCOVERY` map: any process on the host that opens a file whose name
 /// ends in one of `suffixes` starts being watched with `watch`.
 #[repr(C)]
@@ -253,13 +265,42 @@ pub struct Discovery {
     pub count: u32,
     /// What a discovered process is watched with (`WATCH_FOLLOW_FORKS` is implied).
     pub watch: Watch,
-    /// Which bytes end a suffix (bit `b % 64` of word `b / 64`), so that most paths are
-    /// ruled out by their last byte alone.
-    pub last_bytes: [u64; 4],
+    /// Which three-byte endings the suffixes have: bit [`tail_bit`] of the last three bytes
+    /// (lower case) is set for each, so that most paths are ruled out by their end alone (a
+    /// `.txt` by `txt`, where its last byte would pass for `.pt`'s, a `.py` where its last
+    /// two would pass for `.npy`'s).
+    pub tails: [u64; 4],
     /// Bytes of each suffix.
     pub len: [u8; SUFFIXES],
     /// Lower-case ASCII; a path matches whatever the case of its letters.
     pub suffix: [[u8; SUFFIX_MAX]; SUFFIXES],
+}
+
+/// Bytes of a [`PathKey`], its NUL padding included.
+pub const PATH_KEY_MAX: usize = 256;
+
+/// A path as the kernel's maps key it: the bytes, then NULs up to [`PATH_KEY_MAX`] (so equal
+/// paths are equal keys). Keys of `WATCHED_CGROUP_PATHS` are cgroup paths under the cgroup2
+/// root as the cgroup tracepoints write them (`/`, `/system.slice/x.service`); keys of
+/// `WATCHED_EXES` are executables' paths as `execve` was given them after `PATH` lookup
+/// (`/usr/bin/python3`).
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PathKey {
+    pub bytes: [u8; PATH_KEY_MAX],
+}
+
+impl PathKey {
+    /// The key of `path`: `None` when it is too long for a key (at least
+    /// [`PATH_KEY_MAX`] bytes) or holds a NUL.
+    pub fn new(path: &[u8]) -> Option<Self> {
+        if path.len() >= PATH_KEY_MAX || path.contains(&0) {
+            return None;
+        }
+        let mut bytes = [0; PATH_KEY_MAX];
+        bytes[..path.len()].copy_from_slice(path);
+        Some(PathKey { bytes })
+    }
 }
 
 /// Value of the `CAPTURE` map, indexed by syscall number: what to copy at entry.
@@ -304,6 +345,12 @@ pub struct TracepointOffsets {
     pub exec_old_pid: u16,
     /// `sched:sched_process_exit`: `group_dead`, or `u16::MAX` where the kernel lacks it.
     pub exit_group_dead: u16,
+    /// `cgroup:cgroup_mkdir` and `cgroup_rmdir` (one layout): `root` (the hierarchy; cgroup2's
+    /// is 0), `id`, and the `__data_loc` word of `path`.
+    pub cgroup_root: u16,
+    pub cgroup_id: u16,
+    pub cgroup_path_loc: u16,
+    pub _pad: u16,
 }
 
 /// The kernel programs commit records without waking the reader, and wake it (forced) only

@@ -7,14 +7,14 @@
 mod support;
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Result, bail};
 use monitor_daemon::daemon::client::Client;
 use serde_json::json;
-use support::{Daemon, release_dir};
+use support::{Daemon, memory, release_dir, write};
 
 /// Scans per batch, and batches.
 const SCANS: usize = 40;
@@ -115,25 +115,4 @@ async fn run_batch(client: &Client, benign: &Path, malicious: &Path) -> Result<(
         }
     }
     Ok(())
-}
-
-fn write(dir: &Path, name: &str, content: &str) -> Result<PathBuf> {
-    let path = dir.join(name);
-    std::fs::write(&path, content)?;
-    Ok(path)
-}
-
-/// A line of /proc/<pid>/status, in KiB.
-fn memory(pid: u32, field: &str) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(field)?
-                .trim_start_matches(':')
-                .trim()
-                .strip_suffix("kB")
-        })
-        .and_then(|v| v.trim().parse().ok())
-        .with_context(|| format!("no {field} in /proc/{pid}/status"))
 }

@@ -7,8 +7,8 @@
 //! 2. Kill: under `kill_at` with the in-kernel kill of execve, a watched process starts
 //!    children that each try to execute a program; counted: how many programs ran (goal: none)
 //!    and the time from the execve's entry to the parent seeing the child dead.
-//! 3. Discovery's cost: an unwatched open+close loop, with monitord running discovery off and
-//!    on, in alternating rounds.
+//! 3. Discovery's cost: an unwatched open+close loop, with monitord's kernel programs loaded
+//!    and discovery switched off and on between short rounds.
 //!
 //! The workloads are this binary run again with a first argument naming the workload.
 
@@ -25,7 +25,12 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use monitor_daemon::cgroup::{self, JobCgroup};
+use monitor_common::event::{Discovery, Watch};
+use monitor_daemon::{
+    cgroup::{self, JobCgroup},
+    probes::{ProbeConfig, Probes},
+    watch::artifact::{DEFAULT_SUFFIXES, kernel_suffixes},
+};
 use serde_json::{Value, json};
 use support::Daemon;
 
@@ -33,7 +38,7 @@ const READS: usize = 300;
 const READ_GAP: Duration = Duration::from_millis(5);
 const EXECS: usize = 50;
 const OPENS: u32 = 200_000;
-const ROUNDS: usize = 5;
+const DISCOVERY_ROUNDS: usize = 40;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -48,6 +53,10 @@ fn main() -> Result<()> {
     let dir = tempfile::Builder::new()
         .prefix("monitor-bench-watch-")
         .tempdir_in("/var/tmp")?;
+    if args.get(1).map(String::as_str) == Some("discovery") {
+        // One section, for working on it: `target/release/deps/watch-* discovery`.
+        return discovery_cost(dir.path());
+    }
     println!("## Live watches (`cargo xtask bench watch`)\n");
     finding_latency(dir.path())?;
     kill_latency(dir.path())?;
@@ -235,39 +244,53 @@ fn kill_latency(dir: &Path) -> Result<()> {
 fn discovery_cost(dir: &Path) -> Result<()> {
     let file = dir.join("not-a-model.txt");
     std::fs::write(&file, "x")?;
+    // The kernel programs as monitord loads them, in this process: discovery is switched on
+    // and off between short rounds, so both sides see the same machine from moment to moment.
+    let mut probes = Probes::load(&ProbeConfig::default()).context("loading the probes")?;
+    let watch = Watch {
+        id: 1,
+        ..Watch::default()
+    };
+    probes.watch(&watch, &[])?;
+    let mut discovery = Discovery {
+        enabled: 1,
+        watch,
+        ..Discovery::default()
+    };
+    let suffixes: Vec<String> = DEFAULT_SUFFIXES.iter().map(|s| s.to_string()).collect();
+    kernel_suffixes(&suffixes, &mut discovery)?;
+    pin_to_last_cpu()?;
+    open_loop(&file, OPENS)?; // warm-up
     let mut off = Vec::new();
     let mut on = Vec::new();
-    for round in 0..ROUNDS {
-        for discovery in [false, true] {
-            let work = dir.join(format!("discovery-{round}-{discovery}"));
-            std::fs::create_dir_all(&work)?;
-            let extra = if discovery {
-                "[discovery]\nenabled = true\n"
-            } else {
-                ""
-            };
-            let (daemon, _client) = Daemon::start(&work, extra)?;
-            // The daemon's watches start just after its socket answers.
-            std::thread::sleep(Duration::from_millis(500));
-            let ns = open_loop(&file)?;
-            daemon.stop()?;
-            if discovery { &mut on } else { &mut off }.push(ns);
+    for _ in 0..DISCOVERY_ROUNDS {
+        for enabled in [false, true] {
+            probes.set_discovery(enabled.then_some(&discovery))?;
+            let ns = open_loop(&file, OPENS / 4)?;
+            if enabled { &mut on } else { &mut off }.push(ns);
         }
     }
+    probes.set_discovery(None)?;
+    let discovered = probes.counters()?.discovered;
     let ratios: Vec<f64> = off.iter().zip(&on).map(|(a, b)| b / a).collect();
     let (off_m, _, _) = percentiles(off.clone());
     let (on_m, _, _) = percentiles(on.clone());
     let (ratio, _, _) = percentiles(ratios.clone());
-    let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
-    let hi = ratios.iter().copied().fold(0.0, f64::max);
-    println!("### What discovery costs the rest of the host\n");
+    let (lo, hi) = (percentile(&ratios, 0.1), percentile(&ratios, 0.9));
     println!(
-        "An unwatched loop of open+close on a file that is not a model (`{OPENS}` iterations), \
-         with monitord running, discovery off and on in alternating rounds ({ROUNDS} each); \
-         with discovery on the kernel reads the path of every open on the host and matches its \
-         end against the model suffixes. Ratios within a round, then the median.\n"
+        "### What discovery costs the rest of the host
+"
     );
-    println!("| discovery off, ns/open | discovery on, ns/open | on / off (min-max) | goal |");
+    println!(
+        "An unwatched loop of open+close on a file that is not a model, pinned to one CPU, with \
+         monitord's kernel programs loaded and attached; discovery switched off and on between \
+         rounds of {} opens ({DISCOVERY_ROUNDS} rounds each). With discovery on, the kernel \
+         reads the path of every open on the host and matches its end against the model \
+         suffixes. Ratio of each on round to the off round before it; median (10th-90th \
+         percentile). Processes discovered meanwhile: {discovered} (0 expected).\n",
+        OPENS / 4
+    );
+    println!("| discovery off, ns/open | discovery on, ns/open | on / off (p10-p90) | goal |");
     println!("| --- | --- | --- | --- |");
     println!(
         "| {off_m:.0} | {on_m:.0} | {ratio:.3} ({lo:.3}-{hi:.3}) | <= 1.05: {} |",
@@ -276,13 +299,28 @@ fn discovery_cost(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The `q` quantile of `values` (nearest rank).
+fn percentile(values: &[f64], q: f64) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * q).round() as usize]
+}
+
+/// Pins this thread to the last CPU, away from the daemon's and the kernel's usual first.
+fn pin_to_last_cpu() -> Result<()> {
+    let cpus = std::thread::available_parallelism()?.get();
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpus - 1)?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).context("pinning to a CPU")
+}
+
 /// ns per open+close of `file`, in this (unwatched) process.
-fn open_loop(file: &Path) -> Result<f64> {
+fn open_loop(file: &Path, opens: u32) -> Result<f64> {
     let start = Instant::now();
-    for _ in 0..OPENS {
+    for _ in 0..opens {
         drop(std::fs::File::open(file)?);
     }
-    Ok(start.elapsed().as_nanos() as f64 / f64::from(OPENS))
+    Ok(start.elapsed().as_nanos() as f64 / f64::from(opens))
 }
 
 fn spawn_in(cgroup: &JobCgroup, args: &[&str]) -> Result<std::process::Child> {

@@ -103,9 +103,10 @@ impl RunSummary {
     }
 }
 
-/// Why the command could not be started (as opposed to monitor failing).
+/// Why the command could not be started (as opposed to monitor failing). The cause is its
+/// source, not part of its message, so that a chain (`{:#}`) names it once.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot run {program:?}: {source}")]
+#[error("cannot run {program:?}")]
 pub struct SpawnError {
     pub program: OsString,
     #[source]

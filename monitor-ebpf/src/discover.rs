@@ -8,6 +8,7 @@
 use aya_ebpf::helpers::generated;
 use monitor_common::event::{
     Counter, DISCOVERY_PATH_MAX, Discovery, SUFFIX_MAX, SUFFIXES, WATCH_FOLLOW_FORKS, Watch,
+    tail_bit,
 };
 
 use crate::{
@@ -49,14 +50,17 @@ fn matches(path: u64) -> Option<()> {
         return None;
     }
     let len = n as usize - 1;
-    // Most paths end in a byte no suffix ends in: one test instead of the loop.
-    let last = unsafe { (*buf)[(len - 1) & (DISCOVERY_PATH_MAX - 1)] };
-    let last = if last.is_ascii_uppercase() {
-        last | 0x20
-    } else {
-        last
+    // (A path shorter than this names no model file a suffix is meant for.)
+    if len < 3 {
+        return None;
+    }
+    // Most paths end in three bytes no suffix ends in: one test instead of the loop.
+    let at = |i: usize| {
+        let c = unsafe { (*buf)[i & (DISCOVERY_PATH_MAX - 1)] };
+        if c.is_ascii_uppercase() { c | 0x20 } else { c }
     };
-    if config.last_bytes[(last >> 6) as usize & 3] & (1 << (last & 63)) == 0 {
+    let bit = tail_bit(at(len - 3), at(len - 2), at(len - 1));
+    if config.tails[(bit >> 6) & 3] & (1 << (bit & 63)) == 0 {
         return None;
     }
     if !matches_any(config, unsafe { &*buf }, len) {

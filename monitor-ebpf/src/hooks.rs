@@ -61,6 +61,19 @@ pub fn tracepoint_entry(ctx: &TracePointContext) -> Result<(u32, [u64; MAX_ARGS]
     Ok((traced_nr(nr as i64 as u64)?, args))
 }
 
+/// At `syscalls:sys_enter_*`: the syscall's number alone.
+#[inline(always)]
+pub fn tracepoint_nr(ctx: &TracePointContext) -> Result<u32, i64> {
+    let nr: i32 = unsafe { ctx.read_at(offsets().enter_nr as usize) }.map_err(i64::from)?;
+    traced_nr(nr as i64 as u64)
+}
+
+/// At `syscalls:sys_enter_*`: argument `i` (below `MAX_ARGS`) alone.
+#[inline(always)]
+pub fn tracepoint_arg(ctx: &TracePointContext, i: usize) -> Result<u64, i64> {
+    unsafe { ctx.read_at(offsets().enter_args as usize + 8 * i) }.map_err(i64::from)
+}
+
 /// At `syscalls:sys_exit_*`: the syscall's number and return value.
 #[inline(always)]
 pub fn tracepoint_exit(ctx: &TracePointContext) -> Result<(u32, i64), i64> {

@@ -15,13 +15,16 @@
 //!   `sys_exit_<name>` instead (see `hooks`). Both share the capture; what to copy is read
 //!   from the `CAPTURE` map that user space fills from that table.
 //! - `sched_process_fork`, `sched_process_exec`, `sched_process_exit`: the process tree
-//!   (tracepoints, which flag no task).
+//!   (tracepoints, which flag no task); an exec of a watched executable starts its watch.
+//! - `cgroup_mkdir`, `cgroup_rmdir`: cgroups made under a watched one are watched (see
+//!   `follow`).
 #![no_std]
 #![no_main]
 
 mod capture;
 mod context;
 mod discover;
+mod follow;
 mod hooks;
 mod ring;
 
@@ -33,8 +36,8 @@ use aya_ebpf::{
 };
 use monitor_common::event::{
     CAPTURE_ENTRIES, COUNTERS as COUNTER_SLOTS, CaptureSpec, Counter, Discovery, EventKind,
-    ProcessExec, ProcessExit, ProcessFork, SyscallEnter, SyscallExit, TracepointOffsets, Watch,
-    WatchCounts,
+    PathKey, ProcessExec, ProcessExit, ProcessFork, SyscallEnter, SyscallExit, TracepointOffsets,
+    Watch, WatchCounts,
 };
 
 use crate::{
@@ -57,6 +60,19 @@ static WATCHED: HashMap<u64, Watch> = HashMap::with_max_entries(4096, 0);
 /// must never be forgotten to make room.
 #[map]
 static WATCHED_TASKS: HashMap<u32, Watch> = HashMap::with_max_entries(65536, 0);
+
+/// Cgroup watches that take in the cgroups made under them, by cgroup path (the
+/// `cgroup_mkdir` tracepoint gives the new cgroup's path, not its parent's id).
+#[map]
+static WATCHED_CGROUP_PATHS: HashMap<PathKey, Watch> = HashMap::with_max_entries(4096, 0);
+
+/// Executable watches, by the path a process executes: it is then watched as by pid.
+#[map]
+static WATCHED_EXES: HashMap<PathKey, Watch> = HashMap::with_max_entries(256, 0);
+
+/// Per-CPU space for a path key (too large for the stack).
+#[map]
+static FOLLOW_SCRATCH: PerCpuArray<PathKey> = PerCpuArray::with_max_entries(1, 0);
 
 /// Each watch's counters, by watch id.
 #[map]
@@ -103,6 +119,10 @@ static TP_OFFSETS: TracepointOffsets = TracepointOffsets {
     exec_filename_loc: 0,
     exec_old_pid: 0,
     exit_group_dead: u16::MAX,
+    cgroup_root: 0,
+    cgroup_id: 0,
+    cgroup_path_loc: 0,
+    _pad: 0,
 };
 
 #[kprobe]
@@ -129,12 +149,23 @@ pub fn sys_exit(ctx: RetProbeContext) -> u32 {
 
 #[tracepoint]
 pub fn sys_enter_tp(ctx: TracePointContext) -> u32 {
-    let watch = Watched::current();
-    if watch.is_none() && !discovery_is_on() {
-        return 0;
-    }
+    let watch = match Watched::current() {
+        Some(watch) => watch,
+        // Discovery reads the syscall's number and its one path argument, nothing more,
+        // unless the path names a model.
+        None if discovery_is_on()
+            && hooks::tracepoint_nr(&ctx)
+                .is_ok_and(|nr| discover_at_enter(nr, |i| hooks::tracepoint_arg(&ctx, i))) =>
+        {
+            match Watched::current() {
+                Some(watch) => watch,
+                None => return 0,
+            }
+        }
+        None => return 0,
+    };
     if let Ok((nr, args)) = hooks::tracepoint_entry(&ctx) {
-        syscall_enter(watch, nr, args);
+        capture::syscall_enter(watch, nr, args);
     }
     0
 }
@@ -145,7 +176,7 @@ pub fn sys_enter_tp(ctx: TracePointContext) -> u32 {
 fn syscall_enter(watch: Option<Watched>, nr: u32, args: [u64; 6]) {
     let watch = match watch {
         Some(watch) => watch,
-        None if discover_at_enter(nr, &args) => match Watched::current() {
+        None if discover_at_enter(nr, |i| Ok(args[i])) => match Watched::current() {
             Some(watch) => watch,
             None => return,
         },
@@ -159,20 +190,21 @@ fn discovery_is_on() -> bool {
     DISCOVERY.get(0).is_some_and(|d| d.enabled != 0)
 }
 
-/// Discovery's look at an unwatched task's syscall: only for syscalls that open a file.
+/// Discovery's look at an unwatched task's syscall `nr`, whose argument `i` is `arg(i)`:
+/// only for syscalls that open a file.
 #[inline(always)]
-fn discover_at_enter(nr: u32, args: &[u64; 6]) -> bool {
+fn discover_at_enter(nr: u32, arg: impl Fn(usize) -> Result<u64, i64>) -> bool {
     let Some(spec) = CAPTURE.get(nr) else {
         return false;
     };
     // Constant indexes: the verifier refuses reads from the stack at a variable offset.
     let path = match spec.discover_arg {
-        1 => args[0],
-        2 => args[1],
-        3 => args[2],
+        1 => arg(0),
+        2 => arg(1),
+        3 => arg(2),
         _ => return false,
     };
-    discover::on_open(path)
+    path.is_ok_and(discover::on_open)
 }
 
 #[tracepoint]
@@ -240,7 +272,12 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
-    if let Some(watch) = Watched::current() {
+    let watch = match Watched::current() {
+        Some(watch) => Some(watch),
+        None if follow::on_exec(&ctx) => Watched::current(),
+        None => None,
+    };
+    if let Some(watch) = watch {
         let off = offsets();
         let flags = commit_flags(size_of::<ProcessExec>() as u64);
         let Some(mut entry) = EVENTS.reserve::<ProcessExec>(0) else {
@@ -301,6 +338,18 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         watch.emitted();
         watch.forget_task(group_dead != 0);
     }
+    0
+}
+
+#[tracepoint]
+pub fn cgroup_mkdir(ctx: TracePointContext) -> u32 {
+    let _ = follow::on_cgroup_mkdir(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn cgroup_rmdir(ctx: TracePointContext) -> u32 {
+    let _ = follow::on_cgroup_rmdir(&ctx);
     0
 }
 

@@ -121,8 +121,9 @@ pub async fn scan_code_with(
     monitor_daemon::scan::scan(&spec, &mut probes, |_| {}).await
 }
 
-/// Processes of the sandbox's user left on the host.
-pub fn nobody_processes() -> usize {
+/// Processes of sandbox users (the job uid range) left on the host.
+pub fn job_user_processes() -> usize {
+    use std::os::unix::fs::MetadataExt as _;
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
@@ -132,14 +133,8 @@ pub fn nobody_processes() -> usize {
                 .is_some_and(|n| n.parse::<u32>().is_ok())
         })
         .filter(|e| {
-            std::fs::read_to_string(e.path().join("status"))
-                .ok()
-                .and_then(|s| {
-                    s.lines()
-                        .find(|l| l.starts_with("Uid:"))
-                        .map(|l| l.split_whitespace().nth(1) == Some("65534"))
-                })
-                .unwrap_or(false)
+            e.metadata()
+                .is_ok_and(|m| monitor_daemon::sandbox::user::is_job_uid(m.uid()))
         })
         .count()
 }

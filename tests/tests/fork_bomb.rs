@@ -1,16 +1,15 @@
-//! A fork bomb in a scan: stopped by the sandbox's process limit and the time limit, killed
-//! with its cgroup, never clean. A test binary of its own: the process limit is per user and
-//! every sandbox runs as the same one, so a bomb starves the scans running beside it (they
-//! fail closed, as errors; see README, Known limits).
+//! A fork bomb in a scan: stopped by the sandbox's process limit (per job: each sandbox runs as
+//! a user of its own) and the time limit, killed with its cgroup, never clean. A test binary
+//! of its own, so that it counts no other test's sandbox processes.
 
 use std::time::Duration;
 
 use monitor_daemon::scan::{Verdict, report::ErrorKind};
-use monitor_tests::{nobody_processes, scan_code};
+use monitor_tests::{job_user_processes, scan_code};
 
 #[tokio::test(flavor = "current_thread")]
-async fn a_fork_bomb_is_stopped_by_the_limits_and_never_clean() {
-    let report = scan_code(
+async fn a_fork_bomb_is_stopped_by_the_limits_and_never_clean_and_spares_the_scan_beside_it() {
+    let bomb = scan_code(
         "import os, time\n\
          n = 0\n\
          for _ in range(5000):\n\
@@ -23,8 +22,16 @@ async fn a_fork_bomb_is_stopped_by_the_limits_and_never_clean() {
          \x20       break\n\
          time.sleep(30)\n",
         Duration::from_secs(8),
-    )
-    .await;
+    );
+    // Started once the bomb has reached its limit: it runs as another user, with a process
+    // limit of its own.
+    let beside = async {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        scan_code("import os\nos.getpid()\n", Duration::from_secs(60)).await
+    };
+    let (report, beside) = tokio::join!(bomb, beside);
+    assert_eq!(beside.verdict, Verdict::Clean, "{beside:#?}");
+    assert!(beside.errors.is_empty(), "{:?}", beside.errors);
     assert_ne!(report.verdict, Verdict::Clean, "{report:#?}");
     assert!(
         report.errors.iter().any(|e| e.kind == ErrorKind::Timeout),
@@ -33,5 +40,9 @@ async fn a_fork_bomb_is_stopped_by_the_limits_and_never_clean() {
     );
     // Killed with its cgroup: nothing of it is left.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(nobody_processes(), 0, "the fork bomb left processes behind");
+    assert_eq!(
+        job_user_processes(),
+        0,
+        "the fork bomb left processes behind"
+    );
 }

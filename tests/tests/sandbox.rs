@@ -3,7 +3,10 @@
 
 use std::net::TcpListener;
 
-use monitor_daemon::{probes::ProbeConfig, sandbox::SandboxOptions};
+use monitor_daemon::{
+    probes::ProbeConfig,
+    sandbox::{SandboxOptions, user::is_job_uid},
+};
 use monitor_tests::{find_with_str, judge_bash};
 
 #[tokio::test(flavor = "current_thread")]
@@ -35,7 +38,7 @@ async fn a_sandboxed_job_is_unprivileged_offline_and_fenced_from_the_host() {
     // Unprivileged, as the kernel sees it (not a root mapped into a user namespace).
     let (cat, _) = find_with_str(&events, "openat", "filename", "/home/user/.ssh/id_rsa")
         .expect("the key read");
-    assert_eq!(cat.uid, 65534);
+    assert!(is_job_uid(cat.uid), "a job user: {}", cat.uid);
     // The decoy key was there to be read, and reading it is the critical finding.
     assert!(
         findings
@@ -78,4 +81,20 @@ async fn building_the_sandbox_is_not_a_finding() {
     assert!(findings.is_empty(), "{findings:#?}");
     // bubblewrap's own work was traced all the same.
     assert!(events.iter().any(|e| e.comm == "bwrap"));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_job_user_looks_like_the_account_its_environment_names() {
+    // What a payload checking for a sandbox would compare: its name and home by uid against
+    // USER and HOME.
+    let (_, _, summary) = judge_bash(
+        "[ \"$(id -un)\" = \"$USER\" ] || exit 3; \
+         [ \"$(getent passwd \"$(id -u)\" | cut -d: -f6)\" = \"$HOME\" ] || exit 4; \
+         [ \"$(id -gn)\" = \"$USER\" ] || exit 5",
+        &ProbeConfig::default(),
+        None,
+        Some(SandboxOptions::default()),
+    )
+    .await;
+    assert_eq!(summary.exit_code, 0, "3: name, 4: home, 5: group differ");
 }

@@ -366,3 +366,115 @@ async fn discovery_catches_a_python_process_unpickling_a_malicious_file() {
     assert!(summary.complete);
     assert!(router.counters().unwrap().discovered >= 1);
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_cgroup_made_under_a_watched_one_is_watched_before_anything_enters_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = honeytoken(dir.path());
+    let parent = JobCgroup::create(&format!("test-tree-{}", std::process::id())).unwrap();
+    let request = WatchRequest {
+        cgroup: Some(parent.path().to_owned()),
+        ..WatchRequest::default()
+    };
+    let router = router();
+    let child_cgroup = parent.path().join("worker");
+    let reader = Arc::new(Mutex::new(0));
+    let r = reader.clone();
+    let before = router.counters().unwrap().followed;
+    let (seen, summary) = watch_while(&router, request, async {
+        // Made after the watch stood, and used at once: a process that lives a few
+        // milliseconds is gone long before user space's next look at the tree.
+        std::fs::create_dir(&child_cgroup).unwrap();
+        let procs = std::fs::OpenOptions::new()
+            .write(true)
+            .open(child_cgroup.join("cgroup.procs"))
+            .unwrap();
+        let mut cmd = Command::new("/bin/bash");
+        cmd.args(["-c", &format!("read -r x < {token}")]);
+        // SAFETY: join_in_child only calls write(2).
+        unsafe { cmd.pre_exec(move || cgroup::join_in_child(&procs)) };
+        let child = cmd.spawn().unwrap();
+        *r.lock().unwrap() = child.id();
+        assert!(wait(child).await.success());
+    })
+    .await;
+    let followed = router.counters().unwrap().followed - before;
+    std::fs::remove_dir(&child_cgroup).unwrap();
+    let seen = seen.lock().unwrap();
+    let reader = *reader.lock().unwrap();
+    assert!(
+        seen.findings
+            .iter()
+            .any(|(rule, pid, _)| rule == "cred.read" && *pid == reader),
+        "the new cgroup's process is seen: {:?}",
+        seen.findings
+    );
+    assert!(followed >= 1, "the kernel added the cgroup itself");
+    assert!(summary.complete);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_executable_watch_takes_running_and_new_processes_of_that_file_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = honeytoken(dir.path());
+    let go = dir.path().join("go");
+    // A "model server": its own copy of bash, so no other process runs this file.
+    let server = dir.path().join("model-server");
+    std::fs::copy("/bin/bash", &server).unwrap();
+    let router = router();
+    let read_token = format!("read -r x < {token}");
+    // Running before the watch: found in /proc. It reads once the watch stands.
+    let running = Command::new(&server)
+        .args([
+            "-c",
+            &format!(
+                "while [ ! -e {go} ]; do sleep 0.05; done; {read_token}",
+                go = go.display()
+            ),
+        ])
+        .spawn()
+        .unwrap();
+    let running_pid = running.id();
+    let request = WatchRequest {
+        exe: Some(server.clone()),
+        ..WatchRequest::default()
+    };
+    let pids = Arc::new(Mutex::new((0, 0)));
+    let p = pids.clone();
+    let (seen, summary) = watch_while(&router, request, async {
+        std::fs::write(&go, "").unwrap();
+        assert!(wait(running).await.success());
+        // Started after: the kernel matches it at its exec.
+        let started = Command::new(&server)
+            .args(["-c", &read_token])
+            .spawn()
+            .unwrap();
+        // The same acts by another program: not this watch's.
+        let other = Command::new("/bin/bash")
+            .args(["-c", &read_token])
+            .spawn()
+            .unwrap();
+        *p.lock().unwrap() = (started.id(), other.id());
+        assert!(wait(started).await.success());
+        assert!(wait(other).await.success());
+    })
+    .await;
+    let (started, other) = *pids.lock().unwrap();
+    let seen = seen.lock().unwrap();
+    let readers: Vec<u32> = seen
+        .findings
+        .iter()
+        .filter(|(rule, _, _)| rule == "cred.read")
+        .map(|&(_, pid, _)| pid)
+        .collect();
+    assert!(
+        readers.contains(&running_pid),
+        "the process running before: {readers:?}"
+    );
+    assert!(
+        readers.contains(&started),
+        "the process started after: {readers:?}"
+    );
+    assert!(!seen.pids.contains(&other), "another program's process");
+    assert!(summary.complete);
+}

@@ -11,7 +11,9 @@ use anyhow::Result;
 use crate::{root, run, venv::PinnedVenv};
 
 /// Where monitorctl looks by default (monitor-daemon's scan::job::DEFAULT_LOADER_ENV).
-const DEFAULT_DIR: &str = "/var/lib/monitor/loader";
+pub const DEFAULT_DIR: &str = "/var/lib/monitor/loader";
+/// The stamp's name in the environment (dist/Dockerfile writes it too).
+pub const STAMP: &str = "monitor-requirements.txt";
 
 pub fn dir() -> PathBuf {
     std::env::var_os("MONITOR_LOADER_ENV")
@@ -27,7 +29,7 @@ fn venv() -> PinnedVenv<'static> {
     PinnedVenv {
         dir: dir(),
         requirements: root().join("loader/requirements.txt"),
-        stamp: "monitor-requirements.txt",
+        stamp: STAMP,
         label: "loader-env",
     }
 }

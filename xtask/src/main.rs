@@ -3,6 +3,9 @@
 mod bench;
 mod compare;
 mod corpus;
+mod dist;
+mod dist_check;
+mod fuzz_api;
 mod loader_env;
 mod setup;
 mod stamp;
@@ -29,6 +32,9 @@ enum Task {
     /// mount tracefs, build the release binaries, and install the loader environment.
     /// Idempotent; seconds when done before.
     Setup,
+    /// Only build the release binaries, with the toolchain parts that takes (nightly rust-src,
+    /// bpf-linker): what dist/Dockerfile's build stage runs.
+    Build,
     /// Install (or update) only the loader environment: the Python and pinned frameworks that
     /// `monitorctl scan` loads artifacts with, in /var/lib/monitor/loader
     /// ($MONITOR_LOADER_ENV).
@@ -36,8 +42,12 @@ enum Task {
     /// Set up, then scan the bundled example: a pickle whose loading runs a command.
     Demo,
     /// Set up, build the corpus, then run every test (root: tests load real probes and scan
-    /// real artifacts), rustfmt and clippy.
+    /// real artifacts), rustfmt, clippy, and `cargo xtask dist`'s checks.
     Test,
+    /// Set up, then fuzz monitord's HTTP API with schemathesis (from PyPI, into its own
+    /// environment) against docs/api.yaml: no 5xx, replies as the spec says, no hang (root;
+    /// about a minute). Part of `test`.
+    FuzzApi,
     /// Build the test corpus: malicious and benign artifacts of every format, made with the
     /// real frameworks, and the manifest of what a scan must find in each.
     Corpus {
@@ -54,6 +64,11 @@ enum Task {
         #[arg(long, value_name = "TEXT")]
         only: Option<String>,
     },
+    /// Build the release binaries, then write the release tarball
+    /// target/dist/monitor-<version>-x86_64-linux.tar.gz (binaries, systemd unit, default
+    /// config, rules, loader requirements, docs, dashboard, Kubernetes manifests, Dockerfile,
+    /// SHA256SUMS), check what is in it, and check the unit, Dockerfile and manifests.
+    Dist,
     /// Set up, then measure (root). Prints a markdown table for docs/benchmarks.md.
     Bench {
         #[arg(value_enum)]
@@ -74,11 +89,15 @@ enum BenchTarget {
     /// Live watches: offending syscall to finding on the stream, in-kernel kills, and what
     /// discovery costs the rest of the host.
     Watch,
+    /// 1,000 scans, four at a time, beside a watched flood of syscalls: verdicts, stored
+    /// reports, drops, the daemon's memory.
+    Soak,
 }
 
 fn main() -> Result<()> {
     match Cli::parse().task {
         Task::Setup => setup::all(),
+        Task::Build => setup::build(),
         Task::LoaderEnv => loader_env::ensure(),
         Task::Corpus { out } => {
             loader_env::ensure()?;
@@ -91,12 +110,21 @@ fn main() -> Result<()> {
         Task::Test => {
             setup::all()?;
             corpus::ensure(&corpus::default_dir())?;
-            test()
+            test()?;
+            fuzz_api::run_fuzz()
+        }
+        Task::FuzzApi => {
+            setup::all()?;
+            if !setup::is_root() {
+                bail!("monitord loads eBPF programs: run the API fuzzing as root");
+            }
+            fuzz_api::run_fuzz()
         }
         Task::Compare { only } => {
             setup::all()?;
             compare::run_all(only.as_deref())
         }
+        Task::Dist => dist::run(),
         Task::Bench { target } => {
             setup::all()?;
             if !setup::is_root() {
@@ -107,6 +135,7 @@ fn main() -> Result<()> {
                 BenchTarget::Scan => "scan",
                 BenchTarget::Daemon => "daemon",
                 BenchTarget::Watch => "watch",
+                BenchTarget::Soak => "soak",
             })
         }
     }
@@ -190,6 +219,10 @@ fn test() -> Result<()> {
             "-D",
             "warnings",
         ]))?;
+    // What cannot be run here (the image, the DaemonSet, the unit under systemd) is checked
+    // as far as it can be, and the release tarball is made and unpacked.
+    dist::verify(&dist::write()?)?;
+    dist_check::run_checks(&root().join("target/release/monitord"))?;
     run(cargo().args([
         "test",
         "--workspace",

@@ -17,12 +17,18 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Everything, in order.
 pub fn all() -> Result<()> {
-    rust_src()?;
-    bpf_linker()?;
     bubblewrap()?;
     tracefs();
-    run(cargo().args(["build", "--release", "--bins"]))?;
+    build()?;
     crate::loader_env::ensure()
+}
+
+/// Only what building the release binaries needs (a build machine, dist/Dockerfile's build
+/// stage): rust-src, bpf-linker, then the build.
+pub fn build() -> Result<()> {
+    rust_src()?;
+    bpf_linker()?;
+    run(cargo().args(["build", "--release", "--bins"]))
 }
 
 pub fn is_root() -> bool {

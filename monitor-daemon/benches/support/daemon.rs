@@ -85,3 +85,25 @@ impl Drop for Daemon {
 pub fn release_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release")
 }
+
+/// Writes `content` to `dir/name`.
+pub fn write(dir: &Path, name: &str, content: &str) -> Result<PathBuf> {
+    let path = dir.join(name);
+    std::fs::write(&path, content)?;
+    Ok(path)
+}
+
+/// A line of /proc/<pid>/status, in KiB.
+pub fn memory(pid: u32, field: &str) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(field)?
+                .trim_start_matches(':')
+                .trim()
+                .strip_suffix("kB")
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no {field} in /proc/{pid}/status"))
+}

@@ -9,7 +9,7 @@ use axum::{
     body::Bytes,
     extract::{
         Path as UrlPath, Query, State,
-        rejection::{BytesRejection, QueryRejection},
+        rejection::{BytesRejection, PathRejection, QueryRejection},
     },
     http::{StatusCode, header},
     response::{IntoResponse, Response},
@@ -49,6 +49,14 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/rules/reload", axum::routing::post(reload_rules))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        })
+        // axum's own 405 has an empty body; every error here is JSON (the Allow header stays).
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not take that method",
+            )
         })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(shared)
@@ -253,6 +261,14 @@ async fn upload_scan(
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let Query(q) = query.map_err(bad_query)?;
     let body = body.map_err(too_large)?;
+    if body.is_empty() {
+        // Nothing to scan: refused here rather than queued to fail as an unknown format.
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "empty_body",
+            "the body is the artifact's bytes, and it is empty",
+        ));
+    }
     ensure_space(&shared, body.len() as u64)?;
     // Only the last path component, and only plain characters: the name is not trusted.
     let name: String = q
@@ -310,7 +326,9 @@ async fn list_scans(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Query(q) = query.map_err(bad_query)?;
     if let Some(v) = &q.verdict
-        && !["clean", "suspicious", "malicious", "error"].contains(&v.as_str())
+        && !crate::scan::Verdict::ALL
+            .iter()
+            .any(|known| known.name() == v)
     {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -331,8 +349,9 @@ async fn list_scans(
 
 async fn get_scan(
     State(shared): State<Arc<Shared>>,
-    UrlPath(id): UrlPath<String>,
+    id: Result<UrlPath<String>, PathRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let UrlPath(id) = id.map_err(bad_path)?;
     let mut record = shared
         .store
         .get(&id)
@@ -361,9 +380,10 @@ struct ReportQuery {
 
 async fn get_report(
     State(shared): State<Arc<Shared>>,
-    UrlPath(id): UrlPath<String>,
+    id: Result<UrlPath<String>, PathRejection>,
     query: Result<Query<ReportQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let UrlPath(id) = id.map_err(bad_path)?;
     let Query(q) = query.map_err(bad_query)?;
     let record = shared
         .store
@@ -419,9 +439,10 @@ struct PageQuery {
 
 async fn get_events(
     State(shared): State<Arc<Shared>>,
-    UrlPath(id): UrlPath<String>,
+    id: Result<UrlPath<String>, PathRejection>,
     query: Result<Query<PageQuery>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let UrlPath(id) = id.map_err(bad_path)?;
     let Query(q) = query.map_err(bad_query)?;
     if shared.store.get(&id).map_err(ApiError::internal)?.is_none() {
         return Err(not_found(&id));
@@ -540,8 +561,9 @@ async fn add_watch(
 
 async fn get_watch(
     State(shared): State<Arc<Shared>>,
-    UrlPath(id): UrlPath<String>,
+    id: Result<UrlPath<String>, PathRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let UrlPath(id) = id.map_err(bad_path)?;
     let status = shared.watches.get(&id).ok_or_else(|| no_watch(&id))?;
     let kills = shared
         .store
@@ -554,8 +576,9 @@ async fn get_watch(
 
 async fn remove_watch(
     State(shared): State<Arc<Shared>>,
-    UrlPath(id): UrlPath<String>,
+    id: Result<UrlPath<String>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
+    let UrlPath(id) = id.map_err(bad_path)?;
     let status = shared.watches.get(&id).ok_or_else(|| no_watch(&id))?;
     if status.builtin {
         return Err(ApiError::new(
@@ -594,6 +617,11 @@ fn too_large(e: BytesRejection) -> ApiError {
 
 fn no_watch(id: &str) -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no watch {id}"))
+}
+
+/// A path segment that is not an id (not UTF-8, say): axum's own answer is plain text.
+fn bad_path(e: PathRejection) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "malformed_path", e.body_text())
 }
 
 fn bad_query(e: QueryRejection) -> ApiError {

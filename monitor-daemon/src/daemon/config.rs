@@ -12,9 +12,14 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// The API's Unix socket (mode 0660, group `monitor` when that group exists).
     pub socket: PathBuf,
-    /// Also serve /metrics (only) over TCP here; refused unless a loopback address, because
-    /// the socket's permissions are the API's only access control.
+    /// Also serve /metrics (only) over TCP here. A loopback address unless
+    /// `metrics_listen_allow_non_loopback`: a listener others reach is an opt-in.
     pub metrics_listen: Option<SocketAddr>,
+    /// Allow `metrics_listen` on an address that is not loopback (a pod's IP in a Kubernetes
+    /// DaemonSet, for Prometheus to scrape). Only /metrics is served there: counters, no
+    /// reports and no control; the API stays on the Unix socket, whose permissions are its
+    /// only access control.
+    pub metrics_listen_allow_non_loopback: bool,
     /// Scans waiting beyond this are refused with 503 (`queue_full`).
     pub max_queued_scans: usize,
     /// Scans run at once; the others wait in the queue. Each runs a Python loader, so more
@@ -125,6 +130,7 @@ impl Default for Config {
             state_dir: "/var/lib/monitor/state".into(),
             socket: "/run/monitor/monitord.sock".into(),
             metrics_listen: None,
+            metrics_listen_allow_non_loopback: false,
             max_queued_scans: 1000,
             max_concurrent_scans: 2,
             scan_timeout_secs: 120,
@@ -176,9 +182,11 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if let Some(addr) = self.metrics_listen
             && !addr.ip().is_loopback()
+            && !self.metrics_listen_allow_non_loopback
         {
             return Err(ConfigError::Invalid(format!(
-                "metrics_listen = {addr}: only loopback addresses are allowed"
+                "metrics_listen = {addr}: only loopback addresses are allowed unless \
+                 metrics_listen_allow_non_loopback = true"
             )));
         }
         if self.ring_buffer_kib < 4 || !self.ring_buffer_kib.is_power_of_two() {
@@ -217,6 +225,15 @@ mod tests {
         assert!(err.to_string().contains("unknown field"), "{err}");
         let open: Config = toml::from_str("metrics_listen = \"0.0.0.0:9464\"").unwrap();
         assert!(open.validate().is_err());
+        let err = open.validate().unwrap_err().to_string();
+        assert!(err.contains("metrics_listen_allow_non_loopback"), "{err}");
+        let opted: Config = toml::from_str(
+            "metrics_listen = \"0.0.0.0:9464\"\nmetrics_listen_allow_non_loopback = true",
+        )
+        .unwrap();
+        opted.validate().unwrap();
+        let loopback: Config = toml::from_str("metrics_listen = \"[::1]:9464\"").unwrap();
+        loopback.validate().unwrap();
         let discovery: Config =
             toml::from_str("[discovery]\nenabled = true\nkill_at = \"high\"").unwrap();
         discovery.validate().unwrap();

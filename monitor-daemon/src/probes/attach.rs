@@ -73,6 +73,9 @@ const SCHED_TRACEPOINTS: [&str; 3] = [
     "sched_process_exit",
 ];
 
+/// The cgroup tracepoints, each with its program of the same name.
+const CGROUP_TRACEPOINTS: [&str; 2] = ["cgroup_mkdir", "cgroup_rmdir"];
+
 /// Attaches the syscall programs to each table entry, as `hooks` says, and the sched
 /// programs to their tracepoints. Returns the links and the table entries this kernel lacks
 /// (each logged).
@@ -99,6 +102,11 @@ pub fn attach_all(
     for name in SCHED_TRACEPOINTS {
         links.push(Link::TracePoint(attach_tracepoint(
             ebpf, name, "sched", name,
+        )?));
+    }
+    for name in CGROUP_TRACEPOINTS {
+        links.push(Link::TracePoint(attach_tracepoint(
+            ebpf, name, "cgroup", name,
         )?));
     }
     Ok((links, missing))

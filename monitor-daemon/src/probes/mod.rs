@@ -19,8 +19,8 @@ use aya::{
 };
 use monitor_common::{
     event::{
-        CAPTURE_ENTRIES, COUNTERS, CaptureSpec, Counter, Discovery, WATCH_FOLLOW_FORKS, Watch,
-        WatchCounts,
+        CAPTURE_ENTRIES, COUNTERS, CaptureSpec, Counter, Discovery, PathKey, WATCH_FOLLOW_FORKS,
+        Watch, WatchCounts,
     },
     syscall::{MAX_ARGS, SYSCALLS, Syscall},
 };
@@ -118,6 +118,12 @@ pub struct KernelCounters {
     pub tasks_full: u64,
     /// Processes discovery started watching.
     pub discovered: u64,
+    /// Cgroups and processes the kernel added to a watch itself (a cgroup made under a
+    /// watched one, an exec of a watched executable).
+    pub followed: u64,
+    /// Cgroups made under a watched one that the kernel had no room to watch (user space's
+    /// rescan adds them, late).
+    pub cgroups_full: u64,
 }
 
 /// One watch's own counters, summed over CPUs.
@@ -129,11 +135,18 @@ pub struct WatchCounters {
     pub killed: u64,
 }
 
-/// What a watch selects: every task of a cgroup, or one process.
+/// What a watch selects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Target {
+    /// Every task of a cgroup (by id).
     Cgroup(u64),
+    /// Every task of a cgroup, and of every cgroup made under it from now on: the kernel adds
+    /// those as `mkdir` makes them. `path` is the cgroup's under the cgroup2 root.
+    CgroupTree { id: u64, path: PathKey },
+    /// One process (and, with `WATCH_FOLLOW_FORKS`, what it starts).
     Process(u32),
+    /// Every process that executes this path from now on, as by [`Target::Process`].
+    Executable(PathKey),
 }
 
 /// A watch as user space registered it.
@@ -150,6 +163,8 @@ pub struct Probes {
     _ebpf: Ebpf,
     watched: HashMap<MapData, u64, Watch>,
     watched_tasks: HashMap<MapData, u32, Watch>,
+    watched_cgroup_paths: HashMap<MapData, PathKey, Watch>,
+    watched_exes: HashMap<MapData, PathKey, Watch>,
     watch_counts: PerCpuHashMap<MapData, u64, WatchCounts>,
     discovery: Array<MapData, Discovery>,
     registry: StdHashMap<u64, Registered>,
@@ -215,6 +230,8 @@ impl Probes {
 
         let watched = map_as(&mut ebpf, "WATCHED", HashMap::try_from)?;
         let watched_tasks = map_as(&mut ebpf, "WATCHED_TASKS", HashMap::try_from)?;
+        let watched_cgroup_paths = map_as(&mut ebpf, "WATCHED_CGROUP_PATHS", HashMap::try_from)?;
+        let watched_exes = map_as(&mut ebpf, "WATCHED_EXES", HashMap::try_from)?;
         let watch_counts = map_as(&mut ebpf, "WATCH_COUNTS", PerCpuHashMap::try_from)?;
         let discovery = map_as(&mut ebpf, "DISCOVERY", Array::try_from)?;
         let counters = map_as(&mut ebpf, "COUNTERS", PerCpuArray::try_from)?;
@@ -227,6 +244,8 @@ impl Probes {
             _ebpf: ebpf,
             watched,
             watched_tasks,
+            watched_cgroup_paths,
+            watched_exes,
             watch_counts,
             discovery,
             registry: StdHashMap::new(),
@@ -286,15 +305,29 @@ impl Probes {
             .registry
             .get_mut(&watch_id)
             .ok_or(ProbeError::NoSuchWatch(watch_id))?;
+        let watch = registered.watch;
         match target {
             Target::Cgroup(id) => self
                 .watched
-                .insert(id, registered.watch, 0)
+                .insert(id, watch, 0)
                 .map_err(map_error("WATCHED"))?,
+            Target::CgroupTree { id, path } => {
+                // The path first: a cgroup made in between is then the kernel's to add.
+                self.watched_cgroup_paths
+                    .insert(path, watch, 0)
+                    .map_err(map_error("WATCHED_CGROUP_PATHS"))?;
+                self.watched
+                    .insert(id, watch, 0)
+                    .map_err(map_error("WATCHED"))?
+            }
             Target::Process(pid) => self
                 .watched_tasks
-                .insert(pid, registered.watch, 0)
+                .insert(pid, watch, 0)
                 .map_err(map_error("WATCHED_TASKS"))?,
+            Target::Executable(path) => self
+                .watched_exes
+                .insert(path, watch, 0)
+                .map_err(map_error("WATCHED_EXES"))?,
         }
         registered.targets.push(target);
         Ok(())
@@ -325,40 +358,38 @@ impl Probes {
         let Some(registered) = self.registry.remove(&watch_id) else {
             return Ok(WatchCounters::default());
         };
-        let mut tasks = false;
+        let (mut tasks, mut trees) = (false, false);
         for target in &registered.targets {
-            // A process's key goes when it exits (the kernel removes it): gone already is fine.
+            // A process's key goes when it exits, a cgroup's at its rmdir (the kernel removes
+            // them): gone already is fine.
             match *target {
                 Target::Cgroup(id) => {
                     gone(self.watched.remove(&id)).map_err(map_error("WATCHED"))?
                 }
+                Target::CgroupTree { .. } => trees = true,
                 Target::Process(pid) => {
                     tasks = true;
                     gone(self.watched_tasks.remove(&pid)).map_err(map_error("WATCHED_TASKS"))?
                 }
+                Target::Executable(path) => {
+                    tasks = true;
+                    gone(self.watched_exes.remove(&path)).map_err(map_error("WATCHED_EXES"))?
+                }
             }
         }
+        if trees {
+            // With the cgroups the kernel added.
+            remove_entries_of(&mut self.watched_cgroup_paths, watch_id)
+                .map_err(map_error("WATCHED_CGROUP_PATHS"))?;
+            remove_entries_of(&mut self.watched, watch_id).map_err(map_error("WATCHED"))?;
+        }
         if tasks || registered.watch.flags & WATCH_FOLLOW_FORKS != 0 {
-            self.forget_all_processes_of(watch_id)?;
+            remove_entries_of(&mut self.watched_tasks, watch_id)
+                .map_err(map_error("WATCHED_TASKS"))?;
         }
         let counts = self.watch_counters(watch_id)?;
         gone(self.watch_counts.remove(&watch_id)).map_err(map_error("WATCH_COUNTS"))?;
         Ok(counts)
-    }
-
-    /// Removes every `WATCHED_TASKS` entry of `watch_id`, the kernel's included.
-    fn forget_all_processes_of(&mut self, watch_id: u64) -> Result<(), ProbeError> {
-        let pids: Vec<u32> = self
-            .watched_tasks
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, w)| w.id == watch_id)
-            .map(|(pid, _)| pid)
-            .collect();
-        for pid in pids {
-            gone(self.watched_tasks.remove(&pid)).map_err(map_error("WATCHED_TASKS"))?;
-        }
-        Ok(())
     }
 
     /// The counters of one watch so far.
@@ -405,6 +436,8 @@ impl Probes {
             read_errors: sum(Counter::ReadErrors)?,
             tasks_full: sum(Counter::TasksFull)?,
             discovered: sum(Counter::Discovered)?,
+            followed: sum(Counter::Followed)?,
+            cgroups_full: sum(Counter::CgroupsFull)?,
         })
     }
 
@@ -499,7 +532,24 @@ fn wakeup_bytes(ring_buffer_bytes: u32) -> u64 {
     u64::from(ring_buffer_bytes / 8)
 }
 
-const _: () = assert!(COUNTERS == 5);
+const _: () = assert!(COUNTERS == 7);
+
+/// Removes every entry of `map` whose watch is `watch_id`, the kernel's included.
+fn remove_entries_of<K: aya::Pod>(
+    map: &mut HashMap<MapData, K, Watch>,
+    watch_id: u64,
+) -> Result<(), MapError> {
+    let keys: Vec<K> = map
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(_, w)| w.id == watch_id)
+        .map(|(key, _)| key)
+        .collect();
+    for key in keys {
+        gone(map.remove(&key))?;
+    }
+    Ok(())
+}
 
 /// A removal of a key that is not there (any more) is a removal done.
 fn gone(removed: Result<(), MapError>) -> Result<(), MapError> {

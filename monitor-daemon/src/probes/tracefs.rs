@@ -79,6 +79,7 @@ impl Tracefs {
         let fork = self.format("sched", "sched_process_fork")?;
         let exec = self.format("sched", "sched_process_exec")?;
         let exit_proc = self.format("sched", "sched_process_exit")?;
+        let mkdir = self.format("cgroup", "cgroup_mkdir")?;
         let need = |f: &Format, event: &'static str, field: &'static str| {
             f.offset(field)
                 .ok_or(ProbeError::FieldMissing { event, field })
@@ -88,8 +89,21 @@ impl Tracefs {
             exec_filename_loc: need(&exec, "sched_process_exec", "filename")?,
             exec_old_pid: need(&exec, "sched_process_exec", "old_pid")?,
             exit_group_dead: exit_proc.offset("group_dead").unwrap_or(u16::MAX),
+            cgroup_root: need(&mkdir, "cgroup_mkdir", "root")?,
+            cgroup_id: need(&mkdir, "cgroup_mkdir", "id")?,
+            cgroup_path_loc: need(&mkdir, "cgroup_mkdir", "path")?,
             ..TracepointOffsets::default()
         };
+        // The programs read cgroup_rmdir with cgroup_mkdir's offsets.
+        let rmdir = self.format("cgroup", "cgroup_rmdir")?;
+        for field in ["root", "id", "path"] {
+            if rmdir.offset(field) != mkdir.offset(field) {
+                return Err(ProbeError::FieldMissing {
+                    event: "cgroup_rmdir (laid out as cgroup_mkdir)",
+                    field,
+                });
+            }
+        }
         if syscall_tracepoints {
             // Every sys_enter_* / sys_exit_* event shares one layout; openat stands for all.
             let enter = self.format("syscalls", "sys_enter_openat")?;

@@ -86,15 +86,26 @@ impl RuleSet {
             message,
         };
         let file: schema::RuleFile = serde_yaml_ng::from_str(text).map_err(|e| {
-            let line = e.location().map_or(0, |l| l.line());
+            let line = e
+                .location()
+                .map(|l| l.line())
+                .or_else(|| line_of_second_document(text))
+                .unwrap_or(1);
             error(line, e.to_string())
         })?;
         let mut seen = HashSet::new();
         let mut rules = Vec::with_capacity(file.rules.len());
-        for spec in file.rules {
-            let line = line_of_id(text, &spec.id);
+        // Rules come in file order: each id is looked for below the one before.
+        let mut previous = 0;
+        for (index, spec) in file.rules.into_iter().enumerate() {
+            let line = line_of_id(text, &spec.id, previous)
+                .unwrap_or_else(|| line_of_key(text, "rules").unwrap_or(1));
+            previous = line;
             if spec.id.trim().is_empty() {
-                return Err(error(line, "a rule has an empty id".into()));
+                return Err(error(
+                    line,
+                    format!("rule {} (counted from 1) has an empty id", index + 1),
+                ));
             }
             if !seen.insert(spec.id.clone()) {
                 return Err(error(line, format!("rule `{}` is defined twice", spec.id)));
@@ -169,14 +180,45 @@ impl RuleSet {
 }
 
 /// The line of `id: <id>` in `text` (1-based), or 0.
-fn line_of_id(text: &str, id: &str) -> usize {
+/// The 1-based line below line `after` that sets `id: <id>` (an id spelled over several lines,
+/// or in a flow mapping with others before it, is not found).
+fn line_of_id(text: &str, id: &str, after: usize) -> Option<usize> {
     text.lines()
-        .position(|l| {
+        .enumerate()
+        .skip(after)
+        .find(|(_, l)| {
             let l = l.trim_start().trim_start_matches("- ").trim();
             l.strip_prefix("id:")
                 .is_some_and(|v| v.trim().trim_matches(['"', '\'']) == id)
         })
-        .map_or(0, |i| i + 1)
+        .map(|(i, _)| i + 1)
+}
+
+/// The 1-based line of a top-level `key:`.
+fn line_of_key(text: &str, key: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| {
+            l.strip_prefix(key)
+                .is_some_and(|r| r.trim_start().starts_with(':'))
+        })
+        .map(|i| i + 1)
+}
+
+/// Where a second YAML document starts (the loader takes one), for the error that says so
+/// without a location.
+fn line_of_second_document(text: &str) -> Option<usize> {
+    let mut in_document = false;
+    for (i, line) in text.lines().enumerate() {
+        let marker = line.starts_with("---");
+        if marker && in_document {
+            return Some(i + 1);
+        }
+        let content = line.trim_start_matches('-').trim();
+        if !content.is_empty() && !line.starts_with('#') && !line.starts_with('%') {
+            in_document = true;
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -356,12 +398,20 @@ mod tests {
         );
 
         let twice = "rules:\n  - id: a\n    description: d\n    severity: low\n    match: { syscalls: [connect] }\n  - id: a\n    description: d\n    severity: low\n    match: { syscalls: [bind] }\n";
-        assert!(
-            RuleSet::parse(twice, "x")
-                .unwrap_err()
-                .to_string()
-                .contains("defined twice")
-        );
+        let e = RuleSet::parse(twice, "x").unwrap_err();
+        assert!(e.to_string().contains("defined twice"), "{e}");
+        assert_eq!(e.line, 6, "the second definition: {e}");
+
+        // Errors serde_yaml gives without a place still get one.
+        let e = RuleSet::parse("rules: []\n---\nrules: []\n", "x").unwrap_err();
+        assert_eq!(e.line, 2, "{e}");
+        let e = RuleSet::parse(
+            "rules:\n  - id: \"\\n \"\n    description: d\n    severity: low\n    match: {}\n",
+            "x",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("empty id"), "{e}");
+        assert_eq!(e.line, 1, "the list it is in: {e}");
 
         let bad_glob = "rules:\n  - id: a\n    description: d\n    severity: low\n    match: { syscalls: [open], path: [\"/a/[\"] }\n";
         assert!(

@@ -14,6 +14,9 @@
 
 pub mod decoy;
 pub mod landlock;
+pub mod user;
+
+pub use user::{JOB_USER_NAME, SandboxUser};
 
 use std::{
     ffi::OsStr,
@@ -58,13 +61,14 @@ pub enum SandboxError {
     NoHelper,
     #[error("preparing the sandbox's directories: {0}")]
     Prepare(#[from] io::Error),
+    #[error("no user to run the job as: {0}")]
+    NoUser(#[from] user::NoFreeUser),
 }
 
 /// Who the job runs as, and its limits.
 #[derive(Debug, Clone)]
 pub struct SandboxOptions {
-    pub uid: u32,
-    pub gid: u32,
+    pub user: SandboxUser,
     /// RLIMIT_AS in bytes (address space; ML frameworks reserve a lot of it).
     pub max_address_space: u64,
     /// RLIMIT_FSIZE in bytes: the largest file the job may write.
@@ -77,7 +81,7 @@ pub struct SandboxOptions {
     pub max_open_files: u64,
     /// RLIMIT_NPROC: processes and threads of the job's user, host-wide, so that a fork bomb
     /// stops there (the pid namespace alone does not bound it, and this host's cgroup v2 may
-    /// lack the pids controller). Concurrent jobs share it: they run as the same user.
+    /// lack the pids controller). Per job with [`SandboxUser::PerJob`].
     pub max_processes: u64,
     /// Environment of the job besides PATH, HOME, USER, LOGNAME and TMPDIR (the host's is not
     /// passed on: it may hold secrets).
@@ -89,8 +93,7 @@ pub struct SandboxOptions {
 impl Default for SandboxOptions {
     fn default() -> Self {
         SandboxOptions {
-            uid: 65534,
-            gid: 65534,
+            user: SandboxUser::PerJob,
             max_address_space: default_address_space(),
             max_file_size: 1 << 30,
             max_tmpfs_size: 1 << 30,
@@ -107,6 +110,7 @@ impl Default for SandboxOptions {
 #[derive(Debug)]
 pub struct Sandbox {
     options: SandboxOptions,
+    user: user::Lease,
     bwrap: PathBuf,
     /// The Landlock helper, when the job is to be confined with Landlock.
     helper: Option<PathBuf>,
@@ -128,14 +132,27 @@ impl Sandbox {
             .tempdir()?;
         // bubblewrap runs as the job's user and must reach what it binds.
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755))?;
-        let home = decoy::create(dir.path(), options.uid, options.gid)?;
+        let user = user::Lease::take(options.user)?;
+        let home = decoy::create(dir.path(), user.uid, user.gid)?;
         let work = dir.path().join("work");
         fs::create_dir(&work)?;
-        std::os::unix::fs::chown(&work, Some(options.uid), Some(options.gid))?;
+        std::os::unix::fs::chown(&work, Some(user.uid), Some(user.gid))?;
+        let etc = dir.path().join("etc");
+        fs::create_dir(&etc)?;
+        let host = |path: &str| fs::read_to_string(path).unwrap_or_default();
+        fs::write(
+            etc.join("passwd"),
+            user::passwd(&host("/etc/passwd"), user.uid, user.gid, decoy::HOME),
+        )?;
+        fs::write(
+            etc.join("group"),
+            user::group(&host("/etc/group"), user.gid),
+        )?;
         let tools = dir.path().join("tools");
         fs::create_dir(&tools)?;
         Ok(Sandbox {
             options,
+            user,
             bwrap,
             helper,
             dir,
@@ -148,6 +165,11 @@ impl Sandbox {
     /// The program that builds the sandbox and starts the job in it (bubblewrap).
     pub fn launcher(&self) -> &Path {
         &self.bwrap
+    }
+
+    /// The uid and gid the job runs as.
+    pub fn user(&self) -> (u32, u32) {
+        (self.user.uid, self.user.gid)
     }
 
     /// The scratch directory as the host sees it (inside: [`WORK_DIR`]).
@@ -190,6 +212,9 @@ impl Sandbox {
             cmd.args(["--size", &tmpfs_size, "--tmpfs", private]);
         }
         bind(&mut cmd, "--bind", &self.home, decoy::HOME);
+        let etc = self.dir.path().join("etc");
+        bind(&mut cmd, "--ro-bind", &etc.join("passwd"), "/etc/passwd");
+        bind(&mut cmd, "--ro-bind", &etc.join("group"), "/etc/group");
         bind(&mut cmd, "--bind", &self.work, WORK_DIR);
         bind(&mut cmd, "--ro-bind", &self.tools, TOOL_DIR);
         cmd.args([
@@ -198,8 +223,16 @@ impl Sandbox {
             "PATH",
             "/usr/local/bin:/usr/bin:/bin",
         ]);
-        cmd.args(["--setenv", "HOME", decoy::HOME, "--setenv", "USER", "user"]);
-        cmd.args(["--setenv", "LOGNAME", "user", "--setenv", "TMPDIR", "/tmp"]);
+        cmd.args(["--setenv", "HOME", decoy::HOME]);
+        cmd.args([
+            "--setenv",
+            "USER",
+            JOB_USER_NAME,
+            "--setenv",
+            "LOGNAME",
+            JOB_USER_NAME,
+        ]);
+        cmd.args(["--setenv", "TMPDIR", "/tmp"]);
         // Without SHELL, bash looks the user up in /etc/passwd (a finding of its own).
         cmd.args(["--setenv", "SHELL", "/bin/sh"]);
         for (name, value) in &self.options.env {
@@ -224,6 +257,7 @@ impl Sandbox {
     /// Adds the last `pre_exec` step: resource limits, then the switch to the job's user.
     pub fn drop_privileges(&self, cmd: &mut Command) {
         let o = self.options.clone();
+        let (uid, gid) = (self.user.uid, self.user.gid);
         // SAFETY: only async-signal-safe calls (setrlimit, setgroups, setgid, setuid).
         unsafe {
             cmd.pre_exec(move || {
@@ -233,8 +267,8 @@ impl Sandbox {
                 limit(libc::RLIMIT_NPROC, o.max_processes)?;
                 limit(libc::RLIMIT_CORE, 0)?;
                 check(libc::setgroups(0, std::ptr::null()))?;
-                check(libc::setgid(o.gid))?;
-                check(libc::setuid(o.uid))?;
+                check(libc::setgid(gid))?;
+                check(libc::setuid(uid))?;
                 Ok(())
             });
         }

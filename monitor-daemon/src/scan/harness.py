@@ -227,6 +227,29 @@ def exercise(loader, obj):
             candidate(dummy_for(candidate))
 
 
+# No framework writes data nested this deep (Python's own pickler stops near 1000 levels);
+# past it, the artifact is made to crash whatever walks it next with a RecursionError.
+MAX_NESTING = 10_000
+CONTAINERS = (list, tuple, dict, set, frozenset)
+
+
+def nesting_depth(obj, budget=2_000_000):
+    """How deep plain containers nest in obj, counted without recursing (up to MAX_NESTING + 1,
+    and over at most `budget` containers). Exact types only: a subclass's own methods would run
+    artifact code here."""
+    deepest, seen, todo = 0, set(), [(obj, 1)]
+    while todo and budget > 0 and deepest <= MAX_NESTING:
+        item, depth = todo.pop()
+        if type(item) not in CONTAINERS or id(item) in seen:
+            continue
+        seen.add(id(item))
+        budget -= 1
+        deepest = max(deepest, depth)
+        children = dict.values(item) if type(item) is dict else item
+        todo.extend((child, depth + 1) for child in children if type(child) in CONTAINERS)
+    return deepest
+
+
 def describe_type(obj):
     kind = type(obj)
     return "%s.%s" % (kind.__module__, kind.__qualname__)
@@ -266,6 +289,13 @@ def main(argv):
         obj = load(path)
     except BaseException as e:  # a payload may raise anything, SystemExit included
         control.say("error", phase="load", error=type(e).__name__, message=short(str(e), 2000))
+        control.phase("teardown")
+        return EXIT_LOAD_FAILED
+    depth = nesting_depth(obj)
+    if depth > MAX_NESTING:
+        control.say("error", phase="load", error="NestingTooDeep",
+                    message="the loaded data nests more than %d levels deep: made to crash "
+                            "whatever reads it next" % MAX_NESTING)
         control.phase("teardown")
         return EXIT_LOAD_FAILED
     control.say("loaded", type=describe_type(obj))

@@ -204,7 +204,7 @@ async fn load_under_watch(
         return Ok(());
     }
     let sandbox = Sandbox::create(spec.sandbox.clone()).context("building the sandbox")?;
-    let inside = stage_artifact(&spec.artifact, loader, sandbox.work_dir(), &spec.sandbox)
+    let inside = stage_artifact(&spec.artifact, loader, sandbox.work_dir(), sandbox.user())
         .context("copying the artifact into the sandbox")?;
     harness::install(sandbox.tool_dir()).context("installing the harness")?;
     let output_path = sandbox.root().join("loader.log");
@@ -431,7 +431,7 @@ fn stage_artifact(
     artifact: &Path,
     loader: &str,
     work: &Path,
-    options: &SandboxOptions,
+    owner: (u32, u32),
 ) -> io::Result<PathBuf> {
     let name = match loader {
         "keras" if is_hdf5(artifact) => "artifact.h5",
@@ -443,7 +443,7 @@ fn stage_artifact(
         _ => "artifact.pkl",
     };
     let dest = work.join(name);
-    copy_tree(artifact, &dest, options)?;
+    copy_tree(artifact, &dest, owner)?;
     Ok(Path::new(WORK_DIR).join(name))
 }
 
@@ -456,7 +456,7 @@ fn is_hdf5(path: &Path) -> bool {
 }
 
 /// Regular files and directories only; anything else in a SavedModel directory is skipped.
-fn copy_tree(src: &Path, dest: &Path, options: &SandboxOptions) -> io::Result<()> {
+fn copy_tree(src: &Path, dest: &Path, owner: (u32, u32)) -> io::Result<()> {
     let meta = fs::metadata(src)?;
     if meta.is_dir() {
         fs::create_dir(dest)?;
@@ -464,7 +464,7 @@ fn copy_tree(src: &Path, dest: &Path, options: &SandboxOptions) -> io::Result<()
             let entry = entry?;
             let kind = entry.file_type()?;
             if kind.is_dir() || kind.is_file() {
-                copy_tree(&entry.path(), &dest.join(entry.file_name()), options)?;
+                copy_tree(&entry.path(), &dest.join(entry.file_name()), owner)?;
             }
         }
     } else {
@@ -474,7 +474,7 @@ fn copy_tree(src: &Path, dest: &Path, options: &SandboxOptions) -> io::Result<()
         dest,
         fs::Permissions::from_mode(if meta.is_dir() { 0o755 } else { 0o644 }),
     )?;
-    std::os::unix::fs::chown(dest, Some(options.uid), Some(options.gid))
+    std::os::unix::fs::chown(dest, Some(owner.0), Some(owner.1))
 }
 
 fn size_of(path: &Path) -> io::Result<u64> {

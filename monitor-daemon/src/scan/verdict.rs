@@ -19,6 +19,13 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    pub const ALL: [Verdict; 4] = [
+        Verdict::Clean,
+        Verdict::Suspicious,
+        Verdict::Malicious,
+        Verdict::Error,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Verdict::Clean => "clean",

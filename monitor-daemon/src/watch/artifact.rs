@@ -1,7 +1,7 @@
 //! What a model artifact's file name looks like: the one list that discovery gives the kernel
 //! and that a watch uses to tell when a server loads a model.
 
-use monitor_common::event::{Discovery, SUFFIX_MAX, SUFFIXES};
+use monitor_common::event::{Discovery, SUFFIX_MAX, SUFFIXES, tail_bit};
 
 /// File name endings of the formats that can run code when loaded (and of the weights files
 /// that travel with them), lower case.
@@ -30,7 +30,7 @@ pub fn kernel_suffixes(suffixes: &[String], into: &mut Discovery) -> Result<(), 
     if suffixes.len() > SUFFIXES {
         return Err(SuffixError::TooMany(suffixes.len()));
     }
-    into.last_bytes = [0; 4];
+    into.tails = [0; 4];
     for (i, s) in suffixes.iter().enumerate() {
         if s.is_empty() || s.len() > SUFFIX_MAX || !s.is_ascii() {
             return Err(SuffixError::Bad(s.clone()));
@@ -39,12 +39,22 @@ pub fn kernel_suffixes(suffixes: &[String], into: &mut Discovery) -> Result<(), 
         into.suffix[i] = [0; SUFFIX_MAX];
         into.suffix[i][..lower.len()].copy_from_slice(lower.as_bytes());
         into.len[i] = lower.len() as u8;
-        let last = *lower.as_bytes().last().expect("not empty") as usize;
-        into.last_bytes[last / 64] |= 1 << (last % 64);
-        // The kernel lowers the path's letters; an upper-case last byte never matches.
+        // The kernel lowers the path's letters; an upper-case tail never matches.
+        let b = lower.as_bytes();
+        let n = b.len();
+        match n {
+            // Whatever comes before a short suffix.
+            1 => into.tails = [u64::MAX; 4],
+            2 => (0..=255).for_each(|a| set_tail(into, tail_bit(a, b[0], b[1]))),
+            _ => set_tail(into, tail_bit(b[n - 3], b[n - 2], b[n - 1])),
+        }
     }
     into.count = suffixes.len() as u32;
     Ok(())
+}
+
+fn set_tail(into: &mut Discovery, bit: usize) {
+    into.tails[bit / 64] |= 1 << (bit % 64);
 }
 
 #[cfg(test)]
@@ -61,8 +71,16 @@ mod tests {
         assert_eq!(d.count as usize, DEFAULT_SUFFIXES.len());
         assert_eq!(&d.suffix[0][..4], b".pkl");
         assert_eq!(d.len[0], 4);
-        let ends = |b: u8| d.last_bytes[b as usize / 64] & (1 << (b % 64)) != 0;
-        assert!(ends(b'l') && ends(b'5') && !ends(b'o') && !ends(b'x'));
+        let ends = |t: &[u8; 3]| {
+            let bit = tail_bit(t[0], t[1], t[2]);
+            d.tails[bit / 64] & (1 << (bit % 64)) != 0
+        };
+        assert!(ends(b"pkl") && ends(b".h5") && ends(b".pt") && ends(b"kpt"));
+        for common in [
+            b".py", b"pyc", b".so", b"txt", b"son", b".js", b".db", b"xml",
+        ] {
+            assert!(!ends(common), "{}", String::from_utf8_lossy(common));
+        }
         let long = vec!["x".repeat(SUFFIX_MAX + 1)];
         assert!(kernel_suffixes(&long, &mut d).is_err());
         let many: Vec<String> = (0..=SUFFIXES).map(|i| format!(".{i}")).collect();

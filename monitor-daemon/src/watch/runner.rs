@@ -5,7 +5,7 @@
 use std::{
     collections::{HashMap, HashSet},
     fs,
-    os::unix::fs::MetadataExt as _,
+    os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -15,6 +15,7 @@ use anyhow::{Context as _, Result};
 use serde::Serialize;
 
 use crate::{
+    cgroup::cgroup2_mount,
     probes::Target,
     router::{Router, Subscription, TraceCounts},
     rules::{Finding, Phase, RuleSet},
@@ -24,7 +25,7 @@ use crate::{
         spec::{Selector, WatchSpec},
     },
 };
-use monitor_common::event::Discovery;
+use monitor_common::event::{Discovery, PATH_KEY_MAX, PathKey};
 
 /// How often the cgroup tree is looked at again for new cgroups, and gone processes noticed.
 const TICK: Duration = Duration::from_secs(1);
@@ -186,6 +187,20 @@ struct Selection {
     selector: Selector,
     /// Cgroups watched, by id.
     cgroups: HashMap<u64, PathBuf>,
+    /// The cgroup2 mount, under which the kernel names cgroups (cgroup watches).
+    cgroup_mount: PathBuf,
+    /// What an executable watch matches.
+    executable: Option<Executable>,
+}
+
+/// An executable watch's file, and the processes found running it in /proc.
+struct Executable {
+    /// The kernel matches a process at its exec by the path it executes: the path given
+    /// and the file it names.
+    keys: Vec<PathKey>,
+    /// The file, symlinks resolved: what /proc/PID/exe names.
+    file: PathBuf,
+    found: HashSet<u32>,
 }
 
 impl Selection {
@@ -193,9 +208,12 @@ impl Selection {
         let mut selection = Selection {
             selector: selector.clone(),
             cgroups: HashMap::new(),
+            cgroup_mount: PathBuf::new(),
+            executable: None,
         };
         match selector {
             Selector::Cgroup(root) => {
+                selection.cgroup_mount = cgroup2_mount().context("finding the cgroup2 mount")?;
                 for (id, path) in cgroup_tree(root)
                     .with_context(|| format!("reading cgroup {}", root.display()))?
                 {
@@ -204,6 +222,26 @@ impl Selection {
             }
             Selector::Pid { pid, .. } => {
                 anyhow::ensure!(selector.still_there(), "pid {pid}: the process is gone");
+            }
+            Selector::Executable(path) => {
+                let file = path.canonicalize().unwrap_or_else(|_| path.clone());
+                let mut keys: Vec<PathKey> = [path, &file]
+                    .iter()
+                    .filter_map(|p| PathKey::new(p.as_os_str().as_bytes()))
+                    .collect();
+                keys.dedup();
+                anyhow::ensure!(
+                    !keys.is_empty(),
+                    "{}: too long a path for the kernel to match (at most {} bytes)",
+                    path.display(),
+                    PATH_KEY_MAX - 1
+                );
+                let mut found = HashSet::new();
+                for pid in processes_running(&file) {
+                    found.insert(pid);
+                    found.extend(descendants_in_proc(pid));
+                }
+                selection.executable = Some(Executable { keys, file, found });
             }
             Selector::Discovery { .. } => {}
         }
@@ -214,38 +252,90 @@ impl Selection {
     /// existing descendants too; those it starts later the kernel adds itself.
     fn targets(&self) -> Vec<Target> {
         match &self.selector {
-            Selector::Cgroup(_) => self.cgroups.keys().map(|&id| Target::Cgroup(id)).collect(),
+            Selector::Cgroup(_) => self
+                .cgroups
+                .iter()
+                .map(|(&id, path)| self.cgroup_target(id, path))
+                .collect(),
             Selector::Pid { pid, .. } => std::iter::once(*pid)
                 .chain(descendants_in_proc(*pid))
                 .map(Target::Process)
                 .collect(),
+            Selector::Executable(_) => {
+                let exe = self.executable.as_ref().expect("resolved");
+                exe.keys
+                    .iter()
+                    .map(|&key| Target::Executable(key))
+                    .chain(exe.found.iter().map(|&pid| Target::Process(pid)))
+                    .collect()
+            }
             // The kernel finds them.
             Selector::Discovery { .. } => Vec::new(),
         }
     }
 
-    /// Adds the cgroups created under a watched one since the last look.
+    /// Cgroup `id` at `path`, with the cgroups made under it later where the kernel can name
+    /// it (else the rescan finds those).
+    fn cgroup_target(&self, id: u64, path: &Path) -> Target {
+        let key = path.strip_prefix(&self.cgroup_mount).ok().and_then(|rel| {
+            let mut named = b"/".to_vec();
+            named.extend_from_slice(rel.as_os_str().as_bytes());
+            PathKey::new(&named)
+        });
+        match key {
+            Some(path) => Target::CgroupTree { id, path },
+            None => Target::Cgroup(id),
+        }
+    }
+
+    /// Adds what the kernel could not add itself since the last look: cgroups made under a
+    /// watched one that it could not name, processes that executed the watched file by
+    /// another path. Forgets processes that are gone.
     fn refresh(&mut self, records_of_watch: &Subscription) {
-        let Selector::Cgroup(root) = &self.selector else {
-            return;
-        };
-        let Ok(tree) = cgroup_tree(root) else {
-            // Gone for now (a service being restarted): looked for again next time.
-            return;
-        };
-        for (id, path) in tree {
-            if self.cgroups.contains_key(&id) {
-                continue;
-            }
-            match records_of_watch.add_target(Target::Cgroup(id)) {
-                Ok(()) => {
-                    tracing::debug!(cgroup = %path.display(), "watching a new cgroup");
-                    self.cgroups.insert(id, path);
+        match &self.selector {
+            Selector::Cgroup(root) => {
+                let Ok(tree) = cgroup_tree(root) else {
+                    // Gone for now (a service being restarted): looked for again next time.
+                    return;
+                };
+                for (id, path) in tree {
+                    if self.cgroups.contains_key(&id) {
+                        continue;
+                    }
+                    match records_of_watch.add_target(self.cgroup_target(id, &path)) {
+                        Ok(()) => {
+                            tracing::debug!(cgroup = %path.display(), "watching a new cgroup");
+                            self.cgroups.insert(id, path);
+                        }
+                        Err(e) => {
+                            tracing::warn!(cgroup = %path.display(), error = %e, "cannot watch a new cgroup")
+                        }
+                    }
                 }
-                Err(e) => {
-                    tracing::warn!(cgroup = %path.display(), error = %e, "cannot watch a new cgroup")
+            }
+            Selector::Executable(_) => {
+                let exe = self.executable.as_mut().expect("resolved");
+                let gone: Vec<u32> = exe
+                    .found
+                    .iter()
+                    .copied()
+                    .filter(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+                    .collect();
+                if !gone.is_empty() {
+                    for pid in &gone {
+                        exe.found.remove(pid);
+                    }
+                    let _ = records_of_watch.forget_processes(&gone);
+                }
+                for pid in processes_running(&exe.file) {
+                    if exe.found.insert(pid)
+                        && let Err(e) = records_of_watch.add_target(Target::Process(pid))
+                    {
+                        tracing::warn!(pid, error = %e, "cannot watch a process running the executable");
+                    }
                 }
             }
+            Selector::Pid { .. } | Selector::Discovery { .. } => {}
         }
     }
 
@@ -521,6 +611,18 @@ fn cgroup_tree(root: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
         }
     }
     Ok(out)
+}
+
+/// The processes whose executable is `file` now, from /proc.
+fn processes_running(file: &Path) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == file))
+        .collect()
 }
 
 /// The processes below `pid` now, from /proc (their parent links).

@@ -41,6 +41,10 @@ pub enum Selector {
     /// One process, and every process it starts from then on. `started` (its start time in
     /// clock ticks after boot, from /proc) tells it from a later process given the same pid.
     Pid { pid: u32, started: u64 },
+    /// Every process running this executable (an absolute path), now and later, and what
+    /// each starts. A process is matched when it executes the path as given or the file it
+    /// names (symlinks resolved), and, within a second, whatever path it used.
+    Executable(PathBuf),
     /// Any process on the host that opens a file whose name ends in one of `suffixes`, and
     /// what it starts, from that open on for `window_secs`. One at a time (monitord's
     /// `[discovery]` settings).
@@ -71,6 +75,8 @@ pub struct WatchRequest {
     /// mount (`system.slice/torchserve.service`).
     pub cgroup: Option<PathBuf>,
     pub pid: Option<u32>,
+    /// An executable's absolute path (`/usr/bin/python3.11`, `/opt/venv/bin/torchserve`).
+    pub exe: Option<PathBuf>,
     pub kill_at: Option<Severity>,
     /// Syscall names; defaults to [`DEFAULT_KILL_IN_KERNEL`] when `kill_at` is set.
     pub kill_in_kernel: Option<Vec<String>>,
@@ -80,7 +86,9 @@ pub struct WatchRequest {
 /// Why a watch request was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SpecError {
-    #[error("a watch selects either a cgroup or a pid: give exactly one of `cgroup`, `pid`")]
+    #[error(
+        "a watch selects a cgroup, a pid or an executable: give exactly one of `cgroup`, `pid`, `exe`"
+    )]
     Selector,
     #[error("`{0}` is not a syscall monitor traces (see `monitorctl rules list` for names)")]
     UnknownSyscall(String),
@@ -88,6 +96,8 @@ pub enum SpecError {
     KillWithoutSeverity,
     #[error("cgroup {path}: {reason}")]
     Cgroup { path: String, reason: String },
+    #[error("executable {path}: {reason}")]
+    Executable { path: String, reason: String },
     #[error("pid {0}: no such process")]
     NoProcess(u32),
     #[error("pid 0 and pid 1 cannot be watched by pid (watch their cgroup instead)")]
@@ -103,15 +113,16 @@ impl WatchRequest {
         if self.name.as_ref().is_some_and(|n| n.chars().count() > 100) {
             return Err(SpecError::Name);
         }
-        let selector = match (self.cgroup, self.pid) {
-            (Some(path), None) => Selector::Cgroup(resolve_cgroup(&path, cgroup_root)?),
-            (None, Some(pid)) => {
+        let selector = match (self.cgroup, self.pid, self.exe) {
+            (Some(path), None, None) => Selector::Cgroup(resolve_cgroup(&path, cgroup_root)?),
+            (None, Some(pid), None) => {
                 if pid <= 1 {
                     return Err(SpecError::ReservedPid);
                 }
                 let started = process_start(pid).ok_or(SpecError::NoProcess(pid))?;
                 Selector::Pid { pid, started }
             }
+            (None, None, Some(path)) => Selector::Executable(check_executable(&path)?),
             _ => return Err(SpecError::Selector),
         };
         let kill_in_kernel = match (self.kill_at, self.kill_in_kernel) {
@@ -148,7 +159,7 @@ impl WatchSpec {
         let mut watch = Watch::default();
         if matches!(
             self.selector,
-            Selector::Pid { .. } | Selector::Discovery { .. }
+            Selector::Pid { .. } | Selector::Executable(_) | Selector::Discovery { .. }
         ) {
             watch.flags |= WATCH_FOLLOW_FORKS;
         }
@@ -168,7 +179,8 @@ impl Selector {
         match self {
             Selector::Pid { pid, started } => process_start(*pid) == Some(*started),
             Selector::Cgroup(path) => path.join("cgroup.procs").is_file(),
-            Selector::Discovery { .. } => true,
+            // Even while the file is gone (a package being upgraded), it is what is watched.
+            Selector::Executable(_) | Selector::Discovery { .. } => true,
         }
     }
 }
@@ -179,6 +191,25 @@ pub fn process_start(pid: u32) -> Option<u64> {
     // After the command name, which may hold spaces and parentheses: state is field 3.
     let rest = &stat[stat.rfind(')')? + 1..];
     rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// `path`, which must be absolute and name an executable file.
+fn check_executable(path: &Path) -> Result<PathBuf, SpecError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let err = |reason: String| SpecError::Executable {
+        path: path.display().to_string(),
+        reason,
+    };
+    if !path.is_absolute() {
+        return Err(err(
+            "give an absolute path (the path a process executes, e.g. /usr/bin/python3)".into(),
+        ));
+    }
+    let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
+    if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+        return Err(err("not an executable file".into()));
+    }
+    Ok(path.to_owned())
 }
 
 /// `path` as an absolute directory under the cgroup2 mount, which must exist.
@@ -279,6 +310,30 @@ mod tests {
             SpecError::Cgroup { .. }
         ));
         assert_eq!(bad(r#"{"pid": 1}"#), SpecError::ReservedPid);
+
+        let spec = request(r#"{"exe": "/bin/sh"}"#)
+            .unwrap()
+            .validate(&root)
+            .unwrap();
+        assert_eq!(spec.selector, Selector::Executable("/bin/sh".into()));
+        assert_ne!(spec.kernel_watch().flags & WATCH_FOLLOW_FORKS, 0);
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("weights.bin");
+        std::fs::write(&data, "not a program").unwrap();
+        let data = format!("{:?}", data.display().to_string());
+        for exe in [r#""sh""#, &data, r#""/nonexistent""#, r#""/tmp""#] {
+            assert!(
+                matches!(
+                    bad(&format!(r#"{{"exe": {exe}}}"#)),
+                    SpecError::Executable { .. }
+                ),
+                "{exe}"
+            );
+        }
+        assert_eq!(
+            bad(r#"{"exe": "/bin/sh", "cgroup": "."}"#),
+            SpecError::Selector
+        );
         assert!(
             request(r#"{"pid": 5, "kill": "high"}"#).is_err(),
             "unknown field"

@@ -20,12 +20,39 @@ pub enum ArchiveError {
     Corrupt(#[from] zip::result::ZipError),
     #[error("a zip archive that is no model format we know (entries: {0})")]
     Unrecognised(String),
+    #[error(
+        "a zip bomb: its entries unpack to {}, more than the limit of {} (see --max-size-mib)",
+        super::human_bytes(*unpacked), super::human_bytes(*limit)
+    )]
+    Bomb { unpacked: u64, limit: u64 },
+    #[error("a zip archive whose entries share bytes (a zip bomb's trick; no framework writes it)")]
+    Overlapping,
+    #[error("a NumPy archive whose member {0} is not a .npy array (numpy.savez writes only those)")]
+    NotAnArray(String),
 }
 
+/// The magic every .npy starts with.
+const NPY_MAGIC: &[u8] = b"\x93NUMPY";
+
 /// Reads the central directory of `file` and says which kind of archive it is, with its
-/// entry count.
-pub fn classify(file: File) -> Result<(Kind, usize), ArchiveError> {
-    let archive = zip::ZipArchive::new(BufReader::new(file))?;
+/// entry count. Entries may unpack to `max_unpacked` bytes in all: loaders read them into
+/// memory or onto disk by the sizes declared there.
+pub fn classify(file: File, max_unpacked: u64) -> Result<(Kind, usize), ArchiveError> {
+    let mut archive = zip::ZipArchive::new(BufReader::new(file))?;
+    // Each entry's local header is read too: an archive cut short fails here.
+    let mut unpacked = 0u64;
+    for i in 0..archive.len() {
+        unpacked = unpacked.saturating_add(archive.by_index_raw(i)?.size());
+    }
+    if unpacked > max_unpacked {
+        return Err(ArchiveError::Bomb {
+            unpacked,
+            limit: max_unpacked,
+        });
+    }
+    if archive.has_overlapping_entries()? {
+        return Err(ArchiveError::Overlapping);
+    }
     let owned: Vec<String> = archive
         .file_names()
         .map(|n| n.map(|n| n.into_owned()))
@@ -52,5 +79,16 @@ pub fn classify(file: File) -> Result<(Kind, usize), ArchiveError> {
         };
         return Err(ArchiveError::Unrecognised(listed));
     };
+    if kind == Kind::NumpyArchive {
+        // numpy.load hands a member that is no array on as raw bytes: a loader never looks
+        // into it, so it could hide anything (another archive, a bomb).
+        for (i, name) in owned.iter().enumerate() {
+            let mut member = archive.by_index(i)?;
+            let mut magic = [0u8; NPY_MAGIC.len()];
+            if std::io::Read::read_exact(&mut member, &mut magic).is_err() || magic != NPY_MAGIC {
+                return Err(ArchiveError::NotAnArray(name.clone()));
+            }
+        }
+    }
     Ok((kind, names.len()))
 }

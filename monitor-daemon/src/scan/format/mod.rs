@@ -237,11 +237,12 @@ pub fn detect(path: &Path, limits: &Limits) -> Result<Format, FormatError> {
         return Ok(Format::Numpy);
     }
     if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
-        let (kind, entries) =
-            archive::classify(reopen()?).map_err(|source| FormatError::Archive {
+        let (kind, entries) = archive::classify(reopen()?, limits.max_size).map_err(|source| {
+            FormatError::Archive {
                 path: shown.clone(),
                 source,
-            })?;
+            }
+        })?;
         return Ok(match kind {
             archive::Kind::Torch => Format::TorchZip { entries },
             archive::Kind::Keras => Format::Keras { entries },

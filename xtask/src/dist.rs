@@ -1,0 +1,441 @@
+//! `cargo xtask dist`: the release tarball, `target/dist/monitor-<version>-x86_64-linux.tar.gz`.
+//!
+//! Everything sits under `monitor-<version>/` in the archive: `bin/` (monitord, monitorctl),
+//! `etc/monitor/monitord.toml` (the defaults, from `monitord --print-config`), `share/monitor/`
+//! (the systemd unit, the default rules, the loader's requirements, the Grafana dashboard, the
+//! Kubernetes manifests, the Dockerfile), `README.md`, `docs/`, and `SHA256SUMS` of every
+//! other file in it. The archive is reproducible: entries in name order, owner root, mtime
+//! `SOURCE_DATE_EPOCH` (0 without it). `target/dist/SHA256SUMS` holds the tarball's own sum.
+
+use std::{
+    fs,
+    io::Write as _,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+use sha2::{Digest as _, Sha256};
+
+use crate::root;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// What one file of the archive is made from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A file of the workspace (relative to its root) or of the build.
+    File(PathBuf),
+    /// Bytes made here (the default configuration).
+    Bytes(Vec<u8>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Path inside `monitor-<version>/`.
+    pub dest: String,
+    pub source: Source,
+    pub executable: bool,
+}
+
+fn file(dest: impl Into<String>, src: impl Into<PathBuf>) -> Entry {
+    Entry {
+        dest: dest.into(),
+        source: Source::File(src.into()),
+        executable: false,
+    }
+}
+
+/// Every file of the archive but SHA256SUMS, sorted by destination. `bin_dir` holds the
+/// release binaries; `config` is the default configuration's text. Directories (docs/,
+/// dist/kubernetes/) are walked, so a document added there ships without touching this list.
+pub fn entries(root: &Path, bin_dir: &Path, config: Vec<u8>) -> Result<Vec<Entry>> {
+    let mut list = Vec::new();
+    for bin in ["monitord", "monitorctl"] {
+        list.push(Entry {
+            executable: true,
+            ..file(format!("bin/{bin}"), bin_dir.join(bin))
+        });
+    }
+    list.push(Entry {
+        dest: "etc/monitor/monitord.toml".into(),
+        source: Source::Bytes(config),
+        executable: false,
+    });
+    for (dest, src) in [
+        ("share/monitor/monitord.service", "dist/monitord.service"),
+        (
+            "share/monitor/rules/default.yaml",
+            "monitor-daemon/src/rules/default.yaml",
+        ),
+        (
+            "share/monitor/loader/requirements.txt",
+            "loader/requirements.txt",
+        ),
+        (
+            "share/monitor/grafana-monitor.json",
+            "dist/grafana-monitor.json",
+        ),
+        ("share/monitor/Dockerfile", "dist/Dockerfile"),
+        ("README.md", "README.md"),
+    ] {
+        list.push(file(dest, root.join(src)));
+    }
+    for (dir, under) in [
+        ("docs", "docs"),
+        ("dist/kubernetes", "share/monitor/kubernetes"),
+    ] {
+        for path in walk(&root.join(dir))? {
+            let rel = path.strip_prefix(root.join(dir))?;
+            list.push(file(format!("{under}/{}", rel.display()), path));
+        }
+    }
+    for entry in &list {
+        if let Source::File(path) = &entry.source
+            && !path.is_file()
+        {
+            bail!("{} (for {}) is missing", path.display(), entry.dest);
+        }
+    }
+    list.sort_by(|a, b| a.dest.cmp(&b.dest));
+    if let Some(dup) = list.windows(2).find(|w| w[0].dest == w[1].dest) {
+        bail!("{} is in the archive twice", dup[0].dest);
+    }
+    Ok(list)
+}
+
+/// The regular files under `dir`, recursively, in name order.
+fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_owned()];
+    while let Some(dir) = todo.pop() {
+        for entry in fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+            let path = entry?.path();
+            if path.is_dir() {
+                todo.push(path);
+            } else if path.is_file() {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn contents(entry: &Entry) -> Result<Vec<u8>> {
+    match &entry.source {
+        Source::File(path) => fs::read(path).with_context(|| format!("reading {}", path.display())),
+        Source::Bytes(bytes) => Ok(bytes.clone()),
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// `sha256sum`'s format: `<hex>  <path>` a line, in the list's order.
+pub fn sha256sums(files: &[(String, Vec<u8>)]) -> String {
+    files
+        .iter()
+        .map(|(dest, bytes)| format!("{}  {dest}\n", sha256_hex(bytes)))
+        .collect()
+}
+
+/// Writes the gzipped tarball of `files` (destination, bytes, executable) under `prefix/`.
+pub fn write_tarball(out: &Path, prefix: &str, files: &[(String, Vec<u8>, bool)]) -> Result<()> {
+    let mtime = std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let tmp = out.with_extension("tmp");
+    let gz = flate2::write::GzEncoder::new(
+        fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?,
+        flate2::Compression::best(),
+    );
+    let mut tar = tar::Builder::new(gz);
+    let mut dirs = std::collections::BTreeSet::new();
+    for (dest, _, _) in files {
+        let mut dir = Path::new(dest.as_str());
+        while let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            dirs.insert(parent.to_owned());
+            dir = parent;
+        }
+    }
+    let header = |kind: tar::EntryType, mode: u32, size: u64| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_size(size);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(mtime);
+        h
+    };
+    let mut top = header(tar::EntryType::Directory, 0o755, 0);
+    tar.append_data(&mut top, format!("{prefix}/"), std::io::empty())?;
+    for dir in dirs {
+        let mut h = header(tar::EntryType::Directory, 0o755, 0);
+        tar.append_data(
+            &mut h,
+            format!("{prefix}/{}/", dir.display()),
+            std::io::empty(),
+        )?;
+    }
+    for (dest, bytes, executable) in files {
+        let mode = if *executable { 0o755 } else { 0o644 };
+        let mut h = header(tar::EntryType::Regular, mode, bytes.len() as u64);
+        tar.append_data(&mut h, format!("{prefix}/{dest}"), bytes.as_slice())?;
+    }
+    let mut file = tar.into_inner()?.finish()?;
+    file.flush()?;
+    file.sync_all()?;
+    fs::rename(&tmp, out)?;
+    Ok(())
+}
+
+/// The default configuration: what `monitord --print-config` prints for an empty file (so a
+/// configuration on this machine does not leak into the release).
+fn default_config(monitord: &Path) -> Result<Vec<u8>> {
+    let empty = root().join("target/dist/empty.toml");
+    fs::write(&empty, "")?;
+    let out = Command::new(monitord)
+        .args(["--print-config", "--config"])
+        .arg(&empty)
+        .output()
+        .with_context(|| format!("running {}", monitord.display()))?;
+    let _ = fs::remove_file(&empty);
+    if !out.status.success() {
+        bail!(
+            "monitord --print-config failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut text = format!(
+        "# monitord's configuration: every key with its default (`monitord --print-config`).\n\
+         # Installed as /etc/monitor/monitord.toml; change what you need, delete the rest.\n\
+         # monitor {VERSION}\n\n"
+    )
+    .into_bytes();
+    text.extend_from_slice(&out.stdout);
+    Ok(text)
+}
+
+/// Builds the release binaries, writes the tarball, checks it, and checks the shipping files
+/// that cannot be run here ([`crate::dist_check`]).
+pub fn run() -> Result<()> {
+    crate::setup::build()?;
+    let tarball = write()?;
+    verify(&tarball)?;
+    crate::dist_check::run_checks(&root().join("target/release/monitord"))
+}
+
+/// Writes the tarball from the release binaries already built; returns its path.
+pub fn write() -> Result<PathBuf> {
+    let root = root();
+    let out_dir = root.join("target/dist");
+    fs::create_dir_all(&out_dir)?;
+    let bin_dir = root.join("target/release");
+    let config = default_config(&bin_dir.join("monitord"))?;
+    let list = entries(&root, &bin_dir, config)?;
+    let mut files = Vec::with_capacity(list.len() + 1);
+    for entry in &list {
+        files.push((entry.dest.clone(), contents(entry)?, entry.executable));
+    }
+    let sums = sha256sums(
+        &files
+            .iter()
+            .map(|(d, b, _)| (d.clone(), b.clone()))
+            .collect::<Vec<_>>(),
+    );
+    files.push(("SHA256SUMS".into(), sums.into_bytes(), false));
+    let name = format!("monitor-{VERSION}-x86_64-linux");
+    let tarball = out_dir.join(format!("{name}.tar.gz"));
+    write_tarball(&tarball, &prefix(), &files)?;
+    let sum = sha256_hex(&fs::read(&tarball)?);
+    fs::write(
+        out_dir.join("SHA256SUMS"),
+        format!("{sum}  {name}.tar.gz\n"),
+    )?;
+    println!(
+        "dist: {} ({} files, {} KiB)\n      sha256 {sum} (target/dist/SHA256SUMS)",
+        tarball.display(),
+        files.len(),
+        fs::metadata(&tarball)?.len() / 1024
+    );
+    Ok(tarball)
+}
+
+/// The directory everything sits under in the archive.
+fn prefix() -> String {
+    format!("monitor-{VERSION}")
+}
+
+/// Unpacks the tarball as a user would and checks what is in it: SHA256SUMS covers every
+/// other file and matches it, the binaries run (`--help`), and monitord accepts the
+/// configuration the archive installs.
+pub fn verify(tarball: &Path) -> Result<()> {
+    let dir = root().join(format!("target/dist/verify-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir)?;
+    let gz = flate2::read::GzDecoder::new(fs::File::open(tarball)?);
+    tar::Archive::new(gz)
+        .unpack(&dir)
+        .with_context(|| format!("unpacking {}", tarball.display()))?;
+    let top = dir.join(prefix());
+    let result = verify_unpacked(&top);
+    let _ = fs::remove_dir_all(&dir);
+    result?;
+    println!(
+        "dist: verified {}: sums, binaries, configuration",
+        tarball.display()
+    );
+    Ok(())
+}
+
+fn verify_unpacked(top: &Path) -> Result<()> {
+    let sums =
+        fs::read_to_string(top.join("SHA256SUMS")).context("the archive has no SHA256SUMS")?;
+    let mut listed = Vec::new();
+    for line in sums.lines() {
+        let (sum, path) = line
+            .split_once("  ")
+            .with_context(|| format!("SHA256SUMS: bad line {line:?}"))?;
+        let actual = sha256_hex(
+            &fs::read(top.join(path)).with_context(|| format!("{path} is listed but missing"))?,
+        );
+        if actual != sum {
+            bail!("{path}: sha256 {actual}, SHA256SUMS says {sum}");
+        }
+        listed.push(path.to_owned());
+    }
+    let mut present: Vec<String> = walk(top)?
+        .iter()
+        .map(|p| p.strip_prefix(top).map(|r| r.display().to_string()))
+        .collect::<Result<_, _>>()?;
+    present.retain(|p| p != "SHA256SUMS");
+    listed.sort();
+    if present != listed {
+        bail!("SHA256SUMS lists {listed:?}, the archive holds {present:?}");
+    }
+    for bin in ["monitord", "monitorctl"] {
+        let out = Command::new(top.join("bin").join(bin))
+            .arg("--help")
+            .output()
+            .with_context(|| format!("running bin/{bin} from the archive"))?;
+        if !out.status.success() || out.stdout.is_empty() {
+            bail!("bin/{bin} --help from the archive failed: {}", out.status);
+        }
+    }
+    let out = Command::new(top.join("bin/monitord"))
+        .arg("--print-config")
+        .arg("--config")
+        .arg(top.join("etc/monitor/monitord.toml"))
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "monitord refuses the archive's etc/monitor/monitord.toml: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_archive_holds_what_a_node_needs_once_each() {
+        let root = root();
+        // The binaries are not built by unit tests: stand-ins.
+        let bins = tempfile_dir();
+        for bin in ["monitord", "monitorctl"] {
+            fs::write(bins.join(bin), b"\x7fELF").unwrap();
+        }
+        let list = entries(&root, &bins, b"state_dir = \"/x\"\n".to_vec()).unwrap();
+        let dests: Vec<&str> = list.iter().map(|e| e.dest.as_str()).collect();
+        for want in [
+            "bin/monitord",
+            "bin/monitorctl",
+            "etc/monitor/monitord.toml",
+            "share/monitor/monitord.service",
+            "share/monitor/rules/default.yaml",
+            "share/monitor/loader/requirements.txt",
+            "share/monitor/grafana-monitor.json",
+            "share/monitor/Dockerfile",
+            "share/monitor/kubernetes/monitord-daemonset.yaml",
+            "README.md",
+            "docs/api.yaml",
+        ] {
+            assert!(dests.contains(&want), "{want} missing from {dests:?}");
+        }
+        let mut sorted = dests.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted, dests, "sorted, no duplicates");
+        let exec: Vec<&str> = list
+            .iter()
+            .filter(|e| e.executable)
+            .map(|e| e.dest.as_str())
+            .collect();
+        assert_eq!(exec, ["bin/monitorctl", "bin/monitord"]);
+        assert!(entries(&root, &root.join("no-such-dir"), Vec::new()).is_err());
+        fs::remove_dir_all(bins).unwrap();
+    }
+
+    #[test]
+    fn tarball_and_sums_round_trip() {
+        let dir = tempfile_dir();
+        let files = vec![
+            ("bin/a".to_string(), b"run".to_vec(), true),
+            ("share/x/y.txt".to_string(), b"hello".to_vec(), false),
+        ];
+        let sums = sha256sums(&[("share/x/y.txt".into(), b"hello".to_vec())]);
+        assert_eq!(
+            sums,
+            "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824  share/x/y.txt\n"
+        );
+        let out = dir.join("t.tar.gz");
+        write_tarball(&out, "p-1", &files).unwrap();
+        let gz = flate2::read::GzDecoder::new(fs::File::open(&out).unwrap());
+        let mut archive = tar::Archive::new(gz);
+        let mut seen = Vec::new();
+        for entry in archive.entries().unwrap() {
+            let entry = entry.unwrap();
+            let h = entry.header();
+            seen.push((
+                entry.path().unwrap().display().to_string(),
+                h.mode().unwrap(),
+            ));
+        }
+        assert_eq!(
+            seen,
+            [
+                ("p-1/".to_string(), 0o755),
+                ("p-1/bin/".to_string(), 0o755),
+                ("p-1/share/".to_string(), 0o755),
+                ("p-1/share/x/".to_string(), 0o755),
+                ("p-1/bin/a".to_string(), 0o755),
+                ("p-1/share/x/y.txt".to_string(), 0o644),
+            ]
+        );
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A fresh directory under target/ (xtask has no tempfile dependency).
+    fn tempfile_dir() -> PathBuf {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = root().join(format!(
+            "target/xtask-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+}
