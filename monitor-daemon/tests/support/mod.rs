@@ -1,5 +1,6 @@
-//! The real monitord for the daemon's integration tests: started on a temporary socket and
-//! state directory (root: it loads the probes), talked to over raw HTTP on its socket.
+//! The real monitord for the daemon's integration tests (daemon.rs, faults.rs): started on a
+//! temporary socket and state directory (root: it loads the probes), talked to over raw HTTP
+//! on its socket.
 
 // Each test binary uses its own part of this.
 #![allow(dead_code)]
@@ -28,16 +29,20 @@ impl Daemon {
             dir.join("state"),
             socket
         );
-        let extra_rules = dir.join("extra-rules.yaml");
-        if extra_rules.exists() {
-            settings.push_str(&format!("rules = [{extra_rules:?}]\n"));
+        let rules: Vec<_> = ["extra-rules.yaml", "extra-rules.d"]
+            .iter()
+            .map(|name| dir.join(name))
+            .filter(|path| path.exists())
+            .collect();
+        if !rules.is_empty() {
+            settings.push_str(&format!("rules = {rules:?}\n"));
         }
         // Tables go last in TOML.
         if let Ok(extra) = std::fs::read_to_string(dir.join("extra-config.toml")) {
             settings.push_str(&extra);
         }
         std::fs::write(&config, settings).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_monitord"))
+        let child = as_the_unit_runs_it()
             .arg("--config")
             .arg(&config)
             .stdout(Stdio::null())
@@ -55,18 +60,30 @@ impl Daemon {
 
     /// One HTTP/1.1 request; returns the status and the body.
     pub fn http(&self, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
-        let mut stream = UnixStream::connect(&self.socket).unwrap();
-        write!(
-            stream,
-            "{method} {path} HTTP/1.1\r\nHost: monitord\r\nContent-Type: application/json\r\n\
+        self.http_as(method, path, "application/json", body)
+    }
+
+    /// [`Daemon::http`] with the body's Content-Type named.
+    pub fn http_as(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: &[u8],
+    ) -> (u16, Vec<u8>) {
+        let mut request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: monitord\r\nContent-Type: {content_type}\r\n\
              Content-Length: {}\r\nConnection: close\r\n\r\n",
             body.len()
         )
-        .unwrap();
-        // A refused body may be cut off by the daemon's early reply: that reply is what counts.
-        let _ = stream.write_all(body);
-        let mut reply = Vec::new();
-        let _ = stream.read_to_end(&mut reply);
+        .into_bytes();
+        request.extend_from_slice(body);
+        self.exchange(&request)
+    }
+
+    /// Sends `request` as it is; returns the reply's status and body.
+    pub fn exchange(&self, request: &[u8]) -> (u16, Vec<u8>) {
+        let reply = send(&self.socket, request);
         let split = reply
             .windows(4)
             .position(|w| w == b"\r\n\r\n")
@@ -136,6 +153,36 @@ impl Drop for Daemon {
     }
 }
 
+/// monitord as dist/monitord.service starts it: with the unit's CapabilityBoundingSet and
+/// NoNewPrivileges, applied by setpriv (systemd is not PID 1 where the tests run). So every test
+/// here also checks that the unit leaves the daemon the powers it needs.
+pub fn as_the_unit_runs_it() -> Command {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../dist/monitord.service"
+    ))
+    .unwrap();
+    let setting = |key: &str| {
+        unit.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .unwrap_or_else(|| panic!("dist/monitord.service has no {key}="))
+            .to_owned()
+    };
+    assert_eq!(setting("NoNewPrivileges"), "yes");
+    let keep: Vec<String> = setting("CapabilityBoundingSet")
+        .split_whitespace()
+        .map(|cap| {
+            let name = cap.strip_prefix("CAP_").expect("a capability name");
+            format!("+{}", name.to_ascii_lowercase())
+        })
+        .collect();
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--no-new-privs", "--inh-caps=-all"])
+        .arg(format!("--bounding-set=-all,{}", keep.join(",")))
+        .arg(env!("CARGO_BIN_EXE_monitord"));
+    cmd
+}
+
 pub fn dechunk(mut body: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     loop {
@@ -163,4 +210,18 @@ pub fn root_required() {
         nix::unistd::geteuid().is_root(),
         "monitord loads eBPF programs: run the tests as root"
     );
+}
+
+/// Sends `request` on a new connection; returns all that comes back until the daemon closes it.
+pub fn send(socket: &Path, request: &[u8]) -> Vec<u8> {
+    let mut stream = UnixStream::connect(socket).unwrap();
+    // A stalled daemon fails the test instead of hanging it.
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    // A refused body may be cut off by the daemon's early reply: that reply is what counts.
+    let _ = stream.write_all(request);
+    let mut reply = Vec::new();
+    let _ = stream.read_to_end(&mut reply);
+    reply
 }
