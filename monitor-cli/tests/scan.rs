@@ -122,3 +122,21 @@ fn fail_on_low_turns_a_low_finding_into_exit_1() {
     let strict = monitorctl(&["scan", "--format", "json", "--fail-on", "low", model]);
     assert_eq!(strict.status.code(), Some(1), "{strict:?}");
 }
+
+#[test]
+fn without_its_loader_environment_a_scan_exits_2_saying_how_to_install_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let malicious = example("malicious.pkl");
+    let out = Command::new(env!("CARGO_BIN_EXE_monitorctl"))
+        .args(["scan", "--local", malicious.to_str().unwrap()])
+        .env("MONITOR_LOADER_ENV", dir.path().join("gone"))
+        .output()
+        .expect("start monitorctl");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "never clean, never a verdict: {out:?}"
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("cargo xtask loader-env"), "{text}");
+}

@@ -305,7 +305,7 @@ impl PathKey {
 
 /// Value of the `CAPTURE` map, indexed by syscall number: what to copy at entry.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CaptureSpec {
     /// Non-zero when the syscall is traced.
     pub enabled: u8,

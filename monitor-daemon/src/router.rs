@@ -66,6 +66,10 @@ struct Shared {
     malformed: AtomicU64,
     /// Records of watches nobody subscribes to (the tail of a job that finished).
     unrouted: AtomicU64,
+    /// Checks of the probes that found them changed from outside, since start.
+    tampered: AtomicU64,
+    /// What the last check of the probes found wrong.
+    tampering: Mutex<Vec<String>>,
     /// Why the routing task ended, when it ended on its own.
     failure: Mutex<Option<String>>,
     task: Mutex<Option<JoinHandle<Reader>>>,
@@ -100,6 +104,8 @@ impl Router {
             next_watch_id: AtomicU64::new(1),
             malformed: AtomicU64::new(0),
             unrouted: AtomicU64::new(0),
+            tampered: AtomicU64::new(0),
+            tampering: Mutex::new(Vec::new()),
             failure: Mutex::new(None),
             task: Mutex::new(None),
         });
@@ -157,6 +163,7 @@ impl Router {
             rx,
             queue,
             malformed_at_start: self.shared.malformed.load(Ordering::Relaxed),
+            tampered_at_start: self.shared.tampered.load(Ordering::Relaxed),
             finished: false,
             discovery: false,
         };
@@ -172,6 +179,26 @@ impl Router {
     pub fn attachments(&self) -> (usize, Vec<String>) {
         let probes = lock(&self.shared.probes);
         (probes.attached(), probes.missing().to_vec())
+    }
+
+    /// Checks the probes for changes made from outside (see [`Probes::check`]), repairing
+    /// what can be; returns what was wrong. Every job running meanwhile is incomplete.
+    pub fn check_probes(&self) -> Vec<String> {
+        let problems = lock(&self.shared.probes).check();
+        if !problems.is_empty() {
+            tracing::error!(?problems, "the probes were changed from outside");
+            self.shared.tampered.fetch_add(1, Ordering::Relaxed);
+        }
+        lock(&self.shared.tampering).clone_from(&problems);
+        problems
+    }
+
+    /// What the last check of the probes found wrong, and how many checks found something.
+    pub fn tampering(&self) -> (Vec<String>, u64) {
+        (
+            lock(&self.shared.tampering).clone(),
+            self.shared.tampered.load(Ordering::Relaxed),
+        )
     }
 
     /// Records that could not be decoded since start.
@@ -243,13 +270,14 @@ pub struct Subscription {
     rx: mpsc::UnboundedReceiver<Vec<Record>>,
     queue: Arc<Queue>,
     malformed_at_start: u64,
+    tampered_at_start: u64,
     finished: bool,
     /// This is discovery's watch: finishing it turns discovery off.
     discovery: bool,
 }
 
 /// A finished subscription's account of its trace.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TraceCounts {
     /// What the kernel wrote, dropped and killed for this watch.
     pub kernel: WatchCounters,
@@ -257,12 +285,17 @@ pub struct TraceCounts {
     pub lost_in_queue: u64,
     /// Undecodable records seen while the job ran (they may have been its own).
     pub malformed: u64,
+    /// What was found changed in the probes while the job ran (its records may be missing).
+    pub tampering: Vec<String>,
 }
 
 impl TraceCounts {
     /// Every record of the job reached it.
     pub fn complete(&self) -> bool {
-        self.kernel.dropped == 0 && self.lost_in_queue == 0 && self.malformed == 0
+        self.kernel.dropped == 0
+            && self.lost_in_queue == 0
+            && self.malformed == 0
+            && self.tampering.is_empty()
     }
 }
 
@@ -309,6 +342,8 @@ impl Subscription {
     /// committed before it left.
     pub async fn finish(mut self, out: &mut Vec<Record>) -> Result<TraceCounts, RouterError> {
         self.finished = true;
+        // Before the job's cgroup leaves WATCHED, so that its removal by someone else shows.
+        let mut tampering = self.router.check_probes();
         let kernel = self.unwatch()?;
         let synced = self.router.sync().await;
         lock(&self.router.shared.routes).remove(&self.watch_id);
@@ -318,6 +353,16 @@ impl Subscription {
             kernel,
             lost_in_queue: self.queue.lost.load(Ordering::Relaxed),
             malformed: self.router.malformed() - self.malformed_at_start,
+            tampering: {
+                let found = self.router.shared.tampered.load(Ordering::Relaxed);
+                if tampering.is_empty() && found > self.tampered_at_start {
+                    tampering.push(
+                        "the probes were changed from outside while the job ran (and restored)"
+                            .into(),
+                    );
+                }
+                tampering
+            },
         })
     }
 

@@ -89,6 +89,9 @@ pub struct RunSummary {
     pub dropped: u64,
     /// Records that could not be decoded while the job ran.
     pub malformed: u64,
+    /// What was found changed in the kernel probes while the job ran: records may be missing.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tampering: Vec<String>,
     /// True when no record was lost or unreadable: the trace is the whole story.
     pub complete: bool,
 }
@@ -239,6 +242,7 @@ pub async fn run_with(
         dropped: counts.kernel.dropped + counts.lost_in_queue,
         malformed: counts.malformed,
         complete: counts.complete(),
+        tampering: counts.tampering,
     })
 }
 

@@ -101,6 +101,15 @@ pub async fn scan_code(
     code: &str,
     timeout: std::time::Duration,
 ) -> monitor_daemon::scan::ScanReport {
+    scan_code_with(code, timeout, ProbeConfig::default()).await
+}
+
+/// [`scan_code`] on probes loaded with `config`.
+pub async fn scan_code_with(
+    code: &str,
+    timeout: std::time::Duration,
+    config: ProbeConfig,
+) -> monitor_daemon::scan::ScanReport {
     assert!(is_root(), "scans load eBPF programs: run the tests as root");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("model.pkl");
@@ -108,7 +117,7 @@ pub async fn scan_code(
     let mut spec = monitor_daemon::scan::ScanSpec::new(&path);
     spec.python = loader_python();
     spec.timeout = timeout;
-    let mut probes = monitor_daemon::scan::LazyProbes::new(ProbeConfig::default());
+    let mut probes = monitor_daemon::scan::LazyProbes::new(config);
     monitor_daemon::scan::scan(&spec, &mut probes, |_| {}).await
 }
 

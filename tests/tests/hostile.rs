@@ -7,8 +7,11 @@
 
 use std::{path::Path, time::Duration};
 
-use monitor_daemon::scan::{ScanReport, Verdict, report::ErrorKind};
-use monitor_tests::scan_code;
+use monitor_daemon::{
+    probes::ProbeConfig,
+    scan::{ScanReport, Verdict, report::ErrorKind},
+};
+use monitor_tests::{scan_code, scan_code_with};
 
 fn rules(report: &ScanReport) -> Vec<&str> {
     report.findings.iter().map(|f| f.rule.as_str()).collect()
@@ -144,5 +147,62 @@ async fn io_uring_use_is_found() {
         rules(&report).contains(&"kernel.io-uring"),
         "{:?}",
         rules(&report)
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn gigabytes_written_to_tmp_stop_at_the_sandboxs_tmpfs_size() {
+    // Files of 256 MiB (under RLIMIT_FSIZE), up to 4 GiB in all: the private /tmp, a tmpfs in
+    // the host's memory, must fill first. Exit 28 (ENOSPC) says it did.
+    let report = scan_code(
+        "import os\n\
+         chunk = b'x' * (16 << 20)\n\
+         try:\n\
+         \x20   for n in range(16):\n\
+         \x20       with open('/tmp/fill-%d' % n, 'wb') as f:\n\
+         \x20           for _ in range(16):\n\
+         \x20               f.write(chunk)\n\
+         except OSError as e:\n\
+         \x20   os._exit(e.errno)\n",
+        Duration::from_secs(60),
+    )
+    .await;
+    never_clean(&report);
+    let loader = report.loader.as_ref().expect("the loader ran");
+    assert_eq!(
+        loader.exit_code,
+        libc::ENOSPC,
+        "the payload ran out of space: {report:#?}"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_syscall_flood_that_overflows_the_ring_buffer_is_reported_and_never_clean() {
+    // Two processes opening a long missing path as fast as Python can: each open is two
+    // records with the path. A 1 MiB ring holds a normal load's trace, not this.
+    let report = scan_code_with(
+        "import os\n\
+         os.fork()\n\
+         path = '/nonexistent/' + 'a/' * 1000\n\
+         for _ in range(200000):\n\
+         \x20   try:\n\
+         \x20       os.open(path, os.O_RDONLY)\n\
+         \x20   except OSError:\n\
+         \x20       pass\n",
+        Duration::from_secs(60),
+        ProbeConfig {
+            ring_buffer_bytes: 1 << 20,
+        },
+    )
+    .await;
+    never_clean(&report);
+    let trace = report.trace.as_ref().expect("a trace");
+    eprintln!("flood: {trace:?}");
+    assert!(trace.dropped > 0, "{trace:?}");
+    assert!(!trace.complete, "{trace:?}");
+    assert!(
+        error_kinds(&report).contains(&ErrorKind::IncompleteTrace),
+        "{:?}",
+        report.errors
     );
 }

@@ -18,7 +18,10 @@ use axum::{
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::daemon::{Shared, store::ScanRequest};
+use crate::daemon::{
+    Shared,
+    store::{self, ScanRequest, StoreError},
+};
 
 /// Requests larger than this are refused (a scan request is a path and a few options).
 const MAX_BODY: usize = 64 * 1024;
@@ -85,6 +88,28 @@ impl ApiError {
         tracing::error!(error = %e, "request failed");
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
     }
+
+    /// A failed write to the state directory: `disk_full` (507) when it is out of space.
+    fn store(shared: &Shared, e: StoreError) -> Self {
+        if !e.is_disk_full() {
+            return ApiError::internal(e);
+        }
+        shared.metrics.store_errors.inc();
+        ApiError::disk_full(shared, &e.to_string())
+    }
+
+    fn disk_full(shared: &Shared, why: &str) -> Self {
+        tracing::error!(state_dir = %shared.config.state_dir.display(), why, "the state directory is full");
+        ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "disk_full",
+            format!(
+                "the state directory {} is out of space ({why}): free space there; scans are \
+                 refused until then",
+                shared.config.state_dir.display()
+            ),
+        )
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -117,6 +142,7 @@ async fn status(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let router = &shared.router;
     let (attached, missing) = router.attachments();
+    let (tampering, tamper_checks) = router.tampering();
     let counters = match router.counters() {
         Ok(c) => json!(c),
         Err(e) => json!({ "error": e.to_string() }),
@@ -127,6 +153,8 @@ async fn status(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
         "probes": {
             "attached": attached,
             "missing": missing,
+            "tampering": tampering,
+            "checks_that_found_tampering": tamper_checks,
             "counters": counters,
             "malformed_records": router.malformed(),
             "unrouted_records": router.unrouted(),
@@ -170,16 +198,37 @@ async fn submit_scan(
     enqueue(&shared, request)
 }
 
+/// Refuses a scan while the state directory has less than `min_free_mib` (plus `extra`
+/// bytes) free: it could not keep the report.
+fn ensure_space(shared: &Shared, extra: u64) -> Result<(), ApiError> {
+    let dir = &shared.config.state_dir;
+    let free = store::free_bytes(dir).map_err(|e| ApiError::store(shared, e))?;
+    let needed = (shared.config.min_free_mib << 20).saturating_add(extra);
+    if free < needed {
+        shared.metrics.store_errors.inc();
+        return Err(ApiError::disk_full(
+            shared,
+            &format!(
+                "{} MiB free, monitord keeps {} MiB (min_free_mib) for reports",
+                free >> 20,
+                needed >> 20
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Stores the request and queues it.
 fn enqueue(
     shared: &Shared,
     request: ScanRequest,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    ensure_space(shared, 0)?;
     let id = uuid::Uuid::new_v4().to_string();
     shared
         .store
         .insert(&id, &request)
-        .map_err(ApiError::internal)?;
+        .map_err(|e| ApiError::store(shared, e))?;
     if shared.queue.try_send((id.clone(), request)).is_err() {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -220,6 +269,7 @@ async fn upload_scan(
             "the body is the artifact's bytes, and it is empty",
         ));
     }
+    ensure_space(&shared, body.len() as u64)?;
     // Only the last path component, and only plain characters: the name is not trusted.
     let name: String = q
         .name
@@ -245,9 +295,11 @@ async fn upload_scan(
         .state_dir
         .join("uploads")
         .join(uuid::Uuid::new_v4().to_string());
-    std::fs::create_dir_all(&dir).map_err(ApiError::internal)?;
     let path = dir.join(&name);
-    std::fs::write(&path, &body).map_err(ApiError::internal)?;
+    if let Err(e) = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, &body)) {
+        let _ = std::fs::remove_dir_all(&dir);
+        return Err(ApiError::store(&shared, e.into()));
+    }
     enqueue(
         &shared,
         ScanRequest {

@@ -36,6 +36,10 @@ pub struct Config {
     pub loader_env: PathBuf,
     /// Reports older than this many days are deleted (0: kept for ever).
     pub retention_days: u64,
+    /// Scans are refused (507, `disk_full`) while the state directory's file system has less
+    /// free space than this, in MiB: a report with its trace takes up to tens of MiB, and a
+    /// scan that cannot be stored is a scan lost.
+    pub min_free_mib: u64,
     /// Size of the kernel ring buffer in KiB (a power of two).
     pub ring_buffer_kib: u32,
     /// Watching any process on the host that opens a model artifact.
@@ -134,6 +138,7 @@ impl Default for Config {
             rules: Vec::new(),
             loader_env: crate::scan::job::DEFAULT_LOADER_ENV.into(),
             retention_days: 90,
+            min_free_mib: 64,
             ring_buffer_kib: 16 * 1024,
             discovery: DiscoveryConfig::default(),
         }

@@ -39,11 +39,16 @@ pub async fn worker(shared: Arc<Shared>, mut queue: mpsc::Receiver<(String, Scan
         let shared = shared.clone();
         tokio::task::spawn_local(async move {
             let mut probes = LazyProbes::loaded(shared.router.clone());
-            if let Err(e) = run_one(&shared, &mut probes, &id, &request).await {
-                tracing::error!(scan = %id, error = %e, "storing the scan failed");
-            }
+            let stored = run_one(&shared, &mut probes, &id, &request).await;
             set_phase(&shared.running, &id, None, false);
             drop(slot);
+            if let Err(e) = stored {
+                tracing::error!(scan = %id, error = %e, "storing the scan failed");
+                if e.is_disk_full() {
+                    shared.metrics.store_errors.inc();
+                }
+                abandon(&shared, &id).await;
+            }
         });
     }
 }
@@ -126,6 +131,16 @@ async fn run_one(
         "scan finished"
     );
     Ok(())
+}
+
+/// Ends scan `id`, whose report was lost, as an error, retrying until the store takes it
+/// (a full disk takes even this small write until space is freed): until then it shows as
+/// running without a phase, never as done.
+async fn abandon(shared: &Shared, id: &str) {
+    while let Err(e) = shared.store.abandon(id) {
+        tracing::warn!(scan = %id, error = %e, "marking the lost scan failed; retrying");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
 }
 
 /// Marks scan `id` running in `phase`, or (`running` false) no longer running.

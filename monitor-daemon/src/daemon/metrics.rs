@@ -48,6 +48,9 @@ pub struct Metrics {
     pub queue_depth: Gauge,
     pub processes_killed: Counter,
     pub watches_active: Gauge,
+    pub store_errors: Counter,
+    pub probes_tampered: Gauge,
+    pub probe_tampering: Counter,
 }
 
 impl Default for Metrics {
@@ -102,6 +105,25 @@ impl Default for Metrics {
             "Live watches running (discovery included)",
             watches_active.clone(),
         );
+        let store_errors = Counter::default();
+        registry.register(
+            "store_errors",
+            "Scans refused or reports lost because the state directory was full",
+            store_errors.clone(),
+        );
+        let probes_tampered = Gauge::default();
+        registry.register(
+            "probes_tampered",
+            "Problems the last check found in the kernel probes (changed from outside); \
+             scans are not clean while it is above zero",
+            probes_tampered.clone(),
+        );
+        let probe_tampering = Counter::default();
+        registry.register(
+            "probe_tampering",
+            "Checks of the kernel probes that found them changed from outside",
+            probe_tampering.clone(),
+        );
         registry.register(
             "build",
             "The running monitord",
@@ -119,6 +141,9 @@ impl Default for Metrics {
             queue_depth,
             processes_killed,
             watches_active,
+            store_errors,
+            probes_tampered,
+            probe_tampering,
         }
     }
 }

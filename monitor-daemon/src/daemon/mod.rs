@@ -148,6 +148,7 @@ pub async fn run(config: Config) -> Result<()> {
         shared.queue.send(item).await.expect("the queue is open");
     }
     let worker = tokio::task::spawn_local(jobs::worker(shared.clone(), waiting));
+    tokio::task::spawn_local(check_probes(shared.clone()));
     resume_watches(&shared)?;
 
     let listener = bind(&shared.config.socket)?;
@@ -200,6 +201,23 @@ pub async fn run(config: Config) -> Result<()> {
     }
     worker.abort();
     Ok(())
+}
+
+/// How often the probes are checked for changes made from outside.
+const PROBE_CHECK: Duration = Duration::from_secs(1);
+
+/// Checks the probes every [`PROBE_CHECK`] (each job also checks them as it ends) and keeps
+/// the metric of what was found.
+async fn check_probes(shared: Arc<Shared>) {
+    let mut every = tokio::time::interval(PROBE_CHECK);
+    loop {
+        every.tick().await;
+        let problems = shared.router.check_probes();
+        shared.metrics.probes_tampered.set(problems.len() as i64);
+        if !problems.is_empty() {
+            shared.metrics.probe_tampering.inc();
+        }
+    }
 }
 
 /// Starts the stored watches (those whose process is gone end instead) and discovery.

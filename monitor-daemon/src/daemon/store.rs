@@ -89,6 +89,19 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
 }
 
+impl StoreError {
+    /// Whether the file system under the state directory is out of space.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StoreError::Sql(rusqlite::Error::SqliteFailure(e, _)) => {
+                e.code == rusqlite::ErrorCode::DiskFull
+            }
+            StoreError::Io(e) => e.raw_os_error() == Some(libc::ENOSPC),
+            _ => false,
+        }
+    }
+}
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS scans (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -211,6 +224,17 @@ impl Store {
         self.db().execute(
             "UPDATE scans SET status = 'running' WHERE id = ?1",
             params![id],
+        )?;
+        Ok(())
+    }
+
+    /// Ends a running scan whose report could not be stored (a full disk): an error, as a
+    /// scan running when the daemon died is. Nothing if it is no longer running.
+    pub fn abandon(&self, id: &str) -> Result<(), StoreError> {
+        self.db().execute(
+            "UPDATE scans SET status = 'interrupted', verdict = 'error', exit_code = 2, \
+             finished_at = ?2 WHERE id = ?1 AND status = 'running'",
+            params![id, now_ms()],
         )?;
         Ok(())
     }
@@ -503,6 +527,12 @@ impl RawRecord {
             },
         })
     }
+}
+
+/// Bytes an unprivileged writer may still use on the file system of `dir`.
+pub fn free_bytes(dir: &Path) -> Result<u64, StoreError> {
+    let stat = nix::sys::statvfs::statvfs(dir).map_err(std::io::Error::from)?;
+    Ok(stat.blocks_available().saturating_mul(stat.fragment_size()))
 }
 
 fn now_ms() -> i64 {

@@ -3,6 +3,7 @@
 //! the process tracepoints, fill the capture map, and manage which cgroups are watched.
 
 mod attach;
+mod integrity;
 mod tracefs;
 
 use std::{
@@ -37,9 +38,19 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mo
 pub enum ProbeError {
     #[error("loading eBPF programs needs root (CAP_BPF and CAP_PERFMON); run as root")]
     NotRoot,
-    #[error("the kernel has no BTF ({}): it needs CONFIG_DEBUG_INFO_BTF=y", .0.display())]
+    #[error(
+        "the kernel's BTF ({}) is missing: monitor needs a kernel built with \
+         CONFIG_DEBUG_INFO_BTF=y, and /sys/kernel/btf visible to it",
+        .0.display()
+    )]
     NoBtf(PathBuf),
-    #[error("tracefs is not mounted and mounting it at {} failed: {errno}", path.display())]
+    #[error(
+        "tracefs (the kernel's tracepoint descriptions) is mounted neither at /sys/kernel/tracing \
+         nor at /sys/kernel/debug/tracing, and mounting it at {} failed: {errno}; mount it \
+         (`mount -t tracefs tracefs /sys/kernel/tracing`) or give monitor a view of /sys \
+         that has it",
+        path.display()
+    )]
     TracefsMount {
         path: PathBuf,
         errno: nix::errno::Errno,
@@ -158,6 +169,9 @@ pub struct Probes {
     discovery: Array<MapData, Discovery>,
     registry: StdHashMap<u64, Registered>,
     counters: PerCpuArray<MapData, u64>,
+    capture: Array<MapData, CaptureSpec>,
+    /// Our link fds and the link each held at attach time (see [`integrity`]).
+    link_fds: Vec<(std::os::fd::RawFd, u32)>,
     events: Option<RingBuf<MapData>>,
     cpus: usize,
     attached: usize,
@@ -204,9 +218,15 @@ impl Probes {
             .map_max_entries("EVENTS", size)
             .load(OBJECT)?;
 
-        fill_capture_map(&mut ebpf)?;
+        let mut capture = map_as(&mut ebpf, "CAPTURE", Array::try_from)?;
+        fill_capture_map(&mut capture)?;
         let (links, missing) = attach_all(&mut ebpf, hooks, &tracefs)?;
         let attached = links.len();
+        let programs: Vec<u32> = ebpf
+            .programs()
+            .filter_map(|(_, p)| p.info().ok().map(|i| i.id()))
+            .collect();
+        let link_fds = integrity::link_fds(&programs);
 
         let watched = map_as(&mut ebpf, "WATCHED", HashMap::try_from)?;
         let watched_tasks = map_as(&mut ebpf, "WATCHED_TASKS", HashMap::try_from)?;
@@ -230,6 +250,8 @@ impl Probes {
             discovery,
             registry: StdHashMap::new(),
             counters,
+            capture,
+            link_fds,
             events: Some(events),
             cpus,
             attached,
@@ -419,6 +441,52 @@ impl Probes {
         })
     }
 
+    /// Checks that the probes are still as set up (see [`integrity`]): repairs what someone
+    /// changed in the maps, and returns what was wrong (nothing when all is well).
+    pub fn check(&mut self) -> Vec<String> {
+        let mut problems = integrity::lost_links(&self.link_fds);
+        let changed: Vec<&str> = SYSCALLS
+            .iter()
+            .filter(|sc| self.capture.get(&sc.nr, 0).ok() != Some(capture_spec(sc)))
+            .map(|sc| sc.name)
+            .collect();
+        if !changed.is_empty() {
+            problems.push(format!(
+                "the capture table was changed from outside for {changed:?}; restored"
+            ));
+            if let Err(e) = fill_capture_map(&mut self.capture) {
+                problems.push(format!("restoring the capture table failed: {e}"));
+            }
+        }
+        let mut unwatched = Vec::new();
+        for registered in self.registry.values() {
+            for target in &registered.targets {
+                let &Target::Cgroup(id) = target else {
+                    // A watched process's entry goes when it exits: absence is no sign.
+                    continue;
+                };
+                if self.watched.get(&id, 0).ok() != Some(registered.watch) {
+                    unwatched.push(id);
+                    if let Err(e) = self.watched.insert(id, registered.watch, 0) {
+                        problems.push(format!("watching cgroup {id} again failed: {e}"));
+                    }
+                }
+            }
+        }
+        if !unwatched.is_empty() {
+            problems.push(format!(
+                "watched cgroups {unwatched:?} were removed from WATCHED from outside; restored"
+            ));
+        }
+        problems
+    }
+
+    /// The fds that hold the attachments (bpf links; none where the kernel attaches without
+    /// links), for [`check`](Self::check)'s tests.
+    pub fn attachment_fds(&self) -> Vec<std::os::fd::RawFd> {
+        self.link_fds.iter().map(|&(fd, _)| fd).collect()
+    }
+
     /// How many attachments (kprobes, kretprobes, tracepoints) there are.
     pub fn attached(&self) -> usize {
         self.attached
@@ -513,26 +581,12 @@ fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, Probe
 }
 
 /// Writes the syscall table into the `CAPTURE` map: the kernel's only copy of it.
-fn fill_capture_map(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
-    let map = ebpf.map_mut("CAPTURE").ok_or(ProbeError::Map {
-        name: "CAPTURE",
-        source: MapError::InvalidName {
-            name: "CAPTURE".into(),
-        },
-    })?;
-    let mut capture: Array<_, CaptureSpec> =
-        Array::try_from(map).map_err(|source| ProbeError::Map {
-            name: "CAPTURE",
-            source,
-        })?;
+fn fill_capture_map(capture: &mut Array<MapData, CaptureSpec>) -> Result<(), ProbeError> {
     for sc in SYSCALLS {
         debug_assert!(sc.nr < CAPTURE_ENTRIES);
         capture
             .set(sc.nr, capture_spec(sc), 0)
-            .map_err(|source| ProbeError::Map {
-                name: "CAPTURE",
-                source,
-            })?;
+            .map_err(map_error("CAPTURE"))?;
     }
     Ok(())
 }

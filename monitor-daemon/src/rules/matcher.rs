@@ -164,7 +164,8 @@ fn globs(patterns: &[String]) -> Result<Option<GlobSet>, String> {
 /// What rules look at in one syscall event, gathered once for all rules.
 #[derive(Debug, Default)]
 pub(crate) struct Facts<'a> {
-    /// Path arguments, made absolute (against the cwd) and normalised lexically.
+    /// Path arguments and socket file addresses, made absolute (against the cwd) and
+    /// normalised lexically.
     pub paths: Vec<String>,
     pub flags: Vec<&'a str>,
     pub modes: Vec<u32>,
@@ -190,7 +191,13 @@ impl<'a> Facts<'a> {
                         facts.families.push("AF_INET6");
                         facts.ports.push(*port);
                     }
-                    SockAddr::Unix { .. } => facts.families.push("AF_UNIX"),
+                    SockAddr::Unix { path } => {
+                        facts.families.push("AF_UNIX");
+                        // A socket file is a path too (abstract names start with `@`).
+                        if !path.starts_with('@') {
+                            facts.paths.push(absolute(path, cwd));
+                        }
+                    }
                     SockAddr::Other { .. } => {}
                 },
                 _ => {}

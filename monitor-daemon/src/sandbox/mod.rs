@@ -73,6 +73,10 @@ pub struct SandboxOptions {
     pub max_address_space: u64,
     /// RLIMIT_FSIZE in bytes: the largest file the job may write.
     pub max_file_size: u64,
+    /// The size of each private tmpfs (/tmp, /var/tmp, /dev/shm, /run) in bytes. tmpfs lives
+    /// in the host's memory and RLIMIT_FSIZE bounds one file only, so without this a job
+    /// writing file after file would fill the host's RAM.
+    pub max_tmpfs_size: u64,
     /// RLIMIT_NOFILE.
     pub max_open_files: u64,
     /// RLIMIT_NPROC: processes and threads of the job's user, host-wide, so that a fork bomb
@@ -92,6 +96,7 @@ impl Default for SandboxOptions {
             user: SandboxUser::PerJob,
             max_address_space: default_address_space(),
             max_file_size: 1 << 30,
+            max_tmpfs_size: 1 << 30,
             max_open_files: 4096,
             max_processes: 2048,
             env: Vec::new(),
@@ -202,8 +207,9 @@ impl Sandbox {
         cmd.args(["--unshare-all", "--die-with-parent", "--new-session"]);
         cmd.args(["--hostname", "ml-worker"]);
         cmd.args(["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]);
+        let tmpfs_size = self.options.max_tmpfs_size.to_string();
         for private in ["/tmp", "/var/tmp", "/dev/shm", "/run", "/home", "/root"] {
-            cmd.args(["--tmpfs", private]);
+            cmd.args(["--size", &tmpfs_size, "--tmpfs", private]);
         }
         bind(&mut cmd, "--bind", &self.home, decoy::HOME);
         let etc = self.dir.path().join("etc");

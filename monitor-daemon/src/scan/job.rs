@@ -328,9 +328,7 @@ async fn load_under_watch(
         report.add_audit_finding(finding);
     }
     report.errors.extend(errors);
-    report
-        .errors
-        .extend(run_errors(&summary, &timeline, spec.timeout));
+    report.errors.extend(run_errors(&summary, &timeline, spec));
     report.phases = timeline;
     report.trace = Some(TraceStats {
         events: summary.events,
@@ -381,7 +379,8 @@ fn harness_error(
 
 /// What the run's summary says is wrong: lost records, the time limit, a loader that died
 /// without saying why.
-fn run_errors(summary: &RunSummary, timeline: &[PhaseStart], timeout: Duration) -> Vec<ScanError> {
+fn run_errors(summary: &RunSummary, timeline: &[PhaseStart], spec: &ScanSpec) -> Vec<ScanError> {
+    let timeout = spec.timeout;
     let mut errors = Vec::new();
     if summary.dropped > 0 || summary.malformed > 0 {
         errors.push(ScanError::new(
@@ -389,6 +388,16 @@ fn run_errors(summary: &RunSummary, timeline: &[PhaseStart], timeout: Duration) 
             format!(
                 "the trace is incomplete: {} records lost to a full ring buffer, {} unreadable",
                 summary.dropped, summary.malformed
+            ),
+        ));
+    }
+    if !summary.tampering.is_empty() {
+        errors.push(ScanError::new(
+            ErrorKind::IncompleteTrace,
+            format!(
+                "the kernel probes were changed from outside while the scan ran, so its trace \
+                 may be missing records: {}",
+                summary.tampering.join("; ")
             ),
         ));
     }
@@ -405,10 +414,24 @@ fn run_errors(summary: &RunSummary, timeline: &[PhaseStart], timeout: Duration) 
             None => format!("exited with status {}", summary.exit_code),
         };
         let last = timeline.last().map_or(Phase::Setup, |p| p.phase);
-        errors.push(ScanError {
-            kind: ErrorKind::Loader,
-            message: format!("the loader {how} in the {last} phase"),
-            phase: Some(last),
+        errors.push(match timeline.is_empty() {
+            // The harness reports its setup phase first thing: a Python that never got that far
+            // is a broken environment, not a verdict on the artifact.
+            true => ScanError {
+                kind: ErrorKind::Environment,
+                message: format!(
+                    "the loader environment is broken: {} {how} before the harness started; \
+                     reinstall it with `cargo xtask loader-env` (the loader's output is in \
+                     the report)",
+                    spec.python.display()
+                ),
+                phase: Some(last),
+            },
+            false => ScanError {
+                kind: ErrorKind::Loader,
+                message: format!("the loader {how} in the {last} phase"),
+                phase: Some(last),
+            },
         });
     } else if summary.exit_code == 0 && !reached(Phase::Load) {
         // A loader that "succeeded" without ever loading is not a clean scan.
