@@ -14,29 +14,14 @@ use std::{
 use anyhow::{Result, bail};
 use monitor_daemon::daemon::client::Client;
 use serde_json::json;
-use support::{Daemon, memory, release_dir, write};
+use support::{Daemon, memory};
 
 /// Scans per batch, and batches.
 const SCANS: usize = 40;
 const BATCHES: usize = 3;
 
 fn main() -> Result<()> {
-    if !nix::unistd::geteuid().is_root() {
-        bail!("the benchmark loads eBPF programs: run it as root");
-    }
-    if !release_dir().join("monitorctl").is_file() {
-        bail!("monitorctl is missing: `cargo build --release --bins`");
-    }
-    let dir = tempfile::Builder::new()
-        .prefix("monitor-bench-daemon-")
-        .tempdir_in("/var/tmp")?;
-    // Two small pickles, one benign and one whose payload runs `true`.
-    let benign = write(
-        dir.path(),
-        "plain.pkl",
-        "(dp0\nVweights\np1\n(lp2\nF0.5\naF1.5\nas.",
-    )?;
-    let malicious = write(dir.path(), "evil.pkl", "cposix\nsystem\n(Vtrue\ntR.")?;
+    let (dir, benign, malicious) = support::scan_bench_setup("daemon")?;
 
     let (daemon, client) = Daemon::start(dir.path(), "")?;
     let pid = daemon.pid();

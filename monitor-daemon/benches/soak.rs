@@ -23,7 +23,7 @@ use monitor_daemon::{
     daemon::client::Client,
 };
 use serde_json::{Value, json};
-use support::{Daemon, memory, release_dir, write};
+use support::{Daemon, memory};
 
 const SCANS: usize = 1000;
 const CONCURRENT: usize = 4;
@@ -35,21 +35,7 @@ fn main() -> Result<()> {
     if args.get(1).map(String::as_str) == Some("workload-flood") {
         return workload_flood(args[2].parse()?, args[3].parse()?);
     }
-    if !nix::unistd::geteuid().is_root() {
-        bail!("the benchmark loads eBPF programs: run it as root");
-    }
-    if !release_dir().join("monitorctl").is_file() {
-        bail!("monitorctl is missing: `cargo build --release --bins`");
-    }
-    let dir = tempfile::Builder::new()
-        .prefix("monitor-bench-soak-")
-        .tempdir_in("/var/tmp")?;
-    let benign = write(
-        dir.path(),
-        "plain.pkl",
-        "(dp0\nVweights\np1\n(lp2\nF0.5\naF1.5\nas.",
-    )?;
-    let malicious = write(dir.path(), "evil.pkl", "cposix\nsystem\n(Vtrue\ntR.")?;
+    let (dir, benign, malicious) = support::scan_bench_setup("soak")?;
     let (daemon, client) = Daemon::start(
         dir.path(),
         &format!("max_concurrent_scans = {CONCURRENT}\n"),

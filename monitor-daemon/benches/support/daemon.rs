@@ -107,3 +107,25 @@ pub fn memory(pid: u32, field: &str) -> Result<u64> {
         .and_then(|v| v.trim().parse().ok())
         .with_context(|| format!("no {field} in /proc/{pid}/status"))
 }
+
+/// What a benchmark of scans through the daemon needs: root, the release binaries, a
+/// temporary directory (`monitor-bench-NAME-*`) and two small pickles in it, one benign and
+/// one whose payload runs `true`.
+pub fn scan_bench_setup(name: &str) -> Result<(tempfile::TempDir, PathBuf, PathBuf)> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("the benchmark loads eBPF programs: run it as root");
+    }
+    if !release_dir().join("monitorctl").is_file() {
+        bail!("monitorctl is missing: `cargo build --release --bins`");
+    }
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("monitor-bench-{name}-"))
+        .tempdir_in("/var/tmp")?;
+    let benign = write(
+        dir.path(),
+        "plain.pkl",
+        "(dp0\nVweights\np1\n(lp2\nF0.5\naF1.5\nas.",
+    )?;
+    let malicious = write(dir.path(), "evil.pkl", "cposix\nsystem\n(Vtrue\ntR.")?;
+    Ok((dir, benign, malicious))
+}
