@@ -13,8 +13,7 @@ use std::{
 
 use anyhow::{Result, bail};
 use monitor_daemon::daemon::client::Client;
-use serde_json::json;
-use support::{Daemon, memory};
+use support::{Daemon, memory, submit_scan};
 
 /// Scans per batch, and batches.
 const SCANS: usize = 40;
@@ -73,14 +72,7 @@ async fn run_batch(client: &Client, benign: &Path, malicious: &Path) -> Result<(
         };
         let client = client.clone();
         submissions.spawn(async move {
-            let reply = client
-                .post_json("/v1/scans", &json!({ "path": path }))
-                .await?;
-            if reply.status != 202 {
-                bail!("submission refused: {}", reply.error_message());
-            }
-            let id = reply.json()?["id"].as_str().unwrap_or_default().to_owned();
-            Ok::<_, anyhow::Error>((id, want))
+            Ok::<_, anyhow::Error>((submit_scan(&client, &path).await?, want))
         });
     }
     let mut ids = Vec::new();

@@ -23,7 +23,7 @@ use monitor_daemon::{
     daemon::client::Client,
 };
 use serde_json::{Value, json};
-use support::{Daemon, memory};
+use support::{Daemon, memory, submit_scan};
 
 const SCANS: usize = 1000;
 const CONCURRENT: usize = 4;
@@ -168,14 +168,7 @@ async fn run_scans(
             } else {
                 (benign, "clean")
             };
-            let reply = client
-                .post_json("/v1/scans", &json!({ "path": path }))
-                .await?;
-            if reply.status != 202 {
-                bail!("submission refused: {}", reply.error_message());
-            }
-            let id = reply.json()?["id"].as_str().unwrap_or_default().to_owned();
-            outstanding.push((id, want));
+            outstanding.push((submit_scan(client, path).await?, want));
             next += 1;
         }
         let mut still = Vec::new();

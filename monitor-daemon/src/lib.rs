@@ -19,6 +19,7 @@ pub mod daemon;
 pub mod decode;
 pub mod probes;
 pub mod process;
+pub mod procfs;
 pub mod reader;
 pub mod render;
 pub mod router;

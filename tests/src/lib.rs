@@ -124,16 +124,10 @@ pub async fn scan_code_with(
 /// Processes of sandbox users (the job uid range) left on the host.
 pub fn job_user_processes() -> usize {
     use std::os::unix::fs::MetadataExt as _;
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_str()
-                .is_some_and(|n| n.parse::<u32>().is_ok())
-        })
-        .filter(|e| {
-            e.metadata()
+    monitor_daemon::procfs::pids()
+        .into_iter()
+        .filter(|pid| {
+            std::fs::metadata(format!("/proc/{pid}"))
                 .is_ok_and(|m| monitor_daemon::sandbox::user::is_job_uid(m.uid()))
         })
         .count()

@@ -129,3 +129,14 @@ pub fn scan_bench_setup(name: &str) -> Result<(tempfile::TempDir, PathBuf, PathB
     let malicious = write(dir.path(), "evil.pkl", "cposix\nsystem\n(Vtrue\ntR.")?;
     Ok((dir, benign, malicious))
 }
+
+/// Submits a scan of `path` over the socket; its id.
+pub async fn submit_scan(client: &Client, path: &Path) -> Result<String> {
+    let reply = client
+        .post_json("/v1/scans", &serde_json::json!({ "path": path }))
+        .await?;
+    if reply.status != 202 {
+        bail!("submission refused: {}", reply.error_message());
+    }
+    Ok(reply.json()?["id"].as_str().unwrap_or_default().to_owned())
+}

@@ -91,17 +91,10 @@ pub fn is_job_uid(uid: u32) -> bool {
 /// The job-range uids that processes on the host run as now (/proc/PID is owned by the
 /// process's effective uid).
 fn uids_running() -> BTreeSet<u32> {
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return BTreeSet::new();
-    };
-    entries
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_str()
-                .is_some_and(|n| n.parse::<u32>().is_ok())
-        })
-        .filter_map(|e| e.metadata().ok().map(|m| m.uid()))
+    crate::procfs::pids()
+        .into_iter()
+        .filter_map(|pid| fs::metadata(format!("/proc/{pid}")).ok())
+        .map(|m| m.uid())
         .filter(|&uid| is_job_uid(uid))
         .collect()
 }

@@ -17,6 +17,7 @@ use serde::Serialize;
 use crate::{
     cgroup::cgroup2_mount,
     probes::Target,
+    procfs,
     router::{Router, Subscription, TraceCounts},
     rules::{Finding, Phase, RuleSet},
     trace::{Event, Tracer, What},
@@ -615,36 +616,21 @@ fn cgroup_tree(root: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
 
 /// The processes whose executable is `file` now, from /proc.
 fn processes_running(file: &Path) -> Vec<u32> {
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+    procfs::pids()
+        .into_iter()
         .filter(|pid| fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == file))
         .collect()
 }
 
 /// The processes below `pid` now, from /proc (their parent links).
 fn descendants_in_proc(pid: u32) -> Vec<u32> {
-    let mut parent_of = HashMap::new();
-    if let Ok(entries) = fs::read_dir("/proc") {
-        for entry in entries.flatten() {
-            let Some(child) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            if let Some(ppid) = fs::read_to_string(entry.path().join("stat"))
-                .ok()
-                .and_then(|stat| parse_ppid(&stat))
-            {
-                parent_of.insert(child, ppid);
-            }
-        }
-    }
+    let parent_of: HashMap<u32, u32> = procfs::pids()
+        .into_iter()
+        .filter_map(|child| {
+            let stat = fs::read_to_string(format!("/proc/{child}/stat")).ok()?;
+            Some((child, parse_ppid(&stat)?))
+        })
+        .collect();
     let mut found = Vec::new();
     let mut frontier = vec![pid];
     while let Some(p) = frontier.pop() {
