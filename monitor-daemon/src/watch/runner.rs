@@ -183,15 +183,25 @@ impl Started {
     }
 }
 
-/// What the watch selects on the host, kept up to date.
-struct Selection {
-    selector: Selector,
+/// What the watch selects on the host, kept up to date: for each kind of selector, what it
+/// needs and nothing the others do.
+enum Selection {
+    Cgroups(Cgroups),
+    Pid {
+        pid: u32,
+    },
+    Executable(Executable),
+    /// The kernel finds them.
+    Discovery,
+}
+
+/// A cgroup watch's tree.
+struct Cgroups {
+    root: PathBuf,
+    /// The cgroup2 mount, under which the kernel names cgroups.
+    mount: PathBuf,
     /// Cgroups watched, by id.
-    cgroups: HashMap<u64, PathBuf>,
-    /// The cgroup2 mount, under which the kernel names cgroups (cgroup watches).
-    cgroup_mount: PathBuf,
-    /// What an executable watch matches.
-    executable: Option<Executable>,
+    ids: HashMap<u64, PathBuf>,
 }
 
 /// An executable watch's file, and the processes found running it in /proc.
@@ -206,23 +216,18 @@ struct Executable {
 
 impl Selection {
     fn resolve(selector: &Selector) -> Result<Self> {
-        let mut selection = Selection {
-            selector: selector.clone(),
-            cgroups: HashMap::new(),
-            cgroup_mount: PathBuf::new(),
-            executable: None,
-        };
-        match selector {
-            Selector::Cgroup(root) => {
-                selection.cgroup_mount = cgroup2_mount().context("finding the cgroup2 mount")?;
-                for (id, path) in cgroup_tree(root)
+        Ok(match selector {
+            Selector::Cgroup(root) => Selection::Cgroups(Cgroups {
+                root: root.clone(),
+                mount: cgroup2_mount().context("finding the cgroup2 mount")?,
+                ids: cgroup_tree(root)
                     .with_context(|| format!("reading cgroup {}", root.display()))?
-                {
-                    selection.cgroups.insert(id, path);
-                }
-            }
+                    .into_iter()
+                    .collect(),
+            }),
             Selector::Pid { pid, .. } => {
                 anyhow::ensure!(selector.still_there(), "pid {pid}: the process is gone");
+                Selection::Pid { pid: *pid }
             }
             Selector::Executable(path) => {
                 let file = path.canonicalize().unwrap_or_else(|_| path.clone());
@@ -242,43 +247,64 @@ impl Selection {
                     found.insert(pid);
                     found.extend(descendants_in_proc(pid));
                 }
-                selection.executable = Some(Executable { keys, file, found });
+                Selection::Executable(Executable { keys, file, found })
             }
-            Selector::Discovery { .. } => {}
-        }
-        Ok(selection)
+            Selector::Discovery { .. } => Selection::Discovery,
+        })
     }
 
     /// What the kernel is told to watch at the start. A pid watch takes the process's
     /// existing descendants too; those it starts later the kernel adds itself.
     fn targets(&self) -> Vec<Target> {
-        match &self.selector {
-            Selector::Cgroup(_) => self
-                .cgroups
+        match self {
+            Selection::Cgroups(cgroups) => cgroups
+                .ids
                 .iter()
-                .map(|(&id, path)| self.cgroup_target(id, path))
+                .map(|(&id, path)| cgroups.target(id, path))
                 .collect(),
-            Selector::Pid { pid, .. } => std::iter::once(*pid)
+            Selection::Pid { pid } => std::iter::once(*pid)
                 .chain(descendants_in_proc(*pid))
                 .map(Target::Process)
                 .collect(),
-            Selector::Executable(_) => {
-                let exe = self.executable.as_ref().expect("resolved");
-                exe.keys
-                    .iter()
-                    .map(|&key| Target::Executable(key))
-                    .chain(exe.found.iter().map(|&pid| Target::Process(pid)))
-                    .collect()
-            }
-            // The kernel finds them.
-            Selector::Discovery { .. } => Vec::new(),
+            Selection::Executable(exe) => exe
+                .keys
+                .iter()
+                .map(|&key| Target::Executable(key))
+                .chain(exe.found.iter().map(|&pid| Target::Process(pid)))
+                .collect(),
+            Selection::Discovery => Vec::new(),
         }
     }
 
+    /// The path of watched cgroup `id`, for a cgroup watch.
+    fn cgroup(&self, id: u64) -> Option<&PathBuf> {
+        match self {
+            Selection::Cgroups(cgroups) => cgroups.ids.get(&id),
+            _ => None,
+        }
+    }
+
+    /// Adds what the kernel could not add itself since the last look: cgroups made under a
+    /// watched one that it could not name, processes that executed the watched file by
+    /// another path. Forgets processes that are gone.
+    fn refresh(&mut self, records_of_watch: &Subscription) {
+        match self {
+            Selection::Cgroups(cgroups) => cgroups.refresh(records_of_watch),
+            Selection::Executable(exe) => exe.refresh(records_of_watch),
+            Selection::Pid { .. } | Selection::Discovery => {}
+        }
+    }
+
+    fn is_finished(&self, live: &HashSet<u32>) -> bool {
+        matches!(self, Selection::Pid { .. }) && live.is_empty()
+    }
+}
+
+impl Cgroups {
     /// Cgroup `id` at `path`, with the cgroups made under it later where the kernel can name
     /// it (else the rescan finds those).
-    fn cgroup_target(&self, id: u64, path: &Path) -> Target {
-        let key = path.strip_prefix(&self.cgroup_mount).ok().and_then(|rel| {
+    fn target(&self, id: u64, path: &Path) -> Target {
+        let key = path.strip_prefix(&self.mount).ok().and_then(|rel| {
             let mut named = b"/".to_vec();
             named.extend_from_slice(rel.as_os_str().as_bytes());
             PathKey::new(&named)
@@ -289,59 +315,49 @@ impl Selection {
         }
     }
 
-    /// Adds what the kernel could not add itself since the last look: cgroups made under a
-    /// watched one that it could not name, processes that executed the watched file by
-    /// another path. Forgets processes that are gone.
     fn refresh(&mut self, records_of_watch: &Subscription) {
-        match &self.selector {
-            Selector::Cgroup(root) => {
-                let Ok(tree) = cgroup_tree(root) else {
-                    // Gone for now (a service being restarted): looked for again next time.
-                    return;
-                };
-                for (id, path) in tree {
-                    if self.cgroups.contains_key(&id) {
-                        continue;
-                    }
-                    match records_of_watch.add_target(self.cgroup_target(id, &path)) {
-                        Ok(()) => {
-                            tracing::debug!(cgroup = %path.display(), "watching a new cgroup");
-                            self.cgroups.insert(id, path);
-                        }
-                        Err(e) => {
-                            tracing::warn!(cgroup = %path.display(), error = %e, "cannot watch a new cgroup")
-                        }
-                    }
+        let Ok(tree) = cgroup_tree(&self.root) else {
+            // Gone for now (a service being restarted): looked for again next time.
+            return;
+        };
+        for (id, path) in tree {
+            if self.ids.contains_key(&id) {
+                continue;
+            }
+            match records_of_watch.add_target(self.target(id, &path)) {
+                Ok(()) => {
+                    tracing::debug!(cgroup = %path.display(), "watching a new cgroup");
+                    self.ids.insert(id, path);
+                }
+                Err(e) => {
+                    tracing::warn!(cgroup = %path.display(), error = %e, "cannot watch a new cgroup")
                 }
             }
-            Selector::Executable(_) => {
-                let exe = self.executable.as_mut().expect("resolved");
-                let gone: Vec<u32> = exe
-                    .found
-                    .iter()
-                    .copied()
-                    .filter(|pid| !Path::new(&format!("/proc/{pid}")).exists())
-                    .collect();
-                if !gone.is_empty() {
-                    for pid in &gone {
-                        exe.found.remove(pid);
-                    }
-                    let _ = records_of_watch.forget_processes(&gone);
-                }
-                for pid in processes_running(&exe.file) {
-                    if exe.found.insert(pid)
-                        && let Err(e) = records_of_watch.add_target(Target::Process(pid))
-                    {
-                        tracing::warn!(pid, error = %e, "cannot watch a process running the executable");
-                    }
-                }
-            }
-            Selector::Pid { .. } | Selector::Discovery { .. } => {}
         }
     }
+}
 
-    fn is_finished(&self, live: &HashSet<u32>) -> bool {
-        matches!(self.selector, Selector::Pid { .. }) && live.is_empty()
+impl Executable {
+    fn refresh(&mut self, records_of_watch: &Subscription) {
+        let gone: Vec<u32> = self
+            .found
+            .iter()
+            .copied()
+            .filter(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+            .collect();
+        if !gone.is_empty() {
+            for pid in &gone {
+                self.found.remove(pid);
+            }
+            let _ = records_of_watch.forget_processes(&gone);
+        }
+        for pid in processes_running(&self.file) {
+            if self.found.insert(pid)
+                && let Err(e) = records_of_watch.add_target(Target::Process(pid))
+            {
+                tracing::warn!(pid, error = %e, "cannot watch a process running the executable");
+            }
+        }
     }
 }
 
@@ -497,7 +513,7 @@ impl<'a> Judge<'a> {
     /// Kills the process of `event` (a cgroup watch: its whole cgroup) for `rule`.
     fn kill(&mut self, event: &Event, rule: &str, selection: &Selection) -> Kill {
         let mut cgroup = None;
-        if let Some(path) = selection.cgroups.get(&event.cgroup_id) {
+        if let Some(path) = selection.cgroup(event.cgroup_id) {
             match fs::write(path.join("cgroup.kill"), "1") {
                 Ok(()) => cgroup = Some(path.clone()),
                 Err(e) => {
