@@ -58,12 +58,23 @@ pub fn parse_ring_kib(s: &str) -> Result<u32, String> {
 /// Detaching the ~120 tracepoints takes seconds: the kernel waits for an RCU grace period per
 /// tracepoint under one mutex, whether we detach them or our exit does. A child process keeps
 /// the links and releases them, so the caller gets the command's status at once.
+///
+/// Whoever closes a link's last reference pays for its grace period. The child therefore waits
+/// until the parent has closed its own references (cheap while the child holds them); were both
+/// to close at once, the parent's exit would pay for every link the child had closed first, and
+/// the command would end seconds late.
 pub fn release_in_background(probes: Probes) {
-    use nix::unistd::{ForkResult, fork, setsid};
+    use nix::fcntl::OFlag;
+    use nix::unistd::{ForkResult, fork, pipe2, setsid};
+    let Ok((parent_closed, parent_closing)) = pipe2(OFlag::O_CLOEXEC) else {
+        drop(probes);
+        return;
+    };
     // SAFETY: single-threaded here (current-thread runtime, no worker threads); the child only
-    // redirects its standard streams, detaches, drops the probes and exits.
+    // redirects its standard streams, detaches, waits on a pipe, drops the probes and exits.
     match unsafe { fork() } {
         Ok(ForkResult::Child) => {
+            drop(parent_closing);
             // Nobody may wait on our output: a reader of the parent's stdout would see no EOF.
             if let Ok(null) = std::fs::OpenOptions::new()
                 .read(true)
@@ -75,12 +86,21 @@ pub fn release_in_background(probes: Probes) {
                 let _ = nix::unistd::dup2_stderr(&null);
             }
             let _ = setsid();
+            // End of file once the parent has dropped its references (or has died).
+            let mut byte = [0u8; 1];
+            while let Err(nix::errno::Errno::EINTR) | Ok(1..) =
+                nix::unistd::read(&parent_closed, &mut byte)
+            {}
             drop(probes);
             // SAFETY: ends the child without running the parent's exit handlers twice.
             unsafe { nix::libc::_exit(0) }
         }
-        // The parent's references to the links are not the last ones: closing them is cheap.
-        Ok(ForkResult::Parent { .. }) => std::mem::forget(probes),
+        Ok(ForkResult::Parent { .. }) => {
+            drop(parent_closed);
+            // Not the last references: the child holds them too, so this costs no grace period.
+            drop(probes);
+            drop(parent_closing);
+        }
         Err(_) => drop(probes),
     }
 }
