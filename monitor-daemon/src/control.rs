@@ -83,6 +83,47 @@ impl ControlPipe {
     }
 }
 
+/// A pipe the job waits on before it touches what it was given: the harness starts, and
+/// imports its frameworks, while the probes that are to watch the load may still be loading,
+/// and goes on to load the artifact only once a byte arrives. End of file (monitor gave up or
+/// died) means "do not load".
+#[derive(Debug)]
+pub struct Gate {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+impl Gate {
+    pub fn new() -> io::Result<Self> {
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        Ok(Gate { read, write })
+    }
+
+    /// The descriptor number the job waits on: pass it on the job's command line.
+    pub fn job_fd(&self) -> RawFd {
+        self.read.as_raw_fd()
+    }
+
+    /// The read end, for the spawner to keep open across exec in the child only (see
+    /// [`inherit_in_child`]) and close after the spawn; and the end that opens the gate.
+    pub fn split(self) -> (OwnedFd, GateOpener) {
+        (self.read, GateOpener(self.write))
+    }
+}
+
+/// Lets the job through its [`Gate`]. Dropped unused, it closes the gate for good.
+#[derive(Debug)]
+pub struct GateOpener(OwnedFd);
+
+impl GateOpener {
+    pub fn open(self) -> io::Result<()> {
+        match nix::unistd::write(&self.0, b"1")? {
+            1 => Ok(()),
+            _ => Err(io::Error::other("short write to the job's gate")),
+        }
+    }
+}
+
 /// Clears close-on-exec on `fd`, between fork and exec, so that only this child inherits it.
 pub fn inherit_in_child(fd: RawFd) -> io::Result<()> {
     // SAFETY: fcntl is async-signal-safe and touches only the descriptor table.
