@@ -241,7 +241,8 @@ pub async fn scan(
     progress(Progress::Detected(&format));
 
     if let Some(loader) = format.loader() {
-        if !probes.is_loaded() {
+        // Without a loader environment nothing is loaded (the error says how to install it).
+        if !probes.is_loaded() && spec.python.is_file() {
             progress(Progress::LoadingProbes);
             probes.start_loading();
         }
