@@ -117,9 +117,13 @@ pub struct GateOpener(OwnedFd);
 
 impl GateOpener {
     pub fn open(self) -> io::Result<()> {
-        match nix::unistd::write(&self.0, b"1")? {
-            1 => Ok(()),
-            _ => Err(io::Error::other("short write to the job's gate")),
+        match nix::unistd::write(&self.0, b"1") {
+            Ok(1) => Ok(()),
+            Ok(_) => Err(io::Error::other("short write to the job's gate")),
+            // Nobody holds the read end: the job ended before its gate (its imports failed,
+            // say), and its own report says why.
+            Err(nix::errno::Errno::EPIPE) => Ok(()),
+            Err(e) => Err(e.into()),
         }
     }
 }
@@ -264,6 +268,34 @@ fn rank(phase: Phase) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_gate_lets_its_job_through_with_one_byte_or_closes_for_good() {
+        let (job, opener) = Gate::new().unwrap().split();
+        opener.open().unwrap();
+        let mut byte = [0u8; 2];
+        assert_eq!(nix::unistd::read(&job, &mut byte).unwrap(), 1);
+        assert_eq!(&byte[..1], b"1");
+        // The opener is gone: end of file, never a second byte.
+        assert_eq!(nix::unistd::read(&job, &mut byte).unwrap(), 0);
+
+        let (job, opener) = Gate::new().unwrap().split();
+        drop(opener);
+        assert_eq!(
+            nix::unistd::read(&job, &mut byte).unwrap(),
+            0,
+            "dropped: closed"
+        );
+    }
+
+    #[test]
+    fn opening_the_gate_of_a_job_that_is_gone_is_no_error() {
+        let (job, opener) = Gate::new().unwrap().split();
+        drop(job);
+        opener
+            .open()
+            .expect("nobody to let through is not a failure");
+    }
 
     #[test]
     fn the_phase_of_a_time_is_the_last_phase_begun_before_it() {
