@@ -396,19 +396,60 @@ fn hostile_requests_get_their_4xx_and_stalled_clients_block_no_one() {
         }
     }
 
-    // Clients that stall: a head never finished, a body promised and never sent.
-    let stalled: Vec<UnixStream> = (0..50)
+    // Clients that stall: a head cut short, a head without its blank line, a body promised
+    // and never sent, a kept-alive connection left idle after its reply.
+    let stalled_at = Instant::now();
+    let stalled: Vec<UnixStream> = (0..48)
         .map(|i| {
             let mut s = UnixStream::connect(&daemon.socket).unwrap();
-            let part: &[u8] = if i % 2 == 0 {
-                b"GET /v1/status HTTP/1.1\r\nHost: mon"
-            } else {
-                b"POST /v1/scans HTTP/1.1\r\nHost: m\r\nContent-Length: 1000\r\n\r\n{\"pa"
+            let part: &[u8] = match i % 4 {
+                0 => b"GET /v1/sta",
+                1 => b"GET /v1/status HTTP/1.1\r\nHost: mon\r\n",
+                2 => b"POST /v1/scans HTTP/1.1\r\nHost: m\r\nContent-Length: 1000\r\n\r\n{\"pa",
+                _ => b"GET /healthz HTTP/1.1\r\nHost: m\r\n\r\n",
             };
             s.write_all(part).unwrap();
             s
         })
         .collect();
+    // Slow but never stalled: a head in pieces, a body a piece a second for longer than the
+    // read timeout (5 s by default). Both are answered in full.
+    let slow = std::thread::spawn({
+        let socket = daemon.socket.clone();
+        move || {
+            let mut s = UnixStream::connect(&socket).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+            for piece in ["GET /healthz HT", "TP/1.1\r\nHost: m\r\n", "\r\n"] {
+                s.write_all(piece.as_bytes()).unwrap();
+                std::thread::sleep(Duration::from_millis(700));
+            }
+            let mut head = [0u8; 12];
+            s.read_exact(&mut head).unwrap();
+            assert_eq!(&head, b"HTTP/1.1 200", "the slow head was answered");
+            let body = br#"{"path": "/no/such/file", "exercise": false}"#;
+            let mut s = UnixStream::connect(&socket).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+            let head = format!(
+                "POST /v1/scans HTTP/1.1\r\nHost: m\r\nContent-Length: {}\r\n\
+                 Connection: close\r\n\r\n",
+                body.len()
+            );
+            s.write_all(head.as_bytes()).unwrap();
+            let started = Instant::now();
+            for piece in body.chunks(body.len().div_ceil(8)) {
+                std::thread::sleep(Duration::from_secs(1));
+                s.write_all(piece).unwrap();
+            }
+            let mut reply = String::new();
+            s.read_to_string(&mut reply).unwrap();
+            assert!(
+                started.elapsed() > Duration::from_secs(6),
+                "slower than the timeout"
+            );
+            // Read whole: the daemon judged the path, so it had the body.
+            assert!(reply.contains("invalid_path"), "{reply}");
+        }
+    });
     // Meanwhile many clients at once, each answered (the read timeout in `exchange` bounds a
     // stall).
     std::thread::scope(|scope| {
@@ -432,7 +473,24 @@ fn hostile_requests_get_their_4xx_and_stalled_clients_block_no_one() {
             h.join().unwrap();
         }
     });
-    drop(stalled);
+    // Each stalled client is disconnected by the daemon (EOF; the body that never came gets a
+    // 408 first), within the read timeout and a generous margin.
+    for (i, mut s) in stalled.into_iter().enumerate() {
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut reply = Vec::new();
+        s.read_to_end(&mut reply)
+            .unwrap_or_else(|e| panic!("stalled client {i} still connected: {e}"));
+        let reply = String::from_utf8_lossy(&reply);
+        match i % 4 {
+            2 => assert!(reply.contains("request_timeout"), "{reply}"),
+            3 => assert!(reply.starts_with("HTTP/1.1 200"), "{reply}"),
+            _ => {}
+        }
+    }
+    let waited = stalled_at.elapsed();
+    eprintln!("the stalled clients were disconnected after {waited:?} at most");
+    assert!(waited < Duration::from_secs(30), "{waited:?}");
+    slow.join().unwrap();
     let (status, _) = daemon.json("GET", "/v1/status", &Value::Null);
     assert_eq!(status, 200);
     daemon.stop();

@@ -260,7 +260,7 @@ async fn upload_scan(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let Query(q) = query.map_err(bad_query)?;
-    let body = body.map_err(too_large)?;
+    let body = body.map_err(unreadable_body)?;
     if body.is_empty() {
         // Nothing to scan: refused here rather than queued to fail as an unknown format.
         return Err(ApiError::new(
@@ -597,7 +597,7 @@ fn json_body<T: serde::de::DeserializeOwned>(
     body: Result<Bytes, BytesRejection>,
     what: &str,
 ) -> Result<T, ApiError> {
-    let body = body.map_err(too_large)?;
+    let body = body.map_err(unreadable_body)?;
     serde_json::from_slice(&body).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -607,7 +607,20 @@ fn json_body<T: serde::de::DeserializeOwned>(
     })
 }
 
-fn too_large(e: BytesRejection) -> ApiError {
+/// A body that could not be read: over its limit, or stalled past the read timeout (see
+/// `serve`).
+fn unreadable_body(e: BytesRejection) -> ApiError {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(c) = cause {
+        if c.is::<tower_http::timeout::TimeoutError>() {
+            return ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                "the request body stalled: no byte of it came within the read timeout",
+            );
+        }
+        cause = c.source();
+    }
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
         "body_too_large",

@@ -42,6 +42,11 @@ pub struct Config {
     pub min_free_mib: u64,
     /// Size of the kernel ring buffer in KiB (a power of two).
     pub ring_buffer_kib: u32,
+    /// An API client must send a request's head within this many seconds of connecting (or,
+    /// on a kept-alive connection, of its last reply), and each piece of a request body
+    /// within this many seconds of the last; one that stalls is disconnected, so that half a
+    /// request cannot hold a connection and its task for ever.
+    pub read_timeout_secs: u64,
     /// Watching any process on the host that opens a model artifact.
     pub discovery: DiscoveryConfig,
 }
@@ -140,6 +145,7 @@ impl Default for Config {
             retention_days: 90,
             min_free_mib: 64,
             ring_buffer_kib: 16 * 1024,
+            read_timeout_secs: 5,
             discovery: DiscoveryConfig::default(),
         }
     }
@@ -194,9 +200,11 @@ impl Config {
                 "ring_buffer_kib must be a power of two, at least 4".into(),
             ));
         }
-        if self.scan_timeout_secs == 0 || self.max_queued_scans == 0 {
+        if self.scan_timeout_secs == 0 || self.max_queued_scans == 0 || self.read_timeout_secs == 0
+        {
             return Err(ConfigError::Invalid(
-                "scan_timeout_secs and max_queued_scans must be above zero".into(),
+                "scan_timeout_secs, max_queued_scans and read_timeout_secs must be above zero"
+                    .into(),
             ));
         }
         self.discovery.spec()?;
@@ -206,6 +214,10 @@ impl Config {
             )));
         }
         Ok(())
+    }
+
+    pub fn read_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.read_timeout_secs)
     }
 
     pub fn database(&self) -> PathBuf {

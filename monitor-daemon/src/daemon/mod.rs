@@ -7,6 +7,7 @@ pub mod client;
 pub mod config;
 pub mod jobs;
 pub mod metrics;
+mod serve;
 pub mod store;
 pub mod watches;
 
@@ -158,7 +159,8 @@ pub async fn run(config: Config) -> Result<()> {
             .await
             .with_context(|| format!("listening on {addr} for /metrics"))?;
         let app = api::metrics_router(shared.clone());
-        tokio::spawn(async move { axum::serve(tcp, app).await });
+        let read_timeout = shared.config.read_timeout();
+        tokio::spawn(serve::serve(tcp, app, read_timeout, std::future::pending()));
     }
     let reloader = shared.clone();
     tokio::spawn(async move {
@@ -173,13 +175,16 @@ pub async fn run(config: Config) -> Result<()> {
         }
     });
     let stopping = shared.clone();
-    axum::serve(listener, api::router(shared.clone()))
-        .with_graceful_shutdown(async move {
+    serve::serve(
+        listener,
+        api::router(shared.clone()),
+        shared.config.read_timeout(),
+        async move {
             shutdown_signal().await;
             stopping.stopping.send_replace(true);
-        })
-        .await
-        .context("serving the API")?;
+        },
+    )
+    .await;
 
     shared.watches.stop_all();
     tracing::info!("stopping: letting the running scans finish");
