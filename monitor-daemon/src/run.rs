@@ -469,7 +469,9 @@ fn spawn(
         .procs_file()
         .context("opening the job cgroup's cgroup.procs")?;
     let mut cmd = match sandbox {
-        Some(sandbox) => sandbox.command(&spec.program, &spec.args, spec.cwd.as_deref()),
+        Some(sandbox) => sandbox
+            .command(&spec.program, &spec.args, spec.cwd.as_deref())
+            .context("preparing the sandbox's command")?,
         None => {
             let mut cmd = std::process::Command::new(&spec.program);
             cmd.args(&spec.args);

@@ -176,16 +176,25 @@ struct SmallDisk(PathBuf);
 
 impl SmallDisk {
     fn mount(path: &Path, mib: u64) -> SmallDisk {
+        SmallDisk::mount_with_mode(path, mib, 0o700)
+    }
+
+    fn mount_with_mode(path: &Path, mib: u64, mode: u32) -> SmallDisk {
         std::fs::create_dir_all(path).unwrap();
         nix::mount::mount(
             Some("tmpfs"),
             path,
             Some("tmpfs"),
             nix::mount::MsFlags::empty(),
-            Some(format!("size={mib}m,mode=700").as_str()),
+            Some(format!("size={mib}m,mode={mode:o}").as_str()),
         )
         .expect("mounting a tmpfs");
         SmallDisk(path.to_owned())
+    }
+
+    fn free_bytes(&self) -> u64 {
+        let stat = nix::sys::statvfs::statvfs(&self.0).unwrap();
+        stat.blocks_available() * stat.fragment_size()
     }
 
     /// Writes a file until the disk is full; returns it.
@@ -209,6 +218,106 @@ impl Drop for SmallDisk {
     fn drop(&mut self) {
         let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
     }
+}
+
+/// A payload that writes far more than its caps into its home and its working directory.
+/// Both were host directories (under the daemon's TMPDIR, /tmp/monitor-sandbox-*), where
+/// RLIMIT_FSIZE bounds each file but not their number: it could fill the host's disk. Here
+/// the daemon's TMPDIR is a small disk of its own, and its free space must hold while the
+/// payload runs into the sandbox's own tmpfs limits (ENOSPC in both places).
+#[test]
+fn a_payload_filling_its_home_and_working_directory_leaves_the_host_disk_alone() {
+    root_required();
+    let dir = tempfile::tempdir().unwrap();
+    // Traversable: the job's user must reach what bubblewrap binds from its sandbox dir.
+    let disk = SmallDisk::mount_with_mode(&dir.path().join("host-tmp"), 512, 0o755);
+    let daemon = Daemon::start_with_env(dir.path(), &[("TMPDIR", &disk.0)]);
+    let marker = format!("fill-{}", std::process::id());
+    // Up to 2 GiB into each, in files of 256 MiB (under RLIMIT_FSIZE). (exec's top-level names
+    // are locals, which a function does not see: it imports its own.)
+    let hostile = pickle_exec(
+        dir.path(),
+        "fill.pkl",
+        &format!(
+            "import os\n\
+             def fill(d):\n\
+             \x20   import os\n\
+             \x20   chunk = b'x' * (16 << 20)\n\
+             \x20   try:\n\
+             \x20       for n in range(8):\n\
+             \x20           with open(os.path.join(d, '{marker}-%d' % n), 'wb') as f:\n\
+             \x20               for _ in range(16):\n\
+             \x20                   f.write(chunk)\n\
+             \x20   except OSError as e:\n\
+             \x20       return e.errno\n\
+             \x20   return 0\n\
+             home, cwd = fill(os.environ['HOME']), fill(os.getcwd())\n\
+             os._exit(28 if home == cwd == 28 else 1 if home != 28 else 2)\n"
+        ),
+    );
+    let before = disk.free_bytes();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (record, lowest) = std::thread::scope(|scope| {
+        let sampler = scope.spawn(|| {
+            let mut lowest = before;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                lowest = lowest.min(disk.free_bytes());
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            lowest
+        });
+        let id = daemon.submit(&hostile);
+        let record = daemon.wait(&id);
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        (record, sampler.join().unwrap())
+    });
+    let report = &record["report"];
+    assert_eq!(
+        report["loader"]["exit_code"], 28,
+        "1: the home, 2: the working directory took more than its cap: {record}"
+    );
+    assert_ne!(record["verdict"], "clean", "{record}");
+    assert!(
+        !report["errors"].as_array().unwrap().is_empty(),
+        "an error says why: {record}"
+    );
+    let used = before.saturating_sub(lowest);
+    eprintln!(
+        "the host disk lost {} KiB at most during the scan",
+        used >> 10
+    );
+    assert!(
+        used < 32 << 20,
+        "the payload wrote {used} bytes to the host disk"
+    );
+    // Nothing left behind, and the daemon goes on serving.
+    let left: Vec<_> = walk(&disk.0)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains(&marker))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while disk.free_bytes() != before {
+        assert!(Instant::now() < deadline, "the sandbox's directory stayed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let evil = pickle(dir.path(), "evil.pkl", "cposix\nsystem\n(Vid\ntR.");
+    let next = daemon.submit(&evil);
+    assert_eq!(daemon.wait(&next)["verdict"], "malicious");
+    daemon.stop();
+}
+
+/// Every path under `dir`.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            out.extend(walk(&path));
+        }
+        out.push(path);
+    }
+    out
 }
 
 #[test]

@@ -3,9 +3,13 @@
 //! read of them is a finding; any use of them elsewhere betrays the artifact.
 
 use std::{
+    ffi::OsString,
     fs,
     io::{self, Read as _},
-    os::unix::fs::PermissionsExt as _,
+    os::{
+        fd::{AsRawFd as _, OwnedFd},
+        unix::fs::PermissionsExt as _,
+    },
     path::{Path, PathBuf},
 };
 
@@ -25,8 +29,66 @@ pub const HONEYTOKENS: &[&str] = &[
     ".pypirc",
 ];
 
-/// Writes a decoy home under `dir`, owned by `uid`:`gid`; returns its path.
-pub fn create(dir: &Path, uid: u32, gid: u32) -> io::Result<PathBuf> {
+/// How bubblewrap builds the decoy home inside the sandbox: the arguments, and the fds of the
+/// files it copies in (each to be inherited by bubblewrap alone, which reads it whole).
+pub struct InSandbox {
+    pub args: Vec<OsString>,
+    pub fds: Vec<OwnedFd>,
+}
+
+/// The decoy home inside the sandbox, copied from `template` (what [`create`] wrote on the
+/// host) onto a tmpfs of `size` bytes at [`HOME`]: directories and files with their modes,
+/// owned by the job's user (bubblewrap writes them as that user). Not the host directory
+/// itself: a payload could fill the host's disk through it.
+pub fn in_sandbox(template: &Path, size: u64) -> io::Result<InSandbox> {
+    let mut out = InSandbox {
+        args: Vec::new(),
+        fds: Vec::new(),
+    };
+    let mode = fs::metadata(template)?.permissions().mode() & 0o7777;
+    out.args.extend(
+        [
+            "--perms".into(),
+            format!("{mode:04o}"),
+            "--size".into(),
+            size.to_string(),
+            "--tmpfs".into(),
+            HOME.into(),
+        ]
+        .map(OsString::from),
+    );
+    copy_in(template, Path::new(HOME), &mut out)?;
+    Ok(out)
+}
+
+/// Adds the entries of host directory `dir` at `inside`, in name order.
+fn copy_in(dir: &Path, inside: &Path, out: &mut InSandbox) -> io::Result<()> {
+    let mut entries: Vec<_> = fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let meta = entry.metadata()?;
+        let dest = inside.join(entry.file_name());
+        out.args.push("--perms".into());
+        out.args
+            .push(format!("{:04o}", meta.permissions().mode() & 0o7777).into());
+        if meta.is_dir() {
+            out.args.push("--dir".into());
+            out.args.push(dest.clone().into());
+            copy_in(&entry.path(), &dest, out)?;
+        } else {
+            let file = OwnedFd::from(fs::File::open(entry.path())?);
+            out.args.push("--file".into());
+            out.args.push(file.as_raw_fd().to_string().into());
+            out.args.push(dest.into());
+            out.fds.push(file);
+        }
+    }
+    Ok(())
+}
+
+/// Writes the template of a decoy home under `dir` (root's: only [`in_sandbox`]'s copy is
+/// the job's); returns its path.
+pub fn create(dir: &Path) -> io::Result<PathBuf> {
     let home = dir.join("home");
     let mut rng = Random::new()?;
     let aws_key = format!("AKIA{}", rng.upper_alnum(16));
@@ -89,7 +151,6 @@ pub fn create(dir: &Path, uid: u32, gid: u32) -> io::Result<PathBuf> {
         "nvidia-smi\npip install -r requirements.txt\npython train.py\n",
     )?;
     fs::create_dir_all(home.join("models"))?;
-    chown_tree(&home, uid, gid)?;
     Ok(home)
 }
 
@@ -103,16 +164,6 @@ fn pem(kind: &str, body: &str) -> String {
         "-----BEGIN {kind}-----\n{}\n-----END {kind}-----\n",
         lines.join("\n")
     )
-}
-
-fn chown_tree(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
-    std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
-    if path.is_dir() {
-        for entry in fs::read_dir(path)? {
-            chown_tree(&entry?.path(), uid, gid)?;
-        }
-    }
-    Ok(())
 }
 
 /// Random characters from the kernel's generator.

@@ -73,10 +73,14 @@ pub struct SandboxOptions {
     pub max_address_space: u64,
     /// RLIMIT_FSIZE in bytes: the largest file the job may write.
     pub max_file_size: u64,
-    /// The size of each private tmpfs (/tmp, /var/tmp, /dev/shm, /run) in bytes. tmpfs lives
-    /// in the host's memory and RLIMIT_FSIZE bounds one file only, so without this a job
-    /// writing file after file would fill the host's RAM.
+    /// The size of each private tmpfs (/tmp, /var/tmp, /dev/shm, /run, and the scratch
+    /// directory [`WORK_DIR`]) in bytes. tmpfs lives in the host's memory and RLIMIT_FSIZE
+    /// bounds one file only, so without this a job writing file after file would fill the
+    /// host's RAM.
     pub max_tmpfs_size: u64,
+    /// The size of the decoy home's tmpfs in bytes: a home holds dotfiles and caches (Keras
+    /// writes `~/.keras/keras.json`), not data.
+    pub max_home_size: u64,
     /// RLIMIT_NOFILE.
     pub max_open_files: u64,
     /// RLIMIT_NPROC: processes and threads of the job's user, host-wide, so that a fork bomb
@@ -97,6 +101,7 @@ impl Default for SandboxOptions {
             max_address_space: default_address_space(),
             max_file_size: 1 << 30,
             max_tmpfs_size: 1 << 30,
+            max_home_size: 64 << 20,
             max_open_files: 4096,
             max_processes: 2048,
             env: Vec::new(),
@@ -133,10 +138,9 @@ impl Sandbox {
         // bubblewrap runs as the job's user and must reach what it binds.
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755))?;
         let user = user::Lease::take(options.user)?;
-        let home = decoy::create(dir.path(), user.uid, user.gid)?;
+        let home = decoy::create(dir.path())?;
         let work = dir.path().join("work");
         fs::create_dir(&work)?;
-        std::os::unix::fs::chown(&work, Some(user.uid), Some(user.gid))?;
         let etc = dir.path().join("etc");
         fs::create_dir(&etc)?;
         let host = |path: &str| fs::read_to_string(path).unwrap_or_default();
@@ -172,12 +176,14 @@ impl Sandbox {
         (self.user.uid, self.user.gid)
     }
 
-    /// The scratch directory as the host sees it (inside: [`WORK_DIR`]).
+    /// Where to put files for the job on the host: each appears in [`WORK_DIR`], read-only
+    /// (the scratch directory itself is a tmpfs, so that what the job writes there stays
+    /// within its size and off the host's disk).
     pub fn work_dir(&self) -> &Path {
         &self.work
     }
 
-    /// The decoy home as the host sees it (inside: [`decoy::HOME`]).
+    /// The decoy home's template on the host (inside: [`decoy::HOME`], a copy on a tmpfs).
     pub fn home_dir(&self) -> &Path {
         &self.home
     }
@@ -199,7 +205,7 @@ impl Sandbox {
         program: &OsStr,
         args: &[impl AsRef<OsStr>],
         cwd: Option<&Path>,
-    ) -> Command {
+    ) -> io::Result<Command> {
         let mut cmd = Command::new(&self.bwrap);
         let bind = |cmd: &mut Command, flag: &str, src: &Path, dst: &str| {
             cmd.arg(flag).arg(src).arg(dst);
@@ -211,11 +217,29 @@ impl Sandbox {
         for private in ["/tmp", "/var/tmp", "/dev/shm", "/run", "/home", "/root"] {
             cmd.args(["--size", &tmpfs_size, "--tmpfs", private]);
         }
-        bind(&mut cmd, "--bind", &self.home, decoy::HOME);
+        // No writable host directory: the job's every write lands on a tmpfs of bounded size.
+        let home = decoy::in_sandbox(&self.home, self.options.max_home_size)?;
+        cmd.args(&home.args);
+        let fds = home.fds;
+        // SAFETY: inherit_in_child only calls fcntl(2), which is async-signal-safe. The
+        // closure owns the fds, so they stay open until the command is spawned.
+        unsafe {
+            cmd.pre_exec(move || {
+                for fd in &fds {
+                    crate::control::inherit_in_child(std::os::fd::AsRawFd::as_raw_fd(fd))?;
+                }
+                Ok(())
+            });
+        }
         let etc = self.dir.path().join("etc");
         bind(&mut cmd, "--ro-bind", &etc.join("passwd"), "/etc/passwd");
         bind(&mut cmd, "--ro-bind", &etc.join("group"), "/etc/group");
-        bind(&mut cmd, "--bind", &self.work, WORK_DIR);
+        cmd.args(["--size", &tmpfs_size, "--tmpfs", WORK_DIR]);
+        for entry in fs::read_dir(&self.work)? {
+            let entry = entry?;
+            let inside = Path::new(WORK_DIR).join(entry.file_name());
+            cmd.arg("--ro-bind").arg(entry.path()).arg(inside);
+        }
         bind(&mut cmd, "--ro-bind", &self.tools, TOOL_DIR);
         cmd.args([
             "--clearenv",
@@ -251,7 +275,7 @@ impl Sandbox {
             cmd.arg("--");
         }
         cmd.arg(program).args(args);
-        cmd
+        Ok(cmd)
     }
 
     /// Adds the last `pre_exec` step: resource limits, then the switch to the job's user.

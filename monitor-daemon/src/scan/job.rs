@@ -521,7 +521,8 @@ fn run_errors(summary: &RunSummary, timeline: &[PhaseStart], spec: &ScanSpec) ->
 
 /// Copies the artifact into the sandbox's scratch directory under a name its framework
 /// accepts (Keras insists on the extension), readable by the sandbox's user. Returns its
-/// path inside the sandbox. A private copy: the loader cannot touch the original.
+/// path inside the sandbox. A private copy, bound read-only: the loader can touch neither the
+/// original nor the copy, and what it writes beside it goes to the scratch tmpfs.
 fn stage_artifact(
     artifact: &Path,
     loader: &str,

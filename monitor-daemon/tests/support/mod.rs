@@ -22,6 +22,11 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(dir: &Path) -> Daemon {
+        Daemon::start_with_env(dir, &[])
+    }
+
+    /// [`Daemon::start`] with these variables added to the daemon's environment.
+    pub fn start_with_env(dir: &Path, env: &[(&str, &Path)]) -> Daemon {
         let socket = dir.join("monitord.sock");
         let config = dir.join("monitord.toml");
         let mut settings = format!(
@@ -43,6 +48,7 @@ impl Daemon {
         }
         std::fs::write(&config, settings).unwrap();
         let child = as_the_unit_runs_it()
+            .envs(env.iter().copied())
             .arg("--config")
             .arg(&config)
             .stdout(Stdio::null())
