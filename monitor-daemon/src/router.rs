@@ -70,6 +70,8 @@ struct Shared {
     tampered: AtomicU64,
     /// What the last check of the probes found wrong.
     tampering: Mutex<Vec<String>>,
+    /// The last problems any check found, and when (Unix seconds): kept after a repair.
+    last_tampering: Mutex<Option<(u64, Vec<String>)>>,
     /// Why the routing task ended, when it ended on its own.
     failure: Mutex<Option<String>>,
     task: Mutex<Option<JoinHandle<Reader>>>,
@@ -106,6 +108,7 @@ impl Router {
             unrouted: AtomicU64::new(0),
             tampered: AtomicU64::new(0),
             tampering: Mutex::new(Vec::new()),
+            last_tampering: Mutex::new(None),
             failure: Mutex::new(None),
             task: Mutex::new(None),
         });
@@ -181,6 +184,12 @@ impl Router {
         (probes.attached(), probes.missing().to_vec())
     }
 
+    /// The fds that hold the attachments (see [`Probes::attachment_fds`]), for the tests that
+    /// close them the way an injected `close` would.
+    pub fn attachment_fds(&self) -> Vec<std::os::fd::RawFd> {
+        lock(&self.shared.probes).attachment_fds()
+    }
+
     /// Checks the probes for changes made from outside (see [`Probes::check`]), repairing
     /// what can be; returns what was wrong. Every job running meanwhile is incomplete.
     pub fn check_probes(&self) -> Vec<String> {
@@ -188,17 +197,23 @@ impl Router {
         if !problems.is_empty() {
             tracing::error!(?problems, "the probes were changed from outside");
             self.shared.tampered.fetch_add(1, Ordering::Relaxed);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            *lock(&self.shared.last_tampering) = Some((now, problems.clone()));
         }
         lock(&self.shared.tampering).clone_from(&problems);
         problems
     }
 
-    /// What the last check of the probes found wrong, and how many checks found something.
-    pub fn tampering(&self) -> (Vec<String>, u64) {
-        (
-            lock(&self.shared.tampering).clone(),
-            self.shared.tampered.load(Ordering::Relaxed),
-        )
+    /// What the checks of the probes found.
+    pub fn tampering(&self) -> Tampering {
+        Tampering {
+            now: lock(&self.shared.tampering).clone(),
+            checks: self.shared.tampered.load(Ordering::Relaxed),
+            last: lock(&self.shared.last_tampering).clone(),
+            reattached: lock(&self.shared.probes).reattached(),
+        }
     }
 
     /// Records that could not be decoded since start.
@@ -260,6 +275,19 @@ impl Router {
                 .unwrap_or_else(|| "it was stopped".into()),
         )
     }
+}
+
+/// What the checks of the probes found since start.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Tampering {
+    /// What the last check found wrong (empty once repaired).
+    pub now: Vec<String>,
+    /// Checks that found something.
+    pub checks: u64,
+    /// The last problems found, and when (Unix seconds).
+    pub last: Option<(u64, Vec<String>)>,
+    /// Attachments attached again after their fds were closed from outside.
+    pub reattached: u64,
 }
 
 /// The records of one watch, in the order the kernel wrote them (per CPU; the tracer

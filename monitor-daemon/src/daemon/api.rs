@@ -142,7 +142,7 @@ async fn status(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let router = &shared.router;
     let (attached, missing) = router.attachments();
-    let (tampering, tamper_checks) = router.tampering();
+    let tampering = router.tampering();
     let counters = match router.counters() {
         Ok(c) => json!(c),
         Err(e) => json!({ "error": e.to_string() }),
@@ -153,8 +153,13 @@ async fn status(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
         "probes": {
             "attached": attached,
             "missing": missing,
-            "tampering": tampering,
-            "checks_that_found_tampering": tamper_checks,
+            "tampering": tampering.now,
+            "checks_that_found_tampering": tampering.checks,
+            "last_tampering": tampering.last.map(|(at, problems)| json!({
+                "at": at,
+                "problems": problems,
+            })),
+            "reattached": tampering.reattached,
             "counters": counters,
             "malformed_records": router.malformed(),
             "unrouted_records": router.unrouted(),

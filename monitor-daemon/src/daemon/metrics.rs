@@ -51,6 +51,7 @@ pub struct Metrics {
     pub store_errors: Counter,
     pub probes_tampered: Gauge,
     pub probe_tampering: Counter,
+    pub probes_reattached: Counter,
 }
 
 impl Default for Metrics {
@@ -124,6 +125,12 @@ impl Default for Metrics {
             "Checks of the kernel probes that found them changed from outside",
             probe_tampering.clone(),
         );
+        let probes_reattached = Counter::default();
+        registry.register(
+            "probes_reattached",
+            "Probe attachments attached again after their link fds were closed from outside",
+            probes_reattached.clone(),
+        );
         registry.register(
             "build",
             "The running monitord",
@@ -144,6 +151,7 @@ impl Default for Metrics {
             store_errors,
             probes_tampered,
             probe_tampering,
+            probes_reattached,
         }
     }
 }

@@ -219,8 +219,15 @@ async fn check_probes(shared: Arc<Shared>) {
         every.tick().await;
         let problems = shared.router.check_probes();
         shared.metrics.probes_tampered.set(problems.len() as i64);
-        if !problems.is_empty() {
-            shared.metrics.probe_tampering.inc();
+        // Counted from the router's totals: a job's own check as it ends may have been the one
+        // that found (and repaired) something.
+        let found = shared.router.tampering();
+        let metrics = &shared.metrics;
+        for (counter, total) in [
+            (&metrics.probe_tampering, found.checks),
+            (&metrics.probes_reattached, found.reattached),
+        ] {
+            counter.inc_by(total.saturating_sub(counter.get()));
         }
     }
 }

@@ -19,7 +19,12 @@ use std::path::Path;
 
 use aya::{
     Ebpf,
-    programs::{KProbe, ProgramError, TracePoint, kprobe::KProbeLink, trace_point::TracePointLink},
+    programs::{
+        KProbe, ProgramError, TracePoint,
+        kprobe::KProbeLink,
+        links::{FdLink, LinkError},
+        trace_point::TracePointLink,
+    },
 };
 use monitor_common::syscall::{SYSCALLS, Syscall};
 
@@ -59,11 +64,64 @@ impl SyscallHooks {
 
 /// One attachment; dropping it detaches it.
 pub enum Link {
+    /// A bpf link (kernels since 5.15 attach perf events through one): an fd of its own,
+    /// which the integrity check follows.
+    Fd(FdLink),
     // Never read: held only to be dropped.
     #[allow(dead_code)]
     KProbe(KProbeLink),
     #[allow(dead_code)]
     TracePoint(TracePointLink),
+}
+
+impl Link {
+    /// The kernel's id of the bpf link, when it is one.
+    pub fn link_id(&self) -> Option<u32> {
+        match self {
+            Link::Fd(link) => link.info().ok().map(|info| info.id()),
+            _ => None,
+        }
+    }
+}
+
+/// An attachment and where it is.
+pub type Attached = (Hook, Link);
+
+/// Where a program is attached: enough to attach it there again.
+#[derive(Debug, Clone)]
+pub enum Hook {
+    KProbe {
+        prog: &'static str,
+        function: String,
+    },
+    TracePoint {
+        prog: &'static str,
+        category: &'static str,
+        event: String,
+    },
+}
+
+impl Hook {
+    /// Attaches the hook's program at its place once more (after its link was closed).
+    pub fn attach(&self, ebpf: &mut Ebpf) -> Result<Link, ProbeError> {
+        match self {
+            Hook::KProbe { prog, function } => {
+                attach_kprobe(ebpf, prog, function)?.ok_or_else(|| {
+                    program_error(
+                        format!("{prog} -> {function}"),
+                        ProgramError::InvalidName {
+                            name: function.clone(),
+                        },
+                    )
+                })
+            }
+            Hook::TracePoint {
+                prog,
+                category,
+                event,
+            } => attach_tracepoint(ebpf, prog, category, event),
+        }
+    }
 }
 
 /// The process tracepoints, each with its program of the same name.
@@ -77,13 +135,13 @@ const SCHED_TRACEPOINTS: [&str; 3] = [
 const CGROUP_TRACEPOINTS: [&str; 2] = ["cgroup_mkdir", "cgroup_rmdir"];
 
 /// Attaches the syscall programs to each table entry, as `hooks` says, and the sched
-/// programs to their tracepoints. Returns the links and the table entries this kernel lacks
-/// (each logged).
+/// programs to their tracepoints. Returns the links with their hooks and the table entries
+/// this kernel lacks (each logged).
 pub fn attach_all(
     ebpf: &mut Ebpf,
     hooks: SyscallHooks,
     tracefs: &Tracefs,
-) -> Result<(Vec<Link>, Vec<String>), ProbeError> {
+) -> Result<(Vec<Attached>, Vec<String>), ProbeError> {
     let mut links = Vec::new();
     let mut missing = Vec::new();
     for sc in SYSCALLS {
@@ -99,15 +157,17 @@ pub fn attach_all(
             missing.push(sc.name.to_owned());
         }
     }
-    for name in SCHED_TRACEPOINTS {
-        links.push(Link::TracePoint(attach_tracepoint(
-            ebpf, name, "sched", name,
-        )?));
-    }
-    for name in CGROUP_TRACEPOINTS {
-        links.push(Link::TracePoint(attach_tracepoint(
-            ebpf, name, "cgroup", name,
-        )?));
+    let process = SCHED_TRACEPOINTS.map(|name| ("sched", name));
+    for (category, name) in process
+        .into_iter()
+        .chain(CGROUP_TRACEPOINTS.map(|name| ("cgroup", name)))
+    {
+        let hook = Hook::TracePoint {
+            prog: name,
+            category,
+            event: name.into(),
+        };
+        links.push((hook.clone(), hook.attach(ebpf)?));
     }
     Ok((links, missing))
 }
@@ -117,24 +177,21 @@ pub fn attach_all(
 fn attach_syscall_kprobes(
     ebpf: &mut Ebpf,
     sc: &Syscall,
-    links: &mut Vec<Link>,
+    links: &mut Vec<Attached>,
 ) -> Result<bool, ProbeError> {
     let function = sc.kernel_function().to_string();
     let Some(link) = attach_kprobe(ebpf, "sys_enter", &function)? else {
         return Ok(false);
     };
-    links.push(Link::KProbe(link));
+    let hook = |prog| Hook::KProbe {
+        prog,
+        function: function.clone(),
+    };
+    links.push((hook("sys_enter"), link));
     if capture_spec(sc).exit != 0 {
-        let link = attach_kprobe(ebpf, "sys_exit", &function)?.ok_or_else(|| {
-            // The entry probe found the function a moment ago.
-            program_error(
-                format!("sys_exit -> {function}"),
-                ProgramError::InvalidName {
-                    name: function.clone(),
-                },
-            )
-        })?;
-        links.push(Link::KProbe(link));
+        // The entry probe found the function a moment ago: its absence now is an error.
+        let exit = hook("sys_exit");
+        links.push((exit.clone(), exit.attach(ebpf)?));
     }
     Ok(true)
 }
@@ -145,37 +202,30 @@ fn attach_syscall_tracepoints(
     ebpf: &mut Ebpf,
     sc: &Syscall,
     tracefs: &Tracefs,
-    links: &mut Vec<Link>,
+    links: &mut Vec<Attached>,
 ) -> Result<bool, ProbeError> {
     let enter = format!("sys_enter_{}", sc.name);
     if !tracefs.has_event("syscalls", &enter) {
         return Ok(false);
     }
-    links.push(Link::TracePoint(attach_tracepoint(
-        ebpf,
-        "sys_enter_tp",
-        "syscalls",
-        &enter,
-    )?));
+    let mut hooks = vec![("sys_enter_tp", enter)];
     if capture_spec(sc).exit != 0 {
-        let exit = format!("sys_exit_{}", sc.name);
-        links.push(Link::TracePoint(attach_tracepoint(
-            ebpf,
-            "sys_exit_tp",
-            "syscalls",
-            &exit,
-        )?));
+        hooks.push(("sys_exit_tp", format!("sys_exit_{}", sc.name)));
+    }
+    for (prog, event) in hooks {
+        let hook = Hook::TracePoint {
+            prog,
+            category: "syscalls",
+            event,
+        };
+        links.push((hook.clone(), hook.attach(ebpf)?));
     }
     Ok(true)
 }
 
 /// Attaches kprobe (or kretprobe) program `prog` to kernel function `function`; `None` when
 /// the kernel has no such function.
-fn attach_kprobe(
-    ebpf: &mut Ebpf,
-    prog: &str,
-    function: &str,
-) -> Result<Option<KProbeLink>, ProbeError> {
+fn attach_kprobe(ebpf: &mut Ebpf, prog: &str, function: &str) -> Result<Option<Link>, ProbeError> {
     let program: &mut KProbe = program_mut(ebpf, prog)?
         .try_into()
         .map_err(|source| program_error(prog.into(), source))?;
@@ -196,7 +246,24 @@ fn attach_kprobe(
     let link = program
         .take_link(id)
         .map_err(|source| program_error(name(), source))?;
-    Ok(Some(link))
+    Ok(Some(owned(link, Link::KProbe, name)?))
+}
+
+/// `link` as a bpf link of its own where the kernel made one (so that the integrity check can
+/// follow its fd), as `other` elsewhere.
+fn owned<L>(link: L, other: fn(L) -> Link, name: impl Fn() -> String) -> Result<Link, ProbeError>
+where
+    FdLink: TryFrom<L, Error = LinkError>,
+{
+    if !aya::features().bpf_perf_link() {
+        return Ok(other(link));
+    }
+    FdLink::try_from(link)
+        .map(Link::Fd)
+        .map_err(|source| ProbeError::Link {
+            name: name(),
+            source,
+        })
 }
 
 fn attach_tracepoint(
@@ -204,7 +271,7 @@ fn attach_tracepoint(
     prog: &str,
     category: &str,
     event: &str,
-) -> Result<TracePointLink, ProbeError> {
+) -> Result<Link, ProbeError> {
     let program: &mut TracePoint = program_mut(ebpf, prog)?
         .try_into()
         .map_err(|source| program_error(prog.into(), source))?;
@@ -217,9 +284,10 @@ fn attach_tracepoint(
     let id = program
         .attach(category, event)
         .map_err(|source| program_error(name(), source))?;
-    program
+    let link = program
         .take_link(id)
-        .map_err(|source| program_error(name(), source))
+        .map_err(|source| program_error(name(), source))?;
+    owned(link, Link::TracePoint, name)
 }
 
 fn program_mut<'e>(

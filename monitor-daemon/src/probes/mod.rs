@@ -26,7 +26,10 @@ use monitor_common::{
 };
 
 pub use self::attach::SyscallHooks;
-use self::attach::{Link, attach_all};
+use self::{
+    attach::{Link, attach_all},
+    integrity::Tracked,
+};
 
 pub use tracefs::{Format, Tracefs};
 
@@ -75,6 +78,11 @@ pub enum ProbeError {
     Load(#[from] aya::EbpfError),
     #[error("program {name}: {source}")]
     Program { name: String, source: ProgramError },
+    #[error("the link of {name}: {source}")]
+    Link {
+        name: String,
+        source: aya::programs::links::LinkError,
+    },
     #[error("map {name}: {source}")]
     Map {
         name: &'static str,
@@ -157,10 +165,11 @@ struct Registered {
 
 /// The loaded and attached kernel programs.
 pub struct Probes {
-    /// Owned here rather than by the programs so that [`Drop`] can detach them in parallel.
-    links: Vec<Link>,
+    /// Owned here rather than by the programs so that [`Drop`] can detach them in parallel,
+    /// and [`check`](Self::check) attach again one whose fd was closed.
+    links: Vec<Tracked>,
     hooks: SyscallHooks,
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
     watched: HashMap<MapData, u64, Watch>,
     watched_tasks: HashMap<MapData, u32, Watch>,
     watched_cgroup_paths: HashMap<MapData, PathKey, Watch>,
@@ -170,11 +179,11 @@ pub struct Probes {
     registry: StdHashMap<u64, Registered>,
     counters: PerCpuArray<MapData, u64>,
     capture: Array<MapData, CaptureSpec>,
-    /// Our link fds and the link each held at attach time (see [`integrity`]).
-    link_fds: Vec<(std::os::fd::RawFd, u32)>,
     events: Option<RingBuf<MapData>>,
     cpus: usize,
     attached: usize,
+    /// Attachments attached again since load, after their fds were closed from outside.
+    reattached: u64,
     missing: Vec<String>,
 }
 
@@ -222,11 +231,11 @@ impl Probes {
         fill_capture_map(&mut capture)?;
         let (links, missing) = attach_all(&mut ebpf, hooks, &tracefs)?;
         let attached = links.len();
-        let programs: Vec<u32> = ebpf
-            .programs()
-            .filter_map(|(_, p)| p.info().ok().map(|i| i.id()))
+        let fds = integrity::link_fds();
+        let links = links
+            .into_iter()
+            .map(|(hook, link)| Tracked::new(hook, link, &fds))
             .collect();
-        let link_fds = integrity::link_fds(&programs);
 
         let watched = map_as(&mut ebpf, "WATCHED", HashMap::try_from)?;
         let watched_tasks = map_as(&mut ebpf, "WATCHED_TASKS", HashMap::try_from)?;
@@ -241,7 +250,7 @@ impl Probes {
         Ok(Probes {
             links,
             hooks,
-            _ebpf: ebpf,
+            ebpf,
             watched,
             watched_tasks,
             watched_cgroup_paths,
@@ -251,10 +260,10 @@ impl Probes {
             registry: StdHashMap::new(),
             counters,
             capture,
-            link_fds,
             events: Some(events),
             cpus,
             attached,
+            reattached: 0,
             missing,
         })
     }
@@ -442,9 +451,11 @@ impl Probes {
     }
 
     /// Checks that the probes are still as set up (see [`integrity`]): repairs what someone
-    /// changed in the maps, and returns what was wrong (nothing when all is well).
+    /// changed in the maps, attaches again what was detached, and returns what was wrong
+    /// (nothing when all is well).
     pub fn check(&mut self) -> Vec<String> {
-        let mut problems = integrity::lost_links(&self.link_fds);
+        let (mut problems, reattached) = integrity::reattach_lost(&mut self.links, &mut self.ebpf);
+        self.reattached += reattached as u64;
         let changed: Vec<&str> = SYSCALLS
             .iter()
             .filter(|sc| self.capture.get(&sc.nr, 0).ok() != Some(capture_spec(sc)))
@@ -484,12 +495,17 @@ impl Probes {
     /// The fds that hold the attachments (bpf links; none where the kernel attaches without
     /// links), for [`check`](Self::check)'s tests.
     pub fn attachment_fds(&self) -> Vec<std::os::fd::RawFd> {
-        self.link_fds.iter().map(|&(fd, _)| fd).collect()
+        self.links.iter().filter_map(Tracked::fd).collect()
     }
 
     /// How many attachments (kprobes, kretprobes, tracepoints) there are.
     pub fn attached(&self) -> usize {
         self.attached
+    }
+
+    /// Attachments attached again since load (their fds had been closed from outside).
+    pub fn reattached(&self) -> u64 {
+        self.reattached
     }
 
     /// How the syscalls are hooked on this kernel.
@@ -508,7 +524,10 @@ impl Drop for Probes {
     /// after another 120 of them take seconds. Detached from many threads at once, the waits
     /// overlap where the kernel lets them.
     fn drop(&mut self) {
-        let links = std::mem::take(&mut self.links);
+        let links: Vec<Link> = std::mem::take(&mut self.links)
+            .into_iter()
+            .map(Tracked::into_link)
+            .collect();
         let per_thread = links.len().div_ceil(DETACH_THREADS).max(1);
         let mut links = links.into_iter();
         std::thread::scope(|scope| {
