@@ -49,9 +49,10 @@ impl Tracked {
 }
 
 /// Finds the attachments in `tracked` whose fd was closed under them and attaches each
-/// again, unless its link lives on in the kernel (another process holds it: it still
-/// traces, and it is looked at again at the next check). Returns what it found and how many
-/// it attached again.
+/// again, unless its link still exists in the kernel: the kernel frees a link whose last fd
+/// closed from a workqueue a moment later, and another process may hold it. Either way it
+/// still traces, and attaching again now would run its program twice; it is looked at again
+/// at the next check. Returns what it found and how many it attached again.
 pub fn reattach_lost(tracked: &mut [Tracked], ebpf: &mut Ebpf) -> (Vec<String>, usize) {
     let lost: Vec<usize> = (0..tracked.len()).filter(|&i| tracked[i].lost()).collect();
     if lost.is_empty() {
@@ -89,8 +90,8 @@ pub fn reattach_lost(tracked: &mut [Tracked], ebpf: &mut Ebpf) -> (Vec<String>, 
     }
     if !elsewhere.is_empty() {
         problem.push_str(&format!(
-            "; links {elsewhere:?} are held by another process (still attached; attached \
-             again once they are gone)"
+            "; links {elsewhere:?} still exist in the kernel (being freed, or held by another \
+             process: still attached; attached again once they are gone)"
         ));
     }
     if !failed.is_empty() {
