@@ -253,5 +253,10 @@ mod tests {
         assert_eq!(spec.policy.kill_in_kernel, ["execve", "execveat"]);
         let bad: Config = toml::from_str("[discovery]\nsuffixes = [\"\"]").unwrap();
         assert!(bad.validate().is_err());
+        assert_eq!(config.read_timeout(), std::time::Duration::from_secs(5));
+        // No timeout at all would bring back the stalled client that holds its connection.
+        let never: Config = toml::from_str("read_timeout_secs = 0").unwrap();
+        let err = never.validate().unwrap_err().to_string();
+        assert!(err.contains("read_timeout_secs"), "{err}");
     }
 }
