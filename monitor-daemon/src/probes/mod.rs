@@ -9,6 +9,7 @@ mod tracefs;
 use std::{
     collections::HashMap as StdHashMap,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use aya::{
@@ -416,6 +417,26 @@ impl Probes {
         self.discovery
             .set(0, value, 0)
             .map_err(map_error("DISCOVERY"))
+    }
+
+    /// Each loaded program's name, total run time and run count, as the kernel keeps them
+    /// while its run-time statistics are on (`aya::sys::enable_stats`, or the
+    /// `kernel.bpf_stats_enabled` sysctl; zeros otherwise): for measuring what each program
+    /// costs per call. Programs this kernel's hooks left unloaded are not listed.
+    pub fn program_runs(&self) -> Result<Vec<(String, Duration, u64)>, ProbeError> {
+        self._ebpf
+            .programs()
+            .filter(|(_, program)| program.fd().is_ok())
+            .map(|(name, program)| {
+                let info = program
+                    .info()
+                    .map_err(|source| ProbeError::Program {
+                        name: name.to_owned(),
+                        source,
+                    })?;
+                Ok((name.to_owned(), info.run_time(), info.run_count()))
+            })
+            .collect()
     }
 
     /// The kernel programs' counters, summed over CPUs.
