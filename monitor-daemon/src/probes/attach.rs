@@ -139,8 +139,8 @@ fn attach_syscall_kprobes(
     Ok(true)
 }
 
-/// `sys_enter_tp` on `syscalls:sys_enter_<name>`, `sys_exit_tp` on `sys_exit_<name>` when it
-/// has an exit record. `false` when the kernel has no such tracepoint.
+/// `sys_enter_tp` (or `sys_enter_open_tp`) on `syscalls:sys_enter_<name>`, `sys_exit_tp` on
+/// `sys_exit_<name>` when it has an exit record. `false` when the kernel has no such tracepoint.
 fn attach_syscall_tracepoints(
     ebpf: &mut Ebpf,
     sc: &Syscall,
@@ -151,11 +151,15 @@ fn attach_syscall_tracepoints(
     if !tracefs.has_event("syscalls", &enter) {
         return Ok(false);
     }
+    // Discovery looks only at syscalls that open a file: they get a program of their own, so
+    // that the others' pays nothing for it.
+    let program = if sc.discovery_arg().is_some() {
+        "sys_enter_open_tp"
+    } else {
+        "sys_enter_tp"
+    };
     links.push(Link::TracePoint(attach_tracepoint(
-        ebpf,
-        "sys_enter_tp",
-        "syscalls",
-        &enter,
+        ebpf, program, "syscalls", &enter,
     )?));
     if capture_spec(sc).exit != 0 {
         let exit = format!("sys_exit_{}", sc.name);
