@@ -12,7 +12,7 @@ The template is the page, written by hand, with placeholders the run fills:
                                  malformed, malformed_clean
   {{best_static:CORPUS}}         the static peer that detects the most there, with its count
   {{timing:METHOD:seconds}}      median seconds of the checkpoint timing (bare, strace,
-  {{timing:METHOD:ratio}}        monitor) and its ratio to the bare load
+  {{timing:METHOD:ratio}}        monitor, daemon) and its ratio to the bare load
   {{misses:TOOL}}                that tool's misses, one line each, with the reason the
                                  template's reasons block gives for the file
   {{benign_errors:TOOL}}         the benign files that tool could not scan, with what it said
@@ -117,11 +117,18 @@ def render(template, results):
         if not timing:
             return "No checkpoint timing was made in this run."
         med = {k: sorted(v)[len(v) // 2] for k, v in timing["times"].items()}
-        ours, theirs = med["monitor"] / med["bare"], med["strace"] / med["bare"]
-        met = "within" if ours <= 1.2 else "above"
-        cheaper = "less than" if ours < theirs else "not less than"
-        return ("In this run monitor's cost is %s the goal of 1.2x the bare load (%.2fx), "
-                "and %s strace's (%.2fx)." % (met, ours, cheaper, theirs))
+        theirs = med["strace"] / med["bare"]
+
+        def judged(method, name):
+            ours = med[method] / med["bare"]
+            return "%s is %s the goal of 1.2x the bare load (%.2fx) and %s strace's" % (
+                name, "within" if ours <= 1.2 else "above", ours,
+                "less than" if ours < theirs else "not less than")
+
+        parts = [judged("monitor", "`--local`'s cost")]
+        if "daemon" in med:
+            parts.insert(0, judged("daemon", "the daemon scan's cost"))
+        return "In this run %s (strace: %.2fx)." % ("; ".join(parts), theirs)
 
     def fill(m):
         kind, _, rest = m.group(1).partition(":")

@@ -327,12 +327,15 @@ def monitor_scan(monitorctl, path, exercise=False):
 
 # --- the 100 MB timing --------------------------------------------------------------------------
 
-def checkpoint_timing(loader_python, monitorctl, checkpoint, rounds):
-    """Bare load, load under strace -f (the full trace to a file), monitorctl scan: taking
-    turns, `rounds` times; medians in seconds."""
+def checkpoint_timing(loader_python, monitorctl, monitord, checkpoint, rounds):
+    """Bare load, load under strace -f (the full trace to a file), `monitorctl scan --local`
+    (which loads the probes itself) and `monitorctl scan` answered by a running monitord
+    (probes loaded once, as on a server): taking turns, `rounds` times; seconds."""
     scratch = tempfile.mkdtemp(prefix="monitor-compare-timing-")
-    times = {"bare": [], "strace": [], "monitor": []}
+    times = {"bare": [], "strace": [], "monitor": [], "daemon": []}
+    daemon = None
     try:
+        daemon, socket = start_daemon(monitord, loader_python, scratch)
         harness = [loader_python, HARNESS, "--loader", "torch", "--path", checkpoint]
         for _ in range(rounds):
             for method in times:
@@ -344,8 +347,11 @@ def checkpoint_timing(loader_python, monitorctl, checkpoint, rounds):
                 elif method == "strace":
                     cmd = ["strace", "-f", "-o", os.path.join(scratch, "trace")] + harness + \
                         control
-                else:
+                elif method == "monitor":
                     cmd = [monitorctl, "scan", "--local", "--format", "json", checkpoint]
+                else:
+                    cmd = [monitorctl, "scan", "--socket", socket, "--format", "json",
+                           checkpoint]
                 try:
                     code, _out, err, seconds = timed(cmd, pass_fds=(fd,), cwd=scratch)
                 finally:
@@ -359,8 +365,32 @@ def checkpoint_timing(loader_python, monitorctl, checkpoint, rounds):
                 if method == "monitor":
                     time.sleep(6)
     finally:
+        if daemon is not None:
+            daemon.terminate()
+            daemon.wait(timeout=60)
         shutil.rmtree(scratch, ignore_errors=True)
     return times
+
+
+def start_daemon(monitord, loader_python, scratch):
+    """monitord on a socket and state directory of its own; returns it and its socket once it
+    answers."""
+    socket = os.path.join(scratch, "monitord.sock")
+    config = os.path.join(scratch, "monitord.toml")
+    with open(config, "w") as f:
+        f.write('state_dir = "%s"\nsocket = "%s"\nloader_env = "%s"\n' % (
+            os.path.join(scratch, "state"), socket,
+            os.path.dirname(os.path.dirname(loader_python))))
+    log = open(os.path.join(scratch, "monitord.log"), "w")
+    daemon = subprocess.Popen([monitord, "--config", config], stdout=log, stderr=log,
+                              stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not os.path.exists(socket):
+        if daemon.poll() is not None or time.monotonic() > deadline:
+            daemon.kill()
+            raise SystemExit("compare: monitord did not come up (%s)" % log.name)
+        time.sleep(0.2)
+    return daemon, socket
 
 
 # --- report -----------------------------------------------------------------------------------
@@ -454,7 +484,10 @@ def markdown(rows, meta, timing):
         out.append("| --- | --- | --- |")
         labels = {"bare": "bare load (the harness, no sandbox, nothing watching)",
                   "strace": "the same load under `strace -f -o FILE`",
-                  "monitor": "`monitorctl scan --local` (probes, sandbox, private copy, judge)"}
+                  "monitor": "`monitorctl scan --local` (loads the probes, sandbox, private "
+                             "copy, judge)",
+                  "daemon": "`monitorctl scan` answered by a running monitord (its probes "
+                            "loaded once)"}
         for method, values in timing["times"].items():
             out.append("| %s | %.2f (%.2f–%.2f) | %.2fx |" % (
                 labels[method], med[method], min(values), max(values),
@@ -497,6 +530,7 @@ def main():
     p.add_argument("--tools-env", required=True)
     p.add_argument("--loader-python", required=True)
     p.add_argument("--monitorctl", required=True)
+    p.add_argument("--monitord", required=True, help="for the checkpoint timing's daemon scan")
     p.add_argument("--corpus", required=True)
     p.add_argument("--peer-corpus", required=True)
     p.add_argument("--large", required=True)
@@ -510,15 +544,16 @@ def main():
                    help="keep the previous run's checkpoint timing")
     args = p.parse_args()
     # The tools run in a scratch directory: every path they get must be absolute.
-    for name in ("corpus", "peer_corpus", "large", "doc", "results", "monitorctl"):
+    for name in ("corpus", "peer_corpus", "large", "doc", "results", "monitorctl", "monitord"):
         setattr(args, name, os.path.abspath(getattr(args, name)))
     if os.geteuid() != 0:
         sys.exit("compare: run as root (monitorctl loads probes; the strace scan switches users)")
     # A private copy of the binary: a rebuild during the run must not change the tool measured.
     bin_dir = tempfile.mkdtemp(prefix="monitor-compare-bin-")
     os.chmod(bin_dir, 0o755)  # the sandbox binds the binary in, as its own unprivileged user
-    shutil.copy2(args.monitorctl, os.path.join(bin_dir, "monitorctl"))
-    args.monitorctl = os.path.join(bin_dir, "monitorctl")
+    for binary in ("monitorctl", "monitord"):
+        shutil.copy2(getattr(args, binary), os.path.join(bin_dir, binary))
+        setattr(args, binary, os.path.join(bin_dir, binary))
     try:
         measure(args)
     finally:
@@ -587,8 +622,8 @@ def measure(args):
         timing = {"name": "torch-mlp-state-dict.pt", "size": os.path.getsize(checkpoint),
                   "what": "a 33.6 M-parameter MLP's state dict, torch.save",
                   "rounds": args.rounds,
-                  "times": checkpoint_timing(args.loader_python, args.monitorctl, checkpoint,
-                                             args.rounds)}
+                  "times": checkpoint_timing(args.loader_python, args.monitorctl,
+                                             args.monitord, checkpoint, args.rounds)}
     with open(args.results, "w") as f:
         json.dump({"rows": rows, "timing": timing}, f, indent=1)
 
@@ -615,7 +650,8 @@ def measure(args):
             "monitor --audit: `monitorctl scan --local --audit --format json F` (the kernel "
             "trace, and the harness's Python audit hook with its rules); "
             "monitor --exercise --audit: the same with `--exercise` (generated corpus only); "
-            "the checkpoint timing below is `monitorctl scan --local` without `--audit`",
+            "the checkpoint timing below is `monitorctl scan --local` and `monitorctl scan` "
+            "against a running monitord, without `--audit`",
         ],
         "corpora": {
             "generated": "`cargo xtask corpus` (target/corpus, manifest.json: %d malicious, "

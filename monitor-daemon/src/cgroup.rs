@@ -110,6 +110,14 @@ impl JobCgroup {
         Ok(events.lines().any(|l| l.trim() == "populated 1"))
     }
 
+    /// The processes in the cgroup now.
+    pub fn pids(&self) -> io::Result<Vec<u32>> {
+        Ok(fs::read_to_string(self.path.join("cgroup.procs"))?
+            .lines()
+            .filter_map(|pid| pid.trim().parse().ok())
+            .collect())
+    }
+
     /// Kills every task in the cgroup: `cgroup.kill` where the kernel has it (5.14+), else a
     /// SIGKILL to each listed process.
     pub fn kill_all(&self) -> io::Result<()> {
@@ -120,13 +128,11 @@ impl JobCgroup {
                 .open(kill)?
                 .write_all(b"1");
         }
-        for pid in fs::read_to_string(self.path.join("cgroup.procs"))?.lines() {
-            if let Ok(pid) = pid.trim().parse::<i32>() {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
+        for pid in self.pids()? {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
         Ok(())
     }

@@ -83,6 +83,51 @@ impl ControlPipe {
     }
 }
 
+/// A pipe the job waits on before it touches what it was given: the harness starts, and
+/// imports its frameworks, while the probes that are to watch the load may still be loading,
+/// and goes on to load the artifact only once a byte arrives. End of file (monitor gave up or
+/// died) means "do not load".
+#[derive(Debug)]
+pub struct Gate {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+impl Gate {
+    pub fn new() -> io::Result<Self> {
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        Ok(Gate { read, write })
+    }
+
+    /// The descriptor number the job waits on: pass it on the job's command line.
+    pub fn job_fd(&self) -> RawFd {
+        self.read.as_raw_fd()
+    }
+
+    /// The read end, for the spawner to keep open across exec in the child only (see
+    /// [`inherit_in_child`]) and close after the spawn; and the end that opens the gate.
+    pub fn split(self) -> (OwnedFd, GateOpener) {
+        (self.read, GateOpener(self.write))
+    }
+}
+
+/// Lets the job through its [`Gate`]. Dropped unused, it closes the gate for good.
+#[derive(Debug)]
+pub struct GateOpener(OwnedFd);
+
+impl GateOpener {
+    pub fn open(self) -> io::Result<()> {
+        match nix::unistd::write(&self.0, b"1") {
+            Ok(1) => Ok(()),
+            Ok(_) => Err(io::Error::other("short write to the job's gate")),
+            // Nobody holds the read end: the job ended before its gate (its imports failed,
+            // say), and its own report says why.
+            Err(nix::errno::Errno::EPIPE) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
 /// Clears close-on-exec on `fd`, between fork and exec, so that only this child inherits it.
 pub fn inherit_in_child(fd: RawFd) -> io::Result<()> {
     // SAFETY: fcntl is async-signal-safe and touches only the descriptor table.
@@ -223,6 +268,34 @@ fn rank(phase: Phase) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_gate_lets_its_job_through_with_one_byte_or_closes_for_good() {
+        let (job, opener) = Gate::new().unwrap().split();
+        opener.open().unwrap();
+        let mut byte = [0u8; 2];
+        assert_eq!(nix::unistd::read(&job, &mut byte).unwrap(), 1);
+        assert_eq!(&byte[..1], b"1");
+        // The opener is gone: end of file, never a second byte.
+        assert_eq!(nix::unistd::read(&job, &mut byte).unwrap(), 0);
+
+        let (job, opener) = Gate::new().unwrap().split();
+        drop(opener);
+        assert_eq!(
+            nix::unistd::read(&job, &mut byte).unwrap(),
+            0,
+            "dropped: closed"
+        );
+    }
+
+    #[test]
+    fn opening_the_gate_of_a_job_that_is_gone_is_no_error() {
+        let (job, opener) = Gate::new().unwrap().split();
+        drop(job);
+        opener
+            .open()
+            .expect("nobody to let through is not a failure");
+    }
 
     #[test]
     fn the_phase_of_a_time_is_the_last_phase_begun_before_it() {

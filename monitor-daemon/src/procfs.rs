@@ -1,7 +1,9 @@
 //! The host's processes, as /proc lists them at the moment of asking (not the trace's view:
 //! see `process` for that).
 
-use std::fs;
+use std::{fs, path::Path};
+
+use crate::process::Process;
 
 /// The ids of the processes alive now; empty when /proc cannot be read.
 pub fn pids() -> Vec<u32> {
@@ -12,4 +14,67 @@ pub fn pids() -> Vec<u32> {
         .flatten()
         .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
         .collect()
+}
+
+/// What /proc tells of process `pid` now, as the trace would have recorded it had it seen the
+/// process start; `None` once it is gone. For processes that started before the probes
+/// watched them.
+pub fn process(pid: u32) -> Option<Process> {
+    let dir = Path::new("/proc").join(pid.to_string());
+    let stat = fs::read_to_string(dir.join("stat")).ok()?;
+    // "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split at the last ')'.
+    let (head, tail) = stat.rsplit_once(')')?;
+    let comm = head.split_once('(')?.1.to_string();
+    let ppid = tail.split_whitespace().nth(1)?.parse().ok();
+    let link = |name: &str| {
+        fs::read_link(dir.join(name))
+            .ok()
+            .map(|p| p.display().to_string())
+    };
+    let argv = fs::read(dir.join("cmdline"))
+        .map(|raw| {
+            raw.split(|&b| b == 0)
+                .filter(|arg| !arg.is_empty())
+                .map(|arg| String::from_utf8_lossy(arg).into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(Process {
+        pid,
+        ppid,
+        exe: link("exe"),
+        argv,
+        cwd: link("cwd"),
+        comm,
+        start_ns: 0,
+        exit_ns: None,
+        exit_code: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_is_read_as_the_trace_would_record_it() {
+        let me = process(std::process::id()).expect("this process is alive");
+        assert_eq!(me.ppid, Some(std::os::unix::process::parent_id()));
+        assert_eq!(
+            me.exe.as_deref().map(Path::new),
+            std::env::current_exe().ok().as_deref()
+        );
+        assert_eq!(me.argv, std::env::args().collect::<Vec<_>>());
+        assert!(!me.comm.is_empty());
+    }
+
+    #[test]
+    fn a_process_that_is_gone_is_none() {
+        let mut child = std::process::Command::new("true")
+            .spawn()
+            .expect("spawn true");
+        let pid = child.id();
+        child.wait().expect("wait");
+        assert!(process(pid).is_none());
+    }
 }

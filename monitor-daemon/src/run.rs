@@ -6,12 +6,22 @@
 //! traced act. The job ends when the cgroup is empty (children that outlive the command are
 //! still traced), then the ring buffer is drained once more, since every record of an exited
 //! task was committed before the task left the cgroup.
+//!
+//! A job with a [`Gate`] (the scan harness) may start before the probes are loaded: it runs
+//! only trusted code (the interpreter, the frameworks' imports) until the gate opens, and the
+//! gate opens only once its cgroup is watched. Loading the probes (a second or so of BPF
+//! verification and attaching) then overlaps the interpreter's start instead of preceding it.
 
 use std::{
     collections::BTreeMap,
     ffi::OsString,
-    os::unix::process::{CommandExt as _, ExitStatusExt as _},
+    future::Future,
+    os::{
+        fd::{AsRawFd as _, OwnedFd},
+        unix::process::{CommandExt as _, ExitStatusExt as _},
+    },
     path::PathBuf,
+    pin::Pin,
     process::ExitStatus,
     time::Duration,
 };
@@ -21,9 +31,10 @@ use serde::Serialize;
 
 use crate::{
     cgroup::{self, JobCgroup},
-    control::{self, ControlMessage, ControlPipe, ControlReader},
+    control::{self, ControlMessage, ControlPipe, ControlReader, Gate},
     decode::{ArgValue, Record},
     process::Process,
+    procfs,
     router::{Router, TraceCounts},
     rules::{Finding, Phase, RuleSet, Severity},
     sandbox::{Sandbox, SandboxOptions},
@@ -56,6 +67,18 @@ pub struct JobIo {
     /// A sandbox the caller prepared (put files in); otherwise one is built from
     /// [`RunSpec::sandbox`] if that is set.
     pub sandbox: Option<Sandbox>,
+    /// A gate whose read end the command inherits and waits on before it does anything worth
+    /// watching; it opens once the job's cgroup is watched.
+    pub gate: Option<Gate>,
+}
+
+/// The probes that trace a job.
+pub enum JobProbes<'a> {
+    /// Loaded: the job is watched before it starts.
+    Loaded(&'a Router),
+    /// Still loading. A job with a [`JobIo::gate`] starts at once and waits at its gate until
+    /// they watch it; one without waits for them before it starts.
+    Loading(Pin<Box<dyn Future<Output = Result<&'a Router>> + 'a>>),
 }
 
 /// What a run reports as it goes.
@@ -120,20 +143,27 @@ pub async fn run(
     router: &Router,
     sink: impl FnMut(Output<'_>),
 ) -> Result<RunSummary> {
-    run_with(spec, JobIo::default(), router, sink).await
+    run_with(spec, JobIo::default(), JobProbes::Loaded(router), sink).await
 }
 
 /// [`run`], with the job connected as `io` says.
 pub async fn run_with(
     spec: &RunSpec,
     io: JobIo,
-    router: &Router,
+    probes: JobProbes<'_>,
     mut sink: impl FnMut(Output<'_>),
 ) -> Result<RunSummary> {
     let job = JobCgroup::create(&format!("run-{}-{}", std::process::id(), unique()))
         .context("creating the job's cgroup")?;
+    // Without a gate nothing holds the command back: the probes must watch before it starts.
+    let (router, loading) = match (probes, &io.gate) {
+        (JobProbes::Loaded(router), _) => (Some(router), None),
+        (JobProbes::Loading(loading), None) => (Some(loading.await?), None),
+        (JobProbes::Loading(loading), Some(_)) => (None, Some(loading)),
+    };
     let mut records_of_job = router
-        .watch_cgroup(job.id())
+        .map(|router| router.watch_cgroup(job.id()))
+        .transpose()
         .context("watching the job's cgroup")?;
 
     let sandbox = match io.sandbox {
@@ -152,9 +182,12 @@ pub async fn run_with(
         }
         None => (None, None),
     };
-    let mut child = spawn(spec, &job, sandbox.as_ref(), job_fd.as_ref(), io.output)?;
-    // Only the child holds the write end now: its end of the pipe closes with the job.
-    drop(job_fd);
+    let (gate_fd, gate) = io.gate.map(Gate::split).unzip();
+    let inherited: Vec<&OwnedFd> = job_fd.iter().chain(&gate_fd).collect();
+    let mut child = spawn(spec, &job, sandbox.as_ref(), &inherited, io.output)?;
+    // Only the child holds these ends now: the control pipe closes with the job, and the gate
+    // reads end of file if we go away without opening it.
+    drop((job_fd, gate_fd));
     let pid = child.id().context("child has no pid")?;
     let mut judge = Judge::new(spec, pid, control.is_some(), sandbox.is_some());
     judge.tracer.processes_mut().insert(Process {
@@ -179,6 +212,28 @@ pub async fn run_with(
         exit_ns: None,
         exit_code: None,
     });
+    if let Some(loading) = loading {
+        // The command is starting behind its gate meanwhile.
+        let router = match loading.await {
+            Ok(router) => router,
+            Err(e) => {
+                let _ = job.kill_all();
+                return Err(e);
+            }
+        };
+        records_of_job = Some(
+            router
+                .watch_cgroup(job.id())
+                .context("watching the job's cgroup")?,
+        );
+        judge
+            .joined_late(&job)
+            .context("listing the job's processes")?;
+    }
+    if let Some(gate) = gate {
+        gate.open().context("opening the job's gate")?;
+    }
+    let mut records_of_job = records_of_job.expect("watched before the gate opened");
 
     // Ctrl-C reaches the command through the terminal; we stay to report what it did.
     let mut interrupts = std::pin::pin!(tokio::signal::ctrl_c());
@@ -318,6 +373,21 @@ impl<'a> Judge<'a> {
         }
     }
 
+    /// The probes watch a job that started before them (behind its gate): its processes are
+    /// taken from /proc, and its command's exec, never seen, is taken as done.
+    fn joined_late(&mut self, job: &JobCgroup) -> std::io::Result<()> {
+        for pid in job.pids()? {
+            if let Some(mut process) = procfs::process(pid) {
+                let known = self.tracer.processes().get(pid);
+                // The root's parent is us, whatever /proc says after a sandbox's re-parenting.
+                process.ppid = known.and_then(|p| p.ppid).or(process.ppid);
+                self.tracer.processes_mut().insert(process);
+            }
+        }
+        self.started = true;
+        Ok(())
+    }
+
     /// Feeds `records` (drained); returns true when a finding calls for killing the job.
     fn feed(&mut self, records: &mut Vec<Record>, sink: &mut impl FnMut(Output<'_>)) -> bool {
         let mut batch = std::mem::take(&mut self.batch);
@@ -387,11 +457,12 @@ impl<'a> Judge<'a> {
     }
 }
 
+/// Starts the command in `job`, with the descriptors in `inherited` open across its exec.
 fn spawn(
     spec: &RunSpec,
     job: &JobCgroup,
     sandbox: Option<&Sandbox>,
-    control: Option<&std::os::fd::OwnedFd>,
+    inherited: &[&OwnedFd],
     output: Option<std::fs::File>,
 ) -> Result<tokio::process::Child> {
     let procs = job
@@ -416,8 +487,8 @@ fn spawn(
     unsafe {
         cmd.pre_exec(move || cgroup::join_in_child(&procs));
     }
-    if let Some(fd) = control {
-        let fd = std::os::fd::AsRawFd::as_raw_fd(fd);
+    for fd in inherited {
+        let fd = fd.as_raw_fd();
         // SAFETY: inherit_in_child only calls fcntl(2), which is async-signal-safe.
         unsafe {
             cmd.pre_exec(move || control::inherit_in_child(fd));

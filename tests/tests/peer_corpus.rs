@@ -49,7 +49,6 @@ const CANNOT_RUN: &[&str] = &[
     "malicious1_central_directory.zip",
     "malicious1_crc.zip",
     "malicious1_wrong_ext.zip",
-    "malicious9.pkl",
     "cloudpickle_codeinjection.pkl",
     "GHSA-f54q-57x4-jg88.pkl",
     "GHSA-p9w7-82w4-7q8m.pkl",

@@ -55,6 +55,8 @@ pub fn run_all(only: Option<&str>) -> Result<()> {
         .arg(loader_env::python())
         .arg("--monitorctl")
         .arg(root().join("target/release/monitorctl"))
+        .arg("--monitord")
+        .arg(root().join("target/release/monitord"))
         .arg("--corpus")
         .arg(&corpus)
         .arg("--peer-corpus")

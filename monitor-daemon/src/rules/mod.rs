@@ -481,6 +481,15 @@ mod tests {
             fired(FIND_CLASS, Some("posix.system"), Phase::Load),
             ["py.global-system"]
         );
+        // Ending the interpreter is high on its own; other sys globals stay indirect.
+        assert_eq!(
+            fired(FIND_CLASS, Some("sys.exit"), Phase::Load),
+            ["py.global-exit", "py.global-indirect"]
+        );
+        assert_eq!(
+            fired(FIND_CLASS, Some("sys.modules"), Phase::Load),
+            ["py.global-indirect"]
+        );
         // What benign models name, and what the harness imports while setting up.
         for benign in [
             "collections.OrderedDict",

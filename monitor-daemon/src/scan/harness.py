@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 
-EXIT_OK, EXIT_MISSING, EXIT_LOAD_FAILED, EXIT_EXERCISE_FAILED = 0, 3, 4, 5
+EXIT_OK, EXIT_MISSING, EXIT_LOAD_FAILED, EXIT_EXERCISE_FAILED, EXIT_NOT_WATCHED = 0, 3, 4, 5, 6
 
 # The audit events worth showing next to the syscalls they explain (--audit).
 AUDITED = (
@@ -293,12 +293,24 @@ def parse_args(argv):
     for arg in it:
         if arg in ("--exercise", "--audit"):
             opts[arg[2:]] = True
-        elif arg in ("--control-fd", "--loader", "--path"):
+        elif arg in ("--control-fd", "--gate-fd", "--loader", "--path"):
             opts[arg[2:].replace("-", "_")] = next(it)
         else:
             raise SystemExit("harness: unknown argument %r" % arg)
     opts["control_fd"] = int(opts["control_fd"])
+    opts["gate_fd"] = int(opts["gate_fd"]) if "gate_fd" in opts else None
     return opts
+
+
+def wait_at_gate(fd):
+    """Blocks until monitor lets us load the artifact (one byte on `fd`): its kernel probes
+    may still be loading while we import the frameworks, and nothing of the artifact may be
+    touched before they watch us. End of file means monitor gave up: do not load."""
+    os.set_inheritable(fd, False)
+    try:
+        return os.read(fd, 1) == b"1"
+    finally:
+        os.close(fd)
 
 
 def main(argv):
@@ -315,6 +327,9 @@ def main(argv):
         return EXIT_MISSING
     if opts["audit"]:
         install_audit_hook(control)
+
+    if opts["gate_fd"] is not None and not wait_at_gate(opts["gate_fd"]):
+        return EXIT_NOT_WATCHED
 
     control.phase("load")
     try:

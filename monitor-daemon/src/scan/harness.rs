@@ -18,6 +18,9 @@ const FILE_NAME: &str = "harness.py";
 pub struct Invocation<'a> {
     /// The control pipe's write end, inherited by the loader.
     pub control_fd: RawFd,
+    /// The gate's read end, inherited by the loader: it loads the artifact only once the
+    /// gate opens (see [`crate::control::Gate`]).
+    pub gate_fd: RawFd,
     /// `pickle`, `joblib`, `dill`, `cloudpickle`, `numpy`, `torch`, `keras` or `tensorflow`.
     pub loader: &'a str,
     /// The artifact's path inside the sandbox.
@@ -41,6 +44,8 @@ pub fn args(inv: &Invocation<'_>) -> Vec<OsString> {
     args.push(Path::new(TOOL_DIR).join(FILE_NAME).into());
     args.push("--control-fd".into());
     args.push(inv.control_fd.to_string().into());
+    args.push("--gate-fd".into());
+    args.push(inv.gate_fd.to_string().into());
     args.push("--loader".into());
     args.push(inv.loader.into());
     args.push("--path".into());

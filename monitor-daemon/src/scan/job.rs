@@ -15,11 +15,11 @@ use std::{
 use anyhow::Context as _;
 
 use crate::{
-    control::{ControlMessage, ControlPipe},
-    probes::{ProbeConfig, Probes},
-    router::{Router, RouterError},
+    control::{ControlMessage, ControlPipe, Gate},
+    probes::{ProbeConfig, ProbeError, Probes},
+    router::Router,
     rules::{Phase, RuleSet, Severity},
-    run::{self, JobIo, Output, RunSpec, RunSummary},
+    run::{self, JobIo, JobProbes, Output, RunSpec, RunSummary},
     sandbox::{Sandbox, SandboxOptions, WORK_DIR},
     scan::{
         format::{self, Format, Limits},
@@ -101,16 +101,29 @@ pub fn default_python() -> PathBuf {
 
 /// Kernel probes loaded the first time a scan needs them (not for safetensors, not for bad
 /// input), then reused by the scans that follow: loading and releasing them takes seconds.
+/// They load on a thread of their own, so that the sandbox's set-up and the loader's start
+/// happen meanwhile.
 pub struct LazyProbes {
     config: ProbeConfig,
-    router: Option<Router>,
+    state: ProbeState,
+}
+
+enum ProbeState {
+    Unloaded,
+    Loading {
+        loaded: tokio::sync::oneshot::Receiver<Result<Probes, ProbeError>>,
+        thread: std::thread::JoinHandle<()>,
+    },
+    /// Loading failed; kept so that every later scan says why.
+    Failed(String),
+    Loaded(Router),
 }
 
 impl LazyProbes {
     pub fn new(config: ProbeConfig) -> Self {
         LazyProbes {
             config,
-            router: None,
+            state: ProbeState::Unloaded,
         }
     }
 
@@ -118,25 +131,75 @@ impl LazyProbes {
     pub fn loaded(router: Router) -> Self {
         LazyProbes {
             config: ProbeConfig::default(),
-            router: Some(router),
+            state: ProbeState::Loaded(router),
         }
     }
 
     pub fn is_loaded(&self) -> bool {
-        self.router.is_some()
+        matches!(self.state, ProbeState::Loaded(_))
     }
 
-    /// Must be called inside a tokio runtime (the router's task starts on it).
-    pub fn get(&mut self) -> Result<&Router, RouterError> {
-        if self.router.is_none() {
-            self.router = Some(Router::start(Probes::load(&self.config)?)?);
+    /// Starts loading them in the background, unless that has started already.
+    pub fn start_loading(&mut self) {
+        if !matches!(self.state, ProbeState::Unloaded) {
+            return;
         }
-        Ok(self.router.as_ref().expect("just loaded"))
+        let (tx, loaded) = tokio::sync::oneshot::channel();
+        let config = self.config.clone();
+        let spawned = std::thread::Builder::new()
+            .name("probe-loader".into())
+            .spawn(move || {
+                let _ = tx.send(Probes::load(&config));
+            });
+        self.state = match spawned {
+            Ok(thread) => ProbeState::Loading { loaded, thread },
+            Err(e) => ProbeState::Failed(format!("starting the probe loader's thread: {e}")),
+        };
+    }
+
+    /// The probes, once loaded (loading them now if nobody asked before). Must be called
+    /// inside a tokio runtime (the router's task starts on it).
+    pub async fn get(&mut self) -> anyhow::Result<&Router> {
+        self.start_loading();
+        if let ProbeState::Loading { loaded, .. } = &mut self.state {
+            let result = loaded.await;
+            let ProbeState::Loading { thread, .. } =
+                std::mem::replace(&mut self.state, ProbeState::Unloaded)
+            else {
+                unreachable!("matched above");
+            };
+            // It has sent, so it is ending: joined, no thread outlives the load (a caller may
+            // fork afterwards, see monitorctl's release_in_background).
+            let _ = thread.join();
+            self.state = match result {
+                Ok(Ok(probes)) => match Router::start(probes) {
+                    Ok(router) => ProbeState::Loaded(router),
+                    Err(e) => ProbeState::Failed(format!("{:#}", anyhow::Error::new(e))),
+                },
+                Ok(Err(e)) => ProbeState::Failed(format!("{:#}", anyhow::Error::new(e))),
+                Err(_) => ProbeState::Failed("the probe loader's thread died".into()),
+            };
+        }
+        match &self.state {
+            ProbeState::Loaded(router) => Ok(router),
+            ProbeState::Failed(why) => Err(anyhow::anyhow!("{why}")),
+            ProbeState::Unloaded | ProbeState::Loading { .. } => {
+                unreachable!("started and awaited above")
+            }
+        }
     }
 
     /// The probes, if a scan loaded them (to release them where it costs nothing).
     pub async fn into_loaded(self) -> Option<Probes> {
-        self.router?.stop().await
+        match self.state {
+            ProbeState::Loaded(router) => router.stop().await,
+            ProbeState::Loading { loaded, thread } => {
+                let probes = loaded.await.ok()?.ok();
+                let _ = thread.join();
+                probes
+            }
+            ProbeState::Unloaded | ProbeState::Failed(_) => None,
+        }
     }
 }
 
@@ -178,6 +241,11 @@ pub async fn scan(
     progress(Progress::Detected(&format));
 
     if let Some(loader) = format.loader() {
+        // Without a loader environment nothing is loaded (the error says how to install it).
+        if !probes.is_loaded() && spec.python.is_file() {
+            progress(Progress::LoadingProbes);
+            probes.start_loading();
+        }
         let loaded = load_under_watch(spec, loader, probes, &mut report, &mut progress);
         if let Err(e) = loaded.await {
             report
@@ -220,10 +288,12 @@ async fn load_under_watch(
         .context("creating the loader's log")?;
 
     let control = ControlPipe::new().context("creating the control pipe")?;
+    let gate = Gate::new().context("creating the loader's gate")?;
     let run_spec = RunSpec {
         program: spec.python.clone().into(),
         args: harness::args(&harness::Invocation {
             control_fd: control.job_fd(),
+            gate_fd: gate.job_fd(),
             loader,
             artifact: &inside,
             exercise: spec.exercise,
@@ -235,22 +305,28 @@ async fn load_under_watch(
         sandbox: Some(spec.sandbox.clone()),
         timeout: Some(spec.timeout),
     };
-    if !probes.is_loaded() {
-        progress(Progress::LoadingProbes);
-    }
-    let router = probes.get().context("loading the kernel probes")?;
+    // Already loaded (the daemon's), or loading since the format was known: the loader starts
+    // meanwhile and waits at its gate until they watch it.
+    let job_probes = if probes.is_loaded() {
+        JobProbes::Loaded(probes.get().await?)
+    } else {
+        JobProbes::Loading(Box::pin(async {
+            probes.get().await.context("loading the kernel probes")
+        }))
+    };
 
     let io = JobIo {
         control: Some(control),
         output: Some(output.try_clone().context("duplicating the loader's log")?),
         sandbox: Some(sandbox),
+        gate: Some(gate),
     };
     let mut loaded_type = None;
     let mut errors = Vec::new();
     let mut timeline: Vec<PhaseStart> = Vec::new();
     let mut audit = Vec::new();
     let mut findings = Vec::new();
-    let summary = run::run_with(&run_spec, io, router, |out| {
+    let summary = run::run_with(&run_spec, io, job_probes, |out| {
         match out {
             Output::Control(ControlMessage::Phase { phase, t }) => {
                 // The job's own timeline decides what counts; this only keeps the record.
