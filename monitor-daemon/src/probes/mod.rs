@@ -428,12 +428,10 @@ impl Probes {
             .programs()
             .filter(|(_, program)| program.fd().is_ok())
             .map(|(name, program)| {
-                let info = program
-                    .info()
-                    .map_err(|source| ProbeError::Program {
-                        name: name.to_owned(),
-                        source,
-                    })?;
+                let info = program.info().map_err(|source| ProbeError::Program {
+                    name: name.to_owned(),
+                    source,
+                })?;
                 Ok((name.to_owned(), info.run_time(), info.run_count()))
             })
             .collect()
