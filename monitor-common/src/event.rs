@@ -353,6 +353,16 @@ pub struct TracepointOffsets {
     pub _pad: u16,
 }
 
+/// Where `syscalls:sys_enter_*` records hold `__syscall_nr` and the first argument, and
+/// `sys_exit_*` records `__syscall_nr` and `ret`, on the kernels this was checked on (x86-64
+/// up to 6.18: the 8-byte common header, the number, then 8-byte slots). When the offsets read
+/// at load time are these, the kernel programs load the fields straight from the record: the
+/// verifier allows that only at offsets fixed in the instruction, not at [`TracepointOffsets`]'
+/// (known only at load time). Other layouts are copied field by field with a helper call,
+/// which costs about 15 ns a field (see docs/benchmarks.md, discovery).
+pub const USUAL_SYSCALL_NR: u16 = 8;
+pub const USUAL_SYSCALL_ARGS: u16 = 16;
+
 /// The kernel programs commit records without waking the reader, and wake it (forced) only
 /// for the first record after this long a quiet spell, or when the ring buffer holds more than
 /// its wake-up threshold. One wake-up per record was the largest cost to a watched process.

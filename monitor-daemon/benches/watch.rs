@@ -39,6 +39,8 @@ const READ_GAP: Duration = Duration::from_millis(5);
 const EXECS: usize = 50;
 const OPENS: u32 = 200_000;
 const DISCOVERY_ROUNDS: usize = 40;
+/// Rounds of each side with the kernel's run-time statistics on.
+const STATS_ROUNDS: usize = 10;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -271,6 +273,7 @@ fn discovery_cost(dir: &Path) -> Result<()> {
         }
     }
     probes.set_discovery(None)?;
+    let costs = program_costs(&mut probes, &discovery, &file)?;
     let discovered = probes.counters()?.discovered;
     let ratios: Vec<f64> = off.iter().zip(&on).map(|(a, b)| b / a).collect();
     let (off_m, _, _) = percentiles(off.clone());
@@ -296,7 +299,79 @@ fn discovery_cost(dir: &Path) -> Result<()> {
         "| {off_m:.0} | {on_m:.0} | {ratio:.3} ({lo:.3}-{hi:.3}) | <= 1.05: {} |",
         if ratio <= 1.05 { "met" } else { "**not met**" }
     );
+    println!(
+        "\nWhere it goes: the kernel's run-time statistics of each program that ran, on for \
+         {STATS_ROUNDS} more rounds of each (they add two clock reads to every run, so these \
+         rounds are not the ones above); runs of every process on the host, per open of the \
+         loop.\n"
+    );
+    println!("| program | runs/open off | runs/open on | ns/run off | ns/run on | extra ns/open |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    for c in &costs {
+        println!(
+            "| `{}` | {:.2} | {:.2} | {:.0} | {:.0} | {:+.0} |",
+            c.name,
+            c.runs[0],
+            c.runs[1],
+            c.ns_per_run[0],
+            c.ns_per_run[1],
+            c.ns_per_open[1] - c.ns_per_open[0],
+        )
+    }
     Ok(())
+}
+
+/// One program's share of the open+close loop, discovery off (`[0]`) and on (`[1]`).
+struct ProgramCost {
+    name: String,
+    runs: [f64; 2],
+    ns_per_run: [f64; 2],
+    ns_per_open: [f64; 2],
+}
+
+/// What each kernel program costs per open of the loop with discovery off and on, from the
+/// kernel's run-time statistics (on only while this runs: they slow every program down).
+fn program_costs(
+    probes: &mut Probes,
+    discovery: &Discovery,
+    file: &Path,
+) -> Result<Vec<ProgramCost>> {
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .context("turning on the kernel's BPF run-time statistics")?;
+    let opens = OPENS / 4;
+    // By program: [off, on] totals of (run time, runs).
+    let mut totals: HashMap<String, [(Duration, u64); 2]> = HashMap::new();
+    for _ in 0..STATS_ROUNDS {
+        for (side, enabled) in [false, true].into_iter().enumerate() {
+            probes.set_discovery(enabled.then_some(discovery))?;
+            let before = probes.program_runs()?;
+            open_loop(file, opens)?;
+            for ((name, t1, n1), (_, t0, n0)) in probes.program_runs()?.into_iter().zip(before) {
+                let total = &mut totals.entry(name).or_default()[side];
+                total.0 += t1 - t0;
+                total.1 += n1 - n0;
+            }
+        }
+    }
+    probes.set_discovery(None)?;
+    let all = f64::from(opens) * STATS_ROUNDS as f64;
+    let mut costs: Vec<ProgramCost> = totals
+        .into_iter()
+        // Programs the loop does not run (a fork elsewhere on the host) are noise here.
+        .filter(|(_, t)| (t[0].1 + t[1].1) as f64 >= all / 10.0)
+        .map(|(name, t)| {
+            let ns = |i: usize| t[i].0.as_nanos() as f64;
+            let runs = |i: usize| t[i].1 as f64;
+            ProgramCost {
+                name,
+                runs: [runs(0) / all, runs(1) / all],
+                ns_per_run: [ns(0) / runs(0).max(1.0), ns(1) / runs(1).max(1.0)],
+                ns_per_open: [ns(0) / all, ns(1) / all],
+            }
+        })
+        .collect();
+    costs.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(costs)
 }
 
 /// The `q` quantile of `values` (nearest rank).

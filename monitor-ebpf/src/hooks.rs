@@ -7,11 +7,12 @@
 //!   takes the kernel's slow path, traced or not.
 
 use aya_ebpf::{
+    EbpfContext,
     helpers::{bpf_probe_read_kernel, generated},
     programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 use monitor_common::{
-    event::CAPTURE_ENTRIES,
+    event::{CAPTURE_ENTRIES, USUAL_SYSCALL_ARGS, USUAL_SYSCALL_NR},
     regs::{PtRegs, SYSCALL_REGS_OFFSET, SyscallRegs},
     syscall::MAX_ARGS,
 };
@@ -49,36 +50,80 @@ pub fn kretprobe_exit(ctx: &RetProbeContext) -> Result<(u32, i64), i64> {
     Ok((traced_nr(orig_ax)?, ctx.ret()))
 }
 
-/// At `syscalls:sys_enter_*`: the syscall's number and arguments.
+/// The record of a `syscalls:*` tracepoint has the usual layout (see
+/// [`USUAL_SYSCALL_NR`]): its fields can be loaded directly. The verifier knows the offsets
+/// (they are in the frozen `.rodata`), so it explores only the branch this kernel takes.
+#[inline(always)]
+fn usual(nr: u16, first: u16) -> bool {
+    nr == USUAL_SYSCALL_NR && first == USUAL_SYSCALL_ARGS
+}
+
+/// The `T` at constant offset `OFF` of a usual-layout record.
+///
+/// The kernel refuses to attach a program to a tracepoint whose record is shorter than the
+/// furthest offset the program loads directly: each caller keeps to the fields that every
+/// tracepoint its program is attached to has.
+#[inline(always)]
+fn load<T: Copy, const OFF: usize>(ctx: &TracePointContext) -> T {
+    unsafe { (ctx.as_ptr() as *const u8).add(OFF).cast::<T>().read() }
+}
+
+/// The syscall number at `syscalls:*` (entry or exit: every record has it).
+#[inline(always)]
+fn record_nr(ctx: &TracePointContext, nr_off: u16, first: u16) -> Result<u32, i64> {
+    let nr: i32 = if usual(nr_off, first) {
+        load::<i32, { USUAL_SYSCALL_NR as usize }>(ctx)
+    } else {
+        unsafe { ctx.read_at(nr_off as usize) }.map_err(i64::from)?
+    };
+    traced_nr(nr as i64 as u64)
+}
+
+/// At `syscalls:sys_enter_*`: the syscall's number and arguments. (The arguments are copied:
+/// the program that calls this is attached to syscalls without arguments too.)
 #[inline(always)]
 pub fn tracepoint_entry(ctx: &TracePointContext) -> Result<(u32, [u64; MAX_ARGS]), i64> {
     let off = offsets();
-    let nr: i32 = unsafe { ctx.read_at(off.enter_nr as usize) }.map_err(i64::from)?;
+    let nr = record_nr(ctx, off.enter_nr, off.enter_args)?;
     let mut args = [0u64; MAX_ARGS];
     for (i, arg) in args.iter_mut().enumerate() {
         *arg = unsafe { ctx.read_at(off.enter_args as usize + 8 * i) }.map_err(i64::from)?;
     }
-    Ok((traced_nr(nr as i64 as u64)?, args))
+    Ok((nr, args))
 }
 
 /// At `syscalls:sys_enter_*`: the syscall's number alone.
 #[inline(always)]
 pub fn tracepoint_nr(ctx: &TracePointContext) -> Result<u32, i64> {
-    let nr: i32 = unsafe { ctx.read_at(offsets().enter_nr as usize) }.map_err(i64::from)?;
-    traced_nr(nr as i64 as u64)
+    let off = offsets();
+    record_nr(ctx, off.enter_nr, off.enter_args)
 }
 
-/// At `syscalls:sys_enter_*`: argument `i` (below `MAX_ARGS`) alone.
+/// At `syscalls:sys_enter_*` of a syscall with at least two arguments: argument 0 or 1.
 #[inline(always)]
-pub fn tracepoint_arg(ctx: &TracePointContext, i: usize) -> Result<u64, i64> {
-    unsafe { ctx.read_at(offsets().enter_args as usize + 8 * i) }.map_err(i64::from)
+pub fn tracepoint_arg01(ctx: &TracePointContext, second: bool) -> Result<u64, i64> {
+    let off = offsets();
+    if usual(off.enter_nr, off.enter_args) {
+        const A: usize = USUAL_SYSCALL_ARGS as usize;
+        return Ok(if second {
+            load::<u64, { A + 8 }>(ctx)
+        } else {
+            load::<u64, A>(ctx)
+        });
+    }
+    let at = off.enter_args as usize + if second { 8 } else { 0 };
+    unsafe { ctx.read_at(at) }.map_err(i64::from)
 }
 
 /// At `syscalls:sys_exit_*`: the syscall's number and return value.
 #[inline(always)]
 pub fn tracepoint_exit(ctx: &TracePointContext) -> Result<(u32, i64), i64> {
     let off = offsets();
-    let nr: i32 = unsafe { ctx.read_at(off.exit_nr as usize) }.map_err(i64::from)?;
-    let ret: i64 = unsafe { ctx.read_at(off.exit_ret as usize) }.map_err(i64::from)?;
-    Ok((traced_nr(nr as i64 as u64)?, ret))
+    let nr = record_nr(ctx, off.exit_nr, off.exit_ret)?;
+    let ret: i64 = if usual(off.exit_nr, off.exit_ret) {
+        load::<i64, { USUAL_SYSCALL_ARGS as usize }>(ctx)
+    } else {
+        unsafe { ctx.read_at(off.exit_ret as usize) }.map_err(i64::from)?
+    };
+    Ok((nr, ret))
 }

@@ -12,8 +12,10 @@
 //! - `sys_enter` / `sys_exit`: a kprobe and a kretprobe on the kernel function of every
 //!   syscall of `monitor_common::syscall::SYSCALLS` (`__x64_sys_<name>`). Where the kernel
 //!   has no kprobes, `sys_enter_tp` / `sys_exit_tp` on `syscalls:sys_enter_<name>` /
-//!   `sys_exit_<name>` instead (see `hooks`). Both share the capture; what to copy is read
-//!   from the `CAPTURE` map that user space fills from that table.
+//!   `sys_exit_<name>` instead (see `hooks`), with `sys_enter_open_tp` in place of
+//!   `sys_enter_tp` on the syscalls that open a named file, the only ones discovery looks at.
+//!   All share the capture; what to copy is read from the `CAPTURE` map that user space
+//!   fills from that table.
 //! - `sched_process_fork`, `sched_process_exec`, `sched_process_exit`: the process tree
 //!   (tracepoints, which flag no task); an exec of a watched executable starts its watch.
 //! - `cgroup_mkdir`, `cgroup_rmdir`: cgroups made under a watched one are watched (see
@@ -149,13 +151,26 @@ pub fn sys_exit(ctx: RetProbeContext) -> u32 {
 
 #[tracepoint]
 pub fn sys_enter_tp(ctx: TracePointContext) -> u32 {
+    if let Some(watch) = Watched::current()
+        && let Ok((nr, args)) = hooks::tracepoint_entry(&ctx)
+    {
+        capture::syscall_enter(watch, nr, args);
+    }
+    0
+}
+
+/// `sys_enter_tp` for the syscalls that open a named file (`Syscall::discovery_arg`), which
+/// discovery looks at: the other syscalls' program has no discovery branch to pay for.
+#[tracepoint]
+pub fn sys_enter_open_tp(ctx: TracePointContext) -> u32 {
     let watch = match Watched::current() {
         Some(watch) => watch,
-        // Discovery reads the syscall's number and its one path argument, nothing more,
-        // unless the path names a model.
+        // Discovery reads the syscall's number and its one path argument (loaded straight
+        // from the record), nothing more, unless the path names a model.
         None if discovery_is_on()
-            && hooks::tracepoint_nr(&ctx)
-                .is_ok_and(|nr| discover_at_enter(nr, |i| hooks::tracepoint_arg(&ctx, i))) =>
+            && hooks::tracepoint_nr(&ctx).is_ok_and(|nr| {
+                discover_at_enter(nr, |i| hooks::tracepoint_arg01(&ctx, i == 1))
+            }) =>
         {
             match Watched::current() {
                 Some(watch) => watch,
@@ -197,11 +212,12 @@ fn discover_at_enter(nr: u32, arg: impl Fn(usize) -> Result<u64, i64>) -> bool {
     let Some(spec) = CAPTURE.get(nr) else {
         return false;
     };
-    // Constant indexes: the verifier refuses reads from the stack at a variable offset.
+    // Constant indexes: the verifier refuses reads from the stack (or the tracepoint's
+    // record) at a variable offset. The path is one of the first two arguments (checked in
+    // user space): a record need not have a third.
     let path = match spec.discover_arg {
         1 => arg(0),
         2 => arg(1),
-        3 => arg(2),
         _ => return false,
     };
     path.is_ok_and(discover::on_open)

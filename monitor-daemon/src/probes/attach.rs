@@ -196,8 +196,8 @@ fn attach_syscall_kprobes(
     Ok(true)
 }
 
-/// `sys_enter_tp` on `syscalls:sys_enter_<name>`, `sys_exit_tp` on `sys_exit_<name>` when it
-/// has an exit record. `false` when the kernel has no such tracepoint.
+/// `sys_enter_tp` (or `sys_enter_open_tp`) on `syscalls:sys_enter_<name>`, `sys_exit_tp` on
+/// `sys_exit_<name>` when it has an exit record. `false` when the kernel has no such tracepoint.
 fn attach_syscall_tracepoints(
     ebpf: &mut Ebpf,
     sc: &Syscall,
@@ -208,7 +208,14 @@ fn attach_syscall_tracepoints(
     if !tracefs.has_event("syscalls", &enter) {
         return Ok(false);
     }
-    let mut hooks = vec![("sys_enter_tp", enter)];
+    // Discovery looks only at syscalls that open a file: they get a program of their own, so
+    // that the others' pays nothing for it.
+    let program = if sc.discovery_arg().is_some() {
+        "sys_enter_open_tp"
+    } else {
+        "sys_enter_tp"
+    };
+    let mut hooks = vec![(program, enter)];
     if capture_spec(sc).exit != 0 {
         hooks.push(("sys_exit_tp", format!("sys_exit_{}", sc.name)));
     }
