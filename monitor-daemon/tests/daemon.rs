@@ -956,17 +956,25 @@ fn monitorctl_watch_adds_lists_tails_and_removes() {
     std::fs::create_dir_all(key.parent().unwrap()).unwrap();
     std::fs::write(&key, "[default]\n").unwrap();
     let go = dir.path().join("go");
-    let mut served = Command::new("/bin/bash")
-        .arg("-c")
-        .arg(format!(
-            "while [ ! -e {} ]; do :; done; read -r x < {}",
-            go.display(),
-            key.display()
-        ))
-        .spawn()
-        .unwrap();
-    let daemon = Daemon::start(dir.path());
     let monitorctl = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/monitorctl");
+    assert!(
+        monitorctl.is_file(),
+        "{} is missing: `cargo build --release --bins` (cargo xtask test does)",
+        monitorctl.display()
+    );
+    // Killed however the test ends: it spins until told to go.
+    let mut served = KillOnDrop(
+        Command::new("/bin/bash")
+            .arg("-c")
+            .arg(format!(
+                "while [ ! -e {} ]; do :; done; read -r x < {}",
+                go.display(),
+                key.display()
+            ))
+            .spawn()
+            .unwrap(),
+    );
+    let daemon = Daemon::start(dir.path());
     let ctl = |args: &[&str]| {
         let out = Command::new(&monitorctl)
             .args(args)
@@ -977,7 +985,7 @@ fn monitorctl_watch_adds_lists_tails_and_removes() {
         assert!(out.status.success(), "{args:?}: {out:?}");
         String::from_utf8(out.stdout).unwrap()
     };
-    let pid = served.id().to_string();
+    let pid = served.0.id().to_string();
     let id = ctl(&["watch", "add", "--pid", &pid, "--name", "notebook"])
         .trim()
         .to_owned();
@@ -996,7 +1004,7 @@ fn monitorctl_watch_adds_lists_tails_and_removes() {
     // The stream is open once the daemon has a second connection's worth of time.
     std::thread::sleep(Duration::from_millis(500));
     std::fs::write(&go, "").unwrap();
-    assert!(served.wait().unwrap().success());
+    assert!(served.0.wait().unwrap().success());
     let mut lines = std::io::BufReader::new(tail.stdout.take().unwrap()).lines();
     let line = lines.next().expect("a line").unwrap();
     let item: Value = serde_json::from_str(&line).unwrap();
@@ -1019,6 +1027,16 @@ fn monitorctl_watch_adds_lists_tails_and_removes() {
         "{out:?}"
     );
     daemon.stop();
+}
+
+/// A child process killed when dropped (a failing test leaves nothing running).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// A TCP port free on `ip` a moment ago.
