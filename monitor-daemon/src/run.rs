@@ -161,10 +161,12 @@ pub async fn run_with(
         (JobProbes::Loading(loading), None) => (Some(loading.await?), None),
         (JobProbes::Loading(loading), Some(_)) => (None, Some(loading)),
     };
-    let mut records_of_job = router
-        .map(|router| router.watch_cgroup(job.id()))
-        .transpose()
-        .context("watching the job's cgroup")?;
+    let watch = |router: &Router| {
+        router
+            .watch_cgroup(job.id())
+            .context("watching the job's cgroup")
+    };
+    let mut records_of_job = router.map(watch).transpose()?;
 
     let sandbox = match io.sandbox {
         Some(prepared) => Some(prepared),
@@ -221,11 +223,7 @@ pub async fn run_with(
                 return Err(e);
             }
         };
-        records_of_job = Some(
-            router
-                .watch_cgroup(job.id())
-                .context("watching the job's cgroup")?,
-        );
+        records_of_job = Some(watch(router)?);
         judge
             .joined_late(&job)
             .context("listing the job's processes")?;

@@ -30,14 +30,20 @@ pub struct Scratch {
 /// whether it did. (The caller then finds the watch as for any watched task: one shape of
 /// state for the verifier, which otherwise explores every path twice.)
 #[inline(always)]
-pub fn on_open(path: u64) -> bool {
-    matches(path).is_some()
+pub fn on_open(config: &Discovery, path: u64) -> bool {
+    matches(config, path).is_some()
+}
+
+/// Discovery's settings, while it is on: looked up once per syscall, before anything of the
+/// syscall is read.
+#[inline(always)]
+pub fn settings() -> Option<&'static Discovery> {
+    DISCOVERY.get(0).filter(|d| d.enabled != 0)
 }
 
 #[inline(always)]
-fn matches(path: u64) -> Option<()> {
-    let config = DISCOVERY.get(0)?;
-    if config.enabled == 0 || path == 0 {
+fn matches(config: &Discovery, path: u64) -> Option<()> {
+    if path == 0 {
         return None;
     }
     let scratch = DISCOVERY_SCRATCH.get_ptr_mut(0)?;

@@ -99,20 +99,23 @@ pub fn tracepoint_nr(ctx: &TracePointContext) -> Result<u32, i64> {
     record_nr(ctx, off.enter_nr, off.enter_args)
 }
 
-/// At `syscalls:sys_enter_*` of a syscall with at least two arguments: argument 0 or 1.
+/// At `syscalls:sys_enter_*` of a syscall with at least two arguments: argument `i`, 0 or 1
+/// (where the opening syscalls have their path).
 #[inline(always)]
-pub fn tracepoint_arg01(ctx: &TracePointContext, second: bool) -> Result<u64, i64> {
+pub fn tracepoint_path_arg(ctx: &TracePointContext, i: usize) -> Result<u64, i64> {
     let off = offsets();
     if usual(off.enter_nr, off.enter_args) {
         const A: usize = USUAL_SYSCALL_ARGS as usize;
-        return Ok(if second {
-            load::<u64, { A + 8 }>(ctx)
-        } else {
-            load::<u64, A>(ctx)
-        });
+        return match i {
+            0 => Ok(load::<u64, A>(ctx)),
+            1 => Ok(load::<u64, { A + 8 }>(ctx)),
+            _ => Err(-1),
+        };
     }
-    let at = off.enter_args as usize + if second { 8 } else { 0 };
-    unsafe { ctx.read_at(at) }.map_err(i64::from)
+    if i > 1 {
+        return Err(-1);
+    }
+    unsafe { ctx.read_at(off.enter_args as usize + 8 * i) }.map_err(i64::from)
 }
 
 /// At `syscalls:sys_exit_*`: the syscall's number and return value.

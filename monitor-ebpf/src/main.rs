@@ -130,11 +130,14 @@ static TP_OFFSETS: TracepointOffsets = TracepointOffsets {
 #[kprobe]
 pub fn sys_enter(ctx: ProbeContext) -> u32 {
     let watch = Watched::current();
-    if watch.is_none() && !discovery_is_on() {
+    if watch.is_none() && discover::settings().is_none() {
         return 0;
     }
     if let Ok((nr, args)) = hooks::kprobe_entry(&ctx) {
-        syscall_enter(watch, nr, args);
+        let discovered = || discovered(|settings| discover_at_enter(settings, nr, |i| Ok(args[i])));
+        if let Some(watch) = watch.or_else(discovered) {
+            capture::syscall_enter(watch, nr, args);
+        }
     }
     0
 }
@@ -163,52 +166,43 @@ pub fn sys_enter_tp(ctx: TracePointContext) -> u32 {
 /// discovery looks at: the other syscalls' program has no discovery branch to pay for.
 #[tracepoint]
 pub fn sys_enter_open_tp(ctx: TracePointContext) -> u32 {
-    let watch = match Watched::current() {
-        Some(watch) => watch,
-        // Discovery reads the syscall's number and its one path argument (loaded straight
-        // from the record), nothing more, unless the path names a model.
-        None if discovery_is_on()
-            && hooks::tracepoint_nr(&ctx).is_ok_and(|nr| {
-                discover_at_enter(nr, |i| hooks::tracepoint_arg01(&ctx, i == 1))
-            }) =>
-        {
-            match Watched::current() {
-                Some(watch) => watch,
-                None => return 0,
-            }
-        }
-        None => return 0,
+    // Discovery reads the syscall's number and its one path argument (loaded straight from the
+    // record), nothing more, unless the path names a model.
+    let discovered = || {
+        discovered(|settings| {
+            hooks::tracepoint_nr(&ctx).is_ok_and(|nr| {
+                discover_at_enter(settings, nr, |i| hooks::tracepoint_path_arg(&ctx, i))
+            })
+        })
     };
-    if let Ok((nr, args)) = hooks::tracepoint_entry(&ctx) {
+    if let Some(watch) = Watched::current().or_else(discovered)
+        && let Ok((nr, args)) = hooks::tracepoint_entry(&ctx)
+    {
         capture::syscall_enter(watch, nr, args);
     }
     0
 }
 
-/// At a syscall's entry (however hooked): the task's watch, or discovery's when it opens a
-/// model artifact, captures the call.
+/// For an unwatched task, while discovery is on: the watch discovery has just started, if
+/// `opens_a_model` finds the syscall opening a model artifact (the task's watch is then found
+/// as any watched task's is, one shape of state for the verifier).
 #[inline(always)]
-fn syscall_enter(watch: Option<Watched>, nr: u32, args: [u64; 6]) {
-    let watch = match watch {
-        Some(watch) => watch,
-        None if discover_at_enter(nr, |i| Ok(args[i])) => match Watched::current() {
-            Some(watch) => watch,
-            None => return,
-        },
-        None => return,
-    };
-    capture::syscall_enter(watch, nr, args);
-}
-
-#[inline(always)]
-fn discovery_is_on() -> bool {
-    DISCOVERY.get(0).is_some_and(|d| d.enabled != 0)
+fn discovered(opens_a_model: impl FnOnce(&Discovery) -> bool) -> Option<Watched> {
+    let settings = discover::settings()?;
+    if !opens_a_model(settings) {
+        return None;
+    }
+    Watched::current()
 }
 
 /// Discovery's look at an unwatched task's syscall `nr`, whose argument `i` is `arg(i)`:
 /// only for syscalls that open a file.
 #[inline(always)]
-fn discover_at_enter(nr: u32, arg: impl Fn(usize) -> Result<u64, i64>) -> bool {
+fn discover_at_enter(
+    settings: &Discovery,
+    nr: u32,
+    arg: impl Fn(usize) -> Result<u64, i64>,
+) -> bool {
     let Some(spec) = CAPTURE.get(nr) else {
         return false;
     };
@@ -220,7 +214,7 @@ fn discover_at_enter(nr: u32, arg: impl Fn(usize) -> Result<u64, i64>) -> bool {
         2 => arg(1),
         _ => return false,
     };
-    path.is_ok_and(discover::on_open)
+    path.is_ok_and(|path| discover::on_open(settings, path))
 }
 
 #[tracepoint]
