@@ -241,9 +241,44 @@ fn line(item: &Value) -> String {
         .unwrap_or("?");
     if let Some(found) = item.get("discovered") {
         return format!(
-            "DISCOVERED [{owner}] pid {} {}: opened a model artifact; watched from now on",
+            "DISCOVERED [{owner}] pid {} {}: opened {} ({}: {}); watched from now on",
             found["pid"],
-            found["comm"].as_str().unwrap_or("")
+            found["comm"].as_str().unwrap_or(""),
+            found["path"].as_str().unwrap_or("a model artifact"),
+            found["opened"]["content"]
+                .as_str()
+                .unwrap_or("?")
+                .replace('_', " "),
+            found["opened"]["what"].as_str().unwrap_or("?"),
+        );
+    }
+    if let Some(released) = item.get("released") {
+        let opened: Vec<String> = released["opened"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|o| {
+                format!(
+                    "{} ({})",
+                    o["path"].as_str().unwrap_or("?"),
+                    o["what"].as_str().unwrap_or("?")
+                )
+            })
+            .collect();
+        return format!(
+            "RELEASED [{owner}] pid {} {}: no model in what it opened, {}; no longer watched",
+            released["pid"],
+            released["comm"].as_str().unwrap_or(""),
+            opened.join(", "),
+        );
+    }
+    if let Some(gap) = item.get("gap") {
+        return format!(
+            "GAP [{owner}] pid {} {}: opened {} as it was let go of; watched again, its acts in \
+             between unseen",
+            gap["pid"],
+            gap["comm"].as_str().unwrap_or(""),
+            gap["path"].as_str().unwrap_or("a model"),
         );
     }
     if let Some(kill) = item.get("kill") {

@@ -263,6 +263,10 @@ pub struct Discovery {
     pub enabled: u32,
     /// Suffixes in use.
     pub count: u32,
+    /// A process never discovered: the daemon's own (its format detection and its reads of
+    /// what a discovered process opened open model-named files too).
+    pub exempt_tgid: u32,
+    pub _pad: u32,
     /// What a discovered process is watched with (`WATCH_FOLLOW_FORKS` is implied).
     pub watch: Watch,
     /// Which three-byte endings the suffixes have: bit [`tail_bit`] of the last three bytes

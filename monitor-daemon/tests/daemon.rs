@@ -909,7 +909,8 @@ fn a_live_watch_reports_kills_and_survives_a_restart() {
 }
 
 /// With `[discovery]` on, a Python process that unpickles a malicious file from a directory
-/// nobody watches is found and reported.
+/// nobody watches is found and reported; one whose model-named file holds no model (an ELF
+/// named .bin) is let go of, and said to be, on the stream and in the metrics.
 #[test]
 fn discovery_reports_a_process_that_loads_a_malicious_model() {
     root_required();
@@ -929,6 +930,22 @@ fn discovery_reports_a_process_that_loads_a_malicious_model() {
     assert_eq!(list["watches"][0]["id"], "discovery", "{list}");
     assert_eq!(list["watches"][0]["builtin"], true);
     let mut stream = open_stream(&daemon);
+    // Written under another name: this process's own open of a .bin would discover it.
+    let blob = dir.path().join("firmware.bin");
+    std::fs::write(dir.path().join("firmware"), b"\x7fELF\x02\x01\x01\x00").unwrap();
+    std::fs::rename(dir.path().join("firmware"), &blob).unwrap();
+    // Alive until let go of (the watch looks once a second).
+    let status = Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            "import sys, time; open(sys.argv[1], 'rb').read(); time.sleep(2.5)",
+        ])
+        .arg(&blob)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let seen = read_stream_until(&mut stream, "\"released\"|firmware.bin|an ELF executable");
+    assert!(seen.contains("\"content\":\"no_model\""), "{seen}");
     let status = Command::new("/usr/bin/python3")
         .args([
             "-c",
@@ -940,6 +957,20 @@ fn discovery_reports_a_process_that_loads_a_malicious_model() {
     assert!(status.success());
     let seen = read_stream_until(&mut stream, "exec.program");
     assert!(seen.contains("\"watch_id\":\"discovery\""), "{seen}");
+    let (_, metrics) = daemon.http("GET", "/metrics", b"");
+    let metrics = String::from_utf8(metrics).unwrap();
+    let count = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert!(count("monitor_discovery_released_total ") >= 1, "{metrics}");
+    assert!(
+        count("monitor_discovered_processes_total{content=\"no_model\"} ") >= 1,
+        "{metrics}"
+    );
     let (status, reply) = daemon.json("DELETE", "/v1/watches/discovery", &Value::Null);
     assert_eq!(status, 409, "{reply}");
     daemon.stop();

@@ -73,6 +73,9 @@ fn matches(config: &Discovery, path: u64) -> Option<()> {
         return None;
     }
     let tgid = current_tgid();
+    if tgid == config.exempt_tgid {
+        return None;
+    }
     unsafe {
         (*scratch).watch = config.watch;
         (*scratch).watch.flags |= WATCH_FOLLOW_FORKS;

@@ -126,3 +126,33 @@ async fn every_malicious_artifact_is_flagged_and_no_benign_one_is() {
         failures.join("\n")
     );
 }
+
+/// Discovery stops watching a process early only when no model-named file it opened could
+/// load a model: read from the bytes of every artifact the real frameworks made, that must
+/// never be said of a malicious one (a SavedModel is read at its saved_model.pb, the file a
+/// loader opens).
+#[test]
+fn discovery_never_takes_a_malicious_artifact_for_no_model() {
+    use monitor_daemon::watch::content::{self, Content};
+    let dir = corpus_dir();
+    let manifest: Vec<Entry> =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    let mut wrong = Vec::new();
+    let mut no_model = Vec::new();
+    for entry in &manifest {
+        let mut path = dir.join(&entry.file);
+        if path.is_dir() {
+            path = path.join("saved_model.pb");
+        }
+        let content = content::of_path(&path);
+        eprintln!("{:<45} {:<9} {content}", entry.file, entry.kind);
+        match (&content, entry.kind.as_str()) {
+            (Content::NoModel(_), "malicious") => wrong.push(format!("{}: {content}", entry.file)),
+            (Content::NoModel(_), _) => no_model.push(entry.file.as_str()),
+            _ => {}
+        }
+    }
+    assert!(wrong.is_empty(), "malicious taken for no model: {wrong:#?}");
+    // The check is not vacuous: plain data and safetensors are no model.
+    assert!(!no_model.is_empty(), "no benign artifact was told apart");
+}

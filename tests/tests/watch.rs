@@ -15,7 +15,10 @@ use monitor_daemon::{
     probes::{ProbeConfig, Probes},
     router::Router,
     rules::{Phase, RuleSet, Severity},
-    watch::{self, Kill, Selector, WatchOutput, WatchRequest, WatchSpec, WatchSummary},
+    watch::{
+        self, Kill, Release, Selector, WatchOutput, WatchRequest, WatchSpec, WatchSummary,
+        content::Content,
+    },
 };
 use monitor_tests::is_root;
 
@@ -27,7 +30,9 @@ struct Seen {
     kills: Vec<Kill>,
     /// pids of every event.
     pids: Vec<u32>,
-    discovered: Vec<u32>,
+    /// Each process discovery found, and what its open could load.
+    discovered: Vec<(u32, Content)>,
+    released: Vec<Release>,
 }
 
 /// Runs the watch `request` while `act` runs, and a moment after.
@@ -79,7 +84,11 @@ async fn run_spec(
             let mut seen = sink_seen.lock().unwrap();
             match out {
                 WatchOutput::Event(e) => seen.pids.push(e.pid),
-                WatchOutput::Discovered(e) => seen.discovered.push(e.pid),
+                WatchOutput::Discovered { event, content, .. } => {
+                    seen.discovered.push((event.pid, content.clone()))
+                }
+                WatchOutput::Released(r) => seen.released.push(r.clone()),
+                WatchOutput::Gap { pid, .. } => panic!("a gap in pid {pid}'s trace"),
                 WatchOutput::Finding(f) => {
                     seen.findings.push((f.rule.clone(), f.event.pid, f.phase))
                 }
@@ -314,6 +323,93 @@ async fn a_pid_watch_follows_the_processes_it_starts() {
     );
 }
 
+/// Discovery with the default suffixes, as monitord's `[discovery]` defaults run it.
+fn discovery_spec() -> WatchSpec {
+    WatchSpec {
+        name: Some("discovery".into()),
+        selector: Selector::Discovery {
+            suffixes: watch::artifact::DEFAULT_SUFFIXES
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            window_secs: 60,
+            release_without_model: true,
+        },
+        policy: Default::default(),
+        load_window_ms: 10_000,
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn discovery_lets_go_of_a_process_that_opened_no_model_and_finds_it_again_at_a_load() {
+    let dir = tempfile::tempdir().unwrap();
+    // A model's name, an executable's bytes: no loader runs code from it.
+    let blob = dir.path().join("firmware.bin");
+    std::fs::write(&blob, b"\x7fELF\x02\x01\x01\x00 and no model").unwrap();
+    let model = dir.path().join("downloaded-model.pkl");
+    std::fs::write(&model, b"cposix\nsystem\n(Vtrue\ntR.").unwrap();
+    let router = router();
+    let python = Arc::new(Mutex::new(0));
+    let p = python.clone();
+    let (blob_path, model_path) = (blob.display().to_string(), model.display().to_string());
+    let act = async {
+        // Reads the blob, waits past its release (the watch looks once a second), then loads.
+        let child = Command::new("/usr/bin/python3")
+            .args([
+                "-c",
+                "import pickle, sys, time\n\
+                 open(sys.argv[1], 'rb').read()\n\
+                 time.sleep(3)\n\
+                 pickle.load(open(sys.argv[2], 'rb'))",
+                &blob_path,
+                &model_path,
+            ])
+            .spawn()
+            .unwrap();
+        *p.lock().unwrap() = child.id();
+        assert!(wait(child).await.success());
+    };
+    let (seen, summary) = run_spec(&router, discovery_spec(), act, true).await;
+    let seen = seen.lock().unwrap();
+    let python = *python.lock().unwrap();
+    let found: Vec<&Content> = seen
+        .discovered
+        .iter()
+        .filter(|(pid, _)| *pid == python)
+        .map(|(_, content)| content)
+        .collect();
+    // Found at its first model-named open (the blob, or a site .pth file Python reads at its
+    // start, which is text), let go of, and found again at the pickle: had the blob's open
+    // counted as a model, it would have stayed watched, and the pickle's open found nothing.
+    assert!(
+        matches!(found.as_slice(), [earlier @ .., Content::Model(_)]
+            if !earlier.is_empty() && earlier.iter().all(|c| matches!(c, Content::NoModel(_)))),
+        "found at opens of no model, then again at the pickle: {found:?}"
+    );
+    let released: Vec<&Release> = seen.released.iter().filter(|r| r.pid == python).collect();
+    assert_eq!(
+        released.len(),
+        found.len() - 1,
+        "released after each find but the last"
+    );
+    assert!(
+        released
+            .iter()
+            .flat_map(|r| &r.opened)
+            .any(|o| o.path == blob_path
+                && matches!(&o.content, Content::NoModel(why) if why.contains("ELF"))),
+        "the blob is named among what it opened: {released:?}"
+    );
+    let exec = seen
+        .findings
+        .iter()
+        .find(|(rule, _, _)| rule == "exec.program")
+        .expect("the payload's exec is found after the release");
+    assert_eq!(exec.2, Phase::Load, "while loading the model it opened");
+    assert!(summary.released >= 1 && summary.gaps == 0, "{summary:?}");
+    assert!(summary.complete, "{summary:?}");
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn discovery_catches_a_python_process_unpickling_a_malicious_file() {
     let dir = tempfile::tempdir().unwrap();
@@ -323,18 +419,7 @@ async fn discovery_catches_a_python_process_unpickling_a_malicious_file() {
     let router = router();
     let python = Arc::new(Mutex::new(0));
     let p = python.clone();
-    let spec = WatchSpec {
-        name: Some("discovery".into()),
-        selector: Selector::Discovery {
-            suffixes: watch::artifact::DEFAULT_SUFFIXES
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
-            window_secs: 60,
-        },
-        policy: Default::default(),
-        load_window_ms: 10_000,
-    };
+    let spec = discovery_spec();
     let model_path = model.display().to_string();
     let act = async {
         // Nobody watches this process: it is not in a watched cgroup, no pid watch names it.
@@ -353,7 +438,7 @@ async fn discovery_catches_a_python_process_unpickling_a_malicious_file() {
     let seen = seen.lock().unwrap();
     let python = *python.lock().unwrap();
     assert!(
-        seen.discovered.contains(&python),
+        seen.discovered.iter().any(|(pid, _)| *pid == python),
         "the python process was discovered: {:?}",
         seen.discovered
     );

@@ -60,6 +60,10 @@ pub struct DiscoveryConfig {
     /// File name endings, matched without case (at most 16, each at most 16 bytes).
     pub suffixes: Vec<String>,
     pub window_secs: u64,
+    /// Stop watching a discovered process as soon as no open of a model-named file by it
+    /// could load a model, as the files' magic bytes tell (it failed, it wrote, it was an ELF
+    /// or a pickle of plain data); a later open of a model is discovered again.
+    pub release_without_model: bool,
     /// Kill a discovered process at a finding of this severity or above.
     pub kill_at: Option<crate::rules::Severity>,
     /// Syscalls killed in the kernel (default with `kill_at`: execve, execveat).
@@ -75,6 +79,7 @@ impl Default for DiscoveryConfig {
                 .map(|s| s.to_string())
                 .collect(),
             window_secs: 300,
+            release_without_model: true,
             kill_at: None,
             kill_in_kernel: None,
         }
@@ -119,6 +124,7 @@ impl DiscoveryConfig {
             selector: Selector::Discovery {
                 suffixes: self.suffixes.clone(),
                 window_secs: self.window_secs,
+                release_without_model: self.release_without_model,
             },
             policy: Policy {
                 kill_at: self.kill_at,

@@ -34,6 +34,12 @@ pub struct EventLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ContentLabels {
+    /// `model`, `no_model` or `unknown`.
+    pub content: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: String,
 }
@@ -47,6 +53,10 @@ pub struct Metrics {
     pub events_dropped: Counter,
     pub queue_depth: Gauge,
     pub processes_killed: Counter,
+    /// Processes discovery found, by what their open could load.
+    pub discovered: Family<ContentLabels, Counter>,
+    pub discovery_released: Counter,
+    pub discovery_gaps: Counter,
     pub watches_active: Gauge,
     pub store_errors: Counter,
     pub probes_tampered: Gauge,
@@ -87,6 +97,27 @@ impl Default for Metrics {
             "processes_killed",
             "Processes or jobs monitor killed (a scan's time limit, a watch's kill policy)",
             processes_killed.clone(),
+        );
+        let discovered = Family::<ContentLabels, Counter>::default();
+        registry.register(
+            "discovered_processes",
+            "Processes discovery started watching, by what the model-named file they opened \
+             could be (model, no_model, unknown; read from its magic bytes)",
+            discovered.clone(),
+        );
+        let discovery_released = Counter::default();
+        registry.register(
+            "discovery_released",
+            "Discovered processes no longer watched early, since no model-named file they \
+             opened could load a model",
+            discovery_released.clone(),
+        );
+        let discovery_gaps = Counter::default();
+        registry.register(
+            "discovery_gaps",
+            "Discovered processes watched again after their release, having opened a model \
+             in the instant before it: their syscalls in between were not seen",
+            discovery_gaps.clone(),
         );
         let events_dropped = Counter::default();
         registry.register(
@@ -147,6 +178,9 @@ impl Default for Metrics {
             events_dropped,
             queue_depth,
             processes_killed,
+            discovered,
+            discovery_released,
+            discovery_gaps,
             watches_active,
             store_errors,
             probes_tampered,
@@ -157,6 +191,15 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// A process discovery found, and what its open could load.
+    pub fn count_discovered(&self, content: &crate::watch::content::Content) {
+        self.discovered
+            .get_or_create(&ContentLabels {
+                content: content.kind(),
+            })
+            .inc();
+    }
+
     /// A traced event of a scan or a watch: syscalls are counted by name.
     pub fn count_event(&self, event: &crate::trace::Event) {
         if let crate::trace::What::Syscall(sc) = &event.what {

@@ -43,6 +43,13 @@ pub struct WatchStatus {
     pub events: u64,
     pub findings: u64,
     pub kills: u64,
+    /// Discovery's: processes found, let go of early, and watched again after a gap.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub discovered: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub released: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub gaps: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -79,6 +86,9 @@ impl Watches {
             events: 0,
             findings: 0,
             kills: 0,
+            discovered: 0,
+            released: 0,
+            gaps: 0,
             error: None,
             summary: None,
         }));
@@ -201,11 +211,42 @@ fn report(shared: &Shared, id: &str, status: &Mutex<WatchStatus>, out: WatchOutp
                 Err(e) => tracing::error!(watch = %id, error = %e, "a finding did not serialise"),
             }
         }
-        WatchOutput::Discovered(event) => {
+        WatchOutput::Discovered {
+            event,
+            path,
+            content,
+        } => {
+            lock(status).discovered += 1;
+            shared.metrics.count_discovered(content);
             let _ = shared.findings_feed.send(json!({
                 "source": "watch",
                 "watch_id": id,
-                "discovered": { "pid": event.pid, "comm": event.comm, "time_ns": event.time_ns },
+                "discovered": {
+                    "pid": event.pid,
+                    "comm": event.comm,
+                    "time_ns": event.time_ns,
+                    "path": path,
+                    "opened": content,
+                },
+            }));
+        }
+        WatchOutput::Released(release) => {
+            lock(status).released += 1;
+            shared.metrics.discovery_released.inc();
+            let _ = shared.findings_feed.send(json!({
+                "source": "watch",
+                "watch_id": id,
+                "released": release,
+            }));
+        }
+        WatchOutput::Gap { pid, comm, path } => {
+            lock(status).gaps += 1;
+            shared.metrics.discovery_gaps.inc();
+            tracing::warn!(watch = %id, pid, comm, path, "a process let go of had just opened a model: watched again, with a gap");
+            let _ = shared.findings_feed.send(json!({
+                "source": "watch",
+                "watch_id": id,
+                "gap": { "pid": pid, "comm": comm, "path": path },
             }));
         }
         WatchOutput::Kill(kill) => {
@@ -227,4 +268,8 @@ fn report(shared: &Shared, id: &str, status: &Mutex<WatchStatus>, out: WatchOutp
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }

@@ -12,8 +12,16 @@ pub const DEFAULT_SUFFIXES: &[&str] = &[
 
 /// Whether `path` ends in one of the default suffixes, whatever the case of its letters.
 pub fn looks_like_artifact(path: &str) -> bool {
+    ends_in_any(path, DEFAULT_SUFFIXES)
+}
+
+/// Whether `path` ends in one of `suffixes` (lower case), whatever the case of its letters, as
+/// the kernel matches them.
+pub fn ends_in_any(path: &str, suffixes: &[impl AsRef<str>]) -> bool {
     let lower = path.to_ascii_lowercase();
-    DEFAULT_SUFFIXES.iter().any(|s| lower.ends_with(s))
+    suffixes
+        .iter()
+        .any(|s| lower.ends_with(&s.as_ref().to_ascii_lowercase()))
 }
 
 /// Why a suffix list cannot go to the kernel.

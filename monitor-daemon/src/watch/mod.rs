@@ -5,10 +5,12 @@
 //! - [`spec`]: what a watch selects and its policy, as requested and validated.
 //! - [`runner`]: a watch running on the router's records: events, findings, kills.
 //! - [`artifact`]: what a model file's name looks like (discovery and the `load` phase).
+//! - [`content`]: what a discovered process's open could load, from the file's magic bytes.
 
 pub mod artifact;
+pub mod content;
 pub mod runner;
 pub mod spec;
 
-pub use runner::{Kill, WatchOutput, WatchSummary, run};
+pub use runner::{Kill, Opened, Release, WatchOutput, WatchSummary, run};
 pub use spec::{Policy, Selector, WatchRequest, WatchSpec};

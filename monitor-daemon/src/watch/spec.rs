@@ -51,7 +51,15 @@ pub enum Selector {
     Discovery {
         suffixes: Vec<String>,
         window_secs: u64,
+        /// Stop watching a discovered process at once when no open of a model-named file by
+        /// it could load a model, as the files' magic bytes tell.
+        #[serde(default = "yes")]
+        release_without_model: bool,
     },
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// What a watch does about findings.

@@ -233,10 +233,10 @@ pub fn detect(path: &Path, limits: &Limits) -> Result<Format, FormatError> {
     let head = &head[..n];
     let reopen = || File::open(path).map_err(unreadable);
 
-    if head.starts_with(b"\x93NUMPY") {
+    if is_numpy(head) {
         return Ok(Format::Numpy);
     }
-    if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
+    if is_zip(head) {
         let (kind, entries) = archive::classify(reopen()?, limits.max_size).map_err(|source| {
             FormatError::Archive {
                 path: shown.clone(),
@@ -303,8 +303,19 @@ fn classify_pickle(walk: pickle::Walk) -> Format {
     }
 }
 
+/// NumPy's .npy magic.
+pub(crate) fn is_numpy(head: &[u8]) -> bool {
+    head.starts_with(b"\x93NUMPY")
+}
+
+/// A zip archive's first header (a file, or an empty archive's end record): PyTorch, Keras
+/// v3 and NumPy .npz files are zips.
+pub(crate) fn is_zip(head: &[u8]) -> bool {
+    head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06")
+}
+
 /// The compressions joblib writes (and reads back by their magic).
-fn compression(head: &[u8]) -> Option<&'static str> {
+pub(crate) fn compression(head: &[u8]) -> Option<&'static str> {
     Some(match head {
         [0x78, 0x01 | 0x5e | 0x9c | 0xda, ..] => "zlib",
         [0x1f, 0x8b, ..] => "gzip",
@@ -318,7 +329,7 @@ fn compression(head: &[u8]) -> Option<&'static str> {
 }
 
 /// HDF5's signature is at offset 0 or, after a user block, at 512, 1024, 2048, ...
-fn is_hdf5(file: &mut File, size: u64) -> io::Result<bool> {
+pub(crate) fn is_hdf5(file: &mut File, size: u64) -> io::Result<bool> {
     use std::io::{Seek as _, SeekFrom};
     const SIGNATURE: &[u8; 8] = b"\x89HDF\r\n\x1a\n";
     let mut offset = 0u64;
@@ -396,7 +407,7 @@ fn read_up_to(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 /// What unknown content looks like, for the error message.
-fn describe_unknown(head: &[u8]) -> String {
+pub(crate) fn describe_unknown(head: &[u8]) -> String {
     let guess = match head {
         [0x7f, b'E', b'L', b'F', ..] => Some("an ELF executable"),
         [0x89, b'P', b'N', b'G', ..] => Some("a PNG image"),

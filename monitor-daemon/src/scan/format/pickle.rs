@@ -95,6 +95,104 @@ fn opcode(byte: u8) -> Option<(Arg, Op)> {
     })
 }
 
+/// Opcodes with which the unpickler imports or calls something (or hands a value to the
+/// loader's `persistent_load`): GLOBAL, INST, OBJ, REDUCE, BUILD, PERSID, BINPERSID, NEWOBJ,
+/// EXT1/2/4, NEWOBJ_EX, STACK_GLOBAL. Every other opcode only builds plain data.
+fn acts(byte: u8) -> bool {
+    matches!(
+        byte,
+        b'c' | b'i' | b'o' | b'R' | b'b' | b'P' | b'Q' | 0x81..=0x84 | 0x92 | 0x93
+    )
+}
+
+/// Whether Python's unpickler, reading a stream that begins with `head`, could import or call
+/// anything before it fails. `whole`: `head` is the entire stream (else what follows it is
+/// unknown, and could be anything).
+///
+/// False only when the unpickler provably fails first, having built nothing but plain data:
+/// at a byte that is no opcode, at a protocol it does not know, or at the end of a whole
+/// stream. A stream of plain data with its STOPs counts as failing at its end, since a loader
+/// may read pickle after pickle until the end of the file.
+pub fn could_act(head: &[u8], whole: bool) -> bool {
+    // Past the end of `head`: the unpickler fails at the end of a whole stream, and anything
+    // may follow a prefix.
+    let beyond = !whole;
+    let mut at = 0usize;
+    loop {
+        let Some(&byte) = head.get(at) else {
+            return beyond;
+        };
+        let Some((arg, op)) = opcode(byte) else {
+            return false;
+        };
+        if matches!(byte, b'c' | b'i') {
+            // GLOBAL and INST import the module their first line names. A line that is no
+            // module name fails the import (only a package planted under that very name on
+            // sys.path could answer it, and whoever can plant one runs code already): the
+            // text of a site .pth file, say, which Python opens at every start.
+            let line = &head[at + 1..];
+            return match line.iter().position(|&b| b == b'\n') {
+                Some(end) => could_name_a_module(&line[..end]),
+                None => true,
+            };
+        }
+        if acts(byte) {
+            return true;
+        }
+        at += 1;
+        let next = match arg {
+            Arg::None => Some(at),
+            Arg::Fixed(n) => {
+                if op == Op::Proto {
+                    match head.get(at) {
+                        // pickle.HIGHEST_PROTOCOL is 5.
+                        Some(&p) if p > 5 => return false,
+                        None => return beyond,
+                        _ => {}
+                    }
+                }
+                Some(at + usize::from(n))
+            }
+            // GLOBAL and INST, the two-line opcodes, act.
+            Arg::Line | Arg::TwoLines => head[at..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .map(|i| at + i + 1),
+            Arg::Counted(width) => {
+                let width = usize::from(width);
+                head.get(at..at + width).and_then(|len| {
+                    usize::try_from(le(len))
+                        .ok()
+                        .and_then(|len| (at + width).checked_add(len))
+                })
+            }
+        };
+        match next {
+            Some(next) if next <= head.len() => at = next,
+            _ => return beyond,
+        }
+    }
+}
+
+/// Whether `head` begins with a pickle opcode (Python's unpickler refuses any other first
+/// byte at once).
+pub fn starts_with_opcode(head: &[u8]) -> bool {
+    head.first().is_some_and(|&b| opcode(b).is_some())
+}
+
+/// Whether `line` could name a module to import: dotted parts, each of letters, digits and
+/// underscores, none starting with a digit. Bytes beyond ASCII count as letters (Python's
+/// identifiers take many), so that only what surely names nothing is ruled out.
+fn could_name_a_module(line: &[u8]) -> bool {
+    line.split(|&b| b == b'.').all(|part| {
+        !part.is_empty()
+            && !part[0].is_ascii_digit()
+            && part
+                .iter()
+                .all(|&b| !b.is_ascii() || b.is_ascii_alphanumeric() || b == b'_')
+    })
+}
+
 /// What a walk over a file found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Walk {
@@ -436,6 +534,32 @@ mod tests {
 
     fn walk_bytes(bytes: &[u8]) -> Result<Walk, NotPickle> {
         walk(&mut Cursor::new(bytes.to_vec()))
+    }
+
+    #[test]
+    fn only_a_stream_that_fails_on_plain_data_cannot_act() {
+        // No opcode at all: an ELF, JSON.
+        assert!(!could_act(b"\x7fELF\x02\x01\x01", false));
+        assert!(!could_act(b"{\"a\": 1}", false));
+        // A protocol the unpickler does not know.
+        assert!(!could_act(b"\x80\x09}", false));
+        // Plain data to the end of the whole file (a dict of small ints, protocol 4).
+        let plain = b"\x80\x04\x95\x0b\x00\x00\x00\x00\x00\x00\x00}\x94K\x01K\x02s.";
+        assert!(!could_act(plain, true));
+        // ... but a prefix of a file could go on to anything.
+        assert!(could_act(plain, false));
+        // Cut inside a counted argument: the rest of a whole file is too short.
+        assert!(!could_act(b"\x8c\x10abc", true));
+        assert!(could_act(b"\x8c\x10abc", false));
+        // Imports and calls.
+        assert!(could_act(b"cos\nsystem\n(S'id'\ntR.", true));
+        assert!(could_act(b"\x80\x04\x8c\x02os\x8c\x06system\x93", true));
+        assert!(could_act(b"(X\x01\x00\x00\x00a\x85R", true));
+        // A site .pth file: INST of a "module" that no import can find.
+        assert!(!could_act(b"import os; os.environ.get('X')\n", true));
+        assert!(could_act(b"ipackage.sub\nName\n", true));
+        // A PNG: 0x89 is NEWFALSE, then PERSID hands "NG" to persistent_load.
+        assert!(could_act(b"\x89PNG\r\n\x1a\n", true));
     }
 
     #[test]
