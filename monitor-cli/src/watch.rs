@@ -252,26 +252,6 @@ fn line(item: &Value) -> String {
             found["opened"]["what"].as_str().unwrap_or("?"),
         );
     }
-    if let Some(released) = item.get("released") {
-        let opened: Vec<String> = released["opened"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|o| {
-                format!(
-                    "{} ({})",
-                    o["path"].as_str().unwrap_or("?"),
-                    o["what"].as_str().unwrap_or("?")
-                )
-            })
-            .collect();
-        return format!(
-            "RELEASED [{owner}] pid {} {}: no model in what it opened, {}; no longer watched",
-            released["pid"],
-            released["comm"].as_str().unwrap_or(""),
-            opened.join(", "),
-        );
-    }
     if let Some(gap) = item.get("gap") {
         return format!(
             "GAP [{owner}] pid {} {}: opened {} as it was let go of; watched again, its acts in \

@@ -379,19 +379,15 @@ async fn discovery_lets_go_of_a_process_that_opened_no_model_and_finds_it_again_
         .map(|(_, content)| content)
         .collect();
     // Found at its first model-named open (the blob, or a site .pth file Python reads at its
-    // start, which is text), let go of, and found again at the pickle: had the blob's open
-    // counted as a model, it would have stayed watched, and the pickle's open found nothing.
+    // start, which is text), let go of unannounced, and found again at the pickle: had the
+    // blob's open counted as a model, it would have stayed watched, and the pickle's open
+    // found nothing.
     assert!(
-        matches!(found.as_slice(), [earlier @ .., Content::Model(_)]
-            if !earlier.is_empty() && earlier.iter().all(|c| matches!(c, Content::NoModel(_)))),
-        "found at opens of no model, then again at the pickle: {found:?}"
+        matches!(found.as_slice(), [Content::Model(_)]),
+        "announced once, at the pickle: {found:?}"
     );
     let released: Vec<&Release> = seen.released.iter().filter(|r| r.pid == python).collect();
-    assert_eq!(
-        released.len(),
-        found.len() - 1,
-        "released after each find but the last"
-    );
+    assert!(!released.is_empty(), "let go of before the pickle");
     assert!(
         released
             .iter()

@@ -101,15 +101,15 @@ impl Default for Metrics {
         let discovered = Family::<ContentLabels, Counter>::default();
         registry.register(
             "discovered_processes",
-            "Processes discovery started watching, by what the model-named file they opened \
-             could be (model, no_model, unknown; read from its magic bytes)",
+            "Processes discovery watches for an open that could load a model, by what the file \
+             could be from its magic bytes (model, or unknown: counted as a model)",
             discovered.clone(),
         );
         let discovery_released = Counter::default();
         registry.register(
             "discovery_released",
-            "Discovered processes no longer watched early, since no model-named file they \
-             opened could load a model",
+            "Processes discovery found at model-named files that hold no model (site .pth \
+             files, an ELF named .bin, ...) and let go of within a second",
             discovery_released.clone(),
         );
         let discovery_gaps = Counter::default();

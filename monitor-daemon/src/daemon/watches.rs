@@ -230,14 +230,11 @@ fn report(shared: &Shared, id: &str, status: &Mutex<WatchStatus>, out: WatchOutp
                 },
             }));
         }
-        WatchOutput::Released(release) => {
+        WatchOutput::Released(_) => {
+            // Every Python process is found at its site .pth files and let go of: counted, not
+            // streamed.
             lock(status).released += 1;
             shared.metrics.discovery_released.inc();
-            let _ = shared.findings_feed.send(json!({
-                "source": "watch",
-                "watch_id": id,
-                "released": release,
-            }));
         }
         WatchOutput::Gap { pid, comm, path } => {
             lock(status).gaps += 1;

@@ -40,8 +40,8 @@ pub enum WatchOutput<'a> {
     Event(&'a Event),
     Finding(&'a Finding),
     Kill(&'a Kill),
-    /// Discovery started watching a process (the event is its first, the open of a model),
-    /// and what the opened file could be to a loader.
+    /// Discovery watches a process for an open that could load a model (the event): its first
+    /// record, or a later open, when its first opens were of no model.
     Discovered {
         event: &'a Event,
         /// The model-named file opened (none when the process was first seen otherwise).
@@ -49,7 +49,7 @@ pub enum WatchOutput<'a> {
         content: &'a Content,
     },
     /// Discovery stopped watching a process early: no open of a model-named file by it could
-    /// load a model.
+    /// load a model (so it was never announced).
     Released(&'a Release),
     /// A released process had opened a model in the instant before its release: it is
     /// watched again, but what it did in between was not seen.
@@ -620,6 +620,9 @@ impl<'a> Judge<'a> {
         {
             let content = what_it_could_load();
             tracing::debug!(pid, path = ?model_named, %content, "a discovered process opened a model-named file");
+            if content.could_load() {
+                announce(event, model_named, &content, sink);
+            }
             if let Some(found) = self.discovered.get_mut(&root) {
                 found.could_load = content.could_load();
                 found.opened(model_named, content);
@@ -634,12 +637,11 @@ impl<'a> Judge<'a> {
         content: Content,
         sink: &mut impl FnMut(WatchOutput<'_>),
     ) {
-        tracing::info!(pid = event.pid, comm = %event.comm, path = ?path, %content, "discovered a process opening a model");
-        sink(WatchOutput::Discovered {
-            event,
-            path,
-            content: &content,
-        });
+        if content.could_load() {
+            announce(event, path, &content, sink);
+        } else {
+            tracing::debug!(pid = event.pid, comm = %event.comm, path = ?path, %content, "found a process at an open of no model");
+        }
         let mut found = Found {
             since: event.time_ns,
             comm: event.comm.clone(),
@@ -699,7 +701,7 @@ impl<'a> Judge<'a> {
             }
             self.released_count += 1;
             let paths: Vec<&str> = found.opened.iter().map(|o| o.path.as_str()).collect();
-            tracing::info!(pid = root, comm = %found.comm, opened = ?paths, "released a discovered process: it loaded no model");
+            tracing::debug!(pid = root, comm = %found.comm, opened = ?paths, "released a discovered process: it loaded no model");
             sink(WatchOutput::Released(&Release {
                 pid: root,
                 comm: found.comm,
@@ -834,6 +836,24 @@ impl Found {
             });
         }
     }
+}
+
+/// Says that discovery watches `event`'s process for its open of `path`, which could load a
+/// model. A process found at opens of no model (every Python process reads its site `.pth`
+/// files at start) is not announced unless one of its opens could load one: it is let go of
+/// within a second, and only counted.
+fn announce(
+    event: &Event,
+    path: Option<&str>,
+    content: &Content,
+    sink: &mut impl FnMut(WatchOutput<'_>),
+) {
+    tracing::info!(pid = event.pid, comm = %event.comm, path = ?path, %content, "discovered a process opening a model");
+    sink(WatchOutput::Discovered {
+        event,
+        path,
+        content,
+    });
 }
 
 /// CLOCK_MONOTONIC, the clock of the records.
@@ -1008,7 +1028,6 @@ mod tests {
         assert_eq!(
             outputs,
             vec![
-                "discovered no_model".to_string(),
                 format!("gap {model_path}"),
                 "discovered model".to_string(),
                 "discovered model".to_string(),
