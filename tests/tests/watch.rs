@@ -323,6 +323,56 @@ async fn a_pid_watch_follows_the_processes_it_starts() {
     );
 }
 
+/// The load phase of a watched server starts at an open that could load a model: a Python
+/// process that reads only its site `.pth` files (text) and a `.bin` that is an ELF, then
+/// writes a file, writes in the run phase; after opening a pickle that imports, the same
+/// write is on load.
+#[tokio::test(flavor = "current_thread")]
+async fn the_load_phase_starts_at_a_model_not_at_a_file_named_like_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let blob = dir.path().join("firmware.bin");
+    std::fs::write(&blob, b"\x7fELF\x02\x01\x01\x00").unwrap();
+    let model = dir.path().join("model.pkl");
+    // An OrderedDict: it imports collections, so a loader could run code from such a file.
+    std::fs::write(&model, b"ccollections\nOrderedDict\n)R.").unwrap();
+    let cgroup = JobCgroup::create(&format!("test-phase-{}", std::process::id())).unwrap();
+    let request = WatchRequest {
+        cgroup: Some(cgroup.path().to_owned()),
+        ..WatchRequest::default()
+    };
+    let write = |name: &str| {
+        format!(
+            "open('{}', 'w').write('x')",
+            dir.path().join(name).display()
+        )
+    };
+    let script = format!(
+        "python3 -c \"import pickle; open('{blob}', 'rb').read(); {before}; \
+         pickle.load(open('{model}', 'rb')); {after}\"",
+        blob = blob.display(),
+        model = model.display(),
+        before = write("before.txt"),
+        after = write("after.txt"),
+    );
+    let router = router();
+    let (seen, _) = watch_while(&router, request, async {
+        assert!(wait(spawn_in(&cgroup, &script)).await.success());
+    })
+    .await;
+    let seen = seen.lock().unwrap();
+    let on_load: Vec<&(String, u32, Phase)> = seen
+        .findings
+        .iter()
+        .filter(|(rule, _, _)| rule == "file.write-on-load")
+        .collect();
+    assert_eq!(
+        on_load.len(),
+        1,
+        "only the write after the pickle is on load: {:?}",
+        seen.findings
+    );
+}
+
 /// Discovery with the default suffixes, as monitord's `[discovery]` defaults run it.
 fn discovery_spec() -> WatchSpec {
     WatchSpec {

@@ -502,8 +502,9 @@ impl<'a> Judge<'a> {
                 self.loading_until.remove(&event.pid);
             }
             What::Syscall(sc) => {
+                let mut opened = OpenedFile::new(event.pid, sc);
                 if let Selector::Discovery { suffixes, .. } = &self.spec.selector {
-                    self.discovery(event, sc, suffixes, sink);
+                    self.discovery(event, sc, suffixes, &mut opened, sink);
                 }
                 if sc.killed && self.killed.insert(event.pid) {
                     self.kills += 1;
@@ -517,9 +518,12 @@ impl<'a> Judge<'a> {
                         cgroup: None,
                     }));
                 }
+                // The load phase starts at an open that could load a model: not at the site
+                // .pth files every Python process reads at its start.
                 if sc.syscall.opens
                     && sc.ret.is_some_and(|r| r >= 0)
                     && opened_path(sc).is_some_and(looks_like_artifact)
+                    && opened.content().could_load()
                 {
                     self.loading_until.insert(
                         event.pid,
@@ -571,12 +575,13 @@ impl<'a> Judge<'a> {
         event: &Event,
         sc: &crate::trace::SyscallEvent,
         suffixes: &[String],
+        opened: &mut OpenedFile<'_>,
         sink: &mut impl FnMut(WatchOutput<'_>),
     ) {
         let pid = event.pid;
         let model_named = opened_path(sc).filter(|p| sc.syscall.opens && ends_in_any(p, suffixes));
-        let what_it_could_load = || match model_named {
-            Some(path) => content::of_open(pid, sc, path),
+        let mut what_it_could_load = || match model_named {
+            Some(_) => opened.content().clone(),
             None => Content::Unknown(format!("first seen at {}", sc.name)),
         };
         if let Some(&released_at) = self.released.get(&pid) {
@@ -861,6 +866,33 @@ fn monotonic_ns() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
         .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
         .unwrap_or(0)
+}
+
+/// What the file an opening syscall opened could load, read from it at most once (discovery
+/// and the load phase both ask).
+struct OpenedFile<'e> {
+    pid: u32,
+    sc: &'e crate::trace::SyscallEvent,
+    content: Option<Content>,
+}
+
+impl<'e> OpenedFile<'e> {
+    fn new(pid: u32, sc: &'e crate::trace::SyscallEvent) -> Self {
+        OpenedFile {
+            pid,
+            sc,
+            content: None,
+        }
+    }
+
+    /// Asked only of a syscall that opens a path.
+    fn content(&mut self) -> &Content {
+        let (pid, sc) = (self.pid, self.sc);
+        self.content.get_or_insert_with(|| match opened_path(sc) {
+            Some(path) => content::of_open(pid, sc, path),
+            None => Content::Unknown("no path".into()),
+        })
+    }
 }
 
 /// The path an opening syscall named.
