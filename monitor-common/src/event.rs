@@ -322,9 +322,20 @@ pub struct CaptureSpec {
     pub discover_arg: u8,
     /// One [`crate::syscall::Capture`] per argument.
     pub args: [u8; 6],
-    pub _pad2: [u8; 2],
+    /// 1 + the index of the open flags argument, when discovery looks at the syscall and its
+    /// flags are an argument (not behind a pointer, as openat2's are); else 0. An open for
+    /// writing only, of a directory or of a path alone ([`DISCOVERY_SKIPS_FLAGS`]) reads no
+    /// model, so discovery does not read its path.
+    pub discover_flags_arg: u8,
+    pub _pad2: u8,
     pub only_if_mask: u64,
 }
+
+/// `O_ACCMODE` of the open flags, and its value for an open for writing only.
+pub const OPEN_ACCESS_MODE: u64 = 0o3;
+pub const OPEN_WRITE_ONLY: u64 = 0o1;
+/// `O_DIRECTORY | O_PATH`: opens that read nothing of a file.
+pub const DISCOVERY_SKIPS_FLAGS: u64 = 0o200000 | 0o10000000;
 
 /// Highest syscall number + 1 that the `CAPTURE` map covers.
 pub const CAPTURE_ENTRIES: u32 = 512;

@@ -134,6 +134,15 @@ pub struct Syscall {
 }
 
 impl Syscall {
+    /// The index of the open flags argument of a syscall discovery looks at, when they are one
+    /// (openat2's are behind a pointer).
+    pub fn discovery_flags_arg(&self) -> Option<usize> {
+        self.discovery_arg()?;
+        self.args
+            .iter()
+            .position(|a| matches!(a.kind, ArgKind::OpenFlags))
+    }
+
     /// The index of the argument discovery looks at, if it looks at this syscall.
     pub fn discovery_arg(&self) -> Option<usize> {
         if !self.opens {

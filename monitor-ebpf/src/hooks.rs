@@ -99,20 +99,21 @@ pub fn tracepoint_nr(ctx: &TracePointContext) -> Result<u32, i64> {
     record_nr(ctx, off.enter_nr, off.enter_args)
 }
 
-/// At `syscalls:sys_enter_*` of a syscall with at least two arguments: argument `i`, 0 or 1
-/// (where the opening syscalls have their path).
+/// At `syscalls:sys_enter_*` of a syscall with at least three arguments: argument `i`, 0 to 2
+/// (where the opening syscalls have their path and flags).
 #[inline(always)]
-pub fn tracepoint_path_arg(ctx: &TracePointContext, i: usize) -> Result<u64, i64> {
+pub fn tracepoint_open_arg(ctx: &TracePointContext, i: usize) -> Result<u64, i64> {
     let off = offsets();
     if usual(off.enter_nr, off.enter_args) {
         const A: usize = USUAL_SYSCALL_ARGS as usize;
         return match i {
             0 => Ok(load::<u64, A>(ctx)),
             1 => Ok(load::<u64, { A + 8 }>(ctx)),
+            2 => Ok(load::<u64, { A + 16 }>(ctx)),
             _ => Err(-1),
         };
     }
-    if i > 1 {
+    if i > 2 {
         return Err(-1);
     }
     unsafe { ctx.read_at(off.enter_args as usize + 8 * i) }.map_err(i64::from)

@@ -37,9 +37,9 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 use monitor_common::event::{
-    CAPTURE_ENTRIES, COUNTERS as COUNTER_SLOTS, CaptureSpec, Counter, Discovery, EventKind,
-    PathKey, ProcessExec, ProcessExit, ProcessFork, SyscallEnter, SyscallExit, TracepointOffsets,
-    Watch, WatchCounts,
+    CAPTURE_ENTRIES, COUNTERS as COUNTER_SLOTS, CaptureSpec, Counter, DISCOVERY_SKIPS_FLAGS,
+    Discovery, EventKind, OPEN_ACCESS_MODE, OPEN_WRITE_ONLY, PathKey, ProcessExec, ProcessExit,
+    ProcessFork, SyscallEnter, SyscallExit, TracepointOffsets, Watch, WatchCounts,
 };
 
 use crate::{
@@ -171,7 +171,7 @@ pub fn sys_enter_open_tp(ctx: TracePointContext) -> u32 {
     let discovered = || {
         discovered(|settings| {
             hooks::tracepoint_nr(&ctx).is_ok_and(|nr| {
-                discover_at_enter(settings, nr, |i| hooks::tracepoint_path_arg(&ctx, i))
+                discover_at_enter(settings, nr, |i| hooks::tracepoint_open_arg(&ctx, i))
             })
         })
     };
@@ -207,8 +207,19 @@ fn discover_at_enter(
         return false;
     };
     // Constant indexes: the verifier refuses reads from the stack (or the tracepoint's
-    // record) at a variable offset. The path is one of the first two arguments (checked in
-    // user space): a record need not have a third.
+    // record) at a variable offset. The path is one of the first two arguments, the flags one
+    // of the first three (checked in user space): every opening syscall's record has three.
+    let flags = match spec.discover_flags_arg {
+        2 => arg(1),
+        3 => arg(2),
+        _ => Ok(0),
+    };
+    // An open that reads nothing of a file loads no model: its path need not be read.
+    if flags
+        .is_ok_and(|f| f & OPEN_ACCESS_MODE == OPEN_WRITE_ONLY || f & DISCOVERY_SKIPS_FLAGS != 0)
+    {
+        return false;
+    }
     let path = match spec.discover_arg {
         1 => arg(0),
         2 => arg(1),

@@ -373,6 +373,45 @@ async fn the_load_phase_starts_at_a_model_not_at_a_file_named_like_one() {
     );
 }
 
+/// The kernel does not even read the path of an open that reads nothing (for writing only): a
+/// shell that writes a `.pkl` is never watched; the `cat` it starts to read one is.
+#[tokio::test(flavor = "current_thread")]
+async fn discovery_passes_over_opens_for_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("in.pkl");
+    std::fs::write(&model, b"cos\nsystem\n(S'true'\ntR.").unwrap();
+    let script = format!(
+        "echo x > {out}; sleep 0.5; cat {model} > /dev/null",
+        out = dir.path().join("out.pkl").display(),
+        model = model.display()
+    );
+    let router = router();
+    let shell = Arc::new(Mutex::new(0));
+    let s = shell.clone();
+    let act = async {
+        let child = Command::new("/bin/bash")
+            .args(["-c", &script])
+            .spawn()
+            .unwrap();
+        *s.lock().unwrap() = child.id();
+        assert!(wait(child).await.success());
+    };
+    let (seen, _) = run_spec(&router, discovery_spec(), act, true).await;
+    let seen = seen.lock().unwrap();
+    let shell = *shell.lock().unwrap();
+    assert!(
+        !seen.pids.contains(&shell),
+        "the shell that only wrote a .pkl was never watched"
+    );
+    assert!(
+        seen.discovered
+            .iter()
+            .any(|(pid, content)| *pid != shell && matches!(content, Content::Model(_))),
+        "the cat that read one was: {:?}",
+        seen.discovered
+    );
+}
+
 /// Discovery with the default suffixes, as monitord's `[discovery]` defaults run it.
 fn discovery_spec() -> WatchSpec {
     WatchSpec {

@@ -642,7 +642,8 @@ pub fn capture_spec(sc: &Syscall) -> CaptureSpec {
         only_if_arg,
         discover_arg: sc.discovery_arg().map_or(0, |i| i as u8 + 1),
         args,
-        _pad2: [0; 2],
+        discover_flags_arg: sc.discovery_flags_arg().map_or(0, |i| i as u8 + 1),
+        _pad2: 0,
         only_if_mask,
     }
 }
@@ -818,5 +819,18 @@ mod tests {
             assert!(capture_spec(sc).discover_arg <= 2, "{}", sc.name);
         }
         assert_eq!(capture_spec(by_name("openat").unwrap()).discover_arg, 2);
+        // ... and the flags from one of the first three.
+        for sc in SYSCALLS {
+            assert!(capture_spec(sc).discover_flags_arg <= 3, "{}", sc.name);
+        }
+        assert_eq!(capture_spec(by_name("open").unwrap()).discover_flags_arg, 2);
+        assert_eq!(
+            capture_spec(by_name("openat").unwrap()).discover_flags_arg,
+            3
+        );
+        assert_eq!(
+            capture_spec(by_name("openat2").unwrap()).discover_flags_arg,
+            0
+        );
     }
 }
