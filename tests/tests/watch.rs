@@ -347,8 +347,10 @@ async fn the_load_phase_starts_at_a_model_not_at_a_file_named_like_one() {
         )
     };
     let script = format!(
-        "python3 -c \"import pickle; open('{blob}', 'rb').read(); {before}; \
-         pickle.load(open('{model}', 'rb')); {after}\"",
+        // Alive a while after: a file read again once its process is gone is unknown, which
+        // counts as a model.
+        "python3 -c \"import pickle, time; open('{blob}', 'rb').read(); {before}; \
+         pickle.load(open('{model}', 'rb')); {after}; time.sleep(1)\"",
         blob = blob.display(),
         model = model.display(),
         before = write("before.txt"),
@@ -406,7 +408,8 @@ async fn discovery_passes_over_opens_for_writing() {
     assert!(
         seen.discovered
             .iter()
-            .any(|(pid, content)| *pid != shell && matches!(content, Content::Model(_))),
+            // Unknown when the cat was gone before its file could be read again.
+            .any(|(pid, content)| *pid != shell && content.could_load()),
         "the cat that read one was: {:?}",
         seen.discovered
     );
@@ -472,7 +475,8 @@ async fn discovery_lets_go_of_a_process_that_opened_no_model_and_finds_it_again_
     // blob's open counted as a model, it would have stayed watched, and the pickle's open
     // found nothing.
     assert!(
-        matches!(found.as_slice(), [Content::Model(_)]),
+        // (Unknown, which counts as a model, when python was gone before its file was read.)
+        matches!(found.as_slice(), [content] if content.could_load()),
         "announced once, at the pickle: {found:?}"
     );
     let released: Vec<&Release> = seen.released.iter().filter(|r| r.pid == python).collect();
