@@ -26,8 +26,10 @@ use crate::{
     trace::SyscallEvent,
 };
 
-/// How much of a file is read: enough for every magic, and for the first opcodes of a pickle.
-const HEAD: usize = 64 << 10;
+/// How much of a file is read: enough for every magic, and for a pickle's first opcodes (its
+/// first import is in its first few hundred bytes; one that runs past this counts as a model).
+/// Little, since every open of a model-named file in a watch is read.
+const HEAD: usize = 4 << 10;
 
 const O_ACCMODE: u64 = 0o3;
 const O_WRONLY: u64 = 0o1;
