@@ -107,6 +107,39 @@ pub fn of_path(path: &Path) -> Content {
     }
 }
 
+/// What the file an opening syscall opened could load, read from it at most once however
+/// often it is asked (discovery and a watch's load phase both ask).
+pub struct OpenedFile<'e> {
+    pid: u32,
+    sc: &'e SyscallEvent,
+    content: Option<Content>,
+}
+
+impl<'e> OpenedFile<'e> {
+    /// Syscall `sc` of process `pid`, not read yet.
+    pub fn new(pid: u32, sc: &'e SyscallEvent) -> Self {
+        OpenedFile {
+            pid,
+            sc,
+            content: None,
+        }
+    }
+
+    pub fn content(&mut self) -> &Content {
+        let (pid, sc) = (self.pid, self.sc);
+        self.content.get_or_insert_with(|| match opened_path(sc) {
+            Some(path) => of_open(pid, sc, path),
+            None => Content::Unknown(format!("{} opens no named file", sc.name)),
+        })
+    }
+}
+
+/// The path an opening syscall named (the argument discovery looks at).
+pub fn opened_path(sc: &SyscallEvent) -> Option<&str> {
+    let i = sc.syscall.discovery_arg()?;
+    sc.args.0.get(i).and_then(|(_, v)| v.as_str())
+}
+
 /// What `file`, opened at `path`, could be to a loader.
 fn of_file(file: &File, path: &str) -> Content {
     let meta = match file.metadata() {

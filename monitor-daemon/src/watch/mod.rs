@@ -6,11 +6,14 @@
 //! - [`runner`]: a watch running on the router's records: events, findings, kills.
 //! - [`artifact`]: what a model file's name looks like (discovery and the `load` phase).
 //! - [`content`]: what a discovered process's open could load, from the file's magic bytes.
+//! - [`discovery`]: the processes discovery found, confirmed, let go of, or watches again.
 
 pub mod artifact;
 pub mod content;
+pub mod discovery;
 pub mod runner;
 pub mod spec;
 
-pub use runner::{Kill, Opened, Release, WatchOutput, WatchSummary, run};
+pub use discovery::{Opened, Release};
+pub use runner::{Kill, WatchOutput, WatchSummary, run};
 pub use spec::{Policy, Selector, WatchRequest, WatchSpec};

@@ -22,8 +22,9 @@ use crate::{
     rules::{Finding, Phase, RuleSet},
     trace::{Event, Tracer, What},
     watch::{
-        artifact::{ends_in_any, kernel_suffixes, looks_like_artifact},
-        content::{self, Content},
+        artifact::{kernel_suffixes, looks_like_artifact},
+        content::{Content, OpenedFile, opened_path},
+        discovery::{Discoveries, Release},
         spec::{Selector, WatchSpec},
     },
 };
@@ -59,29 +60,6 @@ pub enum WatchOutput<'a> {
         path: &'a str,
     },
 }
-
-/// A discovered process that discovery stopped watching early, with what it started.
-#[derive(Debug, Clone, Serialize)]
-pub struct Release {
-    pub pid: u32,
-    pub comm: String,
-    /// The model-named files it and its children opened while watched (the first
-    /// [`OPENS_KEPT`]), and why none could load a model.
-    pub opened: Vec<Opened>,
-    /// Processes no longer watched: it and those it started.
-    pub processes: usize,
-}
-
-/// A model-named file a discovered process opened, and what it could be to a loader.
-#[derive(Debug, Clone, Serialize)]
-pub struct Opened {
-    pub path: String,
-    #[serde(flatten)]
-    pub content: Content,
-}
-
-/// How many of a discovered process's opens its release names.
-pub const OPENS_KEPT: usize = 16;
 
 /// A process the watch's policy killed.
 #[derive(Debug, Clone, Serialize)]
@@ -199,12 +177,11 @@ impl Started {
                 received = records_of_watch.recv(&mut records) => {
                     received.context("receiving the watch's records")?;
                     judge.feed(&mut records, &rules(), &selection, &mut sink);
-                    judge.rewatch(&records_of_watch);
+                    judge.discoveries.rewatch(&records_of_watch);
                 }
                 _ = tick.tick() => {
                     selection.refresh(&records_of_watch);
-                    judge.release_without_model(&records_of_watch, &mut sink);
-                    judge.expire_discovered(&records_of_watch);
+                    judge.end_discoveries(&records_of_watch, &mut sink);
                     judge.prune();
                     if selection.is_finished(&judge.live) {
                         break Ended::Exited;
@@ -224,11 +201,11 @@ impl Started {
             findings: judge.findings,
             kills: judge.kills,
             processes: judge.tracer.processes().len(),
-            released: judge.released_count,
-            gaps: judge.gaps,
+            released: judge.discoveries.released_count,
+            gaps: judge.discoveries.gaps,
             kernel_records: counts.kernel.events,
             dropped: counts.kernel.dropped + counts.lost_in_queue,
-            complete: counts.complete() && judge.gaps == 0,
+            complete: counts.complete() && judge.discoveries.gaps == 0,
         })
     }
 }
@@ -420,17 +397,10 @@ struct Judge<'a> {
     /// Until when each process is loading a model (`load` phase), CLOCK_MONOTONIC ns.
     loading_until: HashMap<u32, u64>,
     killed: HashSet<u32>,
-    /// Processes discovery started watching.
-    discovered: HashMap<u32, Found>,
-    /// Processes started by watched ones (not discovered themselves).
+    /// Processes started by watched ones (not found by discovery themselves).
     started: HashSet<u32>,
-    /// Processes released early, and when (CLOCK_MONOTONIC ns): their records from before
-    /// then may still arrive.
-    released: HashMap<u32, u64>,
-    /// Released processes to watch again: they had opened a model just before.
-    to_rewatch: Vec<u32>,
-    released_count: u64,
-    gaps: u64,
+    /// What discovery found (a discovery watch's).
+    discoveries: Discoveries,
     events: u64,
     findings: u64,
     kills: u64,
@@ -451,12 +421,8 @@ impl<'a> Judge<'a> {
             live,
             loading_until: HashMap::new(),
             killed: HashSet::new(),
-            discovered: HashMap::new(),
             started: HashSet::new(),
-            released: HashMap::new(),
-            to_rewatch: Vec::new(),
-            released_count: 0,
-            gaps: 0,
+            discoveries: Discoveries::default(),
             events: 0,
             findings: 0,
             kills: 0,
@@ -504,7 +470,14 @@ impl<'a> Judge<'a> {
             What::Syscall(sc) => {
                 let mut opened = OpenedFile::new(event.pid, sc);
                 if let Selector::Discovery { suffixes, .. } = &self.spec.selector {
-                    self.discovery(event, sc, suffixes, &mut opened, sink);
+                    self.discoveries.on_syscall(
+                        event,
+                        suffixes,
+                        &mut opened,
+                        &self.started,
+                        self.tracer.processes(),
+                        sink,
+                    );
                 }
                 if sc.killed && self.killed.insert(event.pid) {
                     self.kills += 1;
@@ -567,176 +540,6 @@ impl<'a> Judge<'a> {
         }
     }
 
-    /// What discovery makes of syscall `sc` of `event`: a process it has just found, an open
-    /// that shows a found one loading a model, or a record of a released one from before its
-    /// release.
-    fn discovery(
-        &mut self,
-        event: &Event,
-        sc: &crate::trace::SyscallEvent,
-        suffixes: &[String],
-        opened: &mut OpenedFile<'_>,
-        sink: &mut impl FnMut(WatchOutput<'_>),
-    ) {
-        let pid = event.pid;
-        let model_named = opened_path(sc).filter(|p| sc.syscall.opens && ends_in_any(p, suffixes));
-        let mut what_it_could_load = || match model_named {
-            Some(_) => opened.content().clone(),
-            None => Content::Unknown(format!("first seen at {}", sc.name)),
-        };
-        if let Some(&released_at) = self.released.get(&pid) {
-            if event.time_ns >= released_at {
-                // The kernel found it again: a new discovery.
-                self.released.remove(&pid);
-            } else {
-                // Recorded before the release. An open of a model then means the release
-                // came too soon: watched again, with what it did in between unseen.
-                let Some(content) = model_named
-                    .map(|_| what_it_could_load())
-                    .filter(Content::could_load)
-                else {
-                    return;
-                };
-                self.released.remove(&pid);
-                self.to_rewatch.push(pid);
-                self.gaps += 1;
-                tracing::warn!(pid, comm = %event.comm, path = ?model_named, "a released process had just opened a model: watching it again (its syscalls since the release were not seen)");
-                sink(WatchOutput::Gap {
-                    pid,
-                    comm: &event.comm,
-                    path: model_named.unwrap_or_default(),
-                });
-                self.found(event, model_named, content, sink);
-                return;
-            }
-        }
-        // Discovery's watch sees a process first at the open that selected it; a process
-        // whose parent it has never seen is one discovery found (not one that a discovered
-        // process started).
-        if !self.discovered.contains_key(&pid) && !self.started.contains(&pid) {
-            let content = what_it_could_load();
-            self.found(event, model_named, content, sink);
-            return;
-        }
-        // A later open of a model-named file, by a found process or one it started: once one
-        // could load a model, the process is watched for the whole window.
-        if let Some(root) = model_named.and_then(|_| self.found_root(pid))
-            && !self.discovered[&root].could_load
-        {
-            let content = what_it_could_load();
-            tracing::debug!(pid, path = ?model_named, %content, "a discovered process opened a model-named file");
-            if content.could_load() {
-                announce(event, model_named, &content, sink);
-            }
-            if let Some(found) = self.discovered.get_mut(&root) {
-                found.could_load = content.could_load();
-                found.opened(model_named, content);
-            }
-        }
-    }
-
-    fn found(
-        &mut self,
-        event: &Event,
-        path: Option<&str>,
-        content: Content,
-        sink: &mut impl FnMut(WatchOutput<'_>),
-    ) {
-        if content.could_load() {
-            announce(event, path, &content, sink);
-        } else {
-            tracing::debug!(pid = event.pid, comm = %event.comm, path = ?path, %content, "found a process at an open of no model");
-        }
-        let mut found = Found {
-            since: event.time_ns,
-            comm: event.comm.clone(),
-            opened: Vec::new(),
-            could_load: content.could_load(),
-        };
-        found.opened(path, content);
-        self.discovered.insert(event.pid, found);
-    }
-
-    /// The found process `pid` is, or that started it.
-    fn found_root(&self, pid: u32) -> Option<u32> {
-        if self.discovered.contains_key(&pid) {
-            return Some(pid);
-        }
-        self.tracer
-            .processes()
-            .ancestors(pid)
-            .into_iter()
-            .find(|p| self.discovered.contains_key(p))
-    }
-
-    /// Stops watching the found processes none of whose opens of a model-named file could
-    /// load a model, with what they started (a later open of one is discovered again).
-    fn release_without_model(
-        &mut self,
-        records_of_watch: &Subscription,
-        sink: &mut impl FnMut(WatchOutput<'_>),
-    ) {
-        let Selector::Discovery {
-            release_without_model: true,
-            ..
-        } = self.spec.selector
-        else {
-            return;
-        };
-        let done: Vec<u32> = self
-            .discovered
-            .iter()
-            .filter(|(_, found)| !found.could_load)
-            .map(|(&pid, _)| pid)
-            .collect();
-        for root in done {
-            let pids = self.with_descendants(root);
-            if let Err(e) = records_of_watch.forget_processes(&pids) {
-                tracing::warn!(pid = root, error = %e, "cannot stop watching a discovered process");
-                continue;
-            }
-            // Taken after the release: records stamped before it may still arrive.
-            let now = monotonic_ns();
-            let Some(found) = self.discovered.remove(&root) else {
-                continue;
-            };
-            for &pid in &pids {
-                self.released.insert(pid, now);
-                self.started.remove(&pid);
-            }
-            self.released_count += 1;
-            let paths: Vec<&str> = found.opened.iter().map(|o| o.path.as_str()).collect();
-            tracing::debug!(pid = root, comm = %found.comm, opened = ?paths, "released a discovered process: it loaded no model");
-            sink(WatchOutput::Released(&Release {
-                pid: root,
-                comm: found.comm,
-                opened: found.opened,
-                processes: pids.len(),
-            }));
-        }
-    }
-
-    /// Watches again the released processes that had opened a model just before.
-    fn rewatch(&mut self, records_of_watch: &Subscription) {
-        for pid in self.to_rewatch.drain(..) {
-            if let Err(e) = records_of_watch.add_target(Target::Process(pid)) {
-                tracing::warn!(pid, error = %e, "cannot watch a released process again");
-            }
-        }
-    }
-
-    /// `root` and the processes below it, as the trace knows them.
-    fn with_descendants(&self, root: u32) -> Vec<u32> {
-        let processes = self.tracer.processes();
-        let mut pids: Vec<u32> = processes
-            .iter()
-            .filter(|p| processes.ancestors(p.pid).contains(&root))
-            .map(|p| p.pid)
-            .collect();
-        pids.push(root);
-        pids
-    }
-
     /// Kills the process of `event` (a cgroup watch: its whole cgroup) for `rule`.
     fn kill(&mut self, event: &Event, rule: &str, selection: &Selection) -> Kill {
         let mut cgroup = None;
@@ -780,27 +583,32 @@ impl<'a> Judge<'a> {
         }
     }
 
-    /// Stops watching the discovered processes whose window has passed, with what they
-    /// started.
-    fn expire_discovered(&mut self, records_of_watch: &Subscription) {
-        let Selector::Discovery { window_secs, .. } = self.spec.selector else {
+    /// Lets go of the found processes that loaded no model, and of those whose window has
+    /// passed (a discovery watch's).
+    fn end_discoveries(
+        &mut self,
+        records_of_watch: &Subscription,
+        sink: &mut impl FnMut(WatchOutput<'_>),
+    ) {
+        let Selector::Discovery {
+            window_secs,
+            release_without_model,
+            ..
+        } = self.spec.selector
+        else {
             return;
         };
-        let now = monotonic_ns();
-        let window = window_secs.saturating_mul(1_000_000_000);
-        let expired: Vec<u32> = self
-            .discovered
-            .iter()
-            .filter(|(_, found)| found.since.saturating_add(window) < now)
-            .map(|(&pid, _)| pid)
-            .collect();
-        for root in expired {
-            self.discovered.remove(&root);
-            let pids = self.with_descendants(root);
-            if let Err(e) = records_of_watch.forget_processes(&pids) {
-                tracing::warn!(pid = root, error = %e, "cannot stop watching a discovered process");
-            }
+        let processes = self.tracer.processes();
+        if release_without_model {
+            self.discoveries.release_without_model(
+                processes,
+                &mut self.started,
+                records_of_watch,
+                sink,
+            );
         }
+        self.discoveries
+            .expire(window_secs, processes, records_of_watch);
     }
 
     /// Forgets processes long gone, so a watch that runs for weeks stays small; notices
@@ -814,91 +622,8 @@ impl<'a> Judge<'a> {
             .retain(|pid| Path::new(&format!("/proc/{pid}")).exists());
         self.started
             .retain(|pid| Path::new(&format!("/proc/{pid}")).exists());
-        self.released
-            .retain(|pid, _| Path::new(&format!("/proc/{pid}")).exists());
+        self.discoveries.prune();
     }
-}
-
-/// A process discovery found, while it is watched.
-struct Found {
-    /// When it was found (its open's time).
-    since: u64,
-    comm: String,
-    /// The model-named files it and its children opened, the first [`OPENS_KEPT`].
-    opened: Vec<Opened>,
-    /// Some open of a model-named file by it, or by a process it started, could load a model.
-    could_load: bool,
-}
-
-impl Found {
-    fn opened(&mut self, path: Option<&str>, content: Content) {
-        if let Some(path) = path
-            && self.opened.len() < OPENS_KEPT
-        {
-            self.opened.push(Opened {
-                path: path.to_owned(),
-                content,
-            });
-        }
-    }
-}
-
-/// Says that discovery watches `event`'s process for its open of `path`, which could load a
-/// model. A process found at opens of no model (every Python process reads its site `.pth`
-/// files at start) is not announced unless one of its opens could load one: it is let go of
-/// within a second, and only counted.
-fn announce(
-    event: &Event,
-    path: Option<&str>,
-    content: &Content,
-    sink: &mut impl FnMut(WatchOutput<'_>),
-) {
-    tracing::info!(pid = event.pid, comm = %event.comm, path = ?path, %content, "discovered a process opening a model");
-    sink(WatchOutput::Discovered {
-        event,
-        path,
-        content,
-    });
-}
-
-/// CLOCK_MONOTONIC, the clock of the records.
-fn monotonic_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
-        .unwrap_or(0)
-}
-
-/// What the file an opening syscall opened could load, read from it at most once (discovery
-/// and the load phase both ask).
-struct OpenedFile<'e> {
-    pid: u32,
-    sc: &'e crate::trace::SyscallEvent,
-    content: Option<Content>,
-}
-
-impl<'e> OpenedFile<'e> {
-    fn new(pid: u32, sc: &'e crate::trace::SyscallEvent) -> Self {
-        OpenedFile {
-            pid,
-            sc,
-            content: None,
-        }
-    }
-
-    /// Asked only of a syscall that opens a path.
-    fn content(&mut self) -> &Content {
-        let (pid, sc) = (self.pid, self.sc);
-        self.content.get_or_insert_with(|| match opened_path(sc) {
-            Some(path) => content::of_open(pid, sc, path),
-            None => Content::Unknown("no path".into()),
-        })
-    }
-}
-
-/// The path an opening syscall named.
-fn opened_path(sc: &crate::trace::SyscallEvent) -> Option<&str> {
-    let i = sc.syscall.discovery_arg()?;
-    sc.args.0.get(i).and_then(|(_, v)| v.as_str())
 }
 
 /// A cgroup directory and every cgroup below it, with their ids (inode numbers).
@@ -962,110 +687,6 @@ fn parse_ppid(stat: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// An `openat` of `path` by this process, returning `fd`, at `time_ns`.
-    fn open_event(path: &str, fd: i64, time_ns: u64) -> Event {
-        use crate::decode::ArgValue;
-        let syscall = monitor_common::syscall::by_name("openat").unwrap();
-        Event {
-            time_ns,
-            pid: std::process::id(),
-            tid: std::process::id(),
-            ppid: None,
-            uid: 0,
-            comm: "loader".into(),
-            cgroup_id: 0,
-            what: What::Syscall(crate::trace::SyscallEvent {
-                name: syscall.name,
-                class: syscall.class,
-                args: crate::trace::Args(vec![
-                    ("dfd", ArgValue::Fd(libc::AT_FDCWD)),
-                    ("filename", ArgValue::Str(Some(path.into()))),
-                    (
-                        "flags",
-                        ArgValue::Flags {
-                            raw: 0,
-                            text: "O_RDONLY".into(),
-                        },
-                    ),
-                ]),
-                ret: Some(fd),
-                errno: None,
-                exit_time_ns: Some(time_ns + 1),
-                truncated: false,
-                read_error: false,
-                recaptured: false,
-                killed: false,
-                syscall,
-            }),
-        }
-    }
-
-    #[test]
-    fn discovery_confirms_by_content_and_watches_again_what_opened_a_model_as_it_was_released() {
-        use std::os::fd::AsRawFd as _;
-        let dir = tempfile::tempdir().unwrap();
-        let blob = dir.path().join("firmware.bin");
-        let model = dir.path().join("model.pkl");
-        fs::write(&blob, b"\x7fELF\x02\x01\x01\x00").unwrap();
-        fs::write(&model, b"cos\nsystem\n(S'true'\ntR.").unwrap();
-        let (blob_file, model_file) = (
-            fs::File::open(&blob).unwrap(),
-            fs::File::open(&model).unwrap(),
-        );
-        let spec = WatchSpec {
-            name: None,
-            selector: Selector::Discovery {
-                suffixes: vec![".bin".into(), ".pkl".into()],
-                window_secs: 60,
-                release_without_model: true,
-            },
-            policy: Default::default(),
-            load_window_ms: 1000,
-        };
-        let mut judge = Judge::new(&spec);
-        let mut outputs = Vec::new();
-        let mut sink = |out: WatchOutput<'_>| {
-            outputs.push(match out {
-                WatchOutput::Discovered { content, .. } => format!("discovered {}", content.kind()),
-                WatchOutput::Gap { path, .. } => format!("gap {path}"),
-                WatchOutput::Event(_) => return,
-                other => format!("{other:?}"),
-            })
-        };
-        let me = std::process::id();
-        let at = |path: &Path, file: &fs::File, t| {
-            open_event(path.to_str().unwrap(), file.as_raw_fd().into(), t)
-        };
-        let rules = RuleSet::defaults();
-        let e = at(&blob, &blob_file, 100);
-        judge.judge(&e, &rules, &Selection::Discovery, &mut sink);
-        assert!(!judge.discovered[&me].could_load, "an ELF is no model");
-        // Released (as a tick does), then a record from before the release: an open of a model.
-        let found = judge.discovered.remove(&me).unwrap();
-        assert_eq!(found.opened.len(), 1);
-        judge.released.insert(me, 1_000);
-        let e = at(&model, &model_file, 900);
-        judge.judge(&e, &rules, &Selection::Discovery, &mut sink);
-        assert_eq!(judge.to_rewatch, vec![me], "watched again");
-        assert_eq!(judge.gaps, 1);
-        assert!(judge.discovered[&me].could_load);
-        // A record from after a release is the kernel's new find: no gap.
-        judge.discovered.clear();
-        judge.released.insert(me, 1_000);
-        let e = at(&model, &model_file, 2_000);
-        judge.judge(&e, &rules, &Selection::Discovery, &mut sink);
-        assert_eq!(judge.gaps, 1);
-        let model_path = model.display().to_string();
-        assert_eq!(
-            outputs,
-            vec![
-                format!("gap {model_path}"),
-                "discovered model".to_string(),
-                "discovered model".to_string(),
-            ]
-        );
-    }
 
     #[test]
     fn ppid_is_read_after_the_command_name() {
