@@ -323,19 +323,24 @@ pub struct CaptureSpec {
     /// One [`crate::syscall::Capture`] per argument.
     pub args: [u8; 6],
     /// 1 + the index of the open flags argument, when discovery looks at the syscall and its
-    /// flags are an argument (not behind a pointer, as openat2's are); else 0. An open for
-    /// writing only, of a directory or of a path alone ([`DISCOVERY_SKIPS_FLAGS`]) reads no
-    /// model, so discovery does not read its path.
+    /// flags are an argument (not behind a pointer, as openat2's are); else 0. An open that
+    /// [`open_reads_nothing`] loads no model, so discovery does not read its path.
     pub discover_flags_arg: u8,
     pub _pad2: u8,
     pub only_if_mask: u64,
 }
 
-/// `O_ACCMODE` of the open flags, and its value for an open for writing only.
-pub const OPEN_ACCESS_MODE: u64 = 0o3;
-pub const OPEN_WRITE_ONLY: u64 = 0o1;
-/// `O_DIRECTORY | O_PATH`: opens that read nothing of a file.
-pub const DISCOVERY_SKIPS_FLAGS: u64 = 0o200000 | 0o10000000;
+/// Whether an open with these flags reads nothing of a file: for writing only (`O_ACCMODE` is
+/// `O_WRONLY`), of a directory (`O_DIRECTORY`) or of a path alone (`O_PATH`). Such an open
+/// loads no model: the kernel's discovery does not read its path, the daemon not its file.
+#[inline(always)]
+pub const fn open_reads_nothing(flags: u64) -> bool {
+    const O_ACCMODE: u64 = 0o3;
+    const O_WRONLY: u64 = 0o1;
+    const O_DIRECTORY: u64 = 0o200000;
+    const O_PATH: u64 = 0o10000000;
+    flags & O_ACCMODE == O_WRONLY || flags & (O_DIRECTORY | O_PATH) != 0
+}
 
 /// Highest syscall number + 1 that the `CAPTURE` map covers.
 pub const CAPTURE_ENTRIES: u32 = 512;

@@ -37,9 +37,9 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 use monitor_common::event::{
-    CAPTURE_ENTRIES, COUNTERS as COUNTER_SLOTS, CaptureSpec, Counter, DISCOVERY_SKIPS_FLAGS,
-    Discovery, EventKind, OPEN_ACCESS_MODE, OPEN_WRITE_ONLY, PathKey, ProcessExec, ProcessExit,
-    ProcessFork, SyscallEnter, SyscallExit, TracepointOffsets, Watch, WatchCounts,
+    CAPTURE_ENTRIES, COUNTERS as COUNTER_SLOTS, CaptureSpec, Counter, Discovery, EventKind,
+    PathKey, ProcessExec, ProcessExit, ProcessFork, SyscallEnter, SyscallExit, TracepointOffsets,
+    Watch, WatchCounts, open_reads_nothing,
 };
 
 use crate::{
@@ -215,9 +215,7 @@ fn discover_at_enter(
         _ => Ok(0),
     };
     // An open that reads nothing of a file loads no model: its path need not be read.
-    if flags
-        .is_ok_and(|f| f & OPEN_ACCESS_MODE == OPEN_WRITE_ONLY || f & DISCOVERY_SKIPS_FLAGS != 0)
-    {
+    if flags.is_ok_and(open_reads_nothing) {
         return false;
     }
     let path = match spec.discover_arg {

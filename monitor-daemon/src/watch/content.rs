@@ -21,6 +21,8 @@ use std::{
 
 use serde::Serialize;
 
+use monitor_common::event::open_reads_nothing;
+
 use crate::{
     scan::format::{self, pickle},
     trace::SyscallEvent,
@@ -30,10 +32,6 @@ use crate::{
 /// first import is in its first few hundred bytes; one that runs past this counts as a model).
 /// Little, since every open of a model-named file in a watch is read.
 const HEAD: usize = 4 << 10;
-
-const O_ACCMODE: u64 = 0o3;
-const O_WRONLY: u64 = 0o1;
-const O_PATH: u64 = 0o10000000;
 
 /// What an opened file could be to a loader.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -85,12 +83,9 @@ pub fn of_open(pid: u32, sc: &SyscallEvent, path: &str) -> Content {
         .arg("flags")
         .or_else(|| sc.arg("how"))
         .and_then(|v| v.as_u64());
-    match flags {
-        Some(f) if f & O_PATH != 0 => return Content::NoModel("opened as a path (O_PATH)".into()),
-        Some(f) if f & O_ACCMODE == O_WRONLY => {
-            return Content::NoModel("opened for writing only".into());
-        }
-        _ => {}
+    // The kernel passes over these opens, but for openat2's, whose flags it cannot see.
+    if flags.is_some_and(open_reads_nothing) {
+        return Content::NoModel("opened for writing only, as a directory or as a path".into());
     }
     let dir_fd = sc.arg("dfd").and_then(|v| v.as_u64()).map(|v| v as i32);
     match open_as_the_process_did(pid, ret, path, dir_fd) {
