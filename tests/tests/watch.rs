@@ -387,20 +387,10 @@ async fn discovery_passes_over_opens_for_writing() {
         out = dir.path().join("out.pkl").display(),
         model = model.display()
     );
-    let router = router();
-    let shell = Arc::new(Mutex::new(0));
-    let s = shell.clone();
-    let act = async {
-        let child = Command::new("/bin/bash")
-            .args(["-c", &script])
-            .spawn()
-            .unwrap();
-        *s.lock().unwrap() = child.id();
-        assert!(wait(child).await.success());
-    };
-    let (seen, _) = run_spec(&router, discovery_spec(), act, true).await;
+    let mut shell = Command::new("/bin/bash");
+    shell.args(["-c", &script]);
+    let (seen, _, shell) = discover_while(&router(), shell).await;
     let seen = seen.lock().unwrap();
-    let shell = *shell.lock().unwrap();
     assert!(
         !seen.pids.contains(&shell),
         "the shell that only wrote a .pkl was never watched"
@@ -432,6 +422,25 @@ fn discovery_spec() -> WatchSpec {
     }
 }
 
+/// Runs `cmd` to success under discovery, which must find it: nobody watches the process
+/// (no watched cgroup holds it, no pid watch names it). What the watch saw, its summary, and
+/// the process's pid.
+async fn discover_while(
+    router: &Router,
+    mut cmd: Command,
+) -> (Arc<Mutex<Seen>>, WatchSummary, u32) {
+    let pid = Arc::new(Mutex::new(0));
+    let p = pid.clone();
+    let act = async move {
+        let child = cmd.spawn().unwrap();
+        *p.lock().unwrap() = child.id();
+        assert!(wait(child).await.success());
+    };
+    let (seen, summary) = run_spec(router, discovery_spec(), act, true).await;
+    let pid = *pid.lock().unwrap();
+    (seen, summary, pid)
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn discovery_lets_go_of_a_process_that_opened_no_model_and_finds_it_again_at_a_load() {
     let dir = tempfile::tempdir().unwrap();
@@ -440,30 +449,20 @@ async fn discovery_lets_go_of_a_process_that_opened_no_model_and_finds_it_again_
     std::fs::write(&blob, b"\x7fELF\x02\x01\x01\x00 and no model").unwrap();
     let model = dir.path().join("downloaded-model.pkl");
     std::fs::write(&model, b"cposix\nsystem\n(Vtrue\ntR.").unwrap();
-    let router = router();
-    let python = Arc::new(Mutex::new(0));
-    let p = python.clone();
     let (blob_path, model_path) = (blob.display().to_string(), model.display().to_string());
-    let act = async {
-        // Reads the blob, waits past its release (the watch looks once a second), then loads.
-        let child = Command::new("/usr/bin/python3")
-            .args([
-                "-c",
-                "import pickle, sys, time\n\
-                 open(sys.argv[1], 'rb').read()\n\
-                 time.sleep(3)\n\
-                 pickle.load(open(sys.argv[2], 'rb'))",
-                &blob_path,
-                &model_path,
-            ])
-            .spawn()
-            .unwrap();
-        *p.lock().unwrap() = child.id();
-        assert!(wait(child).await.success());
-    };
-    let (seen, summary) = run_spec(&router, discovery_spec(), act, true).await;
+    // Reads the blob, waits past its release (the watch looks once a second), then loads.
+    let mut python = Command::new("/usr/bin/python3");
+    python.args([
+        "-c",
+        "import pickle, sys, time\n\
+         open(sys.argv[1], 'rb').read()\n\
+         time.sleep(3)\n\
+         pickle.load(open(sys.argv[2], 'rb'))",
+        &blob_path,
+        &model_path,
+    ]);
+    let (seen, summary, python) = discover_while(&router(), python).await;
     let seen = seen.lock().unwrap();
-    let python = *python.lock().unwrap();
     let found: Vec<&Content> = seen
         .discovered
         .iter()
@@ -506,26 +505,15 @@ async fn discovery_catches_a_python_process_unpickling_a_malicious_file() {
     // pickle protocol 0: os.system("true") at load.
     std::fs::write(&model, b"cposix\nsystem\n(Vtrue\ntR.").unwrap();
     let router = router();
-    let python = Arc::new(Mutex::new(0));
-    let p = python.clone();
-    let spec = discovery_spec();
-    let model_path = model.display().to_string();
-    let act = async {
-        // Nobody watches this process: it is not in a watched cgroup, no pid watch names it.
-        let child = Command::new("/usr/bin/python3")
-            .args([
-                "-c",
-                "import pickle, sys; pickle.load(open(sys.argv[1], 'rb'))",
-                &model_path,
-            ])
-            .spawn()
-            .unwrap();
-        *p.lock().unwrap() = child.id();
-        assert!(wait(child).await.success());
-    };
-    let (seen, summary) = run_spec(&router, spec, act, true).await;
+    let mut python = Command::new("/usr/bin/python3");
+    python
+        .args([
+            "-c",
+            "import pickle, sys; pickle.load(open(sys.argv[1], 'rb'))",
+        ])
+        .arg(&model);
+    let (seen, summary, python) = discover_while(&router, python).await;
     let seen = seen.lock().unwrap();
-    let python = *python.lock().unwrap();
     assert!(
         seen.discovered.iter().any(|(pid, _)| *pid == python),
         "the python process was discovered: {:?}",
