@@ -133,16 +133,20 @@ fn store_report(
         "text": String::from_utf8_lossy(&rendered),
         "sarif": sarif::to_value(report),
     });
-    let findings = report
-        .findings
-        .iter()
-        .map(|f| {
-            Ok((
-                f.rule.clone(),
-                f.severity.name().to_string(),
-                serde_json::to_value(f)?,
-            ))
-        })
+    // Every source's findings (kernel, audit, static), each saying its `source`.
+    let row = |rule: &str, severity: crate::rules::Severity, value| {
+        Ok((rule.to_string(), severity.name().to_string(), value?))
+    };
+    let findings = (report.findings.iter())
+        .map(|f| row(&f.rule, f.severity, serde_json::to_value(f)))
+        .chain(
+            (report.audit_findings.iter())
+                .map(|f| row(&f.rule, f.severity, serde_json::to_value(f))),
+        )
+        .chain(
+            (report.static_findings.iter())
+                .map(|f| row(&f.rule, f.severity, serde_json::to_value(f))),
+        )
         .collect::<Result<Vec<_>, serde_json::Error>>()?;
     shared.store.finish(
         id,

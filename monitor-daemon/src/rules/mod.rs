@@ -41,9 +41,38 @@ impl Rule {
     }
 }
 
+/// Which evidence a finding comes from: the kernel trace, the harness's Python audit hook, or
+/// the artifact's bytes read without running them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    #[default]
+    Kernel,
+    Audit,
+    Static,
+}
+
+impl Source {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Source::Kernel => "kernel",
+            Source::Audit => "audit",
+            Source::Static => "static",
+        }
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// A rule that fired, with the event that made it fire.
 #[derive(Debug, Clone, Serialize)]
 pub struct Finding {
+    /// Always [`Source::Kernel`]: a syscall event made it fire.
+    pub source: Source,
     pub rule: String,
     pub severity: Severity,
     pub description: String,
@@ -167,6 +196,7 @@ impl RuleSet {
             .iter()
             .filter(|r| r.applies_in(phase) && r.matcher.matches(sc, &facts))
             .map(|r| Finding {
+                source: Source::Kernel,
                 rule: r.spec.id.clone(),
                 severity: r.spec.severity,
                 description: r.spec.description.clone(),
@@ -208,7 +238,7 @@ pub const FIND_CLASS: &str = "pickle.find_class";
 /// The line of `id: <id>` in `text` (1-based), or 0.
 /// The 1-based line below line `after` that sets `id: <id>` (an id spelled over several lines,
 /// or in a flow mapping with others before it, is not found).
-fn line_of_id(text: &str, id: &str, after: usize) -> Option<usize> {
+pub(crate) fn line_of_id(text: &str, id: &str, after: usize) -> Option<usize> {
     text.lines()
         .enumerate()
         .skip(after)
@@ -221,7 +251,7 @@ fn line_of_id(text: &str, id: &str, after: usize) -> Option<usize> {
 }
 
 /// The 1-based line of a top-level `key:`.
-fn line_of_key(text: &str, key: &str) -> Option<usize> {
+pub(crate) fn line_of_key(text: &str, key: &str) -> Option<usize> {
     text.lines()
         .position(|l| {
             l.strip_prefix(key)

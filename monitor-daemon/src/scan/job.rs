@@ -23,11 +23,12 @@ use crate::{
     sandbox::{Sandbox, SandboxOptions, WORK_DIR},
     scan::{
         format::{self, Format, Limits},
-        globals, harness,
+        harness,
         report::{
             AuditFinding, AuditRecord, ErrorKind, Loader, PhaseStart, ScanError, ScanReport,
             TraceStats,
         },
+        static_analysis::{self, StaticRules},
     },
 };
 
@@ -44,6 +45,11 @@ pub struct ScanSpec {
     /// The loader environment's Python.
     pub python: PathBuf,
     pub rules: RuleSet,
+    /// The static rules the artifact's bytes are judged by.
+    pub static_rules: StaticRules,
+    /// Judge the artifact's bytes only: no sandbox, no probes, no loader (what a CI runner
+    /// without privileges can do).
+    pub static_only: bool,
     pub fail_on: Severity,
     /// Call the loaded model on dummy input.
     pub exercise: bool,
@@ -63,6 +69,8 @@ impl ScanSpec {
             artifact: artifact.into(),
             python: default_python(),
             rules: RuleSet::defaults(),
+            static_rules: StaticRules::defaults(),
+            static_only: false,
             fail_on: Severity::High,
             exercise: false,
             audit: false,
@@ -223,27 +231,27 @@ pub async fn scan(
 ) -> ScanReport {
     let started = Instant::now();
     let mut report = ScanReport::new(&spec.artifact, spec.fail_on);
-    // Reading the artifact (detection, its size, the globals of an 8 GiB pickle) is file work:
-    // off the async runtime, which other scans and the daemon's API share.
+    // Reading the artifact (detection, its size, every loader's view of the bytes of an 8 GiB
+    // pickle) is file work: off the async runtime, which other scans and the daemon's API share.
     let inspected = off_runtime({
-        let (artifact, limits, rules) = (
+        let (artifact, limits, static_rules) = (
             spec.artifact.clone(),
             spec.limits.clone(),
-            spec.rules.clone(),
+            spec.static_rules.clone(),
         );
         move || {
             let format = format::detect(&artifact, &limits)?;
             let size = size_of(&artifact).ok();
-            let globals = globals::of(&artifact, &format, &rules);
-            Ok::<_, format::FormatError>((format, size, globals))
+            // Every loader's view of the bytes, before any of them runs.
+            let analysis = static_analysis::analyse(&artifact, &format, &static_rules);
+            Ok::<_, format::FormatError>((format, size, analysis))
         }
     })
     .await;
-    let format = match inspected {
-        Ok(Ok((format, size, globals))) => {
+    let (format, analysis) = match inspected {
+        Ok(Ok((format, size, analysis))) => {
             report.artifact.size = size;
-            report.artifact.globals = globals;
-            format
+            (format, analysis)
         }
         Ok(Err(e)) => {
             report
@@ -262,9 +270,26 @@ pub async fn scan(
     };
     report.artifact.format = Some(format.id().to_string());
     report.artifact.description = Some(format.describe());
+    report.artifact.globals = analysis.pickles;
     progress(Progress::Detected(&format));
+    if let Some(why) = format.not_loaded_because() {
+        report.notes.push(format!("{}: {why}", format.id()));
+    }
+    if let Format::Archive { why, .. } = &format {
+        // Nothing loads it: an input error unless what it holds is a threat.
+        report.errors.push(ScanError::new(
+            ErrorKind::Input,
+            format!("{}: {why}", report.artifact.path),
+        ));
+    }
 
-    if let Some(loader) = format.loader() {
+    if spec.static_only {
+        report.notes.push(
+            "--static-only: the artifact was not loaded (no sandbox, no kernel trace, no audit \
+             hook); the verdict is the static analysis alone"
+                .into(),
+        );
+    } else if let Some(loader) = format.loader() {
         // Without a loader environment nothing is loaded (the error says how to install it).
         if !probes.is_loaded() && spec.python.is_file() {
             progress(Progress::LoadingProbes);
@@ -277,8 +302,41 @@ pub async fn scan(
                 .push(ScanError::new(ErrorKind::Setup, format!("{e:#}")));
         }
     }
+    add_static_findings(&mut report, analysis.findings, &spec.static_rules);
     report.conclude(started.elapsed());
     report
+}
+
+/// Adds the static findings, each saying whether the load showed it acting.
+fn add_static_findings(
+    report: &mut ScanReport,
+    mut findings: Vec<static_analysis::StaticFinding>,
+    rules: &StaticRules,
+) {
+    let loaded = report.phases.iter().any(|p| p.phase == Phase::Load);
+    let seen: Vec<&str> = report
+        .findings
+        .iter()
+        .filter(|f| f.phase != Phase::Setup && f.severity >= Severity::Medium)
+        .map(|f| f.rule.as_str())
+        .chain(
+            report
+                .audit_findings
+                .iter()
+                .filter(|f| f.phase != Phase::Setup)
+                .map(|f| f.rule.as_str()),
+        )
+        .collect();
+    let resolved: std::collections::HashSet<String> = report
+        .audit
+        .iter()
+        .filter(|a| a.event == crate::rules::FIND_CLASS && a.phase != Phase::Setup)
+        .filter_map(|a| a.subject.clone())
+        .collect();
+    static_analysis::observe(&mut findings, rules, loaded, &seen, &resolved);
+    for finding in findings {
+        report.add_static_finding(finding);
+    }
 }
 
 async fn load_under_watch(
@@ -591,7 +649,7 @@ fn stage_artifact(
         "keras" => "artifact.keras",
         "tensorflow" => "savedmodel",
         "numpy" => "artifact.npy",
-        "torch" => "artifact.pt",
+        "torch" | "torchscript" => "artifact.pt",
         "joblib" => "artifact.joblib",
         _ => "artifact.pkl",
     };
