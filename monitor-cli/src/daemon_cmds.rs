@@ -6,6 +6,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Args, Subcommand};
 use monitor_daemon::{
     daemon::client::{self, Client},
+    render::{printable, printable_lines},
     scan::Verdict,
 };
 
@@ -123,7 +124,7 @@ async fn ask(args: DaemonArgs, request: Request) -> Result<()> {
                         .as_str()
                         .unwrap_or(scan["status"].as_str().unwrap_or("?")),
                     scan["format"].as_str().unwrap_or("-"),
-                    scan["request"]["path"].as_str().unwrap_or("?"),
+                    printable(scan["request"]["path"].as_str().unwrap_or("?")),
                 );
             }
         }
@@ -131,15 +132,17 @@ async fn ask(args: DaemonArgs, request: Request) -> Result<()> {
             format: ReportFormat::Text,
             ..
         }) => {
-            print!("{}", String::from_utf8_lossy(&reply.body));
+            // The daemon escapes what the payload chose; this keeps a report stored by an
+            // older one from driving the terminal too.
+            print!("{}", printable_lines(&String::from_utf8_lossy(&reply.body)));
         }
         Request::Rules(RulesCommand::List) => {
             for rule in reply.json()?["rules"].as_array().into_iter().flatten() {
                 println!(
                     "{:<28} {:<9} {}",
-                    rule["id"].as_str().unwrap_or("?"),
+                    printable(rule["id"].as_str().unwrap_or("?")),
                     rule["severity"].as_str().unwrap_or("?"),
-                    rule["description"].as_str().unwrap_or("")
+                    printable(rule["description"].as_str().unwrap_or(""))
                 );
             }
         }

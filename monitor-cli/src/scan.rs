@@ -448,7 +448,11 @@ async fn scan_with_daemon(
 ) -> anyhow::Result<Vec<Outcome>> {
     let mut ids = Vec::with_capacity(artifacts.len());
     for artifact in artifacts {
-        let path = std::path::absolute(artifact)
+        // The daemon opens the path with our rights and follows no link at its end: resolved
+        // here, as ourselves (a model in a Hugging Face cache is a link to its blob). What
+        // does not resolve is sent as it is, for the daemon to say why.
+        let path = std::fs::canonicalize(artifact)
+            .or_else(|_| std::path::absolute(artifact))
             .with_context(|| format!("resolving {}", artifact.display()))?;
         let request = serde_json::json!({
             "path": path,
@@ -534,7 +538,12 @@ async fn scan_with_daemon(
             let value: Value = serde_json::from_slice(&rendered)?;
             rendered = serde_json::to_vec_pretty(&value)?;
         }
-        if args.format != ReportFormat::Text {
+        if args.format == ReportFormat::Text {
+            // Escaped by the daemon already; a report stored by an older one too, here.
+            rendered = monitor_daemon::render::printable_lines(&String::from_utf8_lossy(&rendered))
+                .into_owned()
+                .into_bytes();
+        } else {
             rendered.push(b'\n');
         }
         let code = record["exit_code"]

@@ -7,6 +7,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Args, Subcommand};
 use monitor_daemon::{
     daemon::client::{self, Client},
+    render::printable,
     rules::Severity,
 };
 use serde_json::{Value, json};
@@ -149,7 +150,7 @@ async fn watch(args: WatchArgs) -> Result<()> {
             println!("{}", watch["id"].as_str().unwrap_or("?"));
             eprintln!(
                 "monitorctl: watching {}; `monitorctl watch tail` shows what it finds",
-                describe(&watch)
+                printable(&describe(&watch))
             );
         }
         WatchCommand::List => {
@@ -169,7 +170,7 @@ async fn watch(args: WatchArgs) -> Result<()> {
                     w["events"],
                     w["findings"],
                     w["kills"],
-                    describe(w)
+                    printable(&describe(w))
                 );
             }
         }
@@ -202,7 +203,8 @@ async fn watch(args: WatchArgs) -> Result<()> {
                         if json {
                             println!("{data}");
                         } else {
-                            println!("{}", line(&item));
+                            // Payload-chosen names and paths: escaped, one line each.
+                            println!("{}", printable(&line(&item)));
                         }
                     }
                     true

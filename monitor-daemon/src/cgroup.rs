@@ -10,7 +10,7 @@ use std::{
 };
 
 /// Where monitor creates its job cgroups, under the cgroup2 mount.
-const PARENT: &str = "monitor";
+pub const PARENT: &str = "monitor";
 
 /// Finds the cgroup2 mount in /proc/self/mountinfo (it is /sys/fs/cgroup on unified hosts and
 /// /sys/fs/cgroup/unified on hybrid ones, never assume either).

@@ -21,6 +21,14 @@ use crate::rules::Phase;
 /// make us buffer without bound).
 const MAX_LINE: usize = 64 * 1024;
 
+/// A job's messages read at most, in number and in bytes; later lines are read (the writer
+/// never blocks) but neither parsed nor kept, only counted ([`ControlReader::dropped`]). The
+/// harness itself sends at most a few thousand (its audit hook stops at 500 per event kind);
+/// a payload that writes to the pipe gets no further, so it can cost the daemon neither memory
+/// nor time, and the job's report says that messages were dropped.
+pub const MAX_MESSAGES: u64 = 20_000;
+pub const MAX_MESSAGE_BYTES: u64 = 8 << 20;
+
 /// One line of the control protocol: a JSON object tagged by `kind`, with `t`, the
 /// CLOCK_MONOTONIC time in nanoseconds when the harness wrote it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -146,6 +154,11 @@ pub struct ControlReader {
     eof: bool,
     /// Lines that were not valid messages.
     pub garbled: u64,
+    /// Lines read past [`MAX_MESSAGES`] or [`MAX_MESSAGE_BYTES`], not parsed.
+    dropped: u64,
+    /// Lines parsed, and their bytes.
+    read: u64,
+    read_bytes: u64,
 }
 
 impl ControlReader {
@@ -156,6 +169,9 @@ impl ControlReader {
             timeline: Timeline::default(),
             eof: false,
             garbled: 0,
+            dropped: 0,
+            read: 0,
+            read_bytes: 0,
         })
     }
 
@@ -171,6 +187,11 @@ impl ControlReader {
 
     pub fn timeline(&self) -> &Timeline {
         &self.timeline
+    }
+
+    /// Lines dropped unread once the job had sent its share (see [`MAX_MESSAGES`]).
+    pub fn dropped(&self) -> u64 {
+        self.dropped
     }
 
     /// Reads whatever is in the pipe now, without waiting, appending complete messages to
@@ -197,6 +218,14 @@ impl ControlReader {
             }
             bytes = &bytes[end + 1..];
             let line = std::mem::take(&mut self.partial);
+            if self.read >= MAX_MESSAGES
+                || self.read_bytes.saturating_add(line.len() as u64) > MAX_MESSAGE_BYTES
+            {
+                self.dropped += 1;
+                continue;
+            }
+            self.read += 1;
+            self.read_bytes += line.len() as u64;
             match serde_json::from_slice::<ControlMessage>(&line) {
                 Ok(msg) => {
                     if let ControlMessage::Phase { phase, t } = msg {
@@ -346,5 +375,33 @@ mod tests {
         assert_eq!(reader.garbled, 1);
         assert!(reader.at_eof());
         assert_eq!(reader.timeline().phase_at(8), Phase::Load);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_job_flooding_its_pipe_is_read_to_the_end_but_kept_to_its_share() {
+        let pipe = ControlPipe::new().unwrap();
+        let (mut reader, write) = pipe.split().unwrap();
+        let line = format!(
+            "{{\"kind\":\"note\",\"message\":\"{}\",\"t\":1}}\n",
+            "x".repeat(60_000)
+        );
+        let lines = 400u64;
+        let writer = std::thread::spawn(move || {
+            use std::io::Write as _;
+            let mut w = std::fs::File::from(write);
+            for _ in 0..lines {
+                w.write_all(line.as_bytes()).unwrap();
+            }
+        });
+        let mut out = Vec::new();
+        while !reader.at_eof() {
+            reader.readable().await.unwrap();
+            reader.drain_now(&mut out).unwrap();
+            out.clear();
+        }
+        writer.join().unwrap();
+        let kept = MAX_MESSAGE_BYTES / 60_030;
+        assert!(reader.dropped() >= lines - kept - 1, "{}", reader.dropped());
+        assert!(reader.dropped() < lines);
     }
 }

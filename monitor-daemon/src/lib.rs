@@ -15,6 +15,7 @@ pub use monitor_common;
 
 pub mod cgroup;
 pub mod control;
+pub mod creds;
 pub mod daemon;
 pub mod decode;
 pub mod probes;

@@ -115,6 +115,10 @@ pub struct RunSummary {
     /// What was found changed in the kernel probes while the job ran: records may be missing.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tampering: Vec<String>,
+    /// Control messages the job sent beyond its share, dropped unread (see
+    /// [`control::MAX_MESSAGES`]).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub control_dropped: u64,
     /// True when no record was lost or unreadable: the trace is the whole story.
     pub complete: bool,
 }
@@ -296,7 +300,12 @@ pub async fn run_with(
         malformed: counts.malformed,
         complete: counts.complete(),
         tampering: counts.tampering,
+        control_dropped: control.as_ref().map_or(0, ControlReader::dropped),
     })
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Reads what the control pipe holds now and passes it on.

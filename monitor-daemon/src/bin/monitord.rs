@@ -28,6 +28,9 @@ const DEFAULT_CONFIG: &str = "/etc/monitor/monitord.toml";
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // What the daemon writes is root's alone unless it says otherwise (the unit's UMask=0077,
+    // also when it is started by hand): reports, uploads, the database, the job's copies.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()
@@ -69,12 +72,28 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(daemon::run(config)) {
+    raise_open_file_limit();
+    let ran = runtime.block_on(daemon::run(config));
+    // Work still on the blocking pool (a read on a hung file system) does not hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match ran {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("monitord: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Every API connection is a descriptor: the soft open-file limit (often 1024) goes up to the
+/// hard one, and `max_connections` stays within it (see daemon::run).
+fn raise_open_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        eprintln!("monitord: raising the open-file limit to {hard}: {e}");
     }
 }
 

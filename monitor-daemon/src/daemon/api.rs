@@ -1,30 +1,44 @@
 //! The HTTP API on the Unix socket (see docs/api.yaml). Every error is JSON:
 //! `{"error": {"code": "...", "message": "..."}}` with a stable code; bad input is a 4xx,
 //! never a panic.
+//!
+//! Every handler but `/healthz` asks for the role it needs ([`Caller::require`], see
+//! [`auth`](super::auth)); a caller below `read` sees only their own scans, findings and
+//! watches, and another's is "not found", as one that does not exist. Requests and queries
+//! with fields the API does not know are refused (400), not half-understood.
 
 use std::{path::Path, sync::Arc};
 
 use axum::{
     Json, Router,
-    body::Bytes,
+    body::{Body, Bytes},
     extract::{
         Path as UrlPath, Query, State,
         rejection::{BytesRejection, PathRejection, QueryRejection},
     },
-    http::{StatusCode, header},
+    http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
 };
 use serde::Deserialize;
 use serde_json::json;
+use tokio::io::AsyncWriteExt as _;
 
-use crate::daemon::{
-    Shared,
-    store::{self, ScanRequest, StoreError},
+use crate::{
+    daemon::{
+        FeedItem, Shared,
+        auth::{self, Caller, Role},
+        store::{self, ScanRequest, StoreError},
+    },
+    scan::input::{self, OpenAs},
 };
 
 /// Requests larger than this are refused (a scan request is a path and a few options).
 const MAX_BODY: usize = 64 * 1024;
+
+/// Findings a stream client may have waiting; one that falls further behind is disconnected
+/// (everything is in /v1/findings).
+const STREAM_BUFFER: usize = 256;
 
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
@@ -35,12 +49,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/scans/{id}", get(get_scan))
         .route("/v1/scans/{id}/report", get(get_report))
         .route("/v1/scans/{id}/events", get(get_events))
-        .route(
-            "/v1/scans/upload",
-            axum::routing::post(upload_scan).layer(axum::extract::DefaultBodyLimit::max(
-                usize::try_from(shared.config.max_artifact_mib << 20).unwrap_or(usize::MAX),
-            )),
-        )
+        .route("/v1/scans/upload", axum::routing::post(upload_scan))
         .route("/v1/watches", get(list_watches).post(add_watch))
         .route("/v1/watches/{id}", get(get_watch).delete(remove_watch))
         .route("/v1/findings", get(list_findings))
@@ -59,13 +68,17 @@ pub fn router(shared: Arc<Shared>) -> Router {
             )
         })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            auth::audit,
+        ))
         .with_state(shared)
 }
 
 /// Only /metrics, for the optional loopback TCP listener.
 pub fn metrics_router(shared: Arc<Shared>) -> Router {
     Router::new()
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(render_metrics))
         .with_state(shared)
 }
 
@@ -76,7 +89,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         ApiError {
             status,
             code,
@@ -119,7 +132,12 @@ impl IntoResponse for ApiError {
     }
 }
 
-async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+async fn metrics(State(shared): State<Arc<Shared>>, caller: Caller) -> Result<Response, ApiError> {
+    caller.require(Role::Scan)?;
+    Ok(render_metrics(State(shared)).await)
+}
+
+async fn render_metrics(State(shared): State<Arc<Shared>>) -> Response {
     (
         [(
             header::CONTENT_TYPE,
@@ -130,13 +148,18 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         .into_response()
 }
 
-async fn status(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
+async fn status(
+    State(shared): State<Arc<Shared>>,
+    caller: Caller,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require(Role::Scan)?;
     let running: Vec<_> = shared
         .running
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .iter()
-        .map(|(id, phase)| json!({ "id": id, "phase": phase }))
+        .filter(|(_, scan)| caller.may_see(scan.owner))
+        .map(|(id, scan)| json!({ "id": id, "phase": scan.phase }))
         .collect();
     let python = shared.config.loader_env.join("bin/python");
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
@@ -147,9 +170,10 @@ async fn status(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
         Ok(c) => json!(c),
         Err(e) => json!({ "error": e.to_string() }),
     };
-    Json(json!({
+    Ok(Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "kernel": kernel.trim(),
+        "caller": { "uid": caller.uid(), "role": caller.role },
         "probes": {
             "attached": attached,
             "missing": missing,
@@ -171,17 +195,32 @@ async fn status(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
         "watches_active": shared.watches.active(),
         "loader_env": { "python": python, "present": python.is_file() },
         "rules": shared.rules().len(),
-    }))
+    })))
+}
+
+/// A scan request as a client sends it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScanBody {
+    path: String,
+    #[serde(default)]
+    exercise: bool,
+    #[serde(default)]
+    audit: bool,
+    #[serde(default)]
+    fail_on: Option<crate::rules::Severity>,
+    #[serde(default)]
+    timeout_secs: Option<u64>,
 }
 
 async fn submit_scan(
     State(shared): State<Arc<Shared>>,
+    caller: Caller,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    let mut request: ScanRequest = json_body(body, "a scan request")?;
-    // Only the daemon itself marks its own copies of uploads for deletion.
-    request.uploaded = false;
-    let path = Path::new(&request.path);
+    caller.require(Role::Scan)?;
+    let body: ScanBody = json_body(body, "a scan request")?;
+    let path = Path::new(&body.path);
     if !path.is_absolute()
         || path
             .components()
@@ -193,19 +232,25 @@ async fn submit_scan(
             "path must be absolute, without `..`",
         ));
     }
-    let exists = off_runtime(&shared, {
-        let path = path.to_owned();
-        move |_| Ok(path.exists())
+    let request = ScanRequest {
+        path: body.path,
+        exercise: body.exercise,
+        audit: body.audit,
+        fail_on: body.fail_on,
+        timeout_secs: body.timeout_secs,
+        uploaded: false,
+        owner: Some(caller.creds.clone()),
+    };
+    // Opened now as the caller, and again so when the scan starts: what they may not read
+    // is refused here, in the same words as what does not exist.
+    let who = OpenAs::User(caller.creds.clone());
+    off_runtime(&shared, move |shared| {
+        input::check(Path::new(&request.path), &who)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_path", e.to_string()))?;
+        ensure_space(shared, 0)?;
+        enqueue(shared, request, None)
     })
-    .await?;
-    if !exists {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_path",
-            format!("{} does not exist on the daemon's host", request.path),
-        ));
-    }
-    off_runtime(&shared, move |shared| enqueue(shared, request)).await
+    .await
 }
 
 /// Refuses a scan while the state directory has less than `min_free_mib` (plus `extra`
@@ -228,24 +273,36 @@ fn ensure_space(shared: &Shared, extra: u64) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Stores the request and queues it.
+/// A place in the scan queue, taken before anything is stored: a request the queue has no
+/// room for leaves nothing behind.
+type QueueSlot = tokio::sync::mpsc::OwnedPermit<(String, ScanRequest)>;
+
+fn queue_slot(shared: &Shared) -> Result<QueueSlot, ApiError> {
+    shared.queue.clone().try_reserve_owned().map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "queue_full",
+            "too many scans are waiting; try again later",
+        )
+    })
+}
+
+/// Stores the request and queues it in `slot` (taken now if none was).
 fn enqueue(
     shared: &Shared,
     request: ScanRequest,
+    slot: Option<QueueSlot>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    ensure_space(shared, 0)?;
+    let slot = match slot {
+        Some(slot) => slot,
+        None => queue_slot(shared)?,
+    };
     let id = uuid::Uuid::new_v4().to_string();
     shared
         .store
         .insert(&id, &request)
         .map_err(|e| ApiError::store(shared, e))?;
-    if shared.queue.try_send((id.clone(), request)).is_err() {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "queue_full",
-            "too many scans are waiting; try again later",
-        ));
-    }
+    slot.send((id.clone(), request));
     shared.metrics.queue_depth.inc();
     Ok((
         StatusCode::ACCEPTED,
@@ -254,6 +311,7 @@ fn enqueue(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct UploadQuery {
     /// The artifact's file name (kept for the report; the content decides the format).
     name: Option<String>,
@@ -263,26 +321,66 @@ struct UploadQuery {
     audit: bool,
 }
 
-/// The artifact's bytes in the body; the daemon keeps a copy until the scan is done.
+/// The artifact's bytes in the body, written to the state directory as they arrive (never
+/// held whole in memory) and refused the moment they pass `max_artifact_mib`; the daemon
+/// keeps its copy (0600, root's) until the scan is done. A refused upload leaves nothing.
 async fn upload_scan(
     State(shared): State<Arc<Shared>>,
+    caller: Caller,
     query: Result<Query<UploadQuery>, QueryRejection>,
-    body: Result<Bytes, BytesRejection>,
+    headers: HeaderMap,
+    body: Body,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    caller.require(Role::Scan)?;
     let Query(q) = query.map_err(bad_query)?;
-    let body = body.map_err(unreadable_body)?;
-    if body.is_empty() {
-        // Nothing to scan: refused here rather than queued to fail as an unknown format.
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "empty_body",
-            "the body is the artifact's bytes, and it is empty",
-        ));
+    let limit = shared.config.max_artifact_mib.saturating_mul(1 << 20);
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if announced == Some(0) {
+        return Err(empty_upload());
     }
-    // Only the last path component, and only plain characters: the name is not trusted.
-    let name: String = q
-        .name
-        .as_deref()
+    if announced.is_some_and(|n| n > limit) {
+        return Err(upload_too_large(&shared));
+    }
+    let slot = queue_slot(&shared)?;
+    let dir = shared
+        .config
+        .state_dir
+        .join("uploads")
+        .join(uuid::Uuid::new_v4().to_string());
+    let path = dir.join(upload_name(q.name.as_deref()));
+    let file = off_runtime(&shared, {
+        let (dir, path) = (dir.clone(), path.clone());
+        move |shared| {
+            ensure_space(shared, announced.unwrap_or(0))?;
+            create_upload(&dir, &path).map_err(|e| ApiError::store(shared, e.into()))
+        }
+    })
+    .await?;
+    let received = receive(&shared, body, file, limit).await;
+    let request = ScanRequest {
+        path: path.display().to_string(),
+        exercise: q.exercise,
+        audit: q.audit,
+        fail_on: None,
+        timeout_secs: None,
+        uploaded: true,
+        owner: Some(caller.creds.clone()),
+    };
+    off_runtime(&shared, move |shared| {
+        let queued = received.and_then(|()| enqueue(shared, request, Some(slot)));
+        if queued.is_err() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        queued
+    })
+    .await
+}
+
+/// Only the last path component, and only plain characters: the name is not trusted.
+fn upload_name(given: Option<&str>) -> String {
+    let name: String = given
         .and_then(|n| n.rsplit('/').next())
         .unwrap_or("artifact")
         .chars()
@@ -294,39 +392,78 @@ async fn upload_scan(
             }
         })
         .collect();
-    let name = if name.is_empty() || name.starts_with('.') {
+    if name.is_empty() || name.starts_with('.') {
         format!("artifact{name}")
     } else {
         name
-    };
-    let dir = shared
-        .config
-        .state_dir
-        .join("uploads")
-        .join(uuid::Uuid::new_v4().to_string());
-    let path = dir.join(&name);
-    off_runtime(&shared, move |shared| {
-        ensure_space(shared, body.len() as u64)?;
-        if let Err(e) = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, &body)) {
-            let _ = std::fs::remove_dir_all(&dir);
-            return Err(ApiError::store(shared, e.into()));
+    }
+}
+
+/// The upload's directory (0700) and file (0600), both root's.
+fn create_upload(dir: &Path, path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .recursive(true)
+        .create(dir)?;
+    std::fs::File::options()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+}
+
+/// Writes the body to `file` as it arrives; at most `limit` bytes, and at least one.
+async fn receive(
+    shared: &Shared,
+    body: Body,
+    file: std::fs::File,
+    limit: u64,
+) -> Result<(), ApiError> {
+    use tokio_stream::StreamExt as _;
+    let mut file = tokio::fs::File::from_std(file);
+    let mut stream = body.into_data_stream();
+    let mut total = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(unreadable_stream)?;
+        total += chunk.len() as u64;
+        if total > limit {
+            return Err(upload_too_large(shared));
         }
-        enqueue(
-            shared,
-            ScanRequest {
-                path: path.display().to_string(),
-                exercise: q.exercise,
-                audit: q.audit,
-                fail_on: None,
-                timeout_secs: None,
-                uploaded: true,
-            },
-        )
-    })
-    .await
+        file.write_all(&chunk)
+            .await
+            .map_err(|e| ApiError::store(shared, e.into()))?;
+    }
+    if total == 0 {
+        return Err(empty_upload());
+    }
+    file.flush()
+        .await
+        .map_err(|e| ApiError::store(shared, e.into()))
+}
+
+fn empty_upload() -> ApiError {
+    // Nothing to scan: refused here rather than queued to fail as an unknown format.
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "empty_body",
+        "the body is the artifact's bytes, and it is empty",
+    )
+}
+
+fn upload_too_large(shared: &Shared) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        format!(
+            "the artifact is larger than the daemon's limit of {} MiB (max_artifact_mib)",
+            shared.config.max_artifact_mib
+        ),
+    )
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ListQuery {
     verdict: Option<String>,
     limit: Option<u32>,
@@ -335,8 +472,10 @@ struct ListQuery {
 
 async fn list_scans(
     State(shared): State<Arc<Shared>>,
+    caller: Caller,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require(Role::Scan)?;
     let Query(q) = query.map_err(bad_query)?;
     if let Some(v) = &q.verdict
         && !crate::scan::Verdict::ALL
@@ -351,10 +490,11 @@ async fn list_scans(
     }
     let limit = q.limit.unwrap_or(50).min(500);
     let offset = q.offset.unwrap_or(0);
+    let owner = caller.only_own();
     let scans = off_runtime(&shared, move |shared| {
         shared
             .store
-            .list(q.verdict.as_deref(), limit, offset)
+            .list(q.verdict.as_deref(), owner, limit, offset)
             .map_err(ApiError::internal)
     })
     .await?;
@@ -363,19 +503,27 @@ async fn list_scans(
     ))
 }
 
+/// Scan `id` as the store has it, if the caller may see it.
+fn visible_scan(shared: &Shared, caller: &Caller, id: &str) -> Result<store::ScanRecord, ApiError> {
+    shared
+        .store
+        .get(id)
+        .map_err(ApiError::internal)?
+        .filter(|record| caller.may_see(record.owner_uid()))
+        .ok_or_else(|| not_found(id))
+}
+
 async fn get_scan(
     State(shared): State<Arc<Shared>>,
+    caller: Caller,
     id: Result<UrlPath<String>, PathRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require(Role::Scan)?;
     let UrlPath(id) = id.map_err(bad_path)?;
     let mut value = off_runtime(&shared, {
         let id = id.clone();
         move |shared| {
-            let mut record = shared
-                .store
-                .get(&id)
-                .map_err(ApiError::internal)?
-                .ok_or_else(|| not_found(&id))?;
+            let mut record = visible_scan(shared, &caller, &id)?;
             // The stored report holds three renderings; this shows the JSON one.
             if let Some(stored) = record.report.take() {
                 record.report = stored.get("json").cloned();
@@ -384,38 +532,35 @@ async fn get_scan(
         }
     })
     .await?;
-    if let Some(phase) = shared
+    if let Some(scan) = shared
         .running
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .get(&id)
     {
-        value["phase"] = json!(phase);
+        value["phase"] = json!(scan.phase);
     }
     Ok(Json(value))
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ReportQuery {
     format: Option<String>,
 }
 
 async fn get_report(
     State(shared): State<Arc<Shared>>,
+    caller: Caller,
     id: Result<UrlPath<String>, PathRejection>,
     query: Result<Query<ReportQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    caller.require(Role::Scan)?;
     let UrlPath(id) = id.map_err(bad_path)?;
     let Query(q) = query.map_err(bad_query)?;
     let record = off_runtime(&shared, {
         let id = id.clone();
-        move |shared| {
-            shared
-                .store
-                .get(&id)
-                .map_err(ApiError::internal)?
-                .ok_or_else(|| not_found(&id))
-        }
+        move |shared| visible_scan(shared, &caller, &id)
     })
     .await?;
     let Some(stored) = record.report else {
@@ -441,23 +586,40 @@ async fn get_report(
     }
 }
 
-async fn list_rules(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
+async fn list_rules(
+    State(shared): State<Arc<Shared>>,
+    caller: Caller,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require(Role::Scan)?;
     let rules = shared.rules();
     let list: Vec<_> = rules.rules().map(|r| &r.spec).collect();
-    Json(json!({ "rules": list }))
+    Ok(Json(json!({ "rules": list })))
 }
 
 async fn reload_rules(
     State(shared): State<Arc<Shared>>,
+    caller: Caller,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let count = shared
-        .reload_rules()
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_rules", e.to_string()))?;
+    caller.require(Role::Admin)?;
+    let count = off_runtime(&shared, |shared| {
+        shared
+            .reload_rules()
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_rules", e.to_string()))
+    })
+    .await?;
     Ok(Json(json!({ "rules": count })))
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct PageQuery {
+    limit: Option<u32>,
+    offset: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FindingsQuery {
     limit: Option<u32>,
     offset: Option<u32>,
     severity: Option<String>,
@@ -467,15 +629,22 @@ struct PageQuery {
 
 async fn get_events(
     State(shared): State<Arc<Shared>>,
+    caller: Caller,
     id: Result<UrlPath<String>, PathRejection>,
     query: Result<Query<PageQuery>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require(Role::Scan)?;
     let UrlPath(id) = id.map_err(bad_path)?;
     let Query(q) = query.map_err(bad_query)?;
     let limit = q.limit.unwrap_or(1000).min(20_000);
     let offset = q.offset.unwrap_or(0);
     let events = off_runtime(&shared, move |shared| {
-        if !shared.store.exists(&id).map_err(ApiError::internal)? {
+        let owner = shared
+            .store
+            .owner_of(&id)
+            .map_err(ApiError::internal)?
+            .ok_or_else(|| not_found(&id))?;
+        if !caller.may_see(owner) {
             return Err(not_found(&id));
         }
         shared
@@ -491,18 +660,24 @@ async fn get_events(
 
 async fn list_findings(
     State(shared): State<Arc<Shared>>,
-    query: Result<Query<PageQuery>, QueryRejection>,
+    caller: Caller,
+    query: Result<Query<FindingsQuery>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require(Role::Scan)?;
     let Query(q) = query.map_err(bad_query)?;
     let limit = q.limit.unwrap_or(50).min(500);
     let offset = q.offset.unwrap_or(0);
+    let owner = caller.only_own();
     let findings = off_runtime(&shared, move |shared| {
         shared
             .store
             .findings(
-                q.source,
-                q.severity.as_deref(),
-                q.rule.as_deref(),
+                &store::FindingsFilter {
+                    source: q.source,
+                    severity: q.severity.as_deref(),
+                    rule: q.rule.as_deref(),
+                    owner,
+                },
                 limit,
                 offset,
             )
@@ -514,19 +689,27 @@ async fn list_findings(
     ))
 }
 
-/// Findings as they happen, as server-sent events (`event: finding`).
+/// Findings as they happen, as server-sent events (`event: finding`): the caller's own, or
+/// everyone's for `read` and above.
 async fn stream_findings(
     State(shared): State<Arc<Shared>>,
-) -> axum::response::sse::Sse<
-    impl tokio_stream::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+    caller: Caller,
+) -> Result<
+    axum::response::sse::Sse<
+        impl tokio_stream::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+    >,
+    ApiError,
 > {
     use tokio_stream::StreamExt as _;
+    caller.require(Role::Scan)?;
+    let only = caller.only_own();
     let mut feed = shared.findings_feed.subscribe();
     let mut stopping = shared.stopping.subscribe();
     // Forwarded until the daemon stops: the stream then ends, or the graceful shutdown
     // would wait for it. A listener too slow for the feed misses findings (they are all in
-    // /v1/findings).
-    let (tx, rx) = tokio::sync::mpsc::channel::<serde_json::Value>(256);
+    // /v1/findings); one that has STREAM_BUFFER of them waiting is disconnected, so that a
+    // client that never reads holds neither memory nor the daemon.
+    let (tx, rx) = tokio::sync::mpsc::channel::<serde_json::Value>(STREAM_BUFFER);
     tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -535,9 +718,14 @@ async fn stream_findings(
                         break;
                     }
                 }
+                () = tx.closed() => break,
                 item = feed.recv() => match item {
-                    Ok(finding) => {
-                        if tx.send(finding).await.is_err() {
+                    Ok(FeedItem { owner, value }) => {
+                        if only.is_some_and(|uid| owner != Some(uid)) {
+                            continue;
+                        }
+                        if tx.try_send(value).is_err() {
+                            tracing::info!(uid = caller.uid(), "a findings stream fell behind; disconnected");
                             break;
                         }
                     }
@@ -552,17 +740,29 @@ async fn stream_findings(
             .event("finding")
             .data(finding.to_string()))
     });
-    axum::response::sse::Sse::new(events).keep_alive(axum::response::sse::KeepAlive::default())
+    Ok(axum::response::sse::Sse::new(events).keep_alive(axum::response::sse::KeepAlive::default()))
 }
 
-async fn list_watches(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
-    Json(json!({ "watches": shared.watches.list() }))
+async fn list_watches(
+    State(shared): State<Arc<Shared>>,
+    caller: Caller,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require(Role::Scan)?;
+    let watches: Vec<_> = shared
+        .watches
+        .list()
+        .into_iter()
+        .filter(|w| caller.may_see(w.owner_uid))
+        .collect();
+    Ok(Json(json!({ "watches": watches })))
 }
 
 async fn add_watch(
     State(shared): State<Arc<Shared>>,
+    caller: Caller,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    caller.require(Role::Scan)?;
     let request: crate::watch::WatchRequest = json_body(body, "a watch request")?;
     // Checking the target reads /proc and the cgroup tree; starting it may scan /proc.
     off_runtime(&shared, move |shared| {
@@ -570,18 +770,19 @@ async fn add_watch(
         let spec = request
             .validate(&root)
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_watch", e.to_string()))?;
+        auth::check_watch(&caller, &spec, &root)?;
         let id = uuid::Uuid::new_v4().to_string();
+        let owner = Some(caller.uid());
         shared
             .store
-            .insert_watch(&id, &spec)
+            .insert_watch(&id, &spec, owner)
             .map_err(ApiError::internal)?;
-        let record = shared
-            .store
-            .watches()
-            .map_err(ApiError::internal)?
-            .into_iter()
-            .find(|w| w.id == id)
-            .ok_or_else(|| ApiError::internal("the stored watch vanished"))?;
+        let record = store::WatchRecord {
+            id: id.clone(),
+            spec,
+            created_at: store::now_ms(),
+            owner,
+        };
         if let Err(e) = shared.watches.start(shared, record, false) {
             // Nothing half-made stays behind: the kernel refused it, so the store forgets it.
             let _ = shared.store.remove_watch(&id);
@@ -597,12 +798,27 @@ async fn add_watch(
     .await
 }
 
+/// Watch `id`, if the caller may see it.
+fn visible_watch(
+    shared: &Shared,
+    caller: &Caller,
+    id: &str,
+) -> Result<crate::daemon::watches::WatchStatus, ApiError> {
+    shared
+        .watches
+        .get(id)
+        .filter(|w| caller.may_see(w.owner_uid))
+        .ok_or_else(|| no_watch(id))
+}
+
 async fn get_watch(
     State(shared): State<Arc<Shared>>,
+    caller: Caller,
     id: Result<UrlPath<String>, PathRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require(Role::Scan)?;
     let UrlPath(id) = id.map_err(bad_path)?;
-    let status = shared.watches.get(&id).ok_or_else(|| no_watch(&id))?;
+    let status = visible_watch(&shared, &caller, &id)?;
     let kills = off_runtime(&shared, move |shared| {
         shared
             .store
@@ -617,16 +833,22 @@ async fn get_watch(
 
 async fn remove_watch(
     State(shared): State<Arc<Shared>>,
+    caller: Caller,
     id: Result<UrlPath<String>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
+    caller.require(Role::Scan)?;
     let UrlPath(id) = id.map_err(bad_path)?;
-    let status = shared.watches.get(&id).ok_or_else(|| no_watch(&id))?;
+    let status = visible_watch(&shared, &caller, &id)?;
     if status.builtin {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "builtin_watch",
             format!("watch {id} comes from monitord's configuration; change it there"),
         ));
+    }
+    // Seeing every watch (`read`) is not removing it: that is its owner's, or an admin's.
+    if status.owner_uid != Some(caller.uid()) {
+        caller.require(Role::Admin)?;
     }
     shared.watches.stop(&id);
     off_runtime(&shared, move |shared| {
@@ -651,27 +873,6 @@ fn json_body<T: serde::de::DeserializeOwned>(
     })
 }
 
-/// A body that could not be read: over its limit, or stalled past the read timeout (see
-/// `serve`).
-fn unreadable_body(e: BytesRejection) -> ApiError {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-    while let Some(c) = cause {
-        if c.is::<tower_http::timeout::TimeoutError>() {
-            return ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "request_timeout",
-                "the request body stalled: no byte of it came within the read timeout",
-            );
-        }
-        cause = c.source();
-    }
-    ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "body_too_large",
-        e.body_text(),
-    )
-}
-
 /// Runs `work` with the daemon's state on the blocking pool: the store's reads and writes and
 /// file work wait on the disk (and a big report takes a while to read), never on one of the
 /// runtime's workers, which answer everyone else meanwhile.
@@ -683,6 +884,50 @@ async fn off_runtime<T: Send + 'static>(
     tokio::task::spawn_blocking(move || work(&shared))
         .await
         .map_err(ApiError::internal)?
+}
+
+/// Whether `e` (or its cause) is the request body's read timeout (see `serve`).
+fn is_body_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
+fn request_timeout() -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "request_timeout",
+        "the request body stalled: no byte of it came within the read timeout",
+    )
+}
+
+/// A body that could not be read: over its limit, or stalled past the read timeout.
+fn unreadable_body(e: BytesRejection) -> ApiError {
+    if is_body_timeout(&e) {
+        return request_timeout();
+    }
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        e.body_text(),
+    )
+}
+
+/// A streamed body that broke off: stalled, or the client went away.
+fn unreadable_stream(e: axum::Error) -> ApiError {
+    if is_body_timeout(&e) {
+        return request_timeout();
+    }
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "malformed_request",
+        format!("the body could not be read: {e}"),
+    )
 }
 
 fn no_watch(id: &str) -> ApiError {

@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     /// Where the database of scans and reports lives.
     pub state_dir: PathBuf,
-    /// The API's Unix socket (mode 0660, group `monitor` when that group exists).
+    /// The API's Unix socket (mode 0660, group `monitor` when that group exists). Who may
+    /// connect is the socket's business; what each caller may do, `[roles]`'s.
     pub socket: PathBuf,
     /// Also serve /metrics (only) over TCP here. A loopback address unless
     /// `metrics_listen_allow_non_loopback`: a listener others reach is an opt-in.
@@ -47,9 +48,54 @@ pub struct Config {
     /// within this many seconds of the last; one that stalls is disconnected, so that half a
     /// request cannot hold a connection and its task for ever.
     pub read_timeout_secs: u64,
+    /// API connections open at once, all users together; more are answered 503 and closed.
+    /// (At most the daemon's open-file limit less what its scans and probes need.)
+    pub max_connections: usize,
+    /// API connections one user other than root may hold open at once: a user who opens
+    /// thousands (streams never read, say) holds these and no more.
+    pub max_connections_per_user: usize,
+    /// Who may do what over the API (root may do everything).
+    pub roles: RolesConfig,
     /// Watching any process on the host that opens a model artifact.
     pub discovery: DiscoveryConfig,
 }
+
+/// `[roles]`: the users and groups (by name) that hold each role. A caller holds the highest
+/// role that names them or one of their groups; root is always `admin`. One named in no role
+/// may only ask `/healthz`.
+///
+/// - `scan`: submit scans (of files they can read themselves), see their own scans, reports
+///   and findings, and watch (report only) processes and cgroups they own;
+/// - `read`: that, and every scan, report, finding and watch;
+/// - `admin`: everything: watches of any process, cgroup or executable, kill policies, rule
+///   reloads.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RolesConfig {
+    pub scan_users: Vec<String>,
+    pub scan_groups: Vec<String>,
+    pub read_users: Vec<String>,
+    pub read_groups: Vec<String>,
+    pub admin_users: Vec<String>,
+    pub admin_groups: Vec<String>,
+}
+
+/// By default the members of the socket's group (`monitor`) may scan.
+impl Default for RolesConfig {
+    fn default() -> Self {
+        RolesConfig {
+            scan_users: Vec::new(),
+            scan_groups: vec![SOCKET_GROUP.into()],
+            read_users: Vec::new(),
+            read_groups: Vec::new(),
+            admin_users: Vec::new(),
+            admin_groups: Vec::new(),
+        }
+    }
+}
+
+/// The group the API socket belongs to when it exists (mode 0660): who may connect at all.
+pub const SOCKET_GROUP: &str = "monitor";
 
 /// `[discovery]`: any process on the host that opens a file whose name ends in one of
 /// `suffixes` is watched from that open on, with what it starts, for `window_secs`.
@@ -152,6 +198,9 @@ impl Default for Config {
             min_free_mib: 64,
             ring_buffer_kib: 16 * 1024,
             read_timeout_secs: 5,
+            max_connections: 512,
+            max_connections_per_user: 32,
+            roles: RolesConfig::default(),
             discovery: DiscoveryConfig::default(),
         }
     }
@@ -206,10 +255,15 @@ impl Config {
                 "ring_buffer_kib must be a power of two, at least 4".into(),
             ));
         }
-        if self.scan_timeout_secs == 0 || self.max_queued_scans == 0 || self.read_timeout_secs == 0
+        if self.scan_timeout_secs == 0
+            || self.max_queued_scans == 0
+            || self.read_timeout_secs == 0
+            || self.max_connections == 0
+            || self.max_connections_per_user == 0
         {
             return Err(ConfigError::Invalid(
-                "scan_timeout_secs, max_queued_scans and read_timeout_secs must be above zero"
+                "scan_timeout_secs, max_queued_scans, read_timeout_secs, max_connections and \
+                 max_connections_per_user must be above zero"
                     .into(),
             ));
         }

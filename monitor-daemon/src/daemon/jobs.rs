@@ -3,7 +3,7 @@
 //! them).
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     path::PathBuf,
     sync::{Arc, Mutex},
     time::Duration,
@@ -13,19 +13,31 @@ use tokio::sync::{Semaphore, mpsc};
 
 use crate::{
     daemon::{
-        Shared,
+        FeedItem, Shared,
         store::{Finished, ScanRequest, StoreError},
     },
     rules::Phase,
     run::Output,
-    scan::{self, LazyProbes, Progress, ScanSpec, format::Limits, sarif, text},
+    scan::{
+        self, LazyProbes, Progress, ScanSpec, format::Limits, input::OpenAs,
+        report::MAX_FINDINGS_PER_RULE, sarif, text,
+    },
 };
 
 /// A scan's trace is stored up to this many events (the report counts them all).
 const MAX_STORED_EVENTS: usize = 20_000;
 
-/// The scans running now, by id, with the phase each loader last reported.
-pub type RunningScans = Arc<Mutex<BTreeMap<String, Option<Phase>>>>;
+/// The scans running now, by id.
+pub type RunningScans = Arc<Mutex<BTreeMap<String, Running>>>;
+
+/// A scan running now.
+#[derive(Debug, Clone, Copy)]
+pub struct Running {
+    /// Who asked for it.
+    pub owner: Option<u32>,
+    /// The phase its loader last reported.
+    pub phase: Option<Phase>,
+}
 
 /// Runs queued scans until the queue is closed, as many at once as the configuration allows.
 pub async fn worker(shared: Arc<Shared>, mut queue: mpsc::Receiver<(String, ScanRequest)>) {
@@ -39,7 +51,11 @@ pub async fn worker(shared: Arc<Shared>, mut queue: mpsc::Receiver<(String, Scan
         tokio::spawn(async move {
             let mut probes = LazyProbes::loaded(shared.router.clone());
             let stored = run_one(&shared, &mut probes, &id, &request).await;
-            set_phase(&shared.running, &id, None, false);
+            shared
+                .running
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
             drop(slot);
             if let Err(e) = stored {
                 tracing::error!(scan = %id, error = %e, "storing the scan failed");
@@ -63,19 +79,29 @@ async fn run_one(
         blocking(move || shared.store.set_running(&id)).await
     };
     marked?;
-    set_phase(&shared.running, id, None, true);
-    tracing::info!(scan = %id, path = %request.path, "scan started");
+    let owner = request.owner.as_ref().map(|o| o.uid);
+    set_phase(&shared.running, id, owner, None);
+    tracing::info!(scan = %id, path = %request.path, uid = owner, "scan started");
     let spec = spec_for(shared, request);
     let running = shared.running.clone();
     let mut trace = Vec::new();
+    // Streamed as the report keeps them: the first of each rule.
+    let mut streamed: HashMap<String, usize> = HashMap::new();
     let report = scan::scan(&spec, probes, |progress| match progress {
-        Progress::Phase(phase) => set_phase(&running, id, Some(phase), true),
+        Progress::Phase(phase) => set_phase(&running, id, owner, Some(phase)),
         Progress::Job(Output::Finding(finding)) => {
-            // Nobody listening is fine.
-            let _ = shared.findings_feed.send(serde_json::json!({
-                "scan_id": id,
-                "finding": finding,
-            }));
+            let sent = streamed.entry(finding.rule.clone()).or_default();
+            if *sent < MAX_FINDINGS_PER_RULE {
+                *sent += 1;
+                // Nobody listening is fine.
+                let _ = shared.findings_feed.send(FeedItem {
+                    owner,
+                    value: serde_json::json!({
+                        "scan_id": id,
+                        "finding": finding,
+                    }),
+                });
+            }
         }
         Progress::Job(Output::Event(event)) => {
             if trace.len() < MAX_STORED_EVENTS
@@ -188,14 +214,12 @@ async fn abandon(shared: &Arc<Shared>, id: &str) {
     }
 }
 
-/// Marks scan `id` running in `phase`, or (`running` false) no longer running.
-fn set_phase(scans: &RunningScans, id: &str, phase: Option<Phase>, running: bool) {
-    let mut scans = scans.lock().unwrap_or_else(|p| p.into_inner());
-    if running {
-        scans.insert(id.to_owned(), phase);
-    } else {
-        scans.remove(id);
-    }
+/// Marks scan `id` of `owner` running in `phase`.
+fn set_phase(scans: &RunningScans, id: &str, owner: Option<u32>, phase: Option<Phase>) {
+    scans
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(id.to_owned(), Running { owner, phase });
 }
 
 fn spec_for(shared: &Shared, request: &ScanRequest) -> ScanSpec {
@@ -212,6 +236,11 @@ fn spec_for(shared: &Shared, request: &ScanRequest) -> ScanSpec {
     spec.timeout = Duration::from_secs(request.timeout_secs.unwrap_or(limit).clamp(1, limit));
     spec.limits = Limits {
         max_size: config.max_artifact_mib.saturating_mul(1 << 20),
+    };
+    // A path is opened with the rights of who asked; an upload is the daemon's own copy.
+    spec.open_as = match &request.owner {
+        Some(owner) if !request.uploaded => OpenAs::User(owner.clone()),
+        _ => OpenAs::Myself,
     };
     spec
 }

@@ -238,6 +238,18 @@ impl Metrics {
         for f in &report.findings {
             self.count_finding(f, "scan");
         }
+        // Those the report did not keep (beyond the first of their rule) count too.
+        for (rule, omitted) in &report.findings_omitted {
+            if let Some(kept) = report.findings.iter().find(|f| &f.rule == rule) {
+                self.findings
+                    .get_or_create(&FindingLabels {
+                        severity: kept.severity.name().into(),
+                        rule: rule.clone(),
+                        source: "scan".into(),
+                    })
+                    .inc_by(*omitted);
+            }
+        }
         if let Some(trace) = &report.trace {
             self.events_dropped.inc_by(trace.dropped);
         }

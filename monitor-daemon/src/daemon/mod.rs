@@ -1,8 +1,10 @@
 //! monitord: the engine as a long-running host daemon. Scans are accepted over the API
-//! ([`api`]), kept in the store from the moment they are accepted ([`store`]), run side by
-//! side on probes loaded once ([`jobs`]), and counted for Prometheus ([`metrics`]).
+//! ([`api`]) from callers the kernel names and `[roles]` authorizes ([`auth`]), kept in the
+//! store from the moment they are accepted ([`store`]), run side by side on probes loaded once
+//! ([`jobs`]), and counted for Prometheus ([`metrics`]).
 
 pub mod api;
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod jobs;
@@ -41,14 +43,35 @@ pub struct Shared {
     pub router: Router,
     pub watches: watches::Watches,
     /// Findings as they happen, for /v1/findings/stream.
-    pub findings_feed: tokio::sync::broadcast::Sender<serde_json::Value>,
+    pub findings_feed: tokio::sync::broadcast::Sender<FeedItem>,
+    /// `[roles]`, looked up.
+    pub roles: auth::Roles,
     /// Becomes true when the daemon stops, ending the streams that would keep it serving.
     pub stopping: tokio::sync::watch::Sender<bool>,
 }
 
-/// How long a running scan may finish after SIGTERM before the daemon exits anyway (the scan
-/// is then reported as interrupted at the next start).
-const DRAIN: Duration = Duration::from_secs(10);
+/// One item of the findings feed: what the stream shows, and whose it is (a scan's or a
+/// watch's owner; `None` for discovery's), so that each stream shows its caller's own.
+#[derive(Debug, Clone)]
+pub struct FeedItem {
+    pub owner: Option<u32>,
+    pub value: serde_json::Value,
+}
+
+/// How long open API connections may finish after SIGTERM; a client that does not read its
+/// reply is then dropped.
+const GRACE: Duration = Duration::from_secs(2);
+
+/// How long, after that, a running scan may finish before the daemon exits anyway (the scan
+/// is then reported as interrupted at the next start): ten seconds from SIGTERM in all.
+const DRAIN: Duration = Duration::from_secs(8);
+
+/// A reply may stall this long (the client reads nothing) before its connection is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Descriptors kept for the probes, the jobs and the store: the API's connections get the
+/// open-file limit less these.
+const RESERVED_FDS: usize = 256;
 
 impl Shared {
     pub fn rules(&self) -> Arc<RuleSet> {
@@ -132,6 +155,7 @@ pub async fn run(config: Config) -> Result<()> {
 
     let capacity = config.max_queued_scans.max(requeued.len());
     let (queue, waiting) = mpsc::channel(capacity);
+    let roles = auth::Roles::resolve(&config.roles);
     let shared = Arc::new(Shared {
         config,
         store,
@@ -142,6 +166,7 @@ pub async fn run(config: Config) -> Result<()> {
         router,
         watches: watches::Watches::default(),
         findings_feed: tokio::sync::broadcast::channel(1024).0,
+        roles,
         stopping: tokio::sync::watch::channel(false).0,
     });
     for item in requeued {
@@ -153,14 +178,24 @@ pub async fn run(config: Config) -> Result<()> {
     resume_watches(&shared)?;
 
     let listener = bind(&shared.config.socket)?;
-    tracing::info!(socket = %shared.config.socket.display(), "monitord is serving");
+    let limits = connection_limits(&shared.config);
+    tracing::info!(
+        socket = %shared.config.socket.display(),
+        max_connections = limits.max_connections,
+        "monitord is serving"
+    );
     if let Some(addr) = shared.config.metrics_listen {
         let tcp = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("listening on {addr} for /metrics"))?;
         let app = api::metrics_router(shared.clone());
-        let read_timeout = shared.config.read_timeout();
-        tokio::spawn(serve::serve(tcp, app, read_timeout, std::future::pending()));
+        tokio::spawn(serve::serve(
+            tcp,
+            app,
+            limits,
+            |_| None,
+            std::future::pending(),
+        ));
     }
     let reloader = shared.clone();
     tokio::spawn(async move {
@@ -178,7 +213,15 @@ pub async fn run(config: Config) -> Result<()> {
     serve::serve(
         listener,
         api::router(shared.clone()),
-        shared.config.read_timeout(),
+        limits,
+        |io: &tokio::net::UnixStream| match crate::creds::Credentials::of_peer(io) {
+            Ok((creds, pid)) => Some(auth::Peer { creds, pid }),
+            Err(e) => {
+                // No credentials, no role: such a caller may ask /healthz only.
+                tracing::warn!(error = %e, "a connection's credentials could not be read");
+                None
+            }
+        },
         async move {
             shutdown_signal().await;
             stopping.stopping.send_replace(true);
@@ -255,6 +298,7 @@ fn resume_watches(shared: &Arc<Shared>) -> Result<()> {
             id: watches::DISCOVERY_ID.into(),
             spec,
             created_at: 0,
+            owner: None,
         };
         shared
             .watches
@@ -262,6 +306,29 @@ fn resume_watches(shared: &Arc<Shared>) -> Result<()> {
             .context("starting discovery")?;
     }
     Ok(())
+}
+
+/// What the API server allows: the configured connection limits, within the open-file limit.
+fn connection_limits(config: &Config) -> serve::Limits {
+    let nofile = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(1024, |(soft, _)| {
+            usize::try_from(soft).unwrap_or(usize::MAX)
+        });
+    let fits = nofile.saturating_sub(RESERVED_FDS).max(16);
+    if config.max_connections > fits {
+        tracing::warn!(
+            max_connections = config.max_connections,
+            open_file_limit = nofile,
+            "max_connections lowered to {fits}: the open-file limit leaves no more"
+        );
+    }
+    serve::Limits {
+        read_timeout: config.read_timeout(),
+        write_timeout: WRITE_TIMEOUT,
+        max_connections: config.max_connections.min(fits),
+        max_per_user: config.max_connections_per_user,
+        grace: GRACE,
+    }
 }
 
 /// Binds the API socket: mode 0660, group `monitor` when it exists. A stale socket file (no
@@ -279,7 +346,7 @@ fn bind(path: &std::path::Path) -> Result<UnixListener> {
     let listener =
         UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
-    if let Ok(Some(group)) = nix::unistd::Group::from_name("monitor") {
+    if let Ok(Some(group)) = nix::unistd::Group::from_name(config::SOCKET_GROUP) {
         let _ = nix::unistd::chown(path, None, Some(group.gid));
     }
     Ok(listener)

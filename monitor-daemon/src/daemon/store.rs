@@ -2,8 +2,13 @@
 //! moment it is accepted, so queued scans survive a restart and a scan that was running when
 //! the daemon died is found and reported as interrupted, never lost. Live watches are rows
 //! too, restarted with the daemon; their findings and kills are kept after they are removed.
+//!
+//! The state is private: the directory 0700, the database and its journal 0600 (reports
+//! name files and hold what loading them did; uploads are other users' models). Each scan,
+//! watch and watch finding keeps its owner's uid, by which a caller below `read` sees only
+//! their own.
 
-use std::{path::Path, sync::Mutex};
+use std::{os::unix::fs::PermissionsExt as _, path::Path, sync::Mutex};
 
 use rusqlite::{Connection, OptionalExtension as _, params};
 use serde::{Deserialize, Serialize};
@@ -56,6 +61,10 @@ pub struct ScanRequest {
     /// The artifact was uploaded: `path` is the daemon's own copy, removed after the scan.
     #[serde(default)]
     pub uploaded: bool,
+    /// Who asked (the API caller's credentials): a path is opened with their rights, and the
+    /// scan is theirs to see. `None` for requests stored before owners were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<crate::creds::Credentials>,
 }
 
 /// A scan as the API shows it.
@@ -73,6 +82,13 @@ pub struct ScanRecord {
     /// The report (schema monitor.scan/v1) once done.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub report: Option<serde_json::Value>,
+}
+
+impl ScanRecord {
+    /// The uid of who asked for it.
+    pub fn owner_uid(&self) -> Option<u32> {
+        self.request.owner.as_ref().map(|o| o.uid)
+    }
 }
 
 pub struct Store {
@@ -160,7 +176,27 @@ pub struct WatchRecord {
     pub spec: crate::watch::WatchSpec,
     /// Unix time in milliseconds.
     pub created_at: i64,
+    /// The uid of who added it; `None` for the configuration's (discovery) and watches
+    /// stored before owners were.
+    pub owner: Option<u32>,
 }
+
+/// Which findings to list.
+#[derive(Debug, Default)]
+pub struct FindingsFilter<'a> {
+    pub source: Option<Source>,
+    pub severity: Option<&'a str>,
+    pub rule: Option<&'a str>,
+    /// Only those of this uid's scans and watches.
+    pub owner: Option<u32>,
+}
+
+/// Columns added since the first schema: `(table, column, type)`, added where missing.
+const ADDED_COLUMNS: [(&str, &str, &str); 3] = [
+    ("scans", "owner_uid", "INTEGER"),
+    ("watches", "owner_uid", "INTEGER"),
+    ("watch_findings", "owner_uid", "INTEGER"),
+];
 
 /// Where findings come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -171,15 +207,46 @@ pub enum Source {
 }
 
 impl Store {
+    /// Opens (or creates) the database at `path`; its directory becomes 0700 and its files
+    /// 0600, whatever they were before.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let private = |path: &Path, mode| match std::fs::set_permissions(
+            path,
+            std::fs::Permissions::from_mode(mode),
+        ) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        };
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
+            private(dir, 0o700)?;
+        }
+        // SQLite makes its journal and shared-memory files with the database's mode.
+        let mut db_file = path.as_os_str().to_owned();
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        for suffix in ["", "-wal", "-shm"] {
+            db_file.push(suffix);
+            private(Path::new(&db_file), 0o600)?;
+            db_file = path.as_os_str().to_owned();
         }
         let db = Connection::open(path)?;
         db.pragma_update(None, "journal_mode", "WAL")?;
         db.pragma_update(None, "synchronous", "NORMAL")?;
         db.pragma_update(None, "foreign_keys", "ON")?;
         db.execute_batch(SCHEMA)?;
+        for (table, column, kind) in ADDED_COLUMNS {
+            let present = db
+                .prepare(&format!(
+                    "SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"
+                ))?
+                .exists(params![column])?;
+            if !present {
+                db.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))?;
+            }
+        }
         Ok(Store { db: Mutex::new(db) })
     }
 
@@ -214,8 +281,14 @@ impl Store {
 
     pub fn insert(&self, id: &str, request: &ScanRequest) -> Result<(), StoreError> {
         self.db().execute(
-            "INSERT INTO scans (id, request, status, created_at) VALUES (?1, ?2, 'queued', ?3)",
-            params![id, serde_json::to_string(request)?, now_ms()],
+            "INSERT INTO scans (id, request, status, created_at, owner_uid) \
+             VALUES (?1, ?2, 'queued', ?3, ?4)",
+            params![
+                id,
+                serde_json::to_string(request)?,
+                now_ms(),
+                request.owner.as_ref().map(|o| o.uid)
+            ],
         )?;
         Ok(())
     }
@@ -276,12 +349,16 @@ impl Store {
     /// rule.
     pub fn findings(
         &self,
-        source: Option<Source>,
-        severity: Option<&str>,
-        rule: Option<&str>,
+        filter: &FindingsFilter<'_>,
         limit: u32,
         offset: u32,
     ) -> Result<Vec<serde_json::Value>, StoreError> {
+        let FindingsFilter {
+            source,
+            severity,
+            rule,
+            owner,
+        } = *filter;
         let db = self.db();
         let (scans, watches) = match source {
             None => (true, true),
@@ -289,11 +366,11 @@ impl Store {
             Some(Source::Watch) => (false, true),
         };
         let mut stmt = db.prepare(
-            "SELECT src, owner, finding FROM (                SELECT 'scan' AS src, f.scan_id AS owner, f.finding,                       COALESCE(s.finished_at, s.created_at) AS t, f.seq                FROM findings f JOIN scans s ON s.id = f.scan_id                WHERE ?1 AND (?3 IS NULL OR f.severity = ?3) AND (?4 IS NULL OR f.rule = ?4)              UNION ALL                SELECT 'watch', w.watch_id, w.finding, w.created_at, w.seq FROM watch_findings w                WHERE ?2 AND (?3 IS NULL OR w.severity = ?3) AND (?4 IS NULL OR w.rule = ?4)              ) ORDER BY t DESC, seq DESC LIMIT ?5 OFFSET ?6",
+            "SELECT src, owner, finding FROM (                SELECT 'scan' AS src, f.scan_id AS owner, f.finding,                       COALESCE(s.finished_at, s.created_at) AS t, f.seq                FROM findings f JOIN scans s ON s.id = f.scan_id                WHERE ?1 AND (?3 IS NULL OR f.severity = ?3) AND (?4 IS NULL OR f.rule = ?4)                  AND (?7 IS NULL OR s.owner_uid = ?7)              UNION ALL                SELECT 'watch', w.watch_id, w.finding, w.created_at, w.seq FROM watch_findings w                WHERE ?2 AND (?3 IS NULL OR w.severity = ?3) AND (?4 IS NULL OR w.rule = ?4)                  AND (?7 IS NULL OR w.owner_uid = ?7)              ) ORDER BY t DESC, seq DESC LIMIT ?5 OFFSET ?6",
         )?;
         let rows = stmt
             .query_map(
-                params![scans, watches, severity, rule, limit, offset],
+                params![scans, watches, severity, rule, limit, offset, owner],
                 |row| {
                     Ok((
                         row.get::<_, String>(0)?,
@@ -315,11 +392,16 @@ impl Store {
             .collect()
     }
 
-    /// Stores a new watch.
-    pub fn insert_watch(&self, id: &str, spec: &crate::watch::WatchSpec) -> Result<(), StoreError> {
+    /// Stores a new watch of `owner`'s.
+    pub fn insert_watch(
+        &self,
+        id: &str,
+        spec: &crate::watch::WatchSpec,
+        owner: Option<u32>,
+    ) -> Result<(), StoreError> {
         self.db().execute(
-            "INSERT INTO watches (id, spec, created_at) VALUES (?1, ?2, ?3)",
-            params![id, serde_json::to_string(spec)?, now_ms()],
+            "INSERT INTO watches (id, spec, created_at, owner_uid) VALUES (?1, ?2, ?3, ?4)",
+            params![id, serde_json::to_string(spec)?, now_ms(), owner],
         )?;
         Ok(())
     }
@@ -335,38 +417,50 @@ impl Store {
     /// Every watch, oldest first.
     pub fn watches(&self) -> Result<Vec<WatchRecord>, StoreError> {
         let db = self.db();
-        let mut stmt = db.prepare("SELECT id, spec, created_at FROM watches ORDER BY seq")?;
+        let mut stmt =
+            db.prepare("SELECT id, spec, created_at, owner_uid FROM watches ORDER BY seq")?;
         let rows = stmt
             .query_map([], |row| {
                 Ok((
                     row.get::<_, String>(0)?,
                     row.get::<_, String>(1)?,
                     row.get::<_, i64>(2)?,
+                    row.get::<_, Option<u32>>(3)?,
                 ))
             })?
             .collect::<Result<Vec<_>, _>>()?;
         rows.into_iter()
-            .map(|(id, spec, created_at)| {
+            .map(|(id, spec, created_at, owner)| {
                 Ok(WatchRecord {
                     id,
                     spec: serde_json::from_str(&spec)?,
                     created_at,
+                    owner,
                 })
             })
             .collect()
     }
 
-    /// Keeps a watch's finding.
+    /// Keeps a finding of watch `watch_id`, whose owner is `owner`.
     pub fn add_watch_finding(
         &self,
         watch_id: &str,
+        owner: Option<u32>,
         rule: &str,
         severity: &str,
         finding: &serde_json::Value,
     ) -> Result<(), StoreError> {
         self.db().execute(
-            "INSERT INTO watch_findings (watch_id, rule, severity, finding, created_at)              VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![watch_id, rule, severity, serde_json::to_string(finding)?, now_ms()],
+            "INSERT INTO watch_findings (watch_id, rule, severity, finding, created_at, \
+             owner_uid) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                watch_id,
+                rule,
+                severity,
+                serde_json::to_string(finding)?,
+                now_ms(),
+                owner
+            ],
         )?;
         Ok(())
     }
@@ -417,13 +511,17 @@ impl Store {
         rows.iter().map(|e| Ok(serde_json::from_str(e)?)).collect()
     }
 
-    /// Whether scan `id` is stored (without reading its report).
-    pub fn exists(&self, id: &str) -> Result<bool, StoreError> {
+    /// The owner's uid of scan `id` (without reading its report): `None` if there is no
+    /// such scan, `Some(None)` if it has no owner.
+    pub fn owner_of(&self, id: &str) -> Result<Option<Option<u32>>, StoreError> {
         Ok(self
             .db()
-            .query_row("SELECT 1 FROM scans WHERE id = ?1", params![id], |_| Ok(()))
-            .optional()?
-            .is_some())
+            .query_row(
+                "SELECT owner_uid FROM scans WHERE id = ?1",
+                params![id],
+                |row| row.get::<_, Option<u32>>(0),
+            )
+            .optional()?)
     }
 
     pub fn get(&self, id: &str) -> Result<Option<ScanRecord>, StoreError> {
@@ -439,20 +537,22 @@ impl Store {
         row.map(|r| r.into_record(true)).transpose()
     }
 
-    /// Newest first, without reports.
+    /// Newest first, without reports; only `owner`'s if given.
     pub fn list(
         &self,
         verdict: Option<&str>,
+        owner: Option<u32>,
         limit: u32,
         offset: u32,
     ) -> Result<Vec<ScanRecord>, StoreError> {
         let db = self.db();
         let mut stmt = db.prepare(
             "SELECT id, request, status, verdict, format, exit_code, created_at, finished_at, \
-             NULL FROM scans WHERE ?1 IS NULL OR verdict = ?1 ORDER BY seq DESC LIMIT ?2 OFFSET ?3",
+             NULL FROM scans WHERE (?1 IS NULL OR verdict = ?1) AND (?4 IS NULL OR owner_uid = ?4) \
+             ORDER BY seq DESC LIMIT ?2 OFFSET ?3",
         )?;
         let rows = stmt
-            .query_map(params![verdict, limit, offset], raw_record)?
+            .query_map(params![verdict, limit, offset, owner], raw_record)?
             .collect::<Result<Vec<_>, _>>()?;
         rows.into_iter().map(|r| r.into_record(false)).collect()
     }
@@ -544,7 +644,7 @@ pub fn free_bytes(dir: &Path) -> Result<u64, StoreError> {
     Ok(stat.blocks_available().saturating_mul(stat.fragment_size()))
 }
 
-fn now_ms() -> i64 {
+pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
@@ -562,6 +662,7 @@ mod tests {
             fail_on: None,
             timeout_secs: None,
             uploaded: false,
+            owner: None,
         }
     }
 
@@ -596,17 +697,24 @@ mod tests {
         assert_eq!(a.exit_code, Some(2));
         let c = store.get("c").unwrap().unwrap();
         assert_eq!(c.report.unwrap()["verdict"], "clean");
-        assert_eq!(store.list(Some("clean"), 10, 0).unwrap().len(), 1);
-        assert_eq!(store.list(None, 10, 0).unwrap()[0].id, "c", "newest first");
-        assert!(store.get("nope").unwrap().is_none());
-        let findings = store.findings(None, Some("high"), None, 10, 0).unwrap();
-        assert_eq!(findings[0]["scan_id"], "c");
-        assert!(
-            store
-                .findings(None, Some("low"), None, 10, 0)
-                .unwrap()
-                .is_empty()
+        assert_eq!(store.list(Some("clean"), None, 10, 0).unwrap().len(), 1);
+        assert_eq!(
+            store.list(None, None, 10, 0).unwrap()[0].id,
+            "c",
+            "newest first"
         );
+        assert!(store.get("nope").unwrap().is_none());
+        let high = FindingsFilter {
+            severity: Some("high"),
+            ..FindingsFilter::default()
+        };
+        let findings = store.findings(&high, 10, 0).unwrap();
+        assert_eq!(findings[0]["scan_id"], "c");
+        let low = FindingsFilter {
+            severity: Some("low"),
+            ..FindingsFilter::default()
+        };
+        assert!(store.findings(&low, 10, 0).unwrap().is_empty());
         assert_eq!(store.events("c", 10, 0).unwrap()[0]["syscall"], "execve");
     }
 
@@ -625,10 +733,11 @@ mod tests {
         };
         {
             let store = Store::open(&db).unwrap();
-            store.insert_watch("w1", &spec).unwrap();
+            store.insert_watch("w1", &spec, Some(1000)).unwrap();
             store
                 .add_watch_finding(
                     "w1",
+                    Some(1000),
                     "exec.program",
                     "high",
                     &serde_json::json!({"rule": "exec.program"}),
@@ -641,17 +750,35 @@ mod tests {
         let store = Store::open(&db).unwrap();
         let watches = store.watches().unwrap();
         assert_eq!(watches.len(), 1);
+        assert_eq!(watches[0].owner, Some(1000));
         assert_eq!(watches[0].spec, spec);
         assert!(store.remove_watch("w1").unwrap());
         assert!(!store.remove_watch("w1").unwrap());
-        let findings = store
-            .findings(Some(Source::Watch), None, None, 10, 0)
-            .unwrap();
+        let of = |source, owner| FindingsFilter {
+            source: Some(source),
+            owner,
+            ..FindingsFilter::default()
+        };
+        let findings = store.findings(&of(Source::Watch, None), 10, 0).unwrap();
         assert_eq!(findings[0]["watch_id"], "w1");
         assert_eq!(findings[0]["source"], "watch");
+        assert_eq!(
+            store
+                .findings(&of(Source::Watch, Some(1000)), 10, 0)
+                .unwrap()
+                .len(),
+            1
+        );
         assert!(
             store
-                .findings(Some(Source::Scan), None, None, 10, 0)
+                .findings(&of(Source::Watch, Some(1001)), 10, 0)
+                .unwrap()
+                .is_empty(),
+            "another user's"
+        );
+        assert!(
+            store
+                .findings(&of(Source::Scan, None), 10, 0)
                 .unwrap()
                 .is_empty()
         );

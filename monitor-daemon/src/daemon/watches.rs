@@ -12,7 +12,7 @@ use serde_json::json;
 use tokio::sync::oneshot;
 
 use crate::{
-    daemon::{Shared, store::WatchRecord},
+    daemon::{FeedItem, Shared, store::WatchRecord},
     watch::{self, WatchOutput, WatchSpec, WatchSummary},
 };
 
@@ -37,6 +37,8 @@ pub struct WatchStatus {
     #[serde(flatten)]
     pub spec: WatchSpec,
     pub created_at: i64,
+    /// The uid of who added it (`None`: the configuration's).
+    pub owner_uid: Option<u32>,
     /// Started by the configuration, not the API (cannot be removed through it).
     pub builtin: bool,
     pub state: State,
@@ -81,6 +83,7 @@ impl Watches {
             id: record.id.clone(),
             spec: record.spec.clone(),
             created_at: record.created_at,
+            owner_uid: record.owner,
             builtin,
             state: State::Active,
             events: 0,
@@ -104,6 +107,7 @@ impl Watches {
         let shared = shared.clone();
         tokio::spawn(async move {
             let id = record.id.clone();
+            let owner = record.owner;
             tracing::info!(watch = %id, name = ?record.spec.name, "watch started");
             let ran = started
                 .run(
@@ -111,7 +115,7 @@ impl Watches {
                     async {
                         let _ = stopped.await;
                     },
-                    |out| report(&shared, &id, &status, out),
+                    |out| report(&shared, &id, owner, &status, out),
                 )
                 .await;
             shared.metrics.watches_active.dec();
@@ -181,8 +185,19 @@ impl Watches {
     }
 }
 
-/// Stores, streams and counts what watch `id` reports.
-fn report(shared: &Shared, id: &str, status: &Mutex<WatchStatus>, out: WatchOutput<'_>) {
+/// Stores, streams and counts what watch `id` of `owner` reports. Storing waits on the disk:
+/// the runtime is told (`block_in_place`), so that the other tasks of this worker move on.
+fn report(
+    shared: &Shared,
+    id: &str,
+    owner: Option<u32>,
+    status: &Mutex<WatchStatus>,
+    out: WatchOutput<'_>,
+) {
+    let feed = |value| {
+        // Nobody listening is fine.
+        let _ = shared.findings_feed.send(FeedItem { owner, value });
+    };
     match out {
         WatchOutput::Event(event) => {
             lock(status).events += 1;
@@ -193,16 +208,19 @@ fn report(shared: &Shared, id: &str, status: &Mutex<WatchStatus>, out: WatchOutp
             shared.metrics.count_finding(finding, "watch");
             match serde_json::to_value(finding) {
                 Ok(value) => {
-                    if let Err(e) = shared.store.add_watch_finding(
-                        id,
-                        &finding.rule,
-                        finding.severity.name(),
-                        &value,
-                    ) {
+                    let stored = tokio::task::block_in_place(|| {
+                        shared.store.add_watch_finding(
+                            id,
+                            owner,
+                            &finding.rule,
+                            finding.severity.name(),
+                            &value,
+                        )
+                    });
+                    if let Err(e) = stored {
                         tracing::error!(watch = %id, error = %e, "storing a finding failed");
                     }
-                    // Nobody listening is fine.
-                    let _ = shared.findings_feed.send(json!({
+                    feed(json!({
                         "source": "watch",
                         "watch_id": id,
                         "finding": value,
@@ -218,7 +236,7 @@ fn report(shared: &Shared, id: &str, status: &Mutex<WatchStatus>, out: WatchOutp
         } => {
             lock(status).discovered += 1;
             shared.metrics.count_discovered(content);
-            let _ = shared.findings_feed.send(json!({
+            feed(json!({
                 "source": "watch",
                 "watch_id": id,
                 "discovered": {
@@ -240,7 +258,7 @@ fn report(shared: &Shared, id: &str, status: &Mutex<WatchStatus>, out: WatchOutp
             lock(status).gaps += 1;
             shared.metrics.discovery_gaps.inc();
             tracing::warn!(watch = %id, pid, comm, path, "a process let go of had just opened a model: watched again, with a gap");
-            let _ = shared.findings_feed.send(json!({
+            feed(json!({
                 "source": "watch",
                 "watch_id": id,
                 "gap": { "pid": pid, "comm": comm, "path": path },
@@ -251,10 +269,11 @@ fn report(shared: &Shared, id: &str, status: &Mutex<WatchStatus>, out: WatchOutp
             shared.metrics.processes_killed.inc();
             tracing::warn!(watch = %id, pid = kill.pid, comm = %kill.comm, by = kill.by, rule = ?kill.rule, syscall = ?kill.syscall, "killed a process");
             let value = serde_json::to_value(kill).unwrap_or_default();
-            if let Err(e) = shared.store.add_watch_kill(id, &value) {
+            if let Err(e) = tokio::task::block_in_place(|| shared.store.add_watch_kill(id, &value))
+            {
                 tracing::error!(watch = %id, error = %e, "storing a kill failed");
             }
-            let _ = shared.findings_feed.send(json!({
+            feed(json!({
                 "source": "watch",
                 "watch_id": id,
                 "kill": value,

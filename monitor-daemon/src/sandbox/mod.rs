@@ -135,14 +135,20 @@ impl Sandbox {
         let dir = tempfile::Builder::new()
             .prefix("monitor-sandbox-")
             .tempdir()?;
-        // bubblewrap runs as the job's user and must reach what it binds.
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755))?;
+        // bubblewrap runs as the job's user and must reach what it binds; nobody else may
+        // list it. Every mode here is set, not left to the umask (monitord's is 0077).
+        let mode = |path: &Path, mode| fs::set_permissions(path, fs::Permissions::from_mode(mode));
+        mode(dir.path(), 0o711)?;
         let user = user::Lease::take(options.user)?;
         let home = decoy::create(dir.path())?;
+        // The artifact's copy goes here: the job's user alone may read it.
         let work = dir.path().join("work");
         fs::create_dir(&work)?;
+        mode(&work, 0o700)?;
+        std::os::unix::fs::chown(&work, Some(user.uid), Some(user.gid))?;
         let etc = dir.path().join("etc");
         fs::create_dir(&etc)?;
+        mode(&etc, 0o755)?;
         let host = |path: &str| fs::read_to_string(path).unwrap_or_default();
         fs::write(
             etc.join("passwd"),
@@ -152,8 +158,12 @@ impl Sandbox {
             etc.join("group"),
             user::group(&host("/etc/group"), user.gid),
         )?;
+        for file in ["passwd", "group"] {
+            mode(&etc.join(file), 0o644)?;
+        }
         let tools = dir.path().join("tools");
         fs::create_dir(&tools)?;
+        mode(&tools, 0o755)?;
         Ok(Sandbox {
             options,
             user,
@@ -178,7 +188,8 @@ impl Sandbox {
 
     /// Where to put files for the job on the host: each appears in [`WORK_DIR`], read-only
     /// (the scratch directory itself is a tmpfs, so that what the job writes there stays
-    /// within its size and off the host's disk).
+    /// within its size and off the host's disk). The directory is the job user's, mode 0700:
+    /// no other user of the host reads the artifact's copy.
     pub fn work_dir(&self) -> &Path {
         &self.work
     }

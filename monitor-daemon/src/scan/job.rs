@@ -7,7 +7,6 @@
 use std::{
     fs,
     io::{self, Read as _, Seek as _, SeekFrom},
-    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -24,6 +23,7 @@ use crate::{
     scan::{
         format::{self, Format, Limits},
         harness,
+        input::{self, Input, OpenAs},
         report::{
             AuditFinding, AuditRecord, ErrorKind, Loader, PhaseStart, ScanError, ScanReport,
             TraceStats,
@@ -60,6 +60,8 @@ pub struct ScanSpec {
     pub sandbox: SandboxOptions,
     /// The loader's working directory inside the sandbox (default: the scratch directory).
     pub cwd: Option<PathBuf>,
+    /// Whose rights open the artifact (see [`input`]).
+    pub open_as: OpenAs,
 }
 
 impl ScanSpec {
@@ -81,6 +83,7 @@ impl ScanSpec {
                 ..SandboxOptions::default()
             },
             cwd: None,
+            open_as: OpenAs::Myself,
         }
     }
 }
@@ -231,39 +234,31 @@ pub async fn scan(
 ) -> ScanReport {
     let started = Instant::now();
     let mut report = ScanReport::new(&spec.artifact, spec.fail_on);
-    // Reading the artifact (detection, its size, every loader's view of the bytes of an 8 GiB
-    // pickle) is file work: off the async runtime, which other scans and the daemon's API share.
+    // The artifact is opened once, as whoever asked, and copied where only root can read it;
+    // its format, size and static analysis come from that copy. All file work: off the async
+    // runtime, which other scans and the daemon's API share.
     let inspected = off_runtime({
-        let (artifact, limits, static_rules) = (
+        let (artifact, limits, static_rules, open_as) = (
             spec.artifact.clone(),
             spec.limits.clone(),
             spec.static_rules.clone(),
+            spec.open_as.clone(),
         );
-        move || {
-            let format = format::detect(&artifact, &limits)?;
-            let size = size_of(&artifact).ok();
-            // Every loader's view of the bytes, before any of them runs.
-            let analysis = static_analysis::analyse(&artifact, &format, &static_rules);
-            Ok::<_, format::FormatError>((format, size, analysis))
-        }
+        move || inspect(&artifact, &open_as, &limits, &static_rules)
     })
-    .await;
-    let (format, analysis) = match inspected {
-        Ok(Ok((format, size, analysis))) => {
-            report.artifact.size = size;
-            (format, analysis)
-        }
-        Ok(Err(e)) => {
-            report
-                .errors
-                .push(ScanError::new(ErrorKind::Input, e.to_string()));
-            report.conclude(started.elapsed());
-            return report;
+    .await
+    .unwrap_or_else(|e| Err(ScanError::new(ErrorKind::Setup, format!("{e:#}"))));
+    let (input, format, analysis) = match inspected {
+        Ok(Inspected {
+            input,
+            format,
+            analysis,
+        }) => {
+            report.artifact.size = Some(input.size());
+            (input, format, analysis)
         }
         Err(e) => {
-            report
-                .errors
-                .push(ScanError::new(ErrorKind::Setup, format!("{e:#}")));
+            report.errors.push(e);
             report.conclude(started.elapsed());
             return report;
         }
@@ -295,7 +290,7 @@ pub async fn scan(
             progress(Progress::LoadingProbes);
             probes.start_loading();
         }
-        let loaded = load_under_watch(spec, loader, probes, &mut report, &mut progress);
+        let loaded = load_under_watch(spec, input, loader, probes, &mut report, &mut progress);
         if let Err(e) = loaded.await {
             report
                 .errors
@@ -339,8 +334,44 @@ fn add_static_findings(
     }
 }
 
+/// The artifact's private copy and what was read from it.
+struct Inspected {
+    input: Input,
+    format: Format,
+    analysis: static_analysis::Analysis,
+}
+
+/// Takes the artifact at `artifact` (opened as `open_as`), detects its format and analyses
+/// its bytes.
+fn inspect(
+    artifact: &Path,
+    open_as: &OpenAs,
+    limits: &Limits,
+    static_rules: &StaticRules,
+) -> Result<Inspected, ScanError> {
+    let input = input::take(artifact, open_as, limits.max_size).map_err(|e| {
+        let kind = match e.is_setup() {
+            true => ErrorKind::Setup,
+            false => ErrorKind::Input,
+        };
+        ScanError::new(kind, e.to_string())
+    })?;
+    // Named as the user named it: the copy's path means nothing to them.
+    let shown = artifact.display().to_string();
+    let format = format::detect_as(input.path(), &shown, limits)
+        .map_err(|e| ScanError::new(ErrorKind::Input, e.to_string()))?;
+    // Every loader's view of the bytes, before any of them runs.
+    let analysis = static_analysis::analyse(input.path(), &format, static_rules);
+    Ok(Inspected {
+        input,
+        format,
+        analysis,
+    })
+}
+
 async fn load_under_watch(
     spec: &ScanSpec,
+    input: Input,
     loader: &'static str,
     probes: &mut LazyProbes,
     report: &mut ScanReport,
@@ -359,8 +390,8 @@ async fn load_under_watch(
     }
     // Building the sandbox copies the artifact: file work, off the async runtime.
     let (sandbox, inside, output) = off_runtime({
-        let (options, artifact) = (spec.sandbox.clone(), spec.artifact.clone());
-        move || prepare_sandbox(options, &artifact, loader)
+        let options = spec.sandbox.clone();
+        move || prepare_sandbox(options, input, loader)
     })
     .await??;
 
@@ -402,7 +433,6 @@ async fn load_under_watch(
     let mut errors = Vec::new();
     let mut timeline: Vec<PhaseStart> = Vec::new();
     let mut audit = Vec::new();
-    let mut findings = Vec::new();
     let summary = run::run_with(&run_spec, io, job_probes, |out| {
         match out {
             Output::Control(ControlMessage::Phase { phase, t }) => {
@@ -439,16 +469,13 @@ async fn load_under_watch(
                 t,
             }) => audit.push((event.clone(), args.clone(), subject.clone(), *pid, *t)),
             Output::Control(ControlMessage::Note { .. }) => {}
-            Output::Finding(f) => findings.push(f.clone()),
+            Output::Finding(f) => report.add_finding(f),
             Output::Event(_) => {}
         }
         progress(Progress::Job(out));
     })
     .await?;
 
-    for finding in findings {
-        report.add_finding(finding);
-    }
     let phase_at = |t: u64| {
         timeline
             .iter()
@@ -505,12 +532,12 @@ async fn load_under_watch(
 /// A sandbox for `loader` with the artifact's copy and the harness in it, and the loader's log.
 fn prepare_sandbox(
     options: SandboxOptions,
-    artifact: &Path,
+    input: Input,
     loader: &str,
 ) -> anyhow::Result<(Sandbox, PathBuf, fs::File)> {
     let sandbox = Sandbox::create(options).context("building the sandbox")?;
-    let inside = stage_artifact(artifact, loader, sandbox.work_dir(), sandbox.user())
-        .context("copying the artifact into the sandbox")?;
+    let inside = stage_artifact(input, loader, sandbox.work_dir(), sandbox.user())
+        .context("moving the artifact's copy into the sandbox")?;
     harness::install(sandbox.tool_dir()).context("installing the harness")?;
     let output_path = sandbox.root().join("loader.log");
     let output = fs::File::options()
@@ -592,6 +619,18 @@ fn run_errors(summary: &RunSummary, timeline: &[PhaseStart], spec: &ScanSpec) ->
             ),
         ));
     }
+    if summary.control_dropped > 0 {
+        errors.push(ScanError::new(
+            ErrorKind::IncompleteTrace,
+            format!(
+                "the job sent more on its control pipe than a loader does ({} messages or {} \
+                 MiB): {} more were dropped unread, so the report may miss what they said",
+                crate::control::MAX_MESSAGES,
+                crate::control::MAX_MESSAGE_BYTES >> 20,
+                summary.control_dropped
+            ),
+        ));
+    }
     if summary.timed_out {
         errors.push(ScanError::new(
             ErrorKind::Timeout,
@@ -634,18 +673,19 @@ fn run_errors(summary: &RunSummary, timeline: &[PhaseStart], spec: &ScanSpec) ->
     errors
 }
 
-/// Copies the artifact into the sandbox's scratch directory under a name its framework
-/// accepts (Keras insists on the extension), readable by the sandbox's user. Returns its
-/// path inside the sandbox. A private copy, bound read-only: the loader can touch neither the
-/// original nor the copy, and what it writes beside it goes to the scratch tmpfs.
+/// Moves the artifact's private copy into the sandbox's scratch directory under a name its
+/// framework accepts (Keras insists on the extension), owned by the sandbox's user and
+/// readable by it alone. Returns its path inside the sandbox. Bound read-only: the loader can
+/// touch neither the original nor the copy, and what it writes beside it goes to the scratch
+/// tmpfs.
 fn stage_artifact(
-    artifact: &Path,
+    input: Input,
     loader: &str,
     work: &Path,
     owner: (u32, u32),
 ) -> io::Result<PathBuf> {
     let name = match loader {
-        "keras" if is_hdf5(artifact) => "artifact.h5",
+        "keras" if is_hdf5(input.path()) => "artifact.h5",
         "keras" => "artifact.keras",
         "tensorflow" => "savedmodel",
         "numpy" => "artifact.npy",
@@ -653,8 +693,7 @@ fn stage_artifact(
         "joblib" => "artifact.joblib",
         _ => "artifact.pkl",
     };
-    let dest = work.join(name);
-    copy_tree(artifact, &dest, owner)?;
+    input.move_to(&work.join(name), owner)?;
     Ok(Path::new(WORK_DIR).join(name))
 }
 
@@ -664,40 +703,6 @@ fn is_hdf5(path: &Path) -> bool {
         .and_then(|mut f| f.read_exact(&mut magic))
         .is_ok()
         && magic == *b"\x89HDF\r\n\x1a\n"
-}
-
-/// Regular files and directories only; anything else in a SavedModel directory is skipped.
-fn copy_tree(src: &Path, dest: &Path, owner: (u32, u32)) -> io::Result<()> {
-    let meta = fs::metadata(src)?;
-    if meta.is_dir() {
-        fs::create_dir(dest)?;
-        for entry in fs::read_dir(src)? {
-            let entry = entry?;
-            let kind = entry.file_type()?;
-            if kind.is_dir() || kind.is_file() {
-                copy_tree(&entry.path(), &dest.join(entry.file_name()), owner)?;
-            }
-        }
-    } else {
-        fs::copy(src, dest)?;
-    }
-    fs::set_permissions(
-        dest,
-        fs::Permissions::from_mode(if meta.is_dir() { 0o755 } else { 0o644 }),
-    )?;
-    std::os::unix::fs::chown(dest, Some(owner.0), Some(owner.1))
-}
-
-fn size_of(path: &Path) -> io::Result<u64> {
-    let meta = fs::metadata(path)?;
-    if !meta.is_dir() {
-        return Ok(meta.len());
-    }
-    let mut total = 0;
-    for entry in fs::read_dir(path)? {
-        total += size_of(&entry?.path()).unwrap_or(0);
-    }
-    Ok(total)
 }
 
 /// The last `limit` bytes of `file`, as text.

@@ -9,6 +9,7 @@
 
 pub mod format;
 pub mod harness;
+pub mod input;
 pub mod job;
 pub mod report;
 pub mod sarif;

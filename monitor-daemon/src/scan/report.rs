@@ -17,6 +17,11 @@ use crate::{
 
 pub const SCHEMA: &str = "monitor.scan/v1";
 
+/// A report keeps at most this many findings of one rule (the first ones); the rest are
+/// counted in `counts` and `findings_omitted`. A payload that trips one rule sixty thousand
+/// times makes a report of the same size as one that trips it a hundred times.
+pub const MAX_FINDINGS_PER_RULE: usize = 100;
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ScanReport {
     pub schema: &'static str,
@@ -33,8 +38,14 @@ pub struct ScanReport {
     /// like the others: the verdict is the strongest of all evidence.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub static_findings: Vec<StaticFinding>,
-    /// Findings by severity, of every source.
+    /// Findings by severity, of every source, every one counted (kept or not).
     pub counts: BTreeMap<Severity, u64>,
+    /// Kernel findings seen but not kept, by rule (beyond the first [`MAX_FINDINGS_PER_RULE`]).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub findings_omitted: BTreeMap<String, u64>,
+    /// Kernel findings kept, by rule.
+    #[serde(skip)]
+    kept: BTreeMap<String, usize>,
     /// Why the scan is incomplete, if it is. Any error keeps the verdict from being clean.
     pub errors: Vec<ScanError>,
     /// The phases the loader went through, with their start times (CLOCK_MONOTONIC ns).
@@ -214,6 +225,8 @@ impl ScanReport {
             findings: Vec::new(),
             static_findings: Vec::new(),
             counts: BTreeMap::new(),
+            findings_omitted: BTreeMap::new(),
+            kept: BTreeMap::new(),
             errors: Vec::new(),
             phases: Vec::new(),
             loader: None,
@@ -225,9 +238,20 @@ impl ScanReport {
         }
     }
 
-    pub fn add_finding(&mut self, finding: Finding) {
+    /// Counts `finding`, and keeps it unless its rule has [`MAX_FINDINGS_PER_RULE`] already.
+    pub fn add_finding(&mut self, finding: &Finding) {
         *self.counts.entry(finding.severity).or_default() += 1;
-        self.findings.push(finding);
+        if let Some(omitted) = self.findings_omitted.get_mut(&finding.rule) {
+            *omitted += 1;
+            return;
+        }
+        let kept = self.kept.entry(finding.rule.clone()).or_default();
+        if *kept < MAX_FINDINGS_PER_RULE {
+            *kept += 1;
+            self.findings.push(finding.clone());
+        } else {
+            self.findings_omitted.insert(finding.rule.clone(), 1);
+        }
     }
 
     pub fn add_audit_finding(&mut self, finding: AuditFinding) {

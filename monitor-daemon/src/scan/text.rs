@@ -2,11 +2,16 @@
 //! severe first), each saying its source: the kernel trace (with its process, the syscall as
 //! strace would show it, and its phase), the audit hook, or the static analysis (where in the
 //! artifact, and whether the load showed it acting).
+//!
+//! Every string the artifact or the loader could choose (a type's name, an error, a global's
+//! name, a process's name and path, the loader's output) goes through [`printable`]: no escape
+//! sequence reaches the reader's terminal, and no line of the report can be faked from inside
+//! one of its fields.
 
 use std::io::{self, Write};
 
 use crate::{
-    render,
+    render::{self, printable},
     rules::{Finding, Phase, Severity, Source},
     scan::{
         report::{AuditFinding, ScanReport},
@@ -18,9 +23,9 @@ use crate::{
 const SHOWN_PER_RULE: usize = 3;
 
 pub fn write(out: &mut impl Write, report: &ScanReport) -> io::Result<()> {
-    writeln!(out, "monitor scan: {}", report.artifact.path)?;
+    writeln!(out, "monitor scan: {}", printable(&report.artifact.path))?;
     if let Some(description) = &report.artifact.description {
-        writeln!(out, "  format:  {description}")?;
+        writeln!(out, "  format:  {}", printable(description))?;
     }
     writeln!(
         out,
@@ -30,7 +35,12 @@ pub fn write(out: &mut impl Write, report: &ScanReport) -> io::Result<()> {
     )?;
     if let Some(loader) = &report.loader {
         let loaded = loader.loaded_type.as_deref().unwrap_or("nothing");
-        writeln!(out, "  loaded:  {loaded} (with {})", loader.kind)?;
+        writeln!(
+            out,
+            "  loaded:  {} (with {})",
+            printable(loaded),
+            printable(&loader.kind)
+        )?;
     }
     if let Some(trace) = &report.trace {
         let completeness = if trace.complete {
@@ -53,7 +63,7 @@ pub fn write(out: &mut impl Write, report: &ScanReport) -> io::Result<()> {
         report.duration_ms as f64 / 1000.0
     )?;
     for note in &report.notes {
-        writeln!(out, "  note:    {note}")?;
+        writeln!(out, "  note:    {}", printable(note))?;
     }
 
     let start = report.phases.first().map_or(0, |p| p.start_ns);
@@ -104,11 +114,24 @@ pub fn write(out: &mut impl Write, report: &ScanReport) -> io::Result<()> {
                 write_static_finding(out, finding)?;
             }
         }
-        for (rule, n) in shown.iter().filter(|(_, n)| *n > SHOWN_PER_RULE) {
+        for (rule, n) in &shown {
+            // Beyond those the report kept, the ones it only counted.
+            let omitted = report.findings_omitted.get(*rule).copied().unwrap_or(0);
+            let more = n.saturating_sub(SHOWN_PER_RULE) as u64 + omitted;
+            if more == 0 {
+                continue;
+            }
+            let kept = match omitted {
+                0 => String::new(),
+                _ => format!(
+                    "; the report keeps the first {} of each rule",
+                    crate::scan::report::MAX_FINDINGS_PER_RULE
+                ),
+            };
             writeln!(
                 out,
-                "  ... and {} more {rule} (see --format json)",
-                n - SHOWN_PER_RULE
+                "  ... and {more} more {} (see --format json{kept})",
+                printable(rule)
             )?;
         }
     }
@@ -119,14 +142,14 @@ pub fn write(out: &mut impl Write, report: &ScanReport) -> io::Result<()> {
     if !report.errors.is_empty() {
         writeln!(out, "\nErrors ({})", report.errors.len())?;
         for e in &report.errors {
-            writeln!(out, "  {}", e.message)?;
+            writeln!(out, "  {}", printable(&e.message))?;
         }
         if let Some(loader) = &report.loader
             && !loader.output_tail.trim().is_empty()
         {
             writeln!(out, "  the loader's last output:")?;
             for line in last_lines(&loader.output_tail, 8) {
-                writeln!(out, "    | {line}")?;
+                writeln!(out, "    | {}", printable(line))?;
             }
         }
     }
@@ -181,7 +204,10 @@ fn write_audit(out: &mut impl Write, report: &ScanReport, start_ns: u64) -> io::
         writeln!(
             out,
             "  +{at:.3} s [{} phase, sandbox pid {}] {} {}",
-            a.phase, a.pid, a.event, a.args
+            a.phase,
+            a.pid,
+            printable(&a.event),
+            printable(&a.args)
         )?;
     }
     if telling.len() > SHOWN {
@@ -217,12 +243,17 @@ fn write_static_finding(out: &mut impl Write, f: &StaticFinding) -> io::Result<(
     writeln!(
         out,
         "  {}: {} [static, {}] {}",
-        f.rule,
-        f.description,
+        printable(&f.rule),
+        printable(&f.description),
         f.observed.describe(),
-        f.tags.join(",")
+        printable(&f.tags.join(","))
     )?;
-    writeln!(out, "    {}: {}", f.location, f.evidence)
+    writeln!(
+        out,
+        "    {}: {}",
+        printable(&f.location),
+        printable(&f.evidence)
+    )
 }
 
 /// A finding's first line: rule, description, phase, time since the first phase, tags.
@@ -235,8 +266,10 @@ fn write_headline(
     let at = time_ns.saturating_sub(start_ns) as f64 / 1e9;
     writeln!(
         out,
-        "  {rule}: {description} [{source}, {phase} phase, +{at:.3} s] {}",
-        tags.join(",")
+        "  {}: {} [{source}, {phase} phase, +{at:.3} s] {}",
+        printable(rule),
+        printable(description),
+        printable(&tags.join(","))
     )
 }
 
@@ -252,7 +285,9 @@ fn write_audit_finding(out: &mut impl Write, f: &AuditFinding, start_ns: u64) ->
     writeln!(
         out,
         "    [python audit, sandbox pid {}] {} {}",
-        f.audit.pid, f.audit.event, f.audit.args
+        f.audit.pid,
+        printable(&f.audit.event),
+        printable(&f.audit.args)
     )
 }
 
@@ -275,13 +310,13 @@ fn write_finding(out: &mut impl Write, f: &Finding, start_ns: u64) -> io::Result
         let chain: Vec<String> = p
             .parents
             .iter()
-            .map(|a| format!("{} {}", a.pid, a.exe.as_deref().unwrap_or("?")))
+            .map(|a| format!("{} {}", a.pid, printable(a.exe.as_deref().unwrap_or("?"))))
             .collect();
         writeln!(
             out,
             "    process {} {}{argv}{}",
             p.pid,
-            p.exe.as_deref().unwrap_or(&f.event.comm),
+            printable(p.exe.as_deref().unwrap_or(&f.event.comm)),
             if chain.is_empty() {
                 String::new()
             } else {
@@ -306,4 +341,37 @@ fn last_lines(text: &str, n: usize) -> impl Iterator<Item = &str> {
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     let skip = lines.len().saturating_sub(n);
     lines.into_iter().skip(skip)
+}
+
+#[cfg(test)]
+mod escaping_tests {
+    use super::*;
+    use crate::scan::report::{ErrorKind, Loader, ScanError};
+
+    #[test]
+    fn what_the_payload_chose_cannot_drive_the_terminal_or_fake_a_line() {
+        let mut report = ScanReport::new(
+            std::path::Path::new("/models/m.pkl\u{1b}]0;owned\u{7}"),
+            Severity::High,
+        );
+        report.loader = Some(Loader {
+            kind: "pickle".into(),
+            loaded_type: Some("\u{1b}[2J\u{1b}[H\n  verdict: CLEAN (exit code 0)".into()),
+            output_tail: "ok\n\u{1b}[31mfake\u{1b}[0m\r  verdict: CLEAN\n".into(),
+            ..Loader::default()
+        });
+        report
+            .errors
+            .push(ScanError::new(ErrorKind::Loader, "boom\n  verdict: CLEAN"));
+        report.conclude(std::time::Duration::ZERO);
+        let mut out = Vec::new();
+        write(&mut out, &report).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(!text.contains('\u{1b}') && !text.contains('\r') && !text.contains('\u{7}'));
+        let verdicts: Vec<_> = text
+            .lines()
+            .filter(|l| l.trim_start().starts_with("verdict:"))
+            .collect();
+        assert_eq!(verdicts, ["  verdict: ERROR (exit code 2)"], "{text}");
+    }
 }

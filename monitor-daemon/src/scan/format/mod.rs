@@ -268,7 +268,13 @@ pub enum FormatError {
 
 /// Detects the format of the file or directory at `path`.
 pub fn detect(path: &Path, limits: &Limits) -> Result<Format, FormatError> {
-    let shown = path.display().to_string();
+    detect_as(path, &path.display().to_string(), limits)
+}
+
+/// [`detect`], naming the artifact `shown` in errors (a private copy's path means nothing to
+/// the user who named the original).
+pub fn detect_as(path: &Path, shown: &str, limits: &Limits) -> Result<Format, FormatError> {
+    let shown = shown.to_string();
     let unreadable = |source: io::Error| FormatError::Unreadable {
         path: shown.clone(),
         source,

@@ -1,0 +1,501 @@
+//! monitord as the adversaries of issue 18 meet it: a member of the API socket's group who is
+//! not root (users and groups made here, the client run with their ids), and a user outside
+//! that group. Each attack here succeeded against the daemon before (a root-only file read, a
+//! directory listed, a path's existence told, a link or fifo swapped in after the check, a
+//! loop of links that hung the daemon, a root process and the root cgroup watched, unknown
+//! fields taken, the state directory read); now each is refused or harmless, and the daemon
+//! answers /healthz within 100 ms throughout.
+//!
+//! `MONITORD_BIN=/path/to/an/old/monitord` runs the same attacks against another build (the
+//! config then holds no `[roles]`, which an old daemon refuses).
+
+use std::{
+    io::{Read as _, Write as _},
+    os::unix::{fs::PermissionsExt as _, net::UnixStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+mod support;
+
+use serde_json::{Value, json};
+use support::{Daemon, root_required};
+
+/// A user made for the test (removed with it).
+struct User {
+    name: String,
+    uid: u32,
+    gid: u32,
+    groups: Vec<u32>,
+}
+
+/// The API's group, a member of it, and a user outside it.
+struct Users {
+    group: String,
+    gid: u32,
+    member: User,
+    outsider: User,
+}
+
+fn run(program: &str, args: &[&str]) {
+    let status = Command::new(program).args(args).status().unwrap();
+    assert!(status.success(), "{program} {args:?}");
+}
+
+impl Users {
+    fn create() -> Users {
+        let tag = std::process::id();
+        let group = format!("mt18g{tag}");
+        let (member, outsider) = (format!("mt18m{tag}"), format!("mt18o{tag}"));
+        run("groupadd", &[&group]);
+        let nologin = "/usr/sbin/nologin";
+        run("useradd", &["-M", "-s", nologin, "-G", &group, &member]);
+        run("useradd", &["-M", "-s", nologin, &outsider]);
+        let gid = nix::unistd::Group::from_name(&group)
+            .unwrap()
+            .unwrap()
+            .gid
+            .as_raw();
+        let user = |name: &str, groups: Vec<u32>| {
+            let u = nix::unistd::User::from_name(name).unwrap().unwrap();
+            User {
+                name: name.to_owned(),
+                uid: u.uid.as_raw(),
+                gid: u.gid.as_raw(),
+                groups,
+            }
+        };
+        Users {
+            member: user(&member, vec![gid]),
+            outsider: user(&outsider, vec![]),
+            group,
+            gid,
+        }
+    }
+}
+
+impl Drop for Users {
+    fn drop(&mut self) {
+        for user in [&self.member.name, &self.outsider.name] {
+            let _ = Command::new("userdel").arg(user).status();
+        }
+        let _ = Command::new("groupdel").arg(&self.group).status();
+    }
+}
+
+impl User {
+    /// Connects to `socket` as this user: a thread of its own takes the user's ids (the raw
+    /// syscalls change that thread only) and connects; the kernel records them as the peer.
+    fn connect(&self, socket: &Path) -> std::io::Result<UnixStream> {
+        let (uid, gid, groups) = (self.uid, self.gid, self.groups.clone());
+        let socket = socket.to_owned();
+        std::thread::spawn(move || {
+            // SAFETY: raw id syscalls on this thread, which ends right after.
+            unsafe {
+                assert_eq!(
+                    libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()),
+                    0
+                );
+                assert_eq!(libc::syscall(libc::SYS_setresgid, gid, gid, gid), 0);
+                assert_eq!(libc::syscall(libc::SYS_setresuid, uid, uid, uid), 0);
+            }
+            UnixStream::connect(socket)
+        })
+        .join()
+        .unwrap()
+    }
+
+    /// One request as this user; the status and the body as JSON (or text).
+    fn http(&self, socket: &Path, method: &str, path: &str, body: &Value) -> (u16, Value) {
+        let body = if body.is_null() {
+            Vec::new()
+        } else {
+            serde_json::to_vec(body).unwrap()
+        };
+        let mut stream = self.connect(socket).expect("the member may connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        let mut request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: m\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(&body);
+        stream.write_all(&request).unwrap();
+        let mut reply = Vec::new();
+        let _ = stream.read_to_end(&mut reply);
+        let split = reply
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("an HTTP reply");
+        let head = String::from_utf8_lossy(&reply[..split]).into_owned();
+        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+        let mut body = reply[split + 4..].to_vec();
+        if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            body = support::dechunk(&body);
+        }
+        let value = serde_json::from_slice(&body)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
+        (status, value)
+    }
+
+    /// `program` run with this user's ids.
+    fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new("setpriv");
+        cmd.arg(format!("--reuid={}", self.uid))
+            .arg(format!("--regid={}", self.gid))
+            .arg("--init-groups")
+            .arg(program);
+        cmd
+    }
+
+    fn owns(&self, path: &Path) {
+        std::os::unix::fs::lchown(path, Some(self.uid), Some(self.gid)).unwrap();
+    }
+}
+
+/// The daemon under test (this build's, or `$MONITORD_BIN`), its socket open to `users`'s
+/// group, the member holding the scan role.
+fn start(dir: &Path, users: &Users, extra: &str) -> Daemon {
+    let legacy = std::env::var_os("MONITORD_BIN");
+    let socket = dir.join("monitord.sock");
+    let mut config = format!(
+        "state_dir = {:?}\nsocket = {:?}\nmax_concurrent_scans = 1\n{extra}",
+        dir.join("state"),
+        socket
+    );
+    if legacy.is_none() {
+        config.push_str(&format!("[roles]\nscan_groups = [{:?}]\n", users.group));
+    }
+    std::fs::write(dir.join("monitord.toml"), config).unwrap();
+    let mut cmd = match &legacy {
+        Some(bin) => Command::new(bin),
+        None => support::as_the_unit_runs_it(),
+    };
+    let child = cmd
+        .arg("--config")
+        .arg(dir.join("monitord.toml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let daemon = Daemon { child, socket };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while UnixStream::connect(&daemon.socket).is_err() {
+        assert!(Instant::now() < deadline, "monitord did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The group that may connect (the daemon gives it to `monitor` when that group exists).
+    std::os::unix::fs::chown(&daemon.socket, None, Some(users.gid)).unwrap();
+    daemon
+}
+
+/// Asks /healthz (as root) every 20 ms until stopped; the slowest answer.
+struct HealthWatch {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<(Duration, usize)>,
+}
+
+impl HealthWatch {
+    fn start(socket: &Path) -> HealthWatch {
+        let stop = Arc::new(AtomicBool::new(false));
+        let socket = socket.to_owned();
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let (mut worst, mut asked) = (Duration::ZERO, 0);
+            while !stopped.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                let answered = (|| {
+                    let mut s = UnixStream::connect(&socket).ok()?;
+                    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+                    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n")
+                        .ok()?;
+                    let mut reply = Vec::new();
+                    s.read_to_end(&mut reply).ok()?;
+                    reply.starts_with(b"HTTP/1.1 200").then_some(())
+                })();
+                let took = match answered {
+                    Some(()) => started.elapsed(),
+                    None => Duration::from_secs(5),
+                };
+                worst = worst.max(took);
+                asked += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (worst, asked)
+        });
+        HealthWatch { stop, thread }
+    }
+
+    fn finish(self) -> (Duration, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
+/// A child process killed when dropped.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Polls scan `id` as `user` until it is done; the record.
+fn wait_done(user: &User, socket: &Path, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (status, record) = user.http(socket, "GET", &format!("/v1/scans/{id}"), &Value::Null);
+        assert_eq!(status, 200, "{record}");
+        if record["status"] == "done" || record["status"] == "interrupted" {
+            return record;
+        }
+        assert!(Instant::now() < deadline, "scan {id} still {record}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+const SECRET: &[u8] = b"TOPSECRET root's model weights\n";
+
+#[test]
+fn a_group_member_reads_watches_and_stalls_nothing_that_is_not_theirs() {
+    root_required();
+    let users = Users::create();
+    let (member, outsider) = (&users.member, &users.outsider);
+    let dir = tempfile::tempdir().unwrap();
+    // Others may pass through the test's directory, not list it.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let secret_dir = dir.path().join("root-only");
+    std::fs::create_dir(&secret_dir).unwrap();
+    std::fs::set_permissions(&secret_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let secret = secret_dir.join("model.pkl");
+    std::fs::write(&secret, SECRET).unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // The member's own directory, where they prepare their attacks.
+    let mine = dir.path().join("mine");
+    std::fs::create_dir(&mine).unwrap();
+    member.owns(&mine);
+    let own = |name: &str, bytes: &[u8]| -> PathBuf {
+        let path = mine.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        member.owns(&path);
+        path
+    };
+    let daemon = start(dir.path(), &users, "");
+    let socket = daemon.socket.clone();
+    let health = HealthWatch::start(&socket);
+    let scan = |path: &Path| member.http(&socket, "POST", "/v1/scans", &json!({ "path": path }));
+
+    // A root-only file, a path that does not exist, a root-only directory: one answer, and
+    // not a byte of what root keeps.
+    let (forbidden, said) = scan(&secret);
+    let (missing, said_missing) = scan(&secret_dir.join("absent.pkl"));
+    let (listed, said_listed) = scan(&secret_dir);
+    for (status, said) in [
+        (forbidden, &said),
+        (missing, &said_missing),
+        (listed, &said_listed),
+    ] {
+        assert_eq!(status, 400, "refused at once: {said}");
+        assert_eq!(said["error"]["code"], "invalid_path", "{said}");
+    }
+    let words = |said: &Value, name: &str| {
+        said["error"]["message"]
+            .as_str()
+            .unwrap()
+            .replace(name, "NAME")
+    };
+    assert_eq!(
+        words(&said, "model.pkl"),
+        words(&said_missing, "absent.pkl"),
+        "a missing file and a forbidden one get the same words"
+    );
+    assert!(
+        !said_listed.to_string().contains("model.pkl"),
+        "{said_listed}"
+    );
+
+    // A link to root's file: refused. Then the swaps: a file of the member's, checked and
+    // queued behind a slow scan, replaced by a link to root's file, by a fifo, before its
+    // scan opens it.
+    let link = mine.join("link.pkl");
+    std::os::unix::fs::symlink(&secret, &link).unwrap();
+    member.owns(&link);
+    let (status, said) = scan(&link);
+    assert_eq!(status, 400, "{said}");
+    // Slow, and marked: its copy is what a user outside the group must not read (other
+    // tests' sandboxes may be in /tmp too).
+    let marker = format!("mt18-{}", std::process::id());
+    let slow = own(
+        "slow.pkl",
+        format!("cbuiltins\nexec\n(Vimport time; time.sleep(2)  # {marker}\ntR.").as_bytes(),
+    );
+    let benign = b"(dp0\nVa\np1\nI1\ns.";
+    let swapped_link = own("swapped-link.pkl", benign);
+    let swapped_fifo = own("swapped-fifo.pkl", benign);
+    let (status, first) = scan(&slow);
+    assert_eq!(status, 202, "{first}");
+    let mut queued = Vec::new();
+    for path in [&swapped_link, &swapped_fifo] {
+        let (status, reply) = scan(path);
+        assert_eq!(status, 202, "{reply}");
+        queued.push(reply["id"].as_str().unwrap().to_owned());
+    }
+    let decoy = mine.join("decoy");
+    std::os::unix::fs::symlink(&secret, &decoy).unwrap();
+    member.owns(&decoy);
+    std::fs::rename(&decoy, &swapped_link).unwrap();
+    std::fs::remove_file(&swapped_fifo).unwrap();
+    nix::unistd::mkfifo(
+        &swapped_fifo,
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )
+    .unwrap();
+    member.owns(&swapped_fifo);
+    // A SavedModel whose two links to itself made the daemon walk for ever.
+    let looped = mine.join("looped");
+    std::fs::create_dir(&looped).unwrap();
+    std::fs::write(looped.join("saved_model.pb"), b"\x08\x01").unwrap();
+    for name in ["a", "b"] {
+        std::os::unix::fs::symlink(".", looped.join(name)).unwrap();
+        member.owns(&looped.join(name));
+    }
+    member.owns(&looped);
+    member.owns(&looped.join("saved_model.pb"));
+    let (status, reply) = scan(&looped);
+    assert_eq!(status, 202, "{reply}");
+    queued.push(reply["id"].as_str().unwrap().to_owned());
+
+    // Meanwhile, a user outside the group reads nothing of the state directory, nor of the
+    // copies of the artifacts being scanned.
+    let mut copies: Vec<PathBuf> = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            name.starts_with("monitor-sandbox-") || name.starts_with("monitor-input-")
+        })
+        .collect();
+    copies.push(dir.path().join("state"));
+    copies.push(dir.path().join("state/monitor.db"));
+    for path in &copies {
+        let out = outsider
+            .command("find")
+            .arg(path)
+            .args(["-type", "f", "-exec", "cat", "{}", "+"])
+            .output()
+            .unwrap();
+        let read = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !read.contains("TOPSECRET") && !read.contains(&marker),
+            "{} is readable by a user outside the group",
+            path.display()
+        );
+    }
+    let listing = outsider
+        .command("ls")
+        .arg(dir.path().join("state"))
+        .output()
+        .unwrap();
+    assert!(
+        !listing.status.success(),
+        "the state directory is listed: {listing:?}"
+    );
+
+    for id in &queued {
+        let record = wait_done(member, &socket, id);
+        let shown = record.to_string();
+        assert_ne!(record["verdict"], "clean", "{shown}");
+        assert!(
+            !shown.contains("TOPSECRET") && !shown.contains("54 4f 50 53"),
+            "root's bytes reached the report: {shown}"
+        );
+    }
+    let said = |id: &str| wait_done(member, &socket, id)["report"]["errors"].to_string();
+    assert!(
+        said(&queued[0]).contains("symbolic link"),
+        "{}",
+        said(&queued[0])
+    );
+    assert!(said(&queued[1]).contains("fifo"), "{}", said(&queued[1]));
+
+    // Unknown fields are refused, not ignored.
+    let (status, said) = member.http(
+        &socket,
+        "POST",
+        "/v1/scans",
+        &json!({ "path": slow, "colour": "red" }),
+    );
+    assert_eq!(
+        (status, said["error"]["code"].as_str()),
+        (400, Some("malformed_request")),
+        "{said}"
+    );
+
+    // Watches: not a root process, not the root cgroup, not with a kill policy; the member's
+    // own process, report only, yes.
+    let mut roots = KillOnDrop(Command::new("sleep").arg("600").spawn().unwrap());
+    let theirs = KillOnDrop(member.command("sleep").arg("600").spawn().unwrap());
+    std::thread::sleep(Duration::from_millis(200));
+    let watch = |body: Value| member.http(&socket, "POST", "/v1/watches", &body);
+    let cgroup_root = monitor_daemon::cgroup::cgroup2_mount().unwrap();
+    for body in [
+        json!({ "pid": roots.0.id(), "kill_at": "low", "kill_in_kernel": ["openat"] }),
+        json!({ "pid": roots.0.id() }),
+        json!({ "cgroup": cgroup_root }),
+        json!({ "pid": theirs.0.id(), "kill_at": "low" }),
+        json!({ "exe": "/usr/bin/sleep" }),
+    ] {
+        let (status, said) = watch(body.clone());
+        assert_eq!(status, 403, "{body}: {said}");
+    }
+    assert!(
+        roots.0.try_wait().unwrap().is_none(),
+        "root's process lives"
+    );
+    let (status, said) = watch(json!({ "pid": theirs.0.id() }));
+    assert_eq!(status, 201, "{said}");
+    // Root neither: the root cgroup and the daemon itself are nobody's to watch.
+    for body in [
+        json!({ "cgroup": cgroup_root }),
+        json!({ "pid": daemon.child.id() }),
+    ] {
+        let (status, said) = daemon.json("POST", "/v1/watches", &body);
+        assert_eq!(status, 403, "{body}: {said}");
+    }
+
+    // Root's scans are not the member's to see.
+    let roots_scan = daemon.submit(&slow);
+    let (status, _) = member.http(
+        &socket,
+        "GET",
+        &format!("/v1/scans/{roots_scan}"),
+        &Value::Null,
+    );
+    assert_eq!(status, 404);
+    let (_, list) = member.http(&socket, "GET", "/v1/scans?limit=500", &Value::Null);
+    assert!(!list.to_string().contains(&roots_scan), "{list}");
+    daemon.wait(&roots_scan);
+
+    let (worst, asked) = health.finish();
+    eprintln!("/healthz: {asked} answers, the slowest in {worst:?}");
+    assert!(
+        worst < Duration::from_millis(100),
+        "/healthz took {worst:?}"
+    );
+    drop(theirs);
+    drop(daemon);
+}
