@@ -49,6 +49,8 @@ pub fn process(pid: u32) -> Option<Process> {
         start_ns: 0,
         exit_ns: None,
         exit_code: None,
+        outside_parent_exe: None,
+        looked_up: true,
     })
 }
 

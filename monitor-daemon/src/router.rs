@@ -26,7 +26,7 @@ use std::{
 use aya::maps::{MapData, RingBuf};
 use tokio::sync::{mpsc, oneshot};
 
-use monitor_common::event::{Discovery, Watch};
+use monitor_common::event::{Discovery, KillPolicy, PathKey, Watch};
 
 use crate::{
     decode::Record,
@@ -344,6 +344,16 @@ impl Subscription {
     /// The watch id the kernel marks this subscription's records with.
     pub fn watch_id(&self) -> u64 {
         self.watch_id
+    }
+
+    /// Makes this watch kill what `kill` names, in the kernel, from now on.
+    pub fn set_kill_policy(&self, kill: &KillPolicy) -> Result<(), RouterError> {
+        Ok(lock(&self.router.shared.probes).set_kill_policy(self.watch_id, kill)?)
+    }
+
+    /// The programs this watch lets its processes execute although it kills execs.
+    pub fn set_exec_allowed(&self, programs: &[PathKey]) -> Result<(), RouterError> {
+        Ok(lock(&self.router.shared.probes).set_exec_allowed(self.watch_id, programs)?)
     }
 
     /// Watches `target` too (a cgroup found later, a process).

@@ -217,6 +217,8 @@ pub async fn run_with(
         start_ns: 0,
         exit_ns: None,
         exit_code: None,
+        outside_parent_exe: None,
+        looked_up: true,
     });
     if let Some(loading) = loading {
         // The command is starting behind its gate meanwhile.

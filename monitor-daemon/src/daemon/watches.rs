@@ -9,11 +9,11 @@ use std::{
 
 use serde::Serialize;
 use serde_json::json;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     daemon::{FeedItem, Shared, store::WatchRecord},
-    watch::{self, WatchOutput, WatchSpec, WatchSummary},
+    watch::{self, Command, WatchOutput, WatchSpec, WatchSummary},
 };
 
 /// The id of the watch that monitord's `[discovery]` settings start.
@@ -61,6 +61,7 @@ pub struct WatchStatus {
 struct Running {
     status: Arc<Mutex<WatchStatus>>,
     stop: Option<oneshot::Sender<()>>,
+    commands: mpsc::UnboundedSender<Command>,
 }
 
 /// Every watch of this daemon, by id.
@@ -78,7 +79,7 @@ impl Watches {
         record: WatchRecord,
         builtin: bool,
     ) -> anyhow::Result<()> {
-        let started = watch::runner::start(&record.spec, &shared.router)?;
+        let started = watch::runner::start(&record.spec, &shared.router, &shared.rules())?;
         let status = Arc::new(Mutex::new(WatchStatus {
             id: record.id.clone(),
             spec: record.spec.clone(),
@@ -96,11 +97,13 @@ impl Watches {
             summary: None,
         }));
         let (stop, stopped) = oneshot::channel();
+        let (commands, control) = mpsc::unbounded_channel();
         lock(&self.running).insert(
             record.id.clone(),
             Running {
                 status: status.clone(),
                 stop: Some(stop),
+                commands,
             },
         );
         shared.metrics.watches_active.inc();
@@ -115,6 +118,7 @@ impl Watches {
                     async {
                         let _ = stopped.await;
                     },
+                    control,
                     |out| report(&shared, &id, owner, &status, out),
                 )
                 .await;
@@ -163,6 +167,13 @@ impl Watches {
                 let _ = stop.send(());
             }
         }
+    }
+
+    /// Tells running watch `id` `command`; `false` when there is no such watch running.
+    pub fn command(&self, id: &str, command: Command) -> bool {
+        lock(&self.running)
+            .get(id)
+            .is_some_and(|r| r.commands.send(command).is_ok())
     }
 
     pub fn get(&self, id: &str) -> Option<WatchStatus> {
@@ -263,6 +274,20 @@ fn report(
                 "watch_id": id,
                 "gap": { "pid": pid, "comm": comm, "path": path },
             }));
+        }
+        WatchOutput::Changed { spec, learned } => {
+            lock(status).spec = spec.clone();
+            if let Err(e) = tokio::task::block_in_place(|| shared.store.update_watch(id, spec)) {
+                tracing::error!(watch = %id, error = %e, "storing the watch failed");
+            }
+            if learned {
+                tracing::info!(watch = %id, "learning ended: the watch enforces its profile");
+                feed(json!({
+                    "source": "watch",
+                    "watch_id": id,
+                    "learned": spec.policy.file().profile,
+                }));
+            }
         }
         WatchOutput::Kill(kill) => {
             lock(status).kills += 1;
