@@ -165,8 +165,7 @@ impl LazyProbes {
         };
     }
 
-    /// The probes, once loaded (loading them now if nobody asked before). Must be called
-    /// inside a tokio runtime (the router's task starts on it).
+    /// The probes, once loaded (loading them now if nobody asked before).
     pub async fn get(&mut self) -> anyhow::Result<&Router> {
         self.start_loading();
         if let ProbeState::Loading { loaded, .. } = &mut self.state {
@@ -232,21 +231,45 @@ pub async fn scan(
 ) -> ScanReport {
     let started = Instant::now();
     let mut report = ScanReport::new(&spec.artifact, spec.fail_on);
-    let format = match format::detect(&spec.artifact, &spec.limits) {
-        Ok(format) => format,
-        Err(e) => {
+    // Reading the artifact (detection, its size, every loader's view of the bytes of an 8 GiB
+    // pickle) is file work: off the async runtime, which other scans and the daemon's API share.
+    let inspected = off_runtime({
+        let (artifact, limits, static_rules) = (
+            spec.artifact.clone(),
+            spec.limits.clone(),
+            spec.static_rules.clone(),
+        );
+        move || {
+            let format = format::detect(&artifact, &limits)?;
+            let size = size_of(&artifact).ok();
+            // Every loader's view of the bytes, before any of them runs.
+            let analysis = static_analysis::analyse(&artifact, &format, &static_rules);
+            Ok::<_, format::FormatError>((format, size, analysis))
+        }
+    })
+    .await;
+    let (format, analysis) = match inspected {
+        Ok(Ok((format, size, analysis))) => {
+            report.artifact.size = size;
+            (format, analysis)
+        }
+        Ok(Err(e)) => {
             report
                 .errors
                 .push(ScanError::new(ErrorKind::Input, e.to_string()));
             report.conclude(started.elapsed());
             return report;
         }
+        Err(e) => {
+            report
+                .errors
+                .push(ScanError::new(ErrorKind::Setup, format!("{e:#}")));
+            report.conclude(started.elapsed());
+            return report;
+        }
     };
     report.artifact.format = Some(format.id().to_string());
     report.artifact.description = Some(format.describe());
-    report.artifact.size = size_of(&spec.artifact).ok();
-    // Every loader's view of the bytes, before any of them runs.
-    let analysis = static_analysis::analyse(&spec.artifact, &format, &spec.static_rules);
     report.artifact.globals = analysis.pickles;
     progress(Progress::Detected(&format));
     if let Some(why) = format.not_loaded_because() {
@@ -334,17 +357,12 @@ async fn load_under_watch(
         ));
         return Ok(());
     }
-    let sandbox = Sandbox::create(spec.sandbox.clone()).context("building the sandbox")?;
-    let inside = stage_artifact(&spec.artifact, loader, sandbox.work_dir(), sandbox.user())
-        .context("copying the artifact into the sandbox")?;
-    harness::install(sandbox.tool_dir()).context("installing the harness")?;
-    let output_path = sandbox.root().join("loader.log");
-    let output = fs::File::options()
-        .create_new(true)
-        .read(true)
-        .write(true)
-        .open(&output_path)
-        .context("creating the loader's log")?;
+    // Building the sandbox copies the artifact: file work, off the async runtime.
+    let (sandbox, inside, output) = off_runtime({
+        let (options, artifact) = (spec.sandbox.clone(), spec.artifact.clone());
+        move || prepare_sandbox(options, &artifact, loader)
+    })
+    .await??;
 
     let control = ControlPipe::new().context("creating the control pipe")?;
     let gate = Gate::new().context("creating the loader's gate")?;
@@ -482,6 +500,44 @@ async fn load_under_watch(
         output_tail: tail(output, OUTPUT_TAIL_BYTES).unwrap_or_default(),
     });
     Ok(())
+}
+
+/// A sandbox for `loader` with the artifact's copy and the harness in it, and the loader's log.
+fn prepare_sandbox(
+    options: SandboxOptions,
+    artifact: &Path,
+    loader: &str,
+) -> anyhow::Result<(Sandbox, PathBuf, fs::File)> {
+    let sandbox = Sandbox::create(options).context("building the sandbox")?;
+    let inside = stage_artifact(artifact, loader, sandbox.work_dir(), sandbox.user())
+        .context("copying the artifact into the sandbox")?;
+    harness::install(sandbox.tool_dir()).context("installing the harness")?;
+    let output_path = sandbox.root().join("loader.log");
+    let output = fs::File::options()
+        .create_new(true)
+        .read(true)
+        .write(true)
+        .open(&output_path)
+        .context("creating the loader's log")?;
+    Ok((sandbox, inside, output))
+}
+
+/// Runs blocking `work` on a thread of its own and waits for it without holding the async
+/// runtime. The thread is joined before this returns: no thread outlives the work (a caller
+/// may fork afterwards, see monitorctl's release_in_background).
+pub async fn off_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> anyhow::Result<T> {
+    let (tx, done) = tokio::sync::oneshot::channel();
+    let thread = std::thread::Builder::new()
+        .name("monitor-file-work".into())
+        .spawn(move || {
+            let _ = tx.send(work());
+        })
+        .context("starting a thread for file work")?;
+    let result = done.await;
+    let _ = thread.join();
+    result.map_err(|_| anyhow::anyhow!("the file work's thread died"))
 }
 
 /// What the harness said went wrong, in words that say what to do.
