@@ -301,17 +301,20 @@ def strace_scan(loader_python, path, exercise=False):
 
 # --- monitor ----------------------------------------------------------------------------------
 
-def monitor_scan(monitorctl, path, exercise=False):
-    # --audit: the harness's Python audit hook adds interpreter evidence and its rules.
-    cmd = [monitorctl, "scan", "--local", "--audit", "--format", "json", path]
-    if exercise:
-        cmd.insert(2, "--exercise")
+def monitor_scan(monitorctl, path, static_only=False):
+    # The defaults, as a new user runs it: the kernel trace, the audit hook and the static
+    # analysis, one verdict. --static-only: the bytes alone, as a CI runner without root.
+    cmd = [monitorctl, "scan", "--local", "--format", "json", path]
+    if static_only:
+        cmd.insert(2, "--static-only")
     code, out, err, seconds = timed(cmd)
     try:
         report = json.loads(out)
     except ValueError:
         return "error", "exit %s, no report: %s" % (code, last_line(err)), seconds
-    high = [f["rule"] for f in report.get("findings", []) + report.get("audit_findings", [])
+    high = ["%s:%s" % (f.get("source", "kernel"), f["rule"])
+            for f in report.get("findings", []) + report.get("audit_findings", [])
+            + report.get("static_findings", [])
             if f.get("severity") in ("high", "critical")]
     errors = report.get("errors", [])
     if report.get("exit_code") == 1:
@@ -587,11 +590,9 @@ def measure(args):
                     continue
                 runs = [(tool, lambda tool=tool: peers.run(tool, e["path"])) for tool in PEERS]
                 runs.append(("strace -f", lambda: strace_scan(args.loader_python, e["path"])))
-                runs.append(("monitor --audit",
-                             lambda: monitor_scan(args.monitorctl, e["path"])))
-                if corpus == "generated":
-                    runs.append(("monitor --exercise --audit",
-                                 lambda: monitor_scan(args.monitorctl, e["path"], True)))
+                runs.append(("monitor", lambda: monitor_scan(args.monitorctl, e["path"])))
+                runs.append(("monitor --static-only",
+                             lambda: monitor_scan(args.monitorctl, e["path"], True)))
                 for tool, run in runs:
                     if wanted and tool not in wanted:
                         rows += [r for r in previous.get("rows", []) if r["tool"] == tool
@@ -647,11 +648,11 @@ def measure(args):
             "executed, a connect or send to an Internet address, an open of ~/.ssh, "
             "/etc/passwd, /etc/shadow or a credential file, from the harness's load marker "
             "on" % os.path.relpath(HARNESS, ROOT),
-            "monitor --audit: `monitorctl scan --local --audit --format json F` (the kernel "
-            "trace, and the harness's Python audit hook with its rules); "
-            "monitor --exercise --audit: the same with `--exercise` (generated corpus only); "
-            "the checkpoint timing below is `monitorctl scan --local` and `monitorctl scan` "
-            "against a running monitord, without `--audit`",
+            "monitor: `monitorctl scan --local --format json F`, the defaults (the kernel "
+            "trace, the audit hook where on by default, and the static analysis: one "
+            "verdict); monitor --static-only: `monitorctl scan --local --static-only --format "
+            "json F` (the bytes alone: no root, nothing loaded); the checkpoint timing below "
+            "is `monitorctl scan --local` and `monitorctl scan` against a running monitord",
         ],
         "corpora": {
             "generated": "`cargo xtask corpus` (target/corpus, manifest.json: %d malicious, "

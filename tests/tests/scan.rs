@@ -6,7 +6,13 @@ use std::{path::Path, time::Duration};
 use monitor_daemon::{
     probes::ProbeConfig,
     rules::Phase,
-    scan::{LazyProbes, ScanReport, ScanSpec, Verdict, report::ErrorKind, scan, verdict::ExitCode},
+    scan::{
+        LazyProbes, ScanReport, ScanSpec, Verdict,
+        report::ErrorKind,
+        scan,
+        static_analysis::{Observed, StaticRules},
+        verdict::ExitCode,
+    },
 };
 use monitor_tests::{is_root, loader_python};
 
@@ -104,7 +110,9 @@ async fn a_corrupt_pickle_that_acted_first_is_still_a_threat() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_missing_loader_environment_is_an_error_that_says_how_to_install_it() {
     let report = scan_bytes(&pickle_calling("posix", "system", "id"), |spec| {
-        spec.python = "/nonexistent/bin/python".into()
+        spec.python = "/nonexistent/bin/python".into();
+        // (Its static evidence alone would make it a threat, which wins over the error.)
+        spec.static_rules = StaticRules::none();
     })
     .await;
     assert_eq!(report.exit_code, ExitCode::Error);
@@ -129,19 +137,25 @@ async fn audit_evidence_names_the_pickle_global_that_ran() {
 }
 
 #[tokio::test(flavor = "current_thread")]
-async fn python_only_evidence_becomes_a_finding_with_audit_and_is_no_verdict_without() {
-    // eval of a constant: no syscall any rule can call dangerous, only the interpreter sees it.
+async fn python_only_evidence_is_a_static_threat_and_an_audit_finding() {
+    // eval of a constant: no syscall any rule can call dangerous; the bytes name it, and the
+    // interpreter sees it resolved.
     let eval = pickle_calling("builtins", "eval", "6*7");
     let kernel_only = scan_bytes(&eval, |_| {}).await;
-    assert_eq!(kernel_only.verdict, Verdict::Clean, "{kernel_only:#?}");
-    assert!(kernel_only.audit_findings.is_empty());
-    // The static evidence is there either way, and decides nothing.
+    assert_eq!(kernel_only.exit_code, ExitCode::Threat, "{kernel_only:#?}");
+    assert!(kernel_only.findings.is_empty(), "{:?}", rules(&kernel_only));
     let named = &kernel_only.artifact.globals[0].globals[0];
     assert_eq!(
         (named.module.as_str(), named.name.as_str()),
         ("builtins", "eval")
     );
-    assert_eq!(named.rule.as_deref(), Some("py.global-code"));
+    assert_eq!(named.rule.as_deref(), Some("static.code"));
+    let static_finding = kernel_only
+        .static_findings
+        .iter()
+        .find(|f| f.evidence == "builtins.eval")
+        .expect("a static finding");
+    assert_eq!(static_finding.observed, Observed::NotReached);
 
     let audited = scan_bytes(&eval, |spec| spec.audit = true).await;
     assert_eq!(audited.exit_code, ExitCode::Threat, "{audited:#?}");
@@ -153,6 +167,12 @@ async fn python_only_evidence_becomes_a_finding_with_audit_and_is_no_verdict_wit
     assert_eq!(finding.phase, Phase::Load);
     assert_eq!(finding.audit.subject.as_deref(), Some("builtins.eval"));
     assert!(audited.findings.is_empty(), "{:?}", rules(&audited));
+    let static_finding = audited
+        .static_findings
+        .iter()
+        .find(|f| f.evidence == "builtins.eval")
+        .expect("a static finding");
+    assert_eq!(static_finding.observed, Observed::Resolved);
 
     // A benign pickle with the hook on stays clean: the loader's own imports and compiles
     // are evidence, not findings.
@@ -203,6 +223,8 @@ async fn an_incomplete_trace_is_never_clean() {
     std::fs::write(&path, bytes).unwrap();
     let mut spec = ScanSpec::new(&path);
     spec.python = loader_python();
+    // The trace's completeness is under test, not what the bytes name.
+    spec.static_rules = StaticRules::none();
     let mut probes = LazyProbes::new(ProbeConfig {
         ring_buffer_bytes: 4096,
     });
