@@ -78,7 +78,7 @@ pub enum JobProbes<'a> {
     Loaded(&'a Router),
     /// Still loading. A job with a [`JobIo::gate`] starts at once and waits at its gate until
     /// they watch it; one without waits for them before it starts.
-    Loading(Pin<Box<dyn Future<Output = Result<&'a Router>> + 'a>>),
+    Loading(Pin<Box<dyn Future<Output = Result<&'a Router>> + Send + 'a>>),
 }
 
 /// What a run reports as it goes.

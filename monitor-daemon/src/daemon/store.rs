@@ -430,6 +430,15 @@ impl Store {
         rows.iter().map(|e| Ok(serde_json::from_str(e)?)).collect()
     }
 
+    /// Whether scan `id` is stored (without reading its report).
+    pub fn exists(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .db()
+            .query_row("SELECT 1 FROM scans WHERE id = ?1", params![id], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+
     pub fn get(&self, id: &str) -> Result<Option<ScanRecord>, StoreError> {
         let db = self.db();
         let row = db

@@ -81,9 +81,38 @@ impl Rule {
     }
 }
 
+/// Which evidence a finding comes from: the kernel trace, the harness's Python audit hook, or
+/// the artifact's bytes read without running them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    #[default]
+    Kernel,
+    Audit,
+    Static,
+}
+
+impl Source {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Source::Kernel => "kernel",
+            Source::Audit => "audit",
+            Source::Static => "static",
+        }
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// A rule that fired, with the event that made it fire.
 #[derive(Debug, Clone, Serialize)]
 pub struct Finding {
+    /// Always [`Source::Kernel`]: a syscall event made it fire.
+    pub source: Source,
     pub rule: String,
     pub severity: Severity,
     pub description: String,
@@ -371,6 +400,7 @@ impl RuleSet {
                 && !exceptions.iter().any(|x| x.covers(sc, &facts, event, ctx))
             {
                 found.push(Finding {
+                    source: Source::Kernel,
                     rule: rule.spec.id.clone(),
                     severity: rule.spec.severity,
                     description: rule.spec.description.clone(),
@@ -447,8 +477,13 @@ fn line_of_entry(text: &str, key: &str, value: &str, after: usize) -> Option<usi
         .map(|(i, _)| i + 1)
 }
 
+/// The 1-based line below line `after` that sets `id: <id>`.
+pub(crate) fn line_of_id(text: &str, id: &str, after: usize) -> Option<usize> {
+    line_of_entry(text, "id", id, after)
+}
+
 /// The 1-based line of a top-level `key:`.
-fn line_of_key(text: &str, key: &str) -> Option<usize> {
+pub(crate) fn line_of_key(text: &str, key: &str) -> Option<usize> {
     text.lines()
         .position(|l| {
             l.strip_prefix(key)

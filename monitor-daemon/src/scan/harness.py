@@ -175,6 +175,10 @@ def import_framework(loader):
         import torch
 
         return lambda p: torch.load(p, map_location="cpu", weights_only=False)
+    if loader == "torchscript":
+        import torch
+
+        return lambda p: torch.jit.load(p, map_location="cpu")
     if loader == "keras":
         import keras
 
@@ -246,7 +250,7 @@ def exercise(loader, obj):
     elif isinstance(obj, (list, tuple)):
         candidates += list(obj)
     for candidate in candidates:
-        if loader == "torch":
+        if loader in ("torch", "torchscript"):
             import torch
 
             if isinstance(candidate, torch.nn.Module):
