@@ -443,6 +443,11 @@ impl RuleSet {
 /// The audit event an unpickler raises for every global it resolves.
 pub const FIND_CLASS: &str = "pickle.find_class";
 
+/// The 1-based line below line `after` that sets `id: <id>`.
+pub(crate) fn line_of_id(text: &str, id: &str, after: usize) -> Option<usize> {
+    line_of_entry(text, "id", id, after)
+}
+
 /// `text` as a `T`, or the error with the line serde_yaml gave (or one found).
 pub fn parse_yaml<T: serde::de::DeserializeOwned>(
     text: &str,
@@ -464,7 +469,7 @@ pub fn parse_yaml<T: serde::de::DeserializeOwned>(
 
 /// The 1-based line below line `after` that sets `key: <value>` (a value spelled over several
 /// lines, or in a flow mapping with others before it, is not found).
-fn line_of_entry(text: &str, key: &str, value: &str, after: usize) -> Option<usize> {
+pub(crate) fn line_of_entry(text: &str, key: &str, value: &str, after: usize) -> Option<usize> {
     text.lines()
         .enumerate()
         .skip(after)
@@ -475,11 +480,6 @@ fn line_of_entry(text: &str, key: &str, value: &str, after: usize) -> Option<usi
                 .is_some_and(|v| v.trim().trim_matches(['"', '\'']) == value)
         })
         .map(|(i, _)| i + 1)
-}
-
-/// The 1-based line below line `after` that sets `id: <id>`.
-pub(crate) fn line_of_id(text: &str, id: &str, after: usize) -> Option<usize> {
-    line_of_entry(text, "id", id, after)
 }
 
 /// The 1-based line of a top-level `key:`.
