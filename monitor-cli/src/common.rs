@@ -37,8 +37,8 @@ pub fn rule_set(files: &[PathBuf], no_defaults: bool) -> anyhow::Result<RuleSet>
         RuleSet::defaults()
     };
     for path in files {
-        let name = path.display().to_string();
-        rules.extend(RuleSet::load(path)?, &name)?;
+        // A file may use the lists, and add exceptions to the rules, of those before it.
+        rules.add_file(path)?;
     }
     if rules.is_empty() {
         anyhow::bail!("no rules: --no-default-rules needs at least one --rules FILE");

@@ -36,6 +36,8 @@ enum WatchCommand {
     ///   monitorctl watch add --cgroup system.slice/torchserve.service --kill-at high
     ///   monitorctl watch add --pid 4242 --name notebook
     ///   monitorctl watch add --exe /opt/serving/bin/python3.11 --name inference
+    ///   monitorctl watch add --cgroup system.slice/model.service --learn 10m --kill-at high
+    ///   monitorctl watch add --cgroup system.slice/model.service --policy policy.yaml
     #[command(
         verbatim_doc_comment,
         group(clap::ArgGroup::new("selector").required(true).multiple(false))
@@ -69,11 +71,35 @@ enum WatchCommand {
             requires = "kill_at"
         )]
         kill_in_kernel: Option<Vec<String>>,
-        /// After a watched process opens a model artifact, its acts for this many
-        /// milliseconds are in the `load` phase [default: 10000].
+        /// Where a model's descriptor cannot be followed, a watched process's acts for this
+        /// many milliseconds after it opens the model are in the `load` phase [default: 10000].
         #[arg(long, value_name = "MS")]
         load_window_ms: Option<u64>,
+        /// After the loader closes a model's descriptor, its acts for this many milliseconds
+        /// more are in the `load` phase [default: 1000].
+        #[arg(long, value_name = "MS")]
+        load_grace_ms: Option<u64>,
+        /// A policy file (YAML): kill settings, and lists, rules and exceptions for this watch
+        /// only (`monitorctl watch profile ID` prints one).
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
+        /// Learn the service's profile for this long (`90s`, `10m`, `2h`), reporting only
+        /// what is never learned; then enforce it: only acts outside the profile fire.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        learn: Option<u64>,
     },
+    /// Learn a watch's service again, for DURATION (`90s`, `10m`, `2h`); the new profile
+    /// replaces the exceptions learned before (`learned-*`), the rest of the policy stays.
+    Learn {
+        id: String,
+        #[arg(value_parser = parse_duration)]
+        duration: u64,
+    },
+    /// Print a watch's policy, its learned profile included, as a YAML document to review,
+    /// edit and give back with `monitorctl watch policy ID FILE`.
+    Profile { id: String },
+    /// Replace a watch's policy with FILE (YAML), without stopping the watch.
+    Policy { id: String, file: PathBuf },
     /// The watches, with what each has seen.
     List,
     /// One watch, with its recent kills.
@@ -92,6 +118,28 @@ enum WatchCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Seconds in `90`, `90s`, `10m`, `2h`.
+fn parse_duration(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (number, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| "a duration: 90s, 10m, 2h".to_owned())?;
+    let seconds = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err("a duration: 90s, 10m, 2h".into()),
+    };
+    if seconds == 0 {
+        return Err("a duration above zero".into());
+    }
+    Ok(seconds)
 }
 
 fn parse_severity(s: &str) -> Result<Severity, String> {
@@ -120,6 +168,9 @@ async fn watch(args: WatchArgs) -> Result<()> {
             kill_at,
             kill_in_kernel,
             load_window_ms,
+            load_grace_ms,
+            policy,
+            learn,
         } => {
             let kill_in_kernel = kill_in_kernel.map(|names| {
                 names
@@ -127,8 +178,18 @@ async fn watch(args: WatchArgs) -> Result<()> {
                     .filter(|n| n != "none" && !n.is_empty())
                     .collect::<Vec<_>>()
             });
-            let mut body =
-                json!({ "name": name, "kill_at": kill_at, "load_window_ms": load_window_ms });
+            let mut body = json!({
+                "name": name,
+                "kill_at": kill_at,
+                "load_window_ms": load_window_ms,
+                "load_grace_ms": load_grace_ms,
+                "learn_secs": learn,
+            });
+            if let Some(path) = policy {
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading the policy {}", path.display()))?;
+                body["policy"] = json!(text);
+            }
             if let Some(cgroup) = cgroup {
                 body["cgroup"] = json!(cgroup);
             }
@@ -151,6 +212,42 @@ async fn watch(args: WatchArgs) -> Result<()> {
             eprintln!(
                 "monitorctl: watching {}; `monitorctl watch tail` shows what it finds",
                 printable(&describe(&watch))
+            );
+        }
+        WatchCommand::Learn { id, duration } => {
+            let reply = client
+                .post_json(
+                    &format!("/v1/watches/{id}/learn"),
+                    &json!({ "seconds": duration }),
+                )
+                .await?;
+            if reply.status >= 400 {
+                bail!("{}", reply.error_message());
+            }
+            eprintln!(
+                "monitorctl: watch {id} learns for {duration} s, then enforces its profile \
+                 (`monitorctl watch profile {id}` shows it)"
+            );
+        }
+        WatchCommand::Profile { id } => {
+            let reply = client.get(&format!("/v1/watches/{id}/profile")).await?;
+            if reply.status >= 400 {
+                bail!("{}", reply.error_message());
+            }
+            print!("{}", String::from_utf8_lossy(&reply.body));
+        }
+        WatchCommand::Policy { id, file } => {
+            let text = std::fs::read(&file)
+                .with_context(|| format!("reading the policy {}", file.display()))?;
+            let reply = client
+                .put(&format!("/v1/watches/{id}/policy"), text)
+                .await?;
+            if reply.status >= 400 {
+                bail!("{}", reply.error_message());
+            }
+            eprintln!(
+                "monitorctl: watch {id} now has the policy of {}",
+                file.display()
             );
         }
         WatchCommand::List => {

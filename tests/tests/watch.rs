@@ -650,3 +650,220 @@ async fn an_executable_watch_takes_running_and_new_processes_of_that_file_only()
     assert!(!seen.pids.contains(&other), "another program's process");
     assert!(summary.complete);
 }
+
+/// A syscall the kernel killed is the finding of the rule it would have matched, marked
+/// blocked, and the watch's policy fires on it: the script that tried the exec is killed
+/// before its next step (on the old code it was an `exec.attempt` at low, and the script went
+/// on).
+#[tokio::test(flavor = "current_thread")]
+async fn an_exec_killed_in_the_kernel_is_a_blocked_finding_and_the_policy_kills_the_cgroup() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("next-step");
+    let cgroup = JobCgroup::create(&format!("test-blocked-{}", std::process::id())).unwrap();
+    let request = WatchRequest {
+        cgroup: Some(cgroup.path().to_owned()),
+        kill_at: Some(Severity::High),
+        ..WatchRequest::default()
+    };
+    // The script's child executes a program; the script's next step comes a second later.
+    let script = format!(
+        "import os, time\nos.system('/usr/bin/true')\ntime.sleep(1)\nopen({:?}, 'w').write('x')\n",
+        marker.display().to_string()
+    );
+    let router = router();
+    let status = Arc::new(Mutex::new(None));
+    let st = status.clone();
+    let (seen, _) = watch_while(&router, request, async {
+        let child = spawn_in(&cgroup, &format!("exec /usr/bin/python3 -c \"{script}\""));
+        *st.lock().unwrap() = Some(wait(child).await);
+    })
+    .await;
+    let status = status.lock().unwrap().unwrap();
+    let seen = seen.lock().unwrap();
+    let blocked: Vec<&Finding> = seen.all.iter().filter(|f| f.blocked).collect();
+    assert!(
+        matches!(blocked.as_slice(), [f] if f.rule == "exec.program" && f.severity == Severity::High),
+        "the killed exec is a high, blocked exec.program: {:?}",
+        seen.findings
+    );
+    assert!(
+        !seen
+            .findings
+            .iter()
+            .any(|(rule, _, _)| rule == "exec.attempt"),
+        "not an attempt: {:?}",
+        seen.findings
+    );
+    let by_policy = seen
+        .kills
+        .iter()
+        .find(|k| k.by == "policy")
+        .expect("the policy fired on the blocked act");
+    assert_eq!(by_policy.rule.as_deref(), Some("exec.program"));
+    assert_eq!(by_policy.cgroup.as_deref(), Some(cgroup.path()));
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "the script was killed: {status:?}"
+    );
+    assert!(!marker.exists(), "the script never got to its next step");
+}
+
+/// A cgroup watch `learn_secs` long, its request otherwise `request`.
+fn learning(cgroup: &JobCgroup, learn_secs: u64, request: WatchRequest) -> WatchRequest {
+    WatchRequest {
+        cgroup: Some(cgroup.path().to_owned()),
+        learn_secs: Some(learn_secs),
+        ..request
+    }
+}
+
+/// Waits for `path` to appear, checking every 50 ms.
+fn wait_for_file(path: &Path) -> String {
+    format!("while [ ! -e {} ]; do sleep 0.05; done", path.display())
+}
+
+/// While learning, a service's acts are learned and not reported, but for those that are
+/// never learned (a write to a persistence file), which are reported at once and named in the
+/// profile. After the window, the learned acts raise nothing and anything else fires at its
+/// rule's severity.
+#[tokio::test(flavor = "current_thread")]
+async fn a_learned_profile_silences_the_service_and_never_learns_a_critical_act() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = honeytoken(dir.path());
+    let go = dir.path().join("go");
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cgroup = JobCgroup::create(&format!("test-learn-{}", std::process::id())).unwrap();
+    let acts = format!(
+        "cat {token} >/dev/null; /usr/bin/true; (exec 3<>/dev/tcp/127.0.0.1/{port}) 2>/dev/null; \
+         echo x >> {dir}/.bashrc",
+        dir = dir.path().display()
+    );
+    let script = format!(
+        "{acts}; {wait}; {acts}; /usr/bin/id >/dev/null",
+        wait = wait_for_file(&go)
+    );
+    let learn_secs = 2;
+    let request = learning(&cgroup, learn_secs, WatchRequest::default());
+    let router = router();
+    let (seen, _) = watch_while(&router, request, async {
+        let child = spawn_in(&cgroup, &script);
+        // Past the window (ended at the watch's next look, once a second).
+        tokio::time::sleep(Duration::from_millis(learn_secs * 1000 + 1600)).await;
+        std::fs::write(&go, "").unwrap();
+        assert!(wait(child).await.success());
+    })
+    .await;
+    let seen = seen.lock().unwrap();
+    let (learned, _) = seen
+        .changed
+        .iter()
+        .find(|(_, learned)| *learned)
+        .expect("the window ended and its profile became the policy");
+    assert!(learned.learning.is_none());
+    let file = learned.policy.file();
+    let profile = file.profile.as_ref().expect("the profile's summary");
+    assert!(
+        profile
+            .never_learned
+            .iter()
+            .any(|n| n.rule == "persist.write"),
+        "the profile names the critical act it refused: {profile:?}"
+    );
+    let learned_rules: Vec<&str> = file.exceptions.iter().map(|x| x.rule.as_str()).collect();
+    for rule in ["exec.program", "cred.read", "net.connect"] {
+        assert!(
+            learned_rules.contains(&rule),
+            "{rule} learned: {learned_rules:?}"
+        );
+    }
+    assert!(
+        !learned_rules.contains(&"persist.write"),
+        "{learned_rules:?}"
+    );
+    let rules: Vec<&str> = seen.findings.iter().map(|(r, _, _)| r.as_str()).collect();
+    assert_eq!(
+        rules.iter().filter(|r| **r == "persist.write").count(),
+        2,
+        "reported while learning and after: {rules:?}"
+    );
+    let exec_findings: Vec<&Finding> = seen
+        .all
+        .iter()
+        .filter(|f| f.rule == "exec.program")
+        .collect();
+    assert!(
+        matches!(exec_findings.as_slice(), [f] if f.process.as_ref().and_then(|p| p.exe.as_deref()) == Some("/usr/bin/id")),
+        "only the program it never ran while learning: {exec_findings:?}"
+    );
+    for quiet in ["cred.read", "net.connect"] {
+        assert!(!rules.contains(&quiet), "{quiet} was learned: {rules:?}");
+    }
+}
+
+/// A learned service under `--kill-at high` (execs killed in the kernel): the programs it ran
+/// while learning still run; another is killed in the kernel before it runs, and the policy
+/// kills the service's cgroup.
+#[tokio::test(flavor = "current_thread")]
+async fn a_learned_service_runs_its_programs_and_the_kernel_kills_any_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let go = dir.path().join("go");
+    let ran = dir.path().join("learned-ran");
+    let payload = dir.path().join("payload-ran");
+    let after = dir.path().join("after");
+    let cgroup = JobCgroup::create(&format!("test-learn-kill-{}", std::process::id())).unwrap();
+    // `touch` is learned; `mkdir` never was.
+    let script = format!(
+        "rm -f {ran}; /usr/bin/touch {ran}; {wait}; rm -f {ran}; /usr/bin/touch {ran}; \
+         /usr/bin/mkdir {payload}; sleep 1; touch {after}",
+        ran = ran.display(),
+        wait = wait_for_file(&go),
+        payload = payload.display(),
+        after = after.display(),
+    );
+    let learn_secs = 2;
+    let request = learning(
+        &cgroup,
+        learn_secs,
+        WatchRequest {
+            kill_at: Some(Severity::High),
+            ..WatchRequest::default()
+        },
+    );
+    let router = router();
+    let status = Arc::new(Mutex::new(None));
+    let st = status.clone();
+    let (seen, _) = watch_while(&router, request, async {
+        let child = spawn_in(&cgroup, &script);
+        tokio::time::sleep(Duration::from_millis(learn_secs * 1000 + 1600)).await;
+        std::fs::write(&go, "").unwrap();
+        *st.lock().unwrap() = Some(wait(child).await);
+    })
+    .await;
+    let status = status.lock().unwrap().unwrap();
+    let seen = seen.lock().unwrap();
+    assert!(
+        ran.exists(),
+        "the learned program ran again, under the kill policy"
+    );
+    assert!(!payload.exists(), "the other program never ran");
+    assert_eq!(status.signal(), Some(9), "{status:?}");
+    assert!(!after.exists(), "the service was killed with it");
+    let kernel = seen
+        .kills
+        .iter()
+        .find(|k| k.by == "kernel")
+        .expect("killed in the kernel");
+    assert_eq!(kernel.syscall, Some("execve"));
+    assert!(
+        seen.all
+            .iter()
+            .any(|f| f.blocked && f.rule == "exec.program"),
+        "{:?}",
+        seen.findings
+    );
+}

@@ -52,6 +52,12 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/scans/upload", axum::routing::post(upload_scan))
         .route("/v1/watches", get(list_watches).post(add_watch))
         .route("/v1/watches/{id}", get(get_watch).delete(remove_watch))
+        .route(
+            "/v1/watches/{id}/policy",
+            axum::routing::put(set_watch_policy),
+        )
+        .route("/v1/watches/{id}/learn", axum::routing::post(learn_watch))
+        .route("/v1/watches/{id}/profile", get(get_watch_profile))
         .route("/v1/findings", get(list_findings))
         .route("/v1/findings/stream", get(stream_findings))
         .route("/v1/rules", get(list_rules))
@@ -768,7 +774,7 @@ async fn add_watch(
     off_runtime(&shared, move |shared| {
         let root = crate::cgroup::cgroup2_mount().map_err(ApiError::internal)?;
         let spec = request
-            .validate(&root)
+            .validate_with(&root, &shared.rules())
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_watch", e.to_string()))?;
         auth::check_watch(&caller, &spec, &root)?;
         let id = uuid::Uuid::new_v4().to_string();
@@ -856,6 +862,105 @@ async fn remove_watch(
     })
     .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Replaces a watch's policy with the YAML document in the body: kill settings, lists, rules
+/// and exceptions (a profile `GET .../profile` printed, reviewed and edited). The watch keeps
+/// running; the kernel's kill policy changes with it.
+async fn set_watch_policy(
+    State(shared): State<Arc<Shared>>,
+    id: Result<UrlPath<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let UrlPath(id) = id.map_err(bad_path)?;
+    let body = body.map_err(unreadable_body)?;
+    let status = shared.watches.get(&id).ok_or_else(|| no_watch(&id))?;
+    if status.builtin {
+        return Err(builtin(&id));
+    }
+    let text = std::str::from_utf8(&body).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_policy",
+            "the body is a policy document (YAML, UTF-8)",
+        )
+    })?;
+    let policy = crate::watch::Policy::from_document(text, None, None, &shared.rules())
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_policy", e.to_string()))?;
+    let mut spec = status.spec.clone();
+    spec.policy = policy.clone();
+    let stored = spec.clone();
+    let key = id.clone();
+    off_runtime(&shared, move |shared| {
+        shared
+            .store
+            .update_watch(&key, &stored)
+            .map_err(ApiError::internal)
+    })
+    .await?;
+    shared.watches.set_spec(&id, spec);
+    shared
+        .watches
+        .command(&id, crate::watch::Command::SetPolicy(policy));
+    Ok(Json(json!(shared.watches.get(&id))))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LearnRequest {
+    seconds: u64,
+}
+
+/// Starts a learning window on a watch (in place of one running): for `seconds` it learns
+/// its service's profile, then enforces it.
+async fn learn_watch(
+    State(shared): State<Arc<Shared>>,
+    id: Result<UrlPath<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let UrlPath(id) = id.map_err(bad_path)?;
+    let request: LearnRequest = json_body(body, "a learn request ({\"seconds\": N})")?;
+    let status = shared.watches.get(&id).ok_or_else(|| no_watch(&id))?;
+    if status.builtin {
+        return Err(builtin(&id));
+    }
+    if !(1..=crate::watch::spec::MAX_LEARN_SECS).contains(&request.seconds) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_watch",
+            crate::watch::spec::SpecError::LearnSecs.to_string(),
+        ));
+    }
+    let learning = crate::watch::spec::Learning::starting_now(request.seconds);
+    let mut spec = status.spec.clone();
+    spec.learning = Some(learning.clone());
+    shared.watches.set_spec(&id, spec);
+    shared
+        .watches
+        .command(&id, crate::watch::Command::Learn(learning));
+    Ok((StatusCode::ACCEPTED, Json(json!(shared.watches.get(&id)))))
+}
+
+/// A watch's policy as a YAML document, its learned profile included.
+async fn get_watch_profile(
+    State(shared): State<Arc<Shared>>,
+    id: Result<UrlPath<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let UrlPath(id) = id.map_err(bad_path)?;
+    let status = shared.watches.get(&id).ok_or_else(|| no_watch(&id))?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/yaml; charset=utf-8")],
+        status.spec.policy.to_yaml(),
+    )
+        .into_response())
+}
+
+fn builtin(id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "builtin_watch",
+        format!("watch {id} comes from monitord's configuration; change it there"),
+    )
 }
 
 /// A JSON request body as a `T` (`what` names it in the error), or the 4xx that says why not.

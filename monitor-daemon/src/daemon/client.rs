@@ -62,6 +62,11 @@ impl Client {
             .await
     }
 
+    /// A PUT of `body` as it is (a YAML document).
+    pub async fn put(&self, path: &str, body: Vec<u8>) -> Result<Reply> {
+        self.request(Method::PUT, path, Some(body)).await
+    }
+
     pub async fn delete(&self, path: &str) -> Result<Reply> {
         self.request(Method::DELETE, path, None).await
     }

@@ -93,8 +93,8 @@ impl Shared {
 fn load_rules(config: &Config) -> Result<RuleSet, crate::rules::RuleError> {
     let mut rules = RuleSet::defaults();
     for path in config.rules.iter().flat_map(|p| rule_files(p)) {
-        let path = path?;
-        rules.extend(RuleSet::load(&path)?, &path.display().to_string())?;
+        // A file may use the lists, and add exceptions to the rules, of those before it.
+        rules.add_file(&path?)?;
     }
     Ok(rules)
 }

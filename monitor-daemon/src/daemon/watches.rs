@@ -176,6 +176,13 @@ impl Watches {
             .is_some_and(|r| r.commands.send(command).is_ok())
     }
 
+    /// Shows `spec` as watch `id`'s (its policy or learning window changed).
+    pub fn set_spec(&self, id: &str, spec: WatchSpec) {
+        if let Some(running) = lock(&self.running).get(id) {
+            lock(&running.status).spec = spec;
+        }
+    }
+
     pub fn get(&self, id: &str) -> Option<WatchStatus> {
         lock(&self.running).get(id).map(|r| lock(&r.status).clone())
     }
