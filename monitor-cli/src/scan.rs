@@ -31,8 +31,10 @@ use crate::common;
 /// is loaded with the framework a user would use, in a sandbox (no network but loopback, a
 /// read-only host, a decoy home full of honeytoken credentials, Landlock, an unprivileged
 /// user), while the kernel probes trace every process it starts. Framework imports happen in
-/// a set-up phase that raises no findings; the load, exercise and teardown phases are judged
-/// by the rules.
+/// a set-up phase that raises no findings; what follows is judged by the rules: the load, the
+/// exercise (the model called on dummy input, where its format runs code when called), a
+/// linger while anything the load left behind still runs (a thread, a child, a timer: as a
+/// server would keep it) and the teardown. Python audit-hook evidence is judged too.
 ///
 /// Exit codes: 0 clean, 1 a finding at --fail-on or above, 2 the scan could not be completed
 /// (never reported as clean). A threat seen wins over an error.
@@ -41,8 +43,9 @@ use crate::common;
 ///
 /// Examples:
 ///   monitorctl scan model.pkl
-///   monitorctl scan --exercise --format json --report-file report.json model.keras
+///   monitorctl scan --format json --report-file report.json model.keras
 ///   monitorctl scan --format sarif --fail-on medium ./saved_model_dir
+///   monitorctl scan --no-exercise --linger 0 big-checkpoint.pt   # load only, quickest
 #[derive(Args)]
 #[command(verbatim_doc_comment)]
 pub struct ScanArgs {
@@ -68,14 +71,27 @@ pub struct ScanArgs {
     /// Exit with 1 when a finding of this severity or above is seen.
     #[arg(long, value_name = "SEVERITY", default_value = "high", value_parser = parse_severity)]
     fail_on: Severity,
-    /// Call the loaded model on dummy input (Keras predict, SavedModel signatures, torch
-    /// modules, objects with predict): some payloads fire only at inference.
+    /// Do not call the loaded model. By default it is called on dummy input where its format
+    /// runs code when called (Keras predict, SavedModel signatures, torch modules, objects with
+    /// predict or __call__): some payloads fire only at inference.
     #[arg(long)]
+    no_exercise: bool,
+    /// The default (kept for scripts written when it was not).
+    #[arg(long, hide = true, conflicts_with = "no_exercise")]
     exercise: bool,
-    /// Add Python audit-hook evidence (pickle globals asked for, os.system, exec/compile, ...)
-    /// to the report, judged by the `py.*` rules: findings that can only raise the verdict.
+    /// Leave out the Python audit-hook evidence (pickle globals asked for, os.system,
+    /// exec/compile, ...), which the `py.*` rules judge by default: findings that can only
+    /// raise the verdict.
     #[arg(long)]
+    no_audit: bool,
+    /// The default (kept for scripts written when it was not).
+    #[arg(long, hide = true, conflicts_with = "no_audit")]
     audit: bool,
+    /// How long the loader stays up after the load and the exercise while anything the load
+    /// left behind still runs (a thread, a child, a timer), for it to act as it would in a
+    /// server; cut short when nothing does. 0 turns it off. At most 1m.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_linger)]
+    linger: Duration,
     /// Stop the scan (and count it as an error, unless a threat was seen) after this long.
     #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = crate::duration::parse)]
     timeout: Duration,
@@ -126,6 +142,19 @@ impl ReportFormat {
     }
 }
 
+/// A linger: a duration as `--timeout` takes it, or 0; at most a minute (a scan's time limit
+/// is what bounds a long wait).
+fn parse_linger(s: &str) -> Result<Duration, String> {
+    if s.trim().trim_end_matches(['s', 'm']).trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let linger = crate::duration::parse(s)?;
+    if linger > Duration::from_secs(60) {
+        return Err("at most 1m".into());
+    }
+    Ok(linger)
+}
+
 fn parse_severity(s: &str) -> Result<Severity, String> {
     serde_json::from_value(serde_json::Value::String(s.to_ascii_lowercase()))
         .map_err(|_| "one of: info, low, medium, high, critical".to_string())
@@ -169,8 +198,9 @@ fn scan(args: ScanArgs) -> anyhow::Result<u8> {
     let mut spec = ScanSpec::new(&args.artifact);
     spec.rules = common::rule_set(&args.rules, args.no_default_rules)?;
     spec.fail_on = args.fail_on;
-    spec.exercise = args.exercise;
-    spec.audit = args.audit;
+    spec.exercise = args.exercise || !args.no_exercise;
+    spec.audit = args.audit || !args.no_audit;
+    spec.linger = args.linger;
     spec.timeout = args.timeout;
     spec.python = args.python.clone().unwrap_or_else(default_python);
     spec.limits = Limits {
@@ -278,8 +308,9 @@ async fn scan_with_daemon(client: &Client, args: &ScanArgs) -> anyhow::Result<u8
         .with_context(|| format!("resolving {}", args.artifact.display()))?;
     let request = serde_json::json!({
         "path": path,
-        "exercise": args.exercise,
-        "audit": args.audit,
+        "exercise": args.exercise || !args.no_exercise,
+        "audit": args.audit || !args.no_audit,
+        "linger_ms": args.linger.as_millis() as u64,
         "fail_on": args.fail_on,
         "timeout_secs": args.timeout.as_secs().max(1),
     });

@@ -109,18 +109,32 @@ fn a_missing_file_exits_2_with_a_message_and_no_traceback() {
 #[test]
 fn fail_on_low_turns_a_low_finding_into_exit_1() {
     // Reading the account database is a low finding: clean by default, a failure at --fail-on
-    // low. A protocol-0 pickle calling io.open("/etc/passwd").
+    // low. A protocol-0 pickle calling io.open("/etc/passwd"), judged by the kernel trace alone
+    // (the audit hook would call the global io.open itself high).
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("reads-passwd.pkl");
     std::fs::write(&model, b"cio\nopen\n(V/etc/passwd\ntR.").unwrap();
     let model = model.to_str().unwrap();
 
-    let default = monitorctl(&["scan", "--format", "json", model]);
+    let default = monitorctl(&["scan", "--no-audit", "--format", "json", model]);
     assert_eq!(default.status.code(), Some(0), "{default:?}");
     assert_eq!(stdout_json(&default)["verdict"], "suspicious");
 
-    let strict = monitorctl(&["scan", "--format", "json", "--fail-on", "low", model]);
+    let strict = monitorctl(&[
+        "scan",
+        "--no-audit",
+        "--format",
+        "json",
+        "--fail-on",
+        "low",
+        model,
+    ]);
     assert_eq!(strict.status.code(), Some(1), "{strict:?}");
+
+    // With the audit hook, as by default, the global it asks for is the finding.
+    let audited = monitorctl(&["scan", "--format", "json", model]);
+    assert_eq!(audited.status.code(), Some(1), "{audited:?}");
+    assert_eq!(stdout_json(&audited)["verdict"], "malicious");
 }
 
 #[test]

@@ -8,7 +8,7 @@ use monitor_daemon::{
     rules::Phase,
     scan::{LazyProbes, ScanReport, ScanSpec, Verdict, report::ErrorKind, scan, verdict::ExitCode},
 };
-use monitor_tests::{is_root, loader_python};
+use monitor_tests::{loader_python, scan_path};
 
 /// A protocol-0 pickle whose load calls `module.name(arg)`; harmless callables only.
 fn pickle_calling(module: &str, name: &str, arg: &str) -> Vec<u8> {
@@ -28,15 +28,6 @@ async fn scan_bytes(bytes: &[u8], adjust: impl FnOnce(&mut ScanSpec)) -> ScanRep
     let path = dir.path().join("model.bin");
     std::fs::write(&path, bytes).unwrap();
     scan_path(&path, adjust).await
-}
-
-async fn scan_path(path: &Path, adjust: impl FnOnce(&mut ScanSpec)) -> ScanReport {
-    assert!(is_root(), "scans load eBPF programs: run the tests as root");
-    let mut spec = ScanSpec::new(path);
-    spec.python = loader_python();
-    adjust(&mut spec);
-    let mut probes = LazyProbes::new(ProbeConfig::default());
-    scan(&spec, &mut probes, |_| {}).await
 }
 
 fn rules(report: &ScanReport) -> Vec<&str> {
@@ -132,7 +123,7 @@ async fn audit_evidence_names_the_pickle_global_that_ran() {
 async fn python_only_evidence_becomes_a_finding_with_audit_and_is_no_verdict_without() {
     // eval of a constant: no syscall any rule can call dangerous, only the interpreter sees it.
     let eval = pickle_calling("builtins", "eval", "6*7");
-    let kernel_only = scan_bytes(&eval, |_| {}).await;
+    let kernel_only = scan_bytes(&eval, |spec| spec.audit = false).await;
     assert_eq!(kernel_only.verdict, Verdict::Clean, "{kernel_only:#?}");
     assert!(kernel_only.audit_findings.is_empty());
     // The static evidence is there either way, and decides nothing.

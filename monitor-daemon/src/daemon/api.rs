@@ -252,10 +252,15 @@ fn enqueue(
 struct UploadQuery {
     /// The artifact's file name (kept for the report; the content decides the format).
     name: Option<String>,
-    #[serde(default)]
+    #[serde(default = "yes")]
     exercise: bool,
-    #[serde(default)]
+    #[serde(default = "yes")]
     audit: bool,
+    linger_ms: Option<u64>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The artifact's bytes in the body; the daemon keeps a copy until the scan is done.
@@ -311,6 +316,7 @@ async fn upload_scan(
             path: path.display().to_string(),
             exercise: q.exercise,
             audit: q.audit,
+            linger_ms: q.linger_ms,
             fail_on: None,
             timeout_secs: None,
             uploaded: true,

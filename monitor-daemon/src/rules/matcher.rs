@@ -203,6 +203,8 @@ impl<'a> Facts<'a> {
                 _ => {}
             }
         }
+        // What the paths reached, as the tracer resolved them (a directory fd, a symlink).
+        facts.paths.extend(sc.resolved.iter().cloned());
         facts
     }
 }
