@@ -6,6 +6,7 @@ mod duration;
 mod run;
 mod sandbox_exec;
 mod scan;
+mod targets;
 mod watch;
 
 use std::process::ExitCode;

@@ -1,5 +1,6 @@
-//! `monitorctl scan ARTIFACT`: load a model artifact with its framework in a sandbox, under
-//! the kernel watch, and say whether loading it did anything dangerous.
+//! `monitorctl scan PATH...`: load each model artifact with its framework in a sandbox, under
+//! the kernel watch, read its bytes for what every loader would be handed, and say whether it
+//! is dangerous: one report per artifact, and a summary when there are several.
 
 use std::{
     fs::File,
@@ -20,38 +21,57 @@ use monitor_daemon::{
     run::Output,
     scan::{self, LazyProbes, Progress, ScanReport, ScanSpec, format::Limits, job::default_python},
 };
+use serde_json::Value;
 
-use crate::common;
+use crate::{common, targets};
 
-/// Scan a model artifact by loading it, and report what loading did.
+/// Scan model artifacts by loading them, and by reading what their bytes name.
 ///
-/// The artifact's format is detected from its content: pickle (protocols 0-5), joblib, dill,
-/// cloudpickle, NumPy .npy/.npz, PyTorch (zip and legacy), Keras (.keras, .h5), TensorFlow
-/// SavedModel directories, and safetensors (checked natively: nothing runs). A private copy
-/// is loaded with the framework a user would use, in a sandbox (no network but loopback, a
-/// read-only host, a decoy home full of honeytoken credentials, Landlock, an unprivileged
-/// user), while the kernel probes trace every process it starts. Framework imports happen in
-/// a set-up phase that raises no findings; what follows is judged by the rules: the load, the
-/// exercise (the model called on dummy input, where its format runs code when called), a
-/// linger while anything the load left behind still runs (a thread, a child, a timer: as a
-/// server would keep it) and the teardown. Python audit-hook evidence is judged too.
+/// The format is detected from content: pickle (protocols 0-5), joblib (plain and
+/// compressed), dill, cloudpickle, NumPy .npy/.npz, PyTorch (zip, legacy, TorchScript), Keras
+/// (.keras, .h5), TensorFlow SavedModel directories; safetensors, ONNX and GGUF hold no code
+/// and are validated natively (nothing runs). A private copy is loaded with the framework a
+/// user would use, in a sandbox (no network but loopback, a read-only host, a decoy home full
+/// of honeytoken credentials, Landlock, an unprivileged user), while the kernel probes trace
+/// every process it starts. Framework imports happen in a set-up phase that raises no
+/// findings; what follows is judged by the rules: the load, the exercise (the model called on
+/// dummy input, where its format runs code when called), a linger while anything the load
+/// left behind still runs (a thread, a child, a timer: as a server would keep it) and the
+/// teardown. Python audit-hook evidence is judged too.
 ///
-/// Exit codes: 0 clean, 1 a finding at --fail-on or above, 2 the scan could not be completed
-/// (never reported as clean). A threat seen wins over an error.
+/// Every scan also reads the artifact statically, for every loader that could be handed it:
+/// the globals of every pickle (in any archive member, compressed joblib, object arrays, or
+/// hidden in data), Keras Lambda bytecode, SavedModel ops, TorchScript code, ONNX external
+/// data and operator domains, GGUF chat templates. The verdict is the strongest of the kernel
+/// trace, the audit hook and that analysis; each finding says its source.
 ///
-/// Needs root and the loader environment (`cargo xtask loader-env`).
+/// A directory that is no SavedModel (a Hugging Face snapshot) is walked: every model
+/// artifact inside is scanned (symlinks are not followed), one report each and a summary.
+///
+/// Exit codes: 0 clean, 1 a finding at --fail-on or above, 2 a scan could not be completed
+/// (never reported as clean). A threat seen wins over an error; with several artifacts, the
+/// worst of them.
+///
+/// Needs root and the loader environment (`cargo xtask loader-env`), except --static-only.
 ///
 /// Examples:
 ///   monitorctl scan model.pkl
 ///   monitorctl scan --format json --report-file report.json model.keras
 ///   monitorctl scan --format sarif --fail-on medium ./saved_model_dir
+///   monitorctl scan ~/models/my-snapshot other.pt
+///   monitorctl scan --static-only model.onnx      # no root, for CI
 ///   monitorctl scan --no-exercise --linger 0 big-checkpoint.pt   # load only, quickest
 #[derive(Args)]
 #[command(verbatim_doc_comment)]
 pub struct ScanArgs {
-    /// The artifact: a file, or a TensorFlow SavedModel directory.
-    #[arg(value_name = "ARTIFACT")]
-    artifact: PathBuf,
+    /// The artifacts: files, SavedModel directories, or directories to walk for artifacts.
+    #[arg(value_name = "PATH", required = true)]
+    artifacts: Vec<PathBuf>,
+    /// Only read the artifacts' bytes: no root, no kernel probes, no sandbox, no loader
+    /// environment (what a CI runner without privileges can do). The report says what was
+    /// not done; exit codes are the same.
+    #[arg(long)]
+    static_only: bool,
     /// Report format on stdout (and in --report-file).
     #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
     format: ReportFormat,
@@ -175,17 +195,32 @@ fn scan(args: ScanArgs) -> anyhow::Result<u8> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    let limits = Limits {
+        max_size: args.max_size_mib.saturating_mul(1 << 20),
+    };
+    let targets = targets::expand(&args.artifacts, &limits);
+    if targets.artifacts.is_empty() {
+        for (path, why) in &targets.skipped {
+            eprintln!("monitorctl scan: {}: skipped: {why}", path.display());
+        }
+        anyhow::bail!("no model artifact to scan");
+    }
     let embedded_only = args.local
+        || args.static_only
         || !args.rules.is_empty()
         || args.no_default_rules
         || args.trace_file.is_some()
         || args.print_trace
         || args.python.is_some()
         || args.cwd.is_some();
+    let mut outcomes = None;
     if !embedded_only {
         let socket = client::socket_path(args.socket.as_deref());
         match runtime.block_on(Client::connect(&socket)) {
-            Some(client) => return runtime.block_on(scan_with_daemon(&client, &args)),
+            Some(client) => {
+                outcomes =
+                    Some(runtime.block_on(scan_with_daemon(&client, &args, &targets.artifacts))?)
+            }
             None if args.socket.is_some() => {
                 anyhow::bail!("no daemon answers at {}", socket.display())
             }
@@ -195,22 +230,51 @@ fn scan(args: ScanArgs) -> anyhow::Result<u8> {
             ),
         }
     }
-    let mut spec = ScanSpec::new(&args.artifact);
-    spec.rules = common::rule_set(&args.rules, args.no_default_rules)?;
-    spec.fail_on = args.fail_on;
-    spec.exercise = args.exercise || !args.no_exercise;
-    spec.audit = args.audit || !args.no_audit;
-    spec.linger = args.linger;
-    spec.timeout = args.timeout;
-    spec.python = args.python.clone().unwrap_or_else(default_python);
-    spec.limits = Limits {
-        max_size: args.max_size_mib.saturating_mul(1 << 20),
+    let outcomes = match outcomes {
+        Some(outcomes) => outcomes,
+        None => scan_here(&runtime, &args, &targets.artifacts, limits)?,
     };
-    spec.cwd = args.cwd.clone();
+    if targets.is_single(args.artifacts.len()) {
+        let only = &outcomes[0];
+        deliver(&args, &only.rendered)?;
+        return Ok(only.exit_code);
+    }
+    let rendered = render_batch(&outcomes, &targets.skipped, args.format)?;
+    deliver(&args, &rendered)?;
+    Ok(worst_exit(&outcomes))
+}
+
+/// One artifact's scan: its report rendered as asked, and the JSON report.
+struct Outcome {
+    path: String,
+    rendered: Vec<u8>,
+    json: Value,
+    exit_code: u8,
+}
+
+/// 1 if any scan found a threat (a threat wins over an error), else 2 if any failed, else 0.
+fn worst_exit(outcomes: &[Outcome]) -> u8 {
+    let codes: Vec<u8> = outcomes.iter().map(|o| o.exit_code).collect();
+    if codes.contains(&1) {
+        1
+    } else if codes.contains(&2) {
+        2
+    } else {
+        0
+    }
+}
+
+/// Scans each artifact in this process, one after the other, on one set of probes.
+fn scan_here(
+    runtime: &tokio::runtime::Runtime,
+    args: &ScanArgs,
+    artifacts: &[PathBuf],
+    limits: Limits,
+) -> anyhow::Result<Vec<Outcome>> {
+    let rules = common::rule_set(&args.rules, args.no_default_rules)?;
     let config = ProbeConfig {
         ring_buffer_bytes: args.ring_buffer_kib.saturating_mul(1024),
     };
-
     let mut trace_file = args
         .trace_file
         .as_ref()
@@ -229,48 +293,74 @@ fn scan(args: ScanArgs) -> anyhow::Result<u8> {
     });
     let mut trace_error = None;
     let mut probes = LazyProbes::new(config);
-    let report = runtime.block_on(scan::scan(&spec, &mut probes, |progress| match progress {
-        Progress::LoadingProbes => {
-            if let Some(bar) = &spinner {
-                bar.set_message("loading the kernel probes");
+    let mut outcomes = Vec::with_capacity(artifacts.len());
+    let many = artifacts.len() > 1;
+    for (i, artifact) in artifacts.iter().enumerate() {
+        let mut spec = ScanSpec::new(artifact);
+        spec.rules = rules.clone();
+        spec.fail_on = args.fail_on;
+        spec.exercise = args.exercise || !args.no_exercise;
+        spec.audit = args.audit || !args.no_audit;
+        spec.linger = args.linger;
+        spec.static_only = args.static_only;
+        spec.timeout = args.timeout;
+        spec.python = args.python.clone().unwrap_or_else(default_python);
+        spec.limits = limits.clone();
+        spec.cwd = args.cwd.clone();
+        let which = if many {
+            format!("[{}/{}] {}: ", i + 1, artifacts.len(), artifact.display())
+        } else {
+            String::new()
+        };
+        let report = runtime.block_on(scan::scan(&spec, &mut probes, |progress| match progress {
+            Progress::LoadingProbes => {
+                if let Some(bar) = &spinner {
+                    bar.set_message(format!("{which}loading the kernel probes"));
+                }
             }
-        }
-        Progress::Detected(format) => {
-            if let Some(bar) = &spinner {
-                bar.set_message(format!("{}: preparing", format.describe()));
+            Progress::Detected(format) => {
+                if let Some(bar) = &spinner {
+                    bar.set_message(format!("{which}{}: preparing", format.describe()));
+                }
             }
-        }
-        Progress::Phase(phase) => {
-            if let Some(bar) = &spinner {
-                bar.set_message(format!("loader: {phase} phase"));
+            Progress::Phase(phase) => {
+                if let Some(bar) = &spinner {
+                    bar.set_message(format!("{which}loader: {phase} phase"));
+                }
             }
-        }
-        Progress::Job(Output::Event(event)) => {
-            if args.print_trace {
-                eprintln!("{}", render::text(event));
+            Progress::Job(Output::Event(event)) => {
+                if args.print_trace {
+                    eprintln!("{}", render::text(event));
+                }
+                if let Some(out) = trace_file.as_mut()
+                    && trace_error.is_none()
+                    && let Err(e) = render::write_event(out, Style::Json, event)
+                {
+                    trace_error = Some(e);
+                }
             }
-            if let Some(out) = trace_file.as_mut()
-                && trace_error.is_none()
-                && let Err(e) = render::write_event(out, Style::Json, event)
-            {
-                trace_error = Some(e);
+            Progress::Job(Output::Finding(finding)) => {
+                let line = format!(
+                    "{which}{} {}: {}",
+                    finding.severity.name().to_uppercase(),
+                    finding.rule,
+                    finding.description
+                );
+                match &spinner {
+                    Some(bar) => bar.println(line),
+                    None if args.print_trace => eprintln!("{line}"),
+                    None => {}
+                }
             }
-        }
-        Progress::Job(Output::Finding(finding)) => {
-            let line = format!(
-                "{} {}: {}",
-                finding.severity.name().to_uppercase(),
-                finding.rule,
-                finding.description
-            );
-            match &spinner {
-                Some(bar) => bar.println(line),
-                None if args.print_trace => eprintln!("{line}"),
-                None => {}
-            }
-        }
-        Progress::Job(Output::Control(_)) => {}
-    }));
+            Progress::Job(Output::Control(_)) => {}
+        }));
+        outcomes.push(Outcome {
+            path: report.artifact.path.clone(),
+            rendered: render_report(&report, args.format)?,
+            json: serde_json::to_value(&report)?,
+            exit_code: u8::from(report.exit_code),
+        });
+    }
     if let Some(bar) = spinner {
         bar.finish_and_clear();
     }
@@ -283,10 +373,88 @@ fn scan(args: ScanArgs) -> anyhow::Result<u8> {
     if let Some(mut out) = trace_file {
         out.flush().context("writing the trace file")?;
     }
+    Ok(outcomes)
+}
 
-    let rendered = render_report(&report, args.format)?;
-    deliver(&args, &rendered)?;
-    Ok(u8::from(report.exit_code))
+/// Several reports: text, one after the other and a summary; JSON, one document with every
+/// report and the summary; SARIF, one run per artifact.
+fn render_batch(
+    outcomes: &[Outcome],
+    skipped: &[(PathBuf, String)],
+    format: ReportFormat,
+) -> anyhow::Result<Vec<u8>> {
+    let summary: Vec<Value> = outcomes
+        .iter()
+        .map(|o| {
+            serde_json::json!({
+                "path": o.path,
+                "format": o.json["artifact"]["format"],
+                "verdict": o.json["verdict"],
+                "exit_code": o.exit_code,
+                "counts": o.json["counts"],
+            })
+        })
+        .collect();
+    let skipped_json: Vec<Value> = skipped
+        .iter()
+        .map(|(p, why)| serde_json::json!({ "path": p.display().to_string(), "why": why }))
+        .collect();
+    let mut out = Vec::new();
+    match format {
+        ReportFormat::Text => {
+            for o in outcomes {
+                out.extend_from_slice(&o.rendered);
+                out.push(b'\n');
+            }
+            writeln!(
+                out,
+                "Summary: {} artifacts scanned, exit code {}",
+                outcomes.len(),
+                worst_exit(outcomes)
+            )?;
+            for o in outcomes {
+                writeln!(
+                    out,
+                    "  {:<10} {}",
+                    o.json["verdict"].as_str().unwrap_or("?").to_uppercase(),
+                    o.path
+                )?;
+            }
+            for (path, why) in skipped {
+                writeln!(out, "  {:<10} {} ({why})", "skipped", path.display())?;
+            }
+        }
+        ReportFormat::Json => {
+            let reports: Vec<&Value> = outcomes.iter().map(|o| &o.json).collect();
+            let doc = serde_json::json!({
+                "schema": "monitor.scan-batch/v1",
+                "exit_code": worst_exit(outcomes),
+                "summary": summary,
+                "skipped": skipped_json,
+                "reports": reports,
+            });
+            serde_json::to_writer_pretty(&mut out, &doc)?;
+            out.push(b'\n');
+        }
+        ReportFormat::Sarif => {
+            let mut runs = Vec::new();
+            let mut head = None;
+            for o in outcomes {
+                let value: Value = serde_json::from_slice(&o.rendered)?;
+                if head.is_none() {
+                    head = Some(value.clone());
+                }
+                if let Some(r) = value["runs"].as_array() {
+                    runs.extend(r.iter().cloned());
+                }
+            }
+            let mut doc = head.unwrap_or(Value::Null);
+            doc["runs"] = Value::Array(runs);
+            serde_json::to_writer_pretty(&mut out, &doc)?;
+            out.push(b'\n');
+        }
+    }
+    Ok(out)
 }
 
 /// Prints the report and writes --report-file, as asked.
@@ -302,72 +470,116 @@ fn deliver(args: &ScanArgs, rendered: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Submits the scan to monitord, follows it, and prints the daemon's report.
-async fn scan_with_daemon(client: &Client, args: &ScanArgs) -> anyhow::Result<u8> {
-    let path = std::path::absolute(&args.artifact)
-        .with_context(|| format!("resolving {}", args.artifact.display()))?;
-    let request = serde_json::json!({
-        "path": path,
-        "exercise": args.exercise || !args.no_exercise,
-        "audit": args.audit || !args.no_audit,
-        "linger_ms": args.linger.as_millis() as u64,
-        "fail_on": args.fail_on,
-        "timeout_secs": args.timeout.as_secs().max(1),
-    });
-    let reply = client.post_json("/v1/scans", &request).await?;
-    if reply.status != 202 {
-        anyhow::bail!("the daemon refused the scan: {}", reply.error_message());
+/// Submits one scan per artifact to monitord (it runs them side by side), follows them, and
+/// fetches each report.
+async fn scan_with_daemon(
+    client: &Client,
+    args: &ScanArgs,
+    artifacts: &[PathBuf],
+) -> anyhow::Result<Vec<Outcome>> {
+    let mut ids = Vec::with_capacity(artifacts.len());
+    for artifact in artifacts {
+        let path = std::path::absolute(artifact)
+            .with_context(|| format!("resolving {}", artifact.display()))?;
+        let request = serde_json::json!({
+            "path": path,
+            "exercise": args.exercise || !args.no_exercise,
+            "audit": args.audit || !args.no_audit,
+            "linger_ms": args.linger.as_millis() as u64,
+            "fail_on": args.fail_on,
+            "timeout_secs": args.timeout.as_secs().max(1),
+        });
+        let reply = client.post_json("/v1/scans", &request).await?;
+        if reply.status != 202 {
+            anyhow::bail!(
+                "the daemon refused the scan of {}: {}",
+                artifact.display(),
+                reply.error_message()
+            );
+        }
+        let id = reply.json()?["id"]
+            .as_str()
+            .context("the daemon's reply has no scan id")?
+            .to_owned();
+        ids.push((id, artifact.display().to_string()));
     }
-    let id = reply.json()?["id"]
-        .as_str()
-        .context("the daemon's reply has no scan id")?
-        .to_owned();
     let spinner = io::stderr().is_terminal().then(|| {
         let bar = ProgressBar::new_spinner();
         bar.set_style(ProgressStyle::with_template("{spinner} {msg} {elapsed}").expect("valid"));
         bar.enable_steady_tick(Duration::from_millis(100));
         bar
     });
-    let record = loop {
-        let record = client.get(&format!("/v1/scans/{id}")).await?.json()?;
-        let status = record["status"].as_str().unwrap_or("unknown").to_owned();
-        if status == "done" || status == "interrupted" {
-            break record;
+    let mut records: Vec<Option<Value>> = vec![None; ids.len()];
+    while records.iter().any(Option::is_none) {
+        for (i, (id, _)) in ids.iter().enumerate() {
+            if records[i].is_some() {
+                continue;
+            }
+            let record = client.get(&format!("/v1/scans/{id}")).await?.json()?;
+            let status = record["status"].as_str().unwrap_or("unknown").to_owned();
+            if status == "done" || status == "interrupted" {
+                records[i] = Some(record);
+            } else if let Some(bar) = &spinner {
+                let phase = record["phase"]
+                    .as_str()
+                    .map(|p| format!(", {p} phase"))
+                    .unwrap_or_default();
+                let done = records.iter().filter(|r| r.is_some()).count();
+                bar.set_message(format!(
+                    "monitord: {done}/{} done; scan {id} {status}{phase}",
+                    ids.len()
+                ));
+            }
         }
-        if let Some(bar) = &spinner {
-            let phase = record["phase"]
-                .as_str()
-                .map(|p| format!(", {p} phase"))
-                .unwrap_or_default();
-            bar.set_message(format!("monitord: scan {id} {status}{phase}"));
+        if records.iter().any(Option::is_none) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    }
     if let Some(bar) = spinner {
         bar.finish_and_clear();
     }
-    if record["status"] == "interrupted" {
-        anyhow::bail!("the daemon stopped during scan {id}; it is reported as interrupted");
+    let mut outcomes = Vec::with_capacity(ids.len());
+    for ((id, path), record) in ids.iter().zip(records) {
+        let record = record.expect("every scan finished above");
+        if record["status"] == "interrupted" {
+            anyhow::bail!(
+                "the daemon stopped during scan {id} ({path}); it is reported as interrupted"
+            );
+        }
+        let fetch = |format: &'static str| {
+            let url = format!("/v1/scans/{id}/report?format={format}");
+            async move {
+                let reply = client.get(&url).await?;
+                if reply.status != 200 {
+                    anyhow::bail!("fetching the report of {path}: {}", reply.error_message());
+                }
+                Ok::<_, anyhow::Error>(reply.body.to_vec())
+            }
+        };
+        let json: Value = serde_json::from_slice(&fetch("json").await?)?;
+        let mut rendered = match args.format {
+            ReportFormat::Json => serde_json::to_vec_pretty(&json)?,
+            other => fetch(other.name()).await?,
+        };
+        if args.format == ReportFormat::Sarif {
+            // Pretty, as the embedded engine prints it.
+            let value: Value = serde_json::from_slice(&rendered)?;
+            rendered = serde_json::to_vec_pretty(&value)?;
+        }
+        if args.format != ReportFormat::Text {
+            rendered.push(b'\n');
+        }
+        let code = record["exit_code"]
+            .as_u64()
+            .context("the scan has no exit code")?;
+        outcomes.push(Outcome {
+            path: path.clone(),
+            rendered,
+            json,
+            exit_code: code.min(2) as u8,
+        });
     }
-    let format = args.format.name();
-    let reply = client
-        .get(&format!("/v1/scans/{id}/report?format={format}"))
-        .await?;
-    if reply.status != 200 {
-        anyhow::bail!("fetching the report: {}", reply.error_message());
-    }
-    let mut rendered = reply.body.to_vec();
-    if args.format != ReportFormat::Text {
-        // Pretty, as the embedded engine prints it.
-        let value: serde_json::Value = serde_json::from_slice(&rendered)?;
-        rendered = serde_json::to_vec_pretty(&value)?;
-        rendered.push(b'\n');
-    }
-    deliver(args, &rendered)?;
-    let code = record["exit_code"]
-        .as_u64()
-        .context("the scan has no exit code")?;
-    Ok(code.min(2) as u8)
+    Ok(outcomes)
 }
 
 fn render_report(report: &ScanReport, format: ReportFormat) -> anyhow::Result<Vec<u8>> {

@@ -108,41 +108,29 @@ fn a_missing_file_exits_2_with_a_message_and_no_traceback() {
 
 #[test]
 fn fail_on_low_turns_a_low_finding_into_exit_1() {
-    // Reading the account database is a low finding: clean by default, a failure at --fail-on
-    // low. A protocol-0 pickle calling io.open("/etc/passwd"), judged by the kernel trace alone
-    // (the audit hook would call the global io.open itself high).
+    // A global that is neither dangerous nor a framework's is a low static finding: exit 0 by
+    // default (suspicious), a failure at --fail-on low. A protocol-0 pickle calling
+    // colorsys.rgb_to_hsv(0, 0, 0).
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("reads-passwd.pkl");
-    std::fs::write(&model, b"cio\nopen\n(V/etc/passwd\ntR.").unwrap();
+    let model = dir.path().join("unknown-global.pkl");
+    std::fs::write(&model, b"ccolorsys\nrgb_to_hsv\n(I0\nI0\nI0\ntR.").unwrap();
     let model = model.to_str().unwrap();
 
-    let default = monitorctl(&["scan", "--no-audit", "--format", "json", model]);
+    let default = monitorctl(&["scan", "--format", "json", model]);
     assert_eq!(default.status.code(), Some(0), "{default:?}");
     assert_eq!(stdout_json(&default)["verdict"], "suspicious");
 
-    let strict = monitorctl(&[
-        "scan",
-        "--no-audit",
-        "--format",
-        "json",
-        "--fail-on",
-        "low",
-        model,
-    ]);
+    let strict = monitorctl(&["scan", "--format", "json", "--fail-on", "low", model]);
     assert_eq!(strict.status.code(), Some(1), "{strict:?}");
-
-    // With the audit hook, as by default, the global it asks for is the finding.
-    let audited = monitorctl(&["scan", "--format", "json", model]);
-    assert_eq!(audited.status.code(), Some(1), "{audited:?}");
-    assert_eq!(stdout_json(&audited)["verdict"], "malicious");
 }
 
 #[test]
 fn without_its_loader_environment_a_scan_exits_2_saying_how_to_install_it() {
     let dir = tempfile::tempdir().unwrap();
-    let malicious = example("malicious.pkl");
+    let plain = dir.path().join("plain.pkl");
+    std::fs::write(&plain, b"\x80\x04K\x01.").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_monitorctl"))
-        .args(["scan", "--local", malicious.to_str().unwrap()])
+        .args(["scan", "--local", plain.to_str().unwrap()])
         .env("MONITOR_LOADER_ENV", dir.path().join("gone"))
         .output()
         .expect("start monitorctl");
@@ -153,4 +141,12 @@ fn without_its_loader_environment_a_scan_exits_2_saying_how_to_install_it() {
     );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("cargo xtask loader-env"), "{text}");
+    // What the bytes say still counts: a threat wins over the missing environment.
+    let malicious = example("malicious.pkl");
+    let out = Command::new(env!("CARGO_BIN_EXE_monitorctl"))
+        .args(["scan", "--local", malicious.to_str().unwrap()])
+        .env("MONITOR_LOADER_ENV", dir.path().join("gone"))
+        .output()
+        .expect("start monitorctl");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
 }

@@ -69,7 +69,9 @@ pub const FLAG_READ_ERROR: u16 = 1 << 1;
 /// Header flag (entry records): captured again at the syscall's exit because reading user
 /// memory failed at entry. Its data is what the memory held at exit.
 pub const FLAG_RECAPTURED: u16 = 1 << 2;
-/// Header flag (entry records): the watch's policy killed the task at this syscall's entry.
+/// Header flag: the watch's policy killed the task in the kernel, at this syscall's entry
+/// (entry records), or at the exec that this record reports, once the kernel had the program
+/// and before its first instruction (exec records).
 pub const FLAG_KILLED: u16 = 1 << 3;
 
 /// Bytes of variable data a [`SyscallEnter`] can carry. Every item starts below
@@ -193,29 +195,42 @@ pub enum Counter {
 /// How many [`Counter`]s there are.
 pub const COUNTERS: u32 = 7;
 
-/// What selects a task for recording, and what the kernel does to it: the value of the
-/// `WATCHED` map (keyed by cgroup id) and of the `WATCHED_TASKS` map (keyed by process id).
+/// What selects a task for recording: the value of the `WATCHED` map (keyed by cgroup id) and
+/// of the `WATCHED_TASKS` map (keyed by process id). What the kernel does to the task is the
+/// watch's [`KillPolicy`], apart, so that it can change while the watch stands.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Watch {
     /// Which watch this is: every record it selects carries this in
-    /// [`EventHeader::watch_id`], and its counters are `WATCH_COUNTS[id]`.
+    /// [`EventHeader::watch_id`], its counters are `WATCH_COUNTS[id]` and its kill policy
+    /// `KILL_POLICIES[id]`.
     pub id: u64,
     /// `WATCH_*` bits.
     pub flags: u64,
-    /// Syscall numbers whose entry kills the task at once (`bpf_send_signal(SIGKILL)`), as a
-    /// bitmap: bit `nr % 64` of word `nr / 64`.
-    pub kill: [u64; KILL_WORDS],
 }
-
-/// Words of [`Watch::kill`]: one bit for each syscall number below [`CAPTURE_ENTRIES`].
-pub const KILL_WORDS: usize = CAPTURE_ENTRIES as usize / 64;
 
 /// Watch flag: the processes a watched task starts are watched too, wherever they go (a
 /// watch of a process rather than of a cgroup, whose children inherit the cgroup anyway).
 pub const WATCH_FOLLOW_FORKS: u64 = 1 << 0;
 
-impl Watch {
+/// What a watch kills in the kernel: the value of the `KILL_POLICIES` map, by watch id.
+///
+/// A syscall of `kill` is killed at its entry (`bpf_send_signal(SIGKILL)`), before it
+/// returns to user space. An exec (a syscall the table marks `executes`) is killed later, at
+/// `sched_process_exec`, once the kernel has the program and before its first instruction,
+/// unless the watch allows that program (`EXEC_ALLOWED`): so a failed attempt (a `PATH`
+/// search) kills nothing, and a learned service keeps running its own programs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KillPolicy {
+    /// Syscall numbers, as a bitmap: bit `nr % 64` of word `nr / 64`.
+    pub kill: [u64; KILL_WORDS],
+}
+
+/// Words of [`KillPolicy::kill`]: one bit for each syscall number below [`CAPTURE_ENTRIES`].
+pub const KILL_WORDS: usize = CAPTURE_ENTRIES as usize / 64;
+
+impl KillPolicy {
     /// Whether entering syscall `nr` kills the task.
     pub const fn kills(&self, nr: u32) -> bool {
         let word = (nr / 64) as usize;
@@ -229,6 +244,21 @@ impl Watch {
             self.kill[word] |= 1 << (nr % 64);
         }
     }
+
+    /// Whether it kills nothing.
+    pub fn is_empty(&self) -> bool {
+        self.kill.iter().all(|w| *w == 0)
+    }
+}
+
+/// A key of the `EXEC_ALLOWED` map: a program that watch `watch_id` lets its processes
+/// execute although it kills execs in the kernel, by the path the exec names (as
+/// `sched_process_exec` gives it).
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ExecKey {
+    pub watch_id: u64,
+    pub path: PathKey,
 }
 
 /// One watch's counters (per CPU, in `WATCH_COUNTS`), so a job knows whether its own trace is
@@ -335,7 +365,10 @@ pub struct CaptureSpec {
     pub exit_file: u8,
     /// How `only_if_values` test argument `only_if_arg`: one of the `ONLY_IF_*`.
     pub only_if: u8,
-    pub _pad: [u8; 3],
+    /// Non-zero for a syscall that executes a program: a kill policy kills it at the exec,
+    /// not at its entry (see [`KillPolicy`]).
+    pub executes: u8,
+    pub _pad: [u8; 2],
     /// [`ONLY_IF_ANY_BIT`]: the mask (the first value); [`ONLY_IF_ONE_OF`]: the values.
     pub only_if_values: [u64; 2],
 }

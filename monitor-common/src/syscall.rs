@@ -175,6 +175,9 @@ pub struct Syscall {
     pub opens: bool,
     /// What it does to descriptors, the working directory and file names (for the tracer).
     pub effect: Effect,
+    /// Whether it executes a program (a kill policy kills it at the exec, see
+    /// `event::KillPolicy`).
+    pub executes: bool,
 }
 
 impl Syscall {
@@ -218,6 +221,7 @@ const fn sc(name: &'static str, nr: u32, class: Class, args: &'static [Arg]) -> 
         result: true,
         opens: false,
         effect: Effect::None,
+        executes: false,
     }
 }
 
@@ -253,10 +257,13 @@ pub const MAX_ARGS: usize = 6;
 #[rustfmt::skip]
 pub static SYSCALLS: &[Syscall] = &[
     // Process creation and execution.
-    sc("execve", 59, Process, &[a("filename", Path), a("argv", Argv), a("envp", Ptr)]),
-    sc("execveat", 322, Process, &[
-        a("dfd", DirFd), a("filename", Path), a("argv", Argv), a("envp", Ptr), a("flags", AtFlags),
-    ]),
+    Syscall { executes: true, ..sc("execve", 59, Process, &[a("filename", Path), a("argv", Argv), a("envp", Ptr)]) },
+    Syscall {
+        executes: true,
+        ..sc("execveat", 322, Process, &[
+            a("dfd", DirFd), a("filename", Path), a("argv", Argv), a("envp", Ptr), a("flags", AtFlags),
+        ])
+    },
     sc("clone", 56, Process, &[
         a("flags", CloneFlags), a("newsp", Ptr), a("parent_tid", Ptr), a("child_tid", Ptr), a("tls", Hex),
     ]),

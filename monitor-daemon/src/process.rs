@@ -26,6 +26,14 @@ pub struct Process {
     /// or `/proc/self/fd/N` refers to. Shared by its threads; copied at fork.
     #[serde(skip)]
     pub fds: HashMap<i32, OpenFile>,
+    /// The program of its parent, read from /proc, when the parent is not in the table (the
+    /// service manager that started a watched service).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outside_parent_exe: Option<String>,
+    /// Whether what the trace did not say of it (its program, its parent) was looked for in
+    /// /proc already.
+    #[serde(skip)]
+    pub looked_up: bool,
 }
 
 /// A descriptor the tracer saw made.
@@ -35,6 +43,68 @@ pub struct OpenFile {
     pub path: String,
     /// Closed when the process executes a program.
     pub cloexec: bool,
+}
+
+/// A process as rules see it: its program, its parent's, and those of the processes above.
+#[derive(Clone, Copy)]
+pub struct ProcessView<'a> {
+    table: &'a ProcessTable,
+    pid: u32,
+}
+
+impl<'a> ProcessView<'a> {
+    fn process(&self) -> Option<&'a Process> {
+        self.table.procs.get(&self.pid)
+    }
+
+    /// The program it runs (after an exec, the program executed).
+    pub fn exe(&self) -> Option<&'a str> {
+        self.process()?.exe.as_deref()
+    }
+
+    /// The program of the process that started it.
+    pub fn parent_exe(&self) -> Option<&'a str> {
+        self.ancestor_exes().next().flatten()
+    }
+
+    /// The programs of the processes above it, parent first, as far as known (`None` for one
+    /// whose program is not known).
+    pub fn ancestor_exes(&self) -> Ancestors<'a> {
+        Ancestors {
+            table: self.table,
+            current: self.process(),
+            steps: 0,
+        }
+    }
+}
+
+/// The programs above a process, parent first: those in the table, then the program of the
+/// first one outside it, if /proc told it.
+pub struct Ancestors<'a> {
+    table: &'a ProcessTable,
+    /// The last process visited; `None` when done.
+    current: Option<&'a Process>,
+    steps: usize,
+}
+
+impl<'a> Iterator for Ancestors<'a> {
+    type Item = Option<&'a str>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let current = self.current.take()?;
+        self.steps += 1;
+        // A cycle cannot happen in the kernel's tree; a table can hold a pid reused.
+        if self.steps > 64 {
+            return None;
+        }
+        match current.ppid.and_then(|p| self.table.procs.get(&p)) {
+            Some(parent) if parent.pid != current.pid => {
+                self.current = Some(parent);
+                Some(parent.exe.as_deref())
+            }
+            _ => current.outside_parent_exe.as_deref().map(Some),
+        }
+    }
 }
 
 /// A process as a finding reports it: the program, its arguments and its parent chain.
@@ -136,6 +206,8 @@ impl ProcessTable {
             exit_ns: None,
             exit_code: None,
             fds: parent.map(|p| p.fds.clone()).unwrap_or_default(),
+            outside_parent_exe: None,
+            looked_up: false,
         };
         self.procs.entry(child_tid).or_insert(child);
         self.unconfirmed.insert(child_tid, parent_pid);
@@ -164,6 +236,8 @@ impl ProcessTable {
             exit_ns: None,
             exit_code: None,
             fds: HashMap::new(),
+            outside_parent_exe: None,
+            looked_up: false,
         });
         if proc.comm != comm {
             proc.comm = comm.to_owned();
@@ -221,6 +295,44 @@ impl ProcessTable {
         }
     }
 
+    /// What rules see of process `pid` and the processes above it.
+    pub fn view(&self, pid: u32) -> ProcessView<'_> {
+        ProcessView { table: self, pid }
+    }
+
+    /// Fills in, once, from /proc what the trace did not say of a process it met already
+    /// running (a live watch's processes started before it): its program and its parent, and,
+    /// where the parent is not in the table, the parent's program. A process gone is left as
+    /// it is.
+    pub fn look_up_in_proc(&mut self, pid: u32) {
+        let Some(known) = self.procs.get(&pid) else {
+            return;
+        };
+        if known.looked_up {
+            return;
+        }
+        let (needs_self, ppid) = (known.exe.is_none() || known.ppid.is_none(), known.ppid);
+        let found = needs_self.then(|| crate::procfs::process(pid)).flatten();
+        let ppid = ppid.or(found.as_ref().and_then(|f| f.ppid));
+        let outside_parent_exe = ppid
+            .filter(|p| !self.procs.contains_key(p))
+            .and_then(|p| std::fs::read_link(format!("/proc/{p}/exe")).ok())
+            .map(|exe| exe.display().to_string());
+        let Some(p) = self.procs.get_mut(&pid) else {
+            return;
+        };
+        p.looked_up = true;
+        if let Some(found) = found {
+            p.exe = p.exe.take().or(found.exe);
+            p.ppid = p.ppid.or(found.ppid);
+            if p.argv.is_empty() {
+                p.argv = found.argv;
+            }
+            p.cwd = p.cwd.take().or(found.cwd);
+        }
+        p.outside_parent_exe = outside_parent_exe;
+    }
+
     /// Forgets the processes that exited before `time_ns` (a long-running watch would
     /// otherwise keep every process it ever saw).
     pub fn prune_exited(&mut self, time_ns: u64) {
@@ -245,6 +357,8 @@ mod tests {
             exit_ns: None,
             exit_code: None,
             fds: HashMap::new(),
+            outside_parent_exe: None,
+            looked_up: false,
         }
     }
 

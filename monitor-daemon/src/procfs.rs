@@ -50,6 +50,8 @@ pub fn process(pid: u32) -> Option<Process> {
         exit_ns: None,
         exit_code: None,
         fds: open_files(&dir),
+        outside_parent_exe: None,
+        looked_up: true,
     })
 }
 

@@ -1,9 +1,12 @@
 //! Sorts the records of the one ring buffer by watch, so that many jobs (scans, runs, live
 //! watches, discovery) share one set of loaded probes at once.
 //!
-//! One task owns the [`Reader`]: it wakes when the kernel signals data, decodes every
-//! available record and hands each to the [`Subscription`] of the watch that selected it (the
-//! kernel marks each record with its watch's id). A job subscribes
+//! One thread of its own (`monitor-router`, with a single-threaded tokio runtime) owns the
+//! [`Reader`]: it wakes when the kernel signals data, decodes every available record and hands
+//! each to the [`Subscription`] of the watch that selected it (the kernel marks each record
+//! with its watch's id). Nothing the jobs do on the caller's runtime (a judge that falls
+//! behind, a report being written, a request being served) keeps it from draining the ring
+//! buffer, so a busy job cannot make the kernel drop another job's records. A job subscribes
 //! before its first process starts and [`finish`](Subscription::finish)es after its last one
 //! has exited; in between it sees its own records and nobody else's.
 //!
@@ -20,12 +23,10 @@ use std::{
     },
 };
 
-use tokio::{
-    sync::{mpsc, oneshot},
-    task::JoinHandle,
-};
+use aya::maps::{MapData, RingBuf};
+use tokio::sync::{mpsc, oneshot};
 
-use monitor_common::event::{Discovery, Watch};
+use monitor_common::event::{Discovery, KillPolicy, PathKey, Watch};
 
 use crate::{
     decode::Record,
@@ -44,13 +45,15 @@ pub enum RouterError {
     RingInUse,
     #[error("registering the ring buffer with the async runtime: {0}")]
     Register(std::io::Error),
+    #[error("starting the router's thread: {0}")]
+    Thread(std::io::Error),
     #[error("the record router stopped: {0}")]
     Stopped(String),
     #[error(transparent)]
     Probe(#[from] ProbeError),
 }
 
-/// Shared handle to loaded probes and the task that routes their records. Cheap to clone.
+/// Shared handle to loaded probes and the thread that routes their records. Cheap to clone.
 #[derive(Clone)]
 pub struct Router {
     shared: Arc<Shared>,
@@ -72,9 +75,15 @@ struct Shared {
     tampering: Mutex<Vec<String>>,
     /// The last problems any check found, and when (Unix seconds): kept after a repair.
     last_tampering: Mutex<Option<(u64, Vec<String>)>>,
-    /// Why the routing task ended, when it ended on its own.
+    /// Why the routing thread ended, when it ended on its own.
     failure: Mutex<Option<String>>,
-    task: Mutex<Option<JoinHandle<Reader>>>,
+    thread: Mutex<Option<RouterThread>>,
+}
+
+/// The routing thread, and where it gives the ring buffer back when it ends.
+struct RouterThread {
+    handle: std::thread::JoinHandle<()>,
+    ring: oneshot::Receiver<RingBuf<MapData>>,
 }
 
 struct Route {
@@ -96,10 +105,9 @@ enum Command {
 }
 
 impl Router {
-    /// Starts routing the records of `probes`. Must be called inside a tokio runtime.
+    /// Starts routing the records of `probes` on a thread of its own.
     pub fn start(mut probes: Probes) -> Result<Router, RouterError> {
         let ring = probes.take_events().ok_or(RouterError::RingInUse)?;
-        let reader = Reader::new(ring).map_err(RouterError::Register)?;
         let shared = Arc::new(Shared {
             probes: Mutex::new(probes),
             routes: Mutex::new(HashMap::new()),
@@ -110,11 +118,11 @@ impl Router {
             tampering: Mutex::new(Vec::new()),
             last_tampering: Mutex::new(None),
             failure: Mutex::new(None),
-            task: Mutex::new(None),
+            thread: Mutex::new(None),
         });
         let (commands, received) = mpsc::unbounded_channel();
-        let task = tokio::spawn(dispatch(reader, shared.clone(), received));
-        *lock(&shared.task) = Some(task);
+        let thread = spawn_thread(ring, shared.clone(), received)?;
+        *lock(&shared.thread) = Some(thread);
         Ok(Router { shared, commands })
     }
 
@@ -235,9 +243,14 @@ impl Router {
     /// `None` while another handle or a subscription still uses the router.
     pub async fn stop(self) -> Option<Probes> {
         let _ = self.commands.send(Command::Stop);
-        let task = lock(&self.shared.task).take();
-        let reader = match task {
-            Some(task) => task.await.ok(),
+        let thread = lock(&self.shared.thread).take();
+        let ring = match thread {
+            Some(thread) => {
+                let ring = thread.ring.await.ok();
+                // It has handed the ring buffer back: it is ending, the join is at once.
+                let _ = thread.handle.join();
+                ring
+            }
             None => None,
         };
         let shared = Arc::try_unwrap(self.shared).ok()?;
@@ -245,8 +258,8 @@ impl Router {
             .probes
             .into_inner()
             .unwrap_or_else(|p| p.into_inner());
-        if let Some(reader) = reader {
-            probes.return_events(reader.into_ring());
+        if let Some(ring) = ring {
+            probes.return_events(ring);
         }
         Some(probes)
     }
@@ -331,6 +344,16 @@ impl Subscription {
     /// The watch id the kernel marks this subscription's records with.
     pub fn watch_id(&self) -> u64 {
         self.watch_id
+    }
+
+    /// Makes this watch kill what `kill` names, in the kernel, from now on.
+    pub fn set_kill_policy(&self, kill: &KillPolicy) -> Result<(), RouterError> {
+        Ok(lock(&self.router.shared.probes).set_kill_policy(self.watch_id, kill)?)
+    }
+
+    /// The programs this watch lets its processes execute although it kills execs.
+    pub fn set_exec_allowed(&self, programs: &[PathKey]) -> Result<(), RouterError> {
+        Ok(lock(&self.router.shared.probes).set_exec_allowed(self.watch_id, programs)?)
     }
 
     /// Watches `target` too (a cgroup found later, a process).
@@ -428,7 +451,65 @@ impl Drop for Subscription {
     }
 }
 
-/// The routing task: until stopped, waits for records and hands them out.
+/// Starts the routing thread: a single-threaded tokio runtime of its own, on which the ring
+/// buffer is registered and [`dispatch`] runs until stopped. Returns once the ring buffer is
+/// registered (or could not be).
+fn spawn_thread(
+    ring: RingBuf<MapData>,
+    shared: Arc<Shared>,
+    commands: mpsc::UnboundedReceiver<Command>,
+) -> Result<RouterThread, RouterError> {
+    let (started_tx, started) = std::sync::mpsc::sync_channel(1);
+    let (ring_tx, ring_back) = oneshot::channel();
+    let handle = std::thread::Builder::new()
+        .name("monitor-router".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    let _ = started_tx.send(Err(RouterError::Register(e)));
+                    return;
+                }
+            };
+            let reader = {
+                let _entered = runtime.enter();
+                Reader::new(ring)
+            };
+            let reader = match reader {
+                Ok(reader) => reader,
+                Err(e) => {
+                    let _ = started_tx.send(Err(RouterError::Register(e)));
+                    return;
+                }
+            };
+            let _ = started_tx.send(Ok(()));
+            let reader = runtime.block_on(dispatch(reader, shared, commands));
+            // Deregistered while its runtime still runs.
+            let _ = ring_tx.send(reader.into_ring());
+        })
+        .map_err(RouterError::Thread)?;
+    match started.recv() {
+        Ok(Ok(())) => Ok(RouterThread {
+            handle,
+            ring: ring_back,
+        }),
+        Ok(Err(e)) => {
+            let _ = handle.join();
+            Err(e)
+        }
+        Err(_) => {
+            let _ = handle.join();
+            Err(RouterError::Stopped(
+                "the router's thread died at start".into(),
+            ))
+        }
+    }
+}
+
+/// The routing loop: until stopped, waits for records and hands them out.
 async fn dispatch(
     mut reader: Reader,
     shared: Arc<Shared>,

@@ -82,7 +82,7 @@ pub enum JobProbes<'a> {
     Loaded(&'a Router),
     /// Still loading. A job with a [`JobIo::gate`] starts at once and waits at its gate until
     /// they watch it; one without waits for them before it starts.
-    Loading(Pin<Box<dyn Future<Output = Result<&'a Router>> + 'a>>),
+    Loading(Pin<Box<dyn Future<Output = Result<&'a Router>> + Send + 'a>>),
 }
 
 /// What a run reports as it goes.
@@ -233,6 +233,8 @@ pub async fn run_with(
         exit_ns: None,
         exit_code: None,
         fds: Default::default(),
+        outside_parent_exe: None,
+        looked_up: true,
     });
     if let Some(loading) = loading {
         // The command is starting behind its gate meanwhile.

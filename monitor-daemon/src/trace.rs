@@ -198,6 +198,12 @@ impl Tracer {
                 {
                     self.pending.insert(h.tid, enter);
                 }
+                // Killed at its exec: the exec syscall waiting for its exit is the act killed.
+                if h.killed
+                    && let Some(enter) = self.pending.get_mut(&h.tid)
+                {
+                    enter.header.killed = true;
+                }
                 let argv = self.pending.get(&h.tid).and_then(|e| match e.args.get(1) {
                     Some(ArgValue::Argv(v)) if e.syscall.name.starts_with("execve") => {
                         Some(v.clone())
@@ -480,9 +486,16 @@ fn is_fork(sc: &Syscall) -> bool {
     matches!(sc.name, "clone" | "clone3" | "fork" | "vfork")
 }
 
-/// `ENOENT` for 2.
+/// `ENOENT` for 2; the kernel's own restart codes, which a syscall interrupted by a kill
+/// returns, by their kernel names.
 pub fn errno_name(errno: i32) -> String {
-    format!("{:?}", nix::errno::Errno::from_raw(errno))
+    match errno {
+        512 => "ERESTARTSYS".into(),
+        513 => "ERESTARTNOINTR".into(),
+        514 => "ERESTARTNOHAND".into(),
+        516 => "ERESTART_RESTARTBLOCK".into(),
+        _ => format!("{:?}", nix::errno::Errno::from_raw(errno)),
+    }
 }
 
 #[cfg(test)]
@@ -537,6 +550,8 @@ mod tests {
             exit_ns: None,
             exit_code: None,
             fds: HashMap::new(),
+            outside_parent_exe: None,
+            looked_up: true,
         });
         tracer
     }

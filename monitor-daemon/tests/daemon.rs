@@ -711,10 +711,11 @@ fn scans_run_side_by_side_each_with_its_own_trace() {
 
     let benign = daemon.submit(&slow_benign);
     let malicious = daemon.submit(&slow_malicious);
-    let both = daemon.poll("/v1/status", 60, |s| {
-        s["running"].as_array().is_some_and(|r| r.len() == 2)
+    // Both running, each with its own subscription (a scan is running from the moment it
+    // leaves the queue; it subscribes once its sandbox is built).
+    daemon.poll("/v1/status", 60, |s| {
+        s["running"].as_array().is_some_and(|r| r.len() == 2) && s["probes"]["subscriptions"] == 2
     });
-    assert_eq!(both["probes"]["subscriptions"], 2, "{both}");
     assert_eq!(daemon.wait(&benign)["verdict"], "clean");
     assert_eq!(daemon.wait(&malicious)["verdict"], "malicious");
     let (_, status) = daemon.json("GET", "/v1/status", &Value::Null);

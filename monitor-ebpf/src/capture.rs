@@ -101,7 +101,7 @@ fn try_syscall_enter(watch: Watched, nr: u32, args: [u64; MAX_ARGS]) -> Result<(
         return Ok(());
     }
     // First, so that nothing below can delay it; the record then says what was stopped.
-    let killed = if watch.kill_if_policy(nr) {
+    let killed = if crate::kill::at_entry(&watch, nr, spec.executes != 0) {
         FLAG_KILLED
     } else {
         0

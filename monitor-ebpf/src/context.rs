@@ -3,15 +3,13 @@
 
 use aya_ebpf::helpers::{
     bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-    bpf_get_current_uid_gid, bpf_get_smp_processor_id, bpf_ktime_get_ns, generated,
+    bpf_get_current_uid_gid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
 };
 use monitor_common::event::{
     Counter, EventHeader, EventKind, TracepointOffsets, WATCH_FOLLOW_FORKS, Watch, WatchCounts,
 };
 
 use crate::{COUNTERS, TP_OFFSETS, WATCH_COUNTS, WATCHED, WATCHED_TASKS};
-
-const SIGKILL: u32 = 9;
 
 /// The current task is watched: its watch (in `WATCHED` or `WATCHED_TASKS`) and this CPU's
 /// copy of the watch's counters (per CPU, so they need no atomics).
@@ -46,18 +44,10 @@ impl Watched {
         unsafe { (*self.watch).id }
     }
 
-    /// Kills the current process if the watch's policy says so for syscall `nr`; returns
-    /// whether it did. The signal is delivered before the syscall returns to user space.
+    /// The watch's policy killed the current task.
     #[inline(always)]
-    pub fn kill_if_policy(&self, nr: u32) -> bool {
-        if !unsafe { (*self.watch).kills(nr) } {
-            return false;
-        }
-        if unsafe { generated::bpf_send_signal(SIGKILL) } != 0 {
-            return false;
-        }
+    pub fn killed(&self) {
         unsafe { (*self.counts).killed += 1 };
-        true
     }
 
     /// A new task of a watched one (`child_tid`, a process or a thread) is watched too when

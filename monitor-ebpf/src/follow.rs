@@ -91,7 +91,7 @@ fn cgroup_event(ctx: &TracePointContext) -> Option<(u64, *mut PathKey)> {
 /// Reads the tracepoint string whose `__data_loc` word is at `loc_offset` into `key`, NUL
 /// padded; its length, or `None` when it does not fit a key.
 #[inline(always)]
-fn read_path(ctx: &TracePointContext, loc_offset: u16, key: *mut PathKey) -> Option<usize> {
+pub fn read_path(ctx: &TracePointContext, loc_offset: u16, key: *mut PathKey) -> Option<usize> {
     let n = read_into(ctx, loc_offset, key, PATH_KEY_MAX as u32)?;
     // Cut at the bound: a longer path, which no key holds.
     if n >= PATH_KEY_MAX - 1 {

@@ -17,7 +17,8 @@
 //!   All share the capture; what to copy is read from the `CAPTURE` map that user space
 //!   fills from that table.
 //! - `sched_process_fork`, `sched_process_exec`, `sched_process_exit`: the process tree
-//!   (tracepoints, which flag no task); an exec of a watched executable starts its watch.
+//!   (tracepoints, which flag no task); an exec of a watched executable starts its watch,
+//!   and an exec a watch's policy kills is killed there (see `kill`).
 //! - `cgroup_mkdir`, `cgroup_rmdir`: cgroups made under a watched one are watched (see
 //!   `follow`).
 #![no_std]
@@ -29,6 +30,7 @@ mod discover;
 mod file;
 mod follow;
 mod hooks;
+mod kill;
 mod ring;
 
 use aya_ebpf::{
@@ -39,8 +41,8 @@ use aya_ebpf::{
 };
 use monitor_common::event::{
     CAPTURE_ENTRIES, COUNTERS as COUNTER_SLOTS, CaptureSpec, Counter, Discovery, EventKind,
-    FileOffsets, PathKey, ProcessExec, ProcessExit, ProcessFork, SyscallEnter, SyscallExit,
-    TracepointOffsets, Watch, WatchCounts, open_reads_nothing,
+    ExecKey, FLAG_KILLED, FileOffsets, KillPolicy, PathKey, ProcessExec, ProcessExit, ProcessFork,
+    SyscallEnter, SyscallExit, TracepointOffsets, Watch, WatchCounts, open_reads_nothing,
 };
 
 use crate::{
@@ -76,6 +78,23 @@ static WATCHED_EXES: HashMap<PathKey, Watch> = HashMap::with_max_entries(256, 0)
 /// Per-CPU space for a path key (too large for the stack).
 #[map]
 static FOLLOW_SCRATCH: PerCpuArray<PathKey> = PerCpuArray::with_max_entries(1, 0);
+
+/// Each watch's kill policy, by watch id (none: it kills nothing).
+#[map]
+static KILL_POLICIES: HashMap<u64, KillPolicy> = HashMap::with_max_entries(8192, 0);
+
+/// Programs a watch lets its processes execute although its policy kills execs.
+#[map]
+static EXEC_ALLOWED: HashMap<ExecKey, u8> = HashMap::with_max_entries(16384, 0);
+
+/// Execs to kill at `sched_process_exec` unless their program is allowed: the watch, by the
+/// id of the thread that entered the exec.
+#[map]
+static PENDING_EXEC_KILLS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
+
+/// Per-CPU space for an exec key (too large for the stack).
+#[map]
+static EXEC_KEY_SCRATCH: PerCpuArray<ExecKey> = PerCpuArray::with_max_entries(1, 0);
 
 /// Each watch's counters, by watch id.
 #[map]
@@ -323,6 +342,8 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
         None => None,
     };
     if let Some(watch) = watch {
+        // First: the program must not get to run.
+        let killed = kill::at_exec(&ctx, &watch);
         let off = offsets();
         let flags = commit_flags(size_of::<ProcessExec>() as u64);
         let Some(mut entry) = EVENTS.reserve::<ProcessExec>(0) else {
@@ -332,6 +353,9 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
         let ev = entry.as_mut_ptr();
         unsafe {
             fill_header(&raw mut (*ev).header, EventKind::ProcessExec, &watch);
+            if killed {
+                (*ev).header.flags |= FLAG_KILLED;
+            }
             (*ev).old_tid = ctx.read_at::<i32>(off.exec_old_pid as usize).unwrap_or(0) as u32;
             (*ev).filename_len = 0;
             // `__data_loc`: the low 16 bits are the string's offset in the record.

@@ -14,7 +14,7 @@ use monitor_daemon::{
     cgroup::{self, JobCgroup},
     probes::{ProbeConfig, Probes},
     router::Router,
-    rules::{Phase, RuleSet, Severity},
+    rules::{Finding, Phase, RuleSet, Severity},
     watch::{
         self, Kill, Release, Selector, WatchOutput, WatchRequest, WatchSpec, WatchSummary,
         content::Content,
@@ -33,6 +33,10 @@ struct Seen {
     /// Each process discovery found, and what its open could load.
     discovered: Vec<(u32, Content)>,
     released: Vec<Release>,
+    /// Every finding, whole.
+    all: Vec<Finding>,
+    /// The watch as it changed by itself (learning), and whether it had learned.
+    changed: Vec<(WatchSpec, bool)>,
 }
 
 /// Runs the watch `request` while `act` runs, and a moment after.
@@ -90,9 +94,13 @@ async fn run_spec(
                 WatchOutput::Released(r) => seen.released.push(r.clone()),
                 WatchOutput::Gap { pid, .. } => panic!("a gap in pid {pid}'s trace"),
                 WatchOutput::Finding(f) => {
-                    seen.findings.push((f.rule.clone(), f.event.pid, f.phase))
+                    seen.findings.push((f.rule.clone(), f.event.pid, f.phase));
+                    seen.all.push(f.clone());
                 }
                 WatchOutput::Kill(k) => seen.kills.push(k.clone()),
+                WatchOutput::Changed { spec, learned } => {
+                    seen.changed.push((spec.clone(), learned))
+                }
             }
         },
     );
@@ -419,6 +427,8 @@ fn discovery_spec() -> WatchSpec {
         },
         policy: Default::default(),
         load_window_ms: 10_000,
+        load_grace_ms: 1_000,
+        learning: None,
     }
 }
 

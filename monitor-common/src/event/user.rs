@@ -7,6 +7,8 @@ use super::*;
 // byte spelled out as a field, so any bit pattern is a valid value.
 unsafe impl aya::Pod for EventHeader {}
 unsafe impl aya::Pod for Watch {}
+unsafe impl aya::Pod for KillPolicy {}
+unsafe impl aya::Pod for ExecKey {}
 unsafe impl aya::Pod for WatchCounts {}
 unsafe impl aya::Pod for Discovery {}
 unsafe impl aya::Pod for CaptureSpec {}

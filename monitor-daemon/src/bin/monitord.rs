@@ -52,7 +52,14 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    // Several workers, whatever the machine: a request that waits on the store or a job that
+    // judges a flood takes one of them, never the one that answers /healthz. Blocking file and
+    // database work goes to the blocking pool, and the ring buffer's reader has a thread of its
+    // own (see monitor_daemon::router).
+    let workers = std::thread::available_parallelism().map_or(4, |n| n.get().max(4));
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .thread_name("monitord-worker")
         .enable_all()
         .build()
     {
@@ -62,8 +69,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let local = tokio::task::LocalSet::new();
-    match local.block_on(&runtime, daemon::run(config)) {
+    match runtime.block_on(daemon::run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("monitord: {e:#}");

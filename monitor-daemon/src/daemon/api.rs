@@ -193,14 +193,19 @@ async fn submit_scan(
             "path must be absolute, without `..`",
         ));
     }
-    if !path.exists() {
+    let exists = off_runtime(&shared, {
+        let path = path.to_owned();
+        move |_| Ok(path.exists())
+    })
+    .await?;
+    if !exists {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_path",
             format!("{} does not exist on the daemon's host", request.path),
         ));
     }
-    enqueue(&shared, request)
+    off_runtime(&shared, move |shared| enqueue(shared, request)).await
 }
 
 /// Refuses a scan while the state directory has less than `min_free_mib` (plus `extra`
@@ -279,7 +284,6 @@ async fn upload_scan(
             "the body is the artifact's bytes, and it is empty",
         ));
     }
-    ensure_space(&shared, body.len() as u64)?;
     // Only the last path component, and only plain characters: the name is not trusted.
     let name: String = q
         .name
@@ -306,22 +310,26 @@ async fn upload_scan(
         .join("uploads")
         .join(uuid::Uuid::new_v4().to_string());
     let path = dir.join(&name);
-    if let Err(e) = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, &body)) {
-        let _ = std::fs::remove_dir_all(&dir);
-        return Err(ApiError::store(&shared, e.into()));
-    }
-    enqueue(
-        &shared,
-        ScanRequest {
-            path: path.display().to_string(),
-            exercise: q.exercise,
-            audit: q.audit,
-            linger_ms: q.linger_ms,
-            fail_on: None,
-            timeout_secs: None,
-            uploaded: true,
-        },
-    )
+    off_runtime(&shared, move |shared| {
+        ensure_space(shared, body.len() as u64)?;
+        if let Err(e) = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, &body)) {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(ApiError::store(shared, e.into()));
+        }
+        enqueue(
+            shared,
+            ScanRequest {
+                path: path.display().to_string(),
+                exercise: q.exercise,
+                audit: q.audit,
+                linger_ms: q.linger_ms,
+                fail_on: None,
+                timeout_secs: None,
+                uploaded: true,
+            },
+        )
+    })
+    .await
 }
 
 #[derive(Deserialize)]
@@ -349,10 +357,13 @@ async fn list_scans(
     }
     let limit = q.limit.unwrap_or(50).min(500);
     let offset = q.offset.unwrap_or(0);
-    let scans = shared
-        .store
-        .list(q.verdict.as_deref(), limit, offset)
-        .map_err(ApiError::internal)?;
+    let scans = off_runtime(&shared, move |shared| {
+        shared
+            .store
+            .list(q.verdict.as_deref(), limit, offset)
+            .map_err(ApiError::internal)
+    })
+    .await?;
     Ok(Json(
         json!({ "scans": scans, "limit": limit, "offset": offset }),
     ))
@@ -363,16 +374,22 @@ async fn get_scan(
     id: Result<UrlPath<String>, PathRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let UrlPath(id) = id.map_err(bad_path)?;
-    let mut record = shared
-        .store
-        .get(&id)
-        .map_err(ApiError::internal)?
-        .ok_or_else(|| not_found(&id))?;
-    // The stored report holds three renderings; this shows the JSON one.
-    if let Some(stored) = record.report.take() {
-        record.report = stored.get("json").cloned();
-    }
-    let mut value = serde_json::to_value(&record).map_err(ApiError::internal)?;
+    let mut value = off_runtime(&shared, {
+        let id = id.clone();
+        move |shared| {
+            let mut record = shared
+                .store
+                .get(&id)
+                .map_err(ApiError::internal)?
+                .ok_or_else(|| not_found(&id))?;
+            // The stored report holds three renderings; this shows the JSON one.
+            if let Some(stored) = record.report.take() {
+                record.report = stored.get("json").cloned();
+            }
+            serde_json::to_value(&record).map_err(ApiError::internal)
+        }
+    })
+    .await?;
     if let Some(phase) = shared
         .running
         .lock()
@@ -396,11 +413,17 @@ async fn get_report(
 ) -> Result<Response, ApiError> {
     let UrlPath(id) = id.map_err(bad_path)?;
     let Query(q) = query.map_err(bad_query)?;
-    let record = shared
-        .store
-        .get(&id)
-        .map_err(ApiError::internal)?
-        .ok_or_else(|| not_found(&id))?;
+    let record = off_runtime(&shared, {
+        let id = id.clone();
+        move |shared| {
+            shared
+                .store
+                .get(&id)
+                .map_err(ApiError::internal)?
+                .ok_or_else(|| not_found(&id))
+        }
+    })
+    .await?;
     let Some(stored) = record.report else {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -455,15 +478,18 @@ async fn get_events(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let UrlPath(id) = id.map_err(bad_path)?;
     let Query(q) = query.map_err(bad_query)?;
-    if shared.store.get(&id).map_err(ApiError::internal)?.is_none() {
-        return Err(not_found(&id));
-    }
     let limit = q.limit.unwrap_or(1000).min(20_000);
     let offset = q.offset.unwrap_or(0);
-    let events = shared
-        .store
-        .events(&id, limit, offset)
-        .map_err(ApiError::internal)?;
+    let events = off_runtime(&shared, move |shared| {
+        if !shared.store.exists(&id).map_err(ApiError::internal)? {
+            return Err(not_found(&id));
+        }
+        shared
+            .store
+            .events(&id, limit, offset)
+            .map_err(ApiError::internal)
+    })
+    .await?;
     Ok(Json(
         json!({ "events": events, "limit": limit, "offset": offset }),
     ))
@@ -476,16 +502,19 @@ async fn list_findings(
     let Query(q) = query.map_err(bad_query)?;
     let limit = q.limit.unwrap_or(50).min(500);
     let offset = q.offset.unwrap_or(0);
-    let findings = shared
-        .store
-        .findings(
-            q.source,
-            q.severity.as_deref(),
-            q.rule.as_deref(),
-            limit,
-            offset,
-        )
-        .map_err(ApiError::internal)?;
+    let findings = off_runtime(&shared, move |shared| {
+        shared
+            .store
+            .findings(
+                q.source,
+                q.severity.as_deref(),
+                q.rule.as_deref(),
+                limit,
+                offset,
+            )
+            .map_err(ApiError::internal)
+    })
+    .await?;
     Ok(Json(
         json!({ "findings": findings, "limit": limit, "offset": offset }),
     ))
@@ -541,33 +570,37 @@ async fn add_watch(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let request: crate::watch::WatchRequest = json_body(body, "a watch request")?;
-    let root = crate::cgroup::cgroup2_mount().map_err(ApiError::internal)?;
-    let spec = request
-        .validate(&root)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_watch", e.to_string()))?;
-    let id = uuid::Uuid::new_v4().to_string();
-    shared
-        .store
-        .insert_watch(&id, &spec)
-        .map_err(ApiError::internal)?;
-    let record = shared
-        .store
-        .watches()
-        .map_err(ApiError::internal)?
-        .into_iter()
-        .find(|w| w.id == id)
-        .ok_or_else(|| ApiError::internal("the stored watch vanished"))?;
-    if let Err(e) = shared.watches.start(&shared, record, false) {
-        // Nothing half-made stays behind: the kernel refused it, so the store forgets it.
-        let _ = shared.store.remove_watch(&id);
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "watch_failed",
-            format!("{e:#}"),
-        ));
-    }
-    let status = shared.watches.get(&id);
-    Ok((StatusCode::CREATED, Json(json!(status))))
+    // Checking the target reads /proc and the cgroup tree; starting it may scan /proc.
+    off_runtime(&shared, move |shared| {
+        let root = crate::cgroup::cgroup2_mount().map_err(ApiError::internal)?;
+        let spec = request
+            .validate(&root)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_watch", e.to_string()))?;
+        let id = uuid::Uuid::new_v4().to_string();
+        shared
+            .store
+            .insert_watch(&id, &spec)
+            .map_err(ApiError::internal)?;
+        let record = shared
+            .store
+            .watches()
+            .map_err(ApiError::internal)?
+            .into_iter()
+            .find(|w| w.id == id)
+            .ok_or_else(|| ApiError::internal("the stored watch vanished"))?;
+        if let Err(e) = shared.watches.start(shared, record, false) {
+            // Nothing half-made stays behind: the kernel refused it, so the store forgets it.
+            let _ = shared.store.remove_watch(&id);
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "watch_failed",
+                format!("{e:#}"),
+            ));
+        }
+        let status = shared.watches.get(&id);
+        Ok((StatusCode::CREATED, Json(json!(status))))
+    })
+    .await
 }
 
 async fn get_watch(
@@ -576,10 +609,13 @@ async fn get_watch(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let UrlPath(id) = id.map_err(bad_path)?;
     let status = shared.watches.get(&id).ok_or_else(|| no_watch(&id))?;
-    let kills = shared
-        .store
-        .watch_kills(&id, 20)
-        .map_err(ApiError::internal)?;
+    let kills = off_runtime(&shared, move |shared| {
+        shared
+            .store
+            .watch_kills(&id, 20)
+            .map_err(ApiError::internal)
+    })
+    .await?;
     let mut value = json!(status);
     value["recent_kills"] = json!(kills);
     Ok(Json(value))
@@ -599,7 +635,10 @@ async fn remove_watch(
         ));
     }
     shared.watches.stop(&id);
-    shared.store.remove_watch(&id).map_err(ApiError::internal)?;
+    off_runtime(&shared, move |shared| {
+        shared.store.remove_watch(&id).map_err(ApiError::internal)
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -637,6 +676,19 @@ fn unreadable_body(e: BytesRejection) -> ApiError {
         "body_too_large",
         e.body_text(),
     )
+}
+
+/// Runs `work` with the daemon's state on the blocking pool: the store's reads and writes and
+/// file work wait on the disk (and a big report takes a while to read), never on one of the
+/// runtime's workers, which answer everyone else meanwhile.
+async fn off_runtime<T: Send + 'static>(
+    shared: &Arc<Shared>,
+    work: impl FnOnce(&Arc<Shared>) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let shared = shared.clone();
+    tokio::task::spawn_blocking(move || work(&shared))
+        .await
+        .map_err(ApiError::internal)?
 }
 
 fn no_watch(id: &str) -> ApiError {

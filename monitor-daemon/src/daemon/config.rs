@@ -134,8 +134,11 @@ impl DiscoveryConfig {
             policy: Policy {
                 kill_at: self.kill_at,
                 kill_in_kernel,
+                document: None,
             },
             load_window_ms: crate::watch::spec::DEFAULT_LOAD_WINDOW_MS,
+            load_grace_ms: crate::watch::spec::DEFAULT_LOAD_GRACE_MS,
+            learning: None,
         })
     }
 }

@@ -28,7 +28,6 @@ const MAX_STORED_EVENTS: usize = 20_000;
 pub type RunningScans = Arc<Mutex<BTreeMap<String, Option<Phase>>>>;
 
 /// Runs queued scans until the queue is closed, as many at once as the configuration allows.
-/// Must run inside a tokio `LocalSet`.
 pub async fn worker(shared: Arc<Shared>, mut queue: mpsc::Receiver<(String, ScanRequest)>) {
     let slots = Arc::new(Semaphore::new(shared.config.max_concurrent_scans));
     while let Some((id, request)) = queue.recv().await {
@@ -37,7 +36,7 @@ pub async fn worker(shared: Arc<Shared>, mut queue: mpsc::Receiver<(String, Scan
         };
         shared.metrics.queue_depth.dec();
         let shared = shared.clone();
-        tokio::task::spawn_local(async move {
+        tokio::spawn(async move {
             let mut probes = LazyProbes::loaded(shared.router.clone());
             let stored = run_one(&shared, &mut probes, &id, &request).await;
             set_phase(&shared.running, &id, None, false);
@@ -54,12 +53,16 @@ pub async fn worker(shared: Arc<Shared>, mut queue: mpsc::Receiver<(String, Scan
 }
 
 async fn run_one(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     probes: &mut LazyProbes,
     id: &str,
     request: &ScanRequest,
 ) -> Result<(), StoreError> {
-    shared.store.set_running(id)?;
+    let marked = {
+        let (shared, id) = (shared.clone(), id.to_owned());
+        blocking(move || shared.store.set_running(&id)).await
+    };
+    marked?;
     set_phase(&shared.running, id, None, true);
     tracing::info!(scan = %id, path = %request.path, "scan started");
     let spec = spec_for(shared, request);
@@ -86,25 +89,64 @@ async fn run_one(
     })
     .await;
     shared.metrics.record_scan(&report);
+    if request.uploaded {
+        // The daemon's own copy of an uploaded artifact: its report is all that stays.
+        let upload = std::path::Path::new(&request.path)
+            .parent()
+            .map(PathBuf::from);
+        if let Some(dir) = upload {
+            let _ = blocking(move || Ok(std::fs::remove_dir_all(dir))).await;
+        }
+    }
+    let (verdict, findings, ms) = (report.verdict, report.findings.len(), report.duration_ms);
+    // Rendering a report and writing it in one transaction take long for a big one: off the
+    // runtime, so that the API and the other jobs carry on meanwhile.
+    let stored = {
+        let (shared, id) = (shared.clone(), id.to_owned());
+        blocking(move || store_report(&shared, &id, &report, trace)).await
+    };
+    stored?;
+    tracing::info!(
+        scan = %id,
+        verdict = verdict.name(),
+        findings,
+        ms,
+        "scan finished"
+    );
+    Ok(())
+}
+
+/// Renders `report` (JSON, text, SARIF) and stores it with its findings and `trace` in one
+/// transaction. Blocking.
+fn store_report(
+    shared: &Shared,
+    id: &str,
+    report: &scan::ScanReport,
+    trace: Vec<serde_json::Value>,
+) -> Result<(), StoreError> {
     let mut rendered = Vec::new();
     // Writing into a Vec cannot fail.
-    let _ = text::write(&mut rendered, &report);
-    let json = serde_json::to_value(&report)?;
+    let _ = text::write(&mut rendered, report);
+    let json = serde_json::to_value(report)?;
     let stored = serde_json::json!({
         "json": json,
         "text": String::from_utf8_lossy(&rendered),
-        "sarif": sarif::to_value(&report),
+        "sarif": sarif::to_value(report),
     });
-    let findings = report
-        .findings
-        .iter()
-        .map(|f| {
-            Ok((
-                f.rule.clone(),
-                f.severity.name().to_string(),
-                serde_json::to_value(f)?,
-            ))
-        })
+    // Every source's findings (kernel, audit, static), each saying its `source`.
+    let row = |rule: &str, severity: crate::rules::Severity, value| {
+        Ok((rule.to_string(), severity.name().to_string(), value?))
+    };
+    let findings = (report.findings.iter())
+        .map(|f| row(&f.rule, f.severity, serde_json::to_value(f)))
+        .chain(
+            (report.audit_findings.iter())
+                .map(|f| row(&f.rule, f.severity, serde_json::to_value(f))),
+        )
+        .chain(
+            (report.static_findings.iter())
+                .map(|f| row(&f.rule, f.severity, serde_json::to_value(f))),
+        )
         .collect::<Result<Vec<_>, serde_json::Error>>()?;
     shared.store.finish(
         id,
@@ -117,27 +159,30 @@ async fn run_one(
             events: trace,
         },
     )?;
-    if request.uploaded {
-        // The daemon's own copy of an uploaded artifact: its report is all that stays.
-        if let Some(dir) = std::path::Path::new(&request.path).parent() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-    tracing::info!(
-        scan = %id,
-        verdict = report.verdict.name(),
-        findings = report.findings.len(),
-        ms = report.duration_ms,
-        "scan finished"
-    );
     Ok(())
+}
+
+/// Runs `f` on the blocking pool. A task that panicked there is a store failure of its own.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(StoreError::Io(std::io::Error::other(e))))
 }
 
 /// Ends scan `id`, whose report was lost, as an error, retrying until the store takes it
 /// (a full disk takes even this small write until space is freed): until then it shows as
 /// running without a phase, never as done.
-async fn abandon(shared: &Shared, id: &str) {
-    while let Err(e) = shared.store.abandon(id) {
+async fn abandon(shared: &Arc<Shared>, id: &str) {
+    loop {
+        let abandoned = {
+            let (shared, id) = (shared.clone(), id.to_owned());
+            blocking(move || shared.store.abandon(&id)).await
+        };
+        let Err(e) = abandoned else {
+            return;
+        };
         tracing::warn!(scan = %id, error = %e, "marking the lost scan failed; retrying");
         tokio::time::sleep(Duration::from_secs(2)).await;
     }

@@ -50,7 +50,6 @@ pub struct Shared {
 /// is then reported as interrupted at the next start).
 const DRAIN: Duration = Duration::from_secs(10);
 
-/// Runs the daemon until SIGTERM or SIGINT. Must run inside a tokio `LocalSet`.
 impl Shared {
     pub fn rules(&self) -> Arc<RuleSet> {
         self.rules.read().unwrap_or_else(|p| p.into_inner()).clone()
@@ -101,6 +100,7 @@ fn rule_files(path: &std::path::Path) -> Vec<Result<std::path::PathBuf, crate::r
     files.into_iter().map(Ok).collect()
 }
 
+/// Runs the daemon until SIGTERM or SIGINT, on a multi-thread tokio runtime.
 pub async fn run(config: Config) -> Result<()> {
     let rules = load_rules(&config).context("loading the rules")?;
     let store = Store::open(&config.database())
@@ -148,8 +148,8 @@ pub async fn run(config: Config) -> Result<()> {
         shared.metrics.queue_depth.inc();
         shared.queue.send(item).await.expect("the queue is open");
     }
-    let worker = tokio::task::spawn_local(jobs::worker(shared.clone(), waiting));
-    tokio::task::spawn_local(check_probes(shared.clone()));
+    let worker = tokio::spawn(jobs::worker(shared.clone(), waiting));
+    tokio::spawn(check_probes(shared.clone()));
     resume_watches(&shared)?;
 
     let listener = bind(&shared.config.socket)?;

@@ -334,6 +334,19 @@ impl Store {
         Ok(())
     }
 
+    /// Replaces a stored watch's spec (its policy changed, or what it learned); `false` when
+    /// there is no such watch.
+    pub fn update_watch(
+        &self,
+        id: &str,
+        spec: &crate::watch::WatchSpec,
+    ) -> Result<bool, StoreError> {
+        Ok(self.db().execute(
+            "UPDATE watches SET spec = ?2 WHERE id = ?1",
+            params![id, serde_json::to_string(spec)?],
+        )? > 0)
+    }
+
     /// Removes a watch; its findings and kills stay. Returns whether it existed.
     pub fn remove_watch(&self, id: &str) -> Result<bool, StoreError> {
         Ok(self
@@ -425,6 +438,15 @@ impl Store {
             .query_map(params![id, limit, offset], |row| row.get::<_, String>(0))?
             .collect::<Result<Vec<_>, _>>()?;
         rows.iter().map(|e| Ok(serde_json::from_str(e)?)).collect()
+    }
+
+    /// Whether scan `id` is stored (without reading its report).
+    pub fn exists(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .db()
+            .query_row("SELECT 1 FROM scans WHERE id = ?1", params![id], |_| Ok(()))
+            .optional()?
+            .is_some())
     }
 
     pub fn get(&self, id: &str) -> Result<Option<ScanRecord>, StoreError> {
@@ -624,6 +646,8 @@ mod tests {
             },
             policy: Default::default(),
             load_window_ms: 5,
+            load_grace_ms: 5,
+            learning: None,
         };
         {
             let store = Store::open(&db).unwrap();
@@ -644,6 +668,11 @@ mod tests {
         let watches = store.watches().unwrap();
         assert_eq!(watches.len(), 1);
         assert_eq!(watches[0].spec, spec);
+        let mut learned = spec.clone();
+        learned.policy.kill_at = Some(crate::rules::Severity::High);
+        assert!(store.update_watch("w1", &learned).unwrap());
+        assert_eq!(store.watches().unwrap()[0].spec, learned);
+        assert!(!store.update_watch("nope", &learned).unwrap());
         assert!(store.remove_watch("w1").unwrap());
         assert!(!store.remove_watch("w1").unwrap());
         let findings = store

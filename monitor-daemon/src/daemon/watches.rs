@@ -9,11 +9,11 @@ use std::{
 
 use serde::Serialize;
 use serde_json::json;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     daemon::{Shared, store::WatchRecord},
-    watch::{self, WatchOutput, WatchSpec, WatchSummary},
+    watch::{self, Command, WatchOutput, WatchSpec, WatchSummary},
 };
 
 /// The id of the watch that monitord's `[discovery]` settings start.
@@ -59,6 +59,7 @@ pub struct WatchStatus {
 struct Running {
     status: Arc<Mutex<WatchStatus>>,
     stop: Option<oneshot::Sender<()>>,
+    commands: mpsc::UnboundedSender<Command>,
 }
 
 /// Every watch of this daemon, by id.
@@ -76,7 +77,7 @@ impl Watches {
         record: WatchRecord,
         builtin: bool,
     ) -> anyhow::Result<()> {
-        let started = watch::runner::start(&record.spec, &shared.router)?;
+        let started = watch::runner::start(&record.spec, &shared.router, &shared.rules())?;
         let status = Arc::new(Mutex::new(WatchStatus {
             id: record.id.clone(),
             spec: record.spec.clone(),
@@ -93,11 +94,13 @@ impl Watches {
             summary: None,
         }));
         let (stop, stopped) = oneshot::channel();
+        let (commands, control) = mpsc::unbounded_channel();
         lock(&self.running).insert(
             record.id.clone(),
             Running {
                 status: status.clone(),
                 stop: Some(stop),
+                commands,
             },
         );
         shared.metrics.watches_active.inc();
@@ -111,6 +114,7 @@ impl Watches {
                     async {
                         let _ = stopped.await;
                     },
+                    control,
                     |out| report(&shared, &id, &status, out),
                 )
                 .await;
@@ -159,6 +163,13 @@ impl Watches {
                 let _ = stop.send(());
             }
         }
+    }
+
+    /// Tells running watch `id` `command`; `false` when there is no such watch running.
+    pub fn command(&self, id: &str, command: Command) -> bool {
+        lock(&self.running)
+            .get(id)
+            .is_some_and(|r| r.commands.send(command).is_ok())
     }
 
     pub fn get(&self, id: &str) -> Option<WatchStatus> {
@@ -245,6 +256,20 @@ fn report(shared: &Shared, id: &str, status: &Mutex<WatchStatus>, out: WatchOutp
                 "watch_id": id,
                 "gap": { "pid": pid, "comm": comm, "path": path },
             }));
+        }
+        WatchOutput::Changed { spec, learned } => {
+            lock(status).spec = spec.clone();
+            if let Err(e) = shared.store.update_watch(id, spec) {
+                tracing::error!(watch = %id, error = %e, "storing the watch failed");
+            }
+            if learned {
+                tracing::info!(watch = %id, "learning ended: the watch enforces its profile");
+                let _ = shared.findings_feed.send(json!({
+                    "source": "watch",
+                    "watch_id": id,
+                    "learned": spec.policy.file().profile,
+                }));
+            }
         }
         WatchOutput::Kill(kill) => {
             lock(status).kills += 1;

@@ -21,8 +21,9 @@ use aya::{
 };
 use monitor_common::{
     event::{
-        CAPTURE_ENTRIES, COUNTERS, CaptureSpec, Counter, Discovery, FileOffsets, ONLY_IF_ANY_BIT,
-        ONLY_IF_NONE, ONLY_IF_ONE_OF, PathKey, WATCH_FOLLOW_FORKS, Watch, WatchCounts,
+        CAPTURE_ENTRIES, COUNTERS, CaptureSpec, Counter, Discovery, ExecKey, FileOffsets,
+        KillPolicy, ONLY_IF_ANY_BIT, ONLY_IF_NONE, ONLY_IF_ONE_OF, PathKey, WATCH_FOLLOW_FORKS,
+        Watch, WatchCounts,
     },
     syscall::{ArgTest, Effect, MAX_ARGS, SYSCALLS, Syscall},
 };
@@ -163,6 +164,9 @@ pub enum Target {
 struct Registered {
     watch: Watch,
     targets: Vec<Target>,
+    /// What it kills in the kernel, and the programs it lets run although it kills execs.
+    kill: KillPolicy,
+    allowed: Vec<PathKey>,
 }
 
 /// The loaded and attached kernel programs.
@@ -176,6 +180,8 @@ pub struct Probes {
     watched_tasks: HashMap<MapData, u32, Watch>,
     watched_cgroup_paths: HashMap<MapData, PathKey, Watch>,
     watched_exes: HashMap<MapData, PathKey, Watch>,
+    kill_policies: HashMap<MapData, u64, KillPolicy>,
+    exec_allowed: HashMap<MapData, ExecKey, u8>,
     watch_counts: PerCpuHashMap<MapData, u64, WatchCounts>,
     discovery: Array<MapData, Discovery>,
     registry: StdHashMap<u64, Registered>,
@@ -245,6 +251,8 @@ impl Probes {
         let watched_tasks = map_as(&mut ebpf, "WATCHED_TASKS", HashMap::try_from)?;
         let watched_cgroup_paths = map_as(&mut ebpf, "WATCHED_CGROUP_PATHS", HashMap::try_from)?;
         let watched_exes = map_as(&mut ebpf, "WATCHED_EXES", HashMap::try_from)?;
+        let kill_policies = map_as(&mut ebpf, "KILL_POLICIES", HashMap::try_from)?;
+        let exec_allowed = map_as(&mut ebpf, "EXEC_ALLOWED", HashMap::try_from)?;
         let watch_counts = map_as(&mut ebpf, "WATCH_COUNTS", PerCpuHashMap::try_from)?;
         let discovery = map_as(&mut ebpf, "DISCOVERY", Array::try_from)?;
         let counters = map_as(&mut ebpf, "COUNTERS", PerCpuArray::try_from)?;
@@ -259,6 +267,8 @@ impl Probes {
             watched_tasks,
             watched_cgroup_paths,
             watched_exes,
+            kill_policies,
+            exec_allowed,
             watch_counts,
             discovery,
             registry: StdHashMap::new(),
@@ -301,6 +311,8 @@ impl Probes {
             Registered {
                 watch: *watch,
                 targets: Vec::new(),
+                kill: KillPolicy::default(),
+                allowed: Vec::new(),
             },
         );
         for &target in targets {
@@ -343,6 +355,52 @@ impl Probes {
                 .map_err(map_error("WATCHED_EXES"))?,
         }
         registered.targets.push(target);
+        Ok(())
+    }
+
+    /// Makes watch `watch_id` kill what `kill` names, in the kernel, from now on (nothing:
+    /// report only).
+    pub fn set_kill_policy(&mut self, watch_id: u64, kill: &KillPolicy) -> Result<(), ProbeError> {
+        let registered = self
+            .registry
+            .get_mut(&watch_id)
+            .ok_or(ProbeError::NoSuchWatch(watch_id))?;
+        if kill.is_empty() {
+            gone(self.kill_policies.remove(&watch_id)).map_err(map_error("KILL_POLICIES"))?;
+        } else {
+            self.kill_policies
+                .insert(watch_id, *kill, 0)
+                .map_err(map_error("KILL_POLICIES"))?;
+        }
+        registered.kill = *kill;
+        Ok(())
+    }
+
+    /// Makes `programs` (paths as an exec names them) the ones watch `watch_id` lets its
+    /// processes execute although its policy kills execs. The new ones are in place before the
+    /// old ones go, so a program on both lists is never killed in between.
+    pub fn set_exec_allowed(
+        &mut self,
+        watch_id: u64,
+        programs: &[PathKey],
+    ) -> Result<(), ProbeError> {
+        let registered = self
+            .registry
+            .get_mut(&watch_id)
+            .ok_or(ProbeError::NoSuchWatch(watch_id))?;
+        let key = |path: &PathKey| ExecKey {
+            watch_id,
+            path: *path,
+        };
+        for path in programs {
+            self.exec_allowed
+                .insert(key(path), 1, 0)
+                .map_err(map_error("EXEC_ALLOWED"))?;
+        }
+        for old in registered.allowed.iter().filter(|p| !programs.contains(p)) {
+            gone(self.exec_allowed.remove(&key(old))).map_err(map_error("EXEC_ALLOWED"))?;
+        }
+        registered.allowed = programs.to_vec();
         Ok(())
     }
 
@@ -399,6 +457,14 @@ impl Probes {
         if tasks || registered.watch.flags & WATCH_FOLLOW_FORKS != 0 {
             remove_entries_of(&mut self.watched_tasks, watch_id)
                 .map_err(map_error("WATCHED_TASKS"))?;
+        }
+        gone(self.kill_policies.remove(&watch_id)).map_err(map_error("KILL_POLICIES"))?;
+        for path in &registered.allowed {
+            let key = ExecKey {
+                watch_id,
+                path: *path,
+            };
+            gone(self.exec_allowed.remove(&key)).map_err(map_error("EXEC_ALLOWED"))?;
         }
         let counts = self.watch_counters(watch_id)?;
         gone(self.watch_counts.remove(&watch_id)).map_err(map_error("WATCH_COUNTS"))?;
@@ -490,6 +556,61 @@ impl Probes {
             if let Err(e) = fill_capture_map(&mut self.capture) {
                 problems.push(format!("restoring the capture table failed: {e}"));
             }
+        }
+        let mut changed = Vec::new();
+        for (&id, registered) in &self.registry {
+            let now = self.kill_policies.get(&id, 0).ok();
+            let expected = (!registered.kill.is_empty()).then_some(registered.kill);
+            if now != expected {
+                changed.push(id);
+                let restored = match expected {
+                    Some(kill) => self.kill_policies.insert(id, kill, 0),
+                    None => gone(self.kill_policies.remove(&id)),
+                };
+                if let Err(e) = restored {
+                    problems.push(format!(
+                        "restoring the kill policy of watch {id} failed: {e}"
+                    ));
+                }
+            }
+            for path in &registered.allowed {
+                let key = ExecKey {
+                    watch_id: id,
+                    path: *path,
+                };
+                if self.exec_allowed.get(&key, 0).is_err() {
+                    // Taken away, a program the service runs would be killed: put back.
+                    changed.push(id);
+                    if let Err(e) = self.exec_allowed.insert(key, 1, 0) {
+                        problems.push(format!(
+                            "restoring an allowed program of watch {id} failed: {e}"
+                        ));
+                    }
+                }
+            }
+        }
+        // Entries added from outside: a program let through that the watch never allowed.
+        let foreign: Vec<ExecKey> = self
+            .exec_allowed
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| {
+                !self
+                    .registry
+                    .get(&k.watch_id)
+                    .is_some_and(|r| r.allowed.contains(&k.path))
+            })
+            .collect();
+        for key in &foreign {
+            changed.push(key.watch_id);
+            let _ = gone(self.exec_allowed.remove(key));
+        }
+        changed.sort_unstable();
+        changed.dedup();
+        if !changed.is_empty() {
+            problems.push(format!(
+                "the kill policies of watches {changed:?} were changed from outside; restored"
+            ));
         }
         let mut unwatched = Vec::new();
         for registered in self.registry.values() {
@@ -652,7 +773,8 @@ pub fn capture_spec(sc: &Syscall) -> CaptureSpec {
         discover_flags_arg: sc.discovery_flags_arg().map_or(0, |i| i as u8 + 1),
         exit_file: u8::from(sc.effect == Effect::Opens && sc.has_exit()),
         only_if,
-        _pad: [0; 3],
+        executes: u8::from(sc.executes),
+        _pad: [0; 2],
         only_if_values,
     }
 }

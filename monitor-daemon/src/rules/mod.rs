@@ -2,19 +2,43 @@
 //!
 //! Rules are YAML ([`schema`]); an embedded default set covers what loading a model must never
 //! do, and users add files of their own. A rule file is validated as a whole when it is loaded
-//! (unknown syscalls, classes, flags and bad globs are errors with a line number), so a rule
-//! set that loaded is one that can run.
+//! (unknown syscalls, classes, flags, lists, fields and bad globs or ranges are errors with a
+//! line number), so a rule set that loaded is one that can run.
+//!
+//! A rule says which syscalls it is about and what they must show (paths, flags, addresses,
+//! ports, direction) and who must have made them (program, parent, ancestors, name, user);
+//! named lists are written once and used as `$name`; a rule's exceptions (tuples of fields, as
+//! Falco's) say the cases it must not fire for, and later files or a watch's policy may add
+//! more. Rules are indexed by syscall, and an event's facts are gathered once, only for events
+//! some rule is about: the judge runs for every record a job receives.
 
+mod exception;
+mod lists;
 mod matcher;
+pub mod net;
 pub mod schema;
 
-use std::{collections::HashSet, path::Path, sync::Arc};
+use std::{path::Path, sync::Arc};
 
+use monitor_common::{
+    event::CAPTURE_ENTRIES,
+    syscall::{SYSCALLS, Syscall},
+};
 use serde::Serialize;
 
-pub use schema::{Phase, ResultCondition, RuleSpec, Severity};
+pub use exception::Exception;
+pub use lists::Lists;
+pub use matcher::{Facts, absolute, glob_escape, is_glob};
+pub use schema::{
+    AddedException, Direction, ExceptionSpec, Field, ListSpec, Phase, ResultCondition, RuleSpec,
+    Scalar, Severity, Value,
+};
 
-use crate::{process::ProcessContext, trace::Event};
+use crate::{
+    process::{ProcessContext, ProcessView},
+    trace::{Event, What},
+    watch::load::LoadContext,
+};
 use matcher::Matcher;
 
 /// The rules shipped inside the binary.
@@ -39,11 +63,56 @@ impl Rule {
             self.spec.phases.contains(&phase)
         }
     }
+
+    /// Whether the rule is for a job of watch `watch` (`None`: a scan or a run).
+    pub fn applies_to(&self, watch: Option<&str>) -> bool {
+        self.spec.watches.is_empty()
+            || watch.is_some_and(|w| self.spec.watches.iter().any(|s| s == w))
+    }
+
+    /// Whether the rule can fire on syscall `sc`.
+    pub fn is_about(&self, sc: &Syscall) -> bool {
+        self.matcher.is_about(sc)
+    }
+
+    /// Whether the syscall must have succeeded, failed, or either.
+    pub fn result(&self) -> ResultCondition {
+        self.spec.matcher.result
+    }
+}
+
+/// Which evidence a finding comes from: the kernel trace, the harness's Python audit hook, or
+/// the artifact's bytes read without running them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    #[default]
+    Kernel,
+    Audit,
+    Static,
+}
+
+impl Source {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Source::Kernel => "kernel",
+            Source::Audit => "audit",
+            Source::Static => "static",
+        }
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// A rule that fired, with the event that made it fire.
 #[derive(Debug, Clone, Serialize)]
 pub struct Finding {
+    /// Always [`Source::Kernel`]: a syscall event made it fire.
+    pub source: Source,
     pub rule: String,
     pub severity: Severity,
     pub description: String,
@@ -53,10 +122,18 @@ pub struct Finding {
     /// The process's program, arguments and parents, when the judge knows its process table.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub process: Option<ProcessContext>,
+    /// The kernel killed the syscall at its entry (a watch's policy): the act was attempted
+    /// and stopped, and the finding is what it would have been.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub blocked: bool,
+    /// In a live watch's load phase: the model whose load the act came with, and what bounds
+    /// that phase.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub load: Option<LoadContext>,
 }
 
 /// Why a rule file was refused.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("{source_name}:{line}: {message}")]
 pub struct RuleError {
     pub source_name: String,
@@ -65,10 +142,40 @@ pub struct RuleError {
     pub message: String,
 }
 
+/// Where and by whom an event happened: what rules look at besides the syscall itself.
+#[derive(Clone, Copy)]
+pub struct Context<'a> {
+    pub phase: Phase,
+    /// The process's working directory, where known: relative paths are made absolute
+    /// against it before globs see them.
+    pub cwd: Option<&'a str>,
+    /// The process and those above it, where the judge keeps a process table.
+    pub process: Option<ProcessView<'a>>,
+    /// The live watch the event is judged for (its name), for rules scoped to watches.
+    pub watch: Option<&'a str>,
+}
+
+impl<'a> Context<'a> {
+    pub fn new(phase: Phase) -> Self {
+        Context {
+            phase,
+            cwd: None,
+            process: None,
+            watch: None,
+        }
+    }
+}
+
 /// The rules in force.
 #[derive(Debug, Clone, Default)]
 pub struct RuleSet {
     rules: Vec<Arc<Rule>>,
+    /// Each rule's exceptions (same index as `rules`): its own, then those that later files
+    /// and a watch's policy added.
+    exceptions: Vec<Vec<Arc<Exception>>>,
+    lists: Lists,
+    /// For each syscall number, the rules that can fire on it.
+    index: Arc<Vec<Vec<u16>>>,
 }
 
 impl RuleSet {
@@ -78,27 +185,65 @@ impl RuleSet {
             .expect("the embedded rules are valid (tested)")
     }
 
-    /// Parses and validates a rule file's text. `source_name` names it in errors.
+    /// Parses and validates a rule file's text on its own. `source_name` names it in errors.
     pub fn parse(text: &str, source_name: &str) -> Result<Self, RuleError> {
+        let mut rules = RuleSet::default();
+        rules.add(text, source_name)?;
+        Ok(rules)
+    }
+
+    /// Reads and validates a rule file on its own.
+    pub fn load(path: &Path) -> Result<Self, RuleError> {
+        let mut rules = RuleSet::default();
+        rules.add_file(path)?;
+        Ok(rules)
+    }
+
+    /// Adds a rule file's lists, rules and exceptions: its lists may use the lists known
+    /// already, its exceptions may add to rules defined already. All or nothing.
+    pub fn add(&mut self, text: &str, source_name: &str) -> Result<(), RuleError> {
+        let file: schema::RuleFile = parse_yaml(text, source_name)?;
+        self.add_parts(&file.lists, file.rules, &file.exceptions, text, source_name)
+    }
+
+    /// [`RuleSet::add`] for the file at `path`.
+    pub fn add_file(&mut self, path: &Path) -> Result<(), RuleError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| RuleError {
+            source_name: name.clone(),
+            line: 0,
+            message: e.to_string(),
+        })?;
+        self.add(&text, &name)
+    }
+
+    /// Adds lists, rules and exceptions parsed from `text` (a rule file, or the rule part of
+    /// a watch's policy), validated in the context of the rules known already.
+    pub fn add_parts(
+        &mut self,
+        lists: &[ListSpec],
+        rules: Vec<RuleSpec>,
+        added: &[AddedException],
+        text: &str,
+        source_name: &str,
+    ) -> Result<(), RuleError> {
         let error = |line: usize, message: String| RuleError {
             source_name: source_name.into(),
             line,
             message,
         };
-        let file: schema::RuleFile = serde_yaml_ng::from_str(text).map_err(|e| {
-            let line = e
-                .location()
-                .map(|l| l.line())
-                .or_else(|| line_of_second_document(text))
-                .unwrap_or(1);
-            error(line, e.to_string())
-        })?;
-        let mut seen = HashSet::new();
-        let mut rules = Vec::with_capacity(file.rules.len());
+        let mut next = self.clone();
+        let mut after = line_of_key(text, "lists").unwrap_or(0);
+        for list in lists {
+            let line = line_of_entry(text, "name", &list.name, after).unwrap_or(after.max(1));
+            after = line;
+            next.lists.define(list).map_err(|m| error(line, m))?;
+        }
+        let base = next.rules.len();
         // Rules come in file order: each id is looked for below the one before.
         let mut previous = 0;
-        for (index, spec) in file.rules.into_iter().enumerate() {
-            let line = line_of_id(text, &spec.id, previous)
+        for (index, spec) in rules.into_iter().enumerate() {
+            let line = line_of_entry(text, "id", &spec.id, previous)
                 .unwrap_or_else(|| line_of_key(text, "rules").unwrap_or(1));
             previous = line;
             if spec.id.trim().is_empty() {
@@ -107,45 +252,110 @@ impl RuleSet {
                     format!("rule {} (counted from 1) has an empty id", index + 1),
                 ));
             }
-            if !seen.insert(spec.id.clone()) {
-                return Err(error(line, format!("rule `{}` is defined twice", spec.id)));
+            if let Some(at) = next.position(&spec.id) {
+                let message = if at >= base {
+                    format!("rule `{}` is defined twice", spec.id)
+                } else {
+                    format!("rule `{}` is already defined", spec.id)
+                };
+                return Err(error(line, message));
             }
-            let matcher = Matcher::compile(&spec.matcher)
+            let matcher = Matcher::compile(&spec.matcher, &next.lists)
                 .map_err(|m| error(line, format!("rule `{}`: {m}", spec.id)))?;
-            rules.push(Arc::new(Rule { spec, matcher }));
-        }
-        Ok(RuleSet { rules })
-    }
-
-    /// Reads and validates a rule file.
-    pub fn load(path: &Path) -> Result<Self, RuleError> {
-        let name = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| RuleError {
-            source_name: name.clone(),
-            line: 0,
-            message: e.to_string(),
-        })?;
-        RuleSet::parse(&text, &name)
-    }
-
-    /// Adds `other`'s rules; a rule id present in both is an error (names must stay unique so
-    /// that findings say which rule fired).
-    pub fn extend(&mut self, other: RuleSet, source_name: &str) -> Result<(), RuleError> {
-        for rule in other.rules {
-            if self.rules.iter().any(|r| r.id() == rule.id()) {
-                return Err(RuleError {
-                    source_name: source_name.into(),
-                    line: 0,
-                    message: format!("rule `{}` is already defined", rule.id()),
-                });
+            let exceptions = spec
+                .exceptions
+                .iter()
+                .map(|x| Exception::compile(x, &next.lists).map(Arc::new))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|m| error(line, format!("rule `{}`: {m}", spec.id)))?;
+            if matcher.is_audit() && !exceptions.is_empty() {
+                return Err(error(
+                    line,
+                    format!("rule `{}`: exceptions are for syscall rules", spec.id),
+                ));
             }
-            self.rules.push(rule);
+            next.rules.push(Arc::new(Rule { spec, matcher }));
+            next.exceptions.push(exceptions);
         }
+        let mut after = line_of_key(text, "exceptions").unwrap_or(0);
+        for x in added {
+            let line = line_of_entry(text, "rule", &x.rule, after).unwrap_or(after.max(1));
+            after = line;
+            let at = next.position(&x.rule).ok_or_else(|| {
+                error(
+                    line,
+                    format!("exception `{}`: no rule `{}` to add it to", x.name, x.rule),
+                )
+            })?;
+            if next.rules[at].matcher.is_audit() {
+                return Err(error(
+                    line,
+                    format!("rule `{}`: exceptions are for syscall rules", x.rule),
+                ));
+            }
+            let exception = Exception::compile(&x.exception(), &next.lists)
+                .map_err(|m| error(line, format!("rule `{}`: {m}", x.rule)))?;
+            next.exceptions[at].push(Arc::new(exception));
+        }
+        next.reindex();
+        *self = next;
         Ok(())
+    }
+
+    /// Adds `other`'s rules, lists and exceptions; a rule id present in both is an error
+    /// (names must stay unique so that findings say which rule fired).
+    pub fn extend(&mut self, other: RuleSet, source_name: &str) -> Result<(), RuleError> {
+        let error = |message: String| RuleError {
+            source_name: source_name.into(),
+            line: 0,
+            message,
+        };
+        if let Some(rule) = other.rules.iter().find(|r| self.position(r.id()).is_some()) {
+            return Err(error(format!("rule `{}` is already defined", rule.id())));
+        }
+        self.lists.merge(&other.lists).map_err(error)?;
+        self.rules.extend(other.rules);
+        self.exceptions.extend(other.exceptions);
+        self.reindex();
+        Ok(())
+    }
+
+    fn position(&self, id: &str) -> Option<usize> {
+        self.rules.iter().position(|r| r.id() == id)
+    }
+
+    fn reindex(&mut self) {
+        let mut index = vec![Vec::new(); CAPTURE_ENTRIES as usize];
+        for (i, rule) in self.rules.iter().enumerate() {
+            for sc in SYSCALLS.iter().filter(|sc| rule.is_about(sc)) {
+                if let Some(slot) = index.get_mut(sc.nr as usize) {
+                    slot.push(i as u16);
+                }
+            }
+        }
+        self.index = Arc::new(index);
     }
 
     pub fn rules(&self) -> impl Iterator<Item = &Rule> {
         self.rules.iter().map(|r| &**r)
+    }
+
+    /// Each rule with its exceptions.
+    pub fn rules_with_exceptions(&self) -> impl Iterator<Item = (&Rule, &[Arc<Exception>])> {
+        self.rules
+            .iter()
+            .map(|r| &**r)
+            .zip(self.exceptions.iter().map(Vec::as_slice))
+    }
+
+    /// The rule with id `id`.
+    pub fn rule(&self, id: &str) -> Option<&Rule> {
+        self.position(id).map(|i| &*self.rules[i])
+    }
+
+    /// The lists defined so far.
+    pub fn lists(&self) -> &Lists {
+        &self.lists
     }
 
     pub fn len(&self) -> usize {
@@ -159,23 +369,51 @@ impl RuleSet {
     /// The findings `event` raises in `phase`. `cwd` (the process's working directory, where
     /// known) turns relative paths into absolute ones before globs see them.
     pub fn judge(&self, event: &Event, phase: Phase, cwd: Option<&str>) -> Vec<Finding> {
-        let crate::trace::What::Syscall(sc) = &event.what else {
+        self.judge_in(
+            event,
+            &Context {
+                cwd,
+                ..Context::new(phase)
+            },
+        )
+    }
+
+    /// The findings `event` raises in `ctx`: the rules about its syscall that apply in the
+    /// context's phase and watch, match it, and have no exception covering it.
+    pub fn judge_in(&self, event: &Event, ctx: &Context) -> Vec<Finding> {
+        let What::Syscall(sc) = &event.what else {
             return Vec::new();
         };
-        let facts = matcher::Facts::of(sc, cwd);
-        self.rules
-            .iter()
-            .filter(|r| r.applies_in(phase) && r.matcher.matches(sc, &facts))
-            .map(|r| Finding {
-                rule: r.spec.id.clone(),
-                severity: r.spec.severity,
-                description: r.spec.description.clone(),
-                tags: r.spec.tags.clone(),
-                phase,
-                event: event.clone(),
-                process: None,
-            })
-            .collect()
+        let Some(candidates) = self.index.get(sc.syscall.nr as usize) else {
+            return Vec::new();
+        };
+        if candidates.is_empty() {
+            return Vec::new();
+        }
+        let facts = Facts::of(sc, ctx.cwd);
+        let mut found = Vec::new();
+        for &i in candidates {
+            let (rule, exceptions) = (&self.rules[i as usize], &self.exceptions[i as usize]);
+            if rule.applies_in(ctx.phase)
+                && rule.applies_to(ctx.watch)
+                && rule.matcher.matches(sc, &facts, event, ctx)
+                && !exceptions.iter().any(|x| x.covers(sc, &facts, event, ctx))
+            {
+                found.push(Finding {
+                    source: Source::Kernel,
+                    rule: rule.spec.id.clone(),
+                    severity: rule.spec.severity,
+                    description: rule.spec.description.clone(),
+                    tags: rule.spec.tags.clone(),
+                    phase: ctx.phase,
+                    event: event.clone(),
+                    process: None,
+                    blocked: sc.killed,
+                    load: None,
+                });
+            }
+        }
+        found
     }
 }
 
@@ -205,23 +443,47 @@ impl RuleSet {
 /// The audit event an unpickler raises for every global it resolves.
 pub const FIND_CLASS: &str = "pickle.find_class";
 
-/// The line of `id: <id>` in `text` (1-based), or 0.
-/// The 1-based line below line `after` that sets `id: <id>` (an id spelled over several lines,
-/// or in a flow mapping with others before it, is not found).
-fn line_of_id(text: &str, id: &str, after: usize) -> Option<usize> {
+/// The 1-based line below line `after` that sets `id: <id>`.
+pub(crate) fn line_of_id(text: &str, id: &str, after: usize) -> Option<usize> {
+    line_of_entry(text, "id", id, after)
+}
+
+/// `text` as a `T`, or the error with the line serde_yaml gave (or one found).
+pub fn parse_yaml<T: serde::de::DeserializeOwned>(
+    text: &str,
+    source_name: &str,
+) -> Result<T, RuleError> {
+    serde_yaml_ng::from_str(text).map_err(|e| {
+        let line = e
+            .location()
+            .map(|l| l.line())
+            .or_else(|| line_of_second_document(text))
+            .unwrap_or(1);
+        RuleError {
+            source_name: source_name.into(),
+            line,
+            message: e.to_string(),
+        }
+    })
+}
+
+/// The 1-based line below line `after` that sets `key: <value>` (a value spelled over several
+/// lines, or in a flow mapping with others before it, is not found).
+pub(crate) fn line_of_entry(text: &str, key: &str, value: &str, after: usize) -> Option<usize> {
     text.lines()
         .enumerate()
         .skip(after)
         .find(|(_, l)| {
             let l = l.trim_start().trim_start_matches("- ").trim();
-            l.strip_prefix("id:")
-                .is_some_and(|v| v.trim().trim_matches(['"', '\'']) == id)
+            l.strip_prefix(key)
+                .and_then(|r| r.trim_start().strip_prefix(':'))
+                .is_some_and(|v| v.trim().trim_matches(['"', '\'']) == value)
         })
         .map(|(i, _)| i + 1)
 }
 
 /// The 1-based line of a top-level `key:`.
-fn line_of_key(text: &str, key: &str) -> Option<usize> {
+pub(crate) fn line_of_key(text: &str, key: &str) -> Option<usize> {
     text.lines()
         .position(|l| {
             l.strip_prefix(key)
@@ -548,6 +810,295 @@ mod tests {
                 .to_string()
                 .contains("for `audit` rules")
         );
+    }
+
+    /// A process table: `/usr/bin/python3` (pid 10) started by `/usr/lib/systemd/systemd`
+    /// (outside the table), and its child `/bin/sh` (pid 11).
+    fn table() -> crate::process::ProcessTable {
+        let mut t = crate::process::ProcessTable::default();
+        let mut server = crate::procfs::process(std::process::id()).unwrap();
+        server.pid = 10;
+        server.ppid = Some(1);
+        server.exe = Some("/usr/bin/python3".into());
+        server.outside_parent_exe = Some("/usr/lib/systemd/systemd".into());
+        t.insert(server);
+        t.forked(10, 11, 1);
+        t.seen(11, 11, "sh", 2);
+        t.executed(11, "/bin/sh", None);
+        t
+    }
+
+    fn with_pid(mut event: Event, pid: u32, comm: &str, uid: u32) -> Event {
+        event.pid = pid;
+        event.tid = pid;
+        event.comm = comm.into();
+        event.uid = uid;
+        event
+    }
+
+    fn fired_in(rules: &RuleSet, event: &Event, ctx: &Context) -> Vec<String> {
+        rules
+            .judge_in(event, ctx)
+            .into_iter()
+            .map(|f| f.rule)
+            .collect()
+    }
+
+    fn connect_to(addr: &str, port: u16) -> Event {
+        let addr = match addr.parse().unwrap() {
+            std::net::IpAddr::V4(addr) => SockAddr::Inet { addr, port },
+            std::net::IpAddr::V6(addr) => SockAddr::Inet6 { addr, port },
+        };
+        syscall(
+            "connect",
+            vec![
+                ArgValue::Fd(3),
+                ArgValue::SockAddr(Some(addr)),
+                ArgValue::UInt(16),
+            ],
+            0,
+        )
+    }
+
+    #[test]
+    fn rules_describe_a_service_by_process_network_and_lists() {
+        let text = r#"
+lists:
+  - name: shells
+    items: [/bin/sh, /bin/bash]
+  - name: store
+    items: [loopback, "10.1.0.0/16"]
+rules:
+  - id: t.shell-by-server
+    description: d
+    severity: high
+    match: { syscalls: [openat], exe: [$shells], parent_exe: ["/usr/bin/python3*"], uid_not: [1000] }
+  - id: t.under-systemd
+    description: d
+    severity: low
+    match: { syscalls: [openat], ancestor_exe: ["**/systemd"], comm: ["py*"] }
+  - id: t.outbound-not-store
+    description: d
+    severity: high
+    match: { direction: outbound, addr_not: [$store], port: ["1-1023", 8080] }
+  - id: t.public
+    description: d
+    severity: medium
+    match: { classes: [network], direction: outbound, addr: [public] }
+"#;
+        let rules = RuleSet::parse(text, "t.yaml").unwrap();
+        let table = table();
+        let ctx = |pid| Context {
+            process: Some(table.view(pid)),
+            ..Context::new(Phase::Run)
+        };
+        let open = openat("/srv/x", "O_RDONLY");
+        let by_shell = with_pid(open.clone(), 11, "sh", 0);
+        assert_eq!(fired_in(&rules, &by_shell, &ctx(11)), ["t.shell-by-server"]);
+        assert!(fired_in(&rules, &with_pid(open.clone(), 11, "sh", 1000), &ctx(11)).is_empty());
+        // Without a process table, a process condition does not hold.
+        assert!(fired_in(&rules, &by_shell, &Context::new(Phase::Run)).is_empty());
+        let by_server = with_pid(open, 10, "python3", 0);
+        assert_eq!(fired_in(&rules, &by_server, &ctx(10)), ["t.under-systemd"]);
+
+        let connect = |a: &str, p| with_pid(connect_to(a, p), 10, "python3", 0);
+        assert!(fired_in(&rules, &connect("127.0.0.1", 80), &ctx(10)).is_empty());
+        assert!(fired_in(&rules, &connect("10.1.2.3", 8080), &ctx(10)).is_empty());
+        assert_eq!(
+            fired_in(&rules, &connect("10.2.0.1", 443), &ctx(10)),
+            ["t.outbound-not-store"]
+        );
+        assert_eq!(
+            fired_in(&rules, &connect("8.8.8.8", 8080), &ctx(10)),
+            ["t.outbound-not-store", "t.public"]
+        );
+        assert_eq!(
+            fired_in(&rules, &connect("::ffff:8.8.4.4", 9000), &ctx(10)),
+            ["t.public"]
+        );
+        // bind is inbound: not this rule's.
+        let bind = syscall(
+            "bind",
+            vec![
+                ArgValue::Fd(3),
+                ArgValue::SockAddr(Some(SockAddr::Inet {
+                    addr: std::net::Ipv4Addr::new(8, 8, 8, 8),
+                    port: 80,
+                })),
+                ArgValue::UInt(16),
+            ],
+            0,
+        );
+        assert!(fired_in(&rules, &bind, &ctx(10)).is_empty());
+
+        for (bad, says) in [
+            ("addr: [\"10.0.0.0/33\"]", "prefix length"),
+            ("addr: [localnet]", "not an address"),
+            ("port: [70000]", "not a port"),
+            ("exe: [$nope]", "no list `nope`"),
+            ("direction: sideways", "sideways"),
+        ] {
+            let text = format!(
+                "rules:\n  - id: a\n    description: d\n    severity: low\n    match: {{ syscalls: [connect], {bad} }}\n"
+            );
+            let e = RuleSet::parse(&text, "x").unwrap_err();
+            assert!(e.to_string().contains(says), "{bad}: {e}");
+        }
+        let no_syscall_left = "rules:\n  - id: a\n    description: d\n    severity: low\n    match: { syscalls: [openat], direction: inbound }\n";
+        assert!(
+            RuleSet::parse(no_syscall_left, "x")
+                .unwrap_err()
+                .to_string()
+                .contains("leaves none")
+        );
+    }
+
+    #[test]
+    fn exceptions_are_tuples_and_later_files_add_them() {
+        let mut rules = RuleSet::defaults();
+        let table = table();
+        let ctx = |pid, phase| Context {
+            process: Some(table.view(pid)),
+            ..Context::new(phase)
+        };
+        let token = with_pid(
+            openat("/srv/app/.aws/credentials", "O_RDONLY"),
+            10,
+            "python3",
+            0,
+        );
+        assert_eq!(
+            fired_in(&rules, &token, &ctx(10, Phase::Run)),
+            ["cred.read"]
+        );
+        rules
+            .add(
+                r#"
+lists:
+  - name: servers
+    items: ["/usr/bin/python3*"]
+exceptions:
+  - rule: cred.read
+    name: sdk
+    phases: [run]
+    fields: [exe, path]
+    values:
+      - [$servers, [/srv/app/.aws/credentials, /srv/app/.aws/config]]
+  - rule: net.connect
+    name: store
+    fields: [exe, addr, port]
+    values:
+      - [/usr/bin/python3, loopback, "9000-9001"]
+"#,
+                "mine.yaml",
+            )
+            .unwrap();
+        assert!(fired_in(&rules, &token, &ctx(10, Phase::Run)).is_empty());
+        // Not while a model loads, not by another program.
+        assert_eq!(
+            fired_in(&rules, &token, &ctx(10, Phase::Load)),
+            ["cred.read"]
+        );
+        let by_shell = with_pid(token.clone(), 11, "sh", 0);
+        assert_eq!(
+            fired_in(&rules, &by_shell, &ctx(11, Phase::Run)),
+            ["cred.read"]
+        );
+        let connect = |a: &str, p| with_pid(connect_to(a, p), 10, "python3", 0);
+        assert!(fired_in(&rules, &connect("127.0.0.1", 9001), &ctx(10, Phase::Run)).is_empty());
+        assert_eq!(
+            fired_in(&rules, &connect("127.0.0.1", 9002), &ctx(10, Phase::Run)),
+            ["net.connect"]
+        );
+
+        let bad = |text: &str| RuleSet::defaults().add(text, "b.yaml").unwrap_err();
+        let e = bad(
+            "exceptions:\n  - rule: cred.read\n    name: x\n    fields: [exe, path]\n    values: [[/bin/sh]]\n",
+        );
+        assert!(
+            e.to_string().contains("tuple 1 has 1 values for 2 fields"),
+            "{e}"
+        );
+        assert_eq!(e.line, 2, "{e}");
+        let e = bad(
+            "exceptions:\n  - rule: nope\n    name: x\n    fields: [exe]\n    values: [[/bin/sh]]\n",
+        );
+        assert!(e.to_string().contains("no rule `nope`"), "{e}");
+        let e = bad(
+            "exceptions:\n  - rule: cred.read\n    name: x\n    fields: [exe, colour]\n    values: []\n",
+        );
+        assert!(e.to_string().contains("colour"), "{e}");
+        let e = bad(
+            "exceptions:\n  - rule: net.connect\n    name: x\n    fields: [addr]\n    values: [[nowhere]]\n",
+        );
+        assert!(e.to_string().contains("nowhere"), "{e}");
+        let e = bad(
+            "exceptions:\n  - rule: py.input\n    name: x\n    fields: [exe]\n    values: [[a]]\n",
+        );
+        assert!(e.to_string().contains("for syscall rules"), "{e}");
+    }
+
+    #[test]
+    fn rules_scoped_to_a_watch_fire_only_in_it() {
+        let rules = RuleSet::parse(
+            "rules:\n  - id: a\n    description: d\n    severity: low\n    watches: [inference]\n    match: { syscalls: [openat] }\n",
+            "x",
+        )
+        .unwrap();
+        let open = openat("/srv/x", "O_RDONLY");
+        let in_watch = |watch| Context {
+            watch,
+            ..Context::new(Phase::Run)
+        };
+        assert_eq!(fired_in(&rules, &open, &in_watch(Some("inference"))), ["a"]);
+        assert!(fired_in(&rules, &open, &in_watch(Some("other"))).is_empty());
+        assert!(
+            fired_in(&rules, &open, &in_watch(None)).is_empty(),
+            "a scan"
+        );
+    }
+
+    #[test]
+    fn a_syscall_killed_in_the_kernel_is_judged_as_the_act_it_attempted() {
+        let rules = RuleSet::defaults();
+        let mut exec = syscall(
+            "execve",
+            vec![
+                ArgValue::Str(Some("/bin/sh".into())),
+                ArgValue::Argv(vec!["sh".into()]),
+                ArgValue::Hex(0),
+            ],
+            -514,
+        );
+        assert_eq!(fired(&rules, &exec, None), ["exec.attempt"]);
+        if let What::Syscall(sc) = &mut exec.what {
+            sc.killed = true;
+        }
+        let found = rules.judge(&exec, Phase::Load, None);
+        assert_eq!(
+            found
+                .iter()
+                .map(|f| (f.rule.as_str(), f.severity, f.blocked))
+                .collect::<Vec<_>>(),
+            [("exec.program", Severity::High, true)]
+        );
+    }
+
+    #[test]
+    fn learnable_by_default_below_critical_and_where_a_service_needs_it() {
+        let rules = RuleSet::defaults();
+        let learnable = |id: &str| rules.rule(id).unwrap().spec.is_learnable();
+        assert!(learnable("exec.program") && learnable("net.connect"));
+        assert!(learnable("cred.read") && learnable("net.listen"));
+        for never in [
+            "exec.fileless",
+            "priv.ptrace",
+            "kernel.module",
+            "persist.write",
+            "evasion.monitor-socket",
+        ] {
+            assert!(!learnable(never), "{never}");
+        }
     }
 
     #[test]

@@ -181,6 +181,10 @@ def import_framework(loader):
         import torch
 
         return lambda p: torch.load(p, map_location="cpu", weights_only=False)
+    if loader == "torchscript":
+        import torch
+
+        return lambda p: torch.jit.load(p, map_location="cpu")
     if loader == "keras":
         import keras
 
@@ -257,7 +261,7 @@ def exercise_plan(loader, obj):
         candidates += list(obj)
     plan = []
     for candidate in candidates:
-        if loader == "torch":
+        if loader in ("torch", "torchscript"):
             import torch
 
             if isinstance(candidate, torch.nn.Module):

@@ -21,7 +21,8 @@ pub struct Invocation<'a> {
     /// The gate's read end, inherited by the loader: it loads the artifact only once the
     /// gate opens (see [`crate::control::Gate`]).
     pub gate_fd: RawFd,
-    /// `pickle`, `joblib`, `dill`, `cloudpickle`, `numpy`, `torch`, `keras` or `tensorflow`.
+    /// `pickle`, `joblib`, `dill`, `cloudpickle`, `numpy`, `torch`, `torchscript`, `keras` or
+    /// `tensorflow`.
     pub loader: &'a str,
     /// The artifact's path inside the sandbox.
     pub artifact: &'a Path,

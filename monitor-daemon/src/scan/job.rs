@@ -23,11 +23,12 @@ use crate::{
     sandbox::{Sandbox, SandboxOptions, WORK_DIR},
     scan::{
         format::{self, Format, Limits},
-        globals, harness,
+        harness,
         report::{
             AuditFinding, AuditRecord, ErrorKind, Loader, PhaseStart, ScanError, ScanReport,
             TraceStats,
         },
+        static_analysis::{self, StaticRules},
     },
 };
 
@@ -51,6 +52,11 @@ pub struct ScanSpec {
     /// The loader environment's Python.
     pub python: PathBuf,
     pub rules: RuleSet,
+    /// The static rules the artifact's bytes are judged by.
+    pub static_rules: StaticRules,
+    /// Judge the artifact's bytes only: no sandbox, no probes, no loader (what a CI runner
+    /// without privileges can do).
+    pub static_only: bool,
     pub fail_on: Severity,
     /// Call the loaded model on dummy input, where its format runs code when called.
     pub exercise: bool,
@@ -74,6 +80,8 @@ impl ScanSpec {
             artifact: artifact.into(),
             python: default_python(),
             rules: RuleSet::defaults(),
+            static_rules: StaticRules::defaults(),
+            static_only: false,
             fail_on: Severity::High,
             exercise: true,
             audit: true,
@@ -169,8 +177,7 @@ impl LazyProbes {
         };
     }
 
-    /// The probes, once loaded (loading them now if nobody asked before). Must be called
-    /// inside a tokio runtime (the router's task starts on it).
+    /// The probes, once loaded (loading them now if nobody asked before).
     pub async fn get(&mut self) -> anyhow::Result<&Router> {
         self.start_loading();
         if let ProbeState::Loading { loaded, .. } = &mut self.state {
@@ -236,23 +243,65 @@ pub async fn scan(
 ) -> ScanReport {
     let started = Instant::now();
     let mut report = ScanReport::new(&spec.artifact, spec.fail_on);
-    let format = match format::detect(&spec.artifact, &spec.limits) {
-        Ok(format) => format,
-        Err(e) => {
+    // Reading the artifact (detection, its size, every loader's view of the bytes of an 8 GiB
+    // pickle) is file work: off the async runtime, which other scans and the daemon's API share.
+    let inspected = off_runtime({
+        let (artifact, limits, static_rules) = (
+            spec.artifact.clone(),
+            spec.limits.clone(),
+            spec.static_rules.clone(),
+        );
+        move || {
+            let format = format::detect(&artifact, &limits)?;
+            let size = size_of(&artifact).ok();
+            // Every loader's view of the bytes, before any of them runs.
+            let analysis = static_analysis::analyse(&artifact, &format, &static_rules);
+            Ok::<_, format::FormatError>((format, size, analysis))
+        }
+    })
+    .await;
+    let (format, analysis) = match inspected {
+        Ok(Ok((format, size, analysis))) => {
+            report.artifact.size = size;
+            (format, analysis)
+        }
+        Ok(Err(e)) => {
             report
                 .errors
                 .push(ScanError::new(ErrorKind::Input, e.to_string()));
             report.conclude(started.elapsed());
             return report;
         }
+        Err(e) => {
+            report
+                .errors
+                .push(ScanError::new(ErrorKind::Setup, format!("{e:#}")));
+            report.conclude(started.elapsed());
+            return report;
+        }
     };
     report.artifact.format = Some(format.id().to_string());
     report.artifact.description = Some(format.describe());
-    report.artifact.size = size_of(&spec.artifact).ok();
-    report.artifact.globals = globals::of(&spec.artifact, &format, &spec.rules);
+    report.artifact.globals = analysis.pickles;
     progress(Progress::Detected(&format));
+    if let Some(why) = format.not_loaded_because() {
+        report.notes.push(format!("{}: {why}", format.id()));
+    }
+    if let Format::Archive { why, .. } = &format {
+        // Nothing loads it: an input error unless what it holds is a threat.
+        report.errors.push(ScanError::new(
+            ErrorKind::Input,
+            format!("{}: {why}", report.artifact.path),
+        ));
+    }
 
-    if let Some(loader) = format.loader() {
+    if spec.static_only {
+        report.notes.push(
+            "--static-only: the artifact was not loaded (no sandbox, no kernel trace, no audit \
+             hook); the verdict is the static analysis alone"
+                .into(),
+        );
+    } else if let Some(loader) = format.loader() {
         // Without a loader environment nothing is loaded (the error says how to install it).
         if !probes.is_loaded() && spec.python.is_file() {
             progress(Progress::LoadingProbes);
@@ -265,8 +314,41 @@ pub async fn scan(
                 .push(ScanError::new(ErrorKind::Setup, format!("{e:#}")));
         }
     }
+    add_static_findings(&mut report, analysis.findings, &spec.static_rules);
     report.conclude(started.elapsed());
     report
+}
+
+/// Adds the static findings, each saying whether the load showed it acting.
+fn add_static_findings(
+    report: &mut ScanReport,
+    mut findings: Vec<static_analysis::StaticFinding>,
+    rules: &StaticRules,
+) {
+    let loaded = report.phases.iter().any(|p| p.phase == Phase::Load);
+    let seen: Vec<&str> = report
+        .findings
+        .iter()
+        .filter(|f| f.phase != Phase::Setup && f.severity >= Severity::Medium)
+        .map(|f| f.rule.as_str())
+        .chain(
+            report
+                .audit_findings
+                .iter()
+                .filter(|f| f.phase != Phase::Setup)
+                .map(|f| f.rule.as_str()),
+        )
+        .collect();
+    let resolved: std::collections::HashSet<String> = report
+        .audit
+        .iter()
+        .filter(|a| a.event == crate::rules::FIND_CLASS && a.phase != Phase::Setup)
+        .filter_map(|a| a.subject.clone())
+        .collect();
+    static_analysis::observe(&mut findings, rules, loaded, &seen, &resolved);
+    for finding in findings {
+        report.add_static_finding(finding);
+    }
 }
 
 async fn load_under_watch(
@@ -287,17 +369,12 @@ async fn load_under_watch(
         ));
         return Ok(());
     }
-    let sandbox = Sandbox::create(spec.sandbox.clone()).context("building the sandbox")?;
-    let inside = stage_artifact(&spec.artifact, loader, sandbox.work_dir(), sandbox.user())
-        .context("copying the artifact into the sandbox")?;
-    harness::install(sandbox.tool_dir()).context("installing the harness")?;
-    let output_path = sandbox.root().join("loader.log");
-    let output = fs::File::options()
-        .create_new(true)
-        .read(true)
-        .write(true)
-        .open(&output_path)
-        .context("creating the loader's log")?;
+    // Building the sandbox copies the artifact: file work, off the async runtime.
+    let (sandbox, inside, output) = off_runtime({
+        let (options, artifact) = (spec.sandbox.clone(), spec.artifact.clone());
+        move || prepare_sandbox(options, &artifact, loader)
+    })
+    .await??;
 
     let control = ControlPipe::new().context("creating the control pipe")?;
     let gate = Gate::new().context("creating the loader's gate")?;
@@ -462,6 +539,44 @@ async fn load_under_watch(
     Ok(())
 }
 
+/// A sandbox for `loader` with the artifact's copy and the harness in it, and the loader's log.
+fn prepare_sandbox(
+    options: SandboxOptions,
+    artifact: &Path,
+    loader: &str,
+) -> anyhow::Result<(Sandbox, PathBuf, fs::File)> {
+    let sandbox = Sandbox::create(options).context("building the sandbox")?;
+    let inside = stage_artifact(artifact, loader, sandbox.work_dir(), sandbox.user())
+        .context("copying the artifact into the sandbox")?;
+    harness::install(sandbox.tool_dir()).context("installing the harness")?;
+    let output_path = sandbox.root().join("loader.log");
+    let output = fs::File::options()
+        .create_new(true)
+        .read(true)
+        .write(true)
+        .open(&output_path)
+        .context("creating the loader's log")?;
+    Ok((sandbox, inside, output))
+}
+
+/// Runs blocking `work` on a thread of its own and waits for it without holding the async
+/// runtime. The thread is joined before this returns: no thread outlives the work (a caller
+/// may fork afterwards, see monitorctl's release_in_background).
+pub async fn off_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> anyhow::Result<T> {
+    let (tx, done) = tokio::sync::oneshot::channel();
+    let thread = std::thread::Builder::new()
+        .name("monitor-file-work".into())
+        .spawn(move || {
+            let _ = tx.send(work());
+        })
+        .context("starting a thread for file work")?;
+    let result = done.await;
+    let _ = thread.join();
+    result.map_err(|_| anyhow::anyhow!("the file work's thread died"))
+}
+
 /// What the harness said went wrong, in words that say what to do.
 fn harness_error(
     loader: &str,
@@ -571,7 +686,7 @@ fn stage_artifact(
         "keras" => "artifact.keras",
         "tensorflow" => "savedmodel",
         "numpy" => "artifact.npy",
-        "torch" => "artifact.pt",
+        "torch" | "torchscript" => "artifact.pt",
         "joblib" => "artifact.joblib",
         _ => "artifact.pkl",
     };

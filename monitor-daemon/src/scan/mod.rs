@@ -8,11 +8,11 @@
 //!    [`sarif`] and [`text`] render it.
 
 pub mod format;
-pub mod globals;
 pub mod harness;
 pub mod job;
 pub mod report;
 pub mod sarif;
+pub mod static_analysis;
 pub mod text;
 pub mod verdict;
 

@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::{
-    rules::{Finding, Phase, Rule, Severity},
+    rules::{Finding, Phase, Rule, Severity, Source},
     scan::{
-        globals::PickleGlobals,
+        static_analysis::{PickleGlobals, StaticFinding},
         verdict::{ExitCode, Verdict},
     },
 };
@@ -26,9 +26,14 @@ pub struct ScanReport {
     pub exit_code: ExitCode,
     /// The severity at which a finding fails the scan (exit code 1).
     pub fail_on: Severity,
-    /// Findings in the order they were seen.
+    /// Findings of the kernel trace, in the order they were seen (`source: kernel`).
     pub findings: Vec<Finding>,
-    /// Findings by severity.
+    /// Findings of the static analysis (`source: static`): what the artifact's bytes name,
+    /// each saying whether the load showed it acting. Counted in `counts` and the verdict
+    /// like the others: the verdict is the strongest of all evidence.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub static_findings: Vec<StaticFinding>,
+    /// Findings by severity, of every source.
     pub counts: BTreeMap<Severity, u64>,
     /// Why the scan is incomplete, if it is. Any error keeps the verdict from being clean.
     pub errors: Vec<ScanError>,
@@ -41,6 +46,10 @@ pub struct ScanReport {
     /// The kernel trace's completeness; absent when nothing was traced.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trace: Option<TraceStats>,
+    /// What the scan did not do, and why a verdict stands without it (a code-free format not
+    /// loaded, `--static-only`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     /// Interpreter-level evidence (`--audit`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub audit: Vec<AuditRecord>,
@@ -76,8 +85,8 @@ pub struct Artifact {
     pub description: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
-    /// The globals its pickles name, read without running anything: evidence, never the
-    /// verdict.
+    /// The globals its pickles name, read without running anything, each marked with the
+    /// static rule it fires (the findings are in `static_findings`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub globals: Vec<PickleGlobals>,
 }
@@ -166,6 +175,8 @@ pub struct AuditRecord {
 /// An audit rule that fired, with the audit record that made it fire.
 #[derive(Debug, Clone, Serialize)]
 pub struct AuditFinding {
+    /// Always [`Source::Audit`].
+    pub source: Source,
     pub rule: String,
     pub severity: Severity,
     pub description: String,
@@ -177,6 +188,7 @@ pub struct AuditFinding {
 impl AuditFinding {
     pub fn new(rule: &Rule, audit: AuditRecord) -> Self {
         AuditFinding {
+            source: Source::Audit,
             rule: rule.id().to_string(),
             severity: rule.spec.severity,
             description: rule.spec.description.clone(),
@@ -200,11 +212,13 @@ impl ScanReport {
             exit_code: ExitCode::Error,
             fail_on,
             findings: Vec::new(),
+            static_findings: Vec::new(),
             counts: BTreeMap::new(),
             errors: Vec::new(),
             phases: Vec::new(),
             loader: None,
             trace: None,
+            notes: Vec::new(),
             audit: Vec::new(),
             audit_findings: Vec::new(),
             duration_ms: 0,
@@ -219,6 +233,11 @@ impl ScanReport {
     pub fn add_audit_finding(&mut self, finding: AuditFinding) {
         *self.counts.entry(finding.severity).or_default() += 1;
         self.audit_findings.push(finding);
+    }
+
+    pub fn add_static_finding(&mut self, finding: StaticFinding) {
+        *self.counts.entry(finding.severity).or_default() += 1;
+        self.static_findings.push(finding);
     }
 
     pub fn worst(&self) -> Option<Severity> {

@@ -1,20 +1,14 @@
 //! The scan report as SARIF 2.1.0, for code-scanning dashboards: one run, a rule per rule id
-//! that fired, a result per finding located at the artifact, errors as tool notifications.
+//! that fired, a result per finding (kernel, audit or static, said in its `source` property)
+//! located at the artifact, errors as tool notifications.
 
 use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use crate::{
-    render,
-    rules::Severity,
-    scan::{globals::NamedGlobal, report::ScanReport},
-};
+use crate::{render, rules::Severity, scan::report::ScanReport};
 
 const SCHEMA: &str = "https://json.schemastore.org/sarif-2.1.0.json";
-
-/// The rule id of the static evidence's results: a global the file names that a rule marks.
-const STATIC_GLOBAL: &str = "static.global";
 
 /// What SARIF's rule table needs of a rule.
 struct RuleInfo<'a> {
@@ -39,27 +33,12 @@ pub fn to_value(report: &ScanReport) -> Value {
             tags: &f.tags,
         });
     }
-    let flagged: Vec<(&str, &NamedGlobal)> = report
-        .artifact
-        .globals
-        .iter()
-        .flat_map(|p| {
-            p.globals
-                .iter()
-                .filter(|g| g.is_flagged())
-                .map(move |g| (p.source.as_str(), g))
-        })
-        .collect();
-    if !flagged.is_empty() {
-        rules.insert(
-            STATIC_GLOBAL,
-            RuleInfo {
-                description: "The file names a global a rule marks (static evidence, not the \
-                              verdict)",
-                severity: Severity::Info,
-                tags: &[],
-            },
-        );
+    for f in &report.static_findings {
+        rules.entry(&f.rule).or_insert(RuleInfo {
+            description: &f.description,
+            severity: f.severity,
+            tags: &f.tags,
+        });
     }
     let rule_index: BTreeMap<&str, usize> =
         rules.keys().enumerate().map(|(i, id)| (*id, i)).collect();
@@ -88,6 +67,7 @@ pub fn to_value(report: &ScanReport) -> Value {
             },
             "locations": location,
             "properties": {
+                "source": f.source,
                 "severity": f.severity,
                 "phase": f.phase,
                 "pid": f.audit.pid,
@@ -96,24 +76,22 @@ pub fn to_value(report: &ScanReport) -> Value {
             },
         })
     });
-    // Evidence, not verdict: "informational" results, whatever the marking rule's severity.
-    let static_results = flagged.iter().map(|(source, g)| {
+    let static_results = report.static_findings.iter().map(|f| {
         json!({
-            "ruleId": STATIC_GLOBAL,
-            "ruleIndex": rule_index[STATIC_GLOBAL],
-            "kind": "informational",
-            "level": "none",
+            "ruleId": f.rule,
+            "ruleIndex": rule_index[f.rule.as_str()],
+            "level": level(f.severity),
             "message": {
-                "text": format!("{source} names {}.{}, which rule {} marks", g.module, g.name,
-                                g.rule.as_deref().unwrap_or("?")),
+                "text": format!("{}: {} names {} ({})", f.description, f.location, f.evidence,
+                                f.observed.describe()),
             },
             "locations": location,
             "properties": {
-                "pickle": source,
-                "module": g.module,
-                "name": g.name,
-                "markedBy": g.rule,
-                "markedSeverity": g.severity,
+                "source": f.source,
+                "severity": f.severity,
+                "location": f.location,
+                "evidence": f.evidence,
+                "observed": f.observed,
             },
         })
     });
@@ -131,6 +109,7 @@ pub fn to_value(report: &ScanReport) -> Value {
                 },
                 "locations": location,
                 "properties": {
+                    "source": f.source,
                     "severity": f.severity,
                     "phase": f.phase,
                     "pid": f.event.pid,

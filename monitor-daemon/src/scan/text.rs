@@ -1,12 +1,17 @@
 //! The scan report for people: the verdict first, then findings grouped by severity (most
-//! severe first), each with its process, the syscall as strace would show it, and its phase.
+//! severe first), each saying its source: the kernel trace (with its process, the syscall as
+//! strace would show it, and its phase), the audit hook, or the static analysis (where in the
+//! artifact, and whether the load showed it acting).
 
 use std::io::{self, Write};
 
 use crate::{
     render,
-    rules::{Finding, Phase, Severity},
-    scan::report::{AuditFinding, ScanReport},
+    rules::{Finding, Phase, Severity, Source},
+    scan::{
+        report::{AuditFinding, ScanReport},
+        static_analysis::StaticFinding,
+    },
 };
 
 /// At most this many findings of one rule are shown in full; the rest are counted.
@@ -47,6 +52,9 @@ pub fn write(out: &mut impl Write, report: &ScanReport) -> io::Result<()> {
         "  time:    {:.2} s",
         report.duration_ms as f64 / 1000.0
     )?;
+    for note in &report.notes {
+        writeln!(out, "  note:    {note}")?;
+    }
 
     let start = report.phases.first().map_or(0, |p| p.start_ns);
     for severity in [
@@ -66,10 +74,20 @@ pub fn write(out: &mut impl Write, report: &ScanReport) -> io::Result<()> {
             .iter()
             .filter(|f| f.severity == severity)
             .collect();
-        if of.is_empty() && audited.is_empty() {
+        let statics: Vec<&StaticFinding> = report
+            .static_findings
+            .iter()
+            .filter(|f| f.severity == severity)
+            .collect();
+        if of.is_empty() && audited.is_empty() && statics.is_empty() {
             continue;
         }
-        writeln!(out, "\n{} ({})", title(severity), of.len() + audited.len())?;
+        writeln!(
+            out,
+            "\n{} ({})",
+            title(severity),
+            of.len() + audited.len() + statics.len()
+        )?;
         let mut shown: Vec<(&str, usize)> = Vec::new();
         for finding in &of {
             if count_shown(&mut shown, &finding.rule) <= SHOWN_PER_RULE {
@@ -79,6 +97,11 @@ pub fn write(out: &mut impl Write, report: &ScanReport) -> io::Result<()> {
         for finding in &audited {
             if count_shown(&mut shown, &finding.rule) <= SHOWN_PER_RULE {
                 write_audit_finding(out, finding, start)?;
+            }
+        }
+        for finding in &statics {
+            if count_shown(&mut shown, &finding.rule) <= SHOWN_PER_RULE {
+                write_static_finding(out, finding)?;
             }
         }
         for (rule, n) in shown.iter().filter(|(_, n)| *n > SHOWN_PER_RULE) {
@@ -107,7 +130,11 @@ pub fn write(out: &mut impl Write, report: &ScanReport) -> io::Result<()> {
             }
         }
     }
-    if report.findings.is_empty() && report.audit_findings.is_empty() && report.errors.is_empty() {
+    if report.findings.is_empty()
+        && report.audit_findings.is_empty()
+        && report.static_findings.is_empty()
+        && report.errors.is_empty()
+    {
         writeln!(out, "\nNo findings.")?;
     }
     Ok(())
@@ -163,58 +190,59 @@ fn write_audit(out: &mut impl Write, report: &ScanReport, start_ns: u64) -> io::
     Ok(())
 }
 
-/// The globals the file names that a rule marks: what a static scanner would flag, shown as
-/// evidence beside what loading did, never as the verdict.
+/// What the static analysis read, in one line: how many globals the pickles name (each one
+/// a rule marks is a finding above).
 fn write_globals(out: &mut impl Write, report: &ScanReport) -> io::Result<()> {
     let pickles = &report.artifact.globals;
     if pickles.is_empty() {
         return Ok(());
     }
     let named: usize = pickles.iter().map(|p| p.globals.len() + p.omitted).sum();
-    let flagged: Vec<_> = pickles
-        .iter()
-        .filter(|p| p.globals.iter().any(|g| g.is_flagged()))
-        .collect();
+    let incomplete = pickles.iter().filter(|p| p.incomplete.is_some()).count();
     writeln!(
         out,
-        "\nStatic evidence (the file's pickles name {named} global{}; not the verdict)",
-        if named == 1 { "" } else { "s" }
+        "\nStatic analysis: {} pickle{} naming {named} global{}{} (all in --format json)",
+        pickles.len(),
+        if pickles.len() == 1 { "" } else { "s" },
+        if named == 1 { "" } else { "s" },
+        if incomplete > 0 {
+            format!(", {incomplete} not read to the end")
+        } else {
+            String::new()
+        }
+    )
+}
+
+fn write_static_finding(out: &mut impl Write, f: &StaticFinding) -> io::Result<()> {
+    writeln!(
+        out,
+        "  {}: {} [static, {}] {}",
+        f.rule,
+        f.description,
+        f.observed.describe(),
+        f.tags.join(",")
     )?;
-    if flagged.is_empty() {
-        writeln!(out, "  none a rule marks (all in --format json)")?;
-    }
-    for p in flagged {
-        let marked: Vec<String> = p
-            .globals
-            .iter()
-            .filter_map(|g| {
-                let rule = g.rule.as_deref()?;
-                let severity = g.severity.map_or("?", |s| s.name());
-                Some(format!("{}.{} ({rule}, {severity})", g.module, g.name))
-            })
-            .collect();
-        writeln!(out, "  {}: {}", p.source, marked.join(", "))?;
-    }
-    Ok(())
+    writeln!(out, "    {}: {}", f.location, f.evidence)
 }
 
 /// A finding's first line: rule, description, phase, time since the first phase, tags.
 fn write_headline(
     out: &mut impl Write,
-    (rule, description, phase, tags): (&str, &str, Phase, &[String]),
+    (source, rule, description, phase, tags): (Source, &str, &str, Phase, &[String]),
     time_ns: u64,
     start_ns: u64,
 ) -> io::Result<()> {
     let at = time_ns.saturating_sub(start_ns) as f64 / 1e9;
     writeln!(
         out,
-        "  {rule}: {description} [{phase} phase, +{at:.3} s] {}",
+        "  {rule}: {description} [{source}, {phase} phase, +{at:.3} s] {}",
         tags.join(",")
     )
 }
 
 fn write_audit_finding(out: &mut impl Write, f: &AuditFinding, start_ns: u64) -> io::Result<()> {
     let what = (
+        f.source,
         f.rule.as_str(),
         f.description.as_str(),
         f.phase,
@@ -230,6 +258,7 @@ fn write_audit_finding(out: &mut impl Write, f: &AuditFinding, start_ns: u64) ->
 
 fn write_finding(out: &mut impl Write, f: &Finding, start_ns: u64) -> io::Result<()> {
     let what = (
+        f.source,
         f.rule.as_str(),
         f.description.as_str(),
         f.phase,

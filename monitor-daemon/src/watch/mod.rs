@@ -3,7 +3,11 @@
 //! and killed by policy.
 //!
 //! - [`spec`]: what a watch selects and its policy, as requested and validated.
-//! - [`runner`]: a watch running on the router's records: events, findings, kills.
+//! - [`policy`]: a watch's own policy document: kill settings, lists, rules, exceptions.
+//! - [`runner`]: a watch running on the router's records, taking commands as it goes.
+//! - [`judge`]: events -> findings -> kills, and what a learning watch keeps.
+//! - [`load`]: which threads are loading a model, and until when (the load phase).
+//! - [`profile`]: what a learning watch keeps of its service, and the exceptions it makes.
 //! - [`artifact`]: what a model file's name looks like (discovery and the `load` phase).
 //! - [`content`]: what a discovered process's open could load, from the file's magic bytes.
 //! - [`discovery`]: the processes discovery found, confirmed, let go of, or watches again.
@@ -11,9 +15,13 @@
 pub mod artifact;
 pub mod content;
 pub mod discovery;
+pub mod judge;
+pub mod load;
+pub mod policy;
+pub mod profile;
 pub mod runner;
 pub mod spec;
 
 pub use discovery::{Opened, Release};
-pub use runner::{Kill, WatchOutput, WatchSummary, run};
+pub use runner::{Command, Kill, WatchOutput, WatchSummary, run};
 pub use spec::{Policy, Selector, WatchRequest, WatchSpec};

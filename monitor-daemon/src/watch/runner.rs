@@ -1,6 +1,7 @@
-//! A live watch, running: the records of what it selects, paired into events, judged by the
-//! rules in force, and acted on by its policy, until it is stopped (or, for a pid watch, until
-//! the last of its processes has exited).
+//! A live watch, running: the records of what it selects, judged as they come (see
+//! [`super::judge`]), until it is stopped (or, for a pid watch, until the last of its
+//! processes has exited). Its policy can be replaced, and a learning window started, while it
+//! runs.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -13,27 +14,28 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use serde::Serialize;
+use tokio::sync::mpsc;
 
 use crate::{
     cgroup::cgroup2_mount,
     probes::Target,
     procfs,
     router::{Router, Subscription, TraceCounts},
-    rules::{Finding, Phase, RuleSet},
-    trace::{Event, Tracer, What},
+    rules::{Finding, RuleSet},
+    trace::Event,
     watch::{
-        artifact::{kernel_suffixes, looks_like_artifact},
-        content::{Content, OpenedFile, opened_path},
-        discovery::{Discoveries, Release},
-        spec::{Selector, WatchSpec},
+        artifact::kernel_suffixes,
+        content::Content,
+        discovery::Release,
+        judge::Judge,
+        load::CHECK_EVERY_MS,
+        spec::{Learning, Policy, Selector, WatchSpec},
     },
 };
 use monitor_common::event::{Discovery, PATH_KEY_MAX, PathKey};
 
 /// How often the cgroup tree is looked at again for new cgroups, and gone processes noticed.
 const TICK: Duration = Duration::from_secs(1);
-/// Exited processes stay in the table this long (their children's findings name them).
-const KEEP_EXITED_NS: u64 = 60_000_000_000;
 
 /// What a watch reports as it goes.
 #[derive(Debug, Clone, Copy)]
@@ -59,6 +61,23 @@ pub enum WatchOutput<'a> {
         comm: &'a str,
         path: &'a str,
     },
+    /// The watch as it stands changed by itself: a learning window learned more (to keep, so
+    /// that a restart loses none of it), or ended and its profile is now the policy
+    /// (`learned`).
+    Changed {
+        spec: &'a WatchSpec,
+        learned: bool,
+    },
+}
+
+/// What a running watch can be told.
+#[derive(Debug)]
+pub enum Command {
+    /// Replace its policy (validated already).
+    SetPolicy(Policy),
+    /// Learn its service's profile, from now for the window given (in place of a window
+    /// running), then enforce it.
+    Learn(Learning),
 }
 
 /// A process the watch's policy killed.
@@ -67,8 +86,8 @@ pub struct Kill {
     pub pid: u32,
     pub comm: String,
     pub time_ns: u64,
-    /// `kernel`: at the entry of `syscall`, before it returned to user space; `policy`: by
-    /// user space, at `rule`'s finding.
+    /// `kernel`: at the entry of `syscall` (an exec: once the kernel had the program), before
+    /// it returned to user space; `policy`: by user space, at `rule`'s finding.
     pub by: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub syscall: Option<&'static str>,
@@ -77,6 +96,9 @@ pub struct Kill {
     /// The cgroup killed whole (a cgroup watch), if one was.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<PathBuf>,
+    /// The processes killed otherwise: the watched tree the act came from, from its top.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pids: Vec<u32>,
 }
 
 /// Why a watch ended.
@@ -116,19 +138,24 @@ pub async fn run(
     stop: impl std::future::Future<Output = ()>,
     sink: impl FnMut(WatchOutput<'_>),
 ) -> Result<WatchSummary> {
-    start(spec, router)?.run(rules, stop, sink).await
+    let (_commands, control) = mpsc::unbounded_channel();
+    start(spec, router, &rules())?
+        .run(rules, stop, control, sink)
+        .await
 }
 
-/// A watch registered with the kernel programs: from here on nothing it selects is missed.
+/// A watch registered with the kernel programs: from here on nothing it selects is missed,
+/// and its kill policy is in force.
 pub struct Started {
-    spec: WatchSpec,
+    judge: Judge,
     selection: Selection,
     records_of_watch: Subscription,
 }
 
-/// Resolves what `spec` selects and registers it with the kernel programs, at once (so that a
-/// caller who is told the watch stands knows every later act is seen).
-pub fn start(spec: &WatchSpec, router: &Router) -> Result<Started> {
+/// Resolves what `spec` selects and registers it with the kernel programs, with its kill
+/// policy (from `rules`, monitord's, and its own), at once (so that a caller who is told the
+/// watch stands knows every later act is seen, and killed if the policy says so).
+pub fn start(spec: &WatchSpec, router: &Router, rules: &Arc<RuleSet>) -> Result<Started> {
     let selection = Selection::resolve(&spec.selector)?;
     let records_of_watch = match &spec.selector {
         Selector::Discovery { suffixes, .. } => {
@@ -147,46 +174,101 @@ pub fn start(spec: &WatchSpec, router: &Router) -> Result<Started> {
             .watch(&selection.targets(), spec.kernel_watch())
             .context("registering the watch with the kernel programs")?,
     };
+    // A pid watch ends with the last of its processes.
+    let mut live = HashSet::new();
+    if let Selector::Pid { pid, .. } = spec.selector {
+        live.insert(pid);
+        live.extend(descendants_in_proc(pid));
+    }
+    let mut judge = Judge::new(spec, live);
+    set_kernel_policy(&mut judge, rules, &records_of_watch)?;
     Ok(Started {
-        spec: spec.clone(),
+        judge,
         selection,
         records_of_watch,
     })
 }
 
+fn set_kernel_policy(
+    judge: &mut Judge,
+    rules: &Arc<RuleSet>,
+    records: &Subscription,
+) -> Result<()> {
+    judge
+        .set_kernel_policy(rules, |kill, allowed| {
+            records
+                .set_exec_allowed(allowed)
+                .context("giving the kernel the programs the watch allows")?;
+            records
+                .set_kill_policy(kill)
+                .context("giving the kernel the watch's kill policy")?;
+            Ok(())
+        })
+        .context("setting the watch's kill policy")
+}
+
 impl Started {
-    /// Judges until `stop` resolves (or, for a pid watch, its processes are gone).
+    /// Judges until `stop` resolves (or, for a pid watch, its processes are gone), taking
+    /// `commands` as they come.
     pub async fn run(
         self,
         rules: impl Fn() -> Arc<RuleSet>,
         stop: impl std::future::Future<Output = ()>,
+        mut commands: mpsc::UnboundedReceiver<Command>,
         mut sink: impl FnMut(WatchOutput<'_>),
     ) -> Result<WatchSummary> {
         let Started {
-            spec,
+            mut judge,
             mut selection,
             mut records_of_watch,
         } = self;
-        let spec = &spec;
-        let mut judge = Judge::new(spec);
         let mut records = Vec::with_capacity(1024);
         let mut tick = tokio::time::interval(TICK);
+        let mut loads = tokio::time::interval(Duration::from_millis(CHECK_EVERY_MS));
+        loads.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut stop = std::pin::pin!(stop);
+        let mut commands_open = true;
         let ended = loop {
             tokio::select! {
                 received = records_of_watch.recv(&mut records) => {
                     received.context("receiving the watch's records")?;
-                    judge.feed(&mut records, &rules(), &selection, &mut sink);
+                    let global = rules();
+                    if let Err(e) = set_kernel_policy(&mut judge, &global, &records_of_watch) {
+                        tracing::error!(error = format!("{e:#}"), "the watch's kill policy could not be set");
+                    }
+                    judge.feed(&mut records, &global, &selection, &mut sink);
                     judge.discoveries.rewatch(&records_of_watch);
                 }
+                _ = loads.tick() => judge.check_loads(),
                 _ = tick.tick() => {
                     selection.refresh(&records_of_watch);
                     judge.end_discoveries(&records_of_watch, &mut sink);
                     judge.prune();
+                    if judge.learning_is_over() {
+                        judge.finish_learning();
+                        set_kernel_policy(&mut judge, &rules(), &records_of_watch)?;
+                        tracing::info!(watch = ?judge.spec.name, "learning ended: the watch enforces its profile");
+                        sink(WatchOutput::Changed { spec: &judge.spec, learned: true });
+                    } else if judge.take_profile_changed() {
+                        sink(WatchOutput::Changed { spec: &judge.spec, learned: false });
+                    }
                     if selection.is_finished(&judge.live) {
                         break Ended::Exited;
                     }
                 }
+                command = commands.recv(), if commands_open => match command {
+                    None => commands_open = false,
+                    Some(Command::SetPolicy(policy)) => {
+                        judge.spec.policy = policy;
+                        judge.policy_changed();
+                        set_kernel_policy(&mut judge, &rules(), &records_of_watch)?;
+                    }
+                    Some(Command::Learn(learning)) => {
+                        judge.learn(learning);
+                        set_kernel_policy(&mut judge, &rules(), &records_of_watch)?;
+                        sink(WatchOutput::Changed { spec: &judge.spec, learned: false });
+                    }
+                },
                 _ = &mut stop => break Ended::Stopped,
             }
         };
@@ -212,7 +294,7 @@ impl Started {
 
 /// What the watch selects on the host, kept up to date: for each kind of selector, what it
 /// needs and nothing the others do.
-enum Selection {
+pub(super) enum Selection {
     Cgroups(Cgroups),
     Pid {
         pid: u32,
@@ -223,7 +305,7 @@ enum Selection {
 }
 
 /// A cgroup watch's tree.
-struct Cgroups {
+pub(super) struct Cgroups {
     root: PathBuf,
     /// The cgroup2 mount, under which the kernel names cgroups.
     mount: PathBuf,
@@ -232,7 +314,7 @@ struct Cgroups {
 }
 
 /// An executable watch's file, and the processes found running it in /proc.
-struct Executable {
+pub(super) struct Executable {
     /// The kernel matches a process at its exec by the path it executes: the path given
     /// and the file it names.
     keys: Vec<PathKey>,
@@ -304,7 +386,7 @@ impl Selection {
     }
 
     /// The path of watched cgroup `id`, for a cgroup watch.
-    fn cgroup(&self, id: u64) -> Option<&PathBuf> {
+    pub(super) fn cgroup(&self, id: u64) -> Option<&PathBuf> {
         match self {
             Selection::Cgroups(cgroups) => cgroups.ids.get(&id),
             _ => None,
@@ -385,244 +467,6 @@ impl Executable {
                 tracing::warn!(pid, error = %e, "cannot watch a process running the executable");
             }
         }
-    }
-}
-
-/// Events -> findings -> kills, for one watch.
-struct Judge<'a> {
-    spec: &'a WatchSpec,
-    tracer: Tracer,
-    /// Processes alive as far as the trace says (pid watches end when none is left).
-    live: HashSet<u32>,
-    /// Until when each process is loading a model (`load` phase), CLOCK_MONOTONIC ns.
-    loading_until: HashMap<u32, u64>,
-    killed: HashSet<u32>,
-    /// Processes started by watched ones (not found by discovery themselves).
-    started: HashSet<u32>,
-    /// What discovery found (a discovery watch's).
-    discoveries: Discoveries,
-    events: u64,
-    findings: u64,
-    kills: u64,
-    batch: Vec<Event>,
-    latest_ns: u64,
-}
-
-impl<'a> Judge<'a> {
-    fn new(spec: &'a WatchSpec) -> Self {
-        let mut live = HashSet::new();
-        if let Selector::Pid { pid, .. } = spec.selector {
-            live.insert(pid);
-            live.extend(descendants_in_proc(pid));
-        }
-        Judge {
-            spec,
-            tracer: Tracer::default(),
-            live,
-            loading_until: HashMap::new(),
-            killed: HashSet::new(),
-            started: HashSet::new(),
-            discoveries: Discoveries::default(),
-            events: 0,
-            findings: 0,
-            kills: 0,
-            batch: Vec::new(),
-            latest_ns: 0,
-        }
-    }
-
-    fn feed(
-        &mut self,
-        records: &mut Vec<crate::decode::Record>,
-        rules: &RuleSet,
-        selection: &Selection,
-        sink: &mut impl FnMut(WatchOutput<'_>),
-    ) {
-        let mut batch = std::mem::take(&mut self.batch);
-        for r in records.drain(..) {
-            self.tracer.push(r, &mut |e| batch.push(e));
-        }
-        for event in batch.drain(..) {
-            self.judge(&event, rules, selection, sink);
-        }
-        self.batch = batch;
-    }
-
-    fn judge(
-        &mut self,
-        event: &Event,
-        rules: &RuleSet,
-        selection: &Selection,
-        sink: &mut impl FnMut(WatchOutput<'_>),
-    ) {
-        self.events += 1;
-        self.latest_ns = self.latest_ns.max(event.time_ns);
-        sink(WatchOutput::Event(event));
-        match &event.what {
-            What::Fork { child_pid } => {
-                self.live.insert(*child_pid);
-                self.started.insert(*child_pid);
-            }
-            What::Exit { .. } => {
-                self.live.remove(&event.pid);
-                self.loading_until.remove(&event.pid);
-            }
-            What::Syscall(sc) => {
-                let mut opened = OpenedFile::new(event.pid, sc);
-                if let Selector::Discovery { suffixes, .. } = &self.spec.selector {
-                    self.discoveries.on_syscall(
-                        event,
-                        suffixes,
-                        &mut opened,
-                        &self.started,
-                        self.tracer.processes(),
-                        sink,
-                    );
-                }
-                if sc.killed && self.killed.insert(event.pid) {
-                    self.kills += 1;
-                    sink(WatchOutput::Kill(&Kill {
-                        pid: event.pid,
-                        comm: event.comm.clone(),
-                        time_ns: event.time_ns,
-                        by: "kernel",
-                        syscall: Some(sc.name),
-                        rule: None,
-                        cgroup: None,
-                    }));
-                }
-                // The load phase starts at an open that could load a model: not at the site
-                // .pth files every Python process reads at its start.
-                if sc.syscall.opens
-                    && sc.ret.is_some_and(|r| r >= 0)
-                    && opened_path(sc).is_some_and(looks_like_artifact)
-                    && opened.content().could_load()
-                {
-                    self.loading_until.insert(
-                        event.pid,
-                        event.time_ns + self.spec.load_window_ms * 1_000_000,
-                    );
-                }
-            }
-            What::Exec { .. } => {}
-        }
-        let processes = self.tracer.processes();
-        // What a loading process starts is part of the load.
-        // Most of a server's life nothing is loading: no parent chain to walk then.
-        let loading = !self.loading_until.is_empty()
-            && std::iter::once(event.pid)
-                .chain(processes.ancestors(event.pid))
-                .any(|pid| {
-                    self.loading_until
-                        .get(&pid)
-                        .is_some_and(|&until| event.time_ns <= until)
-                });
-        let phase = if loading { Phase::Load } else { Phase::Run };
-        let cwd = processes.get(event.pid).and_then(|p| p.cwd.as_deref());
-        let mut found = rules.judge(event, phase, cwd);
-        for finding in &mut found {
-            finding.process = Some(processes.context(event.pid));
-        }
-        for finding in &found {
-            self.findings += 1;
-            sink(WatchOutput::Finding(finding));
-        }
-        let kill_at = self.spec.policy.kill_at;
-        if let Some(worst) = found
-            .iter()
-            .filter(|f| kill_at.is_some_and(|k| f.severity >= k))
-            .max_by_key(|f| f.severity)
-            && !self.killed.contains(&event.pid)
-        {
-            let kill = self.kill(event, &worst.rule, selection);
-            self.kills += 1;
-            sink(WatchOutput::Kill(&kill));
-        }
-    }
-
-    /// Kills the process of `event` (a cgroup watch: its whole cgroup) for `rule`.
-    fn kill(&mut self, event: &Event, rule: &str, selection: &Selection) -> Kill {
-        let mut cgroup = None;
-        if let Some(path) = selection.cgroup(event.cgroup_id) {
-            match fs::write(path.join("cgroup.kill"), "1") {
-                Ok(()) => cgroup = Some(path.clone()),
-                Err(e) => {
-                    tracing::warn!(cgroup = %path.display(), error = %e, "cgroup.kill failed")
-                }
-            }
-        }
-        if cgroup.is_none() {
-            // The process and what it started.
-            let processes = self.tracer.processes();
-            let mut doomed: Vec<u32> = processes
-                .iter()
-                .filter(|p| p.exit_ns.is_none() && processes.ancestors(p.pid).contains(&event.pid))
-                .map(|p| p.pid)
-                .collect();
-            doomed.push(event.pid);
-            for pid in doomed {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-                self.killed.insert(pid);
-            }
-        }
-        self.killed.insert(event.pid);
-        Kill {
-            pid: event.pid,
-            comm: event.comm.clone(),
-            time_ns: event.time_ns,
-            by: "policy",
-            syscall: match &event.what {
-                What::Syscall(sc) => Some(sc.name),
-                _ => None,
-            },
-            rule: Some(rule.to_owned()),
-            cgroup,
-        }
-    }
-
-    /// Lets go of the found processes that loaded no model, and of those whose window has
-    /// passed (a discovery watch's).
-    fn end_discoveries(
-        &mut self,
-        records_of_watch: &Subscription,
-        sink: &mut impl FnMut(WatchOutput<'_>),
-    ) {
-        let Selector::Discovery {
-            window_secs,
-            release_without_model,
-            ..
-        } = self.spec.selector
-        else {
-            return;
-        };
-        let processes = self.tracer.processes();
-        if release_without_model {
-            self.discoveries.release_without_model(
-                processes,
-                &mut self.started,
-                records_of_watch,
-                sink,
-            );
-        }
-        self.discoveries
-            .expire(window_secs, processes, records_of_watch);
-    }
-
-    /// Forgets processes long gone, so a watch that runs for weeks stays small; notices
-    /// processes that are gone without their exit in the trace.
-    fn prune(&mut self) {
-        let horizon = self.latest_ns.saturating_sub(KEEP_EXITED_NS);
-        self.tracer.processes_mut().prune_exited(horizon);
-        self.live
-            .retain(|pid| Path::new(&format!("/proc/{pid}")).exists());
-        self.killed
-            .retain(|pid| Path::new(&format!("/proc/{pid}")).exists());
-        self.started
-            .retain(|pid| Path::new(&format!("/proc/{pid}")).exists());
-        self.discoveries.prune();
     }
 }
 

@@ -4,20 +4,34 @@
 use std::path::{Path, PathBuf};
 
 use monitor_common::{
-    event::{WATCH_FOLLOW_FORKS, Watch},
+    event::{KillPolicy, WATCH_FOLLOW_FORKS, Watch},
     syscall,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::rules::Severity;
+use crate::{
+    rules::{RuleSet, Severity},
+    watch::{policy::PolicyFile, profile::Profile},
+};
 
 /// Syscalls killed in the kernel when a watch kills at a severity and names none: executing a
 /// program is what a model-borne payload does first, and the default rules call it high.
 pub const DEFAULT_KILL_IN_KERNEL: &[&str] = &["execve", "execveat"];
 
 /// How long after a watched process opens a model artifact its acts count as that model's
-/// load phase, unless the watch says otherwise.
+/// load phase when the descriptor cannot be followed, unless the watch says otherwise.
 pub const DEFAULT_LOAD_WINDOW_MS: u64 = 10_000;
+
+/// How long a load phase lasts after the loader closed the model's descriptor (it may have
+/// read the file whole and deserialize it after the close).
+pub const DEFAULT_LOAD_GRACE_MS: u64 = 1_000;
+
+/// The longest learning window: a day.
+pub const MAX_LEARN_SECS: u64 = 86_400;
+
+fn default_grace() -> u64 {
+    DEFAULT_LOAD_GRACE_MS
+}
 
 /// A watch, validated.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,9 +40,52 @@ pub struct WatchSpec {
     pub name: Option<String>,
     pub selector: Selector,
     pub policy: Policy,
-    /// After a watched process opens a model artifact, its acts for this long are in the
-    /// `load` phase (a phase of its own inside a long-running server); otherwise `run`.
+    /// After a watched thread opens a model artifact, its acts are in the `load` phase (a
+    /// phase of its own inside a long-running server) until its descriptor is closed and
+    /// `load_grace_ms` more have passed, or, where the descriptor cannot be followed, for
+    /// `load_window_ms`; otherwise `run`.
     pub load_window_ms: u64,
+    #[serde(default = "default_grace")]
+    pub load_grace_ms: u64,
+    /// Learning the service's profile, until when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learning: Option<Learning>,
+}
+
+/// A learning window in progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Learning {
+    /// Unix time, milliseconds.
+    pub started_unix_ms: i64,
+    pub until_unix_ms: i64,
+    /// What was learned so far: kept in the store, so that a restart of monitord loses none
+    /// of it.
+    #[serde(default, skip_serializing)]
+    pub so_far: Profile,
+    /// monitord restarted during the window.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub interrupted: bool,
+}
+
+impl Learning {
+    /// A window of `seconds` from now.
+    pub fn starting_now(seconds: u64) -> Self {
+        let now = now_unix_ms();
+        Learning {
+            started_unix_ms: now,
+            until_unix_ms: now
+                .saturating_add(i64::try_from(seconds.saturating_mul(1000)).unwrap_or(i64::MAX)),
+            so_far: Profile::default(),
+            interrupted: false,
+        }
+    }
+}
+
+/// The wall clock, Unix milliseconds.
+pub fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// What a watch selects.
@@ -62,15 +119,132 @@ fn yes() -> bool {
     true
 }
 
-/// What a watch does about findings.
+/// What a watch does about findings, and the rules of its own.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Policy {
     /// Kill the offending process at the first finding of this severity or above (the whole
     /// cgroup for a cgroup watch); `None` reports only.
     pub kill_at: Option<Severity>,
     /// Syscalls killed in the kernel at their entry, before they return to user space,
-    /// rather than once a finding reaches user space.
+    /// rather than once a finding reaches user space. An exec is killed once the kernel has
+    /// the program, unless the watch's exceptions to the exec rules allow that program.
     pub kill_in_kernel: Vec<String>,
+    /// The watch's policy file (YAML, with these kill settings written in): lists, rules and
+    /// exceptions that add to monitord's rules for this watch only, a learned profile's
+    /// included. `None`: monitord's rules alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub document: Option<String>,
+}
+
+impl Policy {
+    /// What the kernel kills: the syscalls of `kill_in_kernel`.
+    pub fn kernel_kills(&self) -> KillPolicy {
+        let mut kill = KillPolicy::default();
+        for sc in self
+            .kill_in_kernel
+            .iter()
+            .filter_map(|n| syscall::by_name(n))
+        {
+            kill.kill_at(sc.nr);
+        }
+        kill
+    }
+
+    /// The policy of document `text` (YAML) as a watch keeps it: validated against `rules`
+    /// (monitord's), with the kill settings it names, and `kill_at` / `kill_in_kernel` given
+    /// besides (a setting given both ways must agree).
+    pub fn from_document(
+        text: &str,
+        kill_at: Option<Severity>,
+        kill_in_kernel: Option<Vec<String>>,
+        rules: &RuleSet,
+    ) -> Result<Policy, SpecError> {
+        let file = PolicyFile::parse(text).map_err(|e| SpecError::Policy(e.to_string()))?;
+        file.rules_over(rules, text, true)
+            .map_err(|e| SpecError::Policy(e.to_string()))?;
+        let kill_at = match (kill_at, file.kill_at) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(SpecError::Policy(format!(
+                    "kill_at is {b} in the policy and {a} besides: give it once"
+                )));
+            }
+            (a, b) => a.or(b),
+        };
+        let kill_in_kernel = match (kill_in_kernel, file.kill_in_kernel.clone()) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(SpecError::Policy(
+                    "kill_in_kernel is given in the policy and besides: give it once".into(),
+                ));
+            }
+            (a, b) => a.or(b),
+        };
+        let mut policy = Policy::with_kill(kill_at, kill_in_kernel)?;
+        policy.set_document(file);
+        Ok(policy)
+    }
+
+    /// Report-only, or killing at `kill_at` (and in the kernel at `kill_in_kernel`, by
+    /// default the exec syscalls).
+    pub fn with_kill(
+        kill_at: Option<Severity>,
+        kill_in_kernel: Option<Vec<String>>,
+    ) -> Result<Policy, SpecError> {
+        let kill_in_kernel = match (kill_at, kill_in_kernel) {
+            (None, Some(names)) if !names.is_empty() => {
+                return Err(SpecError::KillWithoutSeverity);
+            }
+            (None, _) => Vec::new(),
+            (Some(_), Some(names)) => names,
+            (Some(_), None) => DEFAULT_KILL_IN_KERNEL
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        };
+        for name in &kill_in_kernel {
+            if syscall::by_name(name).is_none() {
+                return Err(SpecError::UnknownSyscall(name.clone()));
+            }
+        }
+        Ok(Policy {
+            kill_at,
+            kill_in_kernel,
+            document: None,
+        })
+    }
+
+    /// Keeps `file` as the document, with this policy's kill settings written in.
+    pub fn set_document(&mut self, mut file: PolicyFile) {
+        file.kill_at = self.kill_at;
+        file.kill_in_kernel =
+            (!self.kill_in_kernel.is_empty()).then(|| self.kill_in_kernel.clone());
+        self.document = Some(file.to_yaml(
+            "A monitor watch policy: `monitorctl watch policy ID FILE` gives a watch this file.\n\
+             Its rules, lists and exceptions add to monitord's rules for that watch only;\n\
+             exceptions named learned-* were learned (`monitorctl watch learn`) and are\n\
+             replaced when the watch learns again.",
+        ));
+    }
+
+    /// The document, parsed (an empty one when there is none).
+    pub fn file(&self) -> PolicyFile {
+        self.document
+            .as_deref()
+            .and_then(|text| PolicyFile::parse(text).ok())
+            .unwrap_or_default()
+    }
+
+    /// The document as `watch profile` prints it: with the kill settings, also when there is
+    /// no document.
+    pub fn to_yaml(&self) -> String {
+        match &self.document {
+            Some(text) => text.clone(),
+            None => {
+                let mut policy = self.clone();
+                policy.set_document(PolicyFile::default());
+                policy.document.unwrap_or_default()
+            }
+        }
+    }
 }
 
 /// A watch as a request states it: every field optional but the selector, unknown fields
@@ -89,6 +263,12 @@ pub struct WatchRequest {
     /// Syscall names; defaults to [`DEFAULT_KILL_IN_KERNEL`] when `kill_at` is set.
     pub kill_in_kernel: Option<Vec<String>>,
     pub load_window_ms: Option<u64>,
+    pub load_grace_ms: Option<u64>,
+    /// A policy file (YAML): kill settings, and lists, rules and exceptions of this watch's
+    /// own.
+    pub policy: Option<String>,
+    /// Learn the service's profile for this many seconds, then enforce it.
+    pub learn_secs: Option<u64>,
 }
 
 /// Why a watch request was refused.
@@ -112,12 +292,26 @@ pub enum SpecError {
     ReservedPid,
     #[error("name: at most 100 characters")]
     Name,
+    #[error("{0}")]
+    Policy(String),
+    #[error("learn_secs: 1 to {MAX_LEARN_SECS} seconds")]
+    LearnSecs,
 }
 
 impl WatchRequest {
     /// Checks the request against this host (the cgroup exists, the process lives) and makes
-    /// the spec. `cgroup_root` is the cgroup2 mount.
+    /// the spec, its policy checked against the default rules. `cgroup_root` is the cgroup2
+    /// mount.
     pub fn validate(self, cgroup_root: &Path) -> Result<WatchSpec, SpecError> {
+        self.validate_with(cgroup_root, &RuleSet::defaults())
+    }
+
+    /// [`WatchRequest::validate`], the policy checked against `rules` (monitord's).
+    pub fn validate_with(
+        self,
+        cgroup_root: &Path,
+        rules: &RuleSet,
+    ) -> Result<WatchSpec, SpecError> {
         if self.name.as_ref().is_some_and(|n| n.chars().count() > 100) {
             return Err(SpecError::Name);
         }
@@ -133,36 +327,30 @@ impl WatchRequest {
             (None, None, Some(path)) => Selector::Executable(check_executable(&path)?),
             _ => return Err(SpecError::Selector),
         };
-        let kill_in_kernel = match (self.kill_at, self.kill_in_kernel) {
-            (None, Some(names)) if !names.is_empty() => {
-                return Err(SpecError::KillWithoutSeverity);
-            }
-            (None, _) => Vec::new(),
-            (Some(_), Some(names)) => names,
-            (Some(_), None) => DEFAULT_KILL_IN_KERNEL
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
+        let policy = match &self.policy {
+            Some(text) => Policy::from_document(text, self.kill_at, self.kill_in_kernel, rules)?,
+            None => Policy::with_kill(self.kill_at, self.kill_in_kernel)?,
         };
-        for name in &kill_in_kernel {
-            if syscall::by_name(name).is_none() {
-                return Err(SpecError::UnknownSyscall(name.clone()));
+        let learning = match self.learn_secs {
+            None => None,
+            Some(secs) if (1..=MAX_LEARN_SECS).contains(&secs) => {
+                Some(Learning::starting_now(secs))
             }
-        }
+            Some(_) => return Err(SpecError::LearnSecs),
+        };
         Ok(WatchSpec {
             name: self.name,
             selector,
-            policy: Policy {
-                kill_at: self.kill_at,
-                kill_in_kernel,
-            },
+            policy,
             load_window_ms: self.load_window_ms.unwrap_or(DEFAULT_LOAD_WINDOW_MS),
+            load_grace_ms: self.load_grace_ms.unwrap_or(DEFAULT_LOAD_GRACE_MS),
+            learning,
         })
     }
 }
 
 impl WatchSpec {
-    /// The kernel's view of the policy (its id is the router's to choose).
+    /// The kernel's view of what the watch selects (its id is the router's to choose).
     pub fn kernel_watch(&self) -> Watch {
         let mut watch = Watch::default();
         if matches!(
@@ -170,11 +358,6 @@ impl WatchSpec {
             Selector::Pid { .. } | Selector::Executable(_) | Selector::Discovery { .. }
         ) {
             watch.flags |= WATCH_FOLLOW_FORKS;
-        }
-        for name in &self.policy.kill_in_kernel {
-            if let Some(sc) = syscall::by_name(name) {
-                watch.kill_at(sc.nr);
-            }
         }
         watch
     }
@@ -278,9 +461,9 @@ mod tests {
             "another process with our pid is not ours"
         );
         assert_eq!(spec.policy.kill_in_kernel, ["execve", "execveat"]);
-        let watch = spec.kernel_watch();
-        assert!(watch.kills(59) && watch.kills(322) && !watch.kills(257));
-        assert_ne!(watch.flags & WATCH_FOLLOW_FORKS, 0);
+        let kills = spec.policy.kernel_kills();
+        assert!(kills.kills(59) && kills.kills(322) && !kills.kills(257));
+        assert_ne!(spec.kernel_watch().flags & WATCH_FOLLOW_FORKS, 0);
 
         let spec = request(r#"{"cgroup": "."}"#)
             .unwrap()

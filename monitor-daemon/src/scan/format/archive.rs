@@ -8,6 +8,8 @@ use std::{fs::File, io::BufReader};
 pub enum Kind {
     /// `torch.save`: `<name>/data.pkl` with `<name>/data/<n>` storages.
     Torch,
+    /// `torch.jit.save`: `<name>/code/...` (TorchScript source), `<name>/constants.pkl`.
+    TorchScript,
     /// `model.save("x.keras")`: `config.json`, `metadata.json`, `model.weights.h5`.
     Keras,
     /// `numpy.savez`: every member a `.npy`.
@@ -18,8 +20,8 @@ pub enum Kind {
 pub enum ArchiveError {
     #[error("a corrupt or truncated zip archive: {0}")]
     Corrupt(#[from] zip::result::ZipError),
-    #[error("a zip archive that is no model format we know (entries: {0})")]
-    Unrecognised(String),
+    #[error("a zip archive that is no model format we know (entries: {listed})")]
+    Unrecognised { listed: String, entries: usize },
     #[error(
         "a zip bomb: its entries unpack to {}, more than the limit of {} (see --max-size-mib)",
         super::human_bytes(*unpacked), super::human_bytes(*limit)
@@ -29,6 +31,16 @@ pub enum ArchiveError {
     Overlapping,
     #[error("a NumPy archive whose member {0} is not a .npy array (numpy.savez writes only those)")]
     NotAnArray(String),
+}
+
+impl ArchiveError {
+    /// How many entries the archive lists, where that is known.
+    pub fn entries(&self) -> usize {
+        match self {
+            ArchiveError::Unrecognised { entries, .. } => *entries,
+            _ => 0,
+        }
+    }
 }
 
 /// The magic every .npy starts with.
@@ -58,7 +70,13 @@ pub fn classify(file: File, max_unpacked: u64) -> Result<(Kind, usize), ArchiveE
         .map(|n| n.map(|n| n.into_owned()))
         .collect::<Result<_, _>>()?;
     let names: Vec<&str> = owned.iter().map(String::as_str).collect();
-    let kind = if names
+    let torchscript = names.iter().any(|n| n.contains("/code/"))
+        && names
+            .iter()
+            .any(|n| *n == "constants.pkl" || n.ends_with("/constants.pkl"));
+    let kind = if torchscript {
+        Kind::TorchScript
+    } else if names
         .iter()
         .any(|n| *n == "data.pkl" || n.ends_with("/data.pkl"))
     {
@@ -77,7 +95,10 @@ pub fn classify(file: File, max_unpacked: u64) -> Result<(Kind, usize), ArchiveE
         } else {
             shown.join(", ")
         };
-        return Err(ArchiveError::Unrecognised(listed));
+        return Err(ArchiveError::Unrecognised {
+            listed,
+            entries: names.len(),
+        });
     };
     if kind == Kind::NumpyArchive {
         // numpy.load hands a member that is no array on as raw bytes: a loader never looks

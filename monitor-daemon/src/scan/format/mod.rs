@@ -1,8 +1,12 @@
 //! What an artifact is, from its content (never its name): which framework loads it, or, for
-//! safetensors, whether its layout is sound (it is checked here and never loaded).
+//! the formats that hold no code (safetensors, ONNX, GGUF), whether its layout is sound (it is
+//! checked here and never loaded).
 
 mod archive;
+pub mod gguf;
+pub mod onnx;
 pub mod pickle;
+pub mod proto;
 pub mod safetensors;
 
 use std::{
@@ -37,6 +41,10 @@ pub enum Format {
     TorchZip {
         entries: usize,
     },
+    /// A TorchScript archive (`torch.jit.save`): code/ entries with pickled constants.
+    TorchScript {
+        entries: usize,
+    },
     TorchLegacy,
     /// Keras v3 .keras.
     Keras {
@@ -47,6 +55,18 @@ pub enum Format {
     /// A TensorFlow SavedModel directory.
     SavedModel,
     Safetensors(safetensors::Summary),
+    /// ONNX, validated natively.
+    Onnx(onnx::Summary),
+    /// GGUF (llama.cpp), validated natively.
+    Gguf(gguf::Summary),
+    /// A zip or 7z archive that is no model format: nothing loads it, but what it holds is
+    /// read all the same (a pickle inside is a pickle some loader may be handed).
+    Archive {
+        kind: &'static str,
+        entries: usize,
+        /// Why no loader takes it.
+        why: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -71,15 +91,20 @@ impl Format {
             Format::Numpy => "numpy",
             Format::NumpyArchive { .. } => "numpy-archive",
             Format::TorchZip { .. } => "torch-zip",
+            Format::TorchScript { .. } => "torchscript",
             Format::TorchLegacy => "torch-legacy",
             Format::Keras { .. } => "keras",
             Format::Hdf5 => "hdf5",
             Format::SavedModel => "savedmodel",
             Format::Safetensors(_) => "safetensors",
+            Format::Onnx(_) => "onnx",
+            Format::Gguf(_) => "gguf",
+            Format::Archive { kind, .. } => kind,
         }
     }
 
-    /// The harness's loader for it; `None` when nothing needs to run (safetensors).
+    /// The harness's loader for it; `None` when nothing needs to run (the code-free formats,
+    /// archives no framework loads).
     pub fn loader(&self) -> Option<&'static str> {
         Some(match self {
             Format::Pickle(_) => "pickle",
@@ -88,10 +113,28 @@ impl Format {
             Format::Cloudpickle(_) => "cloudpickle",
             Format::Numpy | Format::NumpyArchive { .. } => "numpy",
             Format::TorchZip { .. } | Format::TorchLegacy => "torch",
+            Format::TorchScript { .. } => "torchscript",
             Format::Keras { .. } | Format::Hdf5 => "keras",
             Format::SavedModel => "tensorflow",
-            Format::Safetensors(_) => return None,
+            Format::Safetensors(_) | Format::Onnx(_) | Format::Gguf(_) | Format::Archive { .. } => {
+                return None;
+            }
         })
+    }
+
+    /// Why nothing is loaded, for a format that needs no loader: the report's note.
+    pub fn not_loaded_because(&self) -> Option<&'static str> {
+        match self {
+            Format::Safetensors(_) | Format::Onnx(_) | Format::Gguf(_) => Some(
+                "a format that holds no code: validated natively and read by the static \
+                 analysis; nothing was loaded",
+            ),
+            Format::Archive { .. } => Some(
+                "an archive no framework loads: its members were read by the static analysis; \
+                 nothing was loaded",
+            ),
+            _ => None,
+        }
     }
 
     /// One line for people.
@@ -126,6 +169,9 @@ impl Format {
             Format::TorchZip { entries } => {
                 format!("PyTorch zip checkpoint ({entries} entries)")
             }
+            Format::TorchScript { entries } => {
+                format!("TorchScript archive ({entries} entries)")
+            }
             Format::TorchLegacy => "PyTorch legacy checkpoint (pickles and raw storages)".into(),
             Format::Keras { entries } => format!("Keras v3 model (.keras, {entries} entries)"),
             Format::Hdf5 => "HDF5 file (Keras .h5)".into(),
@@ -140,6 +186,36 @@ impl Format {
                 },
                 human_bytes(s.data_bytes)
             ),
+            Format::Onnx(s) => format!(
+                "ONNX model (IR {}, {} nodes, {} initializers{}{})",
+                s.ir_version,
+                s.nodes,
+                s.initializers,
+                if s.producer.is_empty() {
+                    String::new()
+                } else {
+                    format!(", from {}", s.producer)
+                },
+                if s.external_data.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {} external data files", s.external_data.len())
+                }
+            ),
+            Format::Gguf(s) => format!(
+                "GGUF v{} model ({}{} tensors, {} metadata entries, {} chat templates)",
+                s.version,
+                s.architecture
+                    .as_ref()
+                    .map(|a| format!("{a}, "))
+                    .unwrap_or_default(),
+                s.tensors,
+                s.metadata,
+                s.chat_templates.len()
+            ),
+            Format::Archive {
+                kind, entries, why, ..
+            } => format!("{kind} archive of {entries} entries, no model format ({why})"),
         }
     }
 }
@@ -180,6 +256,12 @@ pub enum FormatError {
     },
     #[error("{path}: malformed safetensors: {reason}")]
     MalformedSafetensors { path: String, reason: String },
+    #[error("{path}: malformed {format}: {reason}")]
+    Malformed {
+        path: String,
+        format: &'static str,
+        reason: String,
+    },
     #[error("{path}: unknown content: {seen}")]
     Unknown { path: String, seen: String },
 }
@@ -237,17 +319,45 @@ pub fn detect(path: &Path, limits: &Limits) -> Result<Format, FormatError> {
         return Ok(Format::Numpy);
     }
     if is_zip(head) {
-        let (kind, entries) = archive::classify(reopen()?, limits.max_size).map_err(|source| {
-            FormatError::Archive {
+        let classified = archive::classify(reopen()?, limits.max_size);
+        return match classified {
+            Ok((kind, entries)) => Ok(match kind {
+                archive::Kind::Torch => Format::TorchZip { entries },
+                archive::Kind::TorchScript => Format::TorchScript { entries },
+                archive::Kind::Keras => Format::Keras { entries },
+                archive::Kind::NumpyArchive => Format::NumpyArchive { entries },
+            }),
+            // No framework takes it, but its members are read: a pickle in any entry is
+            // still a pickle some loader may be handed.
+            Err(
+                e
+                @ (archive::ArchiveError::Unrecognised { .. } | archive::ArchiveError::Corrupt(_)),
+            ) => Ok(Format::Archive {
+                kind: "zip",
+                entries: e.entries(),
+                why: e.to_string(),
+            }),
+            Err(source) => Err(FormatError::Archive {
                 path: shown.clone(),
                 source,
-            }
-        })?;
-        return Ok(match kind {
-            archive::Kind::Torch => Format::TorchZip { entries },
-            archive::Kind::Keras => Format::Keras { entries },
-            archive::Kind::NumpyArchive => Format::NumpyArchive { entries },
+            }),
+        };
+    }
+    if head.starts_with(SEVEN_ZIP_MAGIC) {
+        return Ok(Format::Archive {
+            kind: "7z",
+            entries: 0,
+            why: "7z is no model format".into(),
         });
+    }
+    if head.starts_with(gguf::MAGIC) {
+        return gguf::check(&mut BufReader::new(reopen()?), size)
+            .map(Format::Gguf)
+            .map_err(|reason| FormatError::Malformed {
+                path: shown.clone(),
+                format: "GGUF",
+                reason,
+            });
     }
     if is_hdf5(&mut reopen()?, size).map_err(unreadable)? {
         return Ok(Format::Hdf5);
@@ -268,12 +378,25 @@ pub fn detect(path: &Path, limits: &Limits) -> Result<Format, FormatError> {
     match pickle::walk(&mut BufReader::with_capacity(1 << 16, reopen()?)) {
         Ok(walk) => Ok(classify_pickle(walk)),
         Err(pickle::NotPickle::Io(e)) => Err(unreadable(e)),
+        Err(pickle::NotPickle::Content) if onnx::looks_like(head) => {
+            let data = fs::read(path).map_err(unreadable)?;
+            onnx::check(&data)
+                .map(Format::Onnx)
+                .map_err(|reason| FormatError::Malformed {
+                    path: shown.clone(),
+                    format: "ONNX",
+                    reason,
+                })
+        }
         Err(pickle::NotPickle::Content) => Err(FormatError::Unknown {
             path: shown,
             seen: describe_unknown(head),
         }),
     }
 }
+
+/// 7-Zip's signature.
+pub(crate) const SEVEN_ZIP_MAGIC: &[u8] = b"7z\xbc\xaf\x27\x1c";
 
 fn classify_pickle(walk: pickle::Walk) -> Format {
     if walk.torch_legacy {
@@ -411,10 +534,10 @@ pub(crate) fn describe_unknown(head: &[u8]) -> String {
     let guess = match head {
         [0x7f, b'E', b'L', b'F', ..] => Some("an ELF executable"),
         [0x89, b'P', b'N', b'G', ..] => Some("a PNG image"),
-        [b'G', b'G', b'U', b'F', ..] => Some("a GGUF (llama.cpp) model, not supported yet"),
+
         [b'#', b'!', ..] => Some("a script"),
         [b'%', b'P', b'D', b'F', ..] => Some("a PDF document"),
-        [0x08, ..] => Some("perhaps protobuf (ONNX?), not supported yet"),
+        [0x08, ..] => Some("perhaps protobuf, but no ONNX model"),
         _ if head
             .iter()
             .all(|b| b.is_ascii_graphic() || b.is_ascii_whitespace()) =>

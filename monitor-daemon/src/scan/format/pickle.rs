@@ -15,6 +15,12 @@ const MAX_GLOBALS: usize = 10_000;
 const MAX_MEMO: usize = 100_000;
 /// Longest newline-terminated argument (protocol 0).
 const MAX_LINE: usize = 1 << 20;
+/// Strings this long or shorter are kept for STACK_GLOBAL's lookups.
+const MAX_NAME: u64 = 4096;
+/// Bytes and strings up to this long are looked into for a pickle hidden inside.
+const MAX_NESTED_BYTES: u64 = 16 << 20;
+/// Hidden pickles kept per file.
+const MAX_NESTED: usize = 16;
 
 /// How an opcode's argument is encoded.
 #[derive(Clone, Copy)]
@@ -37,6 +43,8 @@ enum Op {
     Proto,
     /// Pushes a string STACK_GLOBAL may use.
     Str,
+    /// Pushes bytes (BINBYTES, SHORT_BINBYTES, BINBYTES8, BYTEARRAY8).
+    Bytes,
     Global,
     StackGlobal,
     /// Stores the top of the stack in the memo (MEMOIZE: next index; PUT: given index).
@@ -78,18 +86,18 @@ fn opcode(byte: u8) -> Option<(Arg, Op)> {
         0x8a => (Counted(1), Op::Long1),
         0x8b => (Counted(4), Op::Other),
         // Protocol 3.
-        b'B' => (Counted(4), Op::Other),
-        b'C' => (Counted(1), Op::Other),
+        b'B' => (Counted(4), Op::Bytes),
+        b'C' => (Counted(1), Op::Bytes),
         // Protocol 4.
         0x8c => (Counted(1), Op::Str),
         0x8d => (Counted(8), Op::Str),
-        0x8e => (Counted(8), Op::Other),
+        0x8e => (Counted(8), Op::Bytes),
         0x8f..=0x92 => (None, Op::Other),
         0x93 => (None, Op::StackGlobal),
         0x94 => (None, Op::Memoize),
         0x95 => (Fixed(8), Op::Frame),
         // Protocol 5.
-        0x96 => (Counted(8), Op::Other),
+        0x96 => (Counted(8), Op::Bytes),
         0x97 | 0x98 => (None, Op::Other),
         _ => return Option::None,
     })
@@ -208,6 +216,57 @@ pub struct Walk {
     pub damage: Option<Damage>,
     /// The walk stopped on purpose before the end (joblib array data, torch storages).
     pub stopped_early: bool,
+    /// Pickles hidden in the data (bytes or strings that are pickles, or base64 of one).
+    pub nested: Vec<Nested>,
+    /// Identifiers pushed as strings (the names of code pickled by value), each once.
+    pub names: Vec<String>,
+    /// STACK_GLOBALs whose module or name was no string the stream pushed: the pickle
+    /// computes what it imports (no pickler writes that).
+    pub dynamic_globals: usize,
+}
+
+/// A pickle found inside another pickle's data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nested {
+    /// Where its bytes or string start in the outer stream.
+    pub offset: u64,
+    /// `bytes`, `string` or `base64`.
+    pub encoding: &'static str,
+    /// The hidden pickle, decoded.
+    pub bytes: Vec<u8>,
+}
+
+/// Whether `data` is a pickle that imports or calls something (plain data hidden in bytes is
+/// no concern; a pickle that acts is).
+pub fn is_acting_pickle(data: &[u8]) -> bool {
+    let framed = matches!(data, [0x80, 2..=5, ..]);
+    let protocol_0 = matches!(data.first(), Some(b'c' | b'(' | b'i')) && data.ends_with(b".");
+    (framed || protocol_0) && could_act(data, true)
+}
+
+/// A pickle hidden in `data`: the bytes themselves, or their base64.
+fn hidden_pickle(data: &[u8], is_text: bool) -> Option<(&'static str, Vec<u8>)> {
+    if is_acting_pickle(data) {
+        return Some((if is_text { "string" } else { "bytes" }, data.to_vec()));
+    }
+    // Base64 of a framed pickle starts with "gA" (0x80).
+    let text = data.trim_ascii();
+    if text.len() >= 8 && text.starts_with(b"gA") {
+        use base64::Engine as _;
+        let compact: Vec<u8> = text
+            .iter()
+            .copied()
+            .filter(|b| !b.is_ascii_whitespace())
+            .collect();
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(&compact)
+            .or_else(|_| base64::engine::general_purpose::URL_SAFE.decode(&compact))
+            .ok()?;
+        if is_acting_pickle(&decoded) {
+            return Some(("base64", decoded));
+        }
+    }
+    None
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -269,13 +328,26 @@ pub fn walk(input: &mut (impl BufRead + Seek)) -> Result<Walk, NotPickle> {
     }
 }
 
+/// What one pickle of a stream names and hides.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Contents {
+    /// `(module, name)` of the globals named, in order.
+    pub globals: Vec<(String, String)>,
+    /// Pickles hidden in its data.
+    pub nested: Vec<Nested>,
+    /// Identifiers it pushes as strings.
+    pub names: Vec<String>,
+    /// STACK_GLOBALs of computed operands.
+    pub dynamic_globals: usize,
+}
+
 /// The globals of each pickle in `input`, in order, for at most `max_pickles` pickles (a torch
 /// legacy file is followed by raw storages). A pickle that cannot be read to its STOP ends the
 /// walk: its globals so far are kept, and the damage says where it stopped.
 pub fn globals_per_pickle(
     input: &mut (impl BufRead + Seek),
     max_pickles: usize,
-) -> (Vec<Vec<(String, String)>>, Option<Damage>) {
+) -> (Vec<Contents>, Option<Damage>) {
     let mut per_pickle = Vec::new();
     let mut walker = Walker::default();
     while per_pickle.len() < max_pickles {
@@ -286,7 +358,12 @@ pub fn globals_per_pickle(
         }
         let mut walk = Walk::default();
         let result = walker.one(input, &mut walk);
-        per_pickle.push(walk.globals);
+        per_pickle.push(Contents {
+            globals: walk.globals,
+            nested: walk.nested,
+            names: walk.names,
+            dynamic_globals: walk.dynamic_globals,
+        });
         if let Err(failure) = result {
             return (per_pickle, Some(damage_at(input, &failure)));
         }
@@ -338,6 +415,8 @@ struct Walker {
     recent: [Option<String>; 2],
     memo: std::collections::HashMap<u64, String>,
     memo_len: u64,
+    /// The identifiers of `Walk::names`, to keep each once.
+    names: std::collections::HashSet<String>,
 }
 
 impl Walker {
@@ -349,6 +428,7 @@ impl Walker {
         self.saw_torch_magic = false;
         self.memo.clear();
         self.memo_len = 0;
+        self.names.clear();
         self.recent = [None, None];
         loop {
             let byte = read_byte(input)?;
@@ -396,7 +476,23 @@ impl Walker {
                     let mut len_bytes = [0u8; 8];
                     read_exact(input, &mut len_bytes[..width as usize])?;
                     let len = le(&len_bytes[..width as usize]);
-                    if op == Op::Str && len <= 4096 {
+                    let at = input.stream_position().map_err(Failure::Io)?;
+                    if matches!(op, Op::Str | Op::Bytes) && (8..=MAX_NESTED_BYTES).contains(&len) {
+                        let mut data = vec![0u8; len as usize];
+                        read_exact(input, &mut data)?;
+                        if walk.nested.len() < MAX_NESTED
+                            && let Some((encoding, bytes)) = hidden_pickle(&data, op == Op::Str)
+                        {
+                            walk.nested.push(Nested {
+                                offset: at,
+                                encoding,
+                                bytes,
+                            });
+                        }
+                        if op == Op::Str && len <= MAX_NAME {
+                            pushed = Some(String::from_utf8(data).ok());
+                        }
+                    } else if op == Op::Str && len <= MAX_NAME {
                         let mut text = vec![0u8; len as usize];
                         read_exact(input, &mut text)?;
                         pushed = Some(String::from_utf8(text).ok());
@@ -420,11 +516,21 @@ impl Walker {
                 Op::StackGlobal => {
                     if let [Some(module), Some(name)] = self.recent.clone() {
                         self.note_global(walk, module, name);
+                    } else if self.memo.len() < MAX_MEMO {
+                        // (Past the memo's cap a string may just not have been kept.)
+                        walk.dynamic_globals += 1;
                     }
                 }
                 _ => {}
             }
             if let Some(value) = pushed {
+                if let Some(name) = &value
+                    && walk.names.len() < MAX_NAMES
+                    && is_identifier(name)
+                    && self.names.insert(name.clone())
+                {
+                    walk.names.push(name.clone());
+                }
                 self.recent = [self.recent[1].take(), value];
             }
         }
@@ -514,6 +620,66 @@ fn unquote(line: &str) -> String {
         }
     }
     t.to_string()
+}
+
+/// Globals a protocol 2+ pickle names with STACK_GLOBAL, found by their byte pattern
+/// (SHORT_BINUNICODE or BINUNICODE module, then name, each maybe memoized, then STACK_GLOBAL)
+/// anywhere in `data`: how the globals after joblib's inline array data are read, where an
+/// opcode walk cannot follow (the bytes of an array are no opcodes).
+pub fn sweep_globals(data: &[u8]) -> Vec<(String, String)> {
+    fn string_at(data: &[u8], at: usize) -> Option<(String, usize)> {
+        let (len, start) = match data.get(at)? {
+            0x8c => (usize::from(*data.get(at + 1)?), at + 2),
+            b'X' => {
+                let b = data.get(at + 1..at + 5)?;
+                (
+                    u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize,
+                    at + 5,
+                )
+            }
+            _ => return None,
+        };
+        if len == 0 || len > 256 {
+            return None;
+        }
+        let text = std::str::from_utf8(data.get(start..start + len)?).ok()?;
+        if !is_dotted_name(text) {
+            return None;
+        }
+        let mut next = start + len;
+        match data.get(next) {
+            Some(0x94) => next += 1,
+            Some(b'q') => next += 2,
+            _ => {}
+        }
+        Some((text.to_string(), next))
+    }
+    let mut found: Vec<(String, String)> = Vec::new();
+    let mut at = 0usize;
+    while at < data.len() && found.len() < MAX_GLOBALS {
+        if let Some((module, next)) = string_at(data, at)
+            && let Some((name, end)) = string_at(data, next)
+            && data.get(end) == Some(&0x93)
+        {
+            if !found.iter().any(|(m, n)| *m == module && *n == name) {
+                found.push((module, name));
+            }
+            at = end + 1;
+            continue;
+        }
+        at += 1;
+    }
+    found
+}
+
+/// Identifier strings kept per pickle.
+const MAX_NAMES: usize = 4096;
+
+fn is_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && !s.starts_with(|c: char| c.is_ascii_digit())
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 fn is_dotted_name(s: &str) -> bool {
@@ -619,7 +785,7 @@ mod tests {
         let (per_pickle, damage) = globals_per_pickle(&mut Cursor::new(bytes), 10);
         let names: Vec<Vec<String>> = per_pickle
             .iter()
-            .map(|g| g.iter().map(|(m, n)| format!("{m}.{n}")).collect())
+            .map(|c| c.globals.iter().map(|(m, n)| format!("{m}.{n}")).collect())
             .collect();
         assert_eq!(
             names,
@@ -634,6 +800,46 @@ mod tests {
             globals_per_pickle(&mut Cursor::new(b"cposix\nsystem\n.K\x01.".to_vec()), 1);
         assert_eq!(first.len(), 1);
         assert!(damage.is_none());
+    }
+
+    #[test]
+    fn pickles_hidden_in_bytes_strings_and_base64_are_found() {
+        let inner = b"\x80\x04\x95\x16\x00\x00\x00\x00\x00\x00\x00\x8c\x05posix\x94\x8c\x06system\x94\x93\x94.";
+        // SHORT_BINBYTES of the inner pickle, then base64 of it as a string.
+        let mut outer = vec![0x80, 0x04, b'C', inner.len() as u8];
+        outer.extend_from_slice(inner);
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(inner);
+        outer.push(0x8c);
+        outer.push(b64.len() as u8);
+        outer.extend_from_slice(b64.as_bytes());
+        outer.extend_from_slice(b"\x86.");
+        let (per_pickle, damage) = globals_per_pickle(&mut Cursor::new(outer), 10);
+        assert!(damage.is_none(), "{damage:?}");
+        let nested = &per_pickle[0].nested;
+        assert_eq!(nested.len(), 2, "{nested:?}");
+        assert_eq!(nested[0].encoding, "bytes");
+        assert_eq!(nested[1].encoding, "base64");
+        assert_eq!(nested[1].bytes, inner);
+        // Plain bytes are not a pickle.
+        let plain = b"\x80\x04C\x0812345678.";
+        let (per_pickle, _) = globals_per_pickle(&mut Cursor::new(plain.to_vec()), 10);
+        assert!(per_pickle[0].nested.is_empty());
+    }
+
+    #[test]
+    fn globals_past_raw_bytes_are_swept() {
+        let mut data = b"\x80\x04junk \x00\x09\xff".to_vec();
+        data.extend_from_slice(b"\x8c\x05posix\x94\x8c\x06system\x94\x93");
+        data.extend_from_slice(b"X\x08\x00\x00\x00builtinsq\x01\x8c\x04eval\x93");
+        data.extend_from_slice(b"\x8c\x03a b\x8c\x01c\x93");
+        assert_eq!(
+            sweep_globals(&data),
+            [
+                ("posix".to_string(), "system".to_string()),
+                ("builtins".to_string(), "eval".to_string())
+            ]
+        );
     }
 
     #[test]
