@@ -34,7 +34,10 @@ use crate::{common, targets};
 /// user would use, in a sandbox (no network but loopback, a read-only host, a decoy home full
 /// of honeytoken credentials, Landlock, an unprivileged user), while the kernel probes trace
 /// every process it starts. Framework imports happen in a set-up phase that raises no
-/// findings; the load, exercise and teardown phases are judged by the rules.
+/// findings; what follows is judged by the rules: the load, the exercise (the model called on
+/// dummy input, where its format runs code when called), a linger while anything the load
+/// left behind still runs (a thread, a child, a timer: as a server would keep it) and the
+/// teardown. Python audit-hook evidence is judged too.
 ///
 /// Every scan also reads the artifact statically, for every loader that could be handed it:
 /// the globals of every pickle (in any archive member, compressed joblib, object arrays, or
@@ -53,10 +56,11 @@ use crate::{common, targets};
 ///
 /// Examples:
 ///   monitorctl scan model.pkl
-///   monitorctl scan --exercise --format json --report-file report.json model.keras
+///   monitorctl scan --format json --report-file report.json model.keras
 ///   monitorctl scan --format sarif --fail-on medium ./saved_model_dir
 ///   monitorctl scan ~/models/my-snapshot other.pt
 ///   monitorctl scan --static-only model.onnx      # no root, for CI
+///   monitorctl scan --no-exercise --linger 0 big-checkpoint.pt   # load only, quickest
 #[derive(Args)]
 #[command(verbatim_doc_comment)]
 pub struct ScanArgs {
@@ -87,14 +91,27 @@ pub struct ScanArgs {
     /// Exit with 1 when a finding of this severity or above is seen.
     #[arg(long, value_name = "SEVERITY", default_value = "high", value_parser = parse_severity)]
     fail_on: Severity,
-    /// Call the loaded model on dummy input (Keras predict, SavedModel signatures, torch
-    /// modules, objects with predict): some payloads fire only at inference.
+    /// Do not call the loaded model. By default it is called on dummy input where its format
+    /// runs code when called (Keras predict, SavedModel signatures, torch modules, objects with
+    /// predict or __call__): some payloads fire only at inference.
     #[arg(long)]
+    no_exercise: bool,
+    /// The default (kept for scripts written when it was not).
+    #[arg(long, hide = true, conflicts_with = "no_exercise")]
     exercise: bool,
-    /// Add Python audit-hook evidence (pickle globals asked for, os.system, exec/compile, ...)
-    /// to the report, judged by the `py.*` rules: findings that can only raise the verdict.
+    /// Leave out the Python audit-hook evidence (pickle globals asked for, os.system,
+    /// exec/compile, ...), which the `py.*` rules judge by default: findings that can only
+    /// raise the verdict.
     #[arg(long)]
+    no_audit: bool,
+    /// The default (kept for scripts written when it was not).
+    #[arg(long, hide = true, conflicts_with = "no_audit")]
     audit: bool,
+    /// How long the loader stays up after the load and the exercise while anything the load
+    /// left behind still runs (a thread, a child, a timer), for it to act as it would in a
+    /// server; cut short when nothing does. 0 turns it off. At most 1m.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_linger)]
+    linger: Duration,
     /// Stop the scan (and count it as an error, unless a threat was seen) after this long.
     #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = crate::duration::parse)]
     timeout: Duration,
@@ -143,6 +160,19 @@ impl ReportFormat {
             ReportFormat::Sarif => "sarif",
         }
     }
+}
+
+/// A linger: a duration as `--timeout` takes it, or 0; at most a minute (a scan's time limit
+/// is what bounds a long wait).
+fn parse_linger(s: &str) -> Result<Duration, String> {
+    if s.trim().trim_end_matches(['s', 'm']).trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let linger = crate::duration::parse(s)?;
+    if linger > Duration::from_secs(60) {
+        return Err("at most 1m".into());
+    }
+    Ok(linger)
 }
 
 fn parse_severity(s: &str) -> Result<Severity, String> {
@@ -269,8 +299,9 @@ fn scan_here(
         let mut spec = ScanSpec::new(artifact);
         spec.rules = rules.clone();
         spec.fail_on = args.fail_on;
-        spec.exercise = args.exercise;
-        spec.audit = args.audit;
+        spec.exercise = args.exercise || !args.no_exercise;
+        spec.audit = args.audit || !args.no_audit;
+        spec.linger = args.linger;
         spec.static_only = args.static_only;
         spec.timeout = args.timeout;
         spec.python = args.python.clone().unwrap_or_else(default_python);
@@ -456,8 +487,9 @@ async fn scan_with_daemon(
             .with_context(|| format!("resolving {}", artifact.display()))?;
         let request = serde_json::json!({
             "path": path,
-            "exercise": args.exercise,
-            "audit": args.audit,
+            "exercise": args.exercise || !args.no_exercise,
+            "audit": args.audit || !args.no_audit,
+            "linger_ms": args.linger.as_millis() as u64,
             "fail_on": args.fail_on,
             "timeout_secs": args.timeout.as_secs().max(1),
         });

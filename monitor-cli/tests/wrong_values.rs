@@ -38,6 +38,15 @@ fn cases(file: &str, dir: &str) -> Vec<Case> {
     vec![
         // Durations.
         scan(&["--timeout", "5x", file], 2, "unknown unit `x`"),
+        scan(&["--linger", "2x", file], 2, "unknown unit `x`"),
+        scan(&["--linger", "10m", file], 2, "at most 1m"),
+        scan(&["--linger", "-1", file], 2, "unexpected argument '-1'"),
+        scan(&["--no-audit", "--audit", file], 2, "cannot be used with"),
+        scan(
+            &["--no-exercise", "--exercise", file],
+            2,
+            "cannot be used with",
+        ),
         scan(&["--timeout", "0", file], 2, "greater than zero"),
         scan(&["--timeout", "-3", file], 2, "unexpected argument '-3'"),
         scan(&["--timeout", "soon", file], 2, "is not a duration"),

@@ -126,8 +126,12 @@ impl SyscallEnter {
 pub struct SyscallExit {
     pub header: EventHeader,
     pub nr: u32,
-    pub _pad: u32,
+    /// For a syscall that opened a file (`Effect::Opens`) and succeeded: the device of the
+    /// file's super block, in the kernel's encoding (major << 20 | minor); else 0.
+    pub dev: u32,
     pub ret: i64,
+    /// The opened file's inode number, with `dev`; 0 when not read.
+    pub ino: u64,
 }
 
 /// A task was created (`sched:sched_process_fork`); the header is the parent's.
@@ -356,10 +360,42 @@ pub struct CaptureSpec {
     /// flags are an argument (not behind a pointer, as openat2's are); else 0. An open that
     /// [`open_reads_nothing`] loads no model, so discovery does not read its path.
     pub discover_flags_arg: u8,
+    /// Non-zero when a successful return is a descriptor of the file the syscall opened: the
+    /// exit record carries that file's device and inode.
+    pub exit_file: u8,
+    /// How `only_if_values` test argument `only_if_arg`: one of the `ONLY_IF_*`.
+    pub only_if: u8,
     /// Non-zero for a syscall that executes a program: a kill policy kills it at the exec,
     /// not at its entry (see [`KillPolicy`]).
     pub executes: u8,
-    pub only_if_mask: u64,
+    pub _pad: [u8; 2],
+    /// [`ONLY_IF_ANY_BIT`]: the mask (the first value); [`ONLY_IF_ONE_OF`]: the values.
+    pub only_if_values: [u64; 2],
+}
+
+/// [`CaptureSpec::only_if`]: every entry is traced.
+pub const ONLY_IF_NONE: u8 = 0;
+/// [`CaptureSpec::only_if`]: traced when the argument has a bit of `only_if_values[0]`.
+pub const ONLY_IF_ANY_BIT: u8 = 1;
+/// [`CaptureSpec::only_if`]: traced when the argument is one of `only_if_values`.
+pub const ONLY_IF_ONE_OF: u8 = 2;
+
+/// Where the kernel keeps what leads from the current task to the file behind one of its
+/// descriptors (`task->files->fdt->fd[n]->f_inode`, then `i_ino` and `i_sb->s_dev`), on this
+/// kernel: byte offsets read from its BTF by user space and written into the programs'
+/// read-only data before load. All zero when they were not found: exit records then carry no
+/// file identity.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileOffsets {
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdt_max_fds: u32,
+    pub fdt_fd: u32,
+    pub file_inode: u32,
+    pub inode_ino: u32,
+    pub inode_sb: u32,
+    pub sb_dev: u32,
 }
 
 /// Whether an open with these flags reads nothing of a file: for writing only (`O_ACCMODE` is

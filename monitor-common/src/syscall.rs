@@ -57,6 +57,8 @@ pub enum ArgKind {
     Id,
     PtraceRequest,
     BpfCmd,
+    /// fcntl's command (`F_DUPFD` shown by name).
+    FcntlCmd,
 }
 
 impl ArgKind {
@@ -106,6 +108,43 @@ impl Class {
     }
 }
 
+/// What a syscall does to the state the tracer keeps of each process (its descriptor table and
+/// working directory) and of the job's file names, so that the paths of later syscalls are
+/// resolved as the kernel resolves them: relative to a directory fd, after `fchdir`, through
+/// a symlink the job made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Effect {
+    None,
+    /// On success, returns a descriptor of the file its path names (relative to the directory
+    /// fd argument before the path, if it has one). Its exit record carries the file's device
+    /// and inode, read in the kernel.
+    Opens,
+    /// On success, returns a descriptor of the file of its first fd argument (`dup`,
+    /// `fcntl(F_DUPFD)`).
+    DupsFd,
+    /// On success, its second fd argument is a copy of its first (`dup2`, `dup3`).
+    DupsFdTo,
+    /// Closes its fd argument, whatever it returns.
+    ClosesFd,
+    /// On success, the working directory is its path (`chdir`) or its fd's file (`fchdir`).
+    ChangesCwd,
+    /// On success, its second path is a symlink whose content is its first (`symlink`).
+    Symlinks,
+    /// On success, its second path names the file its first named (`link`, `rename`).
+    Renames,
+    /// On success, its path names nothing any more (`unlink`).
+    Removes,
+}
+
+/// A test on one argument at entry: a syscall with one is traced only when it passes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArgTest {
+    /// Some bit of the mask is set (mmap and mprotect with `PROT_EXEC`).
+    AnyBit(u64),
+    /// The argument is one of these values (fcntl's duplicating commands).
+    OneOf([u64; 2]),
+}
+
 /// One argument of a syscall.
 #[derive(Clone, Copy, Debug)]
 pub struct Arg {
@@ -121,22 +160,32 @@ pub struct Syscall {
     pub nr: u32,
     pub class: Class,
     pub args: &'static [Arg],
-    /// Emit the entry event only when `args[i] & mask != 0` (for example mmap/mprotect only
-    /// with PROT_EXEC). Such syscalls have no exit event: the exit probe cannot apply the
-    /// same test, and an unpaired exit is noise.
-    pub only_if: Option<(u8, u64)>,
+    /// Emit the entry event only when argument `i` passes the test (mmap and mprotect only
+    /// with PROT_EXEC, fcntl only when it duplicates a descriptor). The exit of such a
+    /// syscall, when it has one, is recorded only after an entry that was.
+    pub only_if: Option<(u8, ArgTest)>,
     /// Whether the syscall can return to its caller (exit_group cannot; execve does only on
     /// failure, but its syscall function still returns, in the new image, on success).
     pub returns: bool,
+    /// Whether its return value is worth an exit record (close's is not: the descriptor is
+    /// gone either way; nor are mmap's and mprotect's).
+    pub result: bool,
     /// Whether it opens the file its first `Path` argument names: discovery looks at those
     /// paths for model artifacts.
     pub opens: bool,
+    /// What it does to descriptors, the working directory and file names (for the tracer).
+    pub effect: Effect,
     /// Whether it executes a program (a kill policy kills it at the exec, see
     /// `event::KillPolicy`).
     pub executes: bool,
 }
 
 impl Syscall {
+    /// Whether the kernel records its return: an exit record follows the entry.
+    pub const fn has_exit(&self) -> bool {
+        self.returns && self.result
+    }
+
     /// The index of the open flags argument of a syscall discovery looks at, when they are one
     /// (openat2's are behind a pointer).
     pub fn discovery_flags_arg(&self) -> Option<usize> {
@@ -169,9 +218,24 @@ const fn sc(name: &'static str, nr: u32, class: Class, args: &'static [Arg]) -> 
         args,
         only_if: None,
         returns: true,
+        result: true,
         opens: false,
+        effect: Effect::None,
         executes: false,
     }
+}
+
+/// A syscall that opens the file its path names and returns a descriptor of it.
+const fn opener(syscall: Syscall) -> Syscall {
+    Syscall {
+        opens: true,
+        effect: Effect::Opens,
+        ..syscall
+    }
+}
+
+const fn with(effect: Effect, syscall: Syscall) -> Syscall {
+    Syscall { effect, ..syscall }
 }
 
 use ArgKind::*;
@@ -179,6 +243,11 @@ use Class::*;
 
 /// `PROT_EXEC`: mmap and mprotect are traced only when they ask for executable memory.
 pub const PROT_EXEC: u64 = 0x4;
+
+/// fcntl's commands that duplicate a descriptor (`F_DUPFD`, `F_DUPFD_CLOEXEC`): the only
+/// ones traced.
+pub const F_DUPFD: u64 = 0;
+pub const F_DUPFD_CLOEXEC: u64 = 1030;
 
 /// The most arguments a syscall has.
 pub const MAX_ARGS: usize = 6;
@@ -205,32 +274,37 @@ pub static SYSCALLS: &[Syscall] = &[
     sc("kill", 62, Process, &[a("pid", Pid), a("sig", Signal)]),
     sc("tkill", 200, Process, &[a("pid", Pid), a("sig", Signal)]),
     sc("tgkill", 234, Process, &[a("tgid", Pid), a("pid", Pid), a("sig", Signal)]),
-    sc("chdir", 80, Process, &[a("filename", Path)]),
-    sc("fchdir", 81, Process, &[a("fd", Fd)]),
+    with(Effect::ChangesCwd, sc("chdir", 80, Process, &[a("filename", Path)])),
+    with(Effect::ChangesCwd, sc("fchdir", 81, Process, &[a("fd", Fd)])),
     // Files.
-    Syscall { opens: true, ..sc("open", 2, File, &[a("filename", Path), a("flags", OpenFlags), a("mode", Mode)]) },
+    opener(sc("open", 2, File, &[a("filename", Path), a("flags", OpenFlags), a("mode", Mode)])),
+    opener(sc("openat", 257, File, &[a("dfd", DirFd), a("filename", Path), a("flags", OpenFlags), a("mode", Mode)])),
+    opener(sc("openat2", 437, File, &[a("dfd", DirFd), a("filename", Path), a("how", OpenHow), a("usize", Size)])),
+    with(Effect::Opens, sc("creat", 85, File, &[a("pathname", Path), a("mode", Mode)])),
+    // Descriptors: what a directory fd or /proc/self/fd/N names later.
+    with(Effect::DupsFd, sc("dup", 32, File, &[a("fildes", Fd)])),
+    with(Effect::DupsFdTo, sc("dup2", 33, File, &[a("oldfd", Fd), a("newfd", Fd)])),
+    with(Effect::DupsFdTo, sc("dup3", 292, File, &[a("oldfd", Fd), a("newfd", Fd), a("flags", OpenFlags)])),
     Syscall {
-        opens: true,
-        ..sc("openat", 257, File, &[a("dfd", DirFd), a("filename", Path), a("flags", OpenFlags), a("mode", Mode)])
+        only_if: Some((1, ArgTest::OneOf([F_DUPFD, F_DUPFD_CLOEXEC]))),
+        ..with(Effect::DupsFd, sc("fcntl", 72, File, &[a("fd", Fd), a("cmd", FcntlCmd), a("arg", UInt)]))
     },
-    Syscall {
-        opens: true,
-        ..sc("openat2", 437, File, &[a("dfd", DirFd), a("filename", Path), a("how", OpenHow), a("usize", Size)])
-    },
-    sc("creat", 85, File, &[a("pathname", Path), a("mode", Mode)]),
-    sc("unlink", 87, File, &[a("pathname", Path)]),
-    sc("unlinkat", 263, File, &[a("dfd", DirFd), a("pathname", Path), a("flag", AtFlags)]),
-    sc("rename", 82, File, &[a("oldname", Path), a("newname", Path)]),
-    sc("renameat", 264, File, &[a("olddfd", DirFd), a("oldname", Path), a("newdfd", DirFd), a("newname", Path)]),
-    sc("renameat2", 316, File, &[
+    Syscall { result: false, ..with(Effect::ClosesFd, sc("close", 3, File, &[a("fd", Fd)])) },
+    with(Effect::Removes, sc("unlink", 87, File, &[a("pathname", Path)])),
+    with(Effect::Removes, sc("unlinkat", 263, File, &[a("dfd", DirFd), a("pathname", Path), a("flag", AtFlags)])),
+    with(Effect::Renames, sc("rename", 82, File, &[a("oldname", Path), a("newname", Path)])),
+    with(Effect::Renames, sc("renameat", 264, File, &[
+        a("olddfd", DirFd), a("oldname", Path), a("newdfd", DirFd), a("newname", Path),
+    ])),
+    with(Effect::Renames, sc("renameat2", 316, File, &[
         a("olddfd", DirFd), a("oldname", Path), a("newdfd", DirFd), a("newname", Path), a("flags", Hex),
-    ]),
-    sc("link", 86, File, &[a("oldname", Path), a("newname", Path)]),
-    sc("linkat", 265, File, &[
+    ])),
+    with(Effect::Renames, sc("link", 86, File, &[a("oldname", Path), a("newname", Path)])),
+    with(Effect::Renames, sc("linkat", 265, File, &[
         a("olddfd", DirFd), a("oldname", Path), a("newdfd", DirFd), a("newname", Path), a("flags", AtFlags),
-    ]),
-    sc("symlink", 88, File, &[a("oldname", Path), a("newname", Path)]),
-    sc("symlinkat", 266, File, &[a("oldname", Path), a("newdfd", DirFd), a("newname", Path)]),
+    ])),
+    with(Effect::Symlinks, sc("symlink", 88, File, &[a("oldname", Path), a("newname", Path)])),
+    with(Effect::Symlinks, sc("symlinkat", 266, File, &[a("oldname", Path), a("newdfd", DirFd), a("newname", Path)])),
     sc("chmod", 90, File, &[a("filename", Path), a("mode", Mode)]),
     sc("fchmod", 91, File, &[a("fd", Fd), a("mode", Mode)]),
     sc("fchmodat", 268, File, &[a("dfd", DirFd), a("filename", Path), a("mode", Mode)]),
@@ -256,13 +330,15 @@ pub static SYSCALLS: &[Syscall] = &[
     sc("sendmmsg", 307, Network, &[a("fd", Fd), a("mmsg", Ptr), a("vlen", UInt), a("flags", Hex)]),
     // Memory.
     Syscall {
-        only_if: Some((2, PROT_EXEC)),
+        only_if: Some((2, ArgTest::AnyBit(PROT_EXEC))),
+        result: false,
         ..sc("mmap", 9, Memory, &[
             a("addr", Ptr), a("len", Size), a("prot", ProtFlags), a("flags", MapFlags), a("fd", Fd), a("off", Hex),
         ])
     },
     Syscall {
-        only_if: Some((2, PROT_EXEC)),
+        only_if: Some((2, ArgTest::AnyBit(PROT_EXEC))),
+        result: false,
         ..sc("mprotect", 10, Memory, &[a("start", Ptr), a("len", Size), a("prot", ProtFlags)])
     },
     sc("process_vm_readv", 310, Memory, &[

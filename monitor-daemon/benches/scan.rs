@@ -1,14 +1,21 @@
 //! `cargo xtask bench scan`: how long a scan takes, against loading the artifact bare and
 //! against scanning it the seeds' way (the same load under `strace -f`), in one run.
 //!
-//! For a small pickle and a PyTorch checkpoint, rounds in which the methods take turns:
+//! For a small pickle, a small and a 134 MB PyTorch checkpoint and a small Keras model, rounds
+//! in which the methods take turns:
 //! - bare: the loader environment's Python loading the artifact, nothing watching;
-//! - strace: the same load under `strace -f` writing the full trace to a file;
-//! - monitorctl scan: the command a user runs (loads the probes, builds the sandbox, loads,
-//!   judges, releases the probes in the background);
-//! - warm scan: the library with probes already loaded, as the daemon scans.
+//! - strace: the same load under `strace -f` writing the full trace to a file (not for Keras:
+//!   TensorFlow's import under strace takes minutes);
+//! - monitorctl scan: the command a user runs, with its defaults (loads the probes, builds the
+//!   sandbox, loads, exercises, lingers while anything is left running, judges with the audit
+//!   hook on, releases the probes in the background);
+//! - warm scan: the library with probes already loaded, as the daemon scans, with the
+//!   defaults;
+//! - warm, load only: the same without exercise, audit hook and linger (`--no-exercise
+//!   --no-audit --linger 0`): the difference is what those defaults cost.
 //!
-//! Prints a markdown report for docs/benchmarks.md. Harness-less: never part of `cargo test`.
+//! `MONITOR_BENCH_ROUNDS` sets the rounds (default 9). Prints a markdown report for
+//! docs/benchmarks.md. Harness-less: never part of `cargo test`.
 
 use std::{
     path::{Path, PathBuf},
@@ -22,7 +29,7 @@ use monitor_daemon::{
     scan::{LazyProbes, ScanSpec, job::default_python, scan, verdict::ExitCode},
 };
 
-const ROUNDS: usize = 9;
+const DEFAULT_ROUNDS: usize = 9;
 /// Releasing the probes takes the kernel seconds (one RCU grace period per tracepoint, under
 /// a mutex that the next load waits for); monitorctl does it in the background, so a user
 /// never waits for it, but back-to-back runs would. Rounds leave it this long.
@@ -33,6 +40,8 @@ struct Artifact {
     path: PathBuf,
     /// Python that loads it, with the path as sys.argv[1].
     load: &'static str,
+    /// Whether to time it under strace too.
+    strace: bool,
 }
 
 fn main() -> Result<()> {
@@ -60,68 +69,98 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?;
     let mut probes = LazyProbes::new(ProbeConfig::default());
+    let rounds = std::env::var("MONITOR_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .filter(|&r| r > 0)
+        .unwrap_or(DEFAULT_ROUNDS);
 
     println!("## Scan latency (`cargo xtask bench scan`)\n");
     println!(
-        "{ROUNDS} rounds; in each the methods take turns on the same artifact; medians \
+        "{rounds} rounds; in each the methods take turns on the same artifact; medians \
          (min-max). Wall time of the whole command, start to exit.\n"
     );
     println!(
         "| artifact | bare load | strace -f load | monitorctl scan | warm scan (daemon-like) | \
-         monitorctl - bare | warm - bare | strace / bare |"
+         warm, load only | monitorctl - bare | warm - bare | defaults - load only | \
+         strace / bare |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for artifact in &artifacts {
         let mut bare = Vec::new();
         let mut strace = Vec::new();
         let mut cli = Vec::new();
         let mut warm = Vec::new();
-        for round in 0..ROUNDS {
-            eprintln!("bench scan: {} round {}/{ROUNDS}", artifact.name, round + 1);
+        let mut load_only = Vec::new();
+        for round in 0..rounds {
+            eprintln!("bench scan: {} round {}/{rounds}", artifact.name, round + 1);
             bare.push(time(
                 Command::new(&python)
                     .args(["-c", artifact.load])
                     .arg(&artifact.path),
             )?);
-            let trace = dir.path().join("strace.out");
-            strace.push(time(
-                Command::new("strace")
-                    .args(["-f", "-qq", "-o"])
-                    .arg(&trace)
-                    .arg(&python)
-                    .args(["-c", artifact.load])
-                    .arg(&artifact.path),
-            )?);
+            if artifact.strace {
+                let trace = dir.path().join("strace.out");
+                strace.push(time(
+                    Command::new("strace")
+                        .args(["-f", "-qq", "-o"])
+                        .arg(&trace)
+                        .arg(&python)
+                        .args(["-c", artifact.load])
+                        .arg(&artifact.path),
+                )?);
+            }
             std::thread::sleep(SETTLE);
             cli.push(time_scan_cli(&monitorctl, &artifact.path)?);
-            let spec = ScanSpec::new(&artifact.path);
-            let started = Instant::now();
-            let report = rt.block_on(scan(&spec, &mut probes, |_| {}));
-            warm.push(started.elapsed());
-            if report.exit_code != ExitCode::Clean {
-                bail!(
-                    "{}: the warm scan was not clean: {:?}",
-                    artifact.name,
-                    report.errors
-                );
+            for (defaults, samples) in [(true, &mut warm), (false, &mut load_only)] {
+                let mut spec = ScanSpec::new(&artifact.path);
+                if !defaults {
+                    spec.exercise = false;
+                    spec.audit = false;
+                    spec.linger = Duration::ZERO;
+                }
+                let started = Instant::now();
+                let report = rt.block_on(scan(&spec, &mut probes, |_| {}));
+                samples.push(started.elapsed());
+                if report.exit_code != ExitCode::Clean {
+                    bail!(
+                        "{}: the warm scan was not clean: {:?}",
+                        artifact.name,
+                        report.errors
+                    );
+                }
             }
         }
-        let (b, s, c, w) = (median(&bare), median(&strace), median(&cli), median(&warm));
+        let (b, c, w, l) = (
+            median(&bare),
+            median(&cli),
+            median(&warm),
+            median(&load_only),
+        );
+        let traced = match strace.is_empty() {
+            true => ("not run".to_string(), "-".to_string()),
+            false => (
+                spread(&strace),
+                format!("{:.2}x", ms(median(&strace)) / ms(b)),
+            ),
+        };
         println!(
-            "| {} | {} | {} | {} | {} | {:+.0} ms | {:+.0} ms | {:.2}x |",
+            "| {} | {} | {} | {} | {} | {} | {:+.0} ms | {:+.0} ms | {:+.0} ms | {} |",
             artifact.name,
             spread(&bare),
-            spread(&strace),
+            traced.0,
             spread(&cli),
             spread(&warm),
+            spread(&load_only),
             ms(c) - ms(b),
             ms(w) - ms(b),
-            ms(s) / ms(b),
+            ms(w) - ms(l),
+            traced.1,
         );
     }
     println!(
-        "\nThe goal: monitorctl scan's overhead over the bare load at most 150 ms for a small \
-         pickle."
+        "\nThe goals: monitorctl scan's overhead over the bare load at most 150 ms for a small \
+         pickle, and at most 1.2x the bare load for the 134 MB checkpoint."
     );
     Ok(())
 }
@@ -129,37 +168,77 @@ fn main() -> Result<()> {
 fn make_artifacts(python: &Path, dir: &Path) -> Result<Vec<Artifact>> {
     let pickle = dir.join("small.pkl");
     let checkpoint = dir.join("checkpoint.pt");
-    let make = r#"
+    let large = dir.join("large-checkpoint.pt");
+    let keras = dir.join("small.keras");
+    // The large checkpoint as compare/make_large.py makes it: a state dict of 134 MB.
+    let make_torch = r#"
 import pickle, sys, torch
 with open(sys.argv[1], "wb") as f:
     pickle.dump({"weights": [0.5] * 64, "name": "small"}, f)
 net = torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10))
 torch.save({"epoch": 1, "model": net.state_dict()}, sys.argv[2])
+torch.manual_seed(0)
+big = torch.nn.Sequential(
+    torch.nn.Linear(1024, 4096), torch.nn.ReLU(),
+    torch.nn.Linear(4096, 4096), torch.nn.ReLU(),
+    torch.nn.Linear(4096, 3072), torch.nn.ReLU(),
+    torch.nn.Linear(3072, 10),
+)
+torch.save(big.state_dict(), sys.argv[3])
 "#;
-    let status = Command::new(python)
-        .args(["-c", make])
-        .arg(&pickle)
-        .arg(&checkpoint)
-        .status()
-        .context("making the artifacts")?;
-    if !status.success() {
-        bail!("making the artifacts failed: {status}");
+    // TensorFlow and PyTorch do not share a process (see corpus/make_corpus.py).
+    let make_keras = r#"
+import os, sys
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+import keras
+model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(8), keras.layers.Dense(2)])
+model.save(sys.argv[1])
+"#;
+    for (make, outputs) in [
+        (make_torch, vec![&pickle, &checkpoint, &large]),
+        (make_keras, vec![&keras]),
+    ] {
+        let status = Command::new(python)
+            .args(["-c", make])
+            .args(&outputs)
+            .env("TF_CPP_MIN_LOG_LEVEL", "3")
+            .status()
+            .context("making the artifacts")?;
+        if !status.success() {
+            bail!("making the artifacts failed: {status}");
+        }
     }
-    for path in [&pickle, &checkpoint] {
+    for path in [&pickle, &checkpoint, &large, &keras] {
         // The sandbox's user reads a private copy; the bare load reads this one.
         std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
     }
-    let size = std::fs::metadata(&checkpoint)?.len();
+    let size = |path: &Path| std::fs::metadata(path).map(|m| m.len() as f64);
+    let torch_load =
+        "import sys, torch; torch.load(sys.argv[1], map_location='cpu', weights_only=False)";
     Ok(vec![
         Artifact {
             name: "small pickle (0.6 KiB)".into(),
             path: pickle,
             load: "import pickle, sys; pickle.load(open(sys.argv[1], 'rb'))",
+            strace: true,
         },
         Artifact {
-            name: format!("torch checkpoint ({:.0} KiB)", size as f64 / 1024.0),
+            name: format!("torch checkpoint ({:.0} KiB)", size(&checkpoint)? / 1024.0),
             path: checkpoint,
-            load: "import sys, torch; torch.load(sys.argv[1], map_location='cpu', weights_only=False)",
+            load: torch_load,
+            strace: true,
+        },
+        Artifact {
+            name: format!("torch checkpoint ({:.0} MB)", size(&large)? / 1e6),
+            path: large,
+            load: torch_load,
+            strace: true,
+        },
+        Artifact {
+            name: format!("Keras model ({:.0} KiB)", size(&keras)? / 1024.0),
+            path: keras,
+            load: "import sys, keras; keras.models.load_model(sys.argv[1])",
+            strace: false,
         },
     ])
 }

@@ -6,6 +6,17 @@
 //! it starts the phase, so every record of that phase in the ring buffer was written after the
 //! marker. Draining the pipe before judging a batch of records is therefore enough to know the
 //! phase of every event in the batch.
+//!
+//! Who wrote a marker is the other half. A job with a [`Gate`] runs only trusted code (the
+//! interpreter, the frameworks' imports) until monitor opens the gate, and says so with
+//! [`ControlMessage::Ready`]: what it wrote until then is its own. From the gate on, the
+//! artifact's code may run in the same process, and can write to the pipe as the harness can.
+//! So the load phase begins when monitor opens the gate, by monitor's clock, and everything
+//! the job writes afterwards is a claim: phase markers are checked against the one order the
+//! harness writes them in, each at most once, and one out of that order is not followed but
+//! kept as a [`Violation`] (a finding: the artifact forged it, or silenced the harness). The
+//! rules that judge by phase cover every phase after the gate alike, so a forged marker that
+//! happens to be in order relabels events and changes no verdict.
 
 use std::{
     io,
@@ -64,6 +75,9 @@ pub enum ControlMessage {
     },
     /// Anything else the harness wants in the report.
     Note { message: String, t: u64 },
+    /// The job waits at its gate: everything it does before is trusted code (a job with a
+    /// [`Gate`] and a control pipe writes this last before the gate, which opens only then).
+    Ready { t: u64 },
 }
 
 /// A pipe whose write end is handed to the job.
@@ -145,12 +159,11 @@ pub fn inherit_in_child(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
-/// Reads control messages and keeps the phase timeline.
+/// Reads control messages.
 #[derive(Debug)]
 pub struct ControlReader {
     rx: pipe::Receiver,
     partial: Vec<u8>,
-    timeline: Timeline,
     eof: bool,
     /// Lines that were not valid messages.
     pub garbled: u64,
@@ -166,7 +179,6 @@ impl ControlReader {
         Ok(ControlReader {
             rx: pipe::Receiver::from_owned_fd(read)?,
             partial: Vec::new(),
-            timeline: Timeline::default(),
             eof: false,
             garbled: 0,
             dropped: 0,
@@ -185,17 +197,13 @@ impl ControlReader {
         self.eof
     }
 
-    pub fn timeline(&self) -> &Timeline {
-        &self.timeline
-    }
-
     /// Lines dropped unread once the job had sent its share (see [`MAX_MESSAGES`]).
     pub fn dropped(&self) -> u64 {
         self.dropped
     }
 
     /// Reads whatever is in the pipe now, without waiting, appending complete messages to
-    /// `out` and recording phase changes in the timeline.
+    /// `out`.
     pub fn drain_now(&mut self, out: &mut Vec<ControlMessage>) -> io::Result<()> {
         let mut buf = [0u8; 8192];
         while !self.eof {
@@ -227,12 +235,7 @@ impl ControlReader {
             self.read += 1;
             self.read_bytes += line.len() as u64;
             match serde_json::from_slice::<ControlMessage>(&line) {
-                Ok(msg) => {
-                    if let ControlMessage::Phase { phase, t } = msg {
-                        self.timeline.enter(phase, t);
-                    }
-                    out.push(msg);
-                }
+                Ok(msg) => out.push(msg),
                 Err(_) => self.garbled += 1,
             }
         }
@@ -242,17 +245,53 @@ impl ControlReader {
     }
 }
 
-/// When each phase began, in the kernel's monotonic time.
-#[derive(Debug, Clone, Default, Serialize)]
+/// CLOCK_MONOTONIC now, in nanoseconds: the clock of the kernel's records
+/// (`bpf_ktime_get_ns`) and of the harness's markers.
+pub fn now_ns() -> u64 {
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .expect("CLOCK_MONOTONIC is always there");
+    now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64
+}
+
+/// A message from the job that broke the protocol: a phase marker out of order or repeated,
+/// a second `loaded`, a `ready` after the gate. Evidence that something besides the harness
+/// wrote to the pipe, or that the harness was kept from writing.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Violation {
+    /// What was wrong, in words.
+    pub what: String,
+    /// The message as received.
+    pub message: String,
+    /// When monitor read it (CLOCK_MONOTONIC ns): the job's own `t` is its claim.
+    pub read_ns: u64,
+}
+
+/// Where the harness is in the one order it reports in, after its gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Step {
+    /// The gate is open; its `load` marker comes next.
+    Gate,
+    Loading,
+    /// The load ended (`loaded`, or an error of the load phase).
+    Loaded,
+    Exercising,
+    Lingering,
+    TornDown,
+}
+
+/// When each phase of a job began, in the kernel's monotonic time, and what it said out of
+/// order.
+#[derive(Debug, Clone, Default)]
 pub struct Timeline {
     starts: Vec<(Phase, u64)>,
+    /// `None` until the job's gate opens (or always, for a job without one).
+    step: Option<Step>,
+    violations: Vec<Violation>,
 }
 
 impl Timeline {
-    /// Records that `phase` began at `t`. Phases only move forward (setup, load, exercise,
-    /// teardown) and in time: the artifact's code runs in the harness's process and can write
-    /// to the pipe too, so a marker that would move back (to the unjudged set-up, say) or
-    /// back in time is ignored rather than trusted.
+    /// Records that `phase` began at `t`, as a job without a gate says it: phases only move
+    /// forward and in time, anything else is ignored.
     pub fn enter(&mut self, phase: Phase, t: u64) {
         let forward = self
             .starts
@@ -261,6 +300,89 @@ impl Timeline {
         if forward {
             self.starts.push((phase, t));
         }
+    }
+
+    /// monitor opened the job's gate at `t`: the load phase begins, by monitor's own clock,
+    /// and what the job says from now on is checked (see [`Timeline::message`]).
+    pub fn gate_opened(&mut self, t: u64) {
+        if self.step.is_none() {
+            self.starts.push((Phase::Load, t));
+            self.step = Some(Step::Gate);
+        }
+    }
+
+    /// Takes message `msg` of a gated job, read at `read_ns`. Before the gate only the set-up
+    /// is reported (trusted); after it, each message must be the next the harness writes, or
+    /// it is a [`Violation`] and changes nothing.
+    pub fn message(&mut self, msg: &ControlMessage, read_ns: u64) {
+        let Some(step) = self.step else {
+            match msg {
+                ControlMessage::Phase {
+                    phase: Phase::Setup,
+                    t,
+                } if self.starts.is_empty() => self.starts.push((Phase::Setup, (*t).min(read_ns))),
+                ControlMessage::Phase { .. } => {
+                    self.violation("a phase marker before the gate opened", msg, read_ns)
+                }
+                _ => {}
+            }
+            return;
+        };
+        let next = match msg {
+            ControlMessage::Phase { phase, .. } => match (step, phase) {
+                (Step::Gate, Phase::Load) => Some(Step::Loading),
+                (Step::Loaded, Phase::Exercise) => Some(Step::Exercising),
+                (Step::Loaded | Step::Exercising, Phase::Linger) => Some(Step::Lingering),
+                (Step::Loaded | Step::Exercising | Step::Lingering, Phase::Teardown) => {
+                    Some(Step::TornDown)
+                }
+                _ => None,
+            },
+            ControlMessage::Loaded { .. } => (step == Step::Loading).then_some(Step::Loaded),
+            ControlMessage::Error { phase, .. } => match (step, phase) {
+                (Step::Loading, Phase::Load) => Some(Step::Loaded),
+                (Step::Exercising, Phase::Exercise) => Some(Step::Exercising),
+                _ => None,
+            },
+            ControlMessage::Ready { .. } => None,
+            ControlMessage::Audit { .. } | ControlMessage::Note { .. } => Some(step),
+        };
+        let Some(next) = next else {
+            let what = match msg {
+                ControlMessage::Ready { .. } => "`ready` after the gate opened".to_string(),
+                ControlMessage::Phase { phase, .. } => {
+                    format!("phase `{phase}` out of order ({})", step.describe())
+                }
+                ControlMessage::Loaded { .. } => {
+                    format!("`loaded` out of order ({})", step.describe())
+                }
+                _ => format!("an error report out of order ({})", step.describe()),
+            };
+            self.violation(&what, msg, read_ns);
+            return;
+        };
+        self.step = Some(next);
+        if let ControlMessage::Phase { phase, t } = msg
+            && *phase != Phase::Load
+        {
+            // The job's clock is its claim: kept between the last phase's start and now.
+            let last = self.starts.last().map_or(0, |&(_, start)| start);
+            self.starts
+                .push((*phase, (*t).clamp(last, read_ns.max(last))));
+        }
+    }
+
+    fn violation(&mut self, what: &str, msg: &ControlMessage, read_ns: u64) {
+        self.violations.push(Violation {
+            what: what.to_string(),
+            message: serde_json::to_string(msg).unwrap_or_default(),
+            read_ns,
+        });
+    }
+
+    /// The messages that broke the protocol.
+    pub fn violations(&self) -> &[Violation] {
+        &self.violations
     }
 
     /// The phase at time `t`: everything before the first marker is set-up (the interpreter
@@ -284,13 +406,27 @@ impl Timeline {
     }
 }
 
+impl Step {
+    fn describe(self) -> &'static str {
+        match self {
+            Step::Gate => "the load marker was due",
+            Step::Loading => "the load was under way",
+            Step::Loaded => "the load had ended",
+            Step::Exercising => "the model was being exercised",
+            Step::Lingering => "the loader was lingering",
+            Step::TornDown => "the teardown had begun",
+        }
+    }
+}
+
 fn rank(phase: Phase) -> u8 {
     match phase {
         Phase::Setup => 0,
         Phase::Load => 1,
         Phase::Exercise => 2,
-        Phase::Teardown => 3,
-        Phase::Run => 4,
+        Phase::Linger => 3,
+        Phase::Teardown => 4,
+        Phase::Run => 5,
     }
 }
 
@@ -374,7 +510,100 @@ mod tests {
         );
         assert_eq!(reader.garbled, 1);
         assert!(reader.at_eof());
-        assert_eq!(reader.timeline().phase_at(8), Phase::Load);
+    }
+
+    fn phase(phase: Phase, t: u64) -> ControlMessage {
+        ControlMessage::Phase { phase, t }
+    }
+
+    fn loaded(t: u64) -> ControlMessage {
+        ControlMessage::Loaded {
+            type_name: "builtins.dict".into(),
+            t,
+        }
+    }
+
+    #[test]
+    fn the_load_begins_at_the_gate_and_markers_after_it_keep_the_harness_order() {
+        let mut t = Timeline::default();
+        t.message(&phase(Phase::Setup, 10), 11);
+        t.message(&ControlMessage::Ready { t: 12 }, 13);
+        t.gate_opened(20);
+        assert_eq!(t.phase_at(19), Phase::Setup);
+        assert_eq!(
+            t.phase_at(20),
+            Phase::Load,
+            "monitor's clock, not the job's"
+        );
+        for (msg, read) in [
+            (phase(Phase::Load, 21), 22),
+            (loaded(30), 31),
+            (phase(Phase::Exercise, 40), 41),
+            (phase(Phase::Linger, 50), 51),
+            (phase(Phase::Teardown, 60), 61),
+        ] {
+            t.message(&msg, read);
+        }
+        assert!(t.violations().is_empty(), "{:?}", t.violations());
+        let phases: Vec<Phase> = t.starts().iter().map(|&(p, _)| p).collect();
+        assert_eq!(
+            phases,
+            [
+                Phase::Setup,
+                Phase::Load,
+                Phase::Exercise,
+                Phase::Linger,
+                Phase::Teardown
+            ]
+        );
+        assert_eq!(t.phase_at(45), Phase::Exercise);
+    }
+
+    #[test]
+    fn a_forged_marker_is_a_violation_and_so_is_the_genuine_one_it_displaced() {
+        let mut t = Timeline::default();
+        t.message(&phase(Phase::Setup, 10), 11);
+        t.gate_opened(20);
+        t.message(&phase(Phase::Load, 21), 22);
+        // The payload declares the teardown during the load: out of order, not followed.
+        t.message(&phase(Phase::Teardown, 25), 26);
+        assert_eq!(t.phase_at(30), Phase::Load);
+        // It forges the rest in order: followed (labels only), and the harness's own markers
+        // are then out of order.
+        t.message(&loaded(27), 28);
+        t.message(&phase(Phase::Teardown, 29), 30);
+        t.message(&loaded(40), 41);
+        t.message(&phase(Phase::Teardown, 50), 51);
+        let what: Vec<&str> = t.violations().iter().map(|v| v.what.as_str()).collect();
+        assert_eq!(what.len(), 3, "{what:?}");
+        assert!(what[0].contains("teardown"), "{what:?}");
+        assert!(what[1].contains("loaded"), "{what:?}");
+        assert_eq!(t.violations()[0].read_ns, 26);
+        // Back to the unjudged set-up, a `ready` after the gate, a `run`: violations too.
+        t.message(&phase(Phase::Setup, 60), 61);
+        t.message(&ControlMessage::Ready { t: 62 }, 63);
+        t.message(&phase(Phase::Run, 64), 65);
+        assert_eq!(t.violations().len(), 6);
+        assert_eq!(t.last(), Some(Phase::Teardown));
+    }
+
+    #[test]
+    fn a_claimed_time_stays_between_the_last_start_and_now() {
+        let mut t = Timeline::default();
+        t.gate_opened(100);
+        t.message(&phase(Phase::Load, 1), 101);
+        t.message(&loaded(102), 103);
+        // In the past (before the gate), and in the future: clamped.
+        t.message(&phase(Phase::Linger, 5), 110);
+        t.message(&phase(Phase::Teardown, u64::MAX), 120);
+        assert_eq!(
+            t.starts(),
+            [
+                (Phase::Load, 100),
+                (Phase::Linger, 100),
+                (Phase::Teardown, 120)
+            ]
+        );
     }
 
     #[tokio::test(flavor = "current_thread")]

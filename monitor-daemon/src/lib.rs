@@ -23,6 +23,7 @@ pub mod process;
 pub mod procfs;
 pub mod reader;
 pub mod render;
+pub mod resolve;
 pub mod router;
 pub mod rules;
 pub mod run;

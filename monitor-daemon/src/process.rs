@@ -22,6 +22,10 @@ pub struct Process {
     pub exit_ns: Option<u64>,
     /// From exit_group's argument, when it exited that way.
     pub exit_code: Option<i32>,
+    /// Its descriptors that name files, as far as the trace shows them: what a directory fd
+    /// or `/proc/self/fd/N` refers to. Shared by its threads; copied at fork.
+    #[serde(skip)]
+    pub fds: HashMap<i32, OpenFile>,
     /// The program of its parent, read from /proc, when the parent is not in the table (the
     /// service manager that started a watched service).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -30,6 +34,15 @@ pub struct Process {
     /// /proc already.
     #[serde(skip)]
     pub looked_up: bool,
+}
+
+/// A descriptor the tracer saw made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenFile {
+    /// What it was opened as: the path the kernel reached, as far as the tracer can tell.
+    pub path: String,
+    /// Closed when the process executes a program.
+    pub cloexec: bool,
 }
 
 /// A process as rules see it: its program, its parent's, and those of the processes above.
@@ -192,6 +205,7 @@ impl ProcessTable {
             start_ns: time_ns,
             exit_ns: None,
             exit_code: None,
+            fds: parent.map(|p| p.fds.clone()).unwrap_or_default(),
             outside_parent_exe: None,
             looked_up: false,
         };
@@ -221,6 +235,7 @@ impl ProcessTable {
             start_ns: time_ns,
             exit_ns: None,
             exit_code: None,
+            fds: HashMap::new(),
             outside_parent_exe: None,
             looked_up: false,
         });
@@ -231,23 +246,37 @@ impl ProcessTable {
     }
 
     /// Process `pid` now runs `filename` with `argv` (argv from its execve entry, if seen).
+    /// Its close-on-exec descriptors are gone.
     pub fn executed(&mut self, pid: u32, filename: &str, argv: Option<Vec<String>>) {
         if let Some(p) = self.procs.get_mut(&pid) {
             p.exe = Some(filename.to_owned());
             if let Some(argv) = argv {
                 p.argv = argv;
             }
+            p.fds.retain(|_, f| !f.cloexec);
         }
     }
 
-    /// Process `pid` changed directory to `path` (relative paths resolved against the known
-    /// cwd), or to an unknown one.
-    pub fn changed_dir(&mut self, pid: u32, path: Option<&str>) {
+    /// Process `pid` changed directory to `path` (absolute, as resolved), or to an unknown
+    /// one.
+    pub fn changed_dir(&mut self, pid: u32, path: Option<String>) {
         if let Some(p) = self.procs.get_mut(&pid) {
-            p.cwd = match (path, p.cwd.as_deref()) {
-                (Some(path), _) if path.starts_with('/') => Some(path.to_owned()),
-                (Some(path), Some(cwd)) => Some(format!("{}/{path}", cwd.trim_end_matches('/'))),
-                _ => None,
+            p.cwd = path;
+        }
+    }
+
+    /// The file descriptor `fd` of process `pid` names, if known.
+    pub fn fd(&self, pid: u32, fd: i32) -> Option<&OpenFile> {
+        self.procs.get(&pid)?.fds.get(&fd)
+    }
+
+    /// Descriptor `fd` of process `pid` now names `file` (`None`: something the tracer does
+    /// not know).
+    pub fn set_fd(&mut self, pid: u32, fd: i32, file: Option<OpenFile>) {
+        if let Some(p) = self.procs.get_mut(&pid) {
+            match file {
+                Some(file) => p.fds.insert(fd, file),
+                None => p.fds.remove(&fd),
             };
         }
     }
@@ -327,6 +356,7 @@ mod tests {
             start_ns: 0,
             exit_ns: None,
             exit_code: None,
+            fds: HashMap::new(),
             outside_parent_exe: None,
             looked_up: false,
         }
@@ -344,10 +374,20 @@ mod tests {
         assert_eq!(t.get(11).unwrap().cwd.as_deref(), Some("/work"));
         assert_eq!(t.get(11).unwrap().ppid, Some(10));
         assert!(t.get(12).is_none());
-        t.changed_dir(11, Some("sub"));
+        t.changed_dir(11, Some("/work/sub".into()));
         assert_eq!(t.get(11).unwrap().cwd.as_deref(), Some("/work/sub"));
+        let file = |path: &str, cloexec| OpenFile {
+            path: path.into(),
+            cloexec,
+        };
+        t.set_fd(11, 3, Some(file("/home/u/.ssh", true)));
+        t.set_fd(11, 4, Some(file("/data", false)));
+        t.forked(11, 13, 10);
+        assert_eq!(t.fd(13, 3), Some(&file("/home/u/.ssh", true)), "inherited");
         t.executed(11, "/bin/true", Some(vec!["true".into()]));
         assert_eq!(t.get(11).unwrap().exe.as_deref(), Some("/bin/true"));
+        assert_eq!(t.fd(11, 3), None, "closed on exec");
+        assert_eq!(t.fd(11, 4), Some(&file("/data", false)));
         assert_eq!(t.ancestors(11), vec![10, 1]);
     }
 }

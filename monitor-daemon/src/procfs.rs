@@ -1,9 +1,9 @@
 //! The host's processes, as /proc lists them at the moment of asking (not the trace's view:
 //! see `process` for that).
 
-use std::{fs, path::Path};
+use std::{collections::HashMap, fs, path::Path};
 
-use crate::process::Process;
+use crate::process::{OpenFile, Process};
 
 /// The ids of the processes alive now; empty when /proc cannot be read.
 pub fn pids() -> Vec<u32> {
@@ -49,9 +49,35 @@ pub fn process(pid: u32) -> Option<Process> {
         start_ns: 0,
         exit_ns: None,
         exit_code: None,
+        fds: open_files(&dir),
         outside_parent_exe: None,
         looked_up: true,
     })
+}
+
+/// The descriptors of the process at `dir` (`/proc/PID`) that name files, as the kernel shows
+/// them (at most a few thousand: what directory fds a watch starts with).
+fn open_files(dir: &Path) -> HashMap<i32, OpenFile> {
+    const MAX: usize = 4096;
+    let Ok(entries) = fs::read_dir(dir.join("fd")) else {
+        return HashMap::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let fd = entry.file_name().to_str()?.parse().ok()?;
+            let path = fs::read_link(entry.path()).ok()?;
+            let path = path.to_str().filter(|p| p.starts_with('/'))?.to_owned();
+            Some((
+                fd,
+                OpenFile {
+                    path,
+                    cloexec: false,
+                },
+            ))
+        })
+        .take(MAX)
+        .collect()
 }
 
 #[cfg(test)]

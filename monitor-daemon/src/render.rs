@@ -120,6 +120,10 @@ pub fn text(event: &Event) -> String {
                 (None, _) => "?".into(),
             };
             let mut line = format!("{who} {}({}) = {ret}", sc.name, args.join(", "));
+            if !sc.resolved.is_empty() {
+                // What the paths reached: a directory fd's file, a symlink's target.
+                line.push_str(&format!(" <reached {}>", sc.resolved.join(" -> ")));
+            }
             if sc.truncated {
                 line.push_str(" <truncated>");
             }

@@ -13,7 +13,7 @@
 //! verification and attaching) then overlaps the interpreter's start instead of preceding it.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     ffi::OsString,
     future::Future,
     os::{
@@ -31,7 +31,7 @@ use serde::Serialize;
 
 use crate::{
     cgroup::{self, JobCgroup},
-    control::{self, ControlMessage, ControlPipe, ControlReader, Gate},
+    control::{self, ControlMessage, ControlPipe, ControlReader, Gate, GateOpener},
     decode::{ArgValue, Record},
     process::Process,
     procfs,
@@ -40,6 +40,10 @@ use crate::{
     sandbox::{Sandbox, SandboxOptions},
     trace::{Event, Tracer, What},
 };
+
+/// Findings of one rule passed on one by one in a job; the rest are counted
+/// ([`RunSummary::findings_not_shown`]).
+pub const FINDINGS_SHOWN_PER_RULE: u64 = 100;
 
 /// What to run, and how to judge it.
 #[derive(Debug, Clone)]
@@ -101,6 +105,10 @@ pub struct RunSummary {
     pub processes: usize,
     /// Findings by severity.
     pub findings: BTreeMap<Severity, u64>,
+    /// Findings past the first [`FINDINGS_SHOWN_PER_RULE`] of their rule: counted in
+    /// `findings`, not passed on one by one. By rule: the severity and how many.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub findings_not_shown: BTreeMap<String, (Severity, u64)>,
     /// The rule whose finding made monitor kill the job, if one did.
     pub terminated_by: Option<String>,
     /// Whether the job was killed for running past its time limit.
@@ -119,6 +127,13 @@ pub struct RunSummary {
     /// [`control::MAX_MESSAGES`]).
     #[serde(skip_serializing_if = "is_zero")]
     pub control_dropped: u64,
+    /// The phases of a job that reports them (see [`JobIo::control`]), as they were judged:
+    /// each with its start (CLOCK_MONOTONIC ns).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub phases: Vec<(Phase, u64)>,
+    /// What such a job wrote on its control pipe out of the protocol's order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub control_violations: Vec<control::Violation>,
     /// True when no record was lost or unreadable: the trace is the whole story.
     pub complete: bool,
 }
@@ -188,7 +203,10 @@ pub async fn run_with(
         }
         None => (None, None),
     };
-    let (gate_fd, gate) = io.gate.map(Gate::split).unzip();
+    let (gate_fd, mut gate) = io.gate.map(Gate::split).unzip();
+    // A job that reports on a control pipe says when it waits at its gate (`ready`), and the
+    // gate opens then: what it did before is trusted, what it does after is the artifact's.
+    let gated = gate.is_some() && control.is_some();
     let inherited: Vec<&OwnedFd> = job_fd.iter().chain(&gate_fd).collect();
     let mut child = spawn(spec, &job, sandbox.as_ref(), &inherited, io.output)?;
     // Only the child holds these ends now: the control pipe closes with the job, and the gate
@@ -196,6 +214,7 @@ pub async fn run_with(
     drop((job_fd, gate_fd));
     let pid = child.id().context("child has no pid")?;
     let mut judge = Judge::new(spec, pid, control.is_some(), sandbox.is_some());
+    judge.gated = gated;
     judge.tracer.processes_mut().insert(Process {
         pid,
         ppid: Some(std::process::id()),
@@ -217,6 +236,7 @@ pub async fn run_with(
         start_ns: 0,
         exit_ns: None,
         exit_code: None,
+        fds: Default::default(),
         outside_parent_exe: None,
         looked_up: true,
     });
@@ -234,10 +254,15 @@ pub async fn run_with(
             .joined_late(&job)
             .context("listing the job's processes")?;
     }
-    if let Some(gate) = gate {
+    if !gated && let Some(gate) = gate.take() {
         gate.open().context("opening the job's gate")?;
     }
     let mut records_of_job = records_of_job.expect("watched before the gate opened");
+    let mut at_gate = GateKeeper {
+        gate,
+        job: &job,
+        sandbox: sandbox.as_ref(),
+    };
 
     // Ctrl-C reaches the command through the terminal; we stay to report what it did.
     let mut interrupts = std::pin::pin!(tokio::signal::ctrl_c());
@@ -252,14 +277,14 @@ pub async fn run_with(
             read = records_of_job.recv(&mut records) => {
                 read.context("receiving the job's records")?;
                 // Phase markers precede the records of their phase: read them first.
-                read_control(control.as_mut(), &mut messages, &mut judge, &mut sink)?;
+                read_control(control.as_mut(), &mut messages, &mut judge, &mut at_gate, &mut sink)?;
                 if judge.feed(&mut records, &mut sink) {
                     job.kill_all().context("killing the job")?;
                 }
             }
             ready = readable(control.as_ref()) => {
                 ready.context("waiting on the control pipe")?;
-                read_control(control.as_mut(), &mut messages, &mut judge, &mut sink)?;
+                read_control(control.as_mut(), &mut messages, &mut judge, &mut at_gate, &mut sink)?;
             }
             _ = sleep_until(deadline), if !timed_out => {
                 timed_out = true;
@@ -282,9 +307,16 @@ pub async fn run_with(
         .finish(&mut records)
         .await
         .context("taking the job's last records")?;
-    read_control(control.as_mut(), &mut messages, &mut judge, &mut sink)?;
+    read_control(
+        control.as_mut(),
+        &mut messages,
+        &mut judge,
+        &mut at_gate,
+        &mut sink,
+    )?;
     judge.feed(&mut records, &mut sink);
     judge.finish(&mut sink);
+    drop(at_gate);
     drop(job);
 
     let status = status.expect("loop ends only after the command exited");
@@ -295,6 +327,7 @@ pub async fn run_with(
         events: judge.events,
         processes: judge.tracer.processes().len(),
         findings: judge.findings,
+        findings_not_shown: judge.not_shown,
         terminated_by: judge.terminated_by,
         timed_out,
         kernel_records: counts.kernel.events,
@@ -303,6 +336,8 @@ pub async fn run_with(
         complete: counts.complete(),
         tampering: counts.tampering,
         control_dropped: control.as_ref().map_or(0, ControlReader::dropped),
+        phases: judge.timeline.starts().to_vec(),
+        control_violations: judge.timeline.violations().to_vec(),
     })
 }
 
@@ -310,11 +345,41 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
+/// A gate that opens when its job says it waits there (see [`ControlMessage::Ready`]).
+struct GateKeeper<'j> {
+    /// Until it opens.
+    gate: Option<GateOpener>,
+    job: &'j JobCgroup,
+    sandbox: Option<&'j Sandbox>,
+}
+
+impl GateKeeper<'_> {
+    /// The job waits at its gate, and has run only trusted code: learn what its sandbox's
+    /// honeytokens are by identity (from inside, where bubblewrap made them), then let it
+    /// through. The load phase begins now, by our clock.
+    fn job_ready(&mut self, judge: &mut Judge<'_>) -> Result<()> {
+        let Some(gate) = self.gate.take() else {
+            return Ok(());
+        };
+        if let Some(sandbox) = self.sandbox {
+            let pids = self.job.pids().context("listing the job's processes")?;
+            for (file, path) in sandbox.decoys_seen_by(&pids) {
+                judge.tracer.names_mut().know(file, path);
+            }
+        }
+        let opened = control::now_ns();
+        gate.open().context("opening the job's gate")?;
+        judge.timeline.gate_opened(opened);
+        Ok(())
+    }
+}
+
 /// Reads what the control pipe holds now and passes it on.
 fn read_control(
     control: Option<&mut ControlReader>,
     messages: &mut Vec<ControlMessage>,
     judge: &mut Judge<'_>,
+    at_gate: &mut GateKeeper<'_>,
     sink: &mut impl FnMut(Output<'_>),
 ) -> Result<()> {
     let Some(control) = control else {
@@ -324,7 +389,12 @@ fn read_control(
         .drain_now(messages)
         .context("reading the control pipe")?;
     for msg in messages.drain(..) {
-        if let ControlMessage::Phase { phase, t } = msg {
+        if judge.gated {
+            judge.timeline.message(&msg, control::now_ns());
+            if matches!(msg, ControlMessage::Ready { .. }) {
+                at_gate.job_ready(judge)?;
+            }
+        } else if let ControlMessage::Phase { phase, t } = msg {
             judge.timeline.enter(phase, t);
         }
         sink(Output::Control(&msg));
@@ -354,6 +424,8 @@ struct Judge<'a> {
     /// The job's phases, when it reports them; otherwise everything is [`Phase::Run`].
     timeline: control::Timeline,
     phased: bool,
+    /// Its phases are checked against the protocol of a job behind a gate.
+    gated: bool,
     sandboxed: bool,
     root: u32,
     /// Whether the command's own exec has completed: what comes before (the launcher's PATH
@@ -361,6 +433,9 @@ struct Judge<'a> {
     started: bool,
     events: u64,
     findings: BTreeMap<Severity, u64>,
+    /// Findings so far, by rule.
+    per_rule: HashMap<String, u64>,
+    not_shown: BTreeMap<String, (Severity, u64)>,
     terminated_by: Option<String>,
     batch: Vec<Event>,
 }
@@ -372,11 +447,14 @@ impl<'a> Judge<'a> {
             tracer: Tracer::default(),
             timeline: control::Timeline::default(),
             phased,
+            gated: false,
             sandboxed,
             root,
             started: false,
             events: 0,
             findings: BTreeMap::new(),
+            per_rule: HashMap::new(),
+            not_shown: BTreeMap::new(),
             terminated_by: None,
             batch: Vec::new(),
         }
@@ -459,7 +537,19 @@ impl<'a> Judge<'a> {
                     self.terminated_by = Some(finding.rule.clone());
                     kill = true;
                 }
-                sink(Output::Finding(&finding));
+                // A loop that repeats one act (a fork bomb's failed forks) would make findings
+                // without end: past the first few of a rule, they are counted only.
+                let seen = self.per_rule.entry(finding.rule.clone()).or_default();
+                *seen += 1;
+                if *seen <= FINDINGS_SHOWN_PER_RULE {
+                    sink(Output::Finding(&finding));
+                } else {
+                    let (_, count) = self
+                        .not_shown
+                        .entry(finding.rule.clone())
+                        .or_insert((finding.severity, 0));
+                    *count += 1;
+                }
             }
         }
         kill

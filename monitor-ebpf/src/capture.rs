@@ -8,14 +8,14 @@ use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated
 use monitor_common::{
     event::{
         ARG_MAX, ARGV_MAX, BLOB_MAX, CaptureSpec, Counter, DATA_MAX, EventKind, FLAG_KILLED,
-        FLAG_READ_ERROR, FLAG_RECAPTURED, FLAG_TRUNCATED, ITEM_START_MAX, STR_MAX, STR_SLOTS,
-        SyscallEnter,
+        FLAG_READ_ERROR, FLAG_RECAPTURED, FLAG_TRUNCATED, ITEM_START_MAX, ONLY_IF_ANY_BIT,
+        ONLY_IF_NONE, ONLY_IF_ONE_OF, STR_MAX, STR_SLOTS, SyscallEnter,
     },
     syscall::{Capture, MAX_ARGS},
 };
 
 use crate::{
-    CAPTURE, EVENTS, RETRY, SCRATCH,
+    CAPTURE, ENTERED, EVENTS, RETRY, SCRATCH,
     context::{Watched, count, fill_header},
     ring::commit_flags,
 };
@@ -106,14 +106,26 @@ fn try_syscall_enter(watch: Watched, nr: u32, args: [u64; MAX_ARGS]) -> Result<(
     } else {
         0
     };
-    if spec.only_if_mask != 0 && killed == 0 {
+    if spec.only_if != ONLY_IF_NONE && killed == 0 {
         let tested = args.get(spec.only_if_arg as usize).copied().unwrap_or(0);
-        if tested & spec.only_if_mask == 0 {
+        let [first, second] = spec.only_if_values;
+        let passes = match spec.only_if {
+            ONLY_IF_ANY_BIT => tested & first != 0,
+            ONLY_IF_ONE_OF => tested == first || tested == second,
+            _ => true,
+        };
+        if !passes {
             return Ok(());
         }
     }
 
     let flags = emit(watch, nr, spec, args, killed)?;
+    // The exit of a filtered syscall is recorded only after an entry that was: see
+    // `exit_wanted`.
+    if spec.only_if != ONLY_IF_NONE && spec.exit != 0 {
+        let tid = bpf_get_current_pid_tgid() as u32;
+        let _ = ENTERED.insert(tid, nr, 0);
+    }
     // User memory that was not paged in cannot be read here; the kernel will have touched it
     // by the time the syscall returns, so try again then.
     if flags & FLAG_READ_ERROR != 0 && spec.exit != 0 {
@@ -121,6 +133,23 @@ fn try_syscall_enter(watch: Watched, nr: u32, args: [u64; MAX_ARGS]) -> Result<(
         let _ = RETRY.insert(tid, Retry { nr, _pad: 0, args }, 0);
     }
     Ok(())
+}
+
+/// Whether the exit of syscall `nr` is to be recorded: always, unless its entries are filtered
+/// (fcntl, traced only when it duplicates a descriptor), when only the exit of an entry that
+/// was recorded is.
+#[inline(always)]
+pub fn exit_wanted(spec: &CaptureSpec, nr: u32) -> bool {
+    if spec.only_if == ONLY_IF_NONE {
+        return true;
+    }
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let entered = unsafe { ENTERED.get(tid) }.copied();
+    if entered.is_none() {
+        return false;
+    }
+    let _ = ENTERED.remove(tid);
+    entered == Some(nr)
 }
 
 /// At a syscall's exit: captures the entry's arguments again if reading them failed at entry.

@@ -24,14 +24,14 @@ const SIGKILL: u32 = 9;
 #[inline(always)]
 pub fn at_entry(watch: &Watched, nr: u32, executes: bool) -> bool {
     let id = watch.id();
-    let kills = unsafe { KILL_POLICIES.get(&id) }.is_some_and(|p| p.kills(nr));
+    let kills = unsafe { KILL_POLICIES.get(id) }.is_some_and(|p| p.kills(nr));
     if executes {
         let tid = bpf_get_current_pid_tgid() as u32;
         // Inserted or removed at every exec, so that nothing stale outlives a policy change.
         let _ = if kills {
-            PENDING_EXEC_KILLS.insert(&tid, &id, 0)
+            PENDING_EXEC_KILLS.insert(tid, id, 0)
         } else {
-            PENDING_EXEC_KILLS.remove(&tid)
+            PENDING_EXEC_KILLS.remove(tid)
         };
         return false;
     }
@@ -52,13 +52,13 @@ fn exec_killed(ctx: &TracePointContext, watch: &Watched) -> Option<bool> {
     // takes the leader's id).
     let old: i32 = unsafe { ctx.read_at(off.exec_old_pid as usize) }.ok()?;
     let old = old as u32;
-    let watch_id = *unsafe { PENDING_EXEC_KILLS.get(&old) }?;
-    let _ = PENDING_EXEC_KILLS.remove(&old);
+    let watch_id = *unsafe { PENDING_EXEC_KILLS.get(old) }?;
+    let _ = PENDING_EXEC_KILLS.remove(old);
     let key: *mut ExecKey = EXEC_KEY_SCRATCH.get_ptr_mut(0)?;
     unsafe { (*key).watch_id = watch_id };
     // A path too long for a key is no program the watch allows.
     let named = read_path(ctx, off.exec_filename_loc, unsafe { &raw mut (*key).path }).is_some();
-    if named && unsafe { EXEC_ALLOWED.get(&*key) }.is_some() {
+    if named && unsafe { EXEC_ALLOWED.get(*key) }.is_some() {
         return Some(false);
     }
     Some(kill(watch))

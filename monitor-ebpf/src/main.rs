@@ -27,6 +27,7 @@
 mod capture;
 mod context;
 mod discover;
+mod file;
 mod follow;
 mod hooks;
 mod kill;
@@ -40,8 +41,8 @@ use aya_ebpf::{
 };
 use monitor_common::event::{
     CAPTURE_ENTRIES, COUNTERS as COUNTER_SLOTS, CaptureSpec, Counter, Discovery, EventKind,
-    ExecKey, FLAG_KILLED, KillPolicy, PathKey, ProcessExec, ProcessExit, ProcessFork, SyscallEnter,
-    SyscallExit, TracepointOffsets, Watch, WatchCounts, open_reads_nothing,
+    ExecKey, FLAG_KILLED, FileOffsets, KillPolicy, PathKey, ProcessExec, ProcessExit, ProcessFork,
+    SyscallEnter, SyscallExit, TracepointOffsets, Watch, WatchCounts, open_reads_nothing,
 };
 
 use crate::{
@@ -117,6 +118,11 @@ static SCRATCH: PerCpuArray<SyscallEnter> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static RETRY: LruHashMap<u32, capture::Retry> = LruHashMap::with_max_entries(16384, 0);
 
+/// Threads inside a filtered syscall whose entry was recorded (thread id -> syscall number),
+/// so that its exit is recorded too and no other (see `capture::exit_wanted`).
+#[map]
+static ENTERED: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384, 0);
+
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
 
@@ -128,6 +134,20 @@ static LAST_WAKEUP: Array<u64> = Array::with_max_entries(1, 0);
 /// load (a fraction of the ring buffer's size).
 #[unsafe(no_mangle)]
 static WAKEUP_BYTES: u64 = EVENTS_BYTES as u64 / 8;
+
+/// Where the file behind a descriptor is found on the running kernel, written by user space
+/// before load (all zero: not found).
+#[unsafe(no_mangle)]
+static FILE_OFFSETS: FileOffsets = FileOffsets {
+    task_files: 0,
+    files_fdt: 0,
+    fdt_max_fds: 0,
+    fdt_fd: 0,
+    file_inode: 0,
+    inode_ino: 0,
+    inode_sb: 0,
+    sb_dev: 0,
+};
 
 /// Tracepoint field offsets of the running kernel, written by user space before load.
 #[unsafe(no_mangle)]
@@ -260,10 +280,15 @@ pub fn sys_exit_tp(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn syscall_exit(watch: Watched, nr: u32, ret: i64) -> Result<(), i64> {
     let spec = CAPTURE.get(nr).ok_or(0)?;
-    if spec.exit == 0 {
+    if spec.exit == 0 || !capture::exit_wanted(spec, nr) {
         return Ok(());
     }
     capture::recapture(watch, nr);
+    // Read before the reservation: nothing between reserve and submit may fail.
+    let (dev, ino) = match spec.exit_file != 0 && ret >= 0 {
+        true => file::identity(ret as u32).unwrap_or((0, 0)),
+        false => (0, 0),
+    };
     let flags = commit_flags(size_of::<SyscallExit>() as u64);
     let Some(mut entry) = EVENTS.reserve::<SyscallExit>(0) else {
         watch.dropped();
@@ -273,8 +298,9 @@ fn syscall_exit(watch: Watched, nr: u32, ret: i64) -> Result<(), i64> {
     unsafe {
         fill_header(&raw mut (*ev).header, EventKind::SyscallExit, &watch);
         (*ev).nr = nr;
-        (*ev)._pad = 0;
+        (*ev).dev = dev;
         (*ev).ret = ret;
+        (*ev).ino = ino;
     }
     entry.submit(flags);
     watch.emitted();

@@ -111,16 +111,36 @@ pub async fn scan_code_with(
     timeout: std::time::Duration,
     config: ProbeConfig,
 ) -> monitor_daemon::scan::ScanReport {
-    assert!(is_root(), "scans load eBPF programs: run the tests as root");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("model.pkl");
     std::fs::write(&path, pickle_exec(code)).unwrap();
-    let mut spec = monitor_daemon::scan::ScanSpec::new(&path);
+    scan_path_with(&path, config, |spec| {
+        spec.timeout = timeout;
+        // What the kernel saw is under test: the static rules would call every one of these
+        // `builtins.exec` pickles malicious before the load.
+        spec.static_rules = monitor_daemon::scan::static_analysis::StaticRules::none();
+    })
+    .await
+}
+
+/// Scans `path` with the defaults, as `adjust` changes them.
+pub async fn scan_path(
+    path: &std::path::Path,
+    adjust: impl FnOnce(&mut monitor_daemon::scan::ScanSpec),
+) -> monitor_daemon::scan::ScanReport {
+    scan_path_with(path, ProbeConfig::default(), adjust).await
+}
+
+/// [`scan_path`] on probes loaded with `config`.
+pub async fn scan_path_with(
+    path: &std::path::Path,
+    config: ProbeConfig,
+    adjust: impl FnOnce(&mut monitor_daemon::scan::ScanSpec),
+) -> monitor_daemon::scan::ScanReport {
+    assert!(is_root(), "scans load eBPF programs: run the tests as root");
+    let mut spec = monitor_daemon::scan::ScanSpec::new(path);
     spec.python = loader_python();
-    spec.timeout = timeout;
-    // What the kernel saw is under test: the static rules would call every one of these
-    // `builtins.exec` pickles malicious before the load.
-    spec.static_rules = monitor_daemon::scan::static_analysis::StaticRules::none();
+    adjust(&mut spec);
     let mut probes = monitor_daemon::scan::LazyProbes::new(config);
     monitor_daemon::scan::scan(&spec, &mut probes, |_| {}).await
 }

@@ -4,8 +4,11 @@
 
 use std::time::Duration;
 
-use monitor_daemon::scan::{Verdict, report::ErrorKind};
-use monitor_tests::{job_user_processes, scan_code};
+use monitor_daemon::{
+    scan::{Verdict, report::ErrorKind},
+    trace::What,
+};
+use monitor_tests::{job_user_processes, scan_code, scan_path};
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_fork_bomb_is_stopped_by_the_limits_and_never_clean_and_spares_the_scan_beside_it() {
@@ -25,14 +28,32 @@ async fn a_fork_bomb_is_stopped_by_the_limits_and_never_clean_and_spares_the_sca
     );
     // Started once the bomb has reached its limit: it runs as another user, with a process
     // limit of its own.
+    let dir = tempfile::tempdir().unwrap();
+    let plain = dir.path().join("plain.pkl");
+    // pickle.dumps({"a": 1}, protocol=4)
+    std::fs::write(
+        &plain,
+        b"\x80\x04\x95\n\x00\x00\x00\x00\x00\x00\x00}\x94\x8c\x01a\x94K\x01s.",
+    )
+    .unwrap();
     let beside = async {
         tokio::time::sleep(Duration::from_secs(3)).await;
-        scan_code("import os\nos.getpid()\n", Duration::from_secs(60)).await
+        scan_path(&plain, |_| {}).await
     };
     let (report, beside) = tokio::join!(bomb, beside);
     assert_eq!(beside.verdict, Verdict::Clean, "{beside:#?}");
     assert!(beside.errors.is_empty(), "{:?}", beside.errors);
-    assert_ne!(report.verdict, Verdict::Clean, "{report:#?}");
+    // Reaching the process limit is itself the finding: nothing a model load does.
+    assert_eq!(report.verdict, Verdict::Malicious, "{:?}", report.errors);
+    let storm = report
+        .findings
+        .iter()
+        .find(|f| f.rule == "proc.fork-failed")
+        .expect("the failed forks are a finding");
+    let What::Syscall(sc) = &storm.event.what else {
+        panic!("{storm:?}")
+    };
+    assert_eq!(sc.errno.as_deref(), Some("EAGAIN"));
     assert!(
         report.errors.iter().any(|e| e.kind == ErrorKind::Timeout),
         "it ran into the time limit: {:?}",

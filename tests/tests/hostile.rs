@@ -94,7 +94,9 @@ async fn a_payload_that_waits_past_the_time_limit_is_reported_as_timed_out() {
         Duration::from_secs(3),
     )
     .await;
-    assert_eq!(report.verdict, Verdict::Error, "{report:#?}");
+    // Never clean (the exec global the payload rides on is itself a finding of the audit
+    // hook's), and the time limit is said.
+    never_clean(&report);
     assert!(
         error_kinds(&report).contains(&ErrorKind::Timeout),
         "{:?}",

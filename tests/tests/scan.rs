@@ -14,7 +14,7 @@ use monitor_daemon::{
         verdict::ExitCode,
     },
 };
-use monitor_tests::{is_root, loader_python};
+use monitor_tests::{loader_python, scan_path};
 
 /// A protocol-0 pickle whose load calls `module.name(arg)`; harmless callables only.
 fn pickle_calling(module: &str, name: &str, arg: &str) -> Vec<u8> {
@@ -34,15 +34,6 @@ async fn scan_bytes(bytes: &[u8], adjust: impl FnOnce(&mut ScanSpec)) -> ScanRep
     let path = dir.path().join("model.bin");
     std::fs::write(&path, bytes).unwrap();
     scan_path(&path, adjust).await
-}
-
-async fn scan_path(path: &Path, adjust: impl FnOnce(&mut ScanSpec)) -> ScanReport {
-    assert!(is_root(), "scans load eBPF programs: run the tests as root");
-    let mut spec = ScanSpec::new(path);
-    spec.python = loader_python();
-    adjust(&mut spec);
-    let mut probes = LazyProbes::new(ProbeConfig::default());
-    scan(&spec, &mut probes, |_| {}).await
 }
 
 fn rules(report: &ScanReport) -> Vec<&str> {
@@ -141,7 +132,7 @@ async fn python_only_evidence_is_a_static_threat_and_an_audit_finding() {
     // eval of a constant: no syscall any rule can call dangerous; the bytes name it, and the
     // interpreter sees it resolved.
     let eval = pickle_calling("builtins", "eval", "6*7");
-    let kernel_only = scan_bytes(&eval, |_| {}).await;
+    let kernel_only = scan_bytes(&eval, |spec| spec.audit = false).await;
     assert_eq!(kernel_only.exit_code, ExitCode::Threat, "{kernel_only:#?}");
     assert!(kernel_only.findings.is_empty(), "{:?}", rules(&kernel_only));
     let named = &kernel_only.artifact.globals[0].globals[0];

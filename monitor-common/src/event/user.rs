@@ -13,6 +13,7 @@ unsafe impl aya::Pod for WatchCounts {}
 unsafe impl aya::Pod for Discovery {}
 unsafe impl aya::Pod for CaptureSpec {}
 unsafe impl aya::Pod for TracepointOffsets {}
+unsafe impl aya::Pod for FileOffsets {}
 unsafe impl aya::Pod for PathKey {}
 unsafe impl aya::Pod for SyscallExit {}
 unsafe impl aya::Pod for ProcessFork {}

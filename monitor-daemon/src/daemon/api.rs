@@ -209,10 +209,12 @@ async fn status(
 #[serde(deny_unknown_fields)]
 struct ScanBody {
     path: String,
-    #[serde(default)]
+    #[serde(default = "yes")]
     exercise: bool,
-    #[serde(default)]
+    #[serde(default = "yes")]
     audit: bool,
+    #[serde(default)]
+    linger_ms: Option<u64>,
     #[serde(default)]
     fail_on: Option<crate::rules::Severity>,
     #[serde(default)]
@@ -242,6 +244,7 @@ async fn submit_scan(
         path: body.path,
         exercise: body.exercise,
         audit: body.audit,
+        linger_ms: body.linger_ms,
         fail_on: body.fail_on,
         timeout_secs: body.timeout_secs,
         uploaded: false,
@@ -321,10 +324,15 @@ fn enqueue(
 struct UploadQuery {
     /// The artifact's file name (kept for the report; the content decides the format).
     name: Option<String>,
-    #[serde(default)]
+    #[serde(default = "yes")]
     exercise: bool,
-    #[serde(default)]
+    #[serde(default = "yes")]
     audit: bool,
+    linger_ms: Option<u64>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The artifact's bytes in the body, written to the state directory as they arrive (never
@@ -369,6 +377,7 @@ async fn upload_scan(
         path: path.display().to_string(),
         exercise: q.exercise,
         audit: q.audit,
+        linger_ms: q.linger_ms,
         fail_on: None,
         timeout_secs: None,
         uploaded: true,

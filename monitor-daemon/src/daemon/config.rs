@@ -28,6 +28,11 @@ pub struct Config {
     pub max_concurrent_scans: usize,
     /// A scan running longer is stopped (and reported as an error unless a threat was seen).
     pub scan_timeout_secs: u64,
+    /// How long a scan's loader stays up after the load and the exercise, in milliseconds,
+    /// while anything the load left behind still runs (a thread, a child, a timer), as a
+    /// server would keep it; cut short when nothing does. 0 turns it off, at most 60000. A
+    /// request's `linger_ms` overrides it.
+    pub scan_linger_ms: u64,
     /// The largest artifact accepted, in MiB.
     pub max_artifact_mib: u64,
     /// Extra rule files (YAML), judged with the defaults. A directory stands for every
@@ -194,6 +199,7 @@ impl Default for Config {
             max_queued_scans: 1000,
             max_concurrent_scans: 2,
             scan_timeout_secs: 120,
+            scan_linger_ms: crate::scan::job::DEFAULT_LINGER.as_millis() as u64,
             max_artifact_mib: 8192,
             rules: Vec::new(),
             loader_env: crate::scan::job::DEFAULT_LOADER_ENV.into(),
@@ -208,6 +214,10 @@ impl Default for Config {
         }
     }
 }
+
+/// The longest a scan's loader lingers after the load, in milliseconds: a scan's time limit,
+/// not its linger, is what bounds a long wait.
+pub const MAX_LINGER_MS: u64 = 60_000;
 
 /// More scans at once than this would only contend for the CPUs and the ring buffer.
 pub const MAX_CONCURRENT_SCANS: usize = 64;
@@ -271,6 +281,11 @@ impl Config {
             ));
         }
         self.discovery.spec()?;
+        if self.scan_linger_ms > MAX_LINGER_MS {
+            return Err(ConfigError::Invalid(format!(
+                "scan_linger_ms must be at most {MAX_LINGER_MS}"
+            )));
+        }
         if !(1..=MAX_CONCURRENT_SCANS).contains(&self.max_concurrent_scans) {
             return Err(ConfigError::Invalid(format!(
                 "max_concurrent_scans must be between 1 and {MAX_CONCURRENT_SCANS}"

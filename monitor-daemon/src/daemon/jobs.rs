@@ -229,6 +229,8 @@ fn spec_for(shared: &Shared, request: &ScanRequest) -> ScanSpec {
     spec.rules = (*shared.rules()).clone();
     spec.exercise = request.exercise;
     spec.audit = request.audit;
+    let linger_ms = request.linger_ms.unwrap_or(config.scan_linger_ms);
+    spec.linger = Duration::from_millis(linger_ms.min(crate::daemon::config::MAX_LINGER_MS));
     if let Some(fail_on) = request.fail_on {
         spec.fail_on = fail_on;
     }

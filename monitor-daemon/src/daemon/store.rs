@@ -48,10 +48,16 @@ impl Status {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ScanRequest {
     pub path: String,
-    #[serde(default)]
+    /// Call the loaded model on dummy input (default: yes).
+    #[serde(default = "yes")]
     pub exercise: bool,
-    #[serde(default)]
+    /// Add Python audit-hook evidence (default: yes).
+    #[serde(default = "yes")]
     pub audit: bool,
+    /// How long the loader lingers after the load, in milliseconds (default: the daemon's
+    /// `scan_linger_ms`; at most 60000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub linger_ms: Option<u64>,
     /// Severity at which a finding makes the exit code 1 (default high).
     #[serde(default)]
     pub fail_on: Option<crate::rules::Severity>,
@@ -65,6 +71,10 @@ pub struct ScanRequest {
     /// scan is theirs to see. `None` for requests stored before owners were.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<crate::creds::Credentials>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A scan as the API shows it.
@@ -672,6 +682,7 @@ mod tests {
             path: path.into(),
             exercise: false,
             audit: false,
+            linger_ms: None,
             fail_on: None,
             timeout_secs: None,
             uploaded: false,

@@ -195,6 +195,7 @@ fn decode_value(kind: ArgKind, v: u64) -> ArgValue {
         ArgKind::Signal => enum_value(v, SIGNALS),
         ArgKind::PtraceRequest => enum_value(v, PTRACE_REQUESTS),
         ArgKind::BpfCmd => enum_value(v, BPF_CMDS),
+        ArgKind::FcntlCmd => enum_value(v, FCNTL_CMDS),
         ArgKind::Hex | ArgKind::Ptr => ArgValue::Hex(v),
         // Captured kinds never reach here; keep the raw value if the table and capture disagree.
         ArgKind::Path
@@ -461,6 +462,12 @@ static PTRACE_REQUESTS: Names = names![
     PTRACE_SEIZE,
     PTRACE_INTERRUPT,
 ];
+/// The fcntl commands traced (the table's filter keeps the others out).
+static FCNTL_CMDS: Names = &[
+    (libc::F_DUPFD as u64, "F_DUPFD"),
+    (libc::F_DUPFD_CLOEXEC as u64, "F_DUPFD_CLOEXEC"),
+];
+
 static BPF_CMDS: Names = &[
     (0, "BPF_MAP_CREATE"),
     (1, "BPF_MAP_LOOKUP_ELEM"),

@@ -82,6 +82,37 @@ pub struct Exit {
     pub header: Header,
     pub syscall: &'static Syscall,
     pub ret: i64,
+    /// The file a successful open opened, as the kernel saw it.
+    pub file: Option<FileId>,
+}
+
+/// A file's identity: its device (as `stat`'s `st_dev` encodes it) and inode number. The same
+/// whatever name, symlink or directory fd reached it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl FileId {
+    /// From the kernel's encoding of a device (`major << 20 | minor`, a super block's
+    /// `s_dev`), which differs from user space's.
+    pub fn from_kernel(dev: u32, ino: u64) -> Option<Self> {
+        (ino != 0).then(|| FileId {
+            dev: libc::makedev(dev >> 20, dev & 0xf_ffff),
+            ino,
+        })
+    }
+
+    /// The identity of what `path` names now (followed if a symlink).
+    pub fn of(path: &std::path::Path) -> std::io::Result<Self> {
+        use std::os::unix::fs::MetadataExt as _;
+        let meta = std::fs::metadata(path)?;
+        Ok(FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
 }
 
 /// A new task; the header is the parent's.
@@ -161,6 +192,7 @@ impl Decoder {
                     header,
                     syscall: self.syscall(r.nr)?,
                     ret: r.ret,
+                    file: FileId::from_kernel(r.dev, r.ino),
                 })
             }
             EventKind::ProcessFork => {

@@ -3,6 +3,7 @@
 //! the process tracepoints, fill the capture map, and manage which cgroups are watched.
 
 mod attach;
+mod btf;
 mod integrity;
 mod tracefs;
 
@@ -20,10 +21,11 @@ use aya::{
 };
 use monitor_common::{
     event::{
-        CAPTURE_ENTRIES, COUNTERS, CaptureSpec, Counter, Discovery, ExecKey, KillPolicy, PathKey,
-        WATCH_FOLLOW_FORKS, Watch, WatchCounts,
+        CAPTURE_ENTRIES, COUNTERS, CaptureSpec, Counter, Discovery, ExecKey, FileOffsets,
+        KillPolicy, ONLY_IF_ANY_BIT, ONLY_IF_NONE, ONLY_IF_ONE_OF, PathKey, WATCH_FOLLOW_FORKS,
+        Watch, WatchCounts,
     },
-    syscall::{MAX_ARGS, SYSCALLS, Syscall},
+    syscall::{ArgTest, Effect, MAX_ARGS, SYSCALLS, Syscall},
 };
 
 pub use self::attach::SyscallHooks;
@@ -226,9 +228,11 @@ impl Probes {
             );
         }
         let offsets = tracefs.offsets(hooks == SyscallHooks::Tracepoints)?;
+        let file_offsets = file_offsets();
         let wakeup_bytes = wakeup_bytes(size);
         let mut ebpf = EbpfLoader::new()
             .override_global("TP_OFFSETS", &offsets, true)
+            .override_global("FILE_OFFSETS", &file_offsets, true)
             .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
             .map_max_entries("EVENTS", size)
             .load(OBJECT)?;
@@ -755,17 +759,42 @@ pub fn capture_spec(sc: &Syscall) -> CaptureSpec {
     for (slot, arg) in args.iter_mut().zip(sc.args) {
         *slot = arg.kind.capture() as u8;
     }
-    let (only_if_arg, only_if_mask) = sc.only_if.unwrap_or((0, 0));
+    let (only_if_arg, only_if, only_if_values) = match sc.only_if {
+        None => (0, ONLY_IF_NONE, [0, 0]),
+        Some((arg, ArgTest::AnyBit(mask))) => (arg, ONLY_IF_ANY_BIT, [mask, 0]),
+        Some((arg, ArgTest::OneOf(values))) => (arg, ONLY_IF_ONE_OF, values),
+    };
     CaptureSpec {
         enabled: 1,
-        exit: u8::from(sc.returns && sc.only_if.is_none()),
+        exit: u8::from(sc.has_exit()),
         only_if_arg,
         discover_arg: sc.discovery_arg().map_or(0, |i| i as u8 + 1),
         args,
         discover_flags_arg: sc.discovery_flags_arg().map_or(0, |i| i as u8 + 1),
+        exit_file: u8::from(sc.effect == Effect::Opens && sc.has_exit()),
+        only_if,
         executes: u8::from(sc.executes),
-        only_if_mask,
+        _pad: [0; 2],
+        only_if_values,
     }
+}
+
+/// Where the kernel programs find the file behind a descriptor, from the kernel's BTF. Without
+/// them, open exit records carry no file identity (honeytokens are then matched by path
+/// alone), which is said once in the log.
+fn file_offsets() -> FileOffsets {
+    let found = match btf::Btf::from_kernel() {
+        Ok(Ok(btf)) => btf.file_offsets().map_err(|e| e.to_string()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(format!("reading /sys/kernel/btf/vmlinux: {e}")),
+    };
+    found.unwrap_or_else(|why| {
+        tracing::warn!(
+            "opened files will not be identified by inode (honeytokens are matched by path \
+             only): {why}"
+        );
+        FileOffsets::default()
+    })
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones to the cgroup. Raising
@@ -851,6 +880,11 @@ mod tests {
             ("delete_module", libc::SYS_delete_module),
             ("bpf", libc::SYS_bpf),
             ("io_uring_setup", libc::SYS_io_uring_setup),
+            ("dup", libc::SYS_dup),
+            ("dup2", libc::SYS_dup2),
+            ("dup3", libc::SYS_dup3),
+            ("fcntl", libc::SYS_fcntl),
+            ("close", libc::SYS_close),
             // The table uses the kernel's SYSCALL_DEFINE name, `umount` (`__x64_sys_umount`).
             ("umount", libc::SYS_umount2),
         ];
@@ -929,10 +963,22 @@ mod tests {
         assert_eq!(openat.exit, 1);
         let connect = capture_spec(by_name("connect").unwrap());
         assert_eq!(connect.args[1], Capture::SizedBlob as u8);
+        assert_eq!(openat.exit_file, 1, "an open's exit says which file");
         let mmap = capture_spec(by_name("mmap").unwrap());
-        assert_eq!((mmap.only_if_arg, mmap.only_if_mask), (2, PROT_EXEC));
-        assert_eq!(mmap.exit, 0, "filtered syscalls have no exit record");
+        assert_eq!(
+            (mmap.only_if_arg, mmap.only_if, mmap.only_if_values[0]),
+            (2, ONLY_IF_ANY_BIT, PROT_EXEC)
+        );
+        assert_eq!(mmap.exit, 0, "its result is not wanted");
         assert_eq!(capture_spec(by_name("exit_group").unwrap()).exit, 0);
+        assert_eq!(capture_spec(by_name("close").unwrap()).exit, 0);
+        // fcntl is traced only when it duplicates a descriptor, and then with its result.
+        let fcntl = capture_spec(by_name("fcntl").unwrap());
+        assert_eq!(
+            (fcntl.only_if_arg, fcntl.only_if, fcntl.only_if_values),
+            (1, ONLY_IF_ONE_OF, [0, 1030])
+        );
+        assert_eq!((fcntl.exit, fcntl.exit_file), (1, 0));
         // The kernel's discovery loads the path from one of the first two arguments, straight
         // from the tracepoint's record: one every syscall it looks at has.
         for sc in SYSCALLS {

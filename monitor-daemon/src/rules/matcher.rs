@@ -379,6 +379,12 @@ impl<'a> Facts<'a> {
                 _ => {}
             }
         }
+        // What the paths reached, as the tracer resolved them (a directory fd, a symlink).
+        facts.paths.extend(
+            sc.resolved
+                .iter()
+                .map(|p| std::borrow::Cow::Borrowed(p.as_str())),
+        );
         facts
     }
 

@@ -327,14 +327,16 @@ impl std::fmt::Display for Severity {
     }
 }
 
-/// Where a watched process is in its job. Scans move through setup, load, exercise and
-/// teardown; `monitorctl run` has the single phase `run`.
+/// Where a watched process is in its job. Scans move through setup, load, exercise, linger
+/// (the loader stays up a while, as a server would) and teardown; `monitorctl run` has the
+/// single phase `run`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     Setup,
     Load,
     Exercise,
+    Linger,
     Teardown,
     Run,
 }
@@ -345,6 +347,7 @@ impl Phase {
             Phase::Setup => "setup",
             Phase::Load => "load",
             Phase::Exercise => "exercise",
+            Phase::Linger => "linger",
             Phase::Teardown => "teardown",
             Phase::Run => "run",
         }

@@ -13,6 +13,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use crate::decode::FileId;
+
 /// The home directory inside the sandbox.
 pub const HOME: &str = "/home/user";
 
@@ -28,6 +30,21 @@ pub const HONEYTOKENS: &[&str] = &[
     ".kube/config",
     ".pypirc",
 ];
+
+/// Each honeytoken's identity (device and inode) and its path inside the sandbox, seen
+/// through `root` (a sandboxed process's `/proc/PID/root`): the kernel reports the identity of
+/// what an open reached, so a honeytoken read through a directory fd, a symlink or a new name
+/// is still recognised. Those that cannot be seen are left out.
+pub fn identities(root: &Path) -> Vec<(FileId, String)> {
+    HONEYTOKENS
+        .iter()
+        .filter_map(|rel| {
+            let inside = format!("{HOME}/{rel}");
+            let seen = root.join(inside.trim_start_matches('/'));
+            FileId::of(&seen).ok().map(|file| (file, inside))
+        })
+        .collect()
+}
 
 /// How bubblewrap builds the decoy home inside the sandbox: the arguments, and the fds of the
 /// files it copies in (each to be inherited by bubblewrap alone, which reads it whole).

@@ -18,6 +18,8 @@ pub mod user;
 
 pub use user::{JOB_USER_NAME, SandboxUser};
 
+use crate::decode::FileId;
+
 use std::{
     ffi::OsStr,
     fs, io,
@@ -150,13 +152,19 @@ impl Sandbox {
         fs::create_dir(&etc)?;
         mode(&etc, 0o755)?;
         let host = |path: &str| fs::read_to_string(path).unwrap_or_default();
+        // As the job sees itself, inside its user namespace.
         fs::write(
             etc.join("passwd"),
-            user::passwd(&host("/etc/passwd"), user.uid, user.gid, decoy::HOME),
+            user::passwd(
+                &host("/etc/passwd"),
+                user::INSIDE_ID,
+                user::INSIDE_ID,
+                decoy::HOME,
+            ),
         )?;
         fs::write(
             etc.join("group"),
-            user::group(&host("/etc/group"), user.gid),
+            user::group(&host("/etc/group"), user::INSIDE_ID),
         )?;
         for file in ["passwd", "group"] {
             mode(&etc.join(file), 0o644)?;
@@ -208,6 +216,28 @@ impl Sandbox {
         self.dir.path()
     }
 
+    /// The honeytokens of the decoy home by identity, as the sandbox's processes see them
+    /// (bubblewrap copies them onto a tmpfs that exists only inside): asked of the first of
+    /// `pids` that runs inside (in a mount namespace other than ours). Empty, and said in the
+    /// log, when none does.
+    pub fn decoys_seen_by(&self, pids: &[u32]) -> Vec<(FileId, String)> {
+        let ours = fs::read_link("/proc/self/ns/mnt").ok();
+        for pid in pids {
+            let proc = PathBuf::from(format!("/proc/{pid}"));
+            if fs::read_link(proc.join("ns/mnt")).ok() == ours {
+                continue;
+            }
+            let found = decoy::identities(&proc.join("root"));
+            if !found.is_empty() {
+                return found;
+            }
+        }
+        tracing::warn!(
+            "no process of the sandbox showed its decoy home: honeytokens are matched by path only"
+        );
+        Vec::new()
+    }
+
     /// A command that runs `program` inside the sandbox, in `cwd` (default: [`WORK_DIR`]).
     /// Call [`Sandbox::drop_privileges`] on it last, after any other `pre_exec` step that
     /// needs root (joining a cgroup).
@@ -222,6 +252,10 @@ impl Sandbox {
             cmd.arg(flag).arg(src).arg(dst);
         };
         cmd.args(["--unshare-all", "--die-with-parent", "--new-session"]);
+        // What the job sees of itself looks like an ordinary host's: a user's uid (mapped in
+        // its user namespace), a worker's hostname.
+        let inside = user::INSIDE_ID.to_string();
+        cmd.args(["--uid", &inside, "--gid", &inside]);
         cmd.args(["--hostname", "ml-worker"]);
         cmd.args(["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]);
         let tmpfs_size = self.options.max_tmpfs_size.to_string();

@@ -15,6 +15,11 @@ pub const JOB_UIDS: u32 = 4096;
 /// /etc/passwd).
 pub const JOB_USER_NAME: &str = "user";
 
+/// The uid and gid a job sees itself as inside its user namespace: those of the first user
+/// account a Linux installer makes, not the high uid of the job range it runs as outside (a
+/// tell of a sandbox). The kernel, the probes and the limits see the real one.
+pub const INSIDE_ID: u32 = 1000;
+
 /// Who a sandbox's job runs as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SandboxUser {
@@ -105,7 +110,10 @@ fn uids_running() -> BTreeSet<u32> {
 pub fn passwd(host: &str, uid: u32, gid: u32, home: &str) -> String {
     let mut out: String = host
         .lines()
-        .filter(|l| l.split(':').next() != Some(JOB_USER_NAME))
+        .filter(|l| {
+            let mut fields = l.split(':');
+            fields.next() != Some(JOB_USER_NAME) && fields.nth(1) != Some(&uid.to_string())
+        })
         .map(|l| format!("{l}\n"))
         .collect();
     out.push_str(&format!(
@@ -118,7 +126,10 @@ pub fn passwd(host: &str, uid: u32, gid: u32, home: &str) -> String {
 pub fn group(host: &str, gid: u32) -> String {
     let mut out: String = host
         .lines()
-        .filter(|l| l.split(':').next() != Some(JOB_USER_NAME))
+        .filter(|l| {
+            let mut fields = l.split(':');
+            fields.next() != Some(JOB_USER_NAME) && fields.nth(1) != Some(&gid.to_string())
+        })
         .map(|l| format!("{l}\n"))
         .collect();
     out.push_str(&format!("{JOB_USER_NAME}:x:{gid}:\n"));
@@ -149,12 +160,14 @@ mod tests {
 
     #[test]
     fn the_job_user_is_in_passwd_and_group_once() {
-        let host = "root:x:0:0:root:/root:/bin/bash\nuser:x:1000:1000::/home/user:/bin/sh\n";
-        let p = passwd(host, 1836974081, 1836974081, "/home/user");
+        let host = "root:x:0:0:root:/root:/bin/bash\nuser:x:1001:1001::/home/user:/bin/sh\n\
+                    admin:x:1000:1000::/home/admin:/bin/sh\n";
+        let p = passwd(host, 1000, 1000, "/home/user");
         assert!(p.starts_with("root:x:0:0:"));
         assert_eq!(p.matches("\nuser:").count(), 1);
-        assert!(p.ends_with("user:x:1836974081:1836974081:ML worker:/home/user:/bin/bash\n"));
-        let g = group("root:x:0:\nuser:x:1000:\n", 7);
+        assert!(!p.contains("admin"), "the uid is the job's alone: {p}");
+        assert!(p.ends_with("user:x:1000:1000:ML worker:/home/user:/bin/bash\n"));
+        let g = group("root:x:0:\nuser:x:1001:\nadmin:x:7:\n", 7);
         assert_eq!(g, "root:x:0:\nuser:x:7:\n");
     }
 }

@@ -6,11 +6,17 @@ under its kernel watch, and reports on the control pipe which phase it is in:
   setup     the interpreter starts and imports the framework (judged: nothing)
   load      the framework loads the artifact (judged)
   exercise  with --exercise, the loaded model is called on dummy input (judged)
+  linger    while anything the artifact left behind still runs (a thread, a child, a timer),
+            the loader stays up, as a server would, for up to --linger-ms (judged)
   teardown  the harness returns; finalizers and the interpreter's exit run (judged)
 
 Each message is one JSON line with `kind` and `t`, CLOCK_MONOTONIC in nanoseconds: the clock
 the kernel stamps events with. A phase marker is written before the phase starts, so monitor
 can place every event. Nothing named by the artifact is imported before `load`.
+
+At the gate the harness says `ready` and waits; monitor opens the gate and starts the load
+phase by its own clock. What the harness writes after that is a claim (the artifact's code runs
+in this process and can write here too): monitor checks it against the order above.
 """
 
 import json
@@ -239,28 +245,34 @@ def exercise_torch(module):
         module(torch.zeros(1, width))
 
 
-def exercise(loader, obj):
+def exercise_plan(loader, obj):
+    """The calls that exercise `obj` as inference would, where its format runs code when it is
+    called: a Keras model's predict, a SavedModel's signatures, torch modules, objects with
+    `predict` or `__call__` (at the top, or one level into a dict, list or tuple). Empty when
+    there is nothing to call (plain data, a state dict)."""
     if loader == "keras":
-        return exercise_keras(obj)
+        return [lambda: exercise_keras(obj)]
     if loader == "tensorflow":
-        return exercise_savedmodel(obj)
+        return [lambda: exercise_savedmodel(obj)]
     candidates = [obj]
     if isinstance(obj, dict):
-        candidates += list(obj.values())
+        candidates += list(dict.values(obj))
     elif isinstance(obj, (list, tuple)):
         candidates += list(obj)
+    plan = []
     for candidate in candidates:
         if loader in ("torch", "torchscript"):
             import torch
 
             if isinstance(candidate, torch.nn.Module):
-                exercise_torch(candidate)
+                plan.append(lambda c=candidate: exercise_torch(c))
                 continue
         predict = getattr(candidate, "predict", None)
         if callable(predict):
-            predict(dummy_for(candidate))
+            plan.append(lambda c=candidate, p=predict: p(dummy_for(c)))
         elif callable(candidate) and not isinstance(candidate, type):
-            candidate(dummy_for(candidate))
+            plan.append(lambda c=candidate: c(dummy_for(c)))
+    return plan
 
 
 # No framework writes data nested this deep (Python's own pickler stops near 1000 levels);
@@ -292,18 +304,68 @@ def describe_type(obj):
 
 
 def parse_args(argv):
-    opts = {"exercise": False, "audit": False}
+    opts = {"exercise": False, "audit": False, "linger_ms": "0"}
     it = iter(argv)
     for arg in it:
         if arg in ("--exercise", "--audit"):
             opts[arg[2:]] = True
-        elif arg in ("--control-fd", "--gate-fd", "--loader", "--path"):
+        elif arg in ("--control-fd", "--gate-fd", "--loader", "--path", "--linger-ms"):
             opts[arg[2:].replace("-", "_")] = next(it)
         else:
             raise SystemExit("harness: unknown argument %r" % arg)
     opts["control_fd"] = int(opts["control_fd"])
     opts["gate_fd"] = int(opts["gate_fd"]) if "gate_fd" in opts else None
+    opts["linger"] = int(opts["linger_ms"]) / 1000.0
     return opts
+
+
+# --- linger: stay up while what the artifact left behind runs --------------------------------
+
+def task_count():
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return 1
+
+
+def still_running(baseline_tasks):
+    """What could still act in this process if it stayed up: threads beyond those the
+    frameworks started at import, child processes, armed timers. None when nothing could."""
+    import signal
+
+    tasks = task_count()
+    if tasks > baseline_tasks:
+        return "%d threads more than after the imports" % (tasks - baseline_tasks)
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            with open("/proc/self/task/%s/children" % tid) as f:
+                if f.read().strip():
+                    return "child processes"
+    except OSError:
+        pass
+    for which in (signal.ITIMER_REAL, signal.ITIMER_VIRTUAL, signal.ITIMER_PROF):
+        if signal.getitimer(which) != (0.0, 0.0):
+            return "an interval timer"
+    try:
+        with open("/proc/self/timers") as f:
+            if f.read().strip():
+                return "a POSIX timer"
+    except OSError:
+        pass
+    return None
+
+
+def linger(control, seconds, baseline_tasks):
+    """Stays up for up to `seconds` while anything the load left behind runs: a payload that
+    acts a moment after the load, as it would in a server that keeps the model, is seen."""
+    why = still_running(baseline_tasks)
+    if why is None or seconds <= 0:
+        return
+    control.phase("linger")
+    control.say("note", message="lingering up to %.1f s: %s" % (seconds, why))
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and still_running(baseline_tasks) is not None:
+        time.sleep(0.05)
 
 
 def wait_at_gate(fd):
@@ -331,36 +393,50 @@ def main(argv):
         return EXIT_MISSING
     if opts["audit"]:
         install_audit_hook(control)
+    # The frameworks' own threads, started by their imports, do not keep the loader up later.
+    baseline_tasks = task_count()
 
-    if opts["gate_fd"] is not None and not wait_at_gate(opts["gate_fd"]):
-        return EXIT_NOT_WATCHED
+    if opts["gate_fd"] is not None:
+        control.say("ready")
+        if not wait_at_gate(opts["gate_fd"]):
+            return EXIT_NOT_WATCHED
 
     control.phase("load")
+    status = EXIT_OK
     try:
         obj = load(path)
     except BaseException as e:  # a payload may raise anything, SystemExit included
         control.say("error", phase="load", error=type(e).__name__, message=short(str(e), 2000))
-        control.phase("teardown")
-        return EXIT_LOAD_FAILED
-    depth = nesting_depth(obj)
-    if depth > MAX_NESTING:
+        obj, status = None, EXIT_LOAD_FAILED
+    if status == EXIT_OK and nesting_depth(obj) > MAX_NESTING:
         control.say("error", phase="load", error="NestingTooDeep",
                     message="the loaded data nests more than %d levels deep: made to crash "
                             "whatever reads it next" % MAX_NESTING)
-        control.phase("teardown")
-        return EXIT_LOAD_FAILED
-    control.say("loaded", type=describe_type(obj))
+        obj, status = None, EXIT_LOAD_FAILED
+    if status == EXIT_OK:
+        control.say("loaded", type=describe_type(obj))
 
-    status = EXIT_OK
-    if opts["exercise"]:
+    plan = []
+    if status == EXIT_OK and opts["exercise"]:
+        try:
+            plan = exercise_plan(loader, obj)
+        except BaseException as e:  # looking for `predict` may run the artifact's code
+            plan = [lambda e=e: (_ for _ in ()).throw(e)]
+    if plan:
         control.phase("exercise")
         try:
-            exercise(loader, obj)
+            for call in plan:
+                call()
         except BaseException as e:
+            # Best effort: a model that cannot take the dummy input is no failed scan.
             control.say("error", phase="exercise", error=type(e).__name__,
                         message=short(str(e), 2000))
+            print("harness: exercising the model failed: %s: %s" % (type(e).__name__, e),
+                  file=sys.stderr)
             status = EXIT_EXERCISE_FAILED
 
+    # Even after a failed load: what the payload started may act later.
+    linger(control, opts["linger"], baseline_tasks)
     control.phase("teardown")
     return status
 

@@ -28,6 +28,8 @@ pub struct Invocation<'a> {
     pub artifact: &'a Path,
     pub exercise: bool,
     pub audit: bool,
+    /// How long to stay up after the load while anything the artifact left runs.
+    pub linger: std::time::Duration,
 }
 
 /// Writes the harness into `tool_dir` (the sandbox's read-only [`TOOL_DIR`]).
@@ -57,5 +59,7 @@ pub fn args(inv: &Invocation<'_>) -> Vec<OsString> {
     if inv.audit {
         args.push("--audit".into());
     }
+    args.push("--linger-ms".into());
+    args.push(inv.linger.as_millis().to_string().into());
     args
 }

@@ -38,6 +38,13 @@ pub const DEFAULT_LOADER_ENV: &str = "/var/lib/monitor/loader";
 /// How much of the loader's output a report keeps.
 const OUTPUT_TAIL_BYTES: u64 = 4096;
 
+/// How long the loader lingers after the load by default (see [`ScanSpec::linger`]).
+pub const DEFAULT_LINGER: Duration = Duration::from_secs(2);
+
+/// The audit event a control message out of the harness's order is reported as: the
+/// `harness.out-of-order` rule judges it like the interpreter's own evidence.
+pub const OUT_OF_ORDER: &str = "harness.out-of-order";
+
 /// What to scan and how.
 #[derive(Debug, Clone)]
 pub struct ScanSpec {
@@ -51,10 +58,14 @@ pub struct ScanSpec {
     /// without privileges can do).
     pub static_only: bool,
     pub fail_on: Severity,
-    /// Call the loaded model on dummy input.
+    /// Call the loaded model on dummy input, where its format runs code when called.
     pub exercise: bool,
     /// Add Python audit-hook evidence.
     pub audit: bool,
+    /// How long the loader stays up after the load (and the exercise), as a server would, for
+    /// what the artifact left running (a thread, a child, a timer) to act. Cut short when
+    /// nothing is left running.
+    pub linger: Duration,
     pub timeout: Duration,
     pub limits: Limits,
     pub sandbox: SandboxOptions,
@@ -74,8 +85,9 @@ impl ScanSpec {
             static_rules: StaticRules::defaults(),
             static_only: false,
             fail_on: Severity::High,
-            exercise: false,
-            audit: false,
+            exercise: true,
+            audit: true,
+            linger: DEFAULT_LINGER,
             timeout: Duration::from_secs(120),
             limits: Limits::default(),
             sandbox: SandboxOptions {
@@ -406,6 +418,7 @@ async fn load_under_watch(
             artifact: &inside,
             exercise: spec.exercise,
             audit: spec.audit,
+            linger: spec.linger,
         }),
         cwd: spec.cwd.clone(),
         rules: spec.rules.clone(),
@@ -431,23 +444,27 @@ async fn load_under_watch(
     };
     let mut loaded_type = None;
     let mut errors = Vec::new();
-    let mut timeline: Vec<PhaseStart> = Vec::new();
+    let mut shown_phase = None;
     let mut audit = Vec::new();
+    let mut findings = Vec::new();
     let summary = run::run_with(&run_spec, io, job_probes, |out| {
         match out {
-            Output::Control(ControlMessage::Phase { phase, t }) => {
-                // The job's own timeline decides what counts; this only keeps the record.
-                if timeline.last().is_none_or(|last| last.start_ns <= *t) {
-                    timeline.push(PhaseStart {
-                        phase: *phase,
-                        start_ns: *t,
-                    });
+            Output::Control(ControlMessage::Phase { phase, .. }) => {
+                // For the progress display only: the run's timeline decides what counts.
+                if shown_phase.is_none_or(|shown| shown < *phase as u8) {
+                    shown_phase = Some(*phase as u8);
                     progress(Progress::Phase(*phase));
                 }
             }
             Output::Control(ControlMessage::Loaded { type_name, .. }) => {
                 loaded_type = Some(type_name.clone())
             }
+            // Exercising is best effort: a model that will not take the dummy input was still
+            // scanned (the harness's log in the report says why).
+            Output::Control(ControlMessage::Error {
+                phase: Phase::Exercise,
+                ..
+            }) => {}
             Output::Control(ControlMessage::Error {
                 phase,
                 error,
@@ -468,14 +485,26 @@ async fn load_under_watch(
                 pid,
                 t,
             }) => audit.push((event.clone(), args.clone(), subject.clone(), *pid, *t)),
-            Output::Control(ControlMessage::Note { .. }) => {}
-            Output::Finding(f) => report.add_finding(f),
+            Output::Control(ControlMessage::Note { .. } | ControlMessage::Ready { .. }) => {}
+            Output::Finding(f) => findings.push(f.clone()),
             Output::Event(_) => {}
         }
         progress(Progress::Job(out));
     })
     .await?;
 
+    for finding in findings {
+        report.add_finding(&finding);
+    }
+    // Past the first hundred of a rule, findings are counted, not listed.
+    for (severity, count) in summary.findings_not_shown.values() {
+        *report.counts.entry(*severity).or_default() += count;
+    }
+    let timeline: Vec<PhaseStart> = summary
+        .phases
+        .iter()
+        .map(|&(phase, start_ns)| PhaseStart { phase, start_ns })
+        .collect();
     let phase_at = |t: u64| {
         timeline
             .iter()
@@ -494,6 +523,18 @@ async fn load_under_watch(
             phase: phase_at(t),
         })
         .collect();
+    // What the job wrote out of the harness's order: the artifact forged a marker, or kept
+    // the harness from writing its own. Judged by the rules as audit evidence is.
+    report
+        .audit
+        .extend(summary.control_violations.iter().map(|v| AuditRecord {
+            event: OUT_OF_ORDER.to_string(),
+            args: v.message.clone(),
+            subject: Some(v.what.clone()),
+            pid: 0,
+            time_ns: v.read_ns,
+            phase: phase_at(v.read_ns),
+        }));
     // Audit rules can only add findings: a payload may silence the hook, never the kernel.
     let audit_findings: Vec<AuditFinding> = report
         .audit

@@ -351,6 +351,7 @@ mod tests {
                 read_error: false,
                 recaptured: false,
                 killed: false,
+                resolved: Vec::new(),
                 syscall,
             }),
         }
