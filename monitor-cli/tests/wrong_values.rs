@@ -160,7 +160,8 @@ fn cases(file: &str, dir: &str) -> Vec<Case> {
         // Files that are missing, or directories, or files where a directory goes.
         scan(&["/no/such/model.pkl"], 2, "no such file or directory"),
         scan(&["/dev/null"], 2, "character device"),
-        scan(&[dir], 2, "not a TensorFlow SavedModel"),
+        // A directory is searched for artifacts (a snapshot); one with none is an error.
+        scan(&[dir], 2, "no model artifact to scan"),
         scan(&["--rules", "/no/such.yaml", file], 2, "/no/such.yaml"),
         scan(&["--rules", dir, file], 2, "Is a directory"),
         scan(

@@ -229,5 +229,7 @@ fn test() -> Result<()> {
         "--exclude",
         "monitor-ebpf",
         "--release",
+        // Every failing test binary is reported in one run, not only the first.
+        "--no-fail-fast",
     ]))
 }
