@@ -202,6 +202,17 @@ impl RuleSet {
     /// Adds a rule file's lists, rules and exceptions: its lists may use the lists known
     /// already, its exceptions may add to rules defined already. All or nothing.
     pub fn add(&mut self, text: &str, source_name: &str) -> Result<(), RuleError> {
+        // An empty file (a truncated copy, the wrong path) is a mistake, not "no rules".
+        if text
+            .lines()
+            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+        {
+            return Err(RuleError {
+                source_name: source_name.into(),
+                line: 1,
+                message: "the file is empty: it defines no rules, lists or exceptions".into(),
+            });
+        }
         let file: schema::RuleFile = parse_yaml(text, source_name)?;
         self.add_parts(&file.lists, file.rules, &file.exceptions, text, source_name)
     }
