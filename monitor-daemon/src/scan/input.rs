@@ -303,7 +303,8 @@ impl Copy<'_> {
     }
 }
 
-fn kind_of(kind: &fs::FileType) -> &'static str {
+/// What a file that is not a regular file or a directory is, in words for an error.
+pub(crate) fn kind_of(kind: &fs::FileType) -> &'static str {
     if kind.is_symlink() {
         "symbolic link"
     } else if kind.is_char_device() {

@@ -12,7 +12,6 @@ pub mod safetensors;
 use std::{
     fs::{self, File},
     io::{self, BufReader, Read as _},
-    os::unix::fs::FileTypeExt as _,
     path::Path,
 };
 
@@ -291,17 +290,7 @@ pub fn detect_as(path: &Path, shown: &str, limits: &Limits) -> Result<Format, Fo
         return saved_model(path, &shown, limits);
     }
     if !kind.is_file() {
-        let kind = if kind.is_char_device() {
-            "character device"
-        } else if kind.is_block_device() {
-            "block device"
-        } else if kind.is_fifo() {
-            "fifo"
-        } else if kind.is_socket() {
-            "socket"
-        } else {
-            "special file"
-        };
+        let kind = crate::scan::input::kind_of(&kind);
         return Err(FormatError::NotAFile { path: shown, kind });
     }
     let size = meta.len();
