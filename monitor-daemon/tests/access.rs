@@ -117,6 +117,12 @@ impl User {
         } else {
             serde_json::to_vec(body).unwrap()
         };
+        self.http_raw(socket, method, path, &body)
+    }
+
+    /// One request with `body` as it is (a policy is YAML); the status and the body as JSON
+    /// (or text).
+    fn http_raw(&self, socket: &Path, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
         let mut stream = self.connect(socket).expect("the member may connect");
         stream
             .set_read_timeout(Some(Duration::from_secs(60)))
@@ -127,7 +133,7 @@ impl User {
             body.len()
         )
         .into_bytes();
-        request.extend_from_slice(&body);
+        request.extend_from_slice(body);
         stream.write_all(&request).unwrap();
         let mut reply = Vec::new();
         let _ = stream.read_to_end(&mut reply);
@@ -468,6 +474,33 @@ fn a_group_member_reads_watches_and_stalls_nothing_that_is_not_theirs() {
     );
     let (status, said) = watch(json!({ "pid": theirs.0.id() }));
     assert_eq!(status, 201, "{said}");
+    let own = said["id"].as_str().unwrap().to_owned();
+    // A watch's policy, learning window and profile are its owner's: root's watch is not
+    // there for the member, and their own watch takes no kill policy from them.
+    let (status, said) = daemon.json("POST", "/v1/watches", &json!({ "pid": roots.0.id() }));
+    assert_eq!(status, 201, "{said}");
+    let roots_watch = said["id"].as_str().unwrap().to_owned();
+    let kill = b"kill_at: low\nkill_in_kernel: [openat]\n";
+    for (method, route, body) in [
+        ("PUT", "policy", &kill[..]),
+        ("POST", "learn", &br#"{"seconds": 5}"#[..]),
+        ("GET", "profile", &b""[..]),
+    ] {
+        let path = format!("/v1/watches/{roots_watch}/{route}");
+        let (status, said) = member.http_raw(&socket, method, &path, body);
+        assert_eq!(status, 404, "{method} {path}: {said}");
+    }
+    let path = format!("/v1/watches/{own}/policy");
+    let (status, said) = member.http_raw(&socket, "PUT", &path, kill);
+    assert_eq!(status, 403, "{said}");
+    let (status, said) = member.http_raw(&socket, "PUT", &path, b"lists: []\n");
+    assert_eq!(status, 200, "{said}");
+    let (status, said) = daemon.json("GET", &format!("/v1/watches/{roots_watch}"), &Value::Null);
+    assert_eq!(
+        (status, said["kill_at"].clone()),
+        (200, Value::Null),
+        "{said}"
+    );
     // Root neither: the root cgroup and the daemon itself are nobody's to watch.
     for body in [
         json!({ "cgroup": cgroup_root }),

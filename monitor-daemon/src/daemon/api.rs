@@ -861,10 +861,7 @@ async fn remove_watch(
             format!("watch {id} comes from monitord's configuration; change it there"),
         ));
     }
-    // Seeing every watch (`read`) is not removing it: that is its owner's, or an admin's.
-    if status.owner_uid != Some(caller.uid()) {
-        caller.require(Role::Admin)?;
-    }
+    auth::check_watch_owner(&caller, &status)?;
     shared.watches.stop(&id);
     off_runtime(&shared, move |shared| {
         shared.store.remove_watch(&id).map_err(ApiError::internal)
@@ -878,12 +875,15 @@ async fn remove_watch(
 /// running; the kernel's kill policy changes with it.
 async fn set_watch_policy(
     State(shared): State<Arc<Shared>>,
+    caller: Caller,
     id: Result<UrlPath<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require(Role::Scan)?;
     let UrlPath(id) = id.map_err(bad_path)?;
     let body = body.map_err(unreadable_body)?;
-    let status = shared.watches.get(&id).ok_or_else(|| no_watch(&id))?;
+    let status = visible_watch(&shared, &caller, &id)?;
+    auth::check_watch_owner(&caller, &status)?;
     if status.builtin {
         return Err(builtin(&id));
     }
@@ -896,6 +896,7 @@ async fn set_watch_policy(
     })?;
     let policy = crate::watch::Policy::from_document(text, None, None, &shared.rules())
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_policy", e.to_string()))?;
+    auth::check_policy(&caller, &policy)?;
     let mut spec = status.spec.clone();
     spec.policy = policy.clone();
     let stored = spec.clone();
@@ -924,12 +925,15 @@ struct LearnRequest {
 /// its service's profile, then enforces it.
 async fn learn_watch(
     State(shared): State<Arc<Shared>>,
+    caller: Caller,
     id: Result<UrlPath<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    caller.require(Role::Scan)?;
     let UrlPath(id) = id.map_err(bad_path)?;
     let request: LearnRequest = json_body(body, "a learn request ({\"seconds\": N})")?;
-    let status = shared.watches.get(&id).ok_or_else(|| no_watch(&id))?;
+    let status = visible_watch(&shared, &caller, &id)?;
+    auth::check_watch_owner(&caller, &status)?;
     if status.builtin {
         return Err(builtin(&id));
     }
@@ -953,10 +957,12 @@ async fn learn_watch(
 /// A watch's policy as a YAML document, its learned profile included.
 async fn get_watch_profile(
     State(shared): State<Arc<Shared>>,
+    caller: Caller,
     id: Result<UrlPath<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
+    caller.require(Role::Scan)?;
     let UrlPath(id) = id.map_err(bad_path)?;
-    let status = shared.watches.get(&id).ok_or_else(|| no_watch(&id))?;
+    let status = visible_watch(&shared, &caller, &id)?;
     Ok((
         [(header::CONTENT_TYPE, "application/yaml; charset=utf-8")],
         status.spec.policy.to_yaml(),

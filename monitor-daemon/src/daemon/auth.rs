@@ -280,8 +280,32 @@ pub fn check_watch(caller: &Caller, spec: &WatchSpec, cgroup_root: &Path) -> Res
             return refused("discovery is started by monitord's configuration".into());
         }
     }
-    if !admin && (spec.policy.kill_at.is_some() || !spec.policy.kill_in_kernel.is_empty()) {
-        return refused("a kill policy (kill_at, kill_in_kernel) needs the admin role".into());
+    check_policy(caller, &spec.policy)
+}
+
+/// Whether `caller` may give a watch `policy`: below admin a watch only reports, so a kill
+/// policy (which kills processes, in the kernel or from monitord) needs the admin role.
+pub fn check_policy(caller: &Caller, policy: &crate::watch::Policy) -> Result<(), ApiError> {
+    if caller.role < Some(Role::Admin)
+        && (policy.kill_at.is_some() || !policy.kill_in_kernel.is_empty())
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden_watch",
+            "a kill policy (kill_at, kill_in_kernel) needs the admin role",
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `caller` may change watch `status` (its policy, a learning window, removing it):
+/// its owner may, and an admin; seeing every watch (`read`) is not changing them.
+pub fn check_watch_owner(
+    caller: &Caller,
+    status: &crate::daemon::watches::WatchStatus,
+) -> Result<(), ApiError> {
+    if status.owner_uid != Some(caller.uid()) {
+        caller.require(Role::Admin)?;
     }
     Ok(())
 }

@@ -174,6 +174,11 @@ fn store_report(
                 .map(|f| row(&f.rule, f.severity, serde_json::to_value(f))),
         )
         .collect::<Result<Vec<_>, serde_json::Error>>()?;
+    // Out of the running list before the report shows as done: whoever sees the verdict
+    // never sees the scan still running.
+    (shared.running.lock())
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(id);
     shared.store.finish(
         id,
         &Finished {
