@@ -161,7 +161,10 @@ impl Store {
             .unwrap();
         let start = Instant::now();
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(start.elapsed() < Duration::from_secs(20), "the store started");
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "the store started"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         Store {
@@ -291,7 +294,9 @@ impl Drop for Service {
 /// A minimal HTTP/1.0 exchange; the response's body, or `None` if nothing answered.
 fn http(port: u16, method: &str, path: &str, body: &str) -> Option<String> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .ok()?;
     write!(
         stream,
         "{method} {path} HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
@@ -308,7 +313,18 @@ fn http(port: u16, method: &str, path: &str, body: &str) -> Option<String> {
 fn at_medium_or_above(findings: &[Finding]) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
     for f in findings.iter().filter(|f| f.severity >= Severity::Medium) {
-        *counts.entry(format!("{} {}", f.severity, f.rule)).or_default() += 1;
+        *counts
+            .entry(format!("{} {}", f.severity, f.rule))
+            .or_default() += 1;
+    }
+    counts
+}
+
+/// Counts of findings by severity, all of them.
+fn by_severity(findings: &[Finding]) -> BTreeMap<Severity, usize> {
+    let mut counts = BTreeMap::new();
+    for f in findings {
+        *counts.entry(f.severity).or_default() += 1;
     }
     counts
 }
@@ -371,7 +387,10 @@ fn serving_secs() -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_learned_model_server_serves_and_restarts_without_alarms_and_a_malicious_reload_is_killed()
  {
-    assert!(is_root(), "watches load eBPF programs: run the tests as root");
+    assert!(
+        is_root(),
+        "watches load eBPF programs: run the tests as root"
+    );
     let dir = tempfile::tempdir().unwrap();
     let store = Store::start(dir.path());
     let mut learned = Service::new("learned", dir.path(), &store);
@@ -402,7 +421,10 @@ async fn a_learned_model_server_serves_and_restarts_without_alarms_and_a_malicio
     let evil_reported = malicious_model(
         dir.path(),
         "evil.pt",
-        &format!("import os; os.system('touch {}')", marker_reported.display()),
+        &format!(
+            "import os; os.system('touch {}')",
+            marker_reported.display()
+        ),
     );
     let evil_killed = malicious_model(
         dir.path(),
@@ -483,11 +505,21 @@ async fn a_learned_model_server_serves_and_restarts_without_alarms_and_a_malicio
         baseline_counts.values().sum::<usize>(),
         base_seen.findings.len(),
     );
+    eprintln!(
+        "  by severity, learned: {:?}; baseline: {:?}\nthe learned profile (`watch profile`):\n{}",
+        by_severity(ordinary_findings),
+        by_severity(&base_seen.findings),
+        spec.policy.to_yaml()
+    );
     assert!(summary.complete && base_summary.complete, "nothing lost");
     assert!(
         learned_counts.is_empty(),
         "ordinary serving raised findings on the learned watch:\n{}",
         describe(ordinary_findings)
+    );
+    assert!(
+        profile.events > 0 && profile.acts > 0,
+        "the profile says what it was learned from: {profile:?}"
     );
     assert!(
         profile.never_learned.is_empty(),
@@ -521,10 +553,12 @@ async fn a_learned_model_server_serves_and_restarts_without_alarms_and_a_malicio
         describe(payload)
     );
     assert!(marker_reported.exists(), "report-only: the payload ran");
-    let blocked = payload
-        .iter()
-        .find(|f| f.blocked)
-        .unwrap_or_else(|| panic!("the killed exec is a blocked finding:\n{}", describe(payload)));
+    let blocked = payload.iter().find(|f| f.blocked).unwrap_or_else(|| {
+        panic!(
+            "the killed exec is a blocked finding:\n{}",
+            describe(payload)
+        )
+    });
     assert_eq!(
         (blocked.rule.as_str(), blocked.severity, blocked.phase),
         ("exec.program", Severity::High, Phase::Load)
@@ -554,7 +588,10 @@ async fn a_learned_model_server_serves_and_restarts_without_alarms_and_a_malicio
 /// `never_learned` and has no exception for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_payload_run_while_learning_is_reported_and_never_learned() {
-    assert!(is_root(), "watches load eBPF programs: run the tests as root");
+    assert!(
+        is_root(),
+        "watches load eBPF programs: run the tests as root"
+    );
     let dir = tempfile::tempdir().unwrap();
     let store = Store::start(dir.path());
     let mut service = Service::new("compromised", dir.path(), &store);
@@ -609,7 +646,10 @@ async fn a_payload_run_while_learning_is_reported_and_never_learned() {
     let file = spec.policy.file();
     let profile = file.profile.as_ref().expect("the profile's summary");
     assert!(
-        profile.never_learned.iter().any(|n| n.rule == "persist.write"),
+        profile
+            .never_learned
+            .iter()
+            .any(|n| n.rule == "persist.write"),
         "listed as never learned: {:?}",
         profile.never_learned
     );

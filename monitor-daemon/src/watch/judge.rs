@@ -184,6 +184,9 @@ impl Judge {
         sink: &mut impl FnMut(WatchOutput<'_>),
     ) {
         self.events += 1;
+        if let Some(learning) = &mut self.spec.learning {
+            learning.so_far.events += 1;
+        }
         self.latest_ns = self.latest_ns.max(event.time_ns);
         sink(WatchOutput::Event(event));
         match &event.what {

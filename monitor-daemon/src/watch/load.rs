@@ -221,10 +221,7 @@ impl Loads {
             self.tasks.insert(child_tid, Task::Started { artifact });
             return;
         }
-        let generation = self
-            .processes
-            .get(&parent_pid)
-            .map_or(0, |p| p.generation);
+        let generation = self.processes.get(&parent_pid).map_or(0, |p| p.generation);
         self.tasks.insert(
             child_tid,
             Task::Child {
@@ -273,7 +270,10 @@ impl Loads {
                 pid: loader,
                 generation,
             } if loader == pid => {
-                let load = self.processes.get(&pid).filter(|l| l.generation == generation)?;
+                let load = self
+                    .processes
+                    .get(&pid)
+                    .filter(|l| l.generation == generation)?;
                 Some(LoadContext {
                     artifact: load.artifact.clone(),
                     bound: load.at(time_ns)?,
@@ -385,7 +385,11 @@ mod tests {
         // Another thread loads the next model.
         loads.opened(10, 12, open_fd(6), "/m/b.pt", later, later);
         assert!(loads.at(10, 12, later + MS).is_some());
-        assert_eq!(loads.at(10, 11, later + MS), None, "the health check thread");
+        assert_eq!(
+            loads.at(10, 11, later + MS),
+            None,
+            "the health check thread"
+        );
         assert_eq!(loads.at(10, 10, later + MS), None, "the main thread");
         // What the health check starts then is no part of it either.
         loads.forked(10, 11, 30, later + 2 * MS);
@@ -394,7 +398,14 @@ mod tests {
         loads.forked(10, 12, 13, later + 2 * MS);
         assert!(loads.at(10, 13, later + 3 * MS).is_some());
         // The main thread loading again (a reload) is in its new load.
-        loads.opened(10, 10, open_fd(7), "/m/c.pt", later + 4 * MS, later + 4 * MS);
+        loads.opened(
+            10,
+            10,
+            open_fd(7),
+            "/m/c.pt",
+            later + 4 * MS,
+            later + 4 * MS,
+        );
         assert!(loads.at(10, 10, later + 5 * MS).is_some());
     }
 
