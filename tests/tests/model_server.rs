@@ -606,7 +606,8 @@ async fn a_payload_run_while_learning_is_reported_and_never_learned() {
     );
     let router =
         Router::start(Probes::load(&ProbeConfig::default()).expect("loading the probes")).unwrap();
-    let learn_secs = 20;
+    // Long enough for the server to start and take its payload on a loaded machine.
+    let learn_secs = 30;
     let watch = RunningWatch::start(
         &router,
         WatchRequest {
