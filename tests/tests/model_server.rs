@@ -511,6 +511,17 @@ async fn a_learned_model_server_serves_and_restarts_without_alarms_and_a_malicio
         by_severity(&base_seen.findings),
         spec.policy.to_yaml()
     );
+    let mut on_load: BTreeMap<String, usize> = BTreeMap::new();
+    for f in base_seen.findings.iter().filter(|f| f.phase == Phase::Load) {
+        let load = f
+            .load
+            .as_ref()
+            .map(|l| format!("{} {:?}", l.artifact, l.bound));
+        *on_load
+            .entry(format!("{} {} {:?}", f.rule, f.event.comm, load))
+            .or_default() += 1;
+    }
+    eprintln!("  baseline, in a load phase: {on_load:#?}");
     assert!(summary.complete && base_summary.complete, "nothing lost");
     assert!(
         learned_counts.is_empty(),
