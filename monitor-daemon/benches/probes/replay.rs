@@ -1,15 +1,18 @@
 //! The user-space pipeline alone, on one core: records captured from the real ring buffer
 //! (a watched open loop, with its start-up), kept as raw bytes, then replayed through the
 //! decoder, the decoder and the tracer (entry/exit pairing, process table), and those and the
-//! default rules. No kernel and no waiting is in the timed part.
+//! default rules; then as a live watch judges them (with the process table and the watch's
+//! name), under the default rules and under a learned policy. No kernel and no waiting is in
+//! the timed part.
 
 use std::{hint::black_box, path::Path, time::Instant};
 
 use anyhow::{Result, bail};
 use monitor_daemon::{
     decode::Decoder,
-    rules::{Phase, RuleSet},
+    rules::{Context, Phase, RuleSet},
     trace::{Event, Tracer},
+    watch::policy::PolicyFile,
 };
 use tokio::runtime::Runtime;
 
@@ -28,6 +31,94 @@ pub struct Replay {
     pub decode: Samples,
     pub decode_pair: Samples,
     pub decode_pair_judge: Samples,
+    /// As a live watch judges: the default rules, a learned profile (the example model
+    /// server's), and a learned profile whose exceptions take back a finding on every record.
+    pub watch_default: Samples,
+    pub watch_learned: Samples,
+    pub watch_learned_every: Samples,
+}
+
+/// The watch's name the rules are judged for.
+const WATCH: &str = "model-server";
+
+/// The profile `monitorctl watch profile` printed for the example model server
+/// (examples/model-server) after 20 s of learning, with its paths made generic.
+const LEARNED: &str = "\
+exceptions:
+- rule: cred.read
+  name: learned-files
+  phases: [run]
+  fields: [exe, path]
+  values:
+  - [/opt/serving/venv/bin/python3, /var/lib/model-server/.aws/credentials]
+- rule: cred.read
+  name: learned-files-on-load
+  fields: [exe, path]
+  values:
+  - [/opt/serving/venv/bin/python3, /proc/self/environ]
+- rule: exec.failed
+  name: learned-programs
+  phases: [run]
+  fields: [exe, parent_exe]
+  values:
+  - [/opt/serving/venv/bin/python3, /opt/serving/venv/bin/python3]
+- rule: exec.program
+  name: learned-programs
+  phases: [run]
+  fields: [exe, parent_exe]
+  values:
+  - [/usr/bin/df, /opt/serving/venv/bin/python3]
+  - [/usr/bin/uname, /opt/serving/venv/bin/python3]
+  - [/opt/serving/venv/bin/python3, /usr/lib/systemd/systemd]
+- rule: exec.program
+  name: learned-programs-on-load
+  fields: [exe, parent_exe]
+  values:
+  - [/sbin/ldconfig, /opt/serving/venv/bin/python3]
+  - [/opt/serving/venv/bin/python3, /opt/serving/venv/bin/python3]
+- rule: file.write-on-load
+  name: learned-directories-on-load
+  fields: [exe, path]
+  values:
+  - [/opt/serving/venv/bin/python3, /tmp/*]
+- rule: net.connect
+  name: learned-peers
+  phases: [run]
+  fields: [exe, addr, port]
+  values:
+  - [/opt/serving/venv/bin/python3, loopback, 9000]
+- rule: net.listen
+  name: learned-peers-on-load
+  fields: [exe, addr, port]
+  values:
+  - [/opt/serving/venv/bin/python3, loopback, 8080]
+- rule: net.socket
+  name: learned-calls-on-load
+  fields: [exe, syscall]
+  values:
+  - [/opt/serving/venv/bin/python3, socket]
+";
+
+/// [`LEARNED`], and a rule of the policy's that fires on every open of the loop's `file`
+/// but for the learned exception that takes it back (the judge's worst case: a rule and an
+/// exception matched on every record).
+fn learned_every(file: &Path) -> Result<String> {
+    let exe = std::env::current_exe()?;
+    Ok(format!(
+        "rules:\n\
+         - id: bench.opened\n  description: The open loop's file was opened\n  severity: medium\n  \
+         match: {{ syscalls: [openat], path: [{file}] }}\n\
+         {LEARNED}\
+         - rule: bench.opened\n  name: learned-files\n  phases: [run]\n  fields: [exe, path]\n  \
+         values:\n  - [{exe}, {file}]\n",
+        file = file.display(),
+        exe = exe.display(),
+    ))
+}
+
+/// The default rules with a policy document's (as a watch enforcing it judges).
+fn with_policy(text: &str) -> Result<RuleSet> {
+    Ok(PolicyFile::parse(text)?.rules_over(&RuleSet::defaults(), text, true)?)
 }
 
 /// Open-loop iterations captured: two records each.
@@ -39,12 +130,28 @@ pub fn measure(rt: &Runtime, dir: &Path, rounds: usize, quiet: &mut Quiet) -> Re
     let raw = capture(rt, dir)?;
     let decoder = Decoder::default();
     let rules = RuleSet::defaults();
+    let learned = with_policy(LEARNED)?;
+    let every = with_policy(&learned_every(&dir.join(crate::OPENED))?)?;
+    // The policies must judge as they say: nothing more than the default rules find (the
+    // exceptions take back what the policy's rule finds on every record).
+    let found = |rules: &RuleSet| decode_pair_watch(&decoder, rules, &raw).1;
+    let (default_found, learned_found, every_found) =
+        (found(&rules), found(&learned), found(&every));
+    if learned_found > default_found || every_found > default_found {
+        bail!(
+            "a learned policy found more than the default rules ({learned_found} and \
+             {every_found} findings, {default_found} by default)"
+        );
+    }
     let mut replay = Replay {
         records: raw.len(),
         bytes: raw.iter().map(Vec::len).sum(),
         decode: Samples::default(),
         decode_pair: Samples::default(),
         decode_pair_judge: Samples::default(),
+        watch_default: Samples::default(),
+        watch_learned: Samples::default(),
+        watch_learned_every: Samples::default(),
     };
     // Every stage must see every record decode, or its rate would flatter it.
     let rate = |stage: &dyn Fn() -> Result<usize>| -> Result<f64> {
@@ -69,6 +176,13 @@ pub fn measure(rt: &Runtime, dir: &Path, rounds: usize, quiet: &mut Quiet) -> Re
         replay
             .decode_pair_judge
             .push(rate(&|| Ok(decode_pair_judge(&decoder, &rules, &raw)))?);
+        for (samples, rules) in [
+            (&mut replay.watch_default, &rules),
+            (&mut replay.watch_learned, &learned),
+            (&mut replay.watch_learned_every, &every),
+        ] {
+            samples.push(rate(&|| Ok(decode_pair_watch(&decoder, rules, &raw).0))?);
+        }
     }
     Ok(replay)
 }
@@ -127,4 +241,32 @@ fn decode_pair_judge(decoder: &Decoder, rules: &RuleSet, raw: &[Vec<u8>]) -> usi
         }
     }
     decoded
+}
+
+/// As a live watch's judge does: each event judged in its context (the process table's view
+/// of its process, the watch's name), by `rules`. Records decoded, and findings.
+fn decode_pair_watch(decoder: &Decoder, rules: &RuleSet, raw: &[Vec<u8>]) -> (usize, usize) {
+    const BATCH: usize = 1024;
+    let mut tracer = Tracer::default();
+    let mut events: Vec<Event> = Vec::with_capacity(BATCH);
+    let (mut decoded, mut found) = (0, 0);
+    for chunk in raw.chunks(BATCH) {
+        for r in chunk {
+            if let Ok(record) = decoder.decode(r) {
+                decoded += 1;
+                tracer.push(record, &mut |e| events.push(e));
+            }
+        }
+        for event in events.drain(..) {
+            let processes = tracer.processes();
+            let ctx = Context {
+                phase: Phase::Run,
+                cwd: processes.get(event.pid).and_then(|p| p.cwd.as_deref()),
+                process: Some(processes.view(event.pid)),
+                watch: Some(WATCH),
+            };
+            found += black_box(rules.judge_in(&event, &ctx)).len();
+        }
+    }
+    (decoded, found)
 }

@@ -14,7 +14,7 @@ use std::{
     fs::{self, File, OpenOptions},
     os::unix::{
         ffi::OsStrExt as _,
-        fs::{FileExt as _, OpenOptionsExt as _},
+        fs::{FileExt as _, MetadataExt as _, OpenOptionsExt as _},
     },
     path::{Path, PathBuf},
 };
@@ -26,6 +26,7 @@ use monitor_common::event::open_reads_nothing;
 use crate::{
     scan::format::{self, pickle},
     trace::SyscallEvent,
+    watch::load::{FileId, file_of},
 };
 
 /// How much of a file is read: enough for every magic, and for a pickle's first opcodes (its
@@ -256,6 +257,15 @@ fn open_as_the_process_did(
     open_for_reading(Path::new(&by_path))
 }
 
+/// The file descriptor `fd` of process `pid` holds, if it is still the one the process opened
+/// at `path` (with `dir_fd`): the number may have been closed and taken by another file since.
+pub fn held_by(pid: u32, fd: i32, path: &str, dir_fd: Option<i32>) -> Option<FileId> {
+    let held = file_of(pid, fd)?;
+    let opened = open_as_the_process_did(pid, i64::from(fd), path, dir_fd).ok()?;
+    let meta = opened.metadata().ok()?;
+    (held == (meta.dev(), meta.ino())).then_some(held)
+}
+
 /// Opens without blocking (a fifo) and without taking a terminal.
 fn open_for_reading(path: &Path) -> std::io::Result<File> {
     OpenOptions::new()
@@ -280,6 +290,45 @@ mod tests {
     use std::io::Write as _;
 
     use super::*;
+
+    /// A loader opens its model, reads it, closes it, and opens something else (a socket, a
+    /// log) that takes the same descriptor number, all before the judge looks: the
+    /// descriptor no longer holds the model, so the load is not "descriptor open" for as long
+    /// as the other file stays open (on the old code it was, and a server's every act after
+    /// its start was in the load phase).
+    #[test]
+    fn a_descriptor_number_reused_before_the_judge_looks_holds_no_model() {
+        use std::os::fd::{AsRawFd as _, IntoRawFd as _};
+
+        let dir = tempfile::tempdir().unwrap();
+        let (model, log) = (dir.path().join("model.pt"), dir.path().join("server.log"));
+        fs::write(&model, b"PK\x03\x04").unwrap();
+        fs::write(&log, b"").unwrap();
+        let me = std::process::id();
+        let fd = File::open(&model).unwrap().into_raw_fd();
+        let path = model.to_str().unwrap();
+        let id = (
+            fs::metadata(&model).unwrap().dev(),
+            fs::metadata(&model).unwrap().ino(),
+        );
+        assert_eq!(held_by(me, fd, path, None), Some(id), "still open");
+        // SAFETY: the descriptor is ours and closed once.
+        unsafe { libc::close(fd) };
+        let other = File::open(&log).unwrap();
+        assert_eq!(other.as_raw_fd(), fd, "the number was reused");
+        assert!(crate::watch::load::file_of(me, fd).is_some());
+        assert_eq!(held_by(me, fd, path, None), None, "the model is closed");
+        drop(other);
+        // Opened through a symlink (as the Hugging Face cache does): the descriptor names
+        // the target, and still holds the model.
+        let link = dir.path().join("pytorch_model.bin");
+        std::os::unix::fs::symlink(&model, &link).unwrap();
+        let file = File::open(&link).unwrap();
+        assert_eq!(
+            held_by(me, file.as_raw_fd(), link.to_str().unwrap(), None),
+            Some(id)
+        );
+    }
 
     fn of_bytes(bytes: &[u8], name: &str) -> Content {
         let dir = tempfile::tempdir().unwrap();

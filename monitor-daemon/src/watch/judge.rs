@@ -23,7 +23,7 @@ use crate::{
     trace::{Event, Tracer, What},
     watch::{
         artifact::looks_like_artifact,
-        content::{OpenedFile, opened_path},
+        content::{OpenedFile, held_by, opened_path},
         discovery::Discoveries,
         load::{Loads, file_of},
         policy::WatchRules,
@@ -184,6 +184,9 @@ impl Judge {
         sink: &mut impl FnMut(WatchOutput<'_>),
     ) {
         self.events += 1;
+        if let Some(learning) = &mut self.spec.learning {
+            learning.so_far.events += 1;
+        }
         self.latest_ns = self.latest_ns.max(event.time_ns);
         sink(WatchOutput::Event(event));
         match &event.what {
@@ -227,10 +230,14 @@ impl Judge {
                     && let Some(path) = opened_path(sc).filter(|p| looks_like_artifact(p))
                     && opened.content().could_load()
                 {
+                    // The descriptor, and the model file it still holds: by the time the
+                    // record is judged the loader may have closed it and the number gone to
+                    // another file (a socket, its log), which would keep the load "open".
+                    let dir_fd = sc.arg("dfd").and_then(|v| v.as_u64()).map(|v| v as i32);
                     let fd = sc
                         .ret
                         .and_then(|r| i32::try_from(r).ok())
-                        .map(|fd| (fd, file_of(event.pid, fd)));
+                        .map(|fd| (fd, held_by(event.pid, fd, path, dir_fd)));
                     self.loads.opened(
                         event.pid,
                         event.tid,

@@ -15,7 +15,10 @@
 //! It is the opening thread's phase, not its whole process's: a server's other threads (its
 //! request handlers, a health check) go on in the run phase while one thread loads. The
 //! threads a loading thread starts load with it; a process it starts (a payload's shell) is
-//! part of the load for its whole life, and so is everything that process starts.
+//! part of the load for its whole life, and so is everything that process starts. A thread a
+//! load started is in that load only: a server that starts its request and health-check
+//! threads while it loads its first model goes on serving in the run phase when, much later,
+//! another thread loads the next one.
 
 use std::{collections::HashMap, os::unix::fs::MetadataExt as _, sync::Arc};
 
@@ -83,6 +86,9 @@ struct ProcessLoad {
     ends_ns: Option<u64>,
     /// Whether the end is a window (no descriptor followed) rather than a close and a grace.
     windowed: bool,
+    /// Counts the loads of the process that began after the one before had ended: a thread
+    /// is in the load it was started in (or opened a model in), not in a later one.
+    generation: u64,
 }
 
 impl ProcessLoad {
@@ -101,12 +107,16 @@ impl ProcessLoad {
 
 #[derive(Debug, Clone)]
 enum Task {
-    /// A thread of process `pid` in that process's load: the one that opened the model, or
-    /// one it started while loading.
-    Loader { pid: u32 },
-    /// Started by a loading task of process `parent`: a thread of it, or a process, as its
-    /// first record will tell.
-    Child { parent: u32, artifact: Arc<str> },
+    /// A thread of process `pid` in that process's load `generation`: the one that opened
+    /// the model, or one it started while loading.
+    Loader { pid: u32, generation: u64 },
+    /// Started by a loading task of process `parent`, in its load `generation`: a thread of
+    /// it, or a process, as its first record will tell.
+    Child {
+        parent: u32,
+        artifact: Arc<str>,
+        generation: u64,
+    },
     /// A process a load started, and its threads: in that load for good.
     Started { artifact: Arc<str> },
 }
@@ -144,7 +154,13 @@ impl Loads {
             fds: SmallVec::new(),
             ends_ns: Some(0),
             windowed: false,
+            generation: 0,
         });
+        if load.at(time_ns).is_none() {
+            // A load of its own, not one going on in another thread.
+            load.generation += 1;
+        }
+        let generation = load.generation;
         load.artifact = artifact.into();
         match fd {
             Some((fd, Some(file))) => {
@@ -170,7 +186,7 @@ impl Loads {
         match self.tasks.get(&tid) {
             Some(Task::Started { .. }) => {}
             _ => {
-                self.tasks.insert(tid, Task::Loader { pid });
+                self.tasks.insert(tid, Task::Loader { pid, generation });
             }
         }
     }
@@ -196,15 +212,24 @@ impl Loads {
 
     /// Task `parent_tid` of process `parent_pid` started task `child_tid` at `time_ns`.
     pub fn forked(&mut self, parent_pid: u32, parent_tid: u32, child_tid: u32, time_ns: u64) {
-        if let Some(load) = self.at(parent_pid, parent_tid, time_ns) {
-            self.tasks.insert(
-                child_tid,
-                Task::Child {
-                    parent: parent_pid,
-                    artifact: load.artifact,
-                },
-            );
+        let Some(load) = self.at(parent_pid, parent_tid, time_ns) else {
+            return;
+        };
+        if load.bound == LoadBound::StartedByLoad {
+            // A thread or a process of a process the load started: in it for good too.
+            let artifact = load.artifact;
+            self.tasks.insert(child_tid, Task::Started { artifact });
+            return;
         }
+        let generation = self.processes.get(&parent_pid).map_or(0, |p| p.generation);
+        self.tasks.insert(
+            child_tid,
+            Task::Child {
+                parent: parent_pid,
+                artifact: load.artifact,
+                generation,
+            },
+        );
     }
 
     /// Thread `tid` of process `pid` is gone (`whole`: with its process).
@@ -221,11 +246,15 @@ impl Loads {
         let task = self.tasks.get(&tid)?.clone();
         let (pid, task) = match task {
             // Its first record tells a process from a thread.
-            Task::Child { parent, artifact } => {
+            Task::Child {
+                parent,
+                artifact,
+                generation,
+            } => {
                 let settled = if pid == tid && pid != parent {
                     Task::Started { artifact }
                 } else {
-                    Task::Loader { pid }
+                    Task::Loader { pid, generation }
                 };
                 self.tasks.insert(tid, settled.clone());
                 (pid, settled)
@@ -237,8 +266,14 @@ impl Loads {
                 artifact,
                 bound: LoadBound::StartedByLoad,
             }),
-            Task::Loader { pid: loader } if loader == pid => {
-                let load = self.processes.get(&pid)?;
+            Task::Loader {
+                pid: loader,
+                generation,
+            } if loader == pid => {
+                let load = self
+                    .processes
+                    .get(&pid)
+                    .filter(|l| l.generation == generation)?;
                 Some(LoadContext {
                     artifact: load.artifact.clone(),
                     bound: load.at(time_ns)?,
@@ -255,7 +290,9 @@ impl Loads {
             .retain(|_, load| load.ends_ns.is_none_or(|end| end >= time_ns));
         let processes = &self.processes;
         self.tasks.retain(|_, task| match task {
-            Task::Loader { pid } | Task::Child { parent: pid, .. } => processes.contains_key(pid),
+            Task::Loader { pid, .. } | Task::Child { parent: pid, .. } => {
+                processes.contains_key(pid)
+            }
             Task::Started { .. } => true,
         });
     }
@@ -320,7 +357,9 @@ mod tests {
             "the thread ends with the load"
         );
         assert_eq!(loads.at(21, 21, MS), None);
-        // What the shell starts is in too.
+        // A thread of the shell's, and what the shell starts, are in too.
+        loads.forked(20, 20, 22, late);
+        assert!(loads.at(20, 22, late + MS).is_some());
         loads.forked(20, 20, 30, late);
         assert_eq!(
             loads.at(30, 30, late + MS).unwrap().artifact.as_ref(),
@@ -328,6 +367,46 @@ mod tests {
         );
         loads.exited(20, 20, true);
         assert_eq!(loads.at(20, 20, late), None);
+    }
+
+    /// A server loads its model at start on its main thread, and starts its health check and
+    /// request threads then (within the load's grace); much later another thread loads the
+    /// next model. The threads started in the first load are not part of the second: the
+    /// health check's programs and the request handlers' log writes stay in the run phase.
+    #[test]
+    fn a_thread_started_in_one_load_is_not_in_the_next() {
+        let mut loads = Loads::new(1_000, 10_000);
+        loads.opened(10, 10, open_fd(5), "/m/a.pt", 0, 0);
+        loads.check(MS, |_, _, _| false);
+        // The health check thread, started within the grace.
+        loads.forked(10, 10, 11, 2 * MS);
+        assert!(loads.at(10, 11, 3 * MS).is_some(), "in the first load");
+        let later = 60_000 * MS;
+        // Another thread loads the next model.
+        loads.opened(10, 12, open_fd(6), "/m/b.pt", later, later);
+        assert!(loads.at(10, 12, later + MS).is_some());
+        assert_eq!(
+            loads.at(10, 11, later + MS),
+            None,
+            "the health check thread"
+        );
+        assert_eq!(loads.at(10, 10, later + MS), None, "the main thread");
+        // What the health check starts then is no part of it either.
+        loads.forked(10, 11, 30, later + 2 * MS);
+        assert_eq!(loads.at(30, 30, later + 3 * MS), None);
+        // A thread the new loader starts is.
+        loads.forked(10, 12, 13, later + 2 * MS);
+        assert!(loads.at(10, 13, later + 3 * MS).is_some());
+        // The main thread loading again (a reload) is in its new load.
+        loads.opened(
+            10,
+            10,
+            open_fd(7),
+            "/m/c.pt",
+            later + 4 * MS,
+            later + 4 * MS,
+        );
+        assert!(loads.at(10, 10, later + 5 * MS).is_some());
     }
 
     #[test]
