@@ -100,6 +100,7 @@ pub async fn serve<L: Listener>(
     let graceful = GracefulShutdown::new();
     let open = Arc::new(Mutex::new(Open::default()));
     let refusals = Arc::new(Semaphore::new(REFUSALS_READ));
+    let (mut refused, mut last_logged) = (0u64, None::<std::time::Instant>);
     let mut shutdown = pin!(shutdown);
     loop {
         // Listener::accept retries failed accepts itself (EMFILE: it waits a moment).
@@ -109,10 +110,17 @@ pub async fn serve<L: Listener>(
         };
         let peer = peer_of(&io);
         let Some(slot) = Slot::take(&open, &limits, peer.as_ref().map(|p| p.creds.uid)) else {
-            tracing::warn!(
-                uid = peer.as_ref().map(|p| p.creds.uid),
-                "connection refused: too many open"
-            );
+            // Once a second at most: a client refused thousands of times must not make the
+            // daemon spend its time on the log.
+            refused += 1;
+            if last_logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+                tracing::warn!(
+                    uid = peer.as_ref().map(|p| p.creds.uid),
+                    refused,
+                    "connections refused: too many open"
+                );
+                (refused, last_logged) = (0, Some(std::time::Instant::now()));
+            }
             tokio::spawn(refuse(io, refusals.clone().try_acquire_owned().ok()));
             continue;
         };
