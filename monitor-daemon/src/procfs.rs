@@ -16,16 +16,53 @@ pub fn pids() -> Vec<u32> {
         .collect()
 }
 
+/// A `/proc/PID/stat` line: "pid (comm) state ppid ...". The command name may hold spaces
+/// and parentheses, so the fields are read after the last ')'.
+#[derive(Debug)]
+pub struct Stat<'a> {
+    pub comm: &'a str,
+    /// Fields 3 (state) onwards.
+    rest: Vec<&'a str>,
+}
+
+impl<'a> Stat<'a> {
+    pub fn parse(line: &'a str) -> Option<Stat<'a>> {
+        let (head, tail) = line.rsplit_once(')')?;
+        Some(Stat {
+            comm: head.split_once('(')?.1,
+            rest: tail.split_whitespace().collect(),
+        })
+    }
+
+    /// Field `n` as proc(5) numbers them (1 is the pid, 2 the command name), from 3 on.
+    pub fn field(&self, n: usize) -> Option<u64> {
+        self.rest.get(n.checked_sub(3)?)?.parse().ok()
+    }
+
+    pub fn ppid(&self) -> Option<u32> {
+        u32::try_from(self.field(4)?).ok()
+    }
+
+    /// When the process started, in clock ticks after boot.
+    pub fn start_ticks(&self) -> Option<u64> {
+        self.field(22)
+    }
+}
+
+/// The `/proc/PID/stat` line of process `pid`, while it lives.
+pub fn stat_line(pid: u32) -> Option<String> {
+    fs::read_to_string(format!("/proc/{pid}/stat")).ok()
+}
+
 /// What /proc tells of process `pid` now, as the trace would have recorded it had it seen the
 /// process start; `None` once it is gone. For processes that started before the probes
 /// watched them.
 pub fn process(pid: u32) -> Option<Process> {
     let dir = Path::new("/proc").join(pid.to_string());
-    let stat = fs::read_to_string(dir.join("stat")).ok()?;
-    // "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split at the last ')'.
-    let (head, tail) = stat.rsplit_once(')')?;
-    let comm = head.split_once('(')?.1.to_string();
-    let ppid = tail.split_whitespace().nth(1)?.parse().ok();
+    let line = fs::read_to_string(dir.join("stat")).ok()?;
+    let stat = Stat::parse(&line)?;
+    let comm = stat.comm.to_string();
+    let ppid = stat.ppid();
     let link = |name: &str| {
         fs::read_link(dir.join(name))
             .ok()

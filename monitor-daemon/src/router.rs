@@ -388,6 +388,13 @@ impl Subscription {
         lock(&self.router.shared.probes).watch_counters(self.watch_id)
     }
 
+    /// Records of this watch lost so far: dropped by a full ring buffer, or by its own full
+    /// queue. (What [`Subscription::finish`] counts at the end, while the watch runs.)
+    pub fn lost_so_far(&self) -> u64 {
+        let dropped = self.kernel_counters().map_or(0, |c| c.dropped);
+        dropped + self.queue.lost.load(Ordering::Relaxed)
+    }
+
     /// Stops recording, moves the last records into `out`, and accounts for the trace. For a
     /// job, call it when no task is left in its cgroup: every record of an exited task was
     /// committed before it left.

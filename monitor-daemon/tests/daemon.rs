@@ -1097,13 +1097,172 @@ fn free_port(ip: &str) -> u16 {
 
 /// One HTTP/1.0 GET over TCP; the status and the body.
 fn tcp_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let (status, _, body) = tcp_get_accepting(addr, path, "*/*");
+    (status, body)
+}
+
+/// One HTTP/1.0 GET over TCP asking for `accept`; the status, the head and the body.
+fn tcp_get_accepting(
+    addr: std::net::SocketAddr,
+    path: &str,
+    accept: &str,
+) -> (u16, String, String) {
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: monitord\r\n\r\n").unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: monitord\r\nAccept: {accept}\r\n\r\n"
+    )
+    .unwrap();
     let mut reply = String::new();
     stream.read_to_string(&mut reply).unwrap();
     let (head, body) = reply.split_once("\r\n\r\n").expect("an HTTP reply");
     let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, body.to_owned())
+    (status, head.to_owned(), body.to_owned())
+}
+
+/// `promtool check metrics` (Debian's prometheus package) on `exposition`: what it says,
+/// or `None` when it has nothing to say.
+fn promtool_check(exposition: &str) -> Option<String> {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package; cargo xtask test installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(exposition.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (!out.status.success() || !said.trim().is_empty()).then_some(said)
+}
+
+/// A Prometheus server (Debian's package) scraping `target` every second, on loopback.
+struct Prometheus {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    fn scraping(target: std::net::SocketAddr) -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global: {{ scrape_interval: 1s, scrape_timeout: 1s }}\n\
+                 scrape_configs:\n  - job_name: monitor\n    static_configs:\n      \
+                 - targets: ['{target}']\n"
+            ),
+        )
+        .unwrap();
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port("127.0.0.1")));
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus (Debian's prometheus package; cargo xtask test installs it)");
+        Prometheus {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+
+    /// The result vector of an instant query, once it is not empty (waits up to 60 s).
+    fn query_until_found(&self, query: &str) -> Vec<Value> {
+        let path = format!("/api/v1/query?query={}", url_encode(query));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(stream) = std::net::TcpStream::connect(self.addr) {
+                drop(stream);
+                let (status, body) = tcp_get(self.addr, &path);
+                if status == 200 {
+                    let reply: Value = serde_json::from_str(&body).unwrap();
+                    let found = reply["data"]["result"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default();
+                    if !found.is_empty() {
+                        return found;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "prometheus never found {query}");
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// The type Prometheus recorded for `metric` from the scrapes' metadata.
+    fn metric_type(&self, metric: &str) -> String {
+        let (_, body) = tcp_get(self.addr, &format!("/api/v1/metadata?metric={metric}"));
+        let reply: Value = serde_json::from_str(&body).unwrap();
+        reply["data"][metric][0]["type"]
+            .as_str()
+            .unwrap_or("absent")
+            .to_owned()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The metric names in `text` (`monitor_*`, `process_*`), a histogram's series by its family.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let bytes = text.as_bytes();
+    let word = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_';
+    let mut at = 0;
+    while at < bytes.len() {
+        let starts = (at == 0 || !word(bytes[at - 1]))
+            && (text[at..].starts_with("monitor_") || text[at..].starts_with("process_"));
+        if !starts {
+            at += 1;
+            continue;
+        }
+        let end = (at..bytes.len())
+            .find(|&i| !word(bytes[i]))
+            .unwrap_or(bytes.len());
+        let name = &text[at..end];
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .filter(|base| base.ends_with("_seconds"))
+            .unwrap_or(name);
+        names.insert(family.to_string());
+        at = end;
+    }
+    names
+}
+
+fn url_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// The DaemonSet's configuration: /metrics on every address of the pod. Only with the opt-in,
@@ -1134,6 +1293,11 @@ fn a_non_loopback_metrics_listener_needs_the_opt_in_and_serves_only_metrics() {
     )
     .unwrap();
     let daemon = Daemon::start(dir.path());
+    // A scan, so that the families labelled by what happened (verdicts, rules, syscalls)
+    // have their first series.
+    let malicious = pickle(dir.path(), "evil.pkl", "cposix\nsystem\n(Vid\ntR.");
+    let id = daemon.submit(&malicious);
+    assert_eq!(daemon.wait(&id)["verdict"], "malicious");
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(addr).is_err() {
@@ -1143,6 +1307,68 @@ fn a_non_loopback_metrics_listener_needs_the_opt_in_and_serves_only_metrics() {
     let (status, metrics) = tcp_get(addr, "/metrics");
     assert_eq!(status, 200, "{metrics}");
     assert!(metrics.contains("monitor_build_info{"), "{metrics}");
+    // What is read at each scrape: the kernel's counters and the daemon's own process.
+    for family in [
+        "monitor_kernel_records_total ",
+        "monitor_kernel_records_dropped_total ",
+        "monitor_records_malformed_total ",
+        "monitor_probes_attached ",
+        "process_resident_memory_bytes ",
+        "process_open_fds ",
+        "process_cpu_seconds_total ",
+    ] {
+        assert!(metrics.contains(family), "{family}: {metrics}");
+    }
+    // The classic text format for a scraper that asks for it, clean by promtool's checks.
+    let (status, head, classic) = tcp_get_accepting(addr, "/metrics", "text/plain; version=0.0.4");
+    assert_eq!(status, 200, "{classic}");
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    assert!(!classic.contains("# EOF"), "{classic}");
+    if let Some(said) = promtool_check(&classic) {
+        panic!("promtool check metrics: {said}\n{classic}");
+    }
+    // The dashboard shows every family, and asks for none that does not exist.
+    let families: std::collections::BTreeSet<&str> = classic
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let dashboard = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/grafana-monitor.json"),
+    )
+    .unwrap();
+    let shown = metric_names(&dashboard);
+    let unknown: Vec<_> = (shown.iter())
+        .filter(|name| !families.contains(name.as_str()))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "the dashboard asks for what /metrics lacks: {unknown:?}"
+    );
+    let unshown: Vec<_> = (families.iter())
+        .filter(|family| !shown.contains(**family))
+        .collect();
+    assert!(unshown.is_empty(), "no dashboard panel shows {unshown:?}");
+    // A real Prometheus scrapes it (in OpenMetrics, which it asks for first) and files every
+    // family under its type.
+    let prometheus = Prometheus::scraping(addr);
+    let up = prometheus.query_until_found("up{job=\"monitor\"} == 1");
+    assert_eq!(up.len(), 1, "{up:?}");
+    for (metric, kind) in [
+        ("monitor_kernel_records", "counter"),
+        ("monitor_scan_duration_seconds", "histogram"),
+        ("process_resident_memory_bytes", "gauge"),
+        ("monitor_probes_attached", "gauge"),
+    ] {
+        let query = match kind {
+            "counter" => format!("{metric}_total"),
+            "histogram" => format!("{metric}_bucket"),
+            _ => metric.to_string(),
+        };
+        prometheus.query_until_found(&query);
+        assert_eq!(prometheus.metric_type(metric), kind, "{metric}");
+    }
+    drop(prometheus);
     for path in ["/v1/status", "/v1/scans", "/v1/findings", "/healthz"] {
         let (status, _) = tcp_get(addr, path);
         assert_eq!(status, 404, "{path} must not be served over TCP");

@@ -634,7 +634,7 @@ fn probes_changed_from_outside_are_found_restored_and_make_scans_not_clean() {
         capture.get(&execve, 0).unwrap() == original,
         "restored: {status}"
     );
-    assert!(metric(&daemon, "monitor_probe_tampering_total") >= 1);
+    assert!(metric(&daemon, "monitor_probes_tampering_found_total") >= 1);
 
     // Take a running scan's cgroup out of WATCHED: its trace has a hole, so it is not clean.
     let slow = pickle_exec(
@@ -661,6 +661,6 @@ fn probes_changed_from_outside_are_found_restored_and_make_scans_not_clean() {
         "{errors:?}"
     );
     assert_eq!(record["report"]["trace"]["complete"], false);
-    assert!(metric(&daemon, "monitor_probe_tampering_total") >= 2);
+    assert!(metric(&daemon, "monitor_probes_tampering_found_total") >= 2);
     daemon.stop();
 }

@@ -101,6 +101,7 @@ async fn run_spec(
                 WatchOutput::Changed { spec, learned } => {
                     seen.changed.push((spec.clone(), learned))
                 }
+                WatchOutput::Lost(_) => {}
             }
         },
     );

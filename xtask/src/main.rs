@@ -109,6 +109,7 @@ fn main() -> Result<()> {
         }
         Task::Test => {
             setup::all()?;
+            setup::test_clients()?;
             corpus::ensure(&corpus::default_dir())?;
             test()?;
             fuzz_api::run_fuzz()

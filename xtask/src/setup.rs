@@ -120,16 +120,30 @@ fn find_libllvm(dir: &Path) -> Result<(PathBuf, u32)> {
 
 /// The sandbox is built with bubblewrap, from the distribution's packages.
 fn bubblewrap() -> Result<()> {
-    if Path::new("/usr/bin/bwrap").exists() {
+    debian_package("bubblewrap", "/usr/bin/bwrap")
+}
+
+/// The real clients the tests talk to: a Prometheus server and promtool (the `prometheus`
+/// package) scrape and check /metrics.
+pub fn test_clients() -> Result<()> {
+    debian_package("prometheus", "/usr/bin/promtool")
+}
+
+/// Installs Debian's `package` unless `file` (which it provides) is there already.
+fn debian_package(package: &str, file: &str) -> Result<()> {
+    if Path::new(file).exists() {
         return Ok(());
     }
     if !is_root() {
-        println!("setup: warning: bubblewrap is missing and installing it needs root");
+        println!("setup: warning: {package} is missing and installing it needs root");
         return Ok(());
     }
-    println!("setup: installing bubblewrap");
+    println!("setup: installing {package}");
     run(Command::new("apt-get").args(["update", "-qq"]))?;
-    run(Command::new("apt-get").args(["install", "-y", "-qq", "bubblewrap"]))
+    // No service is started by the package's scripts: the tests start their own server.
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends", package])
+        .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
 /// The probes mount tracefs themselves when they can; doing it here shows problems early.

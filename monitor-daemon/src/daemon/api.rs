@@ -138,18 +138,22 @@ impl IntoResponse for ApiError {
     }
 }
 
-async fn metrics(State(shared): State<Arc<Shared>>, caller: Caller) -> Result<Response, ApiError> {
+async fn metrics(
+    State(shared): State<Arc<Shared>>,
+    caller: Caller,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     caller.require(Role::Scan)?;
-    Ok(render_metrics(State(shared)).await)
+    Ok(render_metrics(State(shared), headers).await)
 }
 
-async fn render_metrics(State(shared): State<Arc<Shared>>) -> Response {
+/// OpenMetrics, or Prometheus' classic text format for a scraper whose `Accept` prefers it.
+async fn render_metrics(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = crate::daemon::metrics::Format::from_accept(accept);
     (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        shared.metrics.render(),
+        [(header::CONTENT_TYPE, format.content_type())],
+        shared.metrics.render(format),
     )
         .into_response()
 }

@@ -1,18 +1,65 @@
-//! What Prometheus scrapes from /metrics, counted where the data path passes.
+//! What Prometheus scrapes from /metrics, counted where the data path passes, plus what is
+//! read at each scrape: the kernel programs' own counters and the daemon's process.
 
 use prometheus_client::{
-    encoding::{EncodeLabelSet, text::encode},
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _},
     metrics::{
-        counter::Counter,
+        counter::{ConstCounter, Counter},
         family::Family,
-        gauge::Gauge,
+        gauge::{ConstGauge, Gauge},
         histogram::{Histogram, exponential_buckets},
         info::Info,
     },
     registry::Registry,
 };
 
-use crate::scan::ScanReport;
+use crate::{router::Router, scan::ScanReport};
+
+/// The exposition formats /metrics speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// OpenMetrics 1.0, the default.
+    OpenMetrics,
+    /// Prometheus' classic text format (0.0.4), for scrapers and parsers that ask for it.
+    Classic,
+}
+
+impl Format {
+    /// The format an `Accept` header asks for: classic only when it prefers `text/plain`
+    /// over OpenMetrics (or does not name OpenMetrics at all).
+    pub fn from_accept(accept: Option<&str>) -> Format {
+        let Some(accept) = accept else {
+            return Format::OpenMetrics;
+        };
+        let weight = |media: &str| {
+            accept
+                .split(',')
+                .filter(|part| part.trim_start().starts_with(media))
+                .map(|part| {
+                    (part.split(';').map(str::trim))
+                        .find_map(|p| p.strip_prefix("q="))
+                        .and_then(|q| q.parse::<f32>().ok())
+                        .unwrap_or(1.0)
+                })
+                .fold(None, |best: Option<f32>, q| {
+                    Some(best.map_or(q, |b| b.max(q)))
+                })
+        };
+        match (weight("application/openmetrics-text"), weight("text/plain")) {
+            (Some(om), Some(text)) if text > om => Format::Classic,
+            (None, Some(_)) => Format::Classic,
+            _ => Format::OpenMetrics,
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Format::Classic => prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+        }
+    }
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ScanLabels {
@@ -45,6 +92,7 @@ struct BuildLabels {
 }
 
 pub struct Metrics {
+    /// Unprefixed: the `process_*` families; `monitor_*` ones live in its sub-registry.
     registry: Registry,
     pub scans: Family<ScanLabels, Counter>,
     pub scan_duration: Histogram,
@@ -66,15 +114,17 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("monitor");
+        let mut root = Registry::default();
+        root.register_collector(Box::new(ProcessCollector));
+        let registry = root.sub_registry_with_prefix("monitor");
         let scans = Family::<ScanLabels, Counter>::default();
         registry.register(
             "scans",
             "Scans finished, by verdict and format",
             scans.clone(),
         );
-        // 10 ms to about 80 s.
-        let scan_duration = Histogram::new(exponential_buckets(0.01, 2.0, 14));
+        // 10 ms to about 330 s: above the longest scan a default time limit (120 s) allows.
+        let scan_duration = Histogram::new(exponential_buckets(0.01, 2.0, 16));
         registry.register(
             "scan_duration_seconds",
             "Wall time of a scan, from start to verdict",
@@ -99,6 +149,13 @@ impl Default for Metrics {
             processes_killed.clone(),
         );
         let discovered = Family::<ContentLabels, Counter>::default();
+        // Every label value there is, from zero: a rate over a series that appears only at
+        // its first increment misses that increment.
+        for content in crate::watch::content::Content::KINDS {
+            discovered
+                .get_or_create(&ContentLabels { content })
+                .inc_by(0);
+        }
         registry.register(
             "discovered_processes",
             "Processes discovery watches for an open that could load a model, by what the file \
@@ -152,7 +209,7 @@ impl Default for Metrics {
         );
         let probe_tampering = Counter::default();
         registry.register(
-            "probe_tampering",
+            "probes_tampering_found",
             "Checks of the kernel probes that found them changed from outside",
             probe_tampering.clone(),
         );
@@ -170,7 +227,7 @@ impl Default for Metrics {
             }),
         );
         Metrics {
-            registry,
+            registry: root,
             scans,
             scan_duration,
             findings,
@@ -262,10 +319,277 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
+    /// Reads the kernel programs' counters and the router's at each scrape.
+    pub fn collect_from(&mut self, router: Router) {
+        self.registry
+            .sub_registry_with_prefix("monitor")
+            .register_collector(Box::new(KernelCollector(router)));
+    }
+
+    /// The exposition in `format`.
+    pub fn render(&self, format: Format) -> String {
         let mut out = String::new();
-        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        // Writing into a String cannot fail.
+        let _ = match format {
+            Format::OpenMetrics => {
+                prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            }
+            Format::Classic => {
+                prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+            }
+        };
         out
+    }
+}
+
+/// One counter or gauge read at scrape time.
+fn encode_counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let counter = ConstCounter::new(value);
+    counter.encode(encoder.encode_descriptor(name, help, None, counter.metric_type())?)
+}
+
+fn encode_gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: i64,
+) -> Result<(), std::fmt::Error> {
+    let gauge = ConstGauge::new(value);
+    gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)
+}
+
+/// The kernel programs' per-CPU counters and the router's, as `/v1/status` shows them.
+struct KernelCollector(Router);
+
+impl std::fmt::Debug for KernelCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KernelCollector")
+    }
+}
+
+impl Collector for KernelCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let router = &self.0;
+        // A map that cannot be read leaves its families out of this scrape (the log and
+        // /v1/status say why); the others still answer.
+        if let Ok(c) = router.counters() {
+            for (name, help, value) in [
+                (
+                    "kernel_records",
+                    "Records the kernel programs wrote to the ring buffer",
+                    c.events,
+                ),
+                (
+                    "kernel_records_dropped",
+                    "Records the kernel programs lost to a full ring buffer (every job's)",
+                    c.dropped,
+                ),
+                (
+                    "kernel_read_errors",
+                    "Failed reads of user or kernel memory in the probes (the record is flagged)",
+                    c.read_errors,
+                ),
+                (
+                    "kernel_tasks_full",
+                    "Processes a watch could not follow because the tasks map was full",
+                    c.tasks_full,
+                ),
+                (
+                    "kernel_cgroups_full",
+                    "Cgroups under a watched one the kernel had no room to watch",
+                    c.cgroups_full,
+                ),
+                (
+                    "kernel_discovered",
+                    "Processes discovery started watching, in the kernel",
+                    c.discovered,
+                ),
+                (
+                    "kernel_followed",
+                    "Cgroups and processes the kernel added to a watch itself",
+                    c.followed,
+                ),
+            ] {
+                encode_counter(&mut encoder, name, help, value)?;
+            }
+        }
+        encode_counter(
+            &mut encoder,
+            "records_malformed",
+            "Ring-buffer records that could not be decoded",
+            router.malformed(),
+        )?;
+        encode_counter(
+            &mut encoder,
+            "records_unrouted",
+            "Records of no job or watch (one that had just ended)",
+            router.unrouted(),
+        )?;
+        let (attached, missing) = router.attachments();
+        encode_gauge(
+            &mut encoder,
+            "probes_attached",
+            "Tracepoints the probes are attached to",
+            attached as i64,
+        )?;
+        encode_gauge(
+            &mut encoder,
+            "probes_missing",
+            "Syscalls of the table this kernel has no tracepoint for",
+            missing.len() as i64,
+        )?;
+        encode_gauge(
+            &mut encoder,
+            "router_subscriptions",
+            "Jobs and watches the record router hands records to",
+            router.subscriptions() as i64,
+        )
+    }
+}
+
+/// The daemon's own process, as every Prometheus client library exports it (`process_*`).
+#[derive(Debug)]
+struct ProcessCollector;
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(p) = ProcessStats::read() else {
+            return Ok(());
+        };
+        let cpu = prometheus_client::metrics::counter::ConstCounter::new(p.cpu_seconds);
+        cpu.encode(encoder.encode_descriptor(
+            "process_cpu_seconds",
+            "Total user and system CPU time spent in seconds",
+            None,
+            cpu.metric_type(),
+        )?)?;
+        for (name, help, value) in [
+            (
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes",
+                p.resident_bytes,
+            ),
+            (
+                "process_virtual_memory_bytes",
+                "Virtual memory size in bytes",
+                p.virtual_bytes,
+            ),
+            (
+                "process_open_fds",
+                "Number of open file descriptors",
+                p.open_fds,
+            ),
+            (
+                "process_max_fds",
+                "Maximum number of open file descriptors",
+                p.max_fds,
+            ),
+            (
+                "process_start_time_seconds",
+                "Start time of the process since the Unix epoch in seconds",
+                p.start_time_seconds,
+            ),
+            (
+                "process_threads",
+                "Number of OS threads in the process",
+                p.threads,
+            ),
+        ] {
+            encode_gauge(
+                &mut encoder,
+                name,
+                help,
+                i64::try_from(value).unwrap_or(i64::MAX),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// What /proc says of this process.
+struct ProcessStats {
+    cpu_seconds: f64,
+    resident_bytes: u64,
+    virtual_bytes: u64,
+    open_fds: u64,
+    max_fds: u64,
+    start_time_seconds: u64,
+    threads: u64,
+}
+
+impl ProcessStats {
+    fn read() -> Option<ProcessStats> {
+        use nix::unistd::{SysconfVar, sysconf};
+        let line = std::fs::read_to_string("/proc/self/stat").ok()?;
+        let stat = crate::procfs::Stat::parse(&line)?;
+        let field = |n: usize| stat.field(n);
+        let ticks = sysconf(SysconfVar::CLK_TCK).ok().flatten()?.max(1) as u64;
+        let page = sysconf(SysconfVar::PAGE_SIZE).ok().flatten()?.max(1) as u64;
+        let boot = std::fs::read_to_string("/proc/stat")
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix("btime "))
+            .and_then(|v| v.trim().parse::<u64>().ok())?;
+        let open_fds = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
+        let (max_fds, _) =
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).ok()?;
+        Some(ProcessStats {
+            cpu_seconds: (field(14)? + field(15)?) as f64 / ticks as f64,
+            threads: field(20)?,
+            start_time_seconds: boot + field(22)? / ticks,
+            virtual_bytes: field(23)?,
+            resident_bytes: field(24)? * page,
+            open_fds,
+            max_fds,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_classic_format_is_served_only_to_whoever_prefers_it() {
+        let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;\
+                          version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        for (accept, want) in [
+            (None, Format::OpenMetrics),
+            (Some("*/*"), Format::OpenMetrics),
+            (Some(prometheus), Format::OpenMetrics),
+            (Some("text/plain; version=0.0.4"), Format::Classic),
+            (
+                Some("text/plain;version=0.0.4;q=0.9,application/openmetrics-text;q=0.5"),
+                Format::Classic,
+            ),
+            (Some("application/openmetrics-text"), Format::OpenMetrics),
+        ] {
+            assert_eq!(Format::from_accept(accept), want, "{accept:?}");
+        }
+    }
+
+    #[test]
+    fn both_formats_hold_every_family() {
+        let metrics = Metrics::default();
+        let open = metrics.render(Format::OpenMetrics);
+        let classic = metrics.render(Format::Classic);
+        assert!(open.trim_end().ends_with("# EOF"), "{open}");
+        assert!(!classic.contains("# EOF"), "{classic}");
+        for text in [&open, &classic] {
+            assert!(text.contains("process_resident_memory_bytes "), "{text}");
+            assert!(
+                text.contains("monitor_discovered_processes_total{content=\"no_model\"} 0"),
+                "{text}"
+            );
+        }
+        assert!(
+            classic.contains("# TYPE monitor_store_errors_total counter"),
+            "{classic}"
+        );
     }
 }

@@ -156,10 +156,12 @@ pub async fn run(config: Config) -> Result<()> {
     let capacity = config.max_queued_scans.max(requeued.len());
     let (queue, waiting) = mpsc::channel(capacity);
     let roles = auth::Roles::resolve(&config.roles);
+    let mut metrics = metrics::Metrics::default();
+    metrics.collect_from(router.clone());
     let shared = Arc::new(Shared {
         config,
         store,
-        metrics: metrics::Metrics::default(),
+        metrics,
         rules: RwLock::new(Arc::new(rules)),
         queue,
         running: Arc::new(Mutex::new(Default::default())),

@@ -126,7 +126,6 @@ impl Watches {
             let mut s = lock(&status);
             match ran {
                 Ok(summary) => {
-                    shared.metrics.events_dropped.inc_by(summary.dropped);
                     if summary.ended == watch::runner::Ended::Exited {
                         s.state = State::Ended;
                         // Its processes are gone: nothing to resume after a restart.
@@ -281,6 +280,10 @@ fn report(
                 "watch_id": id,
                 "gap": { "pid": pid, "comm": comm, "path": path },
             }));
+        }
+        WatchOutput::Lost(records) => {
+            shared.metrics.events_dropped.inc_by(records);
+            tracing::warn!(watch = %id, records, "records of the watch were lost");
         }
         WatchOutput::Changed { spec, learned } => {
             lock(status).spec = spec.clone();

@@ -51,6 +51,9 @@ impl Content {
         !matches!(self, Content::NoModel(_))
     }
 
+    /// Every [`Content::kind`].
+    pub const KINDS: [&'static str; 3] = ["model", "no_model", "unknown"];
+
     /// `model`, `no_model` or `unknown` (the metrics' label).
     pub fn kind(&self) -> &'static str {
         match self {

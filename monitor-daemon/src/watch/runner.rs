@@ -68,6 +68,9 @@ pub enum WatchOutput<'a> {
         spec: &'a WatchSpec,
         learned: bool,
     },
+    /// Records of the watch lost since the last `Lost` (a full ring buffer or queue): counted
+    /// as it runs, so that a long watch's losses show before it ends.
+    Lost(u64),
 }
 
 /// What a running watch can be told.
@@ -228,6 +231,7 @@ impl Started {
         loads.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut stop = std::pin::pin!(stop);
         let mut commands_open = true;
+        let mut lost_told = 0;
         let ended = loop {
             tokio::select! {
                 received = records_of_watch.recv(&mut records) => {
@@ -251,6 +255,11 @@ impl Started {
                         sink(WatchOutput::Changed { spec: &judge.spec, learned: true });
                     } else if judge.take_profile_changed() {
                         sink(WatchOutput::Changed { spec: &judge.spec, learned: false });
+                    }
+                    let lost = records_of_watch.lost_so_far();
+                    if lost > lost_told {
+                        sink(WatchOutput::Lost(lost - lost_told));
+                        lost_told = lost;
                     }
                     if selection.is_finished(&judge.live) {
                         break Ended::Exited;
@@ -277,6 +286,10 @@ impl Started {
             .await
             .context("taking the watch's last records")?;
         judge.feed(&mut records, &rules(), &selection, &mut sink);
+        let lost = counts.kernel.dropped + counts.lost_in_queue;
+        if lost > lost_told {
+            sink(WatchOutput::Lost(lost - lost_told));
+        }
         Ok(WatchSummary {
             ended,
             events: judge.events,
@@ -286,7 +299,7 @@ impl Started {
             released: judge.discoveries.released_count,
             gaps: judge.discoveries.gaps,
             kernel_records: counts.kernel.events,
-            dropped: counts.kernel.dropped + counts.lost_in_queue,
+            dropped: lost,
             complete: counts.complete() && judge.discoveries.gaps == 0,
         })
     }
@@ -521,11 +534,9 @@ fn descendants_in_proc(pid: u32) -> Vec<u32> {
     found
 }
 
-/// The parent pid from a /proc/PID/stat line ("pid (comm) state ppid ..."; comm may hold
-/// spaces and parentheses, so read after the last ')').
+/// The parent pid from a /proc/PID/stat line.
 fn parse_ppid(stat: &str) -> Option<u32> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(1)?.parse().ok()
+    crate::procfs::Stat::parse(stat)?.ppid()
 }
 
 #[cfg(test)]

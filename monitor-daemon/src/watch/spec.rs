@@ -378,10 +378,7 @@ impl Selector {
 
 /// When process `pid` started (field 22 of /proc/PID/stat, clock ticks after boot).
 pub fn process_start(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // After the command name, which may hold spaces and parentheses: state is field 3.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    crate::procfs::Stat::parse(&crate::procfs::stat_line(pid)?)?.start_ticks()
 }
 
 /// `path`, which must be absolute and name an executable file.
