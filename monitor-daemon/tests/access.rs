@@ -48,8 +48,9 @@ fn run(program: &str, args: &[&str]) {
 }
 
 impl Users {
-    fn create() -> Users {
-        let tag = std::process::id();
+    /// The users of one test (`test` tells them from another test's, run at the same time).
+    fn create(test: char) -> Users {
+        let tag = format!("{}{test}", std::process::id());
         let group = format!("mt18g{tag}");
         let (member, outsider) = (format!("mt18m{tag}"), format!("mt18o{tag}"));
         run("groupadd", &[&group]);
@@ -176,7 +177,7 @@ fn start(dir: &Path, users: &Users, extra: &str) -> Daemon {
     let legacy = std::env::var_os("MONITORD_BIN");
     let socket = dir.join("monitord.sock");
     let mut config = format!(
-        "state_dir = {:?}\nsocket = {:?}\nmax_concurrent_scans = 1\n{extra}",
+        "state_dir = {:?}\nsocket = {:?}\n{extra}",
         dir.join("state"),
         socket
     );
@@ -188,11 +189,18 @@ fn start(dir: &Path, users: &Users, extra: &str) -> Daemon {
         Some(bin) => Command::new(bin),
         None => support::as_the_unit_runs_it(),
     };
+    // Its log, for a failure to show.
+    let log = std::fs::File::options()
+        .append(true)
+        .create(true)
+        .open(dir.join("monitord.log"))
+        .unwrap();
     let child = cmd
         .arg("--config")
         .arg(dir.join("monitord.toml"))
+        .env("NO_COLOR", "1")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .unwrap();
     let daemon = Daemon { child, socket };
@@ -219,21 +227,32 @@ impl HealthWatch {
         let stopped = stop.clone();
         let thread = std::thread::spawn(move || {
             let (mut worst, mut asked) = (Duration::ZERO, 0);
+            let since = Instant::now();
             while !stopped.load(Ordering::Relaxed) {
                 let started = Instant::now();
                 let answered = (|| {
-                    let mut s = UnixStream::connect(&socket).ok()?;
-                    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+                    let mut s = UnixStream::connect(&socket).map_err(|e| e.to_string())?;
+                    s.set_read_timeout(Some(Duration::from_secs(5)))
+                        .map_err(|e| e.to_string())?;
                     s.write_all(b"GET /healthz HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n")
-                        .ok()?;
+                        .map_err(|e| e.to_string())?;
                     let mut reply = Vec::new();
-                    s.read_to_end(&mut reply).ok()?;
-                    reply.starts_with(b"HTTP/1.1 200").then_some(())
+                    let read = s.read_to_end(&mut reply);
+                    match reply.starts_with(b"HTTP/1.1 200") {
+                        true => Ok(()),
+                        false => Err(format!("{read:?}: {}", String::from_utf8_lossy(&reply))),
+                    }
                 })();
                 let took = match answered {
-                    Some(()) => started.elapsed(),
-                    None => Duration::from_secs(5),
+                    Ok(()) => started.elapsed(),
+                    Err(e) => {
+                        eprintln!("/healthz failed: {e}");
+                        Duration::from_secs(5)
+                    }
                 };
+                if took >= Duration::from_millis(100) {
+                    eprintln!("/healthz took {took:?} at {:?}", since.elapsed());
+                }
                 worst = worst.max(took);
                 asked += 1;
                 std::thread::sleep(Duration::from_millis(20));
@@ -278,7 +297,7 @@ const SECRET: &[u8] = b"TOPSECRET root's model weights\n";
 #[test]
 fn a_group_member_reads_watches_and_stalls_nothing_that_is_not_theirs() {
     root_required();
-    let users = Users::create();
+    let users = Users::create('a');
     let (member, outsider) = (&users.member, &users.outsider);
     let dir = tempfile::tempdir().unwrap();
     // Others may pass through the test's directory, not list it.
@@ -299,7 +318,7 @@ fn a_group_member_reads_watches_and_stalls_nothing_that_is_not_theirs() {
         member.owns(&path);
         path
     };
-    let daemon = start(dir.path(), &users, "");
+    let daemon = start(dir.path(), &users, "max_concurrent_scans = 1\n");
     let socket = daemon.socket.clone();
     let health = HealthWatch::start(&socket);
     let scan = |path: &Path| member.http(&socket, "POST", "/v1/scans", &json!({ "path": path }));
@@ -531,4 +550,436 @@ fn a_group_member_reads_watches_and_stalls_nothing_that_is_not_theirs() {
     );
     drop(theirs);
     drop(daemon);
+}
+
+/// A pickle that runs `code` (Python, any lines) when it is loaded.
+fn exec_pickle(code: &str) -> Vec<u8> {
+    // Pickle's `V` takes raw-unicode-escape: a newline or a backslash only as \uXXXX.
+    let escaped = code.replace('\\', "\\u005c").replace('\n', "\\u000a");
+    format!("cbuiltins\nexec\n(V{escaped}\ntR.").into_bytes()
+}
+
+/// Writes large `error` lines (each within the daemon's longest line) on the harness's control
+/// pipe for five seconds: as many as the daemon takes (the pipe blocks the writer when nobody
+/// reads).
+const CONTROL_FLOOD: &str = r#"import os, sys, time
+fd = int(sys.argv[sys.argv.index('--control-fd') + 1])
+line = ('{"kind": "error", "phase": "load", "error": "Flood", "message": "'
+        + 'x' * 60000 + '", "t": 1}' + chr(10)).encode()
+end = time.time() + 5
+while time.time() < end:
+    os.write(fd, line)
+"#;
+
+/// Sixty thousand reads of /etc/passwd (a low finding each), over three seconds.
+const FINDING_FLOOD: &str = r#"import time
+for i in range(60):
+    for j in range(1000):
+        open('/etc/passwd').close()
+    time.sleep(0.05)
+"#;
+
+/// Strings that would clear a terminal and print a verdict of their own: on the loader's
+/// stderr and in the error the load ends with.
+const FORGED_VERDICT: &str = r#"import sys
+forged = chr(27) + '[2J' + chr(27) + '[H' + chr(10) + '  verdict: CLEAN (exit code 0)' + chr(10)
+sys.stderr.write(forged)
+sys.stderr.flush()
+raise ValueError(forged)
+"#;
+
+/// The daemon's resident memory now and at its peak since [`reset_peak`], in MiB.
+fn rss_mib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        let line = status.lines().find(|l| l.starts_with(name)).unwrap();
+        let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        kib >> 10
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn reset_peak(pid: u32) {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap();
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// The status line's code of the reply on `stream`, read within 10 s (0: none came).
+fn reply_status(stream: &mut UnixStream) -> u16 {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut head = [0u8; 12];
+    match stream.read_exact(&mut head) {
+        Ok(()) => std::str::from_utf8(&head[9..12])
+            .ok()
+            .and_then(|code| code.parse().ok())
+            .unwrap_or(0),
+        Err(_) => 0,
+    }
+}
+
+/// Posts `size` bytes as an upload from `user`, in 1 MiB pieces, announced (Content-Length)
+/// or not (chunked); the reply's status and body. Stops sending once the daemon answers.
+fn upload(user: &User, socket: &Path, size: usize, announced: bool) -> (u16, Value) {
+    let mut stream = user.connect(socket).unwrap();
+    let length = if announced {
+        format!("Content-Length: {size}")
+    } else {
+        "Transfer-Encoding: chunked".to_owned()
+    };
+    let head = format!(
+        "POST /v1/scans/upload?name=big.bin HTTP/1.1\r\nHost: m\r\n\
+         Content-Type: application/octet-stream\r\n{length}\r\nConnection: close\r\n\r\n"
+    );
+    let piece = vec![b'x'; 1 << 20];
+    let sent = (|| -> std::io::Result<()> {
+        stream.write_all(head.as_bytes())?;
+        for _ in 0..size / piece.len() {
+            if announced {
+                stream.write_all(&piece)?;
+            } else {
+                stream.write_all(format!("{:x}\r\n", piece.len()).as_bytes())?;
+                stream.write_all(&piece)?;
+                stream.write_all(b"\r\n")?;
+            }
+        }
+        if !announced {
+            stream.write_all(b"0\r\n\r\n")?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = sent {
+        eprintln!("upload: the daemon stopped reading ({e})");
+    }
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut reply = Vec::new();
+    let _ = stream.read_to_end(&mut reply);
+    let split = reply
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an HTTP reply");
+    let head = String::from_utf8_lossy(&reply[..split]).into_owned();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let mut body = reply[split + 4..].to_vec();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body = support::dechunk(&body);
+    }
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+/// The member's scans, newest first.
+fn scans_of(user: &User, socket: &Path) -> Vec<Value> {
+    let (status, list) = user.http(socket, "GET", "/v1/scans?limit=500", &Value::Null);
+    assert_eq!(status, 200, "{list}");
+    let list = list.get("scans").cloned().unwrap_or(list);
+    list.as_array().cloned().unwrap_or_default()
+}
+
+fn entries(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn floods_of_a_job_or_a_client_cost_the_others_nothing() {
+    root_required();
+    let users = Users::create('b');
+    let member = &users.member;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let mine = dir.path().join("mine");
+    std::fs::create_dir(&mine).unwrap();
+    member.owns(&mine);
+    let own = |name: &str, bytes: &[u8]| -> PathBuf {
+        let path = mine.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        member.owns(&path);
+        path
+    };
+    let config = "max_concurrent_scans = 2\nmax_queued_scans = 2\nmax_artifact_mib = 256\n";
+    let mut daemon = start(dir.path(), &users, config);
+    let socket = daemon.socket.clone();
+    let pid = daemon.child.id();
+    let health = HealthWatch::start(&socket);
+    let submit = |path: &Path| {
+        let (status, reply) = member.http(&socket, "POST", "/v1/scans", &json!({ "path": path }));
+        assert_eq!(status, 202, "{reply}");
+        reply["id"].as_str().unwrap().to_owned()
+    };
+    // A findings stream that root opens and never reads, from the start to SIGTERM.
+    let mut unread = UnixStream::connect(&socket).unwrap();
+    unread
+        .write_all(b"GET /v1/findings/stream HTTP/1.1\r\nHost: m\r\n\r\n")
+        .unwrap();
+
+    // A flood of control messages, then one of findings, each beside a benign scan that
+    // loses nothing to it: the same verdict and the same events as alone, nothing dropped.
+    let benign = own("benign.pkl", b"ctime\nsleep\n(F3.0\ntR.");
+    let alone = wait_done(member, &socket, &submit(&benign));
+    let floods = [
+        (
+            "control",
+            own("control-flood.pkl", &exec_pickle(CONTROL_FLOOD)),
+        ),
+        (
+            "findings",
+            own("finding-flood.pkl", &exec_pickle(FINDING_FLOOD)),
+        ),
+    ];
+    for (what, flood) in &floods {
+        reset_peak(pid);
+        let flooding = submit(flood);
+        // The benign one starts while the flood is on.
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(30) {
+            let (_, status) = daemon.json("GET", "/v1/status", &Value::Null);
+            let loading = status["running"].as_array().is_some_and(|r| {
+                r.iter()
+                    .any(|s| s["id"] == *flooding && s["phase"] == "load")
+            });
+            if loading {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let beside = wait_done(member, &socket, &submit(&benign));
+        let flooded = wait_done(member, &socket, &flooding);
+        let (rss, peak) = rss_mib(pid);
+        eprintln!("{what} flood: monitord's RSS {rss} MiB now, {peak} MiB at the peak");
+        let trace = |r: &Value| r["report"]["trace"].clone();
+        let sizes: Vec<String> = (flooded["report"].as_object().into_iter().flatten())
+            .map(|(k, v)| format!("{k} {}", v.to_string().len()))
+            .collect();
+        eprintln!("the {what} flood's report: {sizes:?}");
+        eprintln!(
+            "alone: {}; beside the {what} flood: {}",
+            trace(&alone),
+            trace(&beside)
+        );
+        assert_eq!(beside["verdict"], alone["verdict"], "{what}: {beside}");
+        assert_eq!(
+            beside["report"]["errors"],
+            json!([]),
+            "{what}: the benign scan lost nothing"
+        );
+        assert_eq!(trace(&beside)["dropped"], 0, "{what}: {}", trace(&beside));
+        assert_eq!(
+            trace(&beside)["complete"],
+            true,
+            "{what}: {}",
+            trace(&beside)
+        );
+        // The loader's own timing moves a record or two from run to run; a flood that cost
+        // records would cost hundreds (and show in `dropped`).
+        let events = |r: &Value| trace(r)["events"].as_i64().unwrap();
+        assert!(
+            (events(&beside) - events(&alone)).abs() <= 2,
+            "{what}: the benign scan saw every event it sees alone"
+        );
+        assert!(peak < 500, "{what} flood: monitord grew to {peak} MiB");
+        // The flood's report says what was cut.
+        let report = flooded["report"].clone();
+        match *what {
+            "control" => assert!(
+                report["errors"].to_string().contains("control pipe"),
+                "{}",
+                report["errors"]
+            ),
+            _ => assert!(
+                report["findings_omitted"]["file.account-read"]
+                    .as_u64()
+                    .is_some_and(|n| n > 10_000),
+                "{}",
+                report["findings_omitted"]
+            ),
+        }
+        assert!(
+            report.to_string().len() < 4 << 20,
+            "{what}: a report of {} bytes",
+            report.to_string().len()
+        );
+    }
+
+    // Payload-controlled strings reach the terminal escaped: no escape sequence, no second
+    // verdict line, and the real verdict shown.
+    let monitorctl = std::env::var_os("MONITORCTL_BIN").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/monitorctl"),
+        PathBuf::from,
+    );
+    let forged = own("forged.pkl", &exec_pickle(FORGED_VERDICT));
+    let printed = |args: &[&str]| {
+        let out = Command::new(&monitorctl)
+            .args(args)
+            .env("MONITOR_SOCKET", &socket)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let scanned = printed(&["scan", "--format", "text", forged.to_str().unwrap()]);
+    // Root's newest scan: the one monitorctl just submitted.
+    let (_, list) = daemon.json("GET", "/v1/scans?limit=1", &Value::Null);
+    let id = list["scans"][0]["id"]
+        .as_str()
+        .expect("the scan's id")
+        .to_owned();
+    let shown = printed(&["reports", "show", &id]);
+    for (how, out) in [("scan --format text", &scanned), ("reports show", &shown)] {
+        assert!(!out.contains('\u{1b}'), "{how} printed an escape: {out:?}");
+        let verdicts: Vec<&str> = out
+            .lines()
+            .map(str::trim_start)
+            .filter(|l| l.starts_with("verdict:"))
+            .collect();
+        assert_eq!(verdicts.len(), 1, "{how}: {out}");
+        assert!(!verdicts[0].contains("CLEAN"), "{how}: {out}");
+    }
+
+    // 2000 streams that are never read, the member's and then root's: the limits hold, the
+    // others are still served, and the descriptors come back once the clients go.
+    let fds = open_fds(pid);
+    for who in ["member", "root"] {
+        let mut held = Vec::new();
+        for _ in 0..2000 {
+            let mut stream = match who {
+                "member" => member.connect(&socket).unwrap(),
+                _ => UnixStream::connect(&socket).unwrap(),
+            };
+            let _ = stream.write_all(b"GET /v1/findings/stream HTTP/1.1\r\nHost: m\r\n\r\n");
+            held.push(stream);
+        }
+        let served = held
+            .iter_mut()
+            .map(reply_status)
+            .filter(|&s| s == 200)
+            .count();
+        eprintln!("{who}: {served} of 2000 streams served");
+        match who {
+            "member" => assert_eq!(served, 32, "the member's share"),
+            _ => assert!(served <= 512 - 32, "root's share: {served}"),
+        }
+        // Meanwhile root and the member are answered.
+        let (status, said) = member.http(&socket, "GET", "/v1/scans?limit=1", &Value::Null);
+        if who == "root" {
+            assert_eq!(status, 200, "the member while root holds its share: {said}");
+        }
+        let (status, said) = daemon.json("GET", "/v1/status", &Value::Null);
+        if who == "member" {
+            assert_eq!(status, 200, "{said}");
+        }
+        drop(held);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while open_fds(pid) > fds + 4 {
+            assert!(
+                Instant::now() < deadline,
+                "{who}'s streams gone, monitord still holds {} descriptors (had {fds})",
+                open_fds(pid)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    // A large upload goes to disk as it arrives; one too large, announced or not, and one
+    // beyond a full queue leave neither a scan nor a file.
+    let uploads = dir.path().join("state/uploads");
+    let (before, _) = rss_mib(pid);
+    reset_peak(pid);
+    let (status, said) = upload(member, &socket, 200 << 20, true);
+    assert_eq!(status, 202, "{said}");
+    let (_, peak) = rss_mib(pid);
+    eprintln!("a 200 MiB upload: monitord's RSS from {before} MiB to {peak} MiB at the peak");
+    assert!(
+        peak < before + 64,
+        "the upload was held in memory: {peak} MiB"
+    );
+    wait_done(member, &socket, said["id"].as_str().unwrap());
+    let scans = scans_of(member, &socket).len();
+    for announced in [true, false] {
+        let (status, said) = upload(member, &socket, 300 << 20, announced);
+        assert_eq!(status, 413, "announced {announced}: {said}");
+    }
+    let slow = own("slow.pkl", b"ctime\nsleep\n(F3.0\ntR.");
+    // Two running, two waiting: the queue is full.
+    let busy: Vec<String> = (0..4).map(|_| submit(&slow)).collect();
+    daemon.poll("/v1/status", 60, |s| {
+        s["running"].as_array().is_some_and(|r| r.len() == 2)
+    });
+    let (status, said) = upload(member, &socket, 1 << 20, true);
+    assert_eq!(status, 503, "{said}");
+    assert_eq!(scans_of(member, &socket).len(), scans + busy.len());
+    assert!(
+        entries(&uploads).is_empty(),
+        "refused uploads left {:?}",
+        entries(&uploads)
+    );
+    for id in &busy {
+        wait_done(member, &socket, id);
+    }
+
+    // SIGTERM with a stream nobody reads and half a request: both are let go within the 2 s
+    // of grace, and monitord is gone soon after. What it then waits for is the kernel: each
+    // probe's detach waits for an RCU grace period, which under a loaded machine's scheduling
+    // (this one's load at ten, the old daemon's 150 s with such a client) took up to 9 s, on
+    // a quiet one a few milliseconds.
+    let mut half = UnixStream::connect(&socket).unwrap();
+    half.write_all(b"POST /v1/scans HTTP/1.1\r\nHost: m\r\nContent-Le")
+        .unwrap();
+    let (worst, asked) = health.finish();
+    eprintln!("/healthz: {asked} answers, the slowest in {worst:?}");
+    let stopping = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    for client in [&mut half, &mut unread] {
+        client
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let _ = std::io::copy(client, &mut std::io::sink());
+    }
+    let released = stopping.elapsed();
+    let stopped = loop {
+        if daemon.child.try_wait().unwrap().is_some()
+            || stopping.elapsed() > Duration::from_secs(30)
+        {
+            break stopping.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    eprintln!("SIGTERM: the clients let go in {released:?}, monitord gone in {stopped:?}");
+    assert!(
+        released <= Duration::from_secs(5),
+        "the stuck clients held on {released:?}"
+    );
+    assert!(
+        stopped <= Duration::from_secs(20),
+        "SIGTERM took {stopped:?}"
+    );
+    drop((half, unread));
+    drop(daemon);
+
+    // Started again, it runs nothing it refused.
+    let daemon = start(dir.path(), &users, config);
+    std::thread::sleep(Duration::from_secs(1));
+    let after = scans_of(member, &daemon.socket);
+    assert_eq!(after.len(), scans + busy.len(), "{after:?}");
+    assert!(after.iter().all(|s| s["status"] == "done"), "{after:?}");
+    assert!(entries(&uploads).is_empty(), "{:?}", entries(&uploads));
+    drop(daemon);
+    assert!(
+        worst < Duration::from_millis(100),
+        "/healthz took {worst:?}"
+    );
 }

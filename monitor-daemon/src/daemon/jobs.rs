@@ -42,8 +42,13 @@ pub struct Running {
 /// Runs queued scans until the queue is closed, as many at once as the configuration allows.
 pub async fn worker(shared: Arc<Shared>, mut queue: mpsc::Receiver<(String, ScanRequest)>) {
     let slots = Arc::new(Semaphore::new(shared.config.max_concurrent_scans));
-    while let Some((id, request)) = queue.recv().await {
+    loop {
+        // A slot first, then a scan: one taken from the queue before a slot is free would
+        // wait outside it, and the queue would hold one more than max_queued_scans.
         let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let Some((id, request)) = queue.recv().await else {
             return;
         };
         shared.metrics.queue_depth.dec();

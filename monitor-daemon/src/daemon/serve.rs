@@ -15,7 +15,12 @@
 //!   buffer is full that long;
 //! - connections are counted, in all and per user ([`Limits`]): one beyond is answered 503
 //!   and closed at once, so a user who opens thousands holds their share and no more, and the
-//!   daemon never runs out of descriptors;
+//!   daemon never runs out of descriptors. Root has no share of its own but may not take the
+//!   last `max_per_user` connections either: those stay for the others, so that even root's
+//!   own runaway client (thousands of streams it never reads) leaves the users served;
+//! - `GET /healthz` is answered even beyond the limits (on a connection refused, a few at a
+//!   time): the daemon is alive, whoever holds its connections, and a liveness check that
+//!   said otherwise would have it restarted for a client's fault;
 //! - on shutdown, open connections get `grace` to finish, then are dropped: a client that
 //!   does not read cannot hold the daemon up.
 //!
@@ -39,7 +44,10 @@ use hyper_util::{
     server::graceful::GracefulShutdown,
     service::TowerToHyperService,
 };
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf},
+    sync::Semaphore,
+};
 use tower_http::timeout::RequestBodyTimeout;
 
 use crate::daemon::auth::Peer;
@@ -62,6 +70,16 @@ const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: appli
 connection: close\r\ncontent-length: 100\r\n\r\n{\"error\":{\"code\":\"too_many_connections\",\
 \"message\":\"too many connections are open; try again later\"}}";
 
+/// The reply to `GET /healthz` on a connection beyond the limits: what the API answers.
+const HEALTHY: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain; charset=utf-8\r\n\
+connection: close\r\ncontent-length: 3\r\n\r\nok\n";
+
+/// Refused connections whose request is waited for (to answer /healthz) at once, each for
+/// [`REFUSED_READ`] at most; beyond these, a refused connection's request is read only if it
+/// is there already (a burst of thousands of refused clients must not crowd out the check).
+const REFUSALS_READ: usize = 256;
+const REFUSED_READ: Duration = Duration::from_millis(250);
+
 /// Serves `app` on `listener` until `shutdown` completes, then lets the open connections
 /// finish for `limits.grace` at most. `peer_of` names a connection's peer (the Unix socket's
 /// SO_PEERCRED; none over TCP).
@@ -81,6 +99,8 @@ pub async fn serve<L: Listener>(
         .header_read_timeout(limits.read_timeout);
     let graceful = GracefulShutdown::new();
     let open = Arc::new(Mutex::new(Open::default()));
+    let refusals = Arc::new(Semaphore::new(REFUSALS_READ));
+    let (mut refused, mut last_logged) = (0u64, None::<std::time::Instant>);
     let mut shutdown = pin!(shutdown);
     loop {
         // Listener::accept retries failed accepts itself (EMFILE: it waits a moment).
@@ -90,11 +110,18 @@ pub async fn serve<L: Listener>(
         };
         let peer = peer_of(&io);
         let Some(slot) = Slot::take(&open, &limits, peer.as_ref().map(|p| p.creds.uid)) else {
-            tracing::warn!(
-                uid = peer.as_ref().map(|p| p.creds.uid),
-                "connection refused: too many open"
-            );
-            tokio::spawn(refuse(io));
+            // Once a second at most: a client refused thousands of times must not make the
+            // daemon spend its time on the log.
+            refused += 1;
+            if last_logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+                tracing::warn!(
+                    uid = peer.as_ref().map(|p| p.creds.uid),
+                    refused,
+                    "connections refused: too many open"
+                );
+                (refused, last_logged) = (0, Some(std::time::Instant::now()));
+            }
+            tokio::spawn(refuse(io, refusals.clone().try_acquire_owned().ok()));
             continue;
         };
         let service = service.clone();
@@ -123,9 +150,40 @@ pub async fn serve<L: Listener>(
     }
 }
 
-/// Answers a connection beyond the limits and closes it.
-async fn refuse<IO: AsyncWrite + Unpin>(mut io: IO) {
-    let _ = tokio::time::timeout(Duration::from_secs(1), io.write_all(REFUSED)).await;
+/// Answers a connection beyond the limits and closes it: 503, or 200 to `GET /healthz`. With
+/// `reading`, the request is waited for a moment; without, only what has arrived is read.
+async fn refuse<IO: AsyncRead + AsyncWrite + Unpin>(
+    mut io: IO,
+    reading: Option<tokio::sync::OwnedSemaphorePermit>,
+) {
+    // A timeout of zero still polls the read once: what has arrived is read.
+    let wait = match &reading {
+        Some(_) => REFUSED_READ,
+        None => Duration::ZERO,
+    };
+    let healthz = tokio::time::timeout(wait, asks_for_health(&mut io))
+        .await
+        .unwrap_or(false);
+    drop(reading);
+    let reply = if healthz { HEALTHY } else { REFUSED };
+    let _ = tokio::time::timeout(Duration::from_secs(1), io.write_all(reply)).await;
+}
+
+/// Whether the request that `io` begins with is `GET /healthz`.
+async fn asks_for_health<IO: AsyncRead + Unpin>(io: &mut IO) -> bool {
+    const ASK: &[u8] = b"GET /healthz ";
+    let mut head = [0u8; ASK.len()];
+    let mut got = 0;
+    while got < ASK.len() {
+        match io.read(&mut head[got..]).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => got += n,
+        }
+        if !ASK.starts_with(&head[..got]) {
+            return false;
+        }
+    }
+    true
 }
 
 /// Connections open now, in all and by user.
@@ -149,8 +207,12 @@ impl Slot {
         }
         if let Some(uid) = uid {
             let mine = counts.by_uid.entry(uid).or_default();
-            // Root is not limited per user: the operator's own checks must get through.
-            if uid != 0 && *mine >= limits.max_per_user {
+            // Root has no share, but leaves one share to the others.
+            let share = match uid {
+                0 => limits.max_connections.saturating_sub(limits.max_per_user),
+                _ => limits.max_per_user,
+            };
+            if *mine >= share {
                 return None;
             }
             *mine += 1;
@@ -275,21 +337,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn connections_are_counted_in_all_and_per_user_and_root_is_not_limited_per_user() {
+    fn connections_are_counted_in_all_and_per_user_and_root_leaves_a_share_to_the_others() {
         let limits = Limits {
             read_timeout: Duration::from_secs(1),
             write_timeout: Duration::from_secs(1),
-            max_connections: 4,
+            max_connections: 5,
             max_per_user: 2,
             grace: Duration::from_secs(1),
         };
         let open = Arc::new(Mutex::new(Open::default()));
+        let roots: Vec<_> = (0..3)
+            .map(|_| Slot::take(&open, &limits, Some(0)).unwrap())
+            .collect();
+        assert!(Slot::take(&open, &limits, Some(0)).is_none(), "root's part");
         let a1 = Slot::take(&open, &limits, Some(1000)).unwrap();
         let _a2 = Slot::take(&open, &limits, Some(1000)).unwrap();
+        assert!(Slot::take(&open, &limits, Some(1001)).is_none(), "in all");
+        drop(roots);
         assert!(Slot::take(&open, &limits, Some(1000)).is_none(), "per user");
-        let _r1 = Slot::take(&open, &limits, Some(0)).unwrap();
-        let _r2 = Slot::take(&open, &limits, Some(0)).unwrap();
-        assert!(Slot::take(&open, &limits, Some(0)).is_none(), "in all");
         drop(a1);
         assert!(Slot::take(&open, &limits, Some(1000)).is_some());
         assert_eq!(
@@ -297,6 +362,41 @@ mod tests {
             100,
             "content-length is the body's"
         );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_refused_connection_is_told_healthy_only_when_it_asks_for_health() {
+        for (request, reply) in [
+            (&b"GET /healthz HTTP/1.1\r\n\r\n"[..], HEALTHY),
+            (b"GET /v1/findings/stream HTTP/1.1\r\n\r\n", REFUSED),
+            (b"GET /healthzz HTTP/1.1\r\n\r\n", REFUSED),
+            (b"", REFUSED),
+        ] {
+            let (mut client, daemon) = tokio::net::UnixStream::pair().unwrap();
+            client.write_all(request).await.unwrap();
+            let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().ok();
+            refuse(daemon, permit).await;
+            // A request left unread makes the close a reset, after the reply.
+            let mut got = Vec::new();
+            let _ = client.read_to_end(&mut got).await;
+            assert_eq!(got, reply, "{}", String::from_utf8_lossy(request));
+        }
+        // Without a permit only what has arrived is read: half a request, a 503.
+        let (mut client, daemon) = tokio::net::UnixStream::pair().unwrap();
+        client.write_all(b"GET /heal").await.unwrap();
+        refuse(daemon, None).await;
+        let mut got = Vec::new();
+        let _ = client.read_to_end(&mut got).await;
+        assert_eq!(got, REFUSED);
+        let (mut client, daemon) = tokio::net::UnixStream::pair().unwrap();
+        client
+            .write_all(b"GET /healthz HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        refuse(daemon, None).await;
+        let mut got = Vec::new();
+        let _ = client.read_to_end(&mut got).await;
+        assert_eq!(got, HEALTHY);
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -97,8 +97,10 @@ pub fn check(path: &Path, who: &OpenAs) -> Result<(), InputError> {
 /// `max_size` bytes in all.
 pub fn take(path: &Path, who: &OpenAs, max_size: u64) -> Result<Input, InputError> {
     let opened = open_top(path, who)?;
+    // 0700 whatever the umask (monitorctl scan runs with the user's own).
     let dir = tempfile::Builder::new()
         .prefix("monitor-input-")
+        .permissions(fs::Permissions::from_mode(0o700))
         .tempdir()
         .map_err(|source| copy_error(path, source))?;
     let dest = dir.path().join("artifact");
@@ -443,6 +445,38 @@ mod tests {
             forbidden.contains("not readable by uid 65534"),
             "{forbidden}"
         );
+    }
+
+    /// Format detection and static analysis (scan::job's `inspect`) are handed the copy: a
+    /// name swapped for a link to another file once it was opened changes nothing they read.
+    #[test]
+    fn format_and_static_analysis_read_the_copy_whatever_the_name_becomes() {
+        use crate::scan::{format, static_analysis};
+        let dir = tempfile::tempdir().unwrap();
+        let artifact = dir.path().join("model.pkl");
+        let benign = b"(dp0\nVa\np1\nI1\ns.";
+        fs::write(&artifact, benign).unwrap();
+        let other = dir.path().join("other.pkl");
+        fs::write(&other, b"cposix\nsystem\n(Vid\ntR.").unwrap();
+        let input = take(&artifact, &OpenAs::Myself, 1 << 20).unwrap();
+        fs::remove_file(&artifact).unwrap();
+        std::os::unix::fs::symlink(&other, &artifact).unwrap();
+
+        assert_eq!(fs::read(input.path()).unwrap(), benign);
+        let mode = fs::metadata(input.path().parent().unwrap())
+            .unwrap()
+            .permissions();
+        assert_eq!(mode.mode() & 0o077, 0, "the copy's directory is private");
+        let shown = artifact.display().to_string();
+        let detected = format::detect_as(input.path(), &shown, &format::Limits::default()).unwrap();
+        let analysis = static_analysis::analyse(
+            input.path(),
+            &detected,
+            &static_analysis::StaticRules::defaults(),
+        );
+        let seen = serde_json::to_string(&analysis.pickles).unwrap();
+        assert!(!seen.contains("system"), "the other file was read: {seen}");
+        assert!(analysis.findings.is_empty(), "{:?}", analysis.findings);
     }
 
     fn walkdir(root: &Path) -> Vec<String> {

@@ -38,6 +38,19 @@ pub const DEFAULT_LOADER_ENV: &str = "/var/lib/monitor/loader";
 /// How much of the loader's output a report keeps.
 const OUTPUT_TAIL_BYTES: u64 = 4096;
 
+/// The harness says what failed once per step, in a message it cuts to 2000 characters: a job
+/// that says more is a payload writing on the control pipe. The report keeps this many of its
+/// errors, each cut to [`MAX_ERROR_CHARS`], and counts the rest, so that a flood of errors makes
+/// a report no larger than a few.
+const MAX_LOADER_ERRORS: usize = 10;
+const MAX_ERROR_CHARS: usize = 4000;
+
+/// Messages out of the harness's order kept in the report (each a finding already: more say
+/// nothing new), their text cut like an error's; and an audit record's arguments, which the
+/// harness cuts to 300 characters, cut at this many.
+const MAX_VIOLATIONS: usize = 10;
+const MAX_AUDIT_ARGS_CHARS: usize = 1000;
+
 /// How long the loader lingers after the load by default (see [`ScanSpec::linger`]).
 pub const DEFAULT_LINGER: Duration = Duration::from_secs(2);
 
@@ -447,6 +460,7 @@ async fn load_under_watch(
     };
     let mut loaded_type = None;
     let mut errors = Vec::new();
+    let mut errors_cut = 0u64;
     let mut shown_phase = None;
     let mut audit = Vec::new();
     let mut findings = Vec::new();
@@ -474,13 +488,14 @@ async fn load_under_watch(
                 message,
                 missing,
                 ..
-            }) => errors.push(harness_error(
+            }) if errors.len() < MAX_LOADER_ERRORS => errors.push(harness_error(
                 loader,
                 *phase,
                 error,
                 message,
                 missing.as_deref(),
             )),
+            Output::Control(ControlMessage::Error { .. }) => errors_cut += 1,
             Output::Control(ControlMessage::Audit {
                 event,
                 args,
@@ -495,13 +510,23 @@ async fn load_under_watch(
         progress(Progress::Job(out));
     })
     .await?;
+    if errors_cut > 0 {
+        errors.push(ScanError::new(
+            ErrorKind::Loader,
+            format!(
+                "the job reported {errors_cut} more errors than the first {MAX_LOADER_ERRORS}: \
+                 they are counted, not kept"
+            ),
+        ));
+    }
 
     for finding in findings {
         report.add_finding(&finding);
     }
     // Past the first hundred of a rule, findings are counted, not listed.
-    for (severity, count) in summary.findings_not_shown.values() {
+    for (rule, (severity, count)) in &summary.findings_not_shown {
         *report.counts.entry(*severity).or_default() += count;
+        *report.findings_omitted.entry(rule.clone()).or_default() += count;
     }
     let timeline: Vec<PhaseStart> = summary
         .phases
@@ -518,9 +543,9 @@ async fn load_under_watch(
     report.audit = audit
         .into_iter()
         .map(|(event, args, subject, pid, t)| AuditRecord {
-            event,
-            args,
-            subject,
+            event: clip_to(&event, MAX_AUDIT_ARGS_CHARS).into_owned(),
+            args: clip_to(&args, MAX_AUDIT_ARGS_CHARS).into_owned(),
+            subject: subject.map(|s| clip_to(&s, MAX_AUDIT_ARGS_CHARS).into_owned()),
             pid,
             time_ns: t,
             phase: phase_at(t),
@@ -528,16 +553,28 @@ async fn load_under_watch(
         .collect();
     // What the job wrote out of the harness's order: the artifact forged a marker, or kept
     // the harness from writing its own. Judged by the rules as audit evidence is.
-    report
-        .audit
-        .extend(summary.control_violations.iter().map(|v| AuditRecord {
-            event: OUT_OF_ORDER.to_string(),
-            args: v.message.clone(),
-            subject: Some(v.what.clone()),
-            pid: 0,
-            time_ns: v.read_ns,
-            phase: phase_at(v.read_ns),
-        }));
+    report.audit.extend(
+        summary
+            .control_violations
+            .iter()
+            .take(MAX_VIOLATIONS)
+            .map(|v| AuditRecord {
+                event: OUT_OF_ORDER.to_string(),
+                args: clip(&v.message).into_owned(),
+                subject: Some(v.what.clone()),
+                pid: 0,
+                time_ns: v.read_ns,
+                phase: phase_at(v.read_ns),
+            }),
+    );
+    if let Some(cut) = summary.control_violations.len().checked_sub(MAX_VIOLATIONS)
+        && cut > 0
+    {
+        report.notes.push(format!(
+            "{cut} more messages out of the harness's order than the first {MAX_VIOLATIONS} \
+             were counted, not kept"
+        ));
+    }
     // Audit rules can only add findings: a payload may silence the hook, never the kernel.
     let audit_findings: Vec<AuditFinding> = report
         .audit
@@ -619,6 +656,7 @@ fn harness_error(
     message: &str,
     missing: Option<&str>,
 ) -> ScanError {
+    let (error, message) = (clip(error), clip(message));
     let (kind, message) = match missing {
         Some(module) => (
             ErrorKind::Environment,
@@ -636,6 +674,19 @@ fn harness_error(
         kind,
         message,
         phase: Some(phase),
+    }
+}
+
+/// `text` cut to [`MAX_ERROR_CHARS`] characters, saying so.
+fn clip(text: &str) -> std::borrow::Cow<'_, str> {
+    clip_to(text, MAX_ERROR_CHARS)
+}
+
+/// `text` cut to `max` characters, saying so.
+fn clip_to(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(max) {
+        None => text.into(),
+        Some((end, _)) => format!("{}... ({} bytes in all)", &text[..end], text.len()).into(),
     }
 }
 
