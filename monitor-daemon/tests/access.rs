@@ -138,19 +138,7 @@ impl User {
         stream.write_all(&request).unwrap();
         let mut reply = Vec::new();
         let _ = stream.read_to_end(&mut reply);
-        let split = reply
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .expect("an HTTP reply");
-        let head = String::from_utf8_lossy(&reply[..split]).into_owned();
-        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-        let mut body = reply[split + 4..].to_vec();
-        if head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            body = support::dechunk(&body);
-        }
+        let (status, body) = support::parse_reply(&reply);
         let value = serde_json::from_slice(&body)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
         (status, value)
@@ -662,19 +650,7 @@ fn upload(user: &User, socket: &Path, size: usize, announced: bool) -> (u16, Val
         .unwrap();
     let mut reply = Vec::new();
     let _ = stream.read_to_end(&mut reply);
-    let split = reply
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("an HTTP reply");
-    let head = String::from_utf8_lossy(&reply[..split]).into_owned();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    let mut body = reply[split + 4..].to_vec();
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        body = support::dechunk(&body);
-    }
+    let (status, body) = support::parse_reply(&reply);
     (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
 }
 

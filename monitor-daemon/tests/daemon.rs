@@ -639,7 +639,7 @@ fn twenty_scans_submitted_at_once_all_finish_with_the_right_verdicts() {
     }
 
     // monitorctl submits to the daemon when its socket answers.
-    let monitorctl = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/monitorctl");
+    let monitorctl = support::monitorctl();
     let out = Command::new(&monitorctl)
         .args(["scan", "--format", "json", "--socket"])
         .arg(&daemon.socket)
@@ -656,26 +656,16 @@ fn twenty_scans_submitted_at_once_all_finish_with_the_right_verdicts() {
         "the CLI's scan went to the daemon"
     );
 
-    let ask = |args: &[&str]| {
-        let out = Command::new(&monitorctl)
-            .args(args)
-            .arg("--socket")
-            .arg(&daemon.socket)
-            .output()
-            .expect("run monitorctl");
-        assert!(out.status.success(), "{args:?}: {out:?}");
-        String::from_utf8(out.stdout).unwrap()
-    };
-    let listed = ask(&["reports", "list", "--verdict", "malicious", "--limit", "50"]);
+    let listed = daemon.ctl(&["reports", "list", "--verdict", "malicious", "--limit", "50"]);
     assert_eq!(
         listed.lines().filter(|l| l.contains("malicious")).count(),
         11,
         "{listed}"
     );
-    let status: Value = serde_json::from_str(&ask(&["status"])).unwrap();
+    let status: Value = serde_json::from_str(&daemon.ctl(&["status"])).unwrap();
     assert_eq!(status["queue_depth"], 0);
-    assert!(ask(&["rules", "list"]).contains("exec.program"));
-    let exported = ask(&["reports", "export", "--verdict", "clean"]);
+    assert!(daemon.ctl(&["rules", "list"]).contains("exec.program"));
+    let exported = daemon.ctl(&["reports", "export", "--verdict", "clean"]);
     let reports: Vec<Value> = exported
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -1003,12 +993,7 @@ fn monitorctl_watch_adds_lists_tails_and_removes() {
     std::fs::create_dir_all(key.parent().unwrap()).unwrap();
     std::fs::write(&key, "[default]\n").unwrap();
     let go = dir.path().join("go");
-    let monitorctl = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/monitorctl");
-    assert!(
-        monitorctl.is_file(),
-        "{} is missing: `cargo build --release --bins` (cargo xtask test does)",
-        monitorctl.display()
-    );
+    let monitorctl = support::monitorctl();
     // Killed however the test ends: it spins until told to go.
     let mut served = KillOnDrop(
         Command::new("/bin/bash")
@@ -1022,21 +1007,12 @@ fn monitorctl_watch_adds_lists_tails_and_removes() {
             .unwrap(),
     );
     let daemon = Daemon::start(dir.path());
-    let ctl = |args: &[&str]| {
-        let out = Command::new(&monitorctl)
-            .args(args)
-            .arg("--socket")
-            .arg(&daemon.socket)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{args:?}: {out:?}");
-        String::from_utf8(out.stdout).unwrap()
-    };
     let pid = served.0.id().to_string();
-    let id = ctl(&["watch", "add", "--pid", &pid, "--name", "notebook"])
+    let id = daemon
+        .ctl(&["watch", "add", "--pid", &pid, "--name", "notebook"])
         .trim()
         .to_owned();
-    let list = ctl(&["watch", "list"]);
+    let list = daemon.ctl(&["watch", "list"]);
     assert!(
         list.contains(&id) && list.contains("notebook: pid"),
         "{list}"
@@ -1062,7 +1038,7 @@ fn monitorctl_watch_adds_lists_tails_and_removes() {
 
     // The process is gone: the watch ended by itself and left the store.
     daemon.poll(&format!("/v1/watches/{id}"), 10, |w| w["state"] == "ended");
-    ctl(&["watch", "rm", &id]);
+    daemon.ctl(&["watch", "rm", &id]);
     let out = Command::new(&monitorctl)
         .args(["watch", "rm", &id, "--socket"])
         .arg(&daemon.socket)
@@ -1395,8 +1371,7 @@ fn monitorctl_watch_learns_prints_its_profile_and_takes_the_reviewed_policy() {
     let cgroup =
         monitor_daemon::cgroup::JobCgroup::create(&format!("test-learnctl-{}", std::process::id()))
             .unwrap();
-    let monitorctl = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/monitorctl");
-    assert!(monitorctl.is_file(), "{} is missing", monitorctl.display());
+    let monitorctl = support::monitorctl();
     let mut served = KillOnDrop(spawn_in(
         cgroup.path(),
         &format!(
@@ -1408,30 +1383,18 @@ fn monitorctl_watch_learns_prints_its_profile_and_takes_the_reviewed_policy() {
         ),
     ));
     let daemon = Daemon::start(dir.path());
-    let ctl = |daemon: &Daemon, args: &[&str]| {
-        let out = Command::new(&monitorctl)
-            .args(args)
-            .arg("--socket")
-            .arg(&daemon.socket)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{args:?}: {out:?}");
-        String::from_utf8(out.stdout).unwrap()
-    };
     let cgroup_path = cgroup.path().display().to_string();
-    let id = ctl(
-        &daemon,
-        &["watch", "add", "--cgroup", &cgroup_path, "--learn", "3s"],
-    )
-    .trim()
-    .to_owned();
+    let id = daemon
+        .ctl(&["watch", "add", "--cgroup", &cgroup_path, "--learn", "3s"])
+        .trim()
+        .to_owned();
     std::fs::write(&go, "").unwrap();
     assert!(served.0.wait().unwrap().success());
     daemon.poll(&format!("/v1/watches/{id}"), 20, |w| {
         w.get("learning").is_none_or(Value::is_null)
     });
 
-    let profile = ctl(&daemon, &["watch", "profile", &id]);
+    let profile = daemon.ctl(&["watch", "profile", &id]);
     let (summary, exceptions) = profile
         .split_once("\nexceptions:")
         .unwrap_or_else(|| panic!("no exceptions learned:\n{profile}"));
@@ -1455,10 +1418,7 @@ fn monitorctl_watch_learns_prints_its_profile_and_takes_the_reviewed_policy() {
     // Reviewed: a kill policy added, given back.
     let reviewed = dir.path().join("policy.yaml");
     std::fs::write(&reviewed, format!("kill_at: high\n{profile}")).unwrap();
-    ctl(
-        &daemon,
-        &["watch", "policy", &id, reviewed.to_str().unwrap()],
-    );
+    daemon.ctl(&["watch", "policy", &id, reviewed.to_str().unwrap()]);
     let enforced = |w: &Value| {
         w["policy"]["kill_at"] == "high"
             && w["policy"]["document"]
@@ -1491,6 +1451,6 @@ fn monitorctl_watch_learns_prints_its_profile_and_takes_the_reviewed_policy() {
     );
     let (_, watch) = daemon.json("GET", &format!("/v1/watches/{id}"), &Value::Null);
     assert!(enforced(&watch), "{watch}");
-    ctl(&daemon, &["watch", "rm", &id]);
+    daemon.ctl(&["watch", "rm", &id]);
     daemon.stop();
 }

@@ -377,6 +377,15 @@ fn serving_secs() -> u64 {
         .unwrap_or(20)
 }
 
+/// The probes loaded and their router started (as root: watches load eBPF programs).
+fn probes_router() -> Router {
+    assert!(
+        is_root(),
+        "watches load eBPF programs: run the tests as root"
+    );
+    Router::start(Probes::load(&ProbeConfig::default()).expect("loading the probes")).unwrap()
+}
+
 /// The learn -> enforce workflow on the example server, beside the same server under the
 /// default rules alone: learned for 20 s (while it starts, fetches, serves, checks its
 /// health, fetches its second model and rotates its log), then 200 requests, a restart of
@@ -387,16 +396,11 @@ fn serving_secs() -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_learned_model_server_serves_and_restarts_without_alarms_and_a_malicious_reload_is_killed()
  {
-    assert!(
-        is_root(),
-        "watches load eBPF programs: run the tests as root"
-    );
+    let router = probes_router();
     let dir = tempfile::tempdir().unwrap();
     let store = Store::start(dir.path());
     let mut learned = Service::new("learned", dir.path(), &store);
     let mut baseline = Service::new("baseline", dir.path(), &store);
-    let router =
-        Router::start(Probes::load(&ProbeConfig::default()).expect("loading the probes")).unwrap();
     let learn_secs = 20;
     let watch = RunningWatch::start(
         &router,
@@ -599,10 +603,7 @@ async fn a_learned_model_server_serves_and_restarts_without_alarms_and_a_malicio
 /// `never_learned` and has no exception for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_payload_run_while_learning_is_reported_and_never_learned() {
-    assert!(
-        is_root(),
-        "watches load eBPF programs: run the tests as root"
-    );
+    let router = probes_router();
     let dir = tempfile::tempdir().unwrap();
     let store = Store::start(dir.path());
     let mut service = Service::new("compromised", dir.path(), &store);
@@ -615,8 +616,6 @@ async fn a_payload_run_while_learning_is_reported_and_never_learned() {
             service.home.join(".bashrc").display().to_string()
         ),
     );
-    let router =
-        Router::start(Probes::load(&ProbeConfig::default()).expect("loading the probes")).unwrap();
     // Long enough for the server to start and take its payload on a loaded machine.
     let learn_secs = 30;
     let watch = RunningWatch::start(

@@ -219,8 +219,14 @@ fn decode_pair(decoder: &Decoder, raw: &[Vec<u8>]) -> usize {
     decoded
 }
 
-/// As `run::run` does: events of a batch are judged after the batch has been paired.
-fn decode_pair_judge(decoder: &Decoder, rules: &RuleSet, raw: &[Vec<u8>]) -> usize {
+/// Decodes and pairs `raw` as `run::run` does, a batch at a time, and hands each event of a
+/// batch to `judge` once the batch is paired (with the process table as it stands then).
+/// Records decoded.
+fn decode_pair_then(
+    decoder: &Decoder,
+    raw: &[Vec<u8>],
+    mut judge: impl FnMut(&Event, &monitor_daemon::process::ProcessTable),
+) -> usize {
     const BATCH: usize = 1024;
     let mut tracer = Tracer::default();
     let mut events: Vec<Event> = Vec::with_capacity(BATCH);
@@ -233,40 +239,32 @@ fn decode_pair_judge(decoder: &Decoder, rules: &RuleSet, raw: &[Vec<u8>]) -> usi
             }
         }
         for event in events.drain(..) {
-            let cwd = tracer
-                .processes()
-                .get(event.pid)
-                .and_then(|p| p.cwd.as_deref());
-            black_box(rules.judge(&event, Phase::Run, cwd));
+            judge(&event, tracer.processes());
         }
     }
     decoded
 }
 
+/// As `run::run` does: each event judged by `rules` in the run phase.
+fn decode_pair_judge(decoder: &Decoder, rules: &RuleSet, raw: &[Vec<u8>]) -> usize {
+    decode_pair_then(decoder, raw, |event, processes| {
+        let cwd = processes.get(event.pid).and_then(|p| p.cwd.as_deref());
+        black_box(rules.judge(event, Phase::Run, cwd));
+    })
+}
+
 /// As a live watch's judge does: each event judged in its context (the process table's view
 /// of its process, the watch's name), by `rules`. Records decoded, and findings.
 fn decode_pair_watch(decoder: &Decoder, rules: &RuleSet, raw: &[Vec<u8>]) -> (usize, usize) {
-    const BATCH: usize = 1024;
-    let mut tracer = Tracer::default();
-    let mut events: Vec<Event> = Vec::with_capacity(BATCH);
-    let (mut decoded, mut found) = (0, 0);
-    for chunk in raw.chunks(BATCH) {
-        for r in chunk {
-            if let Ok(record) = decoder.decode(r) {
-                decoded += 1;
-                tracer.push(record, &mut |e| events.push(e));
-            }
-        }
-        for event in events.drain(..) {
-            let processes = tracer.processes();
-            let ctx = Context {
-                phase: Phase::Run,
-                cwd: processes.get(event.pid).and_then(|p| p.cwd.as_deref()),
-                process: Some(processes.view(event.pid)),
-                watch: Some(WATCH),
-            };
-            found += black_box(rules.judge_in(&event, &ctx)).len();
-        }
-    }
+    let mut found = 0;
+    let decoded = decode_pair_then(decoder, raw, |event, processes| {
+        let ctx = Context {
+            phase: Phase::Run,
+            cwd: processes.get(event.pid).and_then(|p| p.cwd.as_deref()),
+            process: Some(processes.view(event.pid)),
+            watch: Some(WATCH),
+        };
+        found += black_box(rules.judge_in(event, &ctx)).len();
+    });
     (decoded, found)
 }

@@ -3,7 +3,7 @@
 
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _},
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
     metrics::{
         counter::{ConstCounter, Counter},
         family::Family,
@@ -342,25 +342,14 @@ impl Metrics {
     }
 }
 
-/// One counter or gauge read at scrape time.
-fn encode_counter(
+/// One metric read at scrape time (a `ConstCounter` or a `ConstGauge`), under `name`.
+fn encode_const(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    value: u64,
+    metric: impl EncodeMetric,
 ) -> Result<(), std::fmt::Error> {
-    let counter = ConstCounter::new(value);
-    counter.encode(encoder.encode_descriptor(name, help, None, counter.metric_type())?)
-}
-
-fn encode_gauge(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    value: i64,
-) -> Result<(), std::fmt::Error> {
-    let gauge = ConstGauge::new(value);
-    gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
 }
 
 /// The kernel programs' per-CPU counters and the router's, as `/v1/status` shows them.
@@ -415,39 +404,39 @@ impl Collector for KernelCollector {
                     c.followed,
                 ),
             ] {
-                encode_counter(&mut encoder, name, help, value)?;
+                encode_const(&mut encoder, name, help, ConstCounter::new(value))?;
             }
         }
-        encode_counter(
+        encode_const(
             &mut encoder,
             "records_malformed",
             "Ring-buffer records that could not be decoded",
-            router.malformed(),
+            ConstCounter::new(router.malformed()),
         )?;
-        encode_counter(
+        encode_const(
             &mut encoder,
             "records_unrouted",
             "Records of no job or watch (one that had just ended)",
-            router.unrouted(),
+            ConstCounter::new(router.unrouted()),
         )?;
         let (attached, missing) = router.attachments();
-        encode_gauge(
+        encode_const(
             &mut encoder,
             "probes_attached",
             "Tracepoints the probes are attached to",
-            attached as i64,
+            ConstGauge::new(attached as i64),
         )?;
-        encode_gauge(
+        encode_const(
             &mut encoder,
             "probes_missing",
             "Syscalls of the table this kernel has no tracepoint for",
-            missing.len() as i64,
+            ConstGauge::new(missing.len() as i64),
         )?;
-        encode_gauge(
+        encode_const(
             &mut encoder,
             "router_subscriptions",
             "Jobs and watches the record router hands records to",
-            router.subscriptions() as i64,
+            ConstGauge::new(router.subscriptions() as i64),
         )
     }
 }
@@ -461,13 +450,12 @@ impl Collector for ProcessCollector {
         let Some(p) = ProcessStats::read() else {
             return Ok(());
         };
-        let cpu = prometheus_client::metrics::counter::ConstCounter::new(p.cpu_seconds);
-        cpu.encode(encoder.encode_descriptor(
+        encode_const(
+            &mut encoder,
             "process_cpu_seconds",
             "Total user and system CPU time spent in seconds",
-            None,
-            cpu.metric_type(),
-        )?)?;
+            ConstCounter::new(p.cpu_seconds),
+        )?;
         for (name, help, value) in [
             (
                 "process_resident_memory_bytes",
@@ -500,12 +488,8 @@ impl Collector for ProcessCollector {
                 p.threads,
             ),
         ] {
-            encode_gauge(
-                &mut encoder,
-                name,
-                help,
-                i64::try_from(value).unwrap_or(i64::MAX),
-            )?;
+            let value = i64::try_from(value).unwrap_or(i64::MAX);
+            encode_const(&mut encoder, name, help, ConstGauge::new(value))?;
         }
         Ok(())
     }

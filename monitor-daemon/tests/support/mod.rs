@@ -89,21 +89,7 @@ impl Daemon {
 
     /// Sends `request` as it is; returns the reply's status and body.
     pub fn exchange(&self, request: &[u8]) -> (u16, Vec<u8>) {
-        let reply = send(&self.socket, request);
-        let split = reply
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .expect("an HTTP reply");
-        let head = String::from_utf8_lossy(&reply[..split]).into_owned();
-        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-        let mut body = reply[split + 4..].to_vec();
-        if head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            body = dechunk(&body);
-        }
-        (status, body)
+        parse_reply(&send(&self.socket, request))
     }
 
     pub fn json(&self, method: &str, path: &str, body: &Value) -> (u16, Value) {
@@ -115,6 +101,18 @@ impl Daemon {
             )
         });
         (status, value)
+    }
+
+    /// `monitorctl ARGS --socket SOCKET`, which must succeed; its standard output.
+    pub fn ctl(&self, args: &[&str]) -> String {
+        let out = Command::new(monitorctl())
+            .args(args)
+            .arg("--socket")
+            .arg(&self.socket)
+            .output()
+            .expect("run monitorctl");
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
     }
 
     pub fn submit(&self, path: &Path) -> String {
@@ -230,4 +228,33 @@ pub fn send(socket: &Path, request: &[u8]) -> Vec<u8> {
     let mut reply = Vec::new();
     let _ = stream.read_to_end(&mut reply);
     reply
+}
+
+/// An HTTP reply's status and body (de-chunked).
+pub fn parse_reply(reply: &[u8]) -> (u16, Vec<u8>) {
+    let split = reply
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an HTTP reply");
+    let head = String::from_utf8_lossy(&reply[..split]).into_owned();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let mut body = reply[split + 4..].to_vec();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body = dechunk(&body);
+    }
+    (status, body)
+}
+
+/// The release build of monitorctl, which `cargo xtask test` builds before the tests.
+pub fn monitorctl() -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/monitorctl");
+    assert!(
+        path.is_file(),
+        "{} is missing: `cargo build --release --bins` (cargo xtask test does)",
+        path.display()
+    );
+    path
 }
