@@ -157,6 +157,20 @@ impl User {
     fn owns(&self, path: &Path) {
         std::os::unix::fs::lchown(path, Some(self.uid), Some(self.gid)).unwrap();
     }
+
+    /// Directory `path`, made and given to this user.
+    fn own_dir(&self, path: PathBuf) -> PathBuf {
+        std::fs::create_dir(&path).unwrap();
+        self.owns(&path);
+        path
+    }
+
+    /// File `path` with `bytes` in it, given to this user.
+    fn own_file(&self, path: PathBuf, bytes: &[u8]) -> PathBuf {
+        std::fs::write(&path, bytes).unwrap();
+        self.owns(&path);
+        path
+    }
 }
 
 /// The daemon under test (this build's, or `$MONITORD_BIN`), its socket open to `users`'s
@@ -297,15 +311,8 @@ fn a_group_member_reads_watches_and_stalls_nothing_that_is_not_theirs() {
     std::fs::write(&secret, SECRET).unwrap();
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
     // The member's own directory, where they prepare their attacks.
-    let mine = dir.path().join("mine");
-    std::fs::create_dir(&mine).unwrap();
-    member.owns(&mine);
-    let own = |name: &str, bytes: &[u8]| -> PathBuf {
-        let path = mine.join(name);
-        std::fs::write(&path, bytes).unwrap();
-        member.owns(&path);
-        path
-    };
+    let mine = member.own_dir(dir.path().join("mine"));
+    let own = |name: &str, bytes: &[u8]| member.own_file(mine.join(name), bytes);
     let daemon = start(dir.path(), &users, "max_concurrent_scans = 1\n");
     let socket = daemon.socket.clone();
     let health = HealthWatch::start(&socket);
@@ -675,15 +682,8 @@ fn floods_of_a_job_or_a_client_cost_the_others_nothing() {
     let member = &users.member;
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
-    let mine = dir.path().join("mine");
-    std::fs::create_dir(&mine).unwrap();
-    member.owns(&mine);
-    let own = |name: &str, bytes: &[u8]| -> PathBuf {
-        let path = mine.join(name);
-        std::fs::write(&path, bytes).unwrap();
-        member.owns(&path);
-        path
-    };
+    let mine = member.own_dir(dir.path().join("mine"));
+    let own = |name: &str, bytes: &[u8]| member.own_file(mine.join(name), bytes);
     let config = "max_concurrent_scans = 2\nmax_queued_scans = 2\nmax_artifact_mib = 256\n";
     let mut daemon = start(dir.path(), &users, config);
     let socket = daemon.socket.clone();

@@ -989,9 +989,7 @@ fn monitorctl_watch_adds_lists_tails_and_removes() {
     use std::io::BufRead as _;
     root_required();
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join(".aws/credentials");
-    std::fs::create_dir_all(key.parent().unwrap()).unwrap();
-    std::fs::write(&key, "[default]\n").unwrap();
+    let key = credentials_in(dir.path());
     let go = dir.path().join("go");
     let monitorctl = support::monitorctl();
     // Killed however the test ends: it spins until told to go.
@@ -1039,16 +1037,8 @@ fn monitorctl_watch_adds_lists_tails_and_removes() {
     // The process is gone: the watch ended by itself and left the store.
     daemon.poll(&format!("/v1/watches/{id}"), 10, |w| w["state"] == "ended");
     daemon.ctl(&["watch", "rm", &id]);
-    let out = Command::new(&monitorctl)
-        .args(["watch", "rm", &id, "--socket"])
-        .arg(&daemon.socket)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("no watch"),
-        "{out:?}"
-    );
+    let said = daemon.ctl_fails(&["watch", "rm", &id]);
+    assert!(said.contains("no watch"), "{said}");
     daemon.stop();
 }
 
@@ -1060,6 +1050,14 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// An AWS-style credentials file under `home` (what a watched service reads as its SDK does).
+fn credentials_in(home: &Path) -> std::path::PathBuf {
+    let key = home.join(".aws/credentials");
+    std::fs::create_dir_all(key.parent().unwrap()).unwrap();
+    std::fs::write(&key, "[default]\n").unwrap();
+    key
 }
 
 /// A TCP port free on `ip` a moment ago.
@@ -1364,14 +1362,11 @@ fn a_non_loopback_metrics_listener_needs_the_opt_in_and_serves_only_metrics() {
 fn monitorctl_watch_learns_prints_its_profile_and_takes_the_reviewed_policy() {
     root_required();
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join(".aws/credentials");
-    std::fs::create_dir_all(key.parent().unwrap()).unwrap();
-    std::fs::write(&key, "[default]\n").unwrap();
+    let key = credentials_in(dir.path());
     let (go, bashrc) = (dir.path().join("go"), dir.path().join(".bashrc"));
     let cgroup =
         monitor_daemon::cgroup::JobCgroup::create(&format!("test-learnctl-{}", std::process::id()))
             .unwrap();
-    let monitorctl = support::monitorctl();
     let mut served = KillOnDrop(spawn_in(
         cgroup.path(),
         &format!(
@@ -1433,22 +1428,8 @@ fn monitorctl_watch_learns_prints_its_profile_and_takes_the_reviewed_policy() {
     assert!(enforced(&watch), "the policy survived the restart: {watch}");
     // A bad policy is refused with its line, and the reviewed one stays.
     std::fs::write(&reviewed, "kill_at: high\nexceptions:\n  - rule: nope\n").unwrap();
-    let out = Command::new(&monitorctl)
-        .args([
-            "watch",
-            "policy",
-            &id,
-            reviewed.to_str().unwrap(),
-            "--socket",
-        ])
-        .arg(&daemon.socket)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("policy:"),
-        "{out:?}"
-    );
+    let said = daemon.ctl_fails(&["watch", "policy", &id, reviewed.to_str().unwrap()]);
+    assert!(said.contains("policy:"), "{said}");
     let (_, watch) = daemon.json("GET", &format!("/v1/watches/{id}"), &Value::Null);
     assert!(enforced(&watch), "{watch}");
     daemon.ctl(&["watch", "rm", &id]);

@@ -657,10 +657,7 @@ async fn a_payload_run_while_learning_is_reported_and_never_learned() {
     let file = spec.policy.file();
     let profile = file.profile.as_ref().expect("the profile's summary");
     assert!(
-        profile
-            .never_learned
-            .iter()
-            .any(|n| n.rule == "persist.write"),
+        profile.refused("persist.write"),
         "listed as never learned: {:?}",
         profile.never_learned
     );

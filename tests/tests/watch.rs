@@ -769,10 +769,7 @@ async fn a_learned_profile_silences_the_service_and_never_learns_a_critical_act(
     let file = learned.policy.file();
     let profile = file.profile.as_ref().expect("the profile's summary");
     assert!(
-        profile
-            .never_learned
-            .iter()
-            .any(|n| n.rule == "persist.write"),
+        profile.refused("persist.write"),
         "the profile names the critical act it refused: {profile:?}"
     );
     let learned_rules: Vec<&str> = file.exceptions.iter().map(|x| x.rule.as_str()).collect();

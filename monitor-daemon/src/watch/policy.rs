@@ -79,6 +79,13 @@ pub struct ProfileSummary {
     pub never_learned: Vec<NeverLearned>,
 }
 
+impl ProfileSummary {
+    /// Whether an act of `rule` was seen while learning and refused.
+    pub fn refused(&self, rule: &str) -> bool {
+        self.never_learned.iter().any(|n| n.rule == rule)
+    }
+}
+
 /// An act seen while learning that no profile may hold.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]

@@ -105,14 +105,25 @@ impl Daemon {
 
     /// `monitorctl ARGS --socket SOCKET`, which must succeed; its standard output.
     pub fn ctl(&self, args: &[&str]) -> String {
-        let out = Command::new(monitorctl())
+        let out = self.ctl_output(args);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// `monitorctl ARGS --socket SOCKET`, which must fail; its standard error.
+    pub fn ctl_fails(&self, args: &[&str]) -> String {
+        let out = self.ctl_output(args);
+        assert!(!out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    fn ctl_output(&self, args: &[&str]) -> std::process::Output {
+        Command::new(monitorctl())
             .args(args)
             .arg("--socket")
             .arg(&self.socket)
             .output()
-            .expect("run monitorctl");
-        assert!(out.status.success(), "{args:?}: {out:?}");
-        String::from_utf8(out.stdout).unwrap()
+            .expect("run monitorctl")
     }
 
     pub fn submit(&self, path: &Path) -> String {
