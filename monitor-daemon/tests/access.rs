@@ -219,7 +219,29 @@ fn start(dir: &Path, users: &Users, extra: &str) -> Daemon {
 /// Asks /healthz (as root) every 20 ms until stopped; the slowest answer.
 struct HealthWatch {
     stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<(Duration, usize)>,
+    thread: std::thread::JoinHandle<Vec<Duration>>,
+}
+
+/// How /healthz answered while the attacks ran.
+struct Answers(Vec<Duration>);
+
+impl Answers {
+    /// A stalled daemon answers late again and again (the attacks of issue 18 stalled it for
+    /// seconds); one late answer among hundreds is the test machine's scheduler. So: 99 % of
+    /// the answers within 100 ms, and none later than 1 s.
+    fn assert_fast(&self) {
+        let mut took = self.0.clone();
+        took.sort();
+        let (n, worst) = (took.len(), took.last().copied().unwrap_or_default());
+        let p99 = took[(n * 99 / 100).min(n.saturating_sub(1))];
+        eprintln!("/healthz: {n} answers, 99 % within {p99:?}, the slowest in {worst:?}");
+        assert!(n > 0, "/healthz was never asked");
+        assert!(
+            p99 < Duration::from_millis(100),
+            "/healthz: 99 % within {p99:?}"
+        );
+        assert!(worst < Duration::from_secs(1), "/healthz took {worst:?}");
+    }
 }
 
 impl HealthWatch {
@@ -228,7 +250,7 @@ impl HealthWatch {
         let socket = socket.to_owned();
         let stopped = stop.clone();
         let thread = std::thread::spawn(move || {
-            let (mut worst, mut asked) = (Duration::ZERO, 0);
+            let mut answers = Vec::new();
             let since = Instant::now();
             while !stopped.load(Ordering::Relaxed) {
                 let started = Instant::now();
@@ -255,18 +277,17 @@ impl HealthWatch {
                 if took >= Duration::from_millis(100) {
                     eprintln!("/healthz took {took:?} at {:?}", since.elapsed());
                 }
-                worst = worst.max(took);
-                asked += 1;
+                answers.push(took);
                 std::thread::sleep(Duration::from_millis(20));
             }
-            (worst, asked)
+            answers
         });
         HealthWatch { stop, thread }
     }
 
-    fn finish(self) -> (Duration, usize) {
+    fn finish(self) -> Answers {
         self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().unwrap()
+        Answers(self.thread.join().unwrap())
     }
 }
 
@@ -537,12 +558,7 @@ fn a_group_member_reads_watches_and_stalls_nothing_that_is_not_theirs() {
     assert!(!list.to_string().contains(&roots_scan), "{list}");
     daemon.wait(&roots_scan);
 
-    let (worst, asked) = health.finish();
-    eprintln!("/healthz: {asked} answers, the slowest in {worst:?}");
-    assert!(
-        worst < Duration::from_millis(100),
-        "/healthz took {worst:?}"
-    );
+    health.finish().assert_fast();
     drop(theirs);
     drop(daemon);
 }
@@ -911,8 +927,7 @@ fn floods_of_a_job_or_a_client_cost_the_others_nothing() {
     let mut half = UnixStream::connect(&socket).unwrap();
     half.write_all(b"POST /v1/scans HTTP/1.1\r\nHost: m\r\nContent-Le")
         .unwrap();
-    let (worst, asked) = health.finish();
-    eprintln!("/healthz: {asked} answers, the slowest in {worst:?}");
+    let answers = health.finish();
     let stopping = Instant::now();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
@@ -954,8 +969,5 @@ fn floods_of_a_job_or_a_client_cost_the_others_nothing() {
     assert!(after.iter().all(|s| s["status"] == "done"), "{after:?}");
     assert!(entries(&uploads).is_empty(), "{:?}", entries(&uploads));
     drop(daemon);
-    assert!(
-        worst < Duration::from_millis(100),
-        "/healthz took {worst:?}"
-    );
+    answers.assert_fast();
 }
