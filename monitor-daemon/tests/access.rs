@@ -6,8 +6,9 @@
 //! fields taken, the state directory read); now each is refused or harmless, and the daemon
 //! answers /healthz within 100 ms throughout.
 //!
-//! `MONITORD_BIN=/path/to/an/old/monitord` runs the same attacks against another build (the
-//! config then holds no `[roles]`, which an old daemon refuses).
+//! `MONITORD_BIN=/path/to/an/old/monitord` runs the same attacks against another build
+//! (with `MONITORD_BIN_WITHOUT_ROLES=1` the config holds no `[roles]`, which a daemon from
+//! before roles refuses).
 
 use std::{
     io::{Read as _, Write as _},
@@ -183,7 +184,8 @@ fn start(dir: &Path, users: &Users, extra: &str) -> Daemon {
         dir.join("state"),
         socket
     );
-    if legacy.is_none() {
+    // A build from before roles refuses a `[roles]` table: MONITORD_BIN_WITHOUT_ROLES=1.
+    if legacy.is_none() || std::env::var_os("MONITORD_BIN_WITHOUT_ROLES").is_none() {
         config.push_str(&format!("[roles]\nscan_groups = [{:?}]\n", users.group));
     }
     std::fs::write(dir.join("monitord.toml"), config).unwrap();
