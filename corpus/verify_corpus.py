@@ -5,7 +5,7 @@
 
 A developer tool (root; not part of CI): it answers "does this payload fire under the scan's
 loader?" before the kernel probes and rules are in the loop, so a corpus change can be checked
-on its own. Each artifact is loaded by monitor's own harness (monitor-daemon/src/scan/
+on its own. Each artifact is loaded by monitor's own harness (monitor-scan/src/
 harness.py) with the loader environment's python, in a bubblewrap sandbox shaped like the
 scan's: user nobody, network namespace with loopback only, private /tmp, the host read-only, a
 decoy home of fake credentials at /home/user, a scratch copy of the artifact in /work. So the
@@ -13,7 +13,7 @@ payloads act only on throwaway directories, whatever they do.
 
 The trace is judged from the harness's `load` phase marker on (framework imports before it do
 not count), with strace's view of the default rules of high severity and above
-(monitor-daemon/src/rules/default.yaml). Malicious entries must show every expected class;
+(monitor-rules/src/default.yaml). Malicious entries must show every expected class;
 benign ones none. Entries marked `exercise` are loaded twice: without --exercise they must stay
 quiet (the payload fires only at inference), with it they must fire.
 """
@@ -30,7 +30,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HARNESS = os.path.join(ROOT, "monitor-daemon/src/scan/harness.py")
+HARNESS = os.path.join(ROOT, "monitor-scan/src/harness.py")
 NOBODY = 65534
 
 LOADERS = {
@@ -47,7 +47,7 @@ TRACED = ("execve,execveat,connect,bind,sendto,sendmsg,socket,open,openat,openat
           "finit_module,delete_module,bpf,io_uring_setup,write")
 
 # Runs the harness as a child subreaper and waits for every process it leaves behind, as
-# monitor's sandbox helper does (monitor-daemon/src/sandbox/landlock.rs): bubblewrap's pid
+# monitor's sandbox helper does (monitor-jobs/src/sandbox/landlock.rs): bubblewrap's pid
 # namespace dies with its first process, which would kill payloads that outlive the loader.
 SUBREAPER = """
 import ctypes, os, sys
@@ -66,7 +66,7 @@ while True:
 sys.exit(status if status >= 0 else 128 - status)
 """
 
-# The sandbox's decoy home (monitor-daemon/src/sandbox/decoy.rs), with fake contents.
+# The sandbox's decoy home (monitor-jobs/src/sandbox/decoy.rs), with fake contents.
 DECOYS = {
     ".ssh/id_rsa": "-----BEGIN OPENSSH PRIVATE KEY-----\nfake\n-----END OPENSSH PRIVATE KEY-----\n",
     ".aws/credentials": "[default]\naws_access_key_id = AKIAFAKEFAKEFAKE\n",

@@ -2,7 +2,8 @@
 
 use std::path::PathBuf;
 
-use monitor_daemon::{probes::Probes, rules::RuleSet};
+use monitor_engine::probes::Probes;
+use monitor_rules::RuleSet;
 
 /// Runs `task` on a current-thread runtime; an error is printed as `monitorctl{context}: ...`
 /// and becomes exit status 1.

@@ -4,11 +4,9 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Subcommand};
-use monitor_daemon::{
-    daemon::client::{self, Client},
-    render::{printable, printable_lines},
-    scan::Verdict,
-};
+use monitor_daemon::client::{self, Client};
+use monitor_jobs::render::{printable, printable_lines};
+use monitor_scan::Verdict;
 
 use crate::scan::ReportFormat;
 

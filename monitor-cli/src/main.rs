@@ -4,7 +4,6 @@ mod common;
 mod daemon_cmds;
 mod duration;
 mod run;
-mod sandbox_exec;
 mod scan;
 mod targets;
 mod watch;
@@ -55,9 +54,6 @@ enum Command {
     },
     /// Print the manual page (roff): `monitorctl man | man -l -`.
     Man,
-    /// Confine a command with Landlock and execute it (used inside the sandbox).
-    #[command(hide = true)]
-    SandboxExec(sandbox_exec::SandboxExecArgs),
 }
 
 fn main() -> ExitCode {
@@ -74,7 +70,6 @@ fn main() -> ExitCode {
         Command::Rules { daemon, command } => {
             daemon_cmds::main(daemon, daemon_cmds::Request::Rules(command))
         }
-        Command::SandboxExec(args) => sandbox_exec::main(args),
         Command::Completions { shell } => {
             use clap::CommandFactory as _;
             clap_complete::generate(

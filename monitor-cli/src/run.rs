@@ -12,16 +12,14 @@ use anyhow::Context as _;
 
 use crate::common;
 use clap::Args;
-use monitor_daemon::{
-    monitor_common::syscall::Class,
-    probes::{ProbeConfig, Probes},
-    render::{self, Style},
-    router::Router,
-    rules::{RuleSet, Severity},
-    run::{Output, RunSpec, RunSummary, SpawnError},
-    sandbox::SandboxOptions,
-    trace::{Event, What},
-};
+use monitor_common::syscall::Class;
+use monitor_engine::probes::{ProbeConfig, Probes};
+use monitor_engine::router::Router;
+use monitor_engine::trace::{Event, What};
+use monitor_jobs::render::{self, Style};
+use monitor_jobs::run::{Output, RunSpec, RunSummary, SpawnError};
+use monitor_jobs::sandbox::SandboxOptions;
+use monitor_rules::{RuleSet, Severity};
 
 /// Exit status when monitor itself failed (as timeout(1) and env(1) do).
 const EXIT_MONITOR_FAILED: u8 = 125;
@@ -157,7 +155,7 @@ fn run(args: RunArgs) -> anyhow::Result<RunSummary> {
     let router = runtime
         .block_on(async { Router::start(probes) })
         .context("starting the record router")?;
-    let summary = runtime.block_on(monitor_daemon::run::run(&spec, &router, |output| {
+    let summary = runtime.block_on(monitor_jobs::run::run(&spec, &router, |output| {
         if write_error.is_some() {
             return;
         }

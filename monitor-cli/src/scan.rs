@@ -13,14 +13,13 @@ use std::{
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use monitor_daemon::{
-    daemon::client::{self, Client},
-    probes::ProbeConfig,
-    render::{self, Style},
-    rules::Severity,
-    run::Output,
-    scan::{self, LazyProbes, Progress, ScanReport, ScanSpec, format::Limits, job::default_python},
-};
+use monitor_daemon::client::{self, Client};
+use monitor_engine::probes::ProbeConfig;
+use monitor_formats::Limits;
+use monitor_jobs::render::{self, Style};
+use monitor_jobs::run::Output;
+use monitor_rules::Severity;
+use monitor_scan::{self as scan, LazyProbes, Progress, ScanReport, ScanSpec, job::default_python};
 use serde_json::Value;
 
 use crate::{common, targets};
@@ -572,7 +571,7 @@ async fn scan_with_daemon(
         }
         if args.format == ReportFormat::Text {
             // Escaped by the daemon already; a report stored by an older one too, here.
-            rendered = monitor_daemon::render::printable_lines(&String::from_utf8_lossy(&rendered))
+            rendered = monitor_jobs::render::printable_lines(&String::from_utf8_lossy(&rendered))
                 .into_owned()
                 .into_bytes();
         } else {

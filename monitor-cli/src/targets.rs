@@ -8,7 +8,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use monitor_daemon::scan::format::{self, FormatError, Limits};
+use monitor_formats::{self as format, FormatError, Limits};
 
 /// Directories below a named one walked at most this deep.
 const MAX_DEPTH: usize = 16;

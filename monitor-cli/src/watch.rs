@@ -5,11 +5,9 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Subcommand};
-use monitor_daemon::{
-    daemon::client::{self, Client},
-    render::printable,
-    rules::Severity,
-};
+use monitor_daemon::client::{self, Client};
+use monitor_jobs::render::printable;
+use monitor_rules::Severity;
 use serde_json::{Value, json};
 
 /// Watch live processes through monitord: a service's cgroup, a process tree, an

@@ -24,10 +24,8 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use monitor_daemon::{
-    probes::ProbeConfig,
-    scan::{LazyProbes, ScanSpec, job::default_python, scan, verdict::ExitCode},
-};
+use monitor_engine::probes::ProbeConfig;
+use monitor_scan::{LazyProbes, ScanSpec, job::default_python, scan, verdict::ExitCode};
 
 const DEFAULT_ROUNDS: usize = 9;
 /// Releasing the probes takes the kernel seconds (one RCU grace period per tracepoint, under

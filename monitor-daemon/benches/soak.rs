@@ -18,10 +18,8 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use monitor_daemon::{
-    cgroup::{self, JobCgroup},
-    daemon::client::Client,
-};
+use monitor_daemon::client::Client;
+use monitor_engine::cgroup::{self, JobCgroup};
 use serde_json::{Value, json};
 use support::{Daemon, memory, submit_scan};
 

@@ -26,11 +26,9 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use monitor_common::event::{Discovery, Watch};
-use monitor_daemon::{
-    cgroup::{self, JobCgroup},
-    probes::{ProbeConfig, Probes},
-    watch::artifact::{DEFAULT_SUFFIXES, kernel_suffixes},
-};
+use monitor_engine::cgroup::{self, JobCgroup};
+use monitor_engine::probes::{ProbeConfig, Probes};
+use monitor_watch::artifact::{DEFAULT_SUFFIXES, kernel_suffixes};
 use serde_json::{Value, json};
 use support::Daemon;
 

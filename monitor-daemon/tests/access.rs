@@ -494,7 +494,7 @@ fn a_group_member_reads_watches_and_stalls_nothing_that_is_not_theirs() {
     let theirs = KillOnDrop(member.command("sleep").arg("600").spawn().unwrap());
     std::thread::sleep(Duration::from_millis(200));
     let watch = |body: Value| member.http(&socket, "POST", "/v1/watches", &body);
-    let cgroup_root = monitor_daemon::cgroup::cgroup2_mount().unwrap();
+    let cgroup_root = monitor_engine::cgroup::cgroup2_mount().unwrap();
     for body in [
         json!({ "pid": roots.0.id(), "kill_at": "low", "kill_in_kernel": ["openat"] }),
         json!({ "pid": roots.0.id() }),

@@ -600,7 +600,7 @@ fn a_scan_running_when_the_daemon_is_killed_is_reported_interrupted() {
     assert_eq!(record["verdict"], "error");
     assert_eq!(record["exit_code"], 2);
     // The dead daemon's job cgroup (and the sleeping loader in it) were cleared at start.
-    let jobs = monitor_daemon::cgroup::cgroup2_mount()
+    let jobs = monitor_engine::cgroup::cgroup2_mount()
         .unwrap()
         .join("monitor");
     let prefix = format!("run-{dead}-");
@@ -784,7 +784,7 @@ fn spawn_in(cgroup: &Path, script: &str) -> Child {
     let mut cmd = Command::new("/bin/bash");
     cmd.args(["-c", script]);
     // SAFETY: join_in_child only calls write(2).
-    unsafe { cmd.pre_exec(move || monitor_daemon::cgroup::join_in_child(&procs)) };
+    unsafe { cmd.pre_exec(move || monitor_engine::cgroup::join_in_child(&procs)) };
     cmd.spawn().unwrap()
 }
 
@@ -801,7 +801,7 @@ fn a_live_watch_reports_kills_and_survives_a_restart() {
     std::fs::write(&key, "not a key").unwrap();
     let marker = dir.path().join("ran");
     let cgroup =
-        monitor_daemon::cgroup::JobCgroup::create(&format!("test-served-{}", std::process::id()))
+        monitor_engine::cgroup::JobCgroup::create(&format!("test-served-{}", std::process::id()))
             .unwrap();
 
     // The served process: started before the watch (a watch that kills at exec would kill
@@ -1365,7 +1365,7 @@ fn monitorctl_watch_learns_prints_its_profile_and_takes_the_reviewed_policy() {
     let key = credentials_in(dir.path());
     let (go, bashrc) = (dir.path().join("go"), dir.path().join(".bashrc"));
     let cgroup =
-        monitor_daemon::cgroup::JobCgroup::create(&format!("test-learnctl-{}", std::process::id()))
+        monitor_engine::cgroup::JobCgroup::create(&format!("test-learnctl-{}", std::process::id()))
             .unwrap();
     let mut served = KillOnDrop(spawn_in(
         cgroup.path(),

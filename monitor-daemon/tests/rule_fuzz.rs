@@ -4,7 +4,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use monitor_daemon::rules::{DEFAULT_RULES, RuleSet};
+use monitor_rules::{DEFAULT_RULES, RuleSet};
 use serde_yaml_ng::Value;
 
 /// xorshift64*: enough randomness for mutations, and the same sequence for the same seed.

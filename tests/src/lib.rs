@@ -2,14 +2,12 @@
 //!
 //! They load the real probes into the running kernel, so they need root.
 
-use monitor_daemon::{
-    probes::{ProbeConfig, Probes},
-    router::Router,
-    rules::{Finding, RuleSet, Severity},
-    run::{Output, RunSpec, RunSummary},
-    sandbox::SandboxOptions,
-    trace::{Event, SyscallEvent, What},
-};
+use monitor_engine::probes::{ProbeConfig, Probes};
+use monitor_engine::router::Router;
+use monitor_engine::trace::{Event, SyscallEvent, What};
+use monitor_jobs::run::{Output, RunSpec, RunSummary};
+use monitor_jobs::sandbox::SandboxOptions;
+use monitor_rules::{Finding, RuleSet, Severity};
 
 /// Runs `script` with bash under watch; returns every event and the summary.
 pub async fn trace_bash(script: &str, config: &ProbeConfig) -> (Vec<Event>, RunSummary) {
@@ -42,7 +40,7 @@ pub async fn judge_bash(
     let (mut events, mut findings) = (Vec::new(), Vec::new());
     let router = Router::start(Probes::load(config).expect("loading the probes"))
         .expect("starting the router");
-    let summary = monitor_daemon::run::run(&spec, &router, |out| match out {
+    let summary = monitor_jobs::run::run(&spec, &router, |out| match out {
         Output::Event(e) => events.push(e.clone()),
         Output::Finding(f) => findings.push(f.clone()),
         Output::Control(_) => {}
@@ -80,7 +78,7 @@ pub fn find_with_str<'a>(
 
 /// The loader environment's Python, which `cargo xtask test` installs first.
 pub fn loader_python() -> std::path::PathBuf {
-    let python = monitor_daemon::scan::job::default_python();
+    let python = monitor_scan::job::default_python();
     assert!(
         python.is_file(),
         "no loader environment at {}: run `cargo xtask loader-env` (cargo xtask test does)",
@@ -98,10 +96,7 @@ pub fn pickle_exec(code: &str) -> Vec<u8> {
 
 /// Scans a pickle that runs `code` when loaded, in the sandbox, with time limit `timeout`,
 /// judged by what loading it did (no static rules).
-pub async fn scan_code(
-    code: &str,
-    timeout: std::time::Duration,
-) -> monitor_daemon::scan::ScanReport {
+pub async fn scan_code(code: &str, timeout: std::time::Duration) -> monitor_scan::ScanReport {
     scan_code_with(code, timeout, ProbeConfig::default()).await
 }
 
@@ -110,7 +105,7 @@ pub async fn scan_code_with(
     code: &str,
     timeout: std::time::Duration,
     config: ProbeConfig,
-) -> monitor_daemon::scan::ScanReport {
+) -> monitor_scan::ScanReport {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("model.pkl");
     std::fs::write(&path, pickle_exec(code)).unwrap();
@@ -118,7 +113,7 @@ pub async fn scan_code_with(
         spec.timeout = timeout;
         // What the kernel saw is under test: the static rules would call every one of these
         // `builtins.exec` pickles malicious before the load.
-        spec.static_rules = monitor_daemon::scan::static_analysis::StaticRules::none();
+        spec.static_rules = monitor_scan::static_analysis::StaticRules::none();
     })
     .await
 }
@@ -126,8 +121,8 @@ pub async fn scan_code_with(
 /// Scans `path` with the defaults, as `adjust` changes them.
 pub async fn scan_path(
     path: &std::path::Path,
-    adjust: impl FnOnce(&mut monitor_daemon::scan::ScanSpec),
-) -> monitor_daemon::scan::ScanReport {
+    adjust: impl FnOnce(&mut monitor_scan::ScanSpec),
+) -> monitor_scan::ScanReport {
     scan_path_with(path, ProbeConfig::default(), adjust).await
 }
 
@@ -135,24 +130,24 @@ pub async fn scan_path(
 pub async fn scan_path_with(
     path: &std::path::Path,
     config: ProbeConfig,
-    adjust: impl FnOnce(&mut monitor_daemon::scan::ScanSpec),
-) -> monitor_daemon::scan::ScanReport {
+    adjust: impl FnOnce(&mut monitor_scan::ScanSpec),
+) -> monitor_scan::ScanReport {
     assert!(is_root(), "scans load eBPF programs: run the tests as root");
-    let mut spec = monitor_daemon::scan::ScanSpec::new(path);
+    let mut spec = monitor_scan::ScanSpec::new(path);
     spec.python = loader_python();
     adjust(&mut spec);
-    let mut probes = monitor_daemon::scan::LazyProbes::new(config);
-    monitor_daemon::scan::scan(&spec, &mut probes, |_| {}).await
+    let mut probes = monitor_scan::LazyProbes::new(config);
+    monitor_scan::scan(&spec, &mut probes, |_| {}).await
 }
 
 /// Processes of sandbox users (the job uid range) left on the host.
 pub fn job_user_processes() -> usize {
     use std::os::unix::fs::MetadataExt as _;
-    monitor_daemon::procfs::pids()
+    monitor_engine::procfs::pids()
         .into_iter()
         .filter(|pid| {
             std::fs::metadata(format!("/proc/{pid}"))
-                .is_ok_and(|m| monitor_daemon::sandbox::user::is_job_uid(m.uid()))
+                .is_ok_and(|m| monitor_jobs::sandbox::user::is_job_uid(m.uid()))
         })
         .count()
 }

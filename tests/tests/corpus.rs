@@ -5,11 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
-use monitor_daemon::{
-    probes::ProbeConfig,
-    rules::Severity,
-    scan::{LazyProbes, ScanReport, ScanSpec, scan, verdict::ExitCode},
-};
+use monitor_engine::probes::ProbeConfig;
+use monitor_rules::Severity;
+use monitor_scan::{LazyProbes, ScanReport, ScanSpec, scan, verdict::ExitCode};
 use monitor_tests::{is_root, loader_python};
 use serde::Deserialize;
 
@@ -43,7 +41,7 @@ fn judge(entry: &Entry, report: &ScanReport) -> Option<String> {
             report.artifact.format, entry.format
         ));
     }
-    let serious = |f: &&monitor_daemon::rules::Finding| f.severity >= Severity::High;
+    let serious = |f: &&monitor_rules::Finding| f.severity >= Severity::High;
     if entry.kind == "malicious" {
         if report.exit_code != ExitCode::Threat {
             wrong.push(format!("exit code {:?}, not 1", report.exit_code));
@@ -132,7 +130,7 @@ async fn every_malicious_artifact_is_flagged_and_no_benign_one_is() {
 /// loader opens).
 #[test]
 fn discovery_never_takes_a_malicious_artifact_for_no_model() {
-    use monitor_daemon::watch::content::{self, Content};
+    use monitor_watch::content::{self, Content};
     let dir = corpus_dir();
     let manifest: Vec<Entry> =
         serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();

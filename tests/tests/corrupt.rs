@@ -10,10 +10,8 @@ use std::{
     time::Duration,
 };
 
-use monitor_daemon::{
-    probes::ProbeConfig,
-    scan::{LazyProbes, ScanReport, ScanSpec, Verdict, scan},
-};
+use monitor_engine::probes::ProbeConfig;
+use monitor_scan::{LazyProbes, ScanReport, ScanSpec, Verdict, scan};
 use monitor_tests::{is_root, loader_python};
 
 /// One zip member: its name in the local header and the central directory, and its bytes as

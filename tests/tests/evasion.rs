@@ -9,11 +9,9 @@
 
 use std::{process::Command, time::Duration};
 
-use monitor_daemon::{
-    rules::{Finding, Phase, Severity},
-    scan::{ScanReport, Verdict},
-    trace::What,
-};
+use monitor_engine::trace::What;
+use monitor_rules::{Finding, Phase, Severity};
+use monitor_scan::{ScanReport, Verdict};
 use monitor_tests::{loader_python, scan_code, scan_path};
 
 fn rules(report: &ScanReport) -> Vec<&str> {

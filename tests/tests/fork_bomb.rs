@@ -4,10 +4,8 @@
 
 use std::time::Duration;
 
-use monitor_daemon::{
-    scan::{Verdict, report::ErrorKind},
-    trace::What,
-};
+use monitor_engine::trace::What;
+use monitor_scan::{Verdict, report::ErrorKind};
 use monitor_tests::{job_user_processes, scan_code, scan_path};
 
 #[tokio::test(flavor = "current_thread")]

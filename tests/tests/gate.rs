@@ -3,14 +3,12 @@
 
 use std::time::Duration;
 
-use monitor_daemon::{
-    control::Gate,
-    probes::{ProbeConfig, Probes},
-    router::Router,
-    rules::RuleSet,
-    run::{JobIo, JobProbes, Output, RunSpec, run_with},
-    trace::What,
-};
+use monitor_engine::probes::{ProbeConfig, Probes};
+use monitor_engine::router::Router;
+use monitor_engine::trace::What;
+use monitor_jobs::control::Gate;
+use monitor_jobs::run::{JobIo, JobProbes, Output, RunSpec, run_with};
+use monitor_rules::RuleSet;
 use monitor_tests::{find_with_str, is_root};
 
 /// bash that waits for the gate's byte on `fd`, then runs `after`.

@@ -7,10 +7,8 @@
 
 use std::{path::Path, time::Duration};
 
-use monitor_daemon::{
-    probes::ProbeConfig,
-    scan::{ScanReport, Verdict, report::ErrorKind},
-};
+use monitor_engine::probes::ProbeConfig;
+use monitor_scan::{ScanReport, Verdict, report::ErrorKind};
 use monitor_tests::{scan_code, scan_code_with};
 
 fn rules(report: &ScanReport) -> Vec<&str> {

@@ -9,11 +9,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use monitor_daemon::{
-    probes::{ProbeConfig, Probes},
-    router::Router,
-    scan::{LazyProbes, ScanReport, ScanSpec, Verdict, report::ErrorKind},
-};
+use monitor_engine::probes::{ProbeConfig, Probes};
+use monitor_engine::router::Router;
+use monitor_scan::{LazyProbes, ScanReport, ScanSpec, Verdict, report::ErrorKind};
 use monitor_tests::{is_root, loader_python};
 
 /// Makes each of `fds` /dev/null. dup2 closes each link and leaves /dev/null at its number,
@@ -31,7 +29,7 @@ async fn scan_malicious(probes: &mut LazyProbes) -> ScanReport {
     let mut spec = ScanSpec::new(&example);
     spec.python = loader_python();
     spec.timeout = Duration::from_secs(60);
-    monitor_daemon::scan::scan(&spec, probes, |_| {}).await
+    monitor_scan::scan(&spec, probes, |_| {}).await
 }
 
 /// Checks until a check says it is done, each finding nothing or only closed links. A closed

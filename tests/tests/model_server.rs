@@ -19,17 +19,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use monitor_daemon::{
-    cgroup::{self, JobCgroup},
-    probes::{ProbeConfig, Probes},
-    router::Router,
-    rules::{Finding, Phase, RuleSet, Severity},
-    watch::{
-        self, Command as WatchCommand, Kill, Policy, WatchOutput, WatchRequest, WatchSpec,
-        WatchSummary,
-    },
-};
+use monitor_engine::cgroup::{self, JobCgroup};
+use monitor_engine::probes::{ProbeConfig, Probes};
+use monitor_engine::router::Router;
+use monitor_rules::{Finding, Phase, RuleSet, Severity};
 use monitor_tests::{is_root, loader_python, pickle_exec};
+use monitor_watch::{
+    self as watch, Command as WatchCommand, Kill, Policy, WatchOutput, WatchRequest, WatchSpec,
+    WatchSummary,
+};
 use tokio::sync::{mpsc, oneshot};
 
 /// What a watch reported.

@@ -10,11 +10,9 @@
 
 use std::path::{Path, PathBuf};
 
-use monitor_daemon::{
-    probes::ProbeConfig,
-    rules::Severity,
-    scan::{LazyProbes, ScanSpec, Verdict, scan, verdict::ExitCode},
-};
+use monitor_engine::probes::ProbeConfig;
+use monitor_rules::Severity;
+use monitor_scan::{LazyProbes, ScanSpec, Verdict, scan, verdict::ExitCode};
 use monitor_tests::{is_root, loader_python};
 
 /// The damaged or non-model files of the corpus (its README): an error, never clean.

@@ -1,6 +1,7 @@
 //! The default rules judging real processes, and the kill policy.
 
-use monitor_daemon::{probes::ProbeConfig, rules::Severity};
+use monitor_engine::probes::ProbeConfig;
+use monitor_rules::Severity;
 use monitor_tests::judge_bash;
 
 #[tokio::test(flavor = "current_thread")]

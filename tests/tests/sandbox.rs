@@ -3,10 +3,8 @@
 
 use std::net::TcpListener;
 
-use monitor_daemon::{
-    probes::ProbeConfig,
-    sandbox::{SandboxOptions, user::is_job_uid},
-};
+use monitor_engine::probes::ProbeConfig;
+use monitor_jobs::sandbox::{SandboxOptions, user::is_job_uid};
 use monitor_tests::{find_with_str, judge_bash};
 
 #[tokio::test(flavor = "current_thread")]

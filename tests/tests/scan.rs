@@ -3,16 +3,14 @@
 
 use std::{path::Path, time::Duration};
 
-use monitor_daemon::{
-    probes::ProbeConfig,
-    rules::Phase,
-    scan::{
-        LazyProbes, ScanReport, ScanSpec, Verdict,
-        report::ErrorKind,
-        scan,
-        static_analysis::{Observed, StaticRules},
-        verdict::ExitCode,
-    },
+use monitor_engine::probes::ProbeConfig;
+use monitor_rules::Phase;
+use monitor_scan::{
+    LazyProbes, ScanReport, ScanSpec, Verdict,
+    report::ErrorKind,
+    scan,
+    static_analysis::{Observed, StaticRules},
+    verdict::ExitCode,
 };
 use monitor_tests::{loader_python, scan_path};
 
@@ -248,7 +246,7 @@ async fn an_incomplete_trace_is_never_clean() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_child_that_outlives_the_loader_is_traced_to_the_end_and_nothing_is_left_behind() {
-    let jobs = monitor_daemon::cgroup::cgroup2_mount()
+    let jobs = monitor_engine::cgroup::cgroup2_mount()
         .unwrap()
         .join("monitor");
     // The payload starts a shell that acts after the loader has returned and exited.

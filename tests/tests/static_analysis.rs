@@ -6,13 +6,9 @@
 
 use std::path::{Path, PathBuf};
 
-use monitor_daemon::{
-    rules::Severity,
-    scan::{
-        format::{self, Limits},
-        static_analysis::{self, Analysis, PickleGlobals, StaticRules},
-    },
-};
+use monitor_formats::{self as format, Limits};
+use monitor_rules::Severity;
+use monitor_scan::static_analysis::{self, Analysis, PickleGlobals, StaticRules};
 
 fn corpus(file: &str) -> PathBuf {
     let dir = std::env::var_os("MONITOR_CORPUS")

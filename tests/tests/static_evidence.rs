@@ -6,9 +6,9 @@
 
 use std::{io::Write as _, path::Path, process::Command};
 
-use monitor_daemon::{
-    probes::ProbeConfig,
-    scan::{LazyProbes, ScanReport, ScanSpec, scan, static_analysis::Observed, verdict::ExitCode},
+use monitor_engine::probes::ProbeConfig;
+use monitor_scan::{
+    LazyProbes, ScanReport, ScanSpec, scan, static_analysis::Observed, verdict::ExitCode,
 };
 use monitor_tests::{is_root, loader_python};
 

@@ -2,11 +2,9 @@
 
 use std::{net::TcpListener, process::Command};
 
-use monitor_daemon::{
-    decode::{ArgValue, SockAddr},
-    probes::ProbeConfig,
-    trace::What,
-};
+use monitor_engine::decode::{ArgValue, SockAddr};
+use monitor_engine::probes::ProbeConfig;
+use monitor_engine::trace::What;
 use monitor_tests::{find_with_str, syscalls, trace_bash};
 
 /// A loopback port with nothing listening on it.
@@ -199,12 +197,10 @@ async fn paths_in_memory_not_yet_paged_in_are_read_at_exit() {
 /// and both traces are complete.
 #[tokio::test(flavor = "current_thread")]
 async fn overlapping_jobs_on_one_router_see_only_their_own_records() {
-    use monitor_daemon::{
-        probes::Probes,
-        router::Router,
-        rules::RuleSet,
-        run::{Output, RunSpec, run},
-    };
+    use monitor_engine::probes::Probes;
+    use monitor_engine::router::Router;
+    use monitor_jobs::run::{Output, RunSpec, run};
+    use monitor_rules::RuleSet;
 
     let dir = tempfile::tempdir().unwrap();
     let marker = |name: &str| {
@@ -241,7 +237,7 @@ async fn overlapping_jobs_on_one_router_see_only_their_own_records() {
     assert!(summary_a.complete && summary_b.complete);
     assert_eq!(router.subscriptions(), 0, "both jobs unsubscribed");
 
-    let opens = |events: &[monitor_daemon::trace::Event], path: &str| {
+    let opens = |events: &[monitor_engine::trace::Event], path: &str| {
         syscalls(events, "openat")
             .filter(|(_, sc)| sc.arg("filename").and_then(|v| v.as_str()) == Some(path))
             .count()
@@ -250,7 +246,7 @@ async fn overlapping_jobs_on_one_router_see_only_their_own_records() {
     assert_eq!(opens(&seen_b, &b), 40, "job b's own opens");
     assert_eq!(opens(&seen_a, &b), 0, "nothing of job b in job a's trace");
     assert_eq!(opens(&seen_b, &a), 0, "nothing of job a in job b's trace");
-    let cgroups = |events: &[monitor_daemon::trace::Event]| {
+    let cgroups = |events: &[monitor_engine::trace::Event]| {
         events
             .iter()
             .map(|e| e.cgroup_id)

@@ -10,17 +10,15 @@ use std::{
     time::Duration,
 };
 
-use monitor_daemon::{
-    cgroup::{self, JobCgroup},
-    probes::{ProbeConfig, Probes},
-    router::Router,
-    rules::{Finding, Phase, RuleSet, Severity},
-    watch::{
-        self, Kill, Release, Selector, WatchOutput, WatchRequest, WatchSpec, WatchSummary,
-        content::Content,
-    },
-};
+use monitor_engine::cgroup::{self, JobCgroup};
+use monitor_engine::probes::{ProbeConfig, Probes};
+use monitor_engine::router::Router;
+use monitor_rules::{Finding, Phase, RuleSet, Severity};
 use monitor_tests::is_root;
+use monitor_watch::{
+    self as watch, Kill, Release, Selector, WatchOutput, WatchRequest, WatchSpec, WatchSummary,
+    content::Content,
+};
 
 /// What a watch reported, in order.
 #[derive(Default)]
@@ -327,7 +325,7 @@ async fn a_pid_watch_follows_the_processes_it_starts() {
     assert!(summary.complete);
     assert_eq!(
         summary.ended,
-        monitor_daemon::watch::runner::Ended::Exited,
+        monitor_watch::runner::Ended::Exited,
         "a pid watch ends with its last process"
     );
 }

@@ -1,6 +1,6 @@
 //! `cargo xtask dist`: the release tarball, `target/dist/monitor-<version>-x86_64-linux.tar.gz`.
 //!
-//! Everything sits under `monitor-<version>/` in the archive: `bin/` (monitord, monitorctl),
+//! Everything sits under `monitor-<version>/` in the archive: `bin/` (monitord, monitorctl, monitor-sandbox),
 //! `etc/monitor/monitord.toml` (the defaults, from `monitord --print-config`), `share/monitor/`
 //! (the systemd unit, the default rules, the loader's requirements, the Grafana dashboard, the
 //! Kubernetes manifests, the Dockerfile), `README.md`, `docs/`, and `SHA256SUMS` of every
@@ -46,12 +46,16 @@ fn file(dest: impl Into<String>, src: impl Into<PathBuf>) -> Entry {
     }
 }
 
+/// The release binaries, installed side by side: monitord and monitorctl start the sandbox
+/// helper from the directory they are in.
+pub const BINARIES: [&str; 3] = ["monitord", "monitorctl", "monitor-sandbox"];
+
 /// Every file of the archive but SHA256SUMS, sorted by destination. `bin_dir` holds the
 /// release binaries; `config` is the default configuration's text. Directories (docs/,
 /// dist/kubernetes/) are walked, so a document added there ships without touching this list.
 pub fn entries(root: &Path, bin_dir: &Path, config: Vec<u8>) -> Result<Vec<Entry>> {
     let mut list = Vec::new();
-    for bin in ["monitord", "monitorctl"] {
+    for bin in BINARIES {
         list.push(Entry {
             executable: true,
             ..file(format!("bin/{bin}"), bin_dir.join(bin))
@@ -66,7 +70,7 @@ pub fn entries(root: &Path, bin_dir: &Path, config: Vec<u8>) -> Result<Vec<Entry
         ("share/monitor/monitord.service", "dist/monitord.service"),
         (
             "share/monitor/rules/default.yaml",
-            "monitor-daemon/src/rules/default.yaml",
+            "monitor-rules/src/default.yaml",
         ),
         (
             "share/monitor/loader/requirements.txt",
@@ -320,7 +324,7 @@ fn verify_unpacked(top: &Path) -> Result<()> {
     if present != listed {
         bail!("SHA256SUMS lists {listed:?}, the archive holds {present:?}");
     }
-    for bin in ["monitord", "monitorctl"] {
+    for bin in BINARIES {
         let out = Command::new(top.join("bin").join(bin))
             .arg("--help")
             .output()
@@ -352,7 +356,7 @@ mod tests {
         let root = root();
         // The binaries are not built by unit tests: stand-ins.
         let bins = tempfile_dir();
-        for bin in ["monitord", "monitorctl"] {
+        for bin in BINARIES {
             fs::write(bins.join(bin), b"\x7fELF").unwrap();
         }
         let list = entries(&root, &bins, b"state_dir = \"/x\"\n".to_vec()).unwrap();
@@ -360,6 +364,7 @@ mod tests {
         for want in [
             "bin/monitord",
             "bin/monitorctl",
+            "bin/monitor-sandbox",
             "etc/monitor/monitord.toml",
             "share/monitor/monitord.service",
             "share/monitor/rules/default.yaml",
@@ -381,7 +386,7 @@ mod tests {
             .filter(|e| e.executable)
             .map(|e| e.dest.as_str())
             .collect();
-        assert_eq!(exec, ["bin/monitorctl", "bin/monitord"]);
+        assert_eq!(exec, ["bin/monitor-sandbox", "bin/monitorctl", "bin/monitord"]);
         assert!(entries(&root, &root.join("no-such-dir"), Vec::new()).is_err());
         fs::remove_dir_all(bins).unwrap();
     }

@@ -10,7 +10,7 @@ use anyhow::Result;
 
 use crate::{root, run, venv::PinnedVenv};
 
-/// Where monitorctl looks by default (monitor-daemon's scan::job::DEFAULT_LOADER_ENV).
+/// Where monitorctl looks by default (monitor-scan's job::DEFAULT_LOADER_ENV).
 pub const DEFAULT_DIR: &str = "/var/lib/monitor/loader";
 /// The stamp's name in the environment (dist/Dockerfile writes it too).
 pub const STAMP: &str = "monitor-requirements.txt";

@@ -8,12 +8,10 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{MapData, RingBuf};
-use monitor_daemon::{
-    decode::{Decoder, Record},
-    reader::Reader,
-    rules::{Phase, RuleSet},
-    trace::{Event, Tracer},
-};
+use monitor_engine::decode::{Decoder, Record};
+use monitor_engine::reader::Reader;
+use monitor_engine::trace::{Event, Tracer};
+use monitor_rules::{Phase, RuleSet};
 use tokio::runtime::Runtime;
 
 use crate::job::WatchedJob;

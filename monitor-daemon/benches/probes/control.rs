@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
-use monitor_daemon::probes::Tracefs;
+use monitor_engine::probes::Tracefs;
 
 /// `acct(2)`: process accounting, which nothing on these machines calls.
 const EVENT: &str = "events/syscalls/sys_enter_acct/enable";

@@ -8,11 +8,9 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use monitor_daemon::{
-    cgroup::{self, JobCgroup},
-    monitor_common::event::Watch,
-    probes::{Probes, Target, WatchCounters},
-};
+use monitor_common::event::Watch;
+use monitor_engine::cgroup::{self, JobCgroup};
+use monitor_engine::probes::{Probes, Target, WatchCounters};
 
 /// A cgroup watched by `probes`, removed from the watch and deleted when dropped.
 pub struct WatchedJob<'p> {

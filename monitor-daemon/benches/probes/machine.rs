@@ -1,7 +1,7 @@
 //! The machine the numbers come from.
 
 use anyhow::{Context as _, Result};
-use monitor_daemon::probes::SyscallHooks;
+use monitor_engine::probes::SyscallHooks;
 
 pub struct Machine {
     pub kernel: String,

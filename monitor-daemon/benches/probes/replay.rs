@@ -8,12 +8,10 @@
 use std::{hint::black_box, path::Path, time::Instant};
 
 use anyhow::{Result, bail};
-use monitor_daemon::{
-    decode::Decoder,
-    rules::{Context, Phase, RuleSet},
-    trace::{Event, Tracer},
-    watch::policy::PolicyFile,
-};
+use monitor_engine::decode::Decoder;
+use monitor_engine::trace::{Event, Tracer};
+use monitor_rules::{Context, Phase, RuleSet};
+use monitor_watch::policy::PolicyFile;
 use tokio::runtime::Runtime;
 
 use crate::{
@@ -225,7 +223,7 @@ fn decode_pair(decoder: &Decoder, raw: &[Vec<u8>]) -> usize {
 fn decode_pair_then(
     decoder: &Decoder,
     raw: &[Vec<u8>],
-    mut judge: impl FnMut(&Event, &monitor_daemon::process::ProcessTable),
+    mut judge: impl FnMut(&Event, &monitor_engine::process::ProcessTable),
 ) -> usize {
     const BATCH: usize = 1024;
     let mut tracer = Tracer::default();

@@ -5,11 +5,9 @@
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{MapData, RingBuf};
-use monitor_daemon::{
-    probes::{ProbeConfig, Probes},
-    reader::Reader,
-    rules::RuleSet,
-};
+use monitor_engine::probes::{ProbeConfig, Probes};
+use monitor_engine::reader::Reader;
+use monitor_rules::RuleSet;
 use tokio::runtime::Runtime;
 
 use crate::{

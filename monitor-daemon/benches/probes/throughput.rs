@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use anyhow::Result;
-use monitor_daemon::probes::ProbeConfig;
+use monitor_engine::probes::ProbeConfig;
 use tokio::runtime::Runtime;
 
 use crate::{

@@ -3,7 +3,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::Parser;
-use monitor_daemon::daemon::{self, config::Config};
+use monitor_daemon::{self as daemon, config::Config};
 
 /// The monitor daemon: scans model artifacts in a sandbox under eBPF watch, keeps every
 /// report, and serves them over a Unix socket (and /metrics for Prometheus).
@@ -58,7 +58,7 @@ fn main() -> ExitCode {
     // Several workers, whatever the machine: a request that waits on the store or a job that
     // judges a flood takes one of them, never the one that answers /healthz. Blocking file and
     // database work goes to the blocking pool, and the ring buffer's reader has a thread of its
-    // own (see monitor_daemon::router).
+    // own (see monitor_engine::router).
     let workers = std::thread::available_parallelism().map_or(4, |n| n.get().max(4));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)

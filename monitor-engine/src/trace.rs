@@ -1,0 +1,739 @@
+//! Records -> events: pairs each syscall entry with its exit (per thread: a thread is in at
+//! most one syscall at a time) and keeps the process table up to date.
+
+use std::collections::HashMap;
+
+use monitor_common::syscall::{ArgKind, Class, Effect, F_DUPFD_CLOEXEC, Syscall};
+use serde::{Serialize, Serializer, ser::SerializeMap};
+
+use crate::decode::{ArgValue, Enter, FileId, Record};
+use crate::process::{OpenFile, ProcessTable};
+use crate::resolve::{self, Names};
+
+/// One thing a watched process did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    /// CLOCK_MONOTONIC nanoseconds of the syscall's entry (or of the record).
+    pub time_ns: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub ppid: Option<u32>,
+    pub uid: u32,
+    pub comm: String,
+    pub cgroup_id: u64,
+    #[serde(flatten)]
+    pub what: What,
+}
+
+/// What happened.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum What {
+    Syscall(SyscallEvent),
+    /// A new process.
+    Fork {
+        child_pid: u32,
+    },
+    /// The process now runs another program.
+    Exec {
+        filename: String,
+        argv: Vec<String>,
+    },
+    /// The process's last thread exited.
+    Exit {
+        exit_code: Option<i32>,
+    },
+}
+
+/// A syscall with its arguments and, once it returned, its result.
+#[derive(Debug, Clone, Serialize)]
+pub struct SyscallEvent {
+    #[serde(rename = "syscall")]
+    pub name: &'static str,
+    pub class: Class,
+    pub args: Args,
+    /// `None` when it did not return (exit_group, a successful execve in the old image's
+    /// view, a process killed in the call) or when its exit is not traced.
+    pub ret: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errno: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_time_ns: Option<u64>,
+    /// Some argument was cut at its capture bound.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+    /// Some argument's memory could not be read.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub read_error: bool,
+    /// The arguments were read at the syscall's exit, because their memory was not readable
+    /// at entry: they show what the memory held then.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub recaptured: bool,
+    /// The watch's policy killed the process at this syscall's entry, in the kernel.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub killed: bool,
+    /// What its path arguments reached, where that is not what they spell: made absolute
+    /// against a directory fd or the working directory, through `/proc/self/fd`, through the
+    /// symlinks and renames the job made, and the name of a file known by identity (a
+    /// honeytoken) that it opened. Rules judge these with the arguments.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub resolved: Vec<String>,
+    #[serde(skip)]
+    pub syscall: &'static Syscall,
+}
+
+impl SyscallEvent {
+    /// The value of the argument called `name`.
+    pub fn arg(&self, name: &str) -> Option<&ArgValue> {
+        self.args.0.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+}
+
+/// Arguments by name, in declaration order (a JSON object).
+#[derive(Debug, Clone, Default)]
+pub struct Args(pub Vec<(&'static str, ArgValue)>);
+
+impl Serialize for Args {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (name, value) in &self.0 {
+            map.serialize_entry(name, value)?;
+        }
+        map.end()
+    }
+}
+
+/// Turns the record stream of one or more watched jobs into events.
+#[derive(Default)]
+pub struct Tracer {
+    /// Syscall entries waiting for their exit, by thread id.
+    pending: HashMap<u32, Enter>,
+    processes: ProcessTable,
+    /// The names the job made, and the files known by identity.
+    names: Names,
+    /// Exits whose entry was never seen (lost, or begun before the watch).
+    unpaired_exits: u64,
+}
+
+/// How a syscall returned.
+#[derive(Debug, Clone, Copy)]
+struct Returned {
+    ret: i64,
+    time_ns: u64,
+    file: Option<FileId>,
+}
+
+impl Tracer {
+    pub fn processes(&self) -> &ProcessTable {
+        &self.processes
+    }
+
+    pub fn processes_mut(&mut self) -> &mut ProcessTable {
+        &mut self.processes
+    }
+
+    /// The names the job made and the files to recognise by identity ([`Names::know`]).
+    pub fn names_mut(&mut self) -> &mut Names {
+        &mut self.names
+    }
+
+    pub fn unpaired_exits(&self) -> u64 {
+        self.unpaired_exits
+    }
+
+    /// Feeds one record; calls `emit` for each event it completes.
+    pub fn push(&mut self, record: Record, emit: &mut impl FnMut(Event)) {
+        let h = record.header();
+        if let Some(child) = self.processes.seen(h.pid, h.tid, &h.comm, h.time_ns) {
+            // Reported as the parent's act, at the time of the fork.
+            let (child_pid, parent, time_ns) = (child.pid, child.ppid, child.start_ns);
+            let parent = parent.and_then(|p| self.processes.get(p));
+            emit(Event {
+                time_ns,
+                pid: parent.map_or(0, |p| p.pid),
+                tid: parent.map_or(0, |p| p.pid),
+                ppid: parent.and_then(|p| p.ppid),
+                uid: h.uid,
+                comm: parent.map_or_else(String::new, |p| p.comm.clone()),
+                cgroup_id: h.cgroup_id,
+                what: What::Fork { child_pid },
+            });
+        }
+        match record {
+            Record::Enter(enter) => self.enter(enter, emit),
+            Record::Exit(exit) => {
+                let tid = exit.header.tid;
+                match self.pending.remove(&tid) {
+                    Some(enter) if enter.syscall.nr == exit.syscall.nr => {
+                        let returned = Returned {
+                            ret: exit.ret,
+                            time_ns: exit.header.time_ns,
+                            file: exit.file,
+                        };
+                        emit(self.completed(enter, Some(returned)));
+                    }
+                    other => {
+                        if let Some(enter) = other {
+                            emit(self.completed(enter, None));
+                        }
+                        // A new task's first return from clone/fork is the child half of a
+                        // fork already reported; anything else is worth counting.
+                        if !(exit.ret == 0 && is_fork(exit.syscall)) {
+                            self.unpaired_exits += 1;
+                        }
+                    }
+                }
+            }
+            Record::Fork(fork) => {
+                let h = &fork.header;
+                self.processes.forked(h.pid, fork.child_tid, h.time_ns);
+            }
+            Record::Exec(exec) => {
+                let h = &exec.header;
+                // A non-leader thread that executes takes over the leader's id.
+                if exec.old_tid != h.tid
+                    && let Some(enter) = self.pending.remove(&exec.old_tid)
+                {
+                    self.pending.insert(h.tid, enter);
+                }
+                // Killed at its exec: the exec syscall waiting for its exit is the act killed.
+                if h.killed
+                    && let Some(enter) = self.pending.get_mut(&h.tid)
+                {
+                    enter.header.killed = true;
+                }
+                let argv = self.pending.get(&h.tid).and_then(|e| match e.args.get(1) {
+                    Some(ArgValue::Argv(v)) if e.syscall.name.starts_with("execve") => {
+                        Some(v.clone())
+                    }
+                    _ => e.args.iter().find_map(|a| match a {
+                        ArgValue::Argv(v) => Some(v.clone()),
+                        _ => None,
+                    }),
+                });
+                self.processes.executed(h.pid, &exec.filename, argv.clone());
+                let argv = argv.unwrap_or_default();
+                emit(self.event(
+                    h,
+                    What::Exec {
+                        filename: exec.filename,
+                        argv,
+                    },
+                ));
+            }
+            Record::ProcessExit(end) => {
+                let h = &end.header;
+                if let Some(enter) = self.pending.remove(&h.tid) {
+                    emit(self.completed(enter, None));
+                }
+                if end.group_dead || h.pid == h.tid {
+                    self.processes.exited(h.pid, h.time_ns);
+                    let exit_code = self.processes.get(h.pid).and_then(|p| p.exit_code);
+                    emit(self.event(h, What::Exit { exit_code }));
+                }
+            }
+        }
+    }
+
+    /// Emits every entry still waiting for its exit (at the end of a job).
+    pub fn flush(&mut self, emit: &mut impl FnMut(Event)) {
+        let mut pending: Vec<Enter> = self.pending.drain().map(|(_, e)| e).collect();
+        pending.sort_by_key(|e| e.header.time_ns);
+        for enter in pending {
+            emit(self.completed(enter, None));
+        }
+    }
+
+    fn enter(&mut self, enter: Enter, emit: &mut impl FnMut(Event)) {
+        let sc = enter.syscall;
+        if enter.header.recaptured {
+            // A second look at the entry waiting for its exit: keep its time, take the data.
+            if let Some(pending) = self.pending.get_mut(&enter.header.tid)
+                && pending.syscall.nr == sc.nr
+            {
+                let time_ns = pending.header.time_ns;
+                *pending = enter;
+                pending.header.time_ns = time_ns;
+            }
+            return;
+        }
+        if sc.name == "exit_group"
+            && let Some(code) = enter.args.first().and_then(ArgValue::as_u64)
+        {
+            self.processes.exit_code(enter.header.pid, code as i32);
+        }
+        if !sc.has_exit() {
+            emit(self.completed(enter, None));
+            return;
+        }
+        if let Some(previous) = self.pending.insert(enter.header.tid, enter) {
+            // Its exit was lost; report what we have.
+            emit(self.completed(previous, None));
+        }
+    }
+
+    /// The event of a syscall that returned (or whose return will not be seen), with its
+    /// paths resolved as the process's state was when it made the call; then that state
+    /// updated by what the call did.
+    fn completed(&mut self, enter: Enter, exit: Option<Returned>) -> Event {
+        let paths = self.resolve(&enter, exit.and_then(|e| e.file));
+        self.apply(&enter, exit.map(|e| e.ret), &paths);
+        let mut resolved: Vec<String> = Vec::new();
+        for path in paths.iter().flatten() {
+            let literal = enter.args.iter().any(|a| a.as_str() == Some(path));
+            if !literal && !resolved.contains(path) {
+                resolved.push(path.clone());
+            }
+        }
+        self.syscall_event(enter, exit, resolved)
+    }
+
+    /// For each argument of `enter`, what it reached (empty for an argument that is no path,
+    /// or one that cannot be resolved): the absolute path first, then each path that leads to
+    /// in turn, last the name of the file known by identity that the call opened (`file`).
+    fn resolve(&self, enter: &Enter, file: Option<FileId>) -> Vec<Vec<String>> {
+        let pid = enter.header.pid;
+        let process = self.processes.get(pid);
+        let cwd = process.and_then(|p| p.cwd.as_deref());
+        let fd_path = |fd: i32| self.processes.fd(pid, fd).map(|f| f.path.clone());
+        let kinds = enter.syscall.args;
+        let mut paths = vec![Vec::new(); enter.args.len()];
+        for (i, value) in enter.args.iter().enumerate() {
+            let Some(path) = value.as_str().filter(|_| kinds[i].kind == ArgKind::Path) else {
+                continue;
+            };
+            // A symlink's content is resolved against the link's directory, once made.
+            if enter.syscall.effect == Effect::Symlinks && i == 0 {
+                continue;
+            }
+            let base = match (
+                i.checked_sub(1).map(|d| (kinds[d].kind, &enter.args[d])),
+                cwd,
+            ) {
+                (Some((ArgKind::DirFd, ArgValue::Fd(fd))), _) if *fd != libc::AT_FDCWD => {
+                    fd_path(*fd)
+                }
+                (_, cwd) => cwd.map(str::to_owned),
+            };
+            let Some(absolute) = resolve::absolute(path, base.as_deref()) else {
+                continue;
+            };
+            let mut reached = vec![absolute];
+            for _ in 0..2 {
+                let last = reached.last().expect("not empty");
+                if let Some(target) = resolve::magic(last, fd_path, cwd) {
+                    reached.push(target);
+                }
+                let last = reached.last().expect("not empty");
+                reached.extend(self.names.follow(last));
+            }
+            reached.dedup();
+            paths[i] = reached;
+        }
+        if let Some(known) = file.and_then(|f| self.names.known(f))
+            && let Some(first) = paths.iter_mut().find(|p| !p.is_empty())
+        {
+            first.push(known.to_owned());
+        }
+        paths
+    }
+
+    /// Updates the process table and the job's names from a syscall that returned `ret`
+    /// (`None`: not seen), whose arguments reached `paths`.
+    fn apply(&mut self, enter: &Enter, ret: Option<i64>, paths: &[Vec<String>]) {
+        let pid = enter.header.pid;
+        let fd_arg = |i: usize| match enter.args.get(i) {
+            Some(ArgValue::Fd(fd)) => Some(*fd),
+            _ => None,
+        };
+        // What the i-th argument finally reached, if it is a path the tracer could resolve.
+        let reached = |i: usize| paths.get(i).and_then(|p| p.last()).cloned();
+        let first_path = enter
+            .syscall
+            .args
+            .iter()
+            .position(|a| a.kind == ArgKind::Path);
+        let last_path = enter
+            .syscall
+            .args
+            .iter()
+            .rposition(|a| a.kind == ArgKind::Path);
+        if enter.syscall.effect == Effect::ClosesFd {
+            // The descriptor is gone whatever close returns.
+            if let Some(fd) = fd_arg(0) {
+                self.processes.set_fd(pid, fd, None);
+            }
+            return;
+        }
+        let Some(ret) = ret.filter(|&r| r >= 0) else {
+            return;
+        };
+        match enter.syscall.effect {
+            Effect::None | Effect::ClosesFd => {}
+            Effect::Opens => {
+                let file = first_path.and_then(reached).map(|path| OpenFile {
+                    path,
+                    cloexec: has_flag(enter, libc::O_CLOEXEC as u64),
+                });
+                self.processes.set_fd(pid, ret as i32, file);
+            }
+            Effect::DupsFd => {
+                let file = fd_arg(0)
+                    .and_then(|fd| self.processes.fd(pid, fd))
+                    .map(|f| OpenFile {
+                        path: f.path.clone(),
+                        cloexec: enter.args.get(1).and_then(ArgValue::as_u64)
+                            == Some(F_DUPFD_CLOEXEC),
+                    });
+                self.processes.set_fd(pid, ret as i32, file);
+            }
+            Effect::DupsFdTo => {
+                if let (Some(old), Some(new)) = (fd_arg(0), fd_arg(1))
+                    && old != new
+                {
+                    let file = self.processes.fd(pid, old).map(|f| OpenFile {
+                        path: f.path.clone(),
+                        cloexec: has_flag(enter, libc::O_CLOEXEC as u64),
+                    });
+                    self.processes.set_fd(pid, new, file);
+                }
+            }
+            Effect::ChangesCwd => {
+                let cwd = match first_path {
+                    Some(i) => reached(i),
+                    None => fd_arg(0)
+                        .and_then(|fd| self.processes.fd(pid, fd))
+                        .map(|f| f.path.clone()),
+                };
+                self.processes.changed_dir(pid, cwd);
+            }
+            Effect::Symlinks => {
+                let content = first_path.and_then(|i| enter.args[i].as_str());
+                if let (Some(content), Some(link)) = (content, last_path.and_then(reached)) {
+                    self.names.symlinked(&link, content);
+                }
+            }
+            Effect::Renames => {
+                if let (Some(from), Some(to)) = (
+                    first_path.and_then(reached),
+                    last_path.and_then(|i| paths.get(i)?.first().cloned()),
+                ) {
+                    self.names.moved(&from, &to);
+                }
+            }
+            Effect::Removes => {
+                if let Some(path) = first_path.and_then(|i| paths.get(i)?.first().cloned()) {
+                    self.names.removed(&path);
+                }
+            }
+        }
+    }
+
+    fn syscall_event(&self, enter: Enter, exit: Option<Returned>, resolved: Vec<String>) -> Event {
+        let sc = enter.syscall;
+        let ret = exit.map(|e| e.ret);
+        let errno = ret
+            .filter(|r| (-4095..0).contains(r))
+            .map(|r| errno_name(-r as i32));
+        let args = Args(sc.args.iter().map(|a| a.name).zip(enter.args).collect());
+        let what = What::Syscall(SyscallEvent {
+            name: sc.name,
+            class: sc.class,
+            args,
+            ret,
+            errno,
+            exit_time_ns: exit.map(|e| e.time_ns),
+            truncated: enter.header.truncated,
+            read_error: enter.header.read_error,
+            recaptured: enter.header.recaptured,
+            killed: enter.header.killed,
+            resolved,
+            syscall: sc,
+        });
+        self.event(&enter.header, what)
+    }
+
+    fn event(&self, h: &crate::decode::Header, what: What) -> Event {
+        Event {
+            time_ns: h.time_ns,
+            pid: h.pid,
+            tid: h.tid,
+            ppid: self.processes.get(h.pid).and_then(|p| p.ppid),
+            uid: h.uid,
+            comm: h.comm.clone(),
+            cgroup_id: h.cgroup_id,
+            what,
+        }
+    }
+}
+
+/// Whether the open flags of `enter` (open, openat, openat2, dup3) include `flag`.
+fn has_flag(enter: &Enter, flag: u64) -> bool {
+    enter
+        .syscall
+        .args
+        .iter()
+        .zip(&enter.args)
+        .any(|(arg, value)| {
+            matches!(arg.kind, ArgKind::OpenFlags | ArgKind::OpenHow)
+                && value.as_u64().is_some_and(|v| v & flag != 0)
+        })
+}
+
+fn is_fork(sc: &Syscall) -> bool {
+    matches!(sc.name, "clone" | "clone3" | "fork" | "vfork")
+}
+
+/// `ENOENT` for 2; the kernel's own restart codes, which a syscall interrupted by a kill
+/// returns, by their kernel names.
+pub fn errno_name(errno: i32) -> String {
+    match errno {
+        512 => "ERESTARTSYS".into(),
+        513 => "ERESTARTNOINTR".into(),
+        514 => "ERESTARTNOHAND".into(),
+        516 => "ERESTART_RESTARTBLOCK".into(),
+        _ => format!("{:?}", nix::errno::Errno::from_raw(errno)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use monitor_common::syscall::by_name;
+
+    use super::*;
+    use crate::decode::{Exit, Header};
+
+    const PID: u32 = 40;
+
+    fn header(pid: u32, time_ns: u64) -> Header {
+        Header {
+            time_ns,
+            cpu: 0,
+            cgroup_id: 1,
+            watch_id: 1,
+            pid,
+            tid: pid,
+            uid: 1000,
+            gid: 1000,
+            comm: "python".into(),
+            truncated: false,
+            read_error: false,
+            recaptured: false,
+            killed: false,
+        }
+    }
+
+    fn path(p: &str) -> ArgValue {
+        ArgValue::Str(Some(p.into()))
+    }
+
+    fn flags(raw: u64) -> ArgValue {
+        ArgValue::Flags {
+            raw,
+            text: String::new(),
+        }
+    }
+
+    /// A tracer whose process `PID` works in `/work`.
+    fn tracer() -> Tracer {
+        let mut tracer = Tracer::default();
+        tracer.processes_mut().insert(crate::process::Process {
+            pid: PID,
+            ppid: Some(1),
+            exe: Some("/usr/bin/python3".into()),
+            argv: Vec::new(),
+            cwd: Some("/work".into()),
+            comm: "python".into(),
+            start_ns: 0,
+            exit_ns: None,
+            exit_code: None,
+            fds: HashMap::new(),
+            outside_parent_exe: None,
+            looked_up: true,
+        });
+        tracer
+    }
+
+    /// Feeds syscall `name` with `args` that returned `ret` (opening `file`); returns its
+    /// event's resolved paths.
+    fn call(
+        tracer: &mut Tracer,
+        name: &str,
+        args: Vec<ArgValue>,
+        ret: i64,
+        file: Option<FileId>,
+    ) -> Vec<String> {
+        let syscall = by_name(name).unwrap();
+        let mut events = Vec::new();
+        let enter = Enter {
+            header: header(PID, 1),
+            syscall,
+            args,
+        };
+        tracer.push(Record::Enter(enter), &mut |e| events.push(e));
+        if syscall.has_exit() {
+            let exit = Exit {
+                header: header(PID, 2),
+                syscall,
+                ret,
+                file,
+            };
+            tracer.push(Record::Exit(exit), &mut |e| events.push(e));
+        }
+        let What::Syscall(sc) = &events.last().expect("an event").what else {
+            panic!("{events:?}")
+        };
+        sc.resolved.clone()
+    }
+
+    fn openat(tracer: &mut Tracer, dir: i32, name: &str, open_flags: u64, ret: i64) -> Vec<String> {
+        let args = vec![
+            ArgValue::Fd(dir),
+            path(name),
+            flags(open_flags),
+            ArgValue::Mode(0),
+        ];
+        call(tracer, "openat", args, ret, None)
+    }
+
+    const AT_FDCWD: i32 = libc::AT_FDCWD;
+    const O_DIRECTORY: u64 = libc::O_DIRECTORY as u64;
+    const O_CLOEXEC: u64 = libc::O_CLOEXEC as u64;
+
+    #[test]
+    fn paths_relative_to_a_directory_fd_or_its_duplicates_are_resolved() {
+        let mut t = tracer();
+        openat(
+            &mut t,
+            AT_FDCWD,
+            "/home/user/.ssh",
+            O_DIRECTORY | O_CLOEXEC,
+            3,
+        );
+        assert_eq!(
+            openat(&mut t, 3, "id_rsa", 0, 4),
+            ["/home/user/.ssh/id_rsa"]
+        );
+        // dup, fcntl(F_DUPFD_CLOEXEC), dup2, dup3: each copy names the directory too.
+        call(&mut t, "dup", vec![ArgValue::Fd(3)], 5, None);
+        let fcntl = vec![ArgValue::Fd(3), ArgValue::Int(1030), ArgValue::UInt(0)];
+        call(&mut t, "fcntl", fcntl, 6, None);
+        call(
+            &mut t,
+            "dup2",
+            vec![ArgValue::Fd(3), ArgValue::Fd(9)],
+            9,
+            None,
+        );
+        for fd in [5, 6, 9] {
+            assert_eq!(
+                openat(&mut t, fd, "id_ed25519", 0, 10),
+                ["/home/user/.ssh/id_ed25519"]
+            );
+        }
+        // Closed, the number means nothing any more: a relative path from it is not guessed.
+        call(&mut t, "close", vec![ArgValue::Fd(5)], 0, None);
+        assert!(openat(&mut t, 5, "id_rsa", 0, -9).is_empty());
+        // Relative to the working directory, and through /proc/self/fd.
+        assert_eq!(
+            openat(&mut t, AT_FDCWD, "../etc/passwd", 0, 11),
+            ["/etc/passwd"]
+        );
+        assert_eq!(
+            openat(&mut t, AT_FDCWD, "/proc/self/fd/3/config", 0, 12),
+            ["/home/user/.ssh/config"]
+        );
+        // An exec closes the close-on-exec ones (3, 6), not the others (9, from dup2).
+        t.processes_mut().executed(PID, "/bin/sh", None);
+        assert!(openat(&mut t, 3, "id_rsa", 0, -9).is_empty());
+        assert_eq!(
+            openat(&mut t, 9, "id_rsa", 0, 13),
+            ["/home/user/.ssh/id_rsa"]
+        );
+    }
+
+    #[test]
+    fn the_working_directory_follows_chdir_and_fchdir() {
+        let mut t = tracer();
+        openat(&mut t, AT_FDCWD, "/home/user/.aws", O_DIRECTORY, 3);
+        call(&mut t, "fchdir", vec![ArgValue::Fd(3)], 0, None);
+        assert_eq!(
+            openat(&mut t, AT_FDCWD, "credentials", 0, 4),
+            ["/home/user/.aws/credentials"]
+        );
+        call(&mut t, "chdir", vec![path("../.ssh")], 0, None);
+        assert_eq!(
+            openat(&mut t, AT_FDCWD, "id_rsa", 0, 5),
+            ["/home/user/.ssh/id_rsa"]
+        );
+        // A failed chdir changes nothing.
+        call(&mut t, "chdir", vec![path("/nonexistent")], -2, None);
+        assert_eq!(
+            t.processes().get(PID).unwrap().cwd.as_deref(),
+            Some("/home/user/.ssh")
+        );
+    }
+
+    #[test]
+    fn symlinks_and_renames_the_job_made_are_followed() {
+        let mut t = tracer();
+        let symlink = vec![path("/home/user/.netrc"), path("/tmp/notes.txt")];
+        call(&mut t, "symlink", symlink, 0, None);
+        assert_eq!(
+            openat(&mut t, AT_FDCWD, "/tmp/notes.txt", 0, 3),
+            ["/home/user/.netrc"]
+        );
+        // A relative symlink made from a directory fd, to a directory.
+        openat(&mut t, AT_FDCWD, "/tmp", O_DIRECTORY, 4);
+        let symlinkat = vec![path("../etc"), ArgValue::Fd(4), path("conf")];
+        call(&mut t, "symlinkat", symlinkat, 0, None);
+        assert_eq!(
+            openat(&mut t, AT_FDCWD, "/tmp/conf/shadow", 0, -13),
+            ["/etc/shadow"]
+        );
+        let rename = vec![
+            path("/home/user/.git-credentials"),
+            path("/work/readme.txt"),
+        ];
+        call(&mut t, "rename", rename, 0, None);
+        assert_eq!(
+            openat(&mut t, AT_FDCWD, "readme.txt", 0, 5),
+            ["/work/readme.txt", "/home/user/.git-credentials"]
+        );
+        // Unlinked, the symlink leads nowhere; a failed symlink never did.
+        call(&mut t, "unlink", vec![path("/tmp/notes.txt")], 0, None);
+        assert!(openat(&mut t, AT_FDCWD, "/tmp/notes.txt", 0, 6).is_empty());
+        call(
+            &mut t,
+            "symlink",
+            vec![path("/etc/shadow"), path("/tmp/x")],
+            -17,
+            None,
+        );
+        assert!(openat(&mut t, AT_FDCWD, "/tmp/x", 0, 7).is_empty());
+    }
+
+    #[test]
+    fn a_file_known_by_identity_is_named_whatever_path_reached_it() {
+        let mut t = tracer();
+        let token = FileId { dev: 42, ino: 7 };
+        t.names_mut().know(token, "/home/user/.ssh/id_rsa");
+        let args = vec![
+            ArgValue::Fd(AT_FDCWD),
+            path("x"),
+            flags(0),
+            ArgValue::Mode(0),
+        ];
+        assert_eq!(
+            call(&mut t, "openat", args.clone(), 3, Some(token)),
+            ["/work/x", "/home/user/.ssh/id_rsa"]
+        );
+        // And the descriptor names it: a later openat relative to it is under it.
+        let other = FileId { dev: 42, ino: 8 };
+        assert_eq!(call(&mut t, "openat", args, 4, Some(other)), ["/work/x"]);
+        assert_eq!(
+            t.processes().fd(PID, 3).unwrap().path,
+            "/home/user/.ssh/id_rsa"
+        );
+    }
+}

@@ -1,0 +1,461 @@
+//! One rule's `match:` block, compiled once (globs, ranges, list references resolved); and
+//! the facts of an event it is tested against, gathered once per event without allocating
+//! (but for a relative path, made absolute).
+
+use std::{borrow::Cow, net::IpAddr};
+
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use monitor_common::syscall::{ArgKind, Class, Syscall, by_name};
+use smallvec::SmallVec;
+
+use super::{
+    Context,
+    lists::Lists,
+    net::{AddrRange, PortRange, canonical},
+    schema::{Direction, MatchSpec, ResultCondition, Scalar},
+};
+use monitor_engine::decode::{ArgValue, SockAddr, is_family_name, is_flag_name};
+use monitor_engine::trace::{Event, SyscallEvent};
+
+#[derive(Debug, Clone)]
+pub(super) struct Matcher {
+    /// Syscall numbers; empty: any.
+    syscalls: Vec<u32>,
+    classes: Vec<Class>,
+    result: ResultCondition,
+    path: Option<GlobSet>,
+    path_not: Option<GlobSet>,
+    flags_any: Vec<String>,
+    mode_any: Option<u32>,
+    family: Vec<String>,
+    port: Vec<PortRange>,
+    port_not: Vec<PortRange>,
+    addr: Vec<AddrRange>,
+    addr_not: Vec<AddrRange>,
+    direction: Option<Direction>,
+    process: ProcessConditions,
+    /// Audit event names; not empty: the rule is about audit events, never syscalls.
+    audit: Vec<String>,
+    subject: Option<GlobSet>,
+    subject_not: Option<GlobSet>,
+}
+
+/// What a rule asks of the process that acted.
+#[derive(Debug, Clone, Default)]
+struct ProcessConditions {
+    exe: Option<GlobSet>,
+    exe_not: Option<GlobSet>,
+    comm: Option<GlobSet>,
+    comm_not: Option<GlobSet>,
+    parent_exe: Option<GlobSet>,
+    ancestor_exe: Option<GlobSet>,
+    ancestor_exe_not: Option<GlobSet>,
+    uid: Vec<u32>,
+    uid_not: Vec<u32>,
+}
+
+impl ProcessConditions {
+    fn is_empty(&self) -> bool {
+        self.exe.is_none()
+            && self.exe_not.is_none()
+            && self.comm.is_none()
+            && self.comm_not.is_none()
+            && self.parent_exe.is_none()
+            && self.ancestor_exe.is_none()
+            && self.ancestor_exe_not.is_none()
+            && self.uid.is_empty()
+            && self.uid_not.is_empty()
+    }
+
+    /// Whether the process of `event` meets every condition. A condition on something not
+    /// known (a program the trace never saw) does not hold, and its negation does.
+    fn hold(&self, event: &Event, ctx: &Context) -> bool {
+        let view = ctx.process;
+        let exe = view.and_then(|v| v.exe());
+        let some = |g: &Option<GlobSet>, v: Option<&str>| {
+            g.as_ref().is_none_or(|g| v.is_some_and(|v| g.is_match(v)))
+        };
+        let none = |g: &Option<GlobSet>, v: Option<&str>| {
+            g.as_ref().is_none_or(|g| !v.is_some_and(|v| g.is_match(v)))
+        };
+        (self.uid.is_empty() || self.uid.contains(&event.uid))
+            && !self.uid_not.contains(&event.uid)
+            && some(&self.comm, Some(&event.comm))
+            && none(&self.comm_not, Some(&event.comm))
+            && some(&self.exe, exe)
+            && none(&self.exe_not, exe)
+            && some(&self.parent_exe, view.and_then(|v| v.parent_exe()))
+            && self.ancestor_exe.as_ref().is_none_or(|g| {
+                view.is_some_and(|v| v.ancestor_exes().flatten().any(|a| g.is_match(a)))
+            })
+            && self.ancestor_exe_not.as_ref().is_none_or(|g| {
+                !view.is_some_and(|v| v.ancestor_exes().flatten().any(|a| g.is_match(a)))
+            })
+    }
+}
+
+impl Matcher {
+    pub(super) fn compile(spec: &MatchSpec, lists: &Lists) -> Result<Self, String> {
+        let syscalls = spec
+            .syscalls
+            .iter()
+            .map(|n| {
+                by_name(n)
+                    .map(|s| s.nr)
+                    .ok_or_else(|| format!("unknown syscall `{n}`"))
+            })
+            .collect::<Result<_, _>>()?;
+        let classes = spec
+            .classes
+            .iter()
+            .map(|n| {
+                Class::ALL
+                    .into_iter()
+                    .find(|c| c.name() == n)
+                    .ok_or_else(|| format!("unknown class `{n}`"))
+            })
+            .collect::<Result<_, _>>()?;
+        if let Some(bad) = spec.flags_any.iter().find(|f| !is_flag_name(f)) {
+            return Err(format!("unknown flag `{bad}`"));
+        }
+        if let Some(bad) = spec.family.iter().find(|f| !is_family_name(f)) {
+            return Err(format!("unknown address family `{bad}`"));
+        }
+        let texts = |items: &[String]| lists.expand_texts(items);
+        let globs_of = |items: &[String]| globs(&texts(items)?);
+        let matcher = Matcher {
+            syscalls,
+            classes,
+            result: spec.result,
+            path: globs_of(&spec.path)?,
+            path_not: globs_of(&spec.path_not)?,
+            flags_any: spec.flags_any.clone(),
+            mode_any: spec.mode_any,
+            family: spec.family.clone(),
+            port: ports(&lists.expand(&spec.port)?)?,
+            port_not: ports(&lists.expand(&spec.port_not)?)?,
+            addr: addrs(&texts(&spec.addr)?)?,
+            addr_not: addrs(&texts(&spec.addr_not)?)?,
+            direction: spec.direction,
+            process: ProcessConditions {
+                exe: globs_of(&spec.exe)?,
+                exe_not: globs_of(&spec.exe_not)?,
+                comm: globs_of(&spec.comm)?,
+                comm_not: globs_of(&spec.comm_not)?,
+                parent_exe: globs_of(&spec.parent_exe)?,
+                ancestor_exe: globs_of(&spec.ancestor_exe)?,
+                ancestor_exe_not: globs_of(&spec.ancestor_exe_not)?,
+                uid: spec.uid.clone(),
+                uid_not: spec.uid_not.clone(),
+            },
+            audit: spec.audit.clone(),
+            subject: globs_of(&spec.subject)?,
+            subject_not: globs_of(&spec.subject_not)?,
+        };
+        let about_syscalls = !matcher.syscalls.is_empty()
+            || !matcher.classes.is_empty()
+            || matcher.direction.is_some();
+        if matcher.is_audit() {
+            let syscall_only = about_syscalls
+                || matcher.result != ResultCondition::Any
+                || matcher.path.is_some()
+                || matcher.path_not.is_some()
+                || !matcher.flags_any.is_empty()
+                || matcher.mode_any.is_some()
+                || !matcher.family.is_empty()
+                || !matcher.port.is_empty()
+                || !matcher.port_not.is_empty()
+                || !matcher.addr.is_empty()
+                || !matcher.addr_not.is_empty()
+                || !matcher.process.is_empty();
+            if syscall_only {
+                return Err(
+                    "an `audit` rule cannot have syscall conditions (nor process \
+                            ones): write one rule per kind of evidence"
+                        .into(),
+                );
+            }
+        } else if !about_syscalls {
+            return Err(
+                "give `syscalls`, `classes`, `direction` or `audit`: a rule must say which \
+                 events it is about"
+                    .into(),
+            );
+        } else if matcher.subject.is_some() || matcher.subject_not.is_some() {
+            return Err("`subject` is for `audit` rules".into());
+        }
+        if let Some(direction) = matcher.direction
+            && !monitor_common::syscall::SYSCALLS
+                .iter()
+                .any(|sc| matcher.is_about(sc) && Direction::of(sc.name) == Some(direction))
+        {
+            return Err(format!(
+                "`direction: {}` leaves none of the rule's syscalls",
+                serde_json::to_string(&direction).unwrap_or_default()
+            ));
+        }
+        Ok(matcher)
+    }
+
+    pub(super) fn is_audit(&self) -> bool {
+        !self.audit.is_empty()
+    }
+
+    /// Whether the rule can fire on syscall `sc` at all (what the judge's index is built
+    /// from).
+    pub(super) fn is_about(&self, sc: &Syscall) -> bool {
+        !self.is_audit()
+            && (self.syscalls.is_empty() || self.syscalls.contains(&sc.nr))
+            && (self.classes.is_empty() || self.classes.contains(&sc.class))
+            && self
+                .direction
+                .is_none_or(|d| Direction::of(sc.name) == Some(d))
+    }
+
+    /// Whether an audit event named `event` about `subject` matches (never for a syscall
+    /// rule). A rule with subject globs needs a subject.
+    pub(super) fn matches_audit(&self, event: &str, subject: Option<&str>) -> bool {
+        self.audit.iter().any(|a| a == event)
+            && self
+                .subject
+                .as_ref()
+                .is_none_or(|g| subject.is_some_and(|s| g.is_match(s)))
+            && self
+                .subject_not
+                .as_ref()
+                .is_none_or(|g| !subject.is_some_and(|s| g.is_match(s)))
+    }
+
+    /// Whether syscall `sc` of `event`, with `facts`, matches; the caller has checked
+    /// [`Matcher::is_about`] (through the index). A syscall the kernel killed at its entry is
+    /// judged as the act it attempted: as if it had succeeded.
+    pub(super) fn matches(
+        &self,
+        sc: &SyscallEvent,
+        facts: &Facts,
+        event: &Event,
+        ctx: &Context,
+    ) -> bool {
+        (match self.result {
+            ResultCondition::Any => true,
+            ResultCondition::Success => sc.killed || sc.ret.is_some_and(|r| r >= 0),
+            ResultCondition::Failure => !sc.killed && sc.ret.is_some_and(|r| r < 0),
+        }) && (self.flags_any.is_empty() || self.flags_any.iter().any(|f| facts.has_flag(f)))
+            && self
+                .mode_any
+                .is_none_or(|bits| facts.modes.iter().any(|m| m & bits != 0))
+            && (self.family.is_empty()
+                || facts
+                    .families
+                    .iter()
+                    .any(|f| self.family.iter().any(|x| x == f)))
+            && (self.port.is_empty()
+                || facts
+                    .ports
+                    .iter()
+                    .any(|&p| self.port.iter().any(|r| r.contains(p))))
+            && !facts
+                .ports
+                .iter()
+                .any(|&p| self.port_not.iter().any(|r| r.contains(p)))
+            && (self.addr.is_empty()
+                || facts
+                    .addrs
+                    .iter()
+                    .any(|&a| self.addr.iter().any(|r| r.contains(a))))
+            && !facts
+                .addrs
+                .iter()
+                .any(|&a| self.addr_not.iter().any(|r| r.contains(a)))
+            && self
+                .path
+                .as_ref()
+                .is_none_or(|g| facts.paths.iter().any(|p| g.is_match(p.as_ref())))
+            && self
+                .path_not
+                .as_ref()
+                .is_none_or(|g| !facts.paths.iter().any(|p| g.is_match(p.as_ref())))
+            && self.process.hold(event, ctx)
+    }
+}
+
+/// Compiles globs: `*` stays within a directory, `**` crosses directories.
+pub(super) fn globs(patterns: &[String]) -> Result<Option<GlobSet>, String> {
+    if patterns.is_empty() {
+        return Ok(None);
+    }
+    let mut set = GlobSetBuilder::new();
+    for p in patterns {
+        let glob = GlobBuilder::new(p)
+            .literal_separator(true)
+            .build()
+            .map_err(|e| format!("bad glob `{p}`: {e}"))?;
+        set.add(glob);
+    }
+    set.build().map(Some).map_err(|e| e.to_string())
+}
+
+/// `text` as a glob that matches only itself (for values learned from what was seen).
+pub fn glob_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if "*?[]{}\\".contains(c) {
+            out.push('[');
+            out.push(c);
+            out.push(']');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Whether `text` holds glob syntax (else a glob of it matches only itself).
+pub fn is_glob(text: &str) -> bool {
+    text.contains(['*', '?', '[', ']', '{', '}', '\\'])
+}
+
+pub(super) fn ports(items: &[Scalar]) -> Result<Vec<PortRange>, String> {
+    items
+        .iter()
+        .map(|item| match item {
+            Scalar::Number(n) => u16::try_from(*n)
+                .map(|p| PortRange { low: p, high: p })
+                .map_err(|_| format!("`{n}` is not a port (0 to 65535)")),
+            Scalar::Text(t) => PortRange::parse(t),
+        })
+        .collect()
+}
+
+pub(super) fn addrs(items: &[String]) -> Result<Vec<AddrRange>, String> {
+    items.iter().map(|a| AddrRange::parse(a)).collect()
+}
+
+/// What rules look at in one syscall event, gathered once for all rules.
+#[derive(Debug, Default)]
+pub struct Facts<'a> {
+    /// Path arguments and socket file addresses, made absolute (against the cwd) and
+    /// normalised lexically.
+    pub paths: SmallVec<[Cow<'a, str>; 2]>,
+    /// The text of each flags argument (`O_WRONLY|O_CREAT`).
+    pub flags: SmallVec<[&'a str; 2]>,
+    pub modes: SmallVec<[u32; 2]>,
+    pub families: SmallVec<[&'a str; 2]>,
+    pub ports: SmallVec<[u16; 2]>,
+    pub addrs: SmallVec<[IpAddr; 2]>,
+}
+
+impl<'a> Facts<'a> {
+    pub fn of(sc: &'a SyscallEvent, cwd: Option<&str>) -> Self {
+        let mut facts = Facts::default();
+        for (arg, (_, value)) in sc.syscall.args.iter().zip(&sc.args.0) {
+            match (arg.kind, value) {
+                (ArgKind::Path, ArgValue::Str(Some(p))) => facts.paths.push(absolute(p, cwd)),
+                (ArgKind::AddressFamily, ArgValue::Flags { text, .. }) => facts.families.push(text),
+                (_, ArgValue::Flags { text, .. }) => facts.flags.push(text),
+                (_, ArgValue::Mode(m)) => facts.modes.push(*m),
+                (_, ArgValue::SockAddr(Some(addr))) => match addr {
+                    SockAddr::Inet { addr, port } => {
+                        facts.families.push("AF_INET");
+                        facts.ports.push(*port);
+                        facts.addrs.push(IpAddr::V4(*addr));
+                    }
+                    SockAddr::Inet6 { addr, port } => {
+                        facts.families.push("AF_INET6");
+                        facts.ports.push(*port);
+                        facts.addrs.push(canonical(IpAddr::V6(*addr)));
+                    }
+                    SockAddr::Unix { path } => {
+                        facts.families.push("AF_UNIX");
+                        // A socket file is a path too (abstract names start with `@`).
+                        if !path.starts_with('@') {
+                            facts.paths.push(absolute(path, cwd));
+                        }
+                    }
+                    SockAddr::Other { .. } => {}
+                },
+                _ => {}
+            }
+        }
+        // What the paths reached, as the tracer resolved them (a directory fd, a symlink).
+        facts.paths.extend(
+            sc.resolved
+                .iter()
+                .map(|p| std::borrow::Cow::Borrowed(p.as_str())),
+        );
+        facts
+    }
+
+    /// Whether a flags argument holds the flag `name`.
+    pub fn has_flag(&self, name: &str) -> bool {
+        self.flags
+            .iter()
+            .any(|text| text.split('|').any(|f| f == name))
+    }
+}
+
+/// `path` made absolute against `cwd` (when relative and the cwd is known) with `.` and `..`
+/// resolved lexically, so `../../etc/shadow` is seen as `/etc/shadow`. A path that is
+/// absolute and clean already is borrowed as it is.
+pub fn absolute<'p>(path: &'p str, cwd: Option<&str>) -> Cow<'p, str> {
+    if path.starts_with('/') && is_clean(path) {
+        return Cow::Borrowed(path);
+    }
+    let joined = match (path.starts_with('/'), cwd) {
+        (true, _) | (false, None) => Cow::Borrowed(path),
+        (false, Some(cwd)) => Cow::Owned(format!("{cwd}/{path}")),
+    };
+    if !joined.starts_with('/') {
+        return joined;
+    }
+    let mut parts: Vec<&str> = Vec::new();
+    for part in joined.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            p => parts.push(p),
+        }
+    }
+    Cow::Owned(format!("/{}", parts.join("/")))
+}
+
+/// Whether an absolute path has no empty, `.` or `..` component to resolve.
+fn is_clean(path: &str) -> bool {
+    path == "/"
+        || path[1..]
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_and_dotted_paths_are_resolved() {
+        assert_eq!(
+            absolute("../../etc/shadow", Some("/home/u/x")),
+            "/home/etc/shadow"
+        );
+        assert_eq!(
+            absolute("../../../../etc/shadow", Some("/tmp")),
+            "/etc/shadow"
+        );
+        assert_eq!(absolute("/tmp/./a/../../etc//passwd", None), "/etc/passwd");
+        assert_eq!(absolute("x.pkl", None), "x.pkl");
+        assert_eq!(absolute("/etc/passwd/", None), "/etc/passwd");
+        assert!(matches!(absolute("/etc/passwd", None), Cow::Borrowed(_)));
+        assert!(matches!(absolute("/", None), Cow::Borrowed("/")));
+    }
+
+    #[test]
+    fn escaped_globs_match_only_themselves() {
+        let escaped = glob_escape("/srv/m[1]/*.pt");
+        let set = globs(&[escaped]).unwrap().unwrap();
+        assert!(set.is_match("/srv/m[1]/*.pt"));
+        assert!(!set.is_match("/srv/m1/a.pt"));
+        assert!(is_glob("/a/*") && !is_glob("/usr/bin/python3.11"));
+    }
+}
