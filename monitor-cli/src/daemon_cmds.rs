@@ -4,7 +4,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Subcommand};
-use monitor_daemon::client::{self, Client};
+use monitor_api::client::{self, Client};
 use monitor_jobs::render::{printable, printable_lines};
 use monitor_scan::Verdict;
 

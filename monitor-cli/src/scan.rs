@@ -13,7 +13,8 @@ use std::{
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use monitor_daemon::client::{self, Client};
+use monitor_api::client::{self, Client};
+use monitor_api::{ScanAccepted, ScanRequest};
 use monitor_engine::probes::ProbeConfig;
 use monitor_formats::Limits;
 use monitor_jobs::render::{self, Style};
@@ -484,14 +485,14 @@ async fn scan_with_daemon(
         let path = std::fs::canonicalize(artifact)
             .or_else(|_| std::path::absolute(artifact))
             .with_context(|| format!("resolving {}", artifact.display()))?;
-        let request = serde_json::json!({
-            "path": path,
-            "exercise": args.exercise || !args.no_exercise,
-            "audit": args.audit || !args.no_audit,
-            "linger_ms": args.linger.as_millis() as u64,
-            "fail_on": args.fail_on,
-            "timeout_secs": args.timeout.as_secs().max(1),
-        });
+        let request = ScanRequest {
+            exercise: args.exercise || !args.no_exercise,
+            audit: args.audit || !args.no_audit,
+            linger_ms: Some(args.linger.as_millis() as u64),
+            fail_on: Some(args.fail_on),
+            timeout_secs: Some(args.timeout.as_secs().max(1)),
+            ..ScanRequest::new(path.display().to_string())
+        };
         let reply = client.post_json("/v1/scans", &request).await?;
         if reply.status != 202 {
             anyhow::bail!(
@@ -500,10 +501,7 @@ async fn scan_with_daemon(
                 reply.error_message()
             );
         }
-        let id = reply.json()?["id"]
-            .as_str()
-            .context("the daemon's reply has no scan id")?
-            .to_owned();
+        let id = reply.parse::<ScanAccepted>()?.id;
         ids.push((id, artifact.display().to_string()));
     }
     let spinner = io::stderr().is_terminal().then(|| {

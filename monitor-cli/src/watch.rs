@@ -5,10 +5,12 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Subcommand};
-use monitor_daemon::client::{self, Client};
+use monitor_api::client::{self, Client};
+use monitor_api::stream::{Origin, StreamEvent, StreamItem};
+use monitor_api::{LearnRequest, WatchRequest};
 use monitor_jobs::render::printable;
 use monitor_rules::Severity;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// Watch live processes through monitord: a service's cgroup, a process tree, an
 /// executable. Findings stream in as they happen (`watch tail`); a policy can kill the process that does
@@ -176,31 +178,25 @@ async fn watch(args: WatchArgs) -> Result<()> {
                     .filter(|n| n != "none" && !n.is_empty())
                     .collect::<Vec<_>>()
             });
-            let mut body = json!({
-                "name": name,
-                "kill_at": kill_at,
-                "load_window_ms": load_window_ms,
-                "load_grace_ms": load_grace_ms,
-                "learn_secs": learn,
-            });
-            if let Some(path) = policy {
-                let text = std::fs::read_to_string(&path)
-                    .with_context(|| format!("reading the policy {}", path.display()))?;
-                body["policy"] = json!(text);
-            }
-            if let Some(cgroup) = cgroup {
-                body["cgroup"] = json!(cgroup);
-            }
-            if let Some(pid) = pid {
-                body["pid"] = json!(pid);
-            }
-            if let Some(exe) = exe {
+            let policy = policy
+                .map(|path| {
+                    std::fs::read_to_string(&path)
+                        .with_context(|| format!("reading the policy {}", path.display()))
+                })
+                .transpose()?;
+            let body = WatchRequest {
+                name,
+                cgroup,
+                pid,
                 // The daemon resolves nothing against its own working directory.
-                body["exe"] = json!(std::path::absolute(&exe).unwrap_or(exe));
-            }
-            if let Some(k) = kill_in_kernel {
-                body["kill_in_kernel"] = json!(k);
-            }
+                exe: exe.map(|exe| std::path::absolute(&exe).unwrap_or(exe)),
+                kill_at,
+                kill_in_kernel,
+                load_window_ms,
+                load_grace_ms,
+                policy,
+                learn_secs: learn,
+            };
             let reply = client.post_json("/v1/watches", &body).await?;
             if reply.status >= 400 {
                 bail!("{}", reply.error_message());
@@ -216,7 +212,7 @@ async fn watch(args: WatchArgs) -> Result<()> {
             let reply = client
                 .post_json(
                     &format!("/v1/watches/{id}/learn"),
-                    &json!({ "seconds": duration }),
+                    &LearnRequest { seconds: duration },
                 )
                 .await?;
             if reply.status >= 400 {
@@ -286,13 +282,14 @@ async fn watch(args: WatchArgs) -> Result<()> {
         WatchCommand::Tail { watch, all, json } => {
             client
                 .follow("/v1/findings/stream", |data| {
-                    let Ok(item) = serde_json::from_str::<Value>(data) else {
+                    let Ok(item) = serde_json::from_str::<StreamItem>(data) else {
                         return true;
                     };
-                    let from_watch = item["source"] == "watch";
                     let wanted = match &watch {
-                        Some(id) => item["watch_id"].as_str() == Some(id),
-                        None => all || from_watch,
+                        Some(id) => {
+                            matches!(&item.origin, Origin::Watch { watch_id } if watch_id == id)
+                        }
+                        None => all || matches!(item.origin, Origin::Watch { .. }),
                     };
                     if wanted {
                         if json {
@@ -331,48 +328,44 @@ fn describe(w: &Value) -> String {
 }
 
 /// One line of `watch tail`.
-fn line(item: &Value) -> String {
-    let owner = item["watch_id"]
-        .as_str()
-        .or(item["scan_id"].as_str())
-        .unwrap_or("?");
-    if let Some(found) = item.get("discovered") {
-        return format!(
+fn line(item: &StreamItem) -> String {
+    let owner = item.job_id();
+    match &item.event {
+        StreamEvent::Discovered(found) => format!(
             "DISCOVERED [{owner}] pid {} {}: opened {} ({}: {}); watched from now on",
-            found["pid"],
-            found["comm"].as_str().unwrap_or(""),
-            found["path"].as_str().unwrap_or("a model artifact"),
-            found["opened"]["content"]
-                .as_str()
-                .unwrap_or("?")
-                .replace('_', " "),
-            found["opened"]["what"].as_str().unwrap_or("?"),
-        );
-    }
-    if let Some(gap) = item.get("gap") {
-        return format!(
+            found.pid,
+            found.comm,
+            found.path.as_deref().unwrap_or("a model artifact"),
+            found.opened.content.name().replace('_', " "),
+            found.opened.what,
+        ),
+        StreamEvent::Gap(gap) => format!(
             "GAP [{owner}] pid {} {}: opened {} as it was let go of; watched again, its acts in \
              between unseen",
-            gap["pid"],
-            gap["comm"].as_str().unwrap_or(""),
-            gap["path"].as_str().unwrap_or("a model"),
-        );
+            gap.pid, gap.comm, gap.path,
+        ),
+        StreamEvent::Kill(kill) => {
+            let how = match kill["by"].as_str() {
+                Some("kernel") => format!(
+                    "in the kernel at {}",
+                    kill["syscall"].as_str().unwrap_or("?")
+                ),
+                _ => format!("at finding {}", kill["rule"].as_str().unwrap_or("?")),
+            };
+            format!(
+                "KILLED [{owner}] pid {} {} {how}",
+                kill["pid"],
+                kill["comm"].as_str().unwrap_or("")
+            )
+        }
+        StreamEvent::Learned(_) => {
+            format!("LEARNED [{owner}] the learning window ended: the watch enforces its profile")
+        }
+        StreamEvent::Finding(f) => finding_line(owner, f),
     }
-    if let Some(kill) = item.get("kill") {
-        let how = match kill["by"].as_str() {
-            Some("kernel") => format!(
-                "in the kernel at {}",
-                kill["syscall"].as_str().unwrap_or("?")
-            ),
-            _ => format!("at finding {}", kill["rule"].as_str().unwrap_or("?")),
-        };
-        return format!(
-            "KILLED [{owner}] pid {} {} {how}",
-            kill["pid"],
-            kill["comm"].as_str().unwrap_or("")
-        );
-    }
-    let f = &item["finding"];
+}
+
+fn finding_line(owner: &str, f: &Value) -> String {
     let e = &f["event"];
     // A load phase names its model and what bounds it (the descriptor still open, closed
     // within the grace, a fixed window, a process the load started).
@@ -420,7 +413,7 @@ mod tests {
                           "args": {"filename": "/bin/sh"}, "ret": null}
             }
         });
-        let text = line(&item);
+        let text = line(&serde_json::from_value(item.clone()).unwrap());
         assert!(
             text.starts_with("HIGH exec.program BLOCKED [3f0c]"),
             "{text}"
@@ -433,7 +426,7 @@ mod tests {
         serving["finding"]["blocked"] = json!(false);
         serving["finding"]["phase"] = json!("run");
         serving["finding"]["load"] = json!(null);
-        let text = line(&serving);
+        let text = line(&serde_json::from_value(serving).unwrap());
         assert!(text.starts_with("HIGH exec.program [3f0c]") && text.ends_with("(run phase)"));
     }
 }

@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::{Result, bail};
-use monitor_daemon::client::Client;
+use monitor_api::client::Client;
 use support::{Daemon, memory, submit_scan};
 
 /// Scans per batch, and batches.

@@ -18,7 +18,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use monitor_daemon::client::Client;
+use monitor_api::client::Client;
 use monitor_engine::cgroup::{self, JobCgroup};
 use serde_json::{Value, json};
 use support::{Daemon, memory, submit_scan};

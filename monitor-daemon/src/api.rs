@@ -7,6 +7,7 @@
 //! watches, and another's is "not found", as one that does not exist. Requests and queries
 //! with fields the API does not know are refused (400), not half-understood.
 
+use monitor_api::UploadQuery;
 use std::{path::Path, sync::Arc};
 
 use axum::{
@@ -206,30 +207,13 @@ async fn status(
     })))
 }
 
-/// A scan request as a client sends it.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ScanBody {
-    path: String,
-    #[serde(default = "yes")]
-    exercise: bool,
-    #[serde(default = "yes")]
-    audit: bool,
-    #[serde(default)]
-    linger_ms: Option<u64>,
-    #[serde(default)]
-    fail_on: Option<monitor_rules::Severity>,
-    #[serde(default)]
-    timeout_secs: Option<u64>,
-}
-
 async fn submit_scan(
     State(shared): State<Arc<Shared>>,
     caller: Caller,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     caller.require(Role::Scan)?;
-    let body: ScanBody = json_body(body, "a scan request")?;
+    let body: monitor_api::ScanRequest = json_body(body, "a scan request")?;
     let path = Path::new(&body.path);
     if !path.is_absolute()
         || path
@@ -243,12 +227,7 @@ async fn submit_scan(
         ));
     }
     let request = ScanRequest {
-        path: body.path,
-        exercise: body.exercise,
-        audit: body.audit,
-        linger_ms: body.linger_ms,
-        fail_on: body.fail_on,
-        timeout_secs: body.timeout_secs,
+        asked: body,
         uploaded: false,
         owner: Some(caller.creds.clone()),
     };
@@ -256,7 +235,7 @@ async fn submit_scan(
     // is refused here, in the same words as what does not exist.
     let who = OpenAs::User(caller.creds.clone());
     off_runtime(&shared, move |shared| {
-        input::check(Path::new(&request.path), &who)
+        input::check(Path::new(&request.asked.path), &who)
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_path", e.to_string()))?;
         ensure_space(shared, 0)?;
         enqueue(shared, request, None)
@@ -321,22 +300,6 @@ fn enqueue(
     ))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct UploadQuery {
-    /// The artifact's file name (kept for the report; the content decides the format).
-    name: Option<String>,
-    #[serde(default = "yes")]
-    exercise: bool,
-    #[serde(default = "yes")]
-    audit: bool,
-    linger_ms: Option<u64>,
-}
-
-fn yes() -> bool {
-    true
-}
-
 /// The artifact's bytes in the body, written to the state directory as they arrive (never
 /// held whole in memory) and refused the moment they pass `max_artifact_mib`; the daemon
 /// keeps its copy (0600, root's) until the scan is done. A refused upload leaves nothing.
@@ -376,12 +339,12 @@ async fn upload_scan(
     .await?;
     let received = receive(&shared, body, file, limit).await;
     let request = ScanRequest {
-        path: path.display().to_string(),
-        exercise: q.exercise,
-        audit: q.audit,
-        linger_ms: q.linger_ms,
-        fail_on: None,
-        timeout_secs: None,
+        asked: monitor_api::ScanRequest {
+            exercise: q.exercise,
+            audit: q.audit,
+            linger_ms: q.linger_ms,
+            ..monitor_api::ScanRequest::new(path.display().to_string())
+        },
         uploaded: true,
         owner: Some(caller.creds.clone()),
     };

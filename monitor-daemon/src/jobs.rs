@@ -12,7 +12,8 @@ use std::{
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::{
-    FeedItem, Shared,
+    Shared,
+    events::{DaemonEvent, Origin},
     store::{Finished, ScanRequest, StoreError},
 };
 use monitor_formats::Limits;
@@ -85,7 +86,7 @@ async fn run_one(
     marked?;
     let owner = request.owner.as_ref().map(|o| o.uid);
     set_phase(&shared.running, id, owner, None);
-    tracing::info!(scan = %id, path = %request.path, uid = owner, "scan started");
+    tracing::info!(scan = %id, path = %request.asked.path, uid = owner, "scan started");
     let spec = spec_for(shared, request);
     let running = shared.running.clone();
     let mut trace = Vec::new();
@@ -97,14 +98,7 @@ async fn run_one(
             let sent = streamed.entry(finding.rule.clone()).or_default();
             if *sent < MAX_FINDINGS_PER_RULE {
                 *sent += 1;
-                // Nobody listening is fine.
-                let _ = shared.findings_feed.send(FeedItem {
-                    owner,
-                    value: serde_json::json!({
-                        "scan_id": id,
-                        "finding": finding,
-                    }),
-                });
+                DaemonEvent::Finding(finding).emit(shared, &Origin::Scan { id }, owner);
             }
         }
         Progress::Job(Output::Event(event)) => {
@@ -113,7 +107,7 @@ async fn run_one(
             {
                 trace.push(value);
             }
-            shared.metrics.count_event(event);
+            DaemonEvent::Traced(event).emit(shared, &Origin::Scan { id }, owner);
         }
         _ => {}
     })
@@ -121,7 +115,7 @@ async fn run_one(
     shared.metrics.record_scan(&report);
     if request.uploaded {
         // The daemon's own copy of an uploaded artifact: its report is all that stays.
-        let upload = std::path::Path::new(&request.path)
+        let upload = std::path::Path::new(&request.asked.path)
             .parent()
             .map(PathBuf::from);
         if let Some(dir) = upload {
@@ -233,18 +227,18 @@ fn set_phase(scans: &RunningScans, id: &str, owner: Option<u32>, phase: Option<P
 
 fn spec_for(shared: &Shared, request: &ScanRequest) -> ScanSpec {
     let config = &shared.config;
-    let mut spec = ScanSpec::new(PathBuf::from(&request.path));
+    let mut spec = ScanSpec::new(PathBuf::from(&request.asked.path));
     spec.python = config.loader_env.join("bin/python");
     spec.rules = (*shared.rules()).clone();
-    spec.exercise = request.exercise;
-    spec.audit = request.audit;
-    let linger_ms = request.linger_ms.unwrap_or(config.scan_linger_ms);
+    spec.exercise = request.asked.exercise;
+    spec.audit = request.asked.audit;
+    let linger_ms = request.asked.linger_ms.unwrap_or(config.scan_linger_ms);
     spec.linger = Duration::from_millis(linger_ms.min(crate::config::MAX_LINGER_MS));
-    if let Some(fail_on) = request.fail_on {
+    if let Some(fail_on) = request.asked.fail_on {
         spec.fail_on = fail_on;
     }
     let limit = config.scan_timeout_secs;
-    spec.timeout = Duration::from_secs(request.timeout_secs.unwrap_or(limit).clamp(1, limit));
+    spec.timeout = Duration::from_secs(request.asked.timeout_secs.unwrap_or(limit).clamp(1, limit));
     spec.limits = Limits {
         max_size: config.max_artifact_mib.saturating_mul(1 << 20),
     };

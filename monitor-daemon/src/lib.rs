@@ -5,8 +5,8 @@
 
 pub mod api;
 pub mod auth;
-pub mod client;
 pub mod config;
+pub mod events;
 pub mod jobs;
 pub mod metrics;
 mod serve;

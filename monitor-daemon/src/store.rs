@@ -13,57 +13,24 @@ use std::{os::unix::fs::PermissionsExt as _, path::Path, sync::Mutex};
 use rusqlite::{Connection, OptionalExtension as _, params};
 use serde::{Deserialize, Serialize};
 
-/// Where a scan is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Status {
-    Queued,
-    Running,
-    Done,
-    /// The daemon stopped while it ran.
-    Interrupted,
-}
+pub use monitor_api::ScanStatus as Status;
+use monitor_api::stream::{StreamEvent, StreamItem};
 
-impl Status {
-    pub fn name(self) -> &'static str {
-        match self {
-            Status::Queued => "queued",
-            Status::Running => "running",
-            Status::Done => "done",
-            Status::Interrupted => "interrupted",
-        }
-    }
-
-    fn parse(s: &str) -> Status {
-        match s {
-            "queued" => Status::Queued,
-            "running" => Status::Running,
-            "done" => Status::Done,
-            _ => Status::Interrupted,
-        }
+fn parse_status(s: &str) -> Status {
+    match s {
+        "queued" => Status::Queued,
+        "running" => Status::Running,
+        "done" => Status::Done,
+        _ => Status::Interrupted,
     }
 }
 
-/// What was asked for.
+/// A scan as the daemon keeps it: what the caller asked for (the API's request, the same JSON
+/// fields), and what the daemon adds, which a caller cannot send.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ScanRequest {
-    pub path: String,
-    /// Call the loaded model on dummy input (default: yes).
-    #[serde(default = "yes")]
-    pub exercise: bool,
-    /// Add Python audit-hook evidence (default: yes).
-    #[serde(default = "yes")]
-    pub audit: bool,
-    /// How long the loader lingers after the load, in milliseconds (default: the daemon's
-    /// `scan_linger_ms`; at most 60000).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub linger_ms: Option<u64>,
-    /// Severity at which a finding makes the exit code 1 (default high).
-    #[serde(default)]
-    pub fail_on: Option<monitor_rules::Severity>,
-    /// Seconds; at most the daemon's own limit.
-    #[serde(default)]
-    pub timeout_secs: Option<u64>,
+    #[serde(flatten)]
+    pub asked: monitor_api::ScanRequest,
     /// The artifact was uploaded: `path` is the daemon's own copy, removed after the scan.
     #[serde(default)]
     pub uploaded: bool,
@@ -71,10 +38,6 @@ pub struct ScanRequest {
     /// scan is theirs to see. `None` for requests stored before owners were.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<monitor_engine::creds::Credentials>,
-}
-
-fn yes() -> bool {
-    true
 }
 
 /// A scan as the API shows it.
@@ -392,12 +355,12 @@ impl Store {
             .collect::<Result<Vec<_>, _>>()?;
         rows.into_iter()
             .map(|(src, owner, finding)| {
-                let owner_key = if src == "scan" { "scan_id" } else { "watch_id" };
-                Ok(serde_json::json!({
-                    "source": src,
-                    owner_key: owner,
-                    "finding": serde_json::from_str::<serde_json::Value>(&finding)?,
-                }))
+                let finding = StreamEvent::Finding(serde_json::from_str(&finding)?);
+                let item = match src.as_str() {
+                    "scan" => StreamItem::scan(owner, finding),
+                    _ => StreamItem::watch(owner, finding),
+                };
+                Ok(serde_json::to_value(item)?)
             })
             .collect()
     }
@@ -646,7 +609,7 @@ impl RawRecord {
     fn into_record(self, with_report: bool) -> Result<ScanRecord, StoreError> {
         Ok(ScanRecord {
             id: self.id,
-            status: Status::parse(&self.status),
+            status: parse_status(&self.status),
             request: serde_json::from_str(&self.request)?,
             verdict: self.verdict,
             format: self.format,
@@ -679,12 +642,11 @@ mod tests {
 
     fn request(path: &str) -> ScanRequest {
         ScanRequest {
-            path: path.into(),
-            exercise: false,
-            audit: false,
-            linger_ms: None,
-            fail_on: None,
-            timeout_secs: None,
+            asked: monitor_api::ScanRequest {
+                exercise: false,
+                audit: false,
+                ..monitor_api::ScanRequest::new(path)
+            },
             uploaded: false,
             owner: None,
         }

@@ -8,10 +8,13 @@ use std::{
 };
 
 use serde::Serialize;
-use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{FeedItem, Shared, store::WatchRecord};
+use crate::{
+    Shared,
+    events::{DaemonEvent, Origin},
+    store::WatchRecord,
+};
 use monitor_watch::{self as watch, Command, WatchOutput, WatchSpec, WatchSummary};
 
 /// The id of the watch that monitord's `[discovery]` settings start.
@@ -200,8 +203,8 @@ impl Watches {
     }
 }
 
-/// Stores, streams and counts what watch `id` of `owner` reports. Storing waits on the disk:
-/// the runtime is told (`block_in_place`), so that the other tasks of this worker move on.
+/// What watch `id` of `owner` reports, emitted (counted, logged, stored, streamed: see
+/// [`crate::events`]); a changed spec is kept for a restart.
 fn report(
     shared: &Shared,
     id: &str,
@@ -209,110 +212,37 @@ fn report(
     status: &Mutex<WatchStatus>,
     out: WatchOutput<'_>,
 ) {
-    let feed = |value| {
-        // Nobody listening is fine.
-        let _ = shared.findings_feed.send(FeedItem { owner, value });
-    };
-    match out {
-        WatchOutput::Event(event) => {
-            lock(status).events += 1;
-            shared.metrics.count_event(event);
-        }
-        WatchOutput::Finding(finding) => {
-            lock(status).findings += 1;
-            shared.metrics.count_finding(finding, "watch");
-            match serde_json::to_value(finding) {
-                Ok(value) => {
-                    let stored = tokio::task::block_in_place(|| {
-                        shared.store.add_watch_finding(
-                            id,
-                            owner,
-                            &finding.rule,
-                            finding.severity.name(),
-                            &value,
-                        )
-                    });
-                    if let Err(e) = stored {
-                        tracing::error!(watch = %id, error = %e, "storing a finding failed");
-                    }
-                    feed(json!({
-                        "source": "watch",
-                        "watch_id": id,
-                        "finding": value,
-                    }));
-                }
-                Err(e) => tracing::error!(watch = %id, error = %e, "a finding did not serialise"),
-            }
-        }
+    let origin = Origin::Watch { id, status };
+    let event = match out {
+        WatchOutput::Event(event) => DaemonEvent::Traced(event),
+        WatchOutput::Finding(finding) => DaemonEvent::Finding(finding),
         WatchOutput::Discovered {
             event,
             path,
             content,
-        } => {
-            lock(status).discovered += 1;
-            shared.metrics.count_discovered(content);
-            feed(json!({
-                "source": "watch",
-                "watch_id": id,
-                "discovered": {
-                    "pid": event.pid,
-                    "comm": event.comm,
-                    "time_ns": event.time_ns,
-                    "path": path,
-                    "opened": content,
-                },
-            }));
-        }
-        WatchOutput::Released(_) => {
-            // Every Python process is found at its site .pth files and let go of: counted, not
-            // streamed.
-            lock(status).released += 1;
-            shared.metrics.discovery_released.inc();
-        }
-        WatchOutput::Gap { pid, comm, path } => {
-            lock(status).gaps += 1;
-            shared.metrics.discovery_gaps.inc();
-            tracing::warn!(watch = %id, pid, comm, path, "a process let go of had just opened a model: watched again, with a gap");
-            feed(json!({
-                "source": "watch",
-                "watch_id": id,
-                "gap": { "pid": pid, "comm": comm, "path": path },
-            }));
-        }
-        WatchOutput::Lost(records) => {
-            shared.metrics.events_dropped.inc_by(records);
-            tracing::warn!(watch = %id, records, "records of the watch were lost");
-        }
+        } => DaemonEvent::Discovered {
+            event,
+            path,
+            content,
+        },
+        WatchOutput::Released(_) => DaemonEvent::Released,
+        WatchOutput::Gap { pid, comm, path } => DaemonEvent::Gap { pid, comm, path },
+        WatchOutput::Lost(records) => DaemonEvent::Lost(records),
+        WatchOutput::Kill(kill) => DaemonEvent::Kill(kill),
         WatchOutput::Changed { spec, learned } => {
             lock(status).spec = spec.clone();
             if let Err(e) = tokio::task::block_in_place(|| shared.store.update_watch(id, spec)) {
                 tracing::error!(watch = %id, error = %e, "storing the watch failed");
             }
-            if learned {
-                tracing::info!(watch = %id, "learning ended: the watch enforces its profile");
-                feed(json!({
-                    "source": "watch",
-                    "watch_id": id,
-                    "learned": spec.policy.file().profile,
-                }));
+            if !learned {
+                return;
             }
+            DaemonEvent::Learned(
+                serde_json::to_value(&spec.policy.file().profile).unwrap_or_default(),
+            )
         }
-        WatchOutput::Kill(kill) => {
-            lock(status).kills += 1;
-            shared.metrics.processes_killed.inc();
-            tracing::warn!(watch = %id, pid = kill.pid, comm = %kill.comm, by = kill.by, rule = ?kill.rule, syscall = ?kill.syscall, "killed a process");
-            let value = serde_json::to_value(kill).unwrap_or_default();
-            if let Err(e) = tokio::task::block_in_place(|| shared.store.add_watch_kill(id, &value))
-            {
-                tracing::error!(watch = %id, error = %e, "storing a kill failed");
-            }
-            feed(json!({
-                "source": "watch",
-                "watch_id": id,
-                "kill": value,
-            }));
-        }
-    }
+    };
+    event.emit(shared, &origin, owner);
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

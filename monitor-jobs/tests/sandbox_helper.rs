@@ -31,7 +31,10 @@ fn a_confined_job_writes_only_below_its_directories_and_its_status_is_passed_on(
     );
     assert_eq!(out.status.code(), Some(7), "{out:?}");
     assert!(inside.exists(), "the writable directory was writable");
-    assert!(!outside.exists(), "a write outside the writable directory was let through");
+    assert!(
+        !outside.exists(),
+        "a write outside the writable directory was let through"
+    );
 }
 
 #[test]

@@ -386,7 +386,10 @@ mod tests {
             .filter(|e| e.executable)
             .map(|e| e.dest.as_str())
             .collect();
-        assert_eq!(exec, ["bin/monitor-sandbox", "bin/monitorctl", "bin/monitord"]);
+        assert_eq!(
+            exec,
+            ["bin/monitor-sandbox", "bin/monitorctl", "bin/monitord"]
+        );
         assert!(entries(&root, &root.join("no-such-dir"), Vec::new()).is_err());
         fs::remove_dir_all(bins).unwrap();
     }

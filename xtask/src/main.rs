@@ -3,6 +3,7 @@
 mod bench;
 mod compare;
 mod corpus;
+mod crate_graph;
 mod dist;
 mod dist_check;
 mod fuzz_api;
@@ -41,6 +42,9 @@ enum Task {
     LoaderEnv,
     /// Set up, then scan the bundled example: a pickle whose loading runs a command.
     Demo,
+    /// Redraw README.md's picture of the workspace's crates and their dependencies (from
+    /// `cargo metadata`; a unit test checks it is current).
+    CrateGraph,
     /// Set up, build the corpus, then run every test (root: tests load real probes and scan
     /// real artifacts), rustfmt, clippy, and `cargo xtask dist`'s checks.
     Test,
@@ -99,6 +103,7 @@ fn main() -> Result<()> {
         Task::Setup => setup::all(),
         Task::Build => setup::build(),
         Task::LoaderEnv => loader_env::ensure(),
+        Task::CrateGraph => crate_graph::write(),
         Task::Corpus { out } => {
             loader_env::ensure()?;
             corpus::ensure(&out.unwrap_or_else(corpus::default_dir)).map(drop)

@@ -7,7 +7,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use monitor_daemon::client::Client;
+use monitor_api::client::Client;
 
 /// A running monitord, killed when dropped.
 pub struct Daemon {

@@ -9,6 +9,8 @@ use hyper::{Method, Request, body::Bytes};
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
 
+use crate::ErrorReply;
+
 /// Where monitord listens unless configured otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/monitor/monitord.sock";
 
@@ -35,12 +37,25 @@ impl Reply {
         serde_json::from_slice(&self.body).context("the daemon's reply is not JSON")
     }
 
+    /// The reply as the API's type for it.
+    pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_slice(&self.body).with_context(|| {
+            format!(
+                "the daemon's reply is not a {}: {}",
+                std::any::type_name::<T>()
+                    .rsplit("::")
+                    .next()
+                    .unwrap_or("reply"),
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
     /// The daemon's error message, when the reply is one.
     pub fn error_message(&self) -> String {
-        self.json()
-            .ok()
-            .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
-            .unwrap_or_else(|| String::from_utf8_lossy(&self.body).into_owned())
+        self.parse::<ErrorReply>()
+            .map(|e| e.error.message)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&self.body).into_owned())
     }
 }
 
@@ -57,7 +72,7 @@ impl Client {
         self.request(Method::GET, path, None).await
     }
 
-    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> Result<Reply> {
+    pub async fn post_json(&self, path: &str, body: &impl serde::Serialize) -> Result<Reply> {
         self.request(Method::POST, path, Some(serde_json::to_vec(body)?))
             .await
     }

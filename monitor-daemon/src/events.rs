@@ -1,0 +1,191 @@
+//! What happens in the daemon that someone outside must hear of, each kind one variant of
+//! [`DaemonEvent`], and one [`DaemonEvent::emit`] that counts it for /metrics, logs it, keeps
+//! it in the store and streams it: a new kind of event is written in one place, and the
+//! metrics, the log, the store and the stream cannot disagree about what happened.
+
+use std::sync::Mutex;
+
+use monitor_api::stream::{self, StreamEvent, StreamItem};
+use monitor_engine::trace::Event;
+use monitor_rules::Finding;
+use monitor_watch::{Kill, content::Content};
+
+use crate::{FeedItem, Shared, watches::WatchStatus};
+
+/// Whose an event is.
+pub enum Origin<'a> {
+    Scan {
+        id: &'a str,
+    },
+    Watch {
+        id: &'a str,
+        /// The watch's counters, shown by `GET /v1/watches/{id}`.
+        status: &'a Mutex<WatchStatus>,
+    },
+}
+
+/// Something a scan or a watch did that the outside hears of.
+pub enum DaemonEvent<'a> {
+    /// A traced record, judged (counted only: the report or nobody keeps it).
+    Traced(&'a Event),
+    /// A rule matched. A scan's findings are stored and counted with its report (which also
+    /// counts those it did not keep); this streams the ones it keeps.
+    Finding(&'a Finding),
+    /// A watch's policy killed a process.
+    Kill(&'a Kill),
+    /// Discovery found a process opening a model file, and watches it from now on.
+    Discovered {
+        event: &'a Event,
+        path: Option<&'a str>,
+        content: &'a Content,
+    },
+    /// Discovery let a process go early: nothing it opened could load a model.
+    Released,
+    /// A process discovery had let go of opened a model as it was let go of.
+    Gap {
+        pid: u32,
+        comm: &'a str,
+        path: &'a str,
+    },
+    /// Records of the job the ring buffer or the router could not keep.
+    Lost(u64),
+    /// A learning watch's window ended: it enforces `profile` from now on.
+    Learned(serde_json::Value),
+}
+
+impl DaemonEvent<'_> {
+    /// Counts, logs, stores and streams the event, as its kind requires. Storing waits on the
+    /// disk: the runtime is told (`block_in_place`), so that the other tasks of this worker
+    /// move on.
+    pub fn emit(self, shared: &Shared, origin: &Origin<'_>, owner: Option<u32>) {
+        let (scan, watch) = match origin {
+            Origin::Scan { id } => (Some(*id), None),
+            Origin::Watch { id, status } => (None, Some((*id, *status))),
+        };
+        let job = scan.or(watch.map(|w| w.0)).unwrap_or_default();
+        let bump = |f: fn(&mut WatchStatus)| {
+            if let Some((_, status)) = watch {
+                f(&mut status.lock().unwrap_or_else(|p| p.into_inner()));
+            }
+        };
+        let metrics = &shared.metrics;
+        let streamed = match self {
+            DaemonEvent::Traced(event) => {
+                bump(|s| s.events += 1);
+                metrics.count_event(event);
+                None
+            }
+            DaemonEvent::Finding(finding) => {
+                let value = match serde_json::to_value(finding) {
+                    Ok(value) => value,
+                    Err(e) => {
+                        tracing::error!(job, error = %e, "a finding did not serialise");
+                        return;
+                    }
+                };
+                if let Some((id, _)) = watch {
+                    bump(|s| s.findings += 1);
+                    metrics.count_finding(finding, "watch");
+                    store(job, || {
+                        shared.store.add_watch_finding(
+                            id,
+                            owner,
+                            &finding.rule,
+                            finding.severity.name(),
+                            &value,
+                        )
+                    });
+                }
+                Some(StreamEvent::Finding(value))
+            }
+            DaemonEvent::Kill(kill) => {
+                bump(|s| s.kills += 1);
+                metrics.processes_killed.inc();
+                tracing::warn!(watch = job, pid = kill.pid, comm = %kill.comm, by = kill.by, rule = ?kill.rule, syscall = ?kill.syscall, "killed a process");
+                let value = serde_json::to_value(kill).unwrap_or_default();
+                store(job, || shared.store.add_watch_kill(job, &value));
+                Some(StreamEvent::Kill(value))
+            }
+            DaemonEvent::Discovered {
+                event,
+                path,
+                content,
+            } => {
+                bump(|s| s.discovered += 1);
+                metrics.count_discovered(content);
+                tracing::info!(watch = job, pid = event.pid, comm = %event.comm, path, "discovered a process opening a model");
+                Some(StreamEvent::Discovered(stream::Discovered {
+                    pid: event.pid,
+                    comm: event.comm.to_string(),
+                    time_ns: event.time_ns,
+                    path: path.map(str::to_owned),
+                    opened: opened(content),
+                }))
+            }
+            DaemonEvent::Released => {
+                // Every Python process is found at its site .pth files and let go of: counted,
+                // not streamed.
+                bump(|s| s.released += 1);
+                metrics.discovery_released.inc();
+                None
+            }
+            DaemonEvent::Gap { pid, comm, path } => {
+                bump(|s| s.gaps += 1);
+                metrics.discovery_gaps.inc();
+                tracing::warn!(
+                    watch = job,
+                    pid,
+                    comm,
+                    path,
+                    "a process let go of had just opened a model: watched again, with a gap"
+                );
+                Some(StreamEvent::Gap(stream::Gap {
+                    pid,
+                    comm: comm.to_owned(),
+                    path: path.to_owned(),
+                }))
+            }
+            DaemonEvent::Lost(records) => {
+                metrics.events_dropped.inc_by(records);
+                tracing::warn!(job, records, "records of the job were lost");
+                None
+            }
+            DaemonEvent::Learned(profile) => {
+                tracing::info!(
+                    watch = job,
+                    "learning ended: the watch enforces its profile"
+                );
+                Some(StreamEvent::Learned(profile))
+            }
+        };
+        if let Some(event) = streamed {
+            let item = match origin {
+                Origin::Scan { id } => StreamItem::scan(*id, event),
+                Origin::Watch { id, .. } => StreamItem::watch(*id, event),
+            };
+            match serde_json::to_value(item) {
+                // Nobody listening is fine.
+                Ok(value) => drop(shared.findings_feed.send(FeedItem { owner, value })),
+                Err(e) => tracing::error!(job, error = %e, "a stream item did not serialise"),
+            }
+        }
+    }
+}
+
+fn store<E: std::fmt::Display>(job: &str, write: impl FnOnce() -> Result<(), E>) {
+    if let Err(e) = tokio::task::block_in_place(write) {
+        tracing::error!(job, error = %e, "storing an event failed");
+    }
+}
+
+fn opened(content: &Content) -> stream::Opened {
+    let (content, what) = match content {
+        Content::Model(what) => (stream::Content::Model, what),
+        Content::NoModel(what) => (stream::Content::NoModel, what),
+        Content::Unknown(what) => (stream::Content::Unknown, what),
+    };
+    stream::Opened {
+        content,
+        what: what.clone(),
+    }
+}
