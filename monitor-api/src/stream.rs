@@ -84,6 +84,19 @@ pub struct Gap {
     pub path: String,
 }
 
+impl StreamEvent {
+    /// The event's key in the item (`finding`, `kill`, ...).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StreamEvent::Finding(_) => "finding",
+            StreamEvent::Kill(_) => "kill",
+            StreamEvent::Discovered(_) => "discovered",
+            StreamEvent::Gap(_) => "gap",
+            StreamEvent::Learned(_) => "learned",
+        }
+    }
+}
+
 impl StreamItem {
     pub fn scan(scan_id: impl Into<String>, event: StreamEvent) -> Self {
         StreamItem {

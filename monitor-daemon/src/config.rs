@@ -63,6 +63,8 @@ pub struct Config {
     pub roles: RolesConfig,
     /// Watching any process on the host that opens a model artifact.
     pub discovery: DiscoveryConfig,
+    /// Every finding, kill, discovery and scan verdict as JSON lines, for a log shipper.
+    pub export: crate::export::ExportConfig,
 }
 
 /// `[roles]`: the users and groups (by name) that hold each role. A caller holds the highest
@@ -211,6 +213,7 @@ impl Default for Config {
             max_connections_per_user: 32,
             roles: RolesConfig::default(),
             discovery: DiscoveryConfig::default(),
+            export: Default::default(),
         }
     }
 }
@@ -254,6 +257,7 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.export.validate().map_err(ConfigError::Invalid)?;
         if let Some(addr) = self.metrics_listen
             && !addr.ip().is_loopback()
             && !self.metrics_listen_allow_non_loopback

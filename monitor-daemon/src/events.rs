@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use monitor_api::stream::{self, StreamEvent, StreamItem};
 use monitor_engine::trace::Event;
 use monitor_rules::Finding;
+use monitor_scan::ScanReport;
 use monitor_watch::{Kill, content::Content};
 
 use crate::{FeedItem, Shared, watches::WatchStatus};
@@ -51,6 +52,9 @@ pub enum DaemonEvent<'a> {
     Lost(u64),
     /// A learning watch's window ended: it enforces `profile` from now on.
     Learned(serde_json::Value),
+    /// A scan ended with this report (stored next): its verdict and every finding it keeps,
+    /// of every source (kernel, audit, static), exported; its counts counted.
+    ScanFinished(&'a ScanReport),
 }
 
 impl DaemonEvent<'_> {
@@ -157,19 +161,67 @@ impl DaemonEvent<'_> {
                 );
                 Some(StreamEvent::Learned(profile))
             }
+            DaemonEvent::ScanFinished(report) => {
+                metrics.record_scan(report);
+                tracing::info!(
+                    scan = job,
+                    verdict = report.verdict.name(),
+                    findings = report.findings.len(),
+                    ms = report.duration_ms,
+                    "scan finished"
+                );
+                export_scan(shared, job, owner, report);
+                None
+            }
         };
         if let Some(event) = streamed {
+            // A scan's findings are exported with its verdict, all sources together.
+            let exported = watch.is_some();
+            let kind = event.kind();
             let item = match origin {
                 Origin::Scan { id } => StreamItem::scan(*id, event),
                 Origin::Watch { id, .. } => StreamItem::watch(*id, event),
             };
             match serde_json::to_value(item) {
-                // Nobody listening is fine.
-                Ok(value) => drop(shared.findings_feed.send(FeedItem { owner, value })),
+                Ok(value) => {
+                    if exported {
+                        shared.export.export(kind, value.clone());
+                    }
+                    // Nobody listening is fine.
+                    drop(shared.findings_feed.send(FeedItem { owner, value }));
+                }
                 Err(e) => tracing::error!(job, error = %e, "a stream item did not serialise"),
             }
         }
     }
+}
+
+/// A scan's findings as /v1/findings has them (each an item of the stream's shape), then its
+/// verdict.
+fn export_scan(shared: &Shared, id: &str, owner: Option<u32>, report: &ScanReport) {
+    let findings = (report.findings.iter().map(serde_json::to_value))
+        .chain(report.audit_findings.iter().map(serde_json::to_value))
+        .chain(report.static_findings.iter().map(serde_json::to_value));
+    for finding in findings.flatten() {
+        let item = StreamItem::scan(id, StreamEvent::Finding(finding));
+        if let Ok(value) = serde_json::to_value(item) {
+            shared.export.export("finding", value);
+        }
+    }
+    shared.export.export(
+        "verdict",
+        serde_json::json!({
+            "source": "scan",
+            "scan_id": id,
+            "owner_uid": owner,
+            "path": report.artifact.path,
+            "format": report.artifact.format,
+            "verdict": report.verdict.name(),
+            "exit_code": report.exit_code,
+            "counts": report.counts,
+            "duration_ms": report.duration_ms,
+        }),
+    );
 }
 
 fn store<E: std::fmt::Display>(job: &str, write: impl FnOnce() -> Result<(), E>) {

@@ -112,7 +112,7 @@ async fn run_one(
         _ => {}
     })
     .await;
-    shared.metrics.record_scan(&report);
+    DaemonEvent::ScanFinished(&report).emit(shared, &Origin::Scan { id }, owner);
     if request.uploaded {
         // The daemon's own copy of an uploaded artifact: its report is all that stays.
         let upload = std::path::Path::new(&request.asked.path)
@@ -130,13 +130,7 @@ async fn run_one(
         blocking(move || store_report(&shared, &id, &report, trace)).await
     };
     stored?;
-    tracing::info!(
-        scan = %id,
-        verdict = verdict.name(),
-        findings,
-        ms,
-        "scan finished"
-    );
+    tracing::debug!(scan = %id, verdict = verdict.name(), findings, ms, "scan stored");
     Ok(())
 }
 

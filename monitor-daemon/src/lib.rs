@@ -7,6 +7,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod events;
+pub mod export;
 pub mod jobs;
 pub mod metrics;
 mod serve;
@@ -46,6 +47,8 @@ pub struct Shared {
     pub roles: auth::Roles,
     /// Becomes true when the daemon stops, ending the streams that would keep it serving.
     pub stopping: tokio::sync::watch::Sender<bool>,
+    /// `[export]`: the JSON lines of what happened, for a log shipper.
+    pub export: export::Exporter,
 }
 
 /// One item of the findings feed: what the stream shows, and whose it is (a scan's or a
@@ -156,6 +159,8 @@ pub async fn run(config: Config) -> Result<()> {
     let roles = auth::Roles::resolve(&config.roles);
     let mut metrics = metrics::Metrics::default();
     metrics.collect_from(router.clone());
+    let export = export::Exporter::start(&config.export, metrics.export_dropped.clone())
+        .with_context(|| format!("starting the export ({:?})", config.export.path))?;
     let shared = Arc::new(Shared {
         config,
         store,
@@ -168,6 +173,7 @@ pub async fn run(config: Config) -> Result<()> {
         findings_feed: tokio::sync::broadcast::channel(1024).0,
         roles,
         stopping: tokio::sync::watch::channel(false).0,
+        export,
     });
     for item in requeued {
         shared.metrics.queue_depth.inc();
@@ -248,6 +254,8 @@ pub async fn run(config: Config) -> Result<()> {
         tracing::warn!("scans were still running; they will be reported as interrupted");
     }
     worker.abort();
+    // What was emitted is written before the daemon exits.
+    shared.export.close();
     Ok(())
 }
 

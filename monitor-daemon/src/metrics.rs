@@ -106,6 +106,8 @@ pub struct Metrics {
     pub discovered: Family<ContentLabels, Counter>,
     pub discovery_released: Counter,
     pub discovery_gaps: Counter,
+    /// Export lines that found no room in the writer's queue.
+    pub export_dropped: Counter,
     pub watches_active: Gauge,
     pub store_errors: Counter,
     pub probes_tampered: Gauge,
@@ -177,6 +179,13 @@ impl Default for Metrics {
              in the instant before it: their syscalls in between were not seen",
             discovery_gaps.clone(),
         );
+        let export_dropped = Counter::default();
+        registry.register(
+            "export_dropped",
+            "Export lines (findings, kills, discoveries, verdicts) dropped because the export \
+             writer had fallen too far behind",
+            export_dropped.clone(),
+        );
         let events_dropped = Counter::default();
         registry.register(
             "events_dropped",
@@ -239,6 +248,7 @@ impl Default for Metrics {
             discovered,
             discovery_released,
             discovery_gaps,
+            export_dropped,
             watches_active,
             store_errors,
             probes_tampered,

@@ -790,6 +790,8 @@ fn spawn_in(cgroup: &Path, script: &str) -> Child {
 
 /// A watch added over the API reports live, kills by policy, survives a restart, and goes
 /// when removed; bad watch requests get their 4xx.
+/// Also the export: every finding of the watch and of two scans, before and after the
+/// restart, is in the exported JSON lines once, across many rotations.
 #[test]
 fn a_live_watch_reports_kills_and_survives_a_restart() {
     use std::os::unix::process::ExitStatusExt as _;
@@ -830,7 +832,16 @@ fn a_live_watch_reports_kills_and_survives_a_restart() {
         ),
     );
 
+    // Rotated every few lines, every file kept.
+    let export = dir.path().join("export/events.jsonl");
+    std::fs::write(
+        dir.path().join("extra-config.toml"),
+        format!("[export]\npath = {export:?}\nmax_file_kib = 1\nkeep_files = 10000\n"),
+    )
+    .unwrap();
+    let malicious = pickle(dir.path(), "evil.pkl", "cposix\nsystem\n(Vid\ntR.");
     let daemon = Daemon::start(dir.path());
+    let mut scans = vec![daemon.submit(&malicious)];
     let mut stream = open_stream(&daemon);
     let (status, watch) = daemon.json(
         "POST",
@@ -905,8 +916,90 @@ fn a_live_watch_reports_kills_and_survives_a_restart() {
     assert_eq!(status, 204);
     let (status, _) = daemon.http("DELETE", &format!("/v1/watches/{id}"), b"");
     assert_eq!(status, 404);
+
+    scans.push(daemon.submit(&malicious));
+    for scan in &scans {
+        assert_eq!(daemon.wait(scan)["verdict"], "malicious");
+    }
+    let (_, stored) = daemon.json("GET", "/v1/findings?limit=500", &Value::Null);
     daemon.stop();
     drop(cgroup);
+
+    let lines = exported_lines(&export);
+    for line in &lines {
+        assert!(
+            line["time"]
+                .as_str()
+                .is_some_and(|t| t.len() == 24 && t.ends_with('Z'))
+                && line["host"].as_str().is_some_and(|h| !h.is_empty()),
+            "{line}"
+        );
+    }
+    let of_kind =
+        |kind: &str| -> Vec<&Value> { lines.iter().filter(|l| l["kind"] == kind).collect() };
+    // The findings as the API keeps them and as they were exported: the same, each once.
+    let key = |item: &Value| {
+        let mut item = item.clone();
+        for field in ["time", "host", "kind"] {
+            item.as_object_mut().unwrap().remove(field);
+        }
+        item.to_string()
+    };
+    let mut kept: Vec<String> = stored["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(key)
+        .collect();
+    let mut sent: Vec<String> = of_kind("finding").into_iter().map(key).collect();
+    kept.sort();
+    sent.sort();
+    assert!(
+        kept.iter().any(|f| f.contains("\"watch_id\""))
+            && kept.iter().any(|f| f.contains("\"scan_id\"")),
+        "{kept:?}"
+    );
+    assert_eq!(
+        sent, kept,
+        "exported findings (left) and stored ones (right)"
+    );
+    let verdicts: Vec<&str> = of_kind("verdict")
+        .iter()
+        .map(|v| v["scan_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(verdicts, scans, "one verdict per scan, in order");
+    assert_eq!(of_kind("kill").len(), 2, "{lines:?}");
+    assert!(
+        std::fs::read_dir(export.parent().unwrap()).unwrap().count() > 3,
+        "the export was rotated"
+    );
+}
+
+/// The export's lines, oldest file first (`.N`, ..., `.1`, the file itself).
+fn exported_lines(export: &Path) -> Vec<Value> {
+    let mut files: Vec<(u32, std::path::PathBuf)> = std::fs::read_dir(export.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .map(|p| {
+            let n = p
+                .extension()
+                .and_then(|e| e.to_str())
+                .and_then(|e| e.parse().ok())
+                .unwrap_or(0);
+            (n, p)
+        })
+        .collect();
+    files.sort_by_key(|(n, _)| std::cmp::Reverse(*n));
+    files
+        .iter()
+        .flat_map(|(_, p)| {
+            std::fs::read_to_string(p)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+                .collect::<Vec<Value>>()
+        })
+        .collect()
 }
 
 /// With `[discovery]` on, a Python process that unpickles a malicious file from a directory
