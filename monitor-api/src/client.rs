@@ -59,13 +59,57 @@ impl Reply {
     }
 }
 
+/// Why no client could be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("no daemon answers at {socket} (start monitord, or pass --socket)")]
+    NoDaemon { socket: String },
+    #[error(
+        "monitord's socket {socket} refuses this user (permission denied): the socket's group \
+         (`monitor`) may connect; ask an administrator to add you, or run as root"
+    )]
+    PermissionDenied { socket: String },
+    #[error("connecting to monitord at {socket}: {source}")]
+    Other {
+        socket: String,
+        source: std::io::Error,
+    },
+}
+
+impl ConnectError {
+    /// Whether nothing listens there (as opposed to a daemon that refuses us).
+    pub fn no_daemon(&self) -> bool {
+        matches!(self, ConnectError::NoDaemon { .. })
+    }
+}
+
+/// `text` as one path segment of a request's URL: an id that holds `/`, `?`, `%` or a space
+/// stays one segment and means itself.
+pub fn segment(text: &str) -> String {
+    percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
 impl Client {
-    /// A client, if a daemon answers on `socket`.
-    pub async fn connect(socket: &Path) -> Option<Client> {
-        UnixStream::connect(socket).await.ok()?;
-        Some(Client {
-            socket: socket.to_path_buf(),
-        })
+    /// A client of the daemon on `socket`, if one answers there and lets us in.
+    pub async fn connect(socket: &Path) -> Result<Client, ConnectError> {
+        let shown = socket.display().to_string();
+        match UnixStream::connect(socket).await {
+            Ok(_) => Ok(Client {
+                socket: socket.to_path_buf(),
+            }),
+            Err(e) => Err(match e.kind() {
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+                    ConnectError::NoDaemon { socket: shown }
+                }
+                std::io::ErrorKind::PermissionDenied => {
+                    ConnectError::PermissionDenied { socket: shown }
+                }
+                _ => ConnectError::Other {
+                    socket: shown,
+                    source: e,
+                },
+            }),
+        }
     }
 
     pub async fn get(&self, path: &str) -> Result<Reply> {

@@ -105,3 +105,14 @@ pub fn release_in_background(probes: Probes) {
         Err(_) => drop(probes),
     }
 }
+
+/// A table for the terminal: a header and aligned columns, no borders (easy to read, to
+/// `grep` and to `awk`).
+pub fn table<const N: usize>(header: [&str; N]) -> comfy_table::Table {
+    let mut table = comfy_table::Table::new();
+    table
+        .load_preset(comfy_table::presets::NOTHING)
+        .set_content_arrangement(comfy_table::ContentArrangement::Disabled)
+        .set_header(header);
+    table
+}

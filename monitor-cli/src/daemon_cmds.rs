@@ -29,6 +29,15 @@ pub struct DaemonArgs {
     socket: Option<PathBuf>,
 }
 
+#[derive(Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+    /// The daemon's answer as it is (JSON), for programs.
+    #[arg(long)]
+    pub json: bool,
+}
+
 #[derive(Subcommand)]
 pub enum ReportsCommand {
     /// Scans, newest first.
@@ -65,7 +74,7 @@ pub enum RulesCommand {
 }
 
 pub enum Request {
-    Status,
+    Status { json: bool },
     Reports(ReportsCommand),
     Rules(RulesCommand),
 }
@@ -76,17 +85,12 @@ pub fn main(args: DaemonArgs, request: Request) -> ExitCode {
 
 async fn ask(args: DaemonArgs, request: Request) -> Result<()> {
     let socket = client::socket_path(args.socket.as_deref());
-    let client = Client::connect(&socket).await.with_context(|| {
-        format!(
-            "no daemon answers at {} (start monitord, or pass --socket)",
-            socket.display()
-        )
-    })?;
+    let client = Client::connect(&socket).await?;
     if let Request::Reports(ReportsCommand::Export { verdict, output }) = &request {
         return export(&client, verdict.as_deref(), output.as_deref()).await;
     }
     let (path, post) = match &request {
-        Request::Status => ("/v1/status".to_string(), false),
+        Request::Status { .. } => ("/v1/status".to_string(), false),
         Request::Reports(ReportsCommand::List { verdict, limit }) => {
             let filter = verdict
                 .as_ref()
@@ -95,7 +99,11 @@ async fn ask(args: DaemonArgs, request: Request) -> Result<()> {
             (format!("/v1/scans?limit={limit}{filter}"), false)
         }
         Request::Reports(ReportsCommand::Show { id, format }) => (
-            format!("/v1/scans/{id}/report?format={}", format.name()),
+            format!(
+                "/v1/scans/{}/report?format={}",
+                client::segment(id),
+                format.name()
+            ),
             false,
         ),
         Request::Reports(ReportsCommand::Export { .. }) => unreachable!("handled above"),
@@ -113,19 +121,21 @@ async fn ask(args: DaemonArgs, request: Request) -> Result<()> {
     match request {
         Request::Reports(ReportsCommand::List { .. }) => {
             let list = reply.json()?;
-            println!("{:<36}  {:<11}  {:<13}  path", "id", "verdict", "format");
+            let mut table = crate::common::table(["id", "verdict", "format", "path"]);
             for scan in list["scans"].as_array().into_iter().flatten() {
-                println!(
-                    "{:<36}  {:<11}  {:<13}  {}",
-                    scan["id"].as_str().unwrap_or("?"),
+                table.add_row([
+                    printable(scan["id"].as_str().unwrap_or("?")).into_owned(),
                     scan["verdict"]
                         .as_str()
-                        .unwrap_or(scan["status"].as_str().unwrap_or("?")),
-                    scan["format"].as_str().unwrap_or("-"),
-                    printable(scan["request"]["path"].as_str().unwrap_or("?")),
-                );
+                        .unwrap_or(scan["status"].as_str().unwrap_or("?"))
+                        .to_owned(),
+                    scan["format"].as_str().unwrap_or("-").to_owned(),
+                    printable(scan["request"]["path"].as_str().unwrap_or("?")).into_owned(),
+                ]);
             }
+            println!("{table}");
         }
+        Request::Status { json: false } => print!("{}", status_text(&reply.json()?)),
         Request::Reports(ReportsCommand::Show {
             format: ReportFormat::Text,
             ..
@@ -135,18 +145,113 @@ async fn ask(args: DaemonArgs, request: Request) -> Result<()> {
             print!("{}", printable_lines(&String::from_utf8_lossy(&reply.body)));
         }
         Request::Rules(RulesCommand::List) => {
+            let mut table = crate::common::table(["rule", "severity", "description"]);
             for rule in reply.json()?["rules"].as_array().into_iter().flatten() {
-                println!(
-                    "{:<28} {:<9} {}",
-                    printable(rule["id"].as_str().unwrap_or("?")),
-                    rule["severity"].as_str().unwrap_or("?"),
-                    printable(rule["description"].as_str().unwrap_or(""))
-                );
+                table.add_row([
+                    printable(rule["id"].as_str().unwrap_or("?")).into_owned(),
+                    rule["severity"].as_str().unwrap_or("?").to_owned(),
+                    printable(rule["description"].as_str().unwrap_or("")).into_owned(),
+                ]);
             }
+            println!("{table}");
         }
         _ => println!("{}", serde_json::to_string_pretty(&reply.json()?)?),
     }
     Ok(())
+}
+
+/// `/v1/status` for people: one line per part of the daemon, what needs attention first.
+fn status_text(status: &serde_json::Value) -> String {
+    use std::fmt::Write as _;
+    let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+    let probes = &status["probes"];
+    let counters = &probes["counters"];
+    let mut out = String::new();
+    let mut line = |label: &str, text: String| {
+        let _ = writeln!(out, "{label:<10}{text}");
+    };
+    line(
+        "monitord",
+        format!(
+            "{} on Linux {}",
+            status["version"].as_str().unwrap_or("?"),
+            status["kernel"].as_str().unwrap_or("?")
+        ),
+    );
+    line(
+        "you",
+        format!(
+            "uid {}, role {}",
+            status["caller"]["uid"],
+            status["caller"]["role"].as_str().unwrap_or("none")
+        ),
+    );
+    let missing = probes["missing"].as_array().map_or(0, Vec::len);
+    line(
+        "probes",
+        format!(
+            "{} attached, {missing} missing{}{}",
+            probes["attached"]
+                .as_array()
+                .map_or(n(&probes["attached"]) as usize, Vec::len),
+            match n(&probes["checks_that_found_tampering"]) {
+                0 => String::new(),
+                k => format!(", TAMPERED WITH ({k} checks found it; see --json)"),
+            },
+            match probes["state"].as_str() {
+                Some(state) => format!(", hooks {state}"),
+                None => String::new(),
+            }
+        ),
+    );
+    if counters.is_object() && counters.get("error").is_none() {
+        line(
+            "kernel",
+            format!(
+                "{} records written, {} dropped, {} unreadable; {} processes followed",
+                n(&counters["events"]),
+                n(&counters["dropped"]),
+                n(&counters["read_errors"]),
+                n(&counters["followed"])
+            ),
+        );
+    }
+    let running = status["running"].as_array().cloned().unwrap_or_default();
+    line(
+        "scans",
+        format!(
+            "{} running, {} queued (at most {} at once){}",
+            running.len(),
+            n(&status["queue_depth"]),
+            n(&status["max_concurrent_scans"]),
+            running
+                .iter()
+                .map(|r| format!(
+                    "\n          {} {}",
+                    printable(r["id"].as_str().unwrap_or("?")),
+                    r["phase"].as_str().unwrap_or("starting")
+                ))
+                .collect::<String>()
+        ),
+    );
+    line(
+        "watches",
+        format!("{} active", n(&status["watches_active"])),
+    );
+    line("rules", format!("{} in force", n(&status["rules"])));
+    line(
+        "loader",
+        format!(
+            "{} ({})",
+            printable(status["loader_env"]["python"].as_str().unwrap_or("?")),
+            if status["loader_env"]["present"] == true {
+                "present"
+            } else {
+                "MISSING: scans fail; `cargo xtask loader-env`"
+            }
+        ),
+    );
+    out
 }
 
 /// Pages through the scans and writes each finished report as one JSON line.
@@ -177,7 +282,10 @@ async fn export(
         let scans = list["scans"].as_array().cloned().unwrap_or_default();
         for scan in &scans {
             let id = scan["id"].as_str().unwrap_or_default();
-            let record = client.get(&format!("/v1/scans/{id}")).await?.json()?;
+            let record = client
+                .get(&format!("/v1/scans/{}", client::segment(id)))
+                .await?
+                .json()?;
             if !record["report"].is_null() {
                 serde_json::to_writer(&mut out, &record["report"])?;
                 writeln!(out)?;

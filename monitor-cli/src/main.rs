@@ -32,7 +32,7 @@ enum Command {
     Watch(watch::WatchArgs),
     /// What monitord is doing: kernel, probes, queue, the scans running, watches, the loader
     /// environment.
-    Status(daemon_cmds::DaemonArgs),
+    Status(daemon_cmds::StatusArgs),
     /// The reports monitord keeps.
     Reports {
         #[command(flatten)]
@@ -52,8 +52,13 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Print the manual page (roff): `monitorctl man | man -l -`.
-    Man,
+    /// Print the manual page (roff): `monitorctl man | man -l -`; with --out-dir, write a page
+    /// for monitorctl and one for every subcommand (monitorctl-scan.1, monitorctl-watch-add.1,
+    /// ...) into DIR, as the packages install them.
+    Man {
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<std::path::PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -63,7 +68,10 @@ fn main() -> ExitCode {
         Command::Scan(args) => scan::main(args),
         Command::Run(args) => run::main(args),
         Command::Watch(args) => watch::main(args),
-        Command::Status(args) => daemon_cmds::main(args, daemon_cmds::Request::Status),
+        Command::Status(args) => daemon_cmds::main(
+            args.daemon,
+            daemon_cmds::Request::Status { json: args.json },
+        ),
         Command::Reports { daemon, command } => {
             daemon_cmds::main(daemon, daemon_cmds::Request::Reports(command))
         }
@@ -80,9 +88,14 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Command::Man => {
+        Command::Man { out_dir } => {
             use clap::CommandFactory as _;
-            match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+            let written = match out_dir {
+                Some(dir) => std::fs::create_dir_all(&dir)
+                    .and_then(|()| clap_mangen::generate_to(Cli::command(), &dir)),
+                None => clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()),
+            };
+            match written {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("monitorctl man: {e}");
@@ -104,5 +117,7 @@ fn init_logging(verbose: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colours for a terminal only: a log file or a pipe gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }

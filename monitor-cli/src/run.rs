@@ -65,10 +65,10 @@ pub struct RunArgs {
     /// above.
     #[arg(long)]
     terminate_on_high_risk: bool,
-    /// Run the command in a sandbox: as user nobody, no network but loopback, the host file
-    /// system read-only, private /tmp, a decoy home with honeytoken credentials, and a
-    /// writable scratch directory at /work (the default working directory). Its files must be
-    /// readable by nobody. Needs bubblewrap.
+    /// Run the command in a sandbox: as a user of its own (a fresh uid per job, no other
+    /// job's), no network but loopback, the host file system read-only, private /tmp, a decoy
+    /// home with honeytoken credentials, and a writable scratch directory at /work (the
+    /// default working directory). Its files must be readable by any user. Needs bubblewrap.
     #[arg(long)]
     sandbox: bool,
     /// Working directory of the command.

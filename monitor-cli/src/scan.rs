@@ -217,14 +217,14 @@ fn scan(args: ScanArgs) -> anyhow::Result<u8> {
     if !embedded_only {
         let socket = client::socket_path(args.socket.as_deref());
         match runtime.block_on(Client::connect(&socket)) {
-            Some(client) => {
+            Ok(client) => {
                 outcomes =
                     Some(runtime.block_on(scan_with_daemon(&client, &args, &targets.artifacts))?)
             }
-            None if args.socket.is_some() => {
-                anyhow::bail!("no daemon answers at {}", socket.display())
-            }
-            None => eprintln!(
+            // Asked for that daemon, or one is there and refuses us: say so, rather than try
+            // a scan here that needs root.
+            Err(e) if args.socket.is_some() || !e.no_daemon() => return Err(e.into()),
+            Err(_) => eprintln!(
                 "monitorctl: no daemon answers at {}; scanning in this process",
                 socket.display()
             ),
@@ -271,6 +271,15 @@ fn scan_here(
     artifacts: &[PathBuf],
     limits: Limits,
 ) -> anyhow::Result<Vec<Outcome>> {
+    // Said first, in these words: what fails later without root (copying the artifact to the
+    // job's user, loading the probes) would name a symptom.
+    if !args.static_only && !nix::unistd::geteuid().is_root() {
+        anyhow::bail!(
+            "a scan in this process needs root (it loads eBPF programs and builds a sandbox): \
+             run it as root, ask monitord (`monitorctl scan` without --local, as a member of \
+             the socket's group), or read the bytes only with --static-only"
+        );
+    }
     let rules = common::rule_set(&args.rules, args.no_default_rules)?;
     let config = ProbeConfig {
         ring_buffer_bytes: args.ring_buffer_kib.saturating_mul(1024),
@@ -516,7 +525,10 @@ async fn scan_with_daemon(
             if records[i].is_some() {
                 continue;
             }
-            let record = client.get(&format!("/v1/scans/{id}")).await?.json()?;
+            let record = client
+                .get(&format!("/v1/scans/{}", client::segment(id)))
+                .await?
+                .json()?;
             let status = record["status"].as_str().unwrap_or("unknown").to_owned();
             if status == "done" || status == "interrupted" {
                 records[i] = Some(record);
@@ -548,7 +560,7 @@ async fn scan_with_daemon(
             );
         }
         let fetch = |format: &'static str| {
-            let url = format!("/v1/scans/{id}/report?format={format}");
+            let url = format!("/v1/scans/{}/report?format={format}", client::segment(id));
             async move {
                 let reply = client.get(&url).await?;
                 if reply.status != 200 {

@@ -153,12 +153,8 @@ pub fn main(args: WatchArgs) -> ExitCode {
 
 async fn watch(args: WatchArgs) -> Result<()> {
     let socket = client::socket_path(args.socket.as_deref());
-    let client = Client::connect(&socket).await.with_context(|| {
-        format!(
-            "no daemon answers at {} (start monitord, or pass --socket): watches live in it",
-            socket.display()
-        )
-    })?;
+    // Watches live in the daemon: without one there is nothing to do.
+    let client = Client::connect(&socket).await?;
     match args.command {
         WatchCommand::Add {
             cgroup,
@@ -211,7 +207,7 @@ async fn watch(args: WatchArgs) -> Result<()> {
         WatchCommand::Learn { id, duration } => {
             let reply = client
                 .post_json(
-                    &format!("/v1/watches/{id}/learn"),
+                    &format!("/v1/watches/{}/learn", client::segment(&id)),
                     &LearnRequest { seconds: duration },
                 )
                 .await?;
@@ -224,7 +220,9 @@ async fn watch(args: WatchArgs) -> Result<()> {
             );
         }
         WatchCommand::Profile { id } => {
-            let reply = client.get(&format!("/v1/watches/{id}/profile")).await?;
+            let reply = client
+                .get(&format!("/v1/watches/{}/profile", client::segment(&id)))
+                .await?;
             if reply.status >= 400 {
                 bail!("{}", reply.error_message());
             }
@@ -234,7 +232,10 @@ async fn watch(args: WatchArgs) -> Result<()> {
             let text = std::fs::read(&file)
                 .with_context(|| format!("reading the policy {}", file.display()))?;
             let reply = client
-                .put(&format!("/v1/watches/{id}/policy"), text)
+                .put(
+                    &format!("/v1/watches/{}/policy", client::segment(&id)),
+                    text,
+                )
                 .await?;
             if reply.status >= 400 {
                 bail!("{}", reply.error_message());
@@ -249,31 +250,38 @@ async fn watch(args: WatchArgs) -> Result<()> {
             if reply.status >= 400 {
                 bail!("{}", reply.error_message());
             }
-            println!(
-                "{:<36}  {:<7}  {:>8}  {:>8}  {:>5}  what",
-                "id", "state", "events", "findings", "kills"
-            );
+            let mut table =
+                crate::common::table(["id", "state", "events", "findings", "kills", "what"]);
             for w in reply.json()?["watches"].as_array().into_iter().flatten() {
-                println!(
-                    "{:<36}  {:<7}  {:>8}  {:>8}  {:>5}  {}",
-                    w["id"].as_str().unwrap_or("?"),
-                    w["state"].as_str().unwrap_or("?"),
-                    w["events"],
-                    w["findings"],
-                    w["kills"],
-                    printable(&describe(w))
-                );
+                table.add_row([
+                    printable(w["id"].as_str().unwrap_or("?")).into_owned(),
+                    w["state"].as_str().unwrap_or("?").to_owned(),
+                    w["events"].to_string(),
+                    w["findings"].to_string(),
+                    w["kills"].to_string(),
+                    printable(&describe(w)).into_owned(),
+                ]);
             }
+            for column in 2..5 {
+                if let Some(c) = table.column_mut(column) {
+                    c.set_cell_alignment(comfy_table::CellAlignment::Right);
+                }
+            }
+            println!("{table}");
         }
         WatchCommand::Show { id } => {
-            let reply = client.get(&format!("/v1/watches/{id}")).await?;
+            let reply = client
+                .get(&format!("/v1/watches/{}", client::segment(&id)))
+                .await?;
             if reply.status >= 400 {
                 bail!("{}", reply.error_message());
             }
             println!("{}", serde_json::to_string_pretty(&reply.json()?)?);
         }
         WatchCommand::Rm { id } => {
-            let reply = client.delete(&format!("/v1/watches/{id}")).await?;
+            let reply = client
+                .delete(&format!("/v1/watches/{}", client::segment(&id)))
+                .await?;
             if reply.status >= 400 {
                 bail!("{}", reply.error_message());
             }

@@ -1132,7 +1132,103 @@ fn monitorctl_watch_adds_lists_tails_and_removes() {
     daemon.ctl(&["watch", "rm", &id]);
     let said = daemon.ctl_fails(&["watch", "rm", &id]);
     assert!(said.contains("no watch"), "{said}");
+    // An id is one path segment, whatever it holds: `../scans` is no route to the scans.
+    for odd in ["../scans", "a/b", "x?y=1", "%2e%2e", "a b"] {
+        let said = daemon.ctl_fails(&["watch", "rm", odd]);
+        assert!(said.contains("no watch"), "{odd}: {said}");
+        let said = daemon.ctl_fails(&["reports", "show", odd]);
+        assert!(said.contains("no scan"), "{odd}: {said}");
+    }
+
+    // Status for people, and as JSON for programs.
+    let status = daemon.ctl(&["status"]);
+    for part in [
+        "monitord ",
+        "probes ",
+        "attached",
+        "scans ",
+        "watches ",
+        "loader ",
+    ] {
+        assert!(status.contains(part), "{part}: {status}");
+    }
+    let json: Value = serde_json::from_str(&daemon.ctl(&["status", "--json"])).unwrap();
+    assert!(json["probes"].is_object(), "{json}");
     daemon.stop();
+    // The daemon's log, a file here: plain text, no terminal colours.
+    let log = std::fs::read_to_string(dir.path().join("monitord.log")).unwrap();
+    assert!(log.contains("monitord is serving"), "{log}");
+    assert!(!log.contains('\x1b'), "ANSI escapes in a log file: {log}");
+}
+
+/// A user the socket does not let in is told so (not "no daemon"), and so is one with no
+/// daemon at all; `--print-config` shows every setting, those that are off commented out.
+#[test]
+fn monitorctl_says_why_it_cannot_reach_the_daemon_and_monitord_prints_every_setting() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let socket = dir.path().join("private.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let as_nobody = |args: &[&str]| {
+        let out = Command::new("setpriv")
+            .env("MONITOR_SOCKET", &socket)
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(support::monitorctl())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let socket_arg = socket.to_str().unwrap();
+    for args in [
+        vec!["status", "--socket", socket_arg],
+        vec!["watch", "list", "--socket", socket_arg],
+        vec!["reports", "list", "--socket", socket_arg],
+    ] {
+        let said = as_nobody(&args);
+        assert!(
+            said.contains("permission denied") && !said.contains("no daemon"),
+            "{args:?}: {said}"
+        );
+    }
+    // A scan too: not a fallback to a scan in-process that needs root.
+    let said = as_nobody(&["scan", "/etc/hostname"]);
+    assert!(said.contains("permission denied"), "{said}");
+    // In this process, without root: said so, before anything fails for want of it.
+    let model = dir.path().join("model.pkl");
+    std::fs::write(&model, b"\x80\x04K\x01.").unwrap();
+    std::fs::set_permissions(&model, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let said = as_nobody(&["scan", "--local", model.to_str().unwrap()]);
+    assert!(said.contains("needs root"), "{said}");
+    let absent = dir.path().join("absent.sock");
+    let said = as_nobody(&["status", "--socket", absent.to_str().unwrap()]);
+    assert!(said.contains("no daemon answers"), "{said}");
+
+    let out = as_the_unit_runs_it()
+        .args(["--print-config", "--config", "/dev/null"])
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    for key in [
+        "# metrics_listen = ",
+        "[export]",
+        "# path = ",
+        "max_file_kib = ",
+    ] {
+        assert!(printed.contains(key), "{key}: {printed}");
+    }
+    // What it prints is a configuration it takes.
+    let config = dir.path().join("printed.toml");
+    std::fs::write(&config, printed.as_bytes()).unwrap();
+    let again = as_the_unit_runs_it()
+        .args(["--print-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&again.stdout), printed);
 }
 
 /// A child process killed when dropped (a failing test leaves nothing running).

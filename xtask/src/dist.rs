@@ -243,7 +243,9 @@ pub fn write() -> Result<PathBuf> {
     fs::create_dir_all(&out_dir)?;
     let bin_dir = root.join("target/release");
     let config = default_config(&bin_dir.join("monitord"))?;
-    let list = entries(&root, &bin_dir, config)?;
+    let mut list = entries(&root, &bin_dir, config)?;
+    list.extend(man_pages(&bin_dir, &out_dir.join("man"))?);
+    list.sort_by(|a, b| a.dest.cmp(&b.dest));
     let mut files = Vec::with_capacity(list.len() + 1);
     for entry in &list {
         files.push((entry.dest.clone(), contents(entry)?, entry.executable));
@@ -270,6 +272,36 @@ pub fn write() -> Result<PathBuf> {
         fs::metadata(&tarball)?.len() / 1024
     );
     Ok(tarball)
+}
+
+/// The manual pages, made by the binaries themselves: monitorctl's and each of its
+/// subcommands' (section 1), monitord's (section 8), under `share/man/`.
+fn man_pages(bin_dir: &Path, dir: &Path) -> Result<Vec<Entry>> {
+    let _ = fs::remove_dir_all(dir);
+    let (man1, man8) = (dir.join("man1"), dir.join("man8"));
+    fs::create_dir_all(&man8)?;
+    let made = Command::new(bin_dir.join("monitorctl"))
+        .args(["man", "--out-dir"])
+        .arg(&man1)
+        .status()
+        .context("running monitorctl man")?;
+    if !made.success() {
+        bail!("monitorctl man --out-dir failed: {made}");
+    }
+    let page = Command::new(bin_dir.join("monitord"))
+        .arg("--man")
+        .output()
+        .context("running monitord --man")?;
+    if !page.status.success() || page.stdout.is_empty() {
+        bail!("monitord --man failed: {}", page.status);
+    }
+    fs::write(man8.join("monitord.8"), page.stdout)?;
+    let mut pages = Vec::new();
+    for path in walk(dir)? {
+        let rel = path.strip_prefix(dir)?.display().to_string();
+        pages.push(file(format!("share/man/{rel}"), path));
+    }
+    Ok(pages)
 }
 
 /// The directory everything sits under in the archive.
@@ -323,6 +355,16 @@ fn verify_unpacked(top: &Path) -> Result<()> {
     listed.sort();
     if present != listed {
         bail!("SHA256SUMS lists {listed:?}, the archive holds {present:?}");
+    }
+    for page in [
+        "share/man/man1/monitorctl.1",
+        "share/man/man1/monitorctl-scan.1",
+        "share/man/man1/monitorctl-watch-add.1",
+        "share/man/man8/monitord.8",
+    ] {
+        if !top.join(page).is_file() {
+            bail!("{page} is missing from the archive");
+        }
     }
     for bin in BINARIES {
         let out = Command::new(top.join("bin").join(bin))

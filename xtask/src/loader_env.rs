@@ -41,7 +41,7 @@ pub fn ensure() -> Result<()> {
         return Ok(());
     }
     let started = Instant::now();
-    // The sandbox's user (nobody) must read and run all of it: a root umask of 077 would leave
+    // The sandbox's users (a uid per job) must read and run all of it: a root umask of 077 would leave
     // the directories pip and venv create private. Set here so nothing is created before it.
     // SAFETY: umask has no preconditions; xtask creates files from this thread only.
     unsafe { libc::umask(0o022) };

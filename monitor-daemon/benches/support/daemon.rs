@@ -47,7 +47,7 @@ impl Daemon {
         let client = rt.block_on(async {
             let deadline = Instant::now() + Duration::from_secs(60);
             loop {
-                if let Some(client) = Client::connect(&daemon.socket).await {
+                if let Ok(client) = Client::connect(&daemon.socket).await {
                     return Ok(client);
                 }
                 if Instant::now() > deadline {

@@ -22,12 +22,26 @@ struct Args {
     /// Log as JSON lines (for journald or a log shipper).
     #[arg(long)]
     json_logs: bool,
+    /// Print the manual page (roff, section 8) and exit: `monitord --man | man -l -`.
+    #[arg(long)]
+    man: bool,
 }
 
 const DEFAULT_CONFIG: &str = "/etc/monitor/monitord.toml";
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.man {
+        use clap::CommandFactory as _;
+        let page = clap_mangen::Man::new(Args::command()).section("8");
+        return match page.render(&mut std::io::stdout()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("monitord --man: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     // What the daemon writes is root's alone unless it says otherwise (the unit's UMask=0077,
     // also when it is started by hand): reports, uploads, the database, the job's copies.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
@@ -35,7 +49,9 @@ fn main() -> ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colours for a terminal only: journald, a file or a container's log get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if args.json_logs {
         logs.json().init();
     } else {
@@ -49,10 +65,7 @@ fn main() -> ExitCode {
         }
     };
     if args.print_config {
-        print!(
-            "{}",
-            toml::to_string(&config).expect("the configuration serializes")
-        );
+        print!("{}", printed_config(&config));
         return ExitCode::SUCCESS;
     }
     // Several workers, whatever the machine: a request that waits on the store or a job that
@@ -95,6 +108,48 @@ fn raise_open_file_limit() {
     {
         eprintln!("monitord: raising the open-file limit to {hard}: {e}");
     }
+}
+
+/// The configuration as TOML, every key shown: TOML has no null, so a setting that is off
+/// (`metrics_listen`, `export.path`, ...) is shown commented out, with an example value.
+fn printed_config(config: &Config) -> String {
+    let text = toml::to_string(config).expect("the configuration serializes");
+    let unset: &[(&str, &str, &str)] = &[
+        ("", "metrics_listen", "\"127.0.0.1:9464\""),
+        ("[discovery]", "kill_at", "\"critical\""),
+        (
+            "[discovery]",
+            "kill_in_kernel",
+            "[\"execve\", \"execveat\"]",
+        ),
+        ("[export]", "path", "\"/var/log/monitor/events.jsonl\""),
+    ];
+    let mut out = String::new();
+    let mut table = "";
+    let mut pending: Vec<String> = Vec::new();
+    let flush = |out: &mut String, table: &str, pending: &mut Vec<String>| {
+        for (t, key, example) in unset {
+            if *t == table && !pending.iter().any(|l| l.starts_with(&format!("{key} ="))) {
+                out.push_str(&format!("# {key} = {example}\n"));
+            }
+        }
+        pending.clear();
+    };
+    for line in text.lines() {
+        if line.starts_with('[') {
+            flush(&mut out, table, &mut pending);
+            table = unset
+                .iter()
+                .map(|(t, _, _)| *t)
+                .find(|t| *t == line.trim())
+                .unwrap_or("?");
+        }
+        pending.push(line.to_owned());
+        out.push_str(line);
+        out.push('\n');
+    }
+    flush(&mut out, table, &mut pending);
+    out
 }
 
 fn load_config(path: Option<&std::path::Path>) -> Result<Config, daemon::config::ConfigError> {

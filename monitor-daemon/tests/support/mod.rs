@@ -52,7 +52,14 @@ impl Daemon {
             .arg("--config")
             .arg(&config)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            // Kept for tests that read what it logged (appended across restarts).
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(dir.join("monitord.log"))
+                    .expect("monitord's log file"),
+            )
             .spawn()
             .expect("start monitord");
         let daemon = Daemon { child, socket };
