@@ -1060,7 +1060,9 @@ fn discovery_reports_a_process_that_loads_a_malicious_model() {
         .status()
         .unwrap();
     assert!(status.success());
-    let seen = read_stream_until(&mut stream, "exec.program");
+    // Until both: another process on this machine may be discovered meanwhile, and run a
+    // program too.
+    let seen = read_stream_until(&mut stream, "model-from-the-hub.pkl\"|exec.program");
     assert!(seen.contains("\"watch_id\":\"discovery\""), "{seen}");
     // Announced at the pickle, the first open that could load a model; the blob's never was.
     // (Unknown, which counts as a model, if python was gone before its file was read again.)
