@@ -94,6 +94,76 @@ fn sarif_goes_to_the_report_file_and_nothing_to_stdout_with_no_print_res() {
             .any(|l| l.contains("\"execve\"") && l.contains("/usr/bin/id")),
         "the trace file holds the payload's exec"
     );
+    // What GitHub code scanning needs of a result: a score per rule, a region, and a
+    // fingerprint that is the same in the next run (no pid or time in it, nor in the text).
+    for rule in rules {
+        let score: f64 = rule["properties"]["security-severity"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no security-severity: {rule}"));
+        assert!((0.0..=10.0).contains(&score), "{rule}");
+    }
+    let fingerprints = |log: &Value| -> std::collections::BTreeSet<String> {
+        log["runs"][0]["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                assert!(
+                    r["locations"][0]["physicalLocation"]["region"]["startLine"].as_u64()
+                        >= Some(1),
+                    "{r}"
+                );
+                let text = r["message"]["text"].as_str().unwrap();
+                assert!(!text.contains("[pid "), "{text}");
+                r["partialFingerprints"]["monitorFinding/v1"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    };
+    let first = fingerprints(&log);
+    assert!(
+        !log.to_string().contains("example.invalid"),
+        "an informationUri that goes nowhere"
+    );
+    let again = monitorctl(&[
+        "scan",
+        "--format",
+        "sarif",
+        "--no-print-res",
+        "--report-file",
+        sarif.to_str().unwrap(),
+        malicious.to_str().unwrap(),
+    ]);
+    assert_eq!(again.status.code(), Some(1), "{again:?}");
+    let second: Value = serde_json::from_slice(&std::fs::read(&sarif).unwrap()).unwrap();
+    assert_eq!(
+        fingerprints(&second),
+        first,
+        "the same findings, the same fingerprints"
+    );
+}
+
+#[test]
+fn a_json_report_says_when_where_and_which_bytes() {
+    let malicious = example("malicious.pkl");
+    let out = monitorctl(&["scan", "--format", "json", malicious.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let report = stdout_json(&out);
+    let started = report["started_at"].as_str().unwrap();
+    assert!(
+        started.len() == 24 && started.ends_with('Z') && started.as_bytes()[10] == b'T',
+        "{started}"
+    );
+    assert!(!report["host"].as_str().unwrap().is_empty());
+    let sum = Command::new("sha256sum").arg(&malicious).output().unwrap();
+    let sum = String::from_utf8_lossy(&sum.stdout);
+    assert_eq!(
+        report["artifact"]["sha256"].as_str(),
+        sum.split_whitespace().next()
+    );
 }
 
 #[test]

@@ -215,6 +215,7 @@ fn export_scan(shared: &Shared, id: &str, owner: Option<u32>, report: &ScanRepor
             "scan_id": id,
             "owner_uid": owner,
             "path": report.artifact.path,
+            "sha256": report.artifact.sha256,
             "format": report.artifact.format,
             "verdict": report.verdict.name(),
             "exit_code": report.exit_code,

@@ -22,6 +22,7 @@ use std::{
     thread::JoinHandle,
 };
 
+use monitor_scan::report::{host_name, now_rfc3339};
 use prometheus_client::metrics::counter::Counter;
 use serde::{Deserialize, Serialize};
 
@@ -82,10 +83,7 @@ impl Exporter {
     /// Starts the writer (opening the file now, so that a path that cannot be written is an
     /// error at start, not a silent loss later). `dropped` counts lines that found no room.
     pub fn start(config: &ExportConfig, dropped: Counter) -> io::Result<Exporter> {
-        let host = nix::unistd::gethostname()
-            .ok()
-            .and_then(|h| h.into_string().ok())
-            .unwrap_or_default();
+        let host = host_name();
         if !config.enabled() {
             return Ok(Exporter {
                 tx: Mutex::new(None),
@@ -159,16 +157,6 @@ impl Exporter {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Now, as RFC 3339 with milliseconds, in UTC.
-pub fn now_rfc3339() -> String {
-    let format = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-    );
-    time::OffsetDateTime::now_utc()
-        .format(&format)
-        .unwrap_or_default()
 }
 
 /// The export file, rotated by size.

@@ -111,15 +111,17 @@ pub fn take(path: &Path, who: &OpenAs, max_size: u64) -> Result<Input, InputErro
         limit: max_size,
         entries: 0,
     };
-    if opened.meta.is_dir() {
+    let sha256 = if opened.meta.is_dir() {
         copy.tree(opened.file, &dest, 0)?;
+        None
     } else {
-        copy.file(opened.file, &dest)?;
-    }
+        Some(copy.file(opened.file, &dest)?)
+    };
     Ok(Input {
         dir,
         path: dest,
         size: max_size - copy.left,
+        sha256,
     })
 }
 
@@ -130,6 +132,8 @@ pub struct Input {
     dir: tempfile::TempDir,
     path: PathBuf,
     size: u64,
+    /// A file's SHA-256, of the bytes copied (what was scanned), in hex; none for a directory.
+    sha256: Option<String>,
 }
 
 impl Input {
@@ -141,6 +145,11 @@ impl Input {
     /// Its bytes in all.
     pub fn size(&self) -> u64 {
         self.size
+    }
+
+    /// The SHA-256 of a file's bytes as copied (hex); none for a directory.
+    pub fn sha256(&self) -> Option<&str> {
+        self.sha256.as_deref()
     }
 
     /// Moves the copy to `dest` (renamed where it can be, else copied), owned by `owner`:
@@ -215,9 +224,28 @@ struct Copy<'a> {
     entries: usize,
 }
 
+/// Hashes what is written through it.
+struct Hashing<W> {
+    inner: W,
+    hasher: sha2::Sha256,
+}
+
+impl<W: io::Write> io::Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        sha2::Digest::update(&mut self.hasher, &buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 impl Copy<'_> {
-    fn file(&mut self, mut src: fs::File, dest: &Path) -> Result<(), InputError> {
-        let mut out = fs::File::options()
+    /// Copies one file; returns the SHA-256 of what was copied, in hex.
+    fn file(&mut self, mut src: fs::File, dest: &Path) -> Result<String, InputError> {
+        let out = fs::File::options()
             .write(true)
             .create_new(true)
             .mode(0o600)
@@ -225,6 +253,10 @@ impl Copy<'_> {
             .map_err(|source| copy_error(dest, source))?;
         use std::io::Read as _;
         // One byte over the limit is enough to know it is over (the file may grow meanwhile).
+        let mut out = Hashing {
+            inner: out,
+            hasher: sha2::Digest::new(),
+        };
         let copied = io::copy(&mut (&mut src).take(self.left + 1), &mut out).map_err(|source| {
             InputError::Unreadable {
                 path: self.shown.clone(),
@@ -238,7 +270,8 @@ impl Copy<'_> {
             });
         }
         self.left -= copied;
-        Ok(())
+        let digest = sha2::Digest::finalize(out.hasher);
+        Ok(digest.iter().map(|b| format!("{b:02x}")).collect())
     }
 
     /// A directory: its regular files and directories, each opened relative to its parent's

@@ -280,6 +280,7 @@ pub async fn scan(
             analysis,
         }) => {
             report.artifact.size = Some(input.size());
+            report.artifact.sha256 = input.sha256().map(str::to_owned);
             (input, format, analysis)
         }
         Err(e) => {

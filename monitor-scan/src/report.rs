@@ -24,6 +24,10 @@ pub const MAX_FINDINGS_PER_RULE: usize = 100;
 pub struct ScanReport {
     pub schema: &'static str,
     pub tool: Tool,
+    /// When the scan started (RFC 3339, UTC) and on which host: what a report means once it
+    /// has left the machine (the trace's own times are CLOCK_MONOTONIC).
+    pub started_at: String,
+    pub host: String,
     pub artifact: Artifact,
     pub verdict: Verdict,
     pub exit_code: ExitCode,
@@ -94,6 +98,9 @@ pub struct Artifact {
     pub description: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
+    /// SHA-256 of the bytes scanned (hex), for a file: what to look the artifact up by.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
     /// The globals its pickles name, read without running anything, each marked with the
     /// static rule it fires (the findings are in `static_findings`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -208,11 +215,31 @@ impl AuditFinding {
     }
 }
 
+/// Now, as RFC 3339 with milliseconds, in UTC (`2026-12-04T05:13:41.207Z`).
+pub fn now_rfc3339() -> String {
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    time::OffsetDateTime::now_utc()
+        .format(&format)
+        .unwrap_or_default()
+}
+
+/// This host's name, as the kernel has it (empty if it cannot be read).
+pub fn host_name() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_default()
+}
+
 impl ScanReport {
     pub fn new(path: &std::path::Path, fail_on: Severity) -> Self {
         ScanReport {
             schema: SCHEMA,
             tool: Tool::default(),
+            started_at: now_rfc3339(),
+            host: host_name(),
             artifact: Artifact {
                 path: path.display().to_string(),
                 ..Artifact::default()
