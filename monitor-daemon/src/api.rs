@@ -26,8 +26,9 @@ use serde_json::json;
 use tokio::io::AsyncWriteExt as _;
 
 use crate::{
-    FeedItem, Shared,
+    Shared,
     auth::{self, Caller, Role},
+    feed::FeedItem,
     store::{self, ScanRequest, StoreError},
 };
 use monitor_scan::input::{self, OpenAs};
@@ -674,6 +675,7 @@ async fn list_findings(
 async fn stream_findings(
     State(shared): State<Arc<Shared>>,
     caller: Caller,
+    headers: HeaderMap,
 ) -> Result<
     axum::response::sse::Sse<
         impl tokio_stream::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
@@ -683,14 +685,25 @@ async fn stream_findings(
     use tokio_stream::StreamExt as _;
     caller.require(Role::Scan)?;
     let only = caller.only_own();
-    let mut feed = shared.findings_feed.subscribe();
+    let last_event_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let (backlog, mut feed) = shared.findings_feed.subscribe(last_event_id.as_deref());
     let mut stopping = shared.stopping.subscribe();
     // Forwarded until the daemon stops: the stream then ends, or the graceful shutdown
     // would wait for it. A listener too slow for the feed misses findings (they are all in
-    // /v1/findings); one that has STREAM_BUFFER of them waiting is disconnected, so that a
-    // client that never reads holds neither memory nor the daemon.
-    let (tx, rx) = tokio::sync::mpsc::channel::<serde_json::Value>(STREAM_BUFFER);
+    // /v1/findings, and a reconnect with Last-Event-ID gets the last ones again); one that
+    // has STREAM_BUFFER of them waiting is disconnected, so that a client that never reads
+    // holds neither memory nor the daemon.
+    let (tx, rx) = tokio::sync::mpsc::channel::<FeedItem>(STREAM_BUFFER);
+    let mine = move |item: &FeedItem| !only.is_some_and(|uid| item.owner != Some(uid));
     tokio::spawn(async move {
+        for item in backlog.into_iter().filter(&mine) {
+            if tx.send(item).await.is_err() {
+                return;
+            }
+        }
         loop {
             tokio::select! {
                 changed = stopping.changed() => {
@@ -700,11 +713,11 @@ async fn stream_findings(
                 }
                 () = tx.closed() => break,
                 item = feed.recv() => match item {
-                    Ok(FeedItem { owner, value }) => {
-                        if only.is_some_and(|uid| owner != Some(uid)) {
+                    Ok(item) => {
+                        if !mine(&item) {
                             continue;
                         }
-                        if tx.try_send(value).is_err() {
+                        if tx.try_send(item).is_err() {
                             tracing::info!(uid = caller.uid(), "a findings stream fell behind; disconnected");
                             break;
                         }
@@ -715,10 +728,12 @@ async fn stream_findings(
             }
         }
     });
-    let events = tokio_stream::wrappers::ReceiverStream::new(rx).map(|finding| {
+    let ids = shared.clone();
+    let events = tokio_stream::wrappers::ReceiverStream::new(rx).map(move |item| {
         Ok(axum::response::sse::Event::default()
             .event("finding")
-            .data(finding.to_string()))
+            .id(ids.findings_feed.id(item.seq))
+            .data(item.value.to_string()))
     });
     Ok(axum::response::sse::Sse::new(events).keep_alive(axum::response::sse::KeepAlive::default()))
 }

@@ -11,7 +11,7 @@ use monitor_rules::Finding;
 use monitor_scan::ScanReport;
 use monitor_watch::{Kill, content::Content};
 
-use crate::{FeedItem, Shared, watches::WatchStatus};
+use crate::{Shared, watches::WatchStatus};
 
 /// Whose an event is.
 pub enum Origin<'a> {
@@ -187,8 +187,7 @@ impl DaemonEvent<'_> {
                     if exported {
                         shared.export.export(kind, value.clone());
                     }
-                    // Nobody listening is fine.
-                    drop(shared.findings_feed.send(FeedItem { owner, value }));
+                    shared.findings_feed.publish(owner, value);
                 }
                 Err(e) => tracing::error!(job, error = %e, "a stream item did not serialise"),
             }

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod config;
 pub mod events;
 pub mod export;
+pub mod feed;
 pub mod jobs;
 pub mod metrics;
 mod serve;
@@ -42,21 +43,13 @@ pub struct Shared {
     pub router: Router,
     pub watches: watches::Watches,
     /// Findings as they happen, for /v1/findings/stream.
-    pub findings_feed: tokio::sync::broadcast::Sender<FeedItem>,
+    pub findings_feed: feed::Feed,
     /// `[roles]`, looked up.
     pub roles: auth::Roles,
     /// Becomes true when the daemon stops, ending the streams that would keep it serving.
     pub stopping: tokio::sync::watch::Sender<bool>,
     /// `[export]`: the JSON lines of what happened, for a log shipper.
     pub export: export::Exporter,
-}
-
-/// One item of the findings feed: what the stream shows, and whose it is (a scan's or a
-/// watch's owner; `None` for discovery's), so that each stream shows its caller's own.
-#[derive(Debug, Clone)]
-pub struct FeedItem {
-    pub owner: Option<u32>,
-    pub value: serde_json::Value,
 }
 
 /// How long open API connections may finish after SIGTERM; a client that does not read its
@@ -170,7 +163,7 @@ pub async fn run(config: Config) -> Result<()> {
         running: Arc::new(Mutex::new(Default::default())),
         router,
         watches: watches::Watches::default(),
-        findings_feed: tokio::sync::broadcast::channel(1024).0,
+        findings_feed: feed::Feed::default(),
         roles,
         stopping: tokio::sync::watch::channel(false).0,
         export,

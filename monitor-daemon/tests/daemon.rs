@@ -754,10 +754,19 @@ fn read_stream_until(stream: &mut UnixStream, want: &str) -> String {
 }
 
 fn open_stream(daemon: &Daemon) -> UnixStream {
+    open_stream_with(daemon, "")
+}
+
+/// The stream as a client reconnecting after event `last` opens it.
+fn open_stream_after(daemon: &Daemon, last: &str) -> UnixStream {
+    open_stream_with(daemon, &format!("Last-Event-ID: {last}\r\n"))
+}
+
+fn open_stream_with(daemon: &Daemon, headers: &str) -> UnixStream {
     let mut stream = UnixStream::connect(&daemon.socket).unwrap();
     write!(
         stream,
-        "GET /v1/findings/stream HTTP/1.1\r\nHost: monitord\r\nConnection: close\r\n\r\n"
+        "GET /v1/findings/stream HTTP/1.1\r\nHost: monitord\r\n{headers}Connection: close\r\n\r\n"
     )
     .unwrap();
     stream
@@ -863,6 +872,25 @@ fn a_live_watch_reports_kills_and_survives_a_restart() {
     assert!(!marker.exists(), "the program never ran");
     let seen = read_stream_until(&mut stream, "\"kill\"|net.connect");
     assert!(seen.contains(&id), "{seen}");
+    // Each event has an id; a stream that reconnects after the first gets the rest again,
+    // and not the first.
+    let ids: Vec<&str> = seen
+        .lines()
+        .filter_map(|l| l.strip_prefix("id:"))
+        .map(str::trim)
+        .collect();
+    assert!(ids.len() >= 2, "{seen}");
+    let mut again = open_stream_after(&daemon, ids[0]);
+    let replayed = read_stream_until(&mut again, "\"kill\"|net.connect");
+    assert!(
+        replayed.contains(&format!("id: {}\n", ids[1])),
+        "{replayed}"
+    );
+    assert!(
+        !replayed.contains(&format!("id: {}\n", ids[0])),
+        "{replayed}"
+    );
+    drop(again);
     let (_, findings) = daemon.json("GET", "/v1/findings?source=watch", &Value::Null);
     let findings = findings["findings"].as_array().unwrap();
     assert!(
