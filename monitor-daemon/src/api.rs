@@ -697,7 +697,7 @@ async fn stream_findings(
     // has STREAM_BUFFER of them waiting is disconnected, so that a client that never reads
     // holds neither memory nor the daemon.
     let (tx, rx) = tokio::sync::mpsc::channel::<FeedItem>(STREAM_BUFFER);
-    let mine = move |item: &FeedItem| !only.is_some_and(|uid| item.owner != Some(uid));
+    let mine = move |item: &FeedItem| only.is_none_or(|uid| item.owner == Some(uid));
     tokio::spawn(async move {
         for item in backlog.into_iter().filter(&mine) {
             if tx.send(item).await.is_err() {
