@@ -63,6 +63,12 @@ pub struct Config {
     pub roles: RolesConfig,
     /// Watching any process on the host that opens a model artifact.
     pub discovery: DiscoveryConfig,
+    /// The syscall hooks are attached only while a scan, a run or a watch needs them (on a
+    /// kernel without kprobes, attached hooks slow every syscall of every process on the
+    /// host), and detached once nothing has needed them for this many milliseconds; the next
+    /// job attaches them again before its first process starts (a fraction of a second).
+    /// With discovery on they stay attached.
+    pub hooks_linger_ms: u64,
 }
 
 /// `[roles]`: the users and groups (by name) that hold each role. A caller holds the highest
@@ -211,6 +217,7 @@ impl Default for Config {
             max_connections_per_user: 32,
             roles: RolesConfig::default(),
             discovery: DiscoveryConfig::default(),
+            hooks_linger_ms: 30_000,
         }
     }
 }
@@ -292,6 +299,10 @@ impl Config {
             )));
         }
         Ok(())
+    }
+
+    pub fn hooks_linger(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.hooks_linger_ms)
     }
 
     pub fn read_timeout(&self) -> std::time::Duration {
