@@ -31,6 +31,7 @@ use crate::{
     feed::FeedItem,
     store::{self, ScanRequest, StoreError},
 };
+use monitor_engine::probes::HooksState;
 use monitor_scan::input::{self, OpenAs};
 
 /// Requests larger than this are refused (a scan request is a path and a few options).
@@ -186,6 +187,7 @@ async fn status(
         "caller": { "uid": caller.uid(), "role": caller.role },
         "probes": {
             "attached": attached,
+            "syscall_hooks": hooks_status(&shared),
             "missing": missing,
             "tampering": tampering.now,
             "checks_that_found_tampering": tampering.checks,
@@ -206,6 +208,36 @@ async fn status(
         "loader_env": { "python": python, "present": python.is_file() },
         "rules": shared.rules().len(),
     })))
+}
+
+/// Whether the syscall hooks are attached, and why, for the status.
+fn hooks_status(shared: &Shared) -> serde_json::Value {
+    let hooks = shared.router.hooks();
+    let why = match hooks.state {
+        HooksState::Attached if shared.config.discovery.enabled => {
+            "attached: discovery is on, which keeps them attached".to_string()
+        }
+        HooksState::Attached if hooks.held_by > 0 => format!(
+            "attached: {} scans, runs and watches are using them",
+            hooks.held_by
+        ),
+        HooksState::Attached => format!(
+            "attached: nothing uses them; detached {} ms after the last use",
+            shared.config.hooks_linger_ms
+        ),
+        HooksState::Detaching => "being detached: nothing is watched".to_string(),
+        HooksState::Detached => {
+            "detached: nothing is watched (every syscall of the host runs at full speed); \
+             the next scan, run or watch attaches them before it starts"
+                .to_string()
+        }
+    };
+    json!({
+        "state": hooks.state,
+        "held_by": hooks.held_by,
+        "detach_after_idle_ms": hooks.detach_after_idle_ms,
+        "why": why,
+    })
 }
 
 async fn submit_scan(

@@ -59,6 +59,12 @@ pub struct Config {
     /// API connections one user other than root may hold open at once: a user who opens
     /// thousands (streams never read, say) holds these and no more.
     pub max_connections_per_user: usize,
+    /// The syscall hooks are attached only while a scan, a run or a watch needs them (on a
+    /// kernel without kprobes, attached hooks slow every syscall of every process on the
+    /// host), and detached once nothing has needed them for this many milliseconds; the next
+    /// job attaches them again before its first process starts (a fraction of a second).
+    /// With discovery on they stay attached.
+    pub hooks_linger_ms: u64,
     /// Who may do what over the API (root may do everything).
     pub roles: RolesConfig,
     /// Watching any process on the host that opens a model artifact.
@@ -211,6 +217,7 @@ impl Default for Config {
             read_timeout_secs: 5,
             max_connections: 512,
             max_connections_per_user: 32,
+            hooks_linger_ms: 30_000,
             roles: RolesConfig::default(),
             discovery: DiscoveryConfig::default(),
             export: Default::default(),
@@ -296,6 +303,10 @@ impl Config {
             )));
         }
         Ok(())
+    }
+
+    pub fn hooks_linger(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.hooks_linger_ms)
     }
 
     pub fn read_timeout(&self) -> std::time::Duration {

@@ -54,8 +54,15 @@ pub async fn worker(shared: Arc<Shared>, mut queue: mpsc::Receiver<(String, Scan
         shared.metrics.queue_depth.dec();
         let shared = shared.clone();
         tokio::spawn(async move {
+            // The syscall hooks attached (if they are not) off the runtime, while the scan
+            // inspects the artifact and builds its sandbox: its job's own watch, which holds
+            // them too, then finds them attached, or waits for this attach to end.
+            let router = shared.router.clone();
+            let hooks = tokio::task::spawn_blocking(move || router.hold_hooks());
             let mut probes = LazyProbes::loaded(shared.router.clone());
             let stored = run_one(&shared, &mut probes, &id, &request).await;
+            // The job's watch is gone: from here the linger counts.
+            drop(hooks.await);
             shared
                 .running
                 .lock()

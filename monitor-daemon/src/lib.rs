@@ -146,6 +146,10 @@ pub async fn run(config: Config) -> Result<()> {
     })
     .context("loading the kernel probes")?;
     let router = Router::start(probes).context("starting the record router")?;
+    // Discovery, once on, holds them attached for good.
+    router
+        .detach_when_idle(config.hooks_linger())
+        .context("starting the thread that detaches the syscall hooks")?;
 
     let capacity = config.max_queued_scans.max(requeued.len());
     let (queue, waiting) = mpsc::channel(capacity);

@@ -1050,6 +1050,13 @@ fn discovery_reports_a_process_that_loads_a_malicious_model() {
     let daemon = Daemon::start(dir.path());
     let (_, list) = daemon.json("GET", "/v1/watches", &Value::Null);
     assert_eq!(list["watches"][0]["id"], "discovery", "{list}");
+    // Discovery needs every syscall hook, for good.
+    let hooks = &daemon.json("GET", "/v1/status", &Value::Null).1["probes"]["syscall_hooks"];
+    assert_eq!(hooks["state"], "attached", "{hooks}");
+    assert!(
+        hooks["why"].as_str().unwrap().contains("discovery is on"),
+        "{hooks}"
+    );
     assert_eq!(list["watches"][0]["builtin"], true);
     let mut stream = open_stream(&daemon);
     // Written under another name: this process's own open of a .bin would discover it.
@@ -1653,4 +1660,95 @@ fn monitorctl_watch_learns_prints_its_profile_and_takes_the_reviewed_policy() {
     assert!(enforced(&watch), "{watch}");
     daemon.ctl(&["watch", "rm", &id]);
     daemon.stop();
+}
+
+/// Nothing watched, monitord's syscall hooks are detached (every process on the host runs at
+/// full speed, `monitorctl status` says so); a scan attaches them before its loader starts, so
+/// its trace begins with the loader's first syscalls; they stay attached while it runs, and
+/// are detached again only once nothing has used them for the configured linger.
+#[test]
+fn the_syscall_hooks_are_attached_only_while_something_is_watched() {
+    root_required();
+    let dir = tempfile::tempdir().unwrap();
+    const LINGER_MS: u64 = 3000;
+    std::fs::write(
+        dir.path().join("extra-config.toml"),
+        format!("hooks_linger_ms = {LINGER_MS}\n"),
+    )
+    .unwrap();
+    // Its shell stays a while: the status is asked while the scan runs.
+    let slow = pickle(dir.path(), "slow.pkl", "cposix\nsystem\n(Vsleep 2; id\ntR.");
+    let daemon = Daemon::start(dir.path());
+    let hooks = |status: &Value| status["probes"]["syscall_hooks"].clone();
+    let idle = daemon.poll("/v1/status", 60, |s| hooks(s)["state"] == "detached");
+    assert_eq!(hooks(&idle)["held_by"], 0, "{idle}");
+    assert_eq!(hooks(&idle)["detach_after_idle_ms"], LINGER_MS, "{idle}");
+    let status = daemon.ctl(&["status"]);
+    assert!(
+        status.contains("\"detached\"") && status.contains("nothing is watched"),
+        "{status}"
+    );
+
+    let id = daemon.submit(&slow);
+    let mut seen_running = 0;
+    let done = loop {
+        let (_, status) = daemon.json("GET", "/v1/status", &Value::Null);
+        if !status["running"].as_array().unwrap().is_empty() {
+            seen_running += 1;
+            assert_eq!(hooks(&status)["state"], "attached", "{status}");
+            assert!(hooks(&status)["held_by"].as_u64() >= Some(1), "{status}");
+        }
+        let (_, record) = daemon.json("GET", &format!("/v1/scans/{id}"), &Value::Null);
+        if record["status"] == "done" {
+            break record;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let finished = Instant::now();
+    assert!(seen_running > 0, "the scan was seen running");
+    assert_eq!(done["verdict"], "malicious", "{done}");
+
+    trace_starts_with_the_loader(&daemon, &id);
+
+    // Attached for the linger after the scan, then detached in the background; a scan that
+    // comes meanwhile stops the detach and attaches what it had detached, before its loader
+    // starts.
+    let detaching = daemon.poll("/v1/status", 60, |s| hooks(s)["state"] != "attached");
+    assert!(
+        finished.elapsed() >= Duration::from_millis(LINGER_MS / 2),
+        "detached {:?} after the scan: {detaching}",
+        finished.elapsed()
+    );
+    eprintln!(
+        "the second scan comes while the hooks are {}",
+        hooks(&detaching)["state"]
+    );
+    let second = daemon.submit(&slow);
+    assert_eq!(daemon.wait(&second)["verdict"], "malicious");
+    trace_starts_with_the_loader(&daemon, &second);
+    daemon.poll("/v1/status", 60, |s| hooks(s)["state"] == "detached");
+    daemon.stop();
+}
+
+/// The loader's very first acts are in scan `id`'s trace: what its process does between the
+/// gate and its exec (it drops root), the exec, and the dynamic linker's first open after it.
+fn trace_starts_with_the_loader(daemon: &Daemon, id: &str) {
+    let (_, events) = daemon.json("GET", &format!("/v1/scans/{id}/events"), &Value::Null);
+    let events = events["events"].as_array().unwrap();
+    let first: Vec<String> = events.iter().take(6).map(Value::to_string).collect();
+    let exec = events
+        .iter()
+        .position(|e| e["syscall"] == "execve")
+        .unwrap_or_else(|| panic!("no exec in {first:#?}"));
+    let loader = &events[exec]["pid"];
+    assert!(
+        exec > 0 && events[..exec].iter().all(|e| &e["pid"] == loader),
+        "the trace starts with the loader's acts before its exec: {first:#?}"
+    );
+    assert!(
+        events[exec + 1..].iter().any(|e| &e["pid"] == loader
+            && e["syscall"].as_str().unwrap_or("").starts_with("open")
+            && e.to_string().contains("ld.so.cache")),
+        "{first:#?}"
+    );
 }

@@ -10,6 +10,12 @@
 //! before its first process starts and [`finish`](Subscription::finish)es after its last one
 //! has exited; in between it sees its own records and nobody else's.
 //!
+//! Every subscription holds the syscall hooks attached ([`HooksHeld`]): the first one
+//! attaches them before it is returned, so a job's first process, started after it
+//! subscribed, is recorded from its first syscall. Where the router was told to
+//! ([`detach_when_idle`](Router::detach_when_idle), monitord), a thread of its own detaches
+//! them once nobody has held them for the linger.
+//!
 //! Nothing is lost silently. A subscription's queue is bounded: records that find it full are
 //! counted as lost for that job, like the kernel counts a full ring buffer, and either makes
 //! the job's trace incomplete. Records that cannot be decoded belong to no known cgroup, so
@@ -18,9 +24,10 @@
 use std::{
     collections::HashMap,
     sync::{
-        Arc, Mutex, MutexGuard,
+        Arc, Condvar, Mutex, MutexGuard, Weak,
         atomic::{AtomicU64, AtomicUsize, Ordering},
     },
+    time::{Duration, Instant},
 };
 
 use aya::maps::{MapData, RingBuf};
@@ -28,9 +35,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use monitor_common::event::{Discovery, KillPolicy, PathKey, Watch};
 
-use crate::decode::Record;
-use crate::probes::{KernelCounters, ProbeError, Probes, Target, WatchCounters};
-use crate::reader::Reader;
+use crate::{
+    decode::Record,
+    probes::{HooksState, KernelCounters, ProbeError, Probes, Target, WatchCounters},
+    reader::Reader,
+};
 
 /// Records one subscription may have waiting before further ones are counted as lost. A job
 /// whose judge falls this far behind is being flooded; its memory stays bounded.
@@ -60,6 +69,9 @@ pub struct Router {
 
 struct Shared {
     probes: Mutex<Probes>,
+    /// Who holds the syscall hooks attached, and when to detach them. Dropped with the router,
+    /// it ends the detaching thread.
+    hooks: EndsDetaching,
     /// By watch id.
     routes: Mutex<HashMap<u64, Route>>,
     next_watch_id: AtomicU64,
@@ -76,6 +88,71 @@ struct Shared {
     /// Why the routing thread ended, when it ended on its own.
     failure: Mutex<Option<String>>,
     thread: Mutex<Option<RouterThread>>,
+}
+
+/// The demand for the syscall hooks, and what wakes the detaching thread when it changes.
+#[derive(Default)]
+struct Hooks {
+    demand: Mutex<Demand>,
+    changed: Condvar,
+}
+
+/// The router's handle on [`Hooks`]: the detaching thread holds the router only weakly, and
+/// learns from this one's drop that it is gone.
+#[derive(Default)]
+struct EndsDetaching(Arc<Hooks>);
+
+impl std::ops::Deref for EndsDetaching {
+    type Target = Arc<Hooks>;
+    fn deref(&self) -> &Arc<Hooks> {
+        &self.0
+    }
+}
+
+impl Drop for EndsDetaching {
+    fn drop(&mut self) {
+        lock(&self.0.demand).stopping = true;
+        self.0.changed.notify_all();
+    }
+}
+
+/// Who needs the syscall hooks attached.
+#[derive(Default)]
+struct Demand {
+    /// [`HooksHeld`]s alive.
+    holders: usize,
+    /// Detach them once nobody has held them this long; `None`: never (they stay attached).
+    linger: Option<Duration>,
+    /// Since when nobody holds them (while attached).
+    idle_since: Option<Instant>,
+    /// The router is stopping: the detaching thread ends.
+    stopping: bool,
+}
+
+/// What [`Router::hooks`] says.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct HooksStatus {
+    pub state: HooksState,
+    /// Jobs, watches and discovery holding them attached now.
+    pub held_by: usize,
+    /// They are detached after this long with nobody holding them (`None`: never).
+    pub detach_after_idle_ms: Option<u64>,
+}
+
+/// Holds the syscall hooks attached while alive (see [`Router::hold_hooks`]).
+pub struct HooksHeld {
+    hooks: Arc<Hooks>,
+}
+
+impl Drop for HooksHeld {
+    fn drop(&mut self) {
+        let mut demand = lock(&self.hooks.demand);
+        demand.holders -= 1;
+        if demand.holders == 0 {
+            demand.idle_since = Some(Instant::now());
+            self.hooks.changed.notify_all();
+        }
+    }
 }
 
 /// The routing thread, and where it gives the ring buffer back when it ends.
@@ -108,6 +185,7 @@ impl Router {
         let ring = probes.take_events().ok_or(RouterError::RingInUse)?;
         let shared = Arc::new(Shared {
             probes: Mutex::new(probes),
+            hooks: EndsDetaching::default(),
             routes: Mutex::new(HashMap::new()),
             next_watch_id: AtomicU64::new(1),
             malformed: AtomicU64::new(0),
@@ -122,6 +200,59 @@ impl Router {
         let thread = spawn_thread(ring, shared.clone(), received)?;
         *lock(&shared.thread) = Some(thread);
         Ok(Router { shared, commands })
+    }
+
+    /// From now on, detaches the syscall hooks once nobody has held them for `linger` (from
+    /// now, if nobody holds them now), on a thread of its own; a later
+    /// [`hold_hooks`](Self::hold_hooks) attaches them again.
+    pub fn detach_when_idle(&self, linger: Duration) -> Result<(), RouterError> {
+        {
+            let mut demand = lock(&self.shared.hooks.demand);
+            if demand.linger.is_some() {
+                demand.linger = Some(linger);
+                return Ok(());
+            }
+            demand.linger = Some(linger);
+            if demand.holders == 0 {
+                demand.idle_since = Some(Instant::now());
+            }
+        }
+        let (hooks, shared) = (Arc::clone(&self.shared.hooks), Arc::downgrade(&self.shared));
+        std::thread::Builder::new()
+            .name("monitor-hooks".into())
+            .spawn(move || detach_when_idle(&hooks, &shared))
+            .map(drop)
+            .map_err(RouterError::Thread)
+    }
+
+    /// Holds the syscall hooks attached until the returned guard is dropped: attaches them
+    /// first if they are not (blocking: the attach alone, a fraction of a second).
+    pub fn hold_hooks(&self) -> Result<HooksHeld, RouterError> {
+        {
+            let mut demand = lock(&self.shared.hooks.demand);
+            demand.holders += 1;
+            demand.idle_since = None;
+        }
+        // Counted first: the detaching thread, which looks at the demand before it takes the
+        // probes, cannot detach them after this attach.
+        let held = HooksHeld {
+            hooks: Arc::clone(&self.shared.hooks),
+        };
+        lock(&self.shared.probes).attach_syscalls()?;
+        Ok(held)
+    }
+
+    /// Whether the syscall hooks are attached, and who holds them.
+    pub fn hooks(&self) -> HooksStatus {
+        let (held_by, linger) = {
+            let demand = lock(&self.shared.hooks.demand);
+            (demand.holders, demand.linger)
+        };
+        HooksStatus {
+            state: lock(&self.shared.probes).syscalls_state(),
+            held_by,
+            detach_after_idle_ms: linger.map(|l| l.as_millis() as u64),
+        }
     }
 
     /// Starts delivering the records of cgroup `cgroup_id` (and the cgroups it leaves its
@@ -156,6 +287,7 @@ impl Router {
 
     fn subscribe(&self, mut policy: Watch) -> Result<(Subscription, Watch), RouterError> {
         self.check_running()?;
+        let hooks = self.hold_hooks()?;
         policy.id = self.shared.next_watch_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
         let queue = Arc::new(Queue::default());
@@ -175,6 +307,7 @@ impl Router {
             tampered_at_start: self.shared.tampered.load(Ordering::Relaxed),
             finished: false,
             discovery: false,
+            _hooks: hooks,
         };
         Ok((subscription, policy))
     }
@@ -186,7 +319,7 @@ impl Router {
 
     /// How many tracepoints are attached, and which table entries this kernel lacks.
     pub fn attachments(&self) -> (usize, Vec<String>) {
-        let probes = lock(&self.shared.probes);
+        let mut probes = lock(&self.shared.probes);
         (probes.attached(), probes.missing().to_vec())
     }
 
@@ -313,6 +446,8 @@ pub struct Subscription {
     finished: bool,
     /// This is discovery's watch: finishing it turns discovery off.
     discovery: bool,
+    /// Dropped last, once the watch is out of the kernel's maps.
+    _hooks: HooksHeld,
 }
 
 /// A finished subscription's account of its trace.
@@ -452,6 +587,45 @@ impl Drop for Subscription {
         if !self.finished {
             let _ = self.unwatch();
             lock(&self.router.shared.routes).remove(&self.watch_id);
+        }
+    }
+}
+
+/// The detaching thread: detaches the syscall hooks once nobody has held them for the linger.
+/// Ends with the router.
+fn detach_when_idle(hooks: &Hooks, shared: &Weak<Shared>) {
+    let mut demand = lock(&hooks.demand);
+    loop {
+        if demand.stopping {
+            return;
+        }
+        let due = match (demand.idle_since, demand.linger) {
+            (Some(since), Some(linger)) if demand.holders == 0 => Some(since + linger),
+            _ => None,
+        };
+        match due {
+            Some(due) if due <= Instant::now() => {
+                demand.idle_since = None;
+                let Some(shared) = shared.upgrade() else {
+                    return;
+                };
+                // Under the demand's lock: a hold that comes now waits for it, then attaches.
+                lock(&shared.probes).detach_syscalls();
+            }
+            Some(due) => {
+                let wait = due.saturating_duration_since(Instant::now());
+                demand = hooks
+                    .changed
+                    .wait_timeout(demand, wait)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+            None => {
+                demand = hooks
+                    .changed
+                    .wait(demand)
+                    .unwrap_or_else(|p| p.into_inner())
+            }
         }
     }
 }

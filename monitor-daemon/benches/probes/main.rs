@@ -12,6 +12,7 @@ mod consumer;
 mod control;
 mod cost;
 mod cpu;
+mod idle;
 mod job;
 mod launch;
 mod machine;
@@ -39,6 +40,7 @@ const ROUNDS: Rounds = Rounds {
     cost: 11,
     replay: 5,
     live: 5,
+    idle: 5,
 };
 
 fn main() -> Result<()> {
@@ -63,6 +65,7 @@ fn main() -> Result<()> {
     let (costs, probe_times) = cost::measure(&rt, dir.path(), ROUNDS.cost, &mut quiet)?;
     let replay = replay::measure(&rt, dir.path(), ROUNDS.replay, &mut quiet)?;
     let live = throughput::measure(&rt, dir.path(), ROUNDS.live, &mut quiet)?;
+    let (idle, first_scan) = idle::measure(&rt, dir.path(), ROUNDS.idle, &mut quiet)?;
     report::print(&Results {
         machine: &machine,
         rounds: ROUNDS,
@@ -70,6 +73,8 @@ fn main() -> Result<()> {
         probe_times: &probe_times,
         replay: &replay,
         live: &live,
+        idle: &idle,
+        first_scan: &first_scan,
         quiet: &quiet,
     });
     Ok(())

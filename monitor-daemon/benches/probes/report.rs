@@ -3,6 +3,7 @@
 use crate::{
     consumer::Consumer,
     cost::{Cost, ProbeTimes},
+    idle::{FirstScan, IdleCost},
     machine::Machine,
     quiet::{BUSY_LIMIT, Quiet},
     replay::Replay,
@@ -18,6 +19,8 @@ pub struct Results<'a> {
     pub probe_times: &'a ProbeTimes,
     pub replay: &'a Replay,
     pub live: &'a [LiveRow],
+    pub idle: &'a [IdleCost],
+    pub first_scan: &'a FirstScan,
     pub quiet: &'a Quiet,
 }
 
@@ -25,6 +28,7 @@ pub struct Rounds {
     pub cost: usize,
     pub replay: usize,
     pub live: usize,
+    pub idle: usize,
 }
 
 /// Goals of the issue: attached/detached per loop, watched/unwatched, decoded records/s.
@@ -41,19 +45,21 @@ pub fn print(r: &Results<'_>) {
         "`cargo xtask bench probes` on {} CPUs ({}), Linux {}. The measured loop runs on \
          CPU 1; whatever traces it (monitor's consumer, strace) and the benchmark run on \
          CPU 0. Each cell: median (min–max); ratios are taken within a round, then the median. \
-         Rounds: {} (cost), {} (decoder), {} (live). Syscalls hooked with {}.\n",
+         Rounds: {} (cost), {} (decoder), {} (live), {} (idle daemon). Syscalls hooked with {}.\n",
         m.cpus,
         m.cpu_model,
         m.kernel,
         r.rounds.cost,
         r.rounds.replay,
         r.rounds.live,
+        r.rounds.idle,
         m.syscall_hooks.describe()
     );
     print_quiet(r.quiet);
     print_unwatched(r.costs);
     print_watched(r.costs);
     print_probe_times(r.probe_times);
+    print_idle(r.idle, r.first_scan);
     print_replay(r.replay);
     print_live(r.live);
 }
@@ -149,6 +155,48 @@ fn print_probe_times(t: &ProbeTimes) {
          of the cost rounds).\n",
         t.load.show(2),
         t.detach.show(2)
+    );
+}
+
+/// Issue 21's goal: an idle monitord (nothing watched, discovery off) costs the loops nothing.
+const IDLE_GOAL: f64 = 1.01;
+
+fn print_idle(idle: &[IdleCost], first: &FirstScan) {
+    println!(
+        "### An idle monitord, and its first scan
+"
+    );
+    println!(
+        "monitord running with nothing watched (its syscall hooks detached after \
+         `hooks_linger_ms`), against no monitord at all; the two take turns within each round.\n"
+    );
+    println!(
+        "| loop | no monitord, ns/iteration | idle monitord, ns/iteration | idle / none | goal |"
+    );
+    println!("| --- | --- | --- | --- | --- |");
+    for c in idle {
+        let ratio = c.ratio();
+        println!(
+            "| {} ×{} | {} | {} | {} | {} |",
+            c.kind.describe(),
+            thousands(c.iterations),
+            c.no_daemon.show(0),
+            c.idle_daemon.show(0),
+            ratio.show(3),
+            judge(ratio.median() <= IDLE_GOAL, format!("≤ {IDLE_GOAL:.2}"))
+        );
+    }
+    println!();
+    println!(
+        "A small benign pickle scanned through monitord, submission to verdict: {} s with its \
+         syscall hooks detached (the scan attaches them), {} s right after, while they are \
+         still attached: the attach added {} ms (cold less warm, per round). The attach alone, of probes already loaded: {} s \
+         (detaching them, in the background in monitord: {} s).\n",
+        first.cold.show(3),
+        first.warm.show(3),
+        first.extra.show_scaled(1e-3, 0),
+        first.attach.show(3),
+        first.detach.show(2),
     );
 }
 

@@ -10,12 +10,26 @@
 //! aya 0.14 has no kprobe-multi links (one link over many functions, which would also detach in
 //! one go), so each function gets a link of its own.
 //!
+//! The syscall hooks can be detached and attached again while the programs and maps stay
+//! loaded ([`SyscallLinks`]): monitord keeps them attached only while something is watched,
+//! since on a kernel without kprobes every syscall of every process pays for them. Attaching
+//! again is only the attach (the programs were verified at load); detaching waits for an RCU
+//! grace period per hook, so it runs on threads of its own, and stops where it is when the
+//! hooks are wanted again (those not yet detached are kept, the others attached again).
+//!
 //! A kretprobe keeps one instance per call in flight, from a pool of max(10, 2 x CPUs) per
 //! function (perf-created kprobes cannot ask for more): calls beyond that, for example many
 //! threads blocked in accept at once, lose their exit record (the kernel counts them in the
 //! probe's `nmissed`, which is not read yet); their entries are reported without a result.
 
-use std::path::Path;
+use std::{
+    path::Path,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+};
 
 use aya::{
     Ebpf,
@@ -28,7 +42,10 @@ use aya::{
 };
 use monitor_common::syscall::{SYSCALLS, Syscall};
 
-use super::{ProbeError, Tracefs, capture_spec};
+use super::{
+    ProbeError, Tracefs, capture_spec,
+    integrity::{self, Tracked},
+};
 
 /// How the syscalls of the table are hooked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -88,7 +105,7 @@ impl Link {
 pub type Attached = (Hook, Link);
 
 /// Where a program is attached: enough to attach it there again.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Hook {
     KProbe {
         prog: &'static str,
@@ -134,6 +151,16 @@ const SCHED_TRACEPOINTS: [&str; 3] = [
 /// The cgroup tracepoints, each with its program of the same name.
 const CGROUP_TRACEPOINTS: [&str; 2] = ["cgroup_mkdir", "cgroup_rmdir"];
 
+/// What [`attach_all`] attached.
+pub struct AttachedAll {
+    /// The syscall hooks' links.
+    pub syscalls: Vec<Attached>,
+    /// The process and cgroup tracepoints' links.
+    pub process: Vec<Attached>,
+    /// The table entries this kernel lacks.
+    pub missing: Vec<String>,
+}
+
 /// Attaches the syscall programs to each table entry, as `hooks` says, and the sched
 /// programs to their tracepoints. Returns the links with their hooks and the table entries
 /// this kernel lacks (each logged).
@@ -141,7 +168,7 @@ pub fn attach_all(
     ebpf: &mut Ebpf,
     hooks: SyscallHooks,
     tracefs: &Tracefs,
-) -> Result<(Vec<Attached>, Vec<String>), ProbeError> {
+) -> Result<AttachedAll, ProbeError> {
     let mut links = Vec::new();
     let mut missing = Vec::new();
     for sc in SYSCALLS {
@@ -157,6 +184,7 @@ pub fn attach_all(
             missing.push(sc.name.to_owned());
         }
     }
+    let mut process_links = Vec::new();
     let process = SCHED_TRACEPOINTS.map(|name| ("sched", name));
     for (category, name) in process
         .into_iter()
@@ -167,9 +195,195 @@ pub fn attach_all(
             category,
             event: name.into(),
         };
-        links.push((hook.clone(), hook.attach(ebpf)?));
+        process_links.push((hook.clone(), hook.attach(ebpf)?));
     }
-    Ok((links, missing))
+    Ok(AttachedAll {
+        syscalls: links,
+        process: process_links,
+        missing,
+    })
+}
+
+/// Whether the syscall hooks are attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HooksState {
+    Attached,
+    /// Being detached in the background: some still record.
+    Detaching,
+    Detached,
+}
+
+/// The attachments of the syscall hooks (not the process tracepoints', which cost only
+/// forks, execs and exits, and stay), which can be detached and attached again.
+pub struct SyscallLinks {
+    /// Every hook of the table on this kernel, as found at load, each entry before its exit.
+    hooks: Vec<Hook>,
+    state: LinkState,
+}
+
+enum LinkState {
+    Attached(Vec<Tracked>),
+    Detaching(Detaching),
+    Detached,
+}
+
+impl SyscallLinks {
+    /// The links `attach_all` made for the syscall hooks, attached.
+    pub fn attached(links: Vec<Tracked>) -> Self {
+        SyscallLinks {
+            hooks: links.iter().map(|t| t.hook().clone()).collect(),
+            state: LinkState::Attached(links),
+        }
+    }
+
+    pub fn state(&mut self) -> HooksState {
+        match &self.state {
+            LinkState::Attached(_) => HooksState::Attached,
+            LinkState::Detaching(detaching) if detaching.done() => {
+                self.state = LinkState::Detached;
+                HooksState::Detached
+            }
+            LinkState::Detaching(_) => HooksState::Detaching,
+            LinkState::Detached => HooksState::Detached,
+        }
+    }
+
+    /// How many hooks there are (attached or not).
+    pub fn hooks(&self) -> usize {
+        self.hooks.len()
+    }
+
+    /// The attachments, while attached (for the integrity check).
+    pub fn links_mut(&mut self) -> Option<&mut Vec<Tracked>> {
+        match &mut self.state {
+            LinkState::Attached(links) => Some(links),
+            _ => None,
+        }
+    }
+
+    /// Attaches every hook, from the programs loaded already: those a detach in progress has
+    /// not reached yet are kept as they are (it stops first), the others attached again.
+    /// Returns when every hook records. On an error none stays attached.
+    pub fn attach(&mut self, ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+        let kept = match std::mem::replace(&mut self.state, LinkState::Detached) {
+            LinkState::Attached(links) => {
+                self.state = LinkState::Attached(links);
+                return Ok(());
+            }
+            LinkState::Detaching(detaching) => detaching.stop(),
+            LinkState::Detached => Vec::new(),
+        };
+        let mut fresh = Vec::new();
+        for hook in &self.hooks {
+            if kept.iter().any(|t| t.hook() == hook) {
+                continue;
+            }
+            match hook.attach(ebpf) {
+                Ok(link) => fresh.push((hook.clone(), link)),
+                Err(e) => {
+                    let none = std::collections::HashMap::new();
+                    let partial = fresh
+                        .into_iter()
+                        .map(|(hook, link)| Tracked::new(hook, link, &none));
+                    self.state = LinkState::Detaching(Detaching::start(
+                        kept.into_iter().chain(partial).collect(),
+                    ));
+                    return Err(e);
+                }
+            }
+        }
+        let fds = integrity::link_fds();
+        let mut links = kept;
+        links.extend(
+            fresh
+                .into_iter()
+                .map(|(hook, link)| Tracked::new(hook, link, &fds)),
+        );
+        // In the table's order, as at load.
+        links.sort_by_key(|t| self.hooks.iter().position(|h| h == t.hook()));
+        self.state = LinkState::Attached(links);
+        Ok(())
+    }
+
+    /// Starts detaching every hook in the background; returns at once.
+    pub fn detach(&mut self) {
+        if let LinkState::Attached(links) = std::mem::replace(&mut self.state, LinkState::Detached)
+        {
+            self.state = LinkState::Detaching(Detaching::start(links));
+        }
+    }
+
+    /// Every link still attached, a detach in progress stopped (to be dropped at the end).
+    pub fn take_all(&mut self) -> Vec<Tracked> {
+        match std::mem::replace(&mut self.state, LinkState::Detached) {
+            LinkState::Attached(links) => links,
+            LinkState::Detaching(detaching) => detaching.stop(),
+            LinkState::Detached => Vec::new(),
+        }
+    }
+}
+
+/// Threads that detach the syscall hooks in the background: each detach waits for an RCU
+/// grace period, and these waits overlap.
+const BACKGROUND_DETACH_THREADS: usize = 16;
+
+/// A detach in progress: threads take links from `left` one at a time and drop them, until
+/// none is left or they are told to stop.
+struct Detaching {
+    left: Arc<Mutex<Vec<Tracked>>>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Detaching {
+    fn start(links: Vec<Tracked>) -> Self {
+        let n = links.len().min(BACKGROUND_DETACH_THREADS);
+        let left = Arc::new(Mutex::new(links));
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..n)
+            .filter_map(|_| {
+                let (left, stop) = (left.clone(), stop.clone());
+                let spawned = std::thread::Builder::new()
+                    .name("monitor-detach".into())
+                    .spawn(move || {
+                        while !stop.load(Ordering::Acquire) {
+                            let Some(link) = lock(&left).pop() else {
+                                return;
+                            };
+                            drop(link);
+                        }
+                    });
+                spawned
+                    .map_err(|e| tracing::warn!(error = %e, "starting a detaching thread"))
+                    .ok()
+            })
+            .collect();
+        Detaching {
+            left,
+            stop,
+            threads,
+        }
+    }
+
+    /// Every link is detached.
+    fn done(&self) -> bool {
+        self.threads.iter().all(JoinHandle::is_finished) && lock(&self.left).is_empty()
+    }
+
+    /// Stops the detach: waits for the links being dropped now (a grace period at most),
+    /// and returns those still attached.
+    fn stop(self) -> Vec<Tracked> {
+        self.stop.store(true, Ordering::Release);
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+        std::mem::take(&mut *lock(&self.left))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// `sys_enter` on `sc`'s function, `sys_exit` on its return when it has an exit record.

@@ -33,6 +33,10 @@ impl Tracked {
         Tracked { hook, link, held }
     }
 
+    pub fn hook(&self) -> &Hook {
+        &self.hook
+    }
+
     pub fn fd(&self) -> Option<RawFd> {
         self.held.map(|(fd, _)| fd)
     }

@@ -28,9 +28,9 @@ use monitor_common::{
     syscall::{ArgTest, Effect, MAX_ARGS, SYSCALLS, Syscall},
 };
 
-pub use self::attach::SyscallHooks;
+pub use self::attach::{HooksState, SyscallHooks};
 use self::{
-    attach::{Link, attach_all},
+    attach::{Link, SyscallLinks, attach_all},
     integrity::Tracked,
 };
 
@@ -171,9 +171,12 @@ struct Registered {
 
 /// The loaded and attached kernel programs.
 pub struct Probes {
-    /// Owned here rather than by the programs so that [`Drop`] can detach them in parallel,
-    /// and [`check`](Self::check) attach again one whose fd was closed.
+    /// The process and cgroup tracepoints' attachments. Owned here rather than by the
+    /// programs so that [`Drop`] can detach them in parallel, and [`check`](Self::check)
+    /// attach again one whose fd was closed.
     links: Vec<Tracked>,
+    /// The syscall hooks' attachments, which can be detached while nothing is watched.
+    syscalls: SyscallLinks,
     hooks: SyscallHooks,
     ebpf: Ebpf,
     watched: HashMap<MapData, u64, Watch>,
@@ -189,7 +192,6 @@ pub struct Probes {
     capture: Array<MapData, CaptureSpec>,
     events: Option<RingBuf<MapData>>,
     cpus: usize,
-    attached: usize,
     /// Attachments attached again since load, after their fds were closed from outside.
     reattached: u64,
     missing: Vec<String>,
@@ -239,13 +241,17 @@ impl Probes {
 
         let mut capture = map_as(&mut ebpf, "CAPTURE", Array::try_from)?;
         fill_capture_map(&mut capture)?;
-        let (links, missing) = attach_all(&mut ebpf, hooks, &tracefs)?;
-        let attached = links.len();
+        let all = attach_all(&mut ebpf, hooks, &tracefs)?;
+        let missing = all.missing;
         let fds = integrity::link_fds();
-        let links = links
-            .into_iter()
-            .map(|(hook, link)| Tracked::new(hook, link, &fds))
-            .collect();
+        let tracked = |links: Vec<attach::Attached>| -> Vec<Tracked> {
+            links
+                .into_iter()
+                .map(|(hook, link)| Tracked::new(hook, link, &fds))
+                .collect()
+        };
+        let links = tracked(all.process);
+        let syscalls = SyscallLinks::attached(tracked(all.syscalls));
 
         let watched = map_as(&mut ebpf, "WATCHED", HashMap::try_from)?;
         let watched_tasks = map_as(&mut ebpf, "WATCHED_TASKS", HashMap::try_from)?;
@@ -258,9 +264,15 @@ impl Probes {
         let counters = map_as(&mut ebpf, "COUNTERS", PerCpuArray::try_from)?;
         let events = map_as(&mut ebpf, "EVENTS", RingBuf::try_from)?;
         let cpus = nr_cpus().map_err(|(what, e)| ProbeError::Cpus(format!("{what}: {e}")))?;
-        tracing::debug!(attached, missing = missing.len(), ?hooks, "probes loaded");
+        tracing::debug!(
+            syscall_hooks = syscalls.hooks(),
+            missing = missing.len(),
+            ?hooks,
+            "probes loaded"
+        );
         Ok(Probes {
             links,
+            syscalls,
             hooks,
             ebpf,
             watched,
@@ -276,7 +288,6 @@ impl Probes {
             capture,
             events: Some(events),
             cpus,
-            attached,
             reattached: 0,
             missing,
         })
@@ -542,7 +553,15 @@ impl Probes {
     /// changed in the maps, attaches again what was detached, and returns what was wrong
     /// (nothing when all is well).
     pub fn check(&mut self) -> Vec<String> {
+        // The syscall hooks' links are checked while attached, with the others.
+        let process = self.links.len();
+        if let Some(syscalls) = self.syscalls.links_mut() {
+            self.links.append(syscalls);
+        }
         let (mut problems, reattached) = integrity::reattach_lost(&mut self.links, &mut self.ebpf);
+        if let Some(syscalls) = self.syscalls.links_mut() {
+            *syscalls = self.links.split_off(process);
+        }
         self.reattached += reattached as u64;
         let changed: Vec<&str> = SYSCALLS
             .iter()
@@ -637,13 +656,52 @@ impl Probes {
 
     /// The fds that hold the attachments (bpf links; none where the kernel attaches without
     /// links), for [`check`](Self::check)'s tests.
-    pub fn attachment_fds(&self) -> Vec<std::os::fd::RawFd> {
-        self.links.iter().filter_map(Tracked::fd).collect()
+    pub fn attachment_fds(&mut self) -> Vec<std::os::fd::RawFd> {
+        let syscalls = self
+            .syscalls
+            .links_mut()
+            .map(|l| &l[..])
+            .unwrap_or_default();
+        (self.links.iter().chain(syscalls.iter()))
+            .filter_map(Tracked::fd)
+            .collect()
     }
 
-    /// How many attachments (kprobes, kretprobes, tracepoints) there are.
-    pub fn attached(&self) -> usize {
-        self.attached
+    /// How many attachments (kprobes, kretprobes, tracepoints) there are now.
+    pub fn attached(&mut self) -> usize {
+        let syscalls = self.syscalls.links_mut().map_or(0, |l| l.len());
+        self.links.len() + syscalls
+    }
+
+    /// Attaches the syscall hooks, unless they are: the programs are loaded already, so this
+    /// is only the attach (a detach in progress stops, and the hooks it had not reached yet
+    /// are kept). Returns once every hook records.
+    pub fn attach_syscalls(&mut self) -> Result<(), ProbeError> {
+        let started = std::time::Instant::now();
+        let was = self.syscalls.state();
+        self.syscalls.attach(&mut self.ebpf)?;
+        if was != HooksState::Attached {
+            tracing::info!(
+                ms = started.elapsed().as_millis() as u64,
+                hooks = self.syscalls.hooks(),
+                "syscall hooks attached"
+            );
+        }
+        Ok(())
+    }
+
+    /// Starts detaching the syscall hooks in the background (the process tracepoints stay);
+    /// returns at once. Nothing is recorded of any syscall until they are attached again.
+    pub fn detach_syscalls(&mut self) {
+        if self.syscalls.state() == HooksState::Attached {
+            tracing::info!("nothing is watched: detaching the syscall hooks");
+        }
+        self.syscalls.detach();
+    }
+
+    /// Whether the syscall hooks are attached.
+    pub fn syscalls_state(&mut self) -> HooksState {
+        self.syscalls.state()
     }
 
     /// Attachments attached again since load (their fds had been closed from outside).
@@ -667,10 +725,9 @@ impl Drop for Probes {
     /// after another 120 of them take seconds. Detached from many threads at once, the waits
     /// overlap where the kernel lets them.
     fn drop(&mut self) {
-        let links: Vec<Link> = std::mem::take(&mut self.links)
-            .into_iter()
-            .map(Tracked::into_link)
-            .collect();
+        let mut links = std::mem::take(&mut self.links);
+        links.extend(self.syscalls.take_all());
+        let links: Vec<Link> = links.into_iter().map(Tracked::into_link).collect();
         let per_thread = links.len().div_ceil(DETACH_THREADS).max(1);
         let mut links = links.into_iter();
         std::thread::scope(|scope| {
@@ -954,6 +1011,61 @@ mod tests {
                 .load()
                 .unwrap_or_else(|e| panic!("{name} rejected: {e:?}"));
         }
+    }
+
+    /// The syscall hooks detached in the background and attached again half-way: those not
+    /// yet detached are kept, the others attached again, none twice; then detached for good,
+    /// the process tracepoints staying.
+    #[test]
+    fn syscall_hooks_attach_again_while_being_detached() {
+        if !nix::unistd::geteuid().is_root() || OBJECT.is_empty() {
+            eprintln!("skipped: needs root and the kernel object");
+            return;
+        }
+        let mut probes = Probes::load(&ProbeConfig {
+            ring_buffer_bytes: 1 << 20,
+        })
+        .expect("loading the probes");
+        let all = probes.attached();
+        let process = probes.links.len();
+        assert!(all > process, "the syscall hooks are attached at load");
+        let ours: Vec<u32> = (probes.ebpf.programs())
+            .filter_map(|(_, p)| p.info().ok().map(|i| i.id()))
+            .collect();
+        let kernel_links = || {
+            aya::programs::loaded_links()
+                .filter_map(Result::ok)
+                .filter(|l| ours.contains(&l.program_id()))
+                .count()
+        };
+        assert_eq!(kernel_links(), all);
+
+        probes.detach_syscalls();
+        assert_ne!(probes.syscalls_state(), HooksState::Attached);
+        std::thread::sleep(Duration::from_millis(150));
+        probes.attach_syscalls().expect("attaching again");
+        assert_eq!(probes.syscalls_state(), HooksState::Attached);
+        assert_eq!(probes.attached(), all);
+        assert_eq!(
+            probes.attachment_fds().len(),
+            all,
+            "each one a link of ours"
+        );
+        assert!(probes.check().is_empty(), "{:?}", probes.check());
+        // The kernel frees a closed link a moment later.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while kernel_links() != all && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(kernel_links(), all, "no hook attached twice");
+
+        probes.detach_syscalls();
+        while probes.syscalls_state() != HooksState::Detached {
+            assert!(std::time::Instant::now() < deadline + Duration::from_secs(60));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(probes.attached(), process, "the process tracepoints stay");
+        assert!(probes.check().is_empty(), "{:?}", probes.check());
     }
 
     #[test]
