@@ -190,7 +190,7 @@ fn status_text(status: &serde_json::Value) -> String {
     line(
         "probes",
         format!(
-            "{} attached, {missing} missing{}{}",
+            "{} attached, {missing} missing{}",
             probes["attached"]
                 .as_array()
                 .map_or(n(&probes["attached"]) as usize, Vec::len),
@@ -198,12 +198,11 @@ fn status_text(status: &serde_json::Value) -> String {
                 0 => String::new(),
                 k => format!(", TAMPERED WITH ({k} checks found it; see --json)"),
             },
-            match probes["state"].as_str() {
-                Some(state) => format!(", hooks {state}"),
-                None => String::new(),
-            }
         ),
     );
+    if let Some(why) = probes["syscall_hooks"]["why"].as_str() {
+        line("hooks", why.to_owned());
+    }
     if counters.is_object() && counters.get("error").is_none() {
         line(
             "kernel",
