@@ -1183,6 +1183,7 @@ fn monitorctl_watch_adds_lists_tails_and_removes() {
         "monitord ",
         "probes ",
         "attached",
+        "hooks ",
         "scans ",
         "watches ",
         "loader ",
