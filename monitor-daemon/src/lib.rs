@@ -18,6 +18,7 @@ pub mod control;
 pub mod creds;
 pub mod daemon;
 pub mod decode;
+pub mod judge;
 pub mod probes;
 pub mod process;
 pub mod procfs;
