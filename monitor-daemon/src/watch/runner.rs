@@ -292,10 +292,10 @@ impl Started {
         }
         Ok(WatchSummary {
             ended,
-            events: judge.events,
-            findings: judge.findings,
+            events: judge.core.events(),
+            findings: judge.core.findings_total(),
             kills: judge.kills,
-            processes: judge.tracer.processes().len(),
+            processes: judge.core.tracer.processes().len(),
             released: judge.discoveries.released_count,
             gaps: judge.discoveries.gaps,
             kernel_records: counts.kernel.events,
