@@ -10,6 +10,8 @@ use std::{
     io::{self, Write},
 };
 
+use monitor_common::syscall::ArgKind;
+
 use crate::{
     rules::Finding,
     trace::{Event, What},
@@ -147,10 +149,12 @@ pub fn text(event: &Event) -> String {
     }
 }
 
-/// open and openat ignore their mode unless they may create a file; strace leaves it out then,
-/// and so do we (JSON keeps every argument).
+/// An open with open flags (open, openat) ignores its mode unless it may create a file;
+/// strace leaves it out then, and so do we (JSON keeps every argument).
 fn mode_is_unused(sc: &crate::trace::SyscallEvent) -> bool {
-    matches!(sc.name, "open" | "openat")
+    let flagged = sc.syscall.args.iter().any(|a| a.kind == ArgKind::OpenFlags);
+    sc.syscall.opens
+        && flagged
         && sc.arg("flags").is_some_and(|f| {
             let text = f.to_string();
             !text.contains("O_CREAT") && !text.contains("O_TMPFILE")

@@ -180,7 +180,7 @@ impl Tracer {
                         }
                         // A new task's first return from clone/fork is the child half of a
                         // fork already reported; anything else is worth counting.
-                        if !(exit.ret == 0 && is_fork(exit.syscall)) {
+                        if !(exit.ret == 0 && exit.syscall.forks) {
                             self.unpaired_exits += 1;
                         }
                     }
@@ -205,9 +205,7 @@ impl Tracer {
                     enter.header.killed = true;
                 }
                 let argv = self.pending.get(&h.tid).and_then(|e| match e.args.get(1) {
-                    Some(ArgValue::Argv(v)) if e.syscall.name.starts_with("execve") => {
-                        Some(v.clone())
-                    }
+                    Some(ArgValue::Argv(v)) if e.syscall.executes => Some(v.clone()),
                     _ => e.args.iter().find_map(|a| match a {
                         ArgValue::Argv(v) => Some(v.clone()),
                         _ => None,
@@ -259,7 +257,7 @@ impl Tracer {
             }
             return;
         }
-        if sc.name == "exit_group"
+        if sc.ends_process
             && let Some(code) = enter.args.first().and_then(ArgValue::as_u64)
         {
             self.processes.exit_code(enter.header.pid, code as i32);
@@ -482,10 +480,6 @@ fn has_flag(enter: &Enter, flag: u64) -> bool {
         })
 }
 
-fn is_fork(sc: &Syscall) -> bool {
-    matches!(sc.name, "clone" | "clone3" | "fork" | "vfork")
-}
-
 /// `ENOENT` for 2; the kernel's own restart codes, which a syscall interrupted by a kill
 /// returns, by their kernel names.
 pub fn errno_name(errno: i32) -> String {
@@ -601,6 +595,23 @@ mod tests {
     const AT_FDCWD: i32 = libc::AT_FDCWD;
     const O_DIRECTORY: u64 = libc::O_DIRECTORY as u64;
     const O_CLOEXEC: u64 = libc::O_CLOEXEC as u64;
+
+    #[test]
+    fn the_table_says_what_forks_executes_ends_a_process_and_changes_directory() {
+        let with = |test: fn(&Syscall) -> bool| {
+            let mut names: Vec<&str> = monitor_common::syscall::SYSCALLS
+                .iter()
+                .filter(|sc| test(sc))
+                .map(|sc| sc.name)
+                .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(with(|sc| sc.forks), ["clone", "clone3", "fork", "vfork"]);
+        assert_eq!(with(|sc| sc.executes), ["execve", "execveat"]);
+        assert_eq!(with(|sc| sc.ends_process), ["exit_group"]);
+        assert_eq!(with(|sc| sc.changes_cwd()), ["chdir", "fchdir"]);
+    }
 
     #[test]
     fn paths_relative_to_a_directory_fd_or_its_duplicates_are_resolved() {

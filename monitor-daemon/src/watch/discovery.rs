@@ -7,10 +7,7 @@
 //! a model. Every Python process reads its site `.pth` files at start and is found there; none
 //! of those is announced, and each is let go of at the next tick, within a second.
 
-use std::{
-    collections::{HashMap, HashSet},
-    path::Path,
-};
+use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 
@@ -260,8 +257,7 @@ impl Discoveries {
 
     /// Forgets released processes that are gone.
     pub fn prune(&mut self) {
-        self.released
-            .retain(|pid, _| Path::new(&format!("/proc/{pid}")).exists());
+        self.released.retain(|pid, _| crate::procfs::exists(*pid));
     }
 }
 
@@ -382,7 +378,7 @@ mod tests {
             })
         };
         let me = std::process::id();
-        let mut see = |d: &mut Discoveries, path: &Path, file: &fs::File, t| {
+        let mut see = |d: &mut Discoveries, path: &std::path::Path, file: &fs::File, t| {
             let event = open_event(path.to_str().unwrap(), file.as_raw_fd().into(), t);
             let What::Syscall(sc) = &event.what else {
                 unreachable!()

@@ -9,7 +9,7 @@
 //! marked `blocked`, and triggers the policy as well: the payload's shell is dead already, and
 //! the process that started it goes next.
 
-use std::{collections::HashSet, fs, path::Path, sync::Arc};
+use std::{collections::HashSet, fs, sync::Arc};
 
 use monitor_common::{
     event::{KillPolicy, PathKey},
@@ -304,7 +304,7 @@ impl Judge {
         if cgroup.is_none() {
             let alive = |pid: &u32| {
                 processes.get(*pid).is_some_and(|p| p.exit_ns.is_none())
-                    && Path::new(&format!("/proc/{pid}")).exists()
+                    && crate::procfs::exists(*pid)
             };
             // The top of the watched tree above the act: its processes are the table's.
             let top = processes
@@ -394,7 +394,7 @@ impl Judge {
         self.core.tracer.processes_mut().prune_exited(horizon);
         self.loads
             .prune(monotonic_ns().saturating_sub(KEEP_EXITED_NS));
-        let exists = |pid: &u32| Path::new(&format!("/proc/{pid}")).exists();
+        let exists = |pid: &u32| crate::procfs::exists(*pid);
         self.live.retain(exists);
         self.killed.retain(exists);
         self.acted_on.retain(exists);

@@ -465,7 +465,7 @@ impl Executable {
             .found
             .iter()
             .copied()
-            .filter(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+            .filter(|pid| !procfs::exists(*pid))
             .collect();
         if !gone.is_empty() {
             for pid in &gone {
@@ -517,7 +517,7 @@ fn descendants_in_proc(pid: u32) -> Vec<u32> {
     let parent_of: HashMap<u32, u32> = procfs::pids()
         .into_iter()
         .filter_map(|child| {
-            let stat = fs::read_to_string(format!("/proc/{child}/stat")).ok()?;
+            let stat = procfs::stat_line(child)?;
             Some((child, parse_ppid(&stat)?))
         })
         .collect();
