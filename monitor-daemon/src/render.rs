@@ -126,16 +126,16 @@ pub fn text(event: &Event) -> String {
                 // What the paths reached: a directory fd's file, a symlink's target.
                 line.push_str(&format!(" <reached {}>", sc.resolved.join(" -> ")));
             }
-            if sc.truncated {
+            if sc.flags.truncated {
                 line.push_str(" <truncated>");
             }
-            if sc.read_error {
+            if sc.flags.read_error {
                 line.push_str(" <unreadable memory>");
             }
-            if sc.recaptured {
+            if sc.flags.recaptured {
                 line.push_str(" <read at exit>");
             }
-            if sc.killed {
+            if sc.flags.killed {
                 line.push_str(" <killed by the watch's policy>");
             }
             line

@@ -595,7 +595,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::{Fork, Header};
+    use crate::decode::{Flags, Fork, Header};
 
     /// A record of watch `watch`, told apart by `n`.
     fn record(watch: u64, n: u32) -> Record {
@@ -610,10 +610,7 @@ mod tests {
                 uid: 0,
                 gid: 0,
                 comm: String::new(),
-                truncated: false,
-                read_error: false,
-                recaptured: false,
-                killed: false,
+                flags: Flags::default(),
             },
             child_tid: n,
         })

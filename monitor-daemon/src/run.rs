@@ -629,7 +629,7 @@ mod tests {
     use monitor_common::syscall::by_name;
 
     use super::*;
-    use crate::decode::{Enter, Exit, Header};
+    use crate::decode::{Enter, Exit, Flags, Header};
 
     const ROOT: u32 = 50;
 
@@ -656,10 +656,7 @@ mod tests {
             uid: 1000,
             gid: 1000,
             comm: "python3".into(),
-            truncated: false,
-            read_error: false,
-            recaptured: false,
-            killed: false,
+            flags: Flags::default(),
         }
     }
 

@@ -7,7 +7,7 @@ use monitor_common::syscall::{ArgKind, Class, Effect, F_DUPFD_CLOEXEC, Syscall};
 use serde::{Serialize, Serializer, ser::SerializeMap};
 
 use crate::{
-    decode::{ArgValue, Enter, FileId, Record},
+    decode::{ArgValue, Enter, FileId, Flags, Record},
     process::{OpenFile, ProcessTable},
     resolve::{self, Names},
 };
@@ -61,19 +61,9 @@ pub struct SyscallEvent {
     pub errno: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit_time_ns: Option<u64>,
-    /// Some argument was cut at its capture bound.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub truncated: bool,
-    /// Some argument's memory could not be read.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub read_error: bool,
-    /// The arguments were read at the syscall's exit, because their memory was not readable
-    /// at entry: they show what the memory held then.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub recaptured: bool,
-    /// The watch's policy killed the process at this syscall's entry, in the kernel.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub killed: bool,
+    /// Its entry record's flags: arguments cut or unreadable, read at exit, killed.
+    #[serde(flatten)]
+    pub flags: Flags,
     /// What its path arguments reached, where that is not what they spell: made absolute
     /// against a directory fd or the working directory, through `/proc/self/fd`, through the
     /// symlinks and renames the job made, and the name of a file known by identity (a
@@ -199,10 +189,10 @@ impl Tracer {
                     self.pending.insert(h.tid, enter);
                 }
                 // Killed at its exec: the exec syscall waiting for its exit is the act killed.
-                if h.killed
+                if h.flags.killed
                     && let Some(enter) = self.pending.get_mut(&h.tid)
                 {
-                    enter.header.killed = true;
+                    enter.header.flags.killed = true;
                 }
                 let argv = self.pending.get(&h.tid).and_then(|e| match e.args.get(1) {
                     Some(ArgValue::Argv(v)) if e.syscall.executes => Some(v.clone()),
@@ -246,7 +236,7 @@ impl Tracer {
 
     fn enter(&mut self, enter: Enter, emit: &mut impl FnMut(Event)) {
         let sc = enter.syscall;
-        if enter.header.recaptured {
+        if enter.header.flags.recaptured {
             // A second look at the entry waiting for its exit: keep its time, take the data.
             if let Some(pending) = self.pending.get_mut(&enter.header.tid)
                 && pending.syscall.nr == sc.nr
@@ -443,10 +433,7 @@ impl Tracer {
             ret,
             errno,
             exit_time_ns: exit.map(|e| e.time_ns),
-            truncated: enter.header.truncated,
-            read_error: enter.header.read_error,
-            recaptured: enter.header.recaptured,
-            killed: enter.header.killed,
+            flags: enter.header.flags,
             resolved,
             syscall: sc,
         });
@@ -512,10 +499,7 @@ mod tests {
             uid: 1000,
             gid: 1000,
             comm: "python".into(),
-            truncated: false,
-            read_error: false,
-            recaptured: false,
-            killed: false,
+            flags: Flags::default(),
         }
     }
 

@@ -419,7 +419,7 @@ impl RuleSet {
                     phase: ctx.phase,
                     event: event.clone(),
                     process: None,
-                    blocked: sc.killed,
+                    blocked: sc.flags.killed,
                     load: None,
                 });
             }
@@ -547,10 +547,7 @@ mod tests {
                 ret: Some(ret),
                 errno: None,
                 exit_time_ns: None,
-                truncated: false,
-                read_error: false,
-                recaptured: false,
-                killed: false,
+                flags: crate::decode::Flags::default(),
                 resolved: Vec::new(),
                 syscall: sc,
             }),
@@ -1083,7 +1080,7 @@ exceptions:
         );
         assert_eq!(fired(&rules, &exec, None), ["exec.attempt"]);
         if let What::Syscall(sc) = &mut exec.what {
-            sc.killed = true;
+            sc.flags.killed = true;
         }
         let found = rules.judge(&exec, Phase::Load, None);
         assert_eq!(

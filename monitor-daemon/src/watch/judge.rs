@@ -195,7 +195,7 @@ impl Judge {
                         sink,
                     );
                 }
-                if sc.killed && self.killed.insert(event.pid) {
+                if sc.flags.killed && self.killed.insert(event.pid) {
                     self.kills += 1;
                     sink(WatchOutput::Kill(&Kill {
                         pid: event.pid,
