@@ -49,10 +49,9 @@ pub fn rule_set(files: &[PathBuf], no_defaults: bool) -> anyhow::Result<RuleSet>
 
 /// `--ring-buffer-kib`: what the kernel accepts for a ring buffer.
 pub fn parse_ring_kib(s: &str) -> Result<u32, String> {
+    use monitor_common::event::{RING_BUFFER_KIB_RULE, ring_buffer_kib};
     let kib: u32 = s.parse().map_err(|e| format!("{e}"))?;
-    if kib < 4 || !kib.is_power_of_two() || kib > 1024 * 1024 {
-        return Err("must be a power of two between 4 and 1048576".into());
-    }
+    ring_buffer_kib(kib).ok_or_else(|| format!("must be {RING_BUFFER_KIB_RULE}"))?;
     Ok(kib)
 }
 

@@ -77,8 +77,8 @@ pub struct RunArgs {
     /// Kill the command and everything it started after this long (e.g. 30s, 5m, 1h).
     #[arg(long, value_name = "DURATION", value_parser = crate::duration::parse)]
     timeout: Option<std::time::Duration>,
-    /// Size of the kernel ring buffer in KiB (a power of two, at least 4).
-    #[arg(long, value_name = "KIB", default_value_t = 16 * 1024, value_parser = common::parse_ring_kib)]
+    /// Size of the kernel ring buffer in KiB (a power of two from 4 to 1048576).
+    #[arg(long, value_name = "KIB", default_value_t = monitor_common::event::RING_BUFFER_DEFAULT_KIB, value_parser = common::parse_ring_kib)]
     ring_buffer_kib: u32,
     /// The command and its arguments.
     #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]

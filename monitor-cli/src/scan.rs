@@ -139,8 +139,8 @@ pub struct ScanArgs {
     /// monitord's socket [default: $MONITOR_SOCKET, or /run/monitor/monitord.sock].
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
-    /// Size of the kernel ring buffer in KiB (a power of two, at least 4).
-    #[arg(long, value_name = "KIB", default_value_t = 16 * 1024, value_parser = common::parse_ring_kib)]
+    /// Size of the kernel ring buffer in KiB (a power of two from 4 to 1048576).
+    #[arg(long, value_name = "KIB", default_value_t = monitor_common::event::RING_BUFFER_DEFAULT_KIB, value_parser = common::parse_ring_kib)]
     ring_buffer_kib: u32,
 }
 

@@ -34,6 +34,34 @@ impl EventKind {
     }
 }
 
+/// The `EVENTS` ring buffer's size when nobody says otherwise: 16 MiB.
+pub const RING_BUFFER_DEFAULT_BYTES: u32 = 16 << 20;
+/// The smallest ring buffer user space asks for: one 4 KiB page.
+pub const RING_BUFFER_MIN_BYTES: u32 = 4 << 10;
+/// The largest ring buffer user space asks for: 1 GiB.
+pub const RING_BUFFER_MAX_BYTES: u32 = 1 << 30;
+/// [`RING_BUFFER_DEFAULT_BYTES`] in KiB, the unit of settings and command lines.
+pub const RING_BUFFER_DEFAULT_KIB: u32 = RING_BUFFER_DEFAULT_BYTES >> 10;
+
+/// Whether a ring buffer of `bytes` can be asked for: a power of two between
+/// [`RING_BUFFER_MIN_BYTES`] and [`RING_BUFFER_MAX_BYTES`] (the kernel wants a power-of-two
+/// number of pages; with 4 KiB pages, that is this).
+pub const fn ring_buffer_bytes_ok(bytes: u32) -> bool {
+    bytes.is_power_of_two() && bytes >= RING_BUFFER_MIN_BYTES && bytes <= RING_BUFFER_MAX_BYTES
+}
+
+/// The ring buffer's size in bytes for a size in KiB (settings, command lines), when
+/// [`ring_buffer_bytes_ok`].
+pub const fn ring_buffer_kib(kib: u32) -> Option<u32> {
+    match kib.checked_mul(1024) {
+        Some(bytes) if ring_buffer_bytes_ok(bytes) => Some(bytes),
+        _ => None,
+    }
+}
+
+/// What [`ring_buffer_kib`] takes, said for an error message.
+pub const RING_BUFFER_KIB_RULE: &str = "a power of two from 4 to 1048576 (KiB)";
+
 /// Length of `comm` (the kernel's TASK_COMM_LEN).
 pub const COMM_LEN: usize = 16;
 
@@ -193,7 +221,67 @@ pub enum Counter {
 }
 
 /// How many [`Counter`]s there are.
-pub const COUNTERS: u32 = 7;
+pub const COUNTERS: u32 = Counter::CgroupsFull as u32 + 1;
+
+impl Counter {
+    /// Every counter, in the order of their indexes.
+    pub const ALL: [Counter; COUNTERS as usize] = [
+        Counter::Events,
+        Counter::Dropped,
+        Counter::ReadErrors,
+        Counter::TasksFull,
+        Counter::Discovered,
+        Counter::Followed,
+        Counter::CgroupsFull,
+    ];
+
+    /// Its name in status reports.
+    pub const fn key(self) -> &'static str {
+        match self {
+            Counter::Events => "events",
+            Counter::Dropped => "dropped",
+            Counter::ReadErrors => "read_errors",
+            Counter::TasksFull => "tasks_full",
+            Counter::Discovered => "discovered",
+            Counter::Followed => "followed",
+            Counter::CgroupsFull => "cgroups_full",
+        }
+    }
+
+    /// Its metric's name (after the `monitor_` prefix), and what the metric says.
+    pub const fn metric(self) -> (&'static str, &'static str) {
+        match self {
+            Counter::Events => (
+                "kernel_records",
+                "Records the kernel programs wrote to the ring buffer",
+            ),
+            Counter::Dropped => (
+                "kernel_records_dropped",
+                "Records the kernel programs lost to a full ring buffer (every job's)",
+            ),
+            Counter::ReadErrors => (
+                "kernel_read_errors",
+                "Failed reads of user or kernel memory in the probes (the record is flagged)",
+            ),
+            Counter::TasksFull => (
+                "kernel_tasks_full",
+                "Processes a watch could not follow because the tasks map was full",
+            ),
+            Counter::Discovered => (
+                "kernel_discovered",
+                "Processes discovery started watching, in the kernel",
+            ),
+            Counter::Followed => (
+                "kernel_followed",
+                "Cgroups and processes the kernel added to a watch itself",
+            ),
+            Counter::CgroupsFull => (
+                "kernel_cgroups_full",
+                "Cgroups under a watched one the kernel had no room to watch",
+            ),
+        }
+    }
+}
 
 /// What selects a task for recording: the value of the `WATCHED` map (keyed by cgroup id) and
 /// of the `WATCHED_TASKS` map (keyed by process id). What the kernel does to the task is the
@@ -460,3 +548,35 @@ pub const WAKEUP_INTERVAL_NS: u64 = 1_000_000;
 /// one, so a reader that looks again this long after finding records never leaves one behind
 /// (the margin covers the time between a program's decision and its commit).
 pub const READER_RECHECK_NS: u64 = 2 * WAKEUP_INTERVAL_NS;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_buffer_sizes_are_powers_of_two_within_the_bounds() {
+        assert!(ring_buffer_bytes_ok(RING_BUFFER_DEFAULT_BYTES));
+        assert_eq!(
+            ring_buffer_kib(RING_BUFFER_DEFAULT_KIB),
+            Some(RING_BUFFER_DEFAULT_BYTES)
+        );
+        assert_eq!(ring_buffer_kib(4), Some(4096));
+        assert_eq!(ring_buffer_kib(1 << 20), Some(1 << 30));
+        for bad in [0, 1, 2, 3, 6, 12, 1000, 2 << 20, u32::MAX, 1 << 22] {
+            assert_eq!(ring_buffer_kib(bad), None, "{bad} KiB");
+        }
+    }
+
+    #[test]
+    fn every_counter_is_listed_once_at_its_index_with_its_own_names() {
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i);
+            for other in &Counter::ALL[..i] {
+                assert_ne!(c.key(), other.key());
+                assert_ne!(c.metric().0, other.metric().0);
+            }
+            assert!(c.metric().0.starts_with("kernel_"));
+        }
+        assert_eq!(Counter::ALL.len(), COUNTERS as usize);
+    }
+}

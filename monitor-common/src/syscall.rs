@@ -178,12 +178,22 @@ pub struct Syscall {
     /// Whether it executes a program (a kill policy kills it at the exec, see
     /// `event::KillPolicy`).
     pub executes: bool,
+    /// Whether it makes a new task (a process or a thread): its child returns from it too,
+    /// with 0, without an entry of its own.
+    pub forks: bool,
+    /// Whether it ends the whole process (its argument is the exit code).
+    pub ends_process: bool,
 }
 
 impl Syscall {
     /// Whether the kernel records its return: an exit record follows the entry.
     pub const fn has_exit(&self) -> bool {
         self.returns && self.result
+    }
+
+    /// Whether, on success, it changes the working directory.
+    pub const fn changes_cwd(&self) -> bool {
+        matches!(self.effect, Effect::ChangesCwd)
     }
 
     /// The index of the open flags argument of a syscall discovery looks at, when they are one
@@ -222,6 +232,16 @@ const fn sc(name: &'static str, nr: u32, class: Class, args: &'static [Arg]) -> 
         opens: false,
         effect: Effect::None,
         executes: false,
+        forks: false,
+        ends_process: false,
+    }
+}
+
+/// A syscall that makes a new task.
+const fn forker(syscall: Syscall) -> Syscall {
+    Syscall {
+        forks: true,
+        ..syscall
     }
 }
 
@@ -264,13 +284,13 @@ pub static SYSCALLS: &[Syscall] = &[
             a("dfd", DirFd), a("filename", Path), a("argv", Argv), a("envp", Ptr), a("flags", AtFlags),
         ])
     },
-    sc("clone", 56, Process, &[
+    forker(sc("clone", 56, Process, &[
         a("flags", CloneFlags), a("newsp", Ptr), a("parent_tid", Ptr), a("child_tid", Ptr), a("tls", Hex),
-    ]),
-    sc("clone3", 435, Process, &[a("uargs", CloneArgs), a("size", Size)]),
-    sc("fork", 57, Process, &[]),
-    sc("vfork", 58, Process, &[]),
-    Syscall { returns: false, ..sc("exit_group", 231, Process, &[a("error_code", Int)]) },
+    ])),
+    forker(sc("clone3", 435, Process, &[a("uargs", CloneArgs), a("size", Size)])),
+    forker(sc("fork", 57, Process, &[])),
+    forker(sc("vfork", 58, Process, &[])),
+    Syscall { returns: false, ends_process: true, ..sc("exit_group", 231, Process, &[a("error_code", Int)]) },
     sc("kill", 62, Process, &[a("pid", Pid), a("sig", Signal)]),
     sc("tkill", 200, Process, &[a("pid", Pid), a("sig", Signal)]),
     sc("tgkill", 234, Process, &[a("tgid", Pid), a("pid", Pid), a("sig", Signal)]),

@@ -25,7 +25,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use monitor_common::event::{Discovery, Watch};
+use monitor_common::event::{Counter, Discovery, Watch};
 use monitor_engine::cgroup::{self, JobCgroup};
 use monitor_engine::probes::{ProbeConfig, Probes};
 use monitor_watch::artifact::{DEFAULT_SUFFIXES, kernel_suffixes};
@@ -272,7 +272,7 @@ fn discovery_cost(dir: &Path) -> Result<()> {
     }
     probes.set_discovery(None)?;
     let costs = program_costs(&mut probes, &discovery, &file)?;
-    let discovered = probes.counters()?.discovered;
+    let discovered = probes.counters()?.get(Counter::Discovered);
     let ratios: Vec<f64> = off.iter().zip(&on).map(|(a, b)| b / a).collect();
     let (off_m, _, _) = percentiles(off.clone());
     let (on_m, _, _) = percentiles(on.clone());

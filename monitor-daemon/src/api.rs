@@ -8,6 +8,7 @@
 //! with fields the API does not know are refused (400), not half-understood.
 
 use monitor_api::UploadQuery;
+use monitor_watch::Validate as _;
 use std::{path::Path, sync::Arc};
 
 use axum::{
@@ -25,12 +26,10 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::io::AsyncWriteExt as _;
 
-use crate::{
-    Shared,
-    auth::{self, Caller, Role},
-    feed::FeedItem,
-    store::{self, ScanRequest, StoreError},
-};
+use crate::Shared;
+use crate::auth::{self, Caller, Role};
+use crate::feed::FeedItem;
+use crate::store::{self, ScanRequest, StoreError};
 use monitor_engine::probes::HooksState;
 use monitor_scan::input::{self, OpenAs};
 

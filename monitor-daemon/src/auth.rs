@@ -14,7 +14,9 @@ use axum::{
 };
 use serde::Serialize;
 
-use crate::{Shared, api::ApiError, config::RolesConfig};
+use crate::Shared;
+use crate::api::ApiError;
+use crate::config::RolesConfig;
 use monitor_engine::creds::Credentials;
 use monitor_watch::{Selector, WatchSpec};
 

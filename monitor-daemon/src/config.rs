@@ -46,7 +46,7 @@ pub struct Config {
     /// free space than this, in MiB: a report with its trace takes up to tens of MiB, and a
     /// scan that cannot be stored is a scan lost.
     pub min_free_mib: u64,
-    /// Size of the kernel ring buffer in KiB (a power of two).
+    /// Size of the kernel ring buffer in KiB (a power of two from 4 to 1048576).
     pub ring_buffer_kib: u32,
     /// An API client must send a request's head within this many seconds of connecting (or,
     /// on a kept-alive connection, of its last reply), and each piece of a request body
@@ -213,7 +213,7 @@ impl Default for Config {
             loader_env: monitor_scan::job::DEFAULT_LOADER_ENV.into(),
             retention_days: 90,
             min_free_mib: 64,
-            ring_buffer_kib: 16 * 1024,
+            ring_buffer_kib: monitor_common::event::RING_BUFFER_DEFAULT_KIB,
             read_timeout_secs: 5,
             max_connections: 512,
             max_connections_per_user: 32,
@@ -274,10 +274,11 @@ impl Config {
                  metrics_listen_allow_non_loopback = true"
             )));
         }
-        if self.ring_buffer_kib < 4 || !self.ring_buffer_kib.is_power_of_two() {
-            return Err(ConfigError::Invalid(
-                "ring_buffer_kib must be a power of two, at least 4".into(),
-            ));
+        if monitor_common::event::ring_buffer_kib(self.ring_buffer_kib).is_none() {
+            return Err(ConfigError::Invalid(format!(
+                "ring_buffer_kib must be {}",
+                monitor_common::event::RING_BUFFER_KIB_RULE
+            )));
         }
         if self.scan_timeout_secs == 0
             || self.max_queued_scans == 0

@@ -11,7 +11,8 @@ use monitor_rules::Finding;
 use monitor_scan::ScanReport;
 use monitor_watch::{Kill, content::Content};
 
-use crate::{Shared, watches::WatchStatus};
+use crate::Shared;
+use crate::watches::WatchStatus;
 
 /// Whose an event is.
 pub enum Origin<'a> {

@@ -11,11 +11,9 @@ use std::{
 
 use tokio::sync::{Semaphore, mpsc};
 
-use crate::{
-    Shared,
-    events::{DaemonEvent, Origin},
-    store::{Finished, ScanRequest, StoreError},
-};
+use crate::Shared;
+use crate::events::{DaemonEvent, Origin};
+use crate::store::{Finished, ScanRequest, StoreError};
 use monitor_formats::Limits;
 use monitor_jobs::run::Output;
 use monitor_rules::Phase;

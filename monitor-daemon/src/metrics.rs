@@ -14,6 +14,8 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use monitor_common::event::Counter as KernelCounter;
+
 use monitor_engine::router::Router;
 use monitor_scan::ScanReport;
 
@@ -378,43 +380,9 @@ impl Collector for KernelCollector {
         // A map that cannot be read leaves its families out of this scrape (the log and
         // /v1/status say why); the others still answer.
         if let Ok(c) = router.counters() {
-            for (name, help, value) in [
-                (
-                    "kernel_records",
-                    "Records the kernel programs wrote to the ring buffer",
-                    c.events,
-                ),
-                (
-                    "kernel_records_dropped",
-                    "Records the kernel programs lost to a full ring buffer (every job's)",
-                    c.dropped,
-                ),
-                (
-                    "kernel_read_errors",
-                    "Failed reads of user or kernel memory in the probes (the record is flagged)",
-                    c.read_errors,
-                ),
-                (
-                    "kernel_tasks_full",
-                    "Processes a watch could not follow because the tasks map was full",
-                    c.tasks_full,
-                ),
-                (
-                    "kernel_cgroups_full",
-                    "Cgroups under a watched one the kernel had no room to watch",
-                    c.cgroups_full,
-                ),
-                (
-                    "kernel_discovered",
-                    "Processes discovery started watching, in the kernel",
-                    c.discovered,
-                ),
-                (
-                    "kernel_followed",
-                    "Cgroups and processes the kernel added to a watch itself",
-                    c.followed,
-                ),
-            ] {
+            for counter in KernelCounter::ALL {
+                let (name, help) = counter.metric();
+                let value = c.get(counter);
                 encode_const(&mut encoder, name, help, ConstCounter::new(value))?;
             }
         }

@@ -10,11 +10,9 @@ use std::{
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{
-    Shared,
-    events::{DaemonEvent, Origin},
-    store::WatchRecord,
-};
+use crate::Shared;
+use crate::events::{DaemonEvent, Origin};
+use crate::store::WatchRecord;
 use monitor_watch::{self as watch, Command, WatchOutput, WatchSpec, WatchSummary};
 
 /// The id of the watch that monitord's `[discovery]` settings start.

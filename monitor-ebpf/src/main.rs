@@ -51,7 +51,7 @@ use crate::{
 };
 
 /// Default ring buffer size; user space may change it before load.
-const EVENTS_BYTES: u32 = 16 * 1024 * 1024;
+const EVENTS_BYTES: u32 = monitor_common::event::RING_BUFFER_DEFAULT_BYTES;
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);

@@ -49,6 +49,11 @@ impl<'a> Stat<'a> {
     }
 }
 
+/// Whether process `pid` exists now (a zombie does, until reaped).
+pub fn exists(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
 /// The `/proc/PID/stat` line of process `pid`, while it lives.
 pub fn stat_line(pid: u32) -> Option<String> {
     fs::read_to_string(format!("/proc/{pid}/stat")).ok()

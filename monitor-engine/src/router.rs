@@ -35,11 +35,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use monitor_common::event::{Discovery, KillPolicy, PathKey, Watch};
 
-use crate::{
-    decode::Record,
-    probes::{HooksState, KernelCounters, ProbeError, Probes, Target, WatchCounters},
-    reader::Reader,
-};
+use crate::decode::Record;
+use crate::probes::{HooksState, KernelCounters, ProbeError, Probes, Target, WatchCounters};
+use crate::reader::Reader;
 
 /// Records one subscription may have waiting before further ones are counted as lost. A job
 /// whose judge falls this far behind is being flooded; its memory stays bounded.
@@ -728,7 +726,13 @@ fn route(shared: &Shared, records: &mut Vec<Record>, reader: &Reader) {
     if records.is_empty() {
         return;
     }
-    let routes = lock(&shared.routes);
+    deliver(&lock(&shared.routes), records, &shared.unrouted);
+}
+
+/// Hands `records` (drained) to the routes of their watches, a batch per run of one watch, in
+/// the order they came; counts in `unrouted` those of no route, and in a route's queue those
+/// it had no room for.
+fn deliver(routes: &HashMap<u64, Route>, records: &mut Vec<Record>, unrouted: &AtomicU64) {
     let mut records = records.drain(..).peekable();
     while let Some(first) = records.next() {
         let watch = first.header().watch_id;
@@ -737,9 +741,7 @@ fn route(shared: &Shared, records: &mut Vec<Record>, reader: &Reader) {
             batch.push(next);
         }
         let Some(route) = routes.get(&watch) else {
-            shared
-                .unrouted
-                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            unrouted.fetch_add(batch.len() as u64, Ordering::Relaxed);
             continue;
         };
         let n = batch.len();
@@ -758,4 +760,142 @@ fn route(shared: &Shared, records: &mut Vec<Record>, reader: &Reader) {
 /// A poisoned lock only means a panic elsewhere; the maps it guards stay consistent.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::{Flags, Fork, Header};
+
+    /// A record of watch `watch`, told apart by `n`.
+    fn record(watch: u64, n: u32) -> Record {
+        Record::Fork(Fork {
+            header: Header {
+                time_ns: n.into(),
+                cpu: 0,
+                cgroup_id: 1,
+                watch_id: watch,
+                pid: 1,
+                tid: 1,
+                uid: 0,
+                gid: 0,
+                comm: String::new(),
+                flags: Flags::default(),
+            },
+            child_tid: n,
+        })
+    }
+
+    fn route() -> (Route, mpsc::UnboundedReceiver<Vec<Record>>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queue = Arc::new(Queue::default());
+        (Route { tx, queue }, rx)
+    }
+
+    /// The records' `n`s, by batch.
+    fn batches(rx: &mut mpsc::UnboundedReceiver<Vec<Record>>) -> Vec<Vec<u32>> {
+        let mut out = Vec::new();
+        while let Ok(batch) = rx.try_recv() {
+            out.push(
+                batch
+                    .iter()
+                    .map(|r| match r {
+                        Record::Fork(f) => f.child_tid,
+                        _ => unreachable!(),
+                    })
+                    .collect(),
+            );
+        }
+        out
+    }
+
+    #[test]
+    fn records_reach_their_watch_in_order_a_batch_per_run() {
+        let (a, mut rx_a) = route();
+        let (b, mut rx_b) = route();
+        let (queue_a, queue_b) = (a.queue.clone(), b.queue.clone());
+        let routes = HashMap::from([(1, a), (2, b)]);
+        let unrouted = AtomicU64::new(0);
+        let mut records = vec![
+            record(1, 10),
+            record(1, 11),
+            record(2, 20),
+            record(9, 90),
+            record(1, 12),
+            record(2, 21),
+            record(2, 22),
+        ];
+        deliver(&routes, &mut records, &unrouted);
+        assert!(records.is_empty(), "drained");
+        assert_eq!(batches(&mut rx_a), [vec![10, 11], vec![12]]);
+        assert_eq!(batches(&mut rx_b), [vec![20], vec![21, 22]]);
+        // Watch 9 has no subscriber: its record is counted, not lost to anyone's queue.
+        assert_eq!(unrouted.load(Ordering::Relaxed), 1);
+        assert_eq!(queue_a.pending.load(Ordering::Relaxed), 3);
+        assert_eq!(queue_b.pending.load(Ordering::Relaxed), 3);
+        assert_eq!(queue_a.lost.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_full_queue_loses_the_batch_and_counts_it_while_others_go_on() {
+        let (a, mut rx_a) = route();
+        let (b, mut rx_b) = route();
+        let (queue_a, queue_b) = (a.queue.clone(), b.queue.clone());
+        queue_a
+            .pending
+            .store(MAX_PENDING_RECORDS - 1, Ordering::Relaxed);
+        let routes = HashMap::from([(1, a), (2, b)]);
+        let unrouted = AtomicU64::new(0);
+        let mut records = vec![record(1, 10), record(1, 11), record(2, 20), record(1, 12)];
+        deliver(&routes, &mut records, &unrouted);
+        // Two did not fit; the third, alone, still does.
+        assert_eq!(batches(&mut rx_a), [vec![12]]);
+        assert_eq!(queue_a.lost.load(Ordering::Relaxed), 2);
+        assert_eq!(queue_a.pending.load(Ordering::Relaxed), MAX_PENDING_RECORDS);
+        assert_eq!(batches(&mut rx_b), [vec![20]]);
+        assert_eq!(queue_b.lost.load(Ordering::Relaxed), 0);
+        assert_eq!(unrouted.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_subscriber_gone_holds_no_pending_records() {
+        let (a, rx_a) = route();
+        let queue = a.queue.clone();
+        drop(rx_a);
+        let routes = HashMap::from([(1, a)]);
+        let unrouted = AtomicU64::new(0);
+        deliver(&routes, &mut vec![record(1, 10), record(1, 11)], &unrouted);
+        assert_eq!(queue.pending.load(Ordering::Relaxed), 0);
+        assert_eq!(queue.lost.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_trace_is_complete_only_with_nothing_dropped_lost_malformed_or_tampered() {
+        let complete = TraceCounts::default();
+        assert!(complete.complete());
+        let incomplete = [
+            TraceCounts {
+                kernel: WatchCounters {
+                    dropped: 1,
+                    ..WatchCounters::default()
+                },
+                ..TraceCounts::default()
+            },
+            TraceCounts {
+                lost_in_queue: 1,
+                ..TraceCounts::default()
+            },
+            TraceCounts {
+                malformed: 1,
+                ..TraceCounts::default()
+            },
+            TraceCounts {
+                tampering: vec!["a program detached".into()],
+                ..TraceCounts::default()
+            },
+        ];
+        for counts in incomplete {
+            assert!(!counts.complete(), "{counts:?}");
+        }
+    }
 }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use monitor_common::syscall::{ArgKind, Class, Effect, F_DUPFD_CLOEXEC, Syscall};
 use serde::{Serialize, Serializer, ser::SerializeMap};
 
-use crate::decode::{ArgValue, Enter, FileId, Record};
+use crate::decode::{ArgValue, Enter, FileId, Flags, Record};
 use crate::process::{OpenFile, ProcessTable};
 use crate::resolve::{self, Names};
 
@@ -59,19 +59,9 @@ pub struct SyscallEvent {
     pub errno: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit_time_ns: Option<u64>,
-    /// Some argument was cut at its capture bound.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub truncated: bool,
-    /// Some argument's memory could not be read.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub read_error: bool,
-    /// The arguments were read at the syscall's exit, because their memory was not readable
-    /// at entry: they show what the memory held then.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub recaptured: bool,
-    /// The watch's policy killed the process at this syscall's entry, in the kernel.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub killed: bool,
+    /// Its entry record's flags: arguments cut or unreadable, read at exit, killed.
+    #[serde(flatten)]
+    pub flags: Flags,
     /// What its path arguments reached, where that is not what they spell: made absolute
     /// against a directory fd or the working directory, through `/proc/self/fd`, through the
     /// symlinks and renames the job made, and the name of a file known by identity (a
@@ -178,7 +168,7 @@ impl Tracer {
                         }
                         // A new task's first return from clone/fork is the child half of a
                         // fork already reported; anything else is worth counting.
-                        if !(exit.ret == 0 && is_fork(exit.syscall)) {
+                        if !(exit.ret == 0 && exit.syscall.forks) {
                             self.unpaired_exits += 1;
                         }
                     }
@@ -197,15 +187,13 @@ impl Tracer {
                     self.pending.insert(h.tid, enter);
                 }
                 // Killed at its exec: the exec syscall waiting for its exit is the act killed.
-                if h.killed
+                if h.flags.killed
                     && let Some(enter) = self.pending.get_mut(&h.tid)
                 {
-                    enter.header.killed = true;
+                    enter.header.flags.killed = true;
                 }
                 let argv = self.pending.get(&h.tid).and_then(|e| match e.args.get(1) {
-                    Some(ArgValue::Argv(v)) if e.syscall.name.starts_with("execve") => {
-                        Some(v.clone())
-                    }
+                    Some(ArgValue::Argv(v)) if e.syscall.executes => Some(v.clone()),
                     _ => e.args.iter().find_map(|a| match a {
                         ArgValue::Argv(v) => Some(v.clone()),
                         _ => None,
@@ -246,7 +234,7 @@ impl Tracer {
 
     fn enter(&mut self, enter: Enter, emit: &mut impl FnMut(Event)) {
         let sc = enter.syscall;
-        if enter.header.recaptured {
+        if enter.header.flags.recaptured {
             // A second look at the entry waiting for its exit: keep its time, take the data.
             if let Some(pending) = self.pending.get_mut(&enter.header.tid)
                 && pending.syscall.nr == sc.nr
@@ -257,7 +245,7 @@ impl Tracer {
             }
             return;
         }
-        if sc.name == "exit_group"
+        if sc.ends_process
             && let Some(code) = enter.args.first().and_then(ArgValue::as_u64)
         {
             self.processes.exit_code(enter.header.pid, code as i32);
@@ -443,10 +431,7 @@ impl Tracer {
             ret,
             errno,
             exit_time_ns: exit.map(|e| e.time_ns),
-            truncated: enter.header.truncated,
-            read_error: enter.header.read_error,
-            recaptured: enter.header.recaptured,
-            killed: enter.header.killed,
+            flags: enter.header.flags,
             resolved,
             syscall: sc,
         });
@@ -478,10 +463,6 @@ fn has_flag(enter: &Enter, flag: u64) -> bool {
             matches!(arg.kind, ArgKind::OpenFlags | ArgKind::OpenHow)
                 && value.as_u64().is_some_and(|v| v & flag != 0)
         })
-}
-
-fn is_fork(sc: &Syscall) -> bool {
-    matches!(sc.name, "clone" | "clone3" | "fork" | "vfork")
 }
 
 /// `ENOENT` for 2; the kernel's own restart codes, which a syscall interrupted by a kill
@@ -516,10 +497,7 @@ mod tests {
             uid: 1000,
             gid: 1000,
             comm: "python".into(),
-            truncated: false,
-            read_error: false,
-            recaptured: false,
-            killed: false,
+            flags: Flags::default(),
         }
     }
 
@@ -599,6 +577,23 @@ mod tests {
     const AT_FDCWD: i32 = libc::AT_FDCWD;
     const O_DIRECTORY: u64 = libc::O_DIRECTORY as u64;
     const O_CLOEXEC: u64 = libc::O_CLOEXEC as u64;
+
+    #[test]
+    fn the_table_says_what_forks_executes_ends_a_process_and_changes_directory() {
+        let with = |test: fn(&Syscall) -> bool| {
+            let mut names: Vec<&str> = monitor_common::syscall::SYSCALLS
+                .iter()
+                .filter(|sc| test(sc))
+                .map(|sc| sc.name)
+                .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(with(|sc| sc.forks), ["clone", "clone3", "fork", "vfork"]);
+        assert_eq!(with(|sc| sc.executes), ["execve", "execveat"]);
+        assert_eq!(with(|sc| sc.ends_process), ["exit_group"]);
+        assert_eq!(with(|sc| sc.changes_cwd()), ["chdir", "fchdir"]);
+    }
 
     #[test]
     fn paths_relative_to_a_directory_fd_or_its_duplicates_are_resolved() {

@@ -10,6 +10,8 @@ use std::{
     io::{self, Write},
 };
 
+use monitor_common::syscall::ArgKind;
+
 use monitor_engine::trace::{Event, What};
 use monitor_rules::Finding;
 
@@ -122,16 +124,16 @@ pub fn text(event: &Event) -> String {
                 // What the paths reached: a directory fd's file, a symlink's target.
                 line.push_str(&format!(" <reached {}>", sc.resolved.join(" -> ")));
             }
-            if sc.truncated {
+            if sc.flags.truncated {
                 line.push_str(" <truncated>");
             }
-            if sc.read_error {
+            if sc.flags.read_error {
                 line.push_str(" <unreadable memory>");
             }
-            if sc.recaptured {
+            if sc.flags.recaptured {
                 line.push_str(" <read at exit>");
             }
-            if sc.killed {
+            if sc.flags.killed {
                 line.push_str(" <killed by the watch's policy>");
             }
             line
@@ -145,10 +147,12 @@ pub fn text(event: &Event) -> String {
     }
 }
 
-/// open and openat ignore their mode unless they may create a file; strace leaves it out then,
-/// and so do we (JSON keeps every argument).
+/// An open with open flags (open, openat) ignores its mode unless it may create a file;
+/// strace leaves it out then, and so do we (JSON keeps every argument).
 fn mode_is_unused(sc: &monitor_engine::trace::SyscallEvent) -> bool {
-    matches!(sc.name, "open" | "openat")
+    let flagged = sc.syscall.args.iter().any(|a| a.kind == ArgKind::OpenFlags);
+    sc.syscall.opens
+        && flagged
         && sc.arg("flags").is_some_and(|f| {
             let text = f.to_string();
             !text.contains("O_CREAT") && !text.contains("O_TMPFILE")

@@ -37,6 +37,7 @@ use monitor_engine::process::Process;
 use monitor_engine::procfs;
 use monitor_engine::router::{Router, TraceCounts};
 use monitor_engine::trace::{Event, Tracer, What};
+use monitor_rules::judge::Setting;
 use monitor_rules::{Finding, Phase, RuleSet, Severity};
 
 /// Findings of one rule passed on one by one in a job; the rest are counted
@@ -213,7 +214,7 @@ pub async fn run_with(
     let pid = child.id().context("child has no pid")?;
     let mut judge = Judge::new(spec, pid, control.is_some(), sandbox.is_some());
     judge.gated = gated;
-    judge.tracer.processes_mut().insert(Process {
+    judge.core.tracer.processes_mut().insert(Process {
         pid,
         ppid: Some(std::process::id()),
         // What it executes first (the trace names it too, once that exec is seen).
@@ -322,9 +323,9 @@ pub async fn run_with(
     Ok(RunSummary {
         exit_code: status.code().unwrap_or_else(|| 128 + signal.unwrap_or(0)),
         signal,
-        events: judge.events,
-        processes: judge.tracer.processes().len(),
-        findings: judge.findings,
+        events: judge.core.events(),
+        processes: judge.core.tracer.processes().len(),
+        findings: judge.core.findings().clone(),
         findings_not_shown: judge.not_shown,
         terminated_by: judge.terminated_by,
         timed_out,
@@ -362,7 +363,7 @@ impl GateKeeper<'_> {
         if let Some(sandbox) = self.sandbox {
             let pids = self.job.pids().context("listing the job's processes")?;
             for (file, path) in sandbox.decoys_seen_by(&pids) {
-                judge.tracer.names_mut().know(file, path);
+                judge.core.tracer.names_mut().know(file, path);
             }
         }
         let opened = control::now_ns();
@@ -415,10 +416,11 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// Records -> events -> findings, for one run.
+/// Records -> events -> findings, for one run: the shared judge ([`monitor_rules::judge`]) in a run's
+/// scope.
 struct Judge<'a> {
     spec: &'a RunSpec,
-    tracer: Tracer,
+    core: monitor_rules::judge::Judge,
     /// The job's phases, when it reports them; otherwise everything is [`Phase::Run`].
     timeline: control::Timeline,
     phased: bool,
@@ -429,44 +431,42 @@ struct Judge<'a> {
     /// Whether the command's own exec has completed: what comes before (the launcher's PATH
     /// search, the sandbox's set-up, the exec itself) is reported but not judged.
     started: bool,
-    events: u64,
-    findings: BTreeMap<Severity, u64>,
     /// Findings so far, by rule.
     per_rule: HashMap<String, u64>,
     not_shown: BTreeMap<String, (Severity, u64)>,
     terminated_by: Option<String>,
-    batch: Vec<Event>,
+    /// A finding called for killing the job since the last batch.
+    kill: bool,
 }
 
 impl<'a> Judge<'a> {
     fn new(spec: &'a RunSpec, root: u32, phased: bool, sandboxed: bool) -> Self {
         Judge {
             spec,
-            tracer: Tracer::default(),
+            core: monitor_rules::judge::Judge::default(),
             timeline: control::Timeline::default(),
             phased,
             gated: false,
             sandboxed,
             root,
             started: false,
-            events: 0,
-            findings: BTreeMap::new(),
             per_rule: HashMap::new(),
             not_shown: BTreeMap::new(),
             terminated_by: None,
-            batch: Vec::new(),
+            kill: false,
         }
     }
 
     /// The probes watch a job that started before them (behind its gate): its processes are
     /// taken from /proc, and its command's exec, never seen, is taken as done.
     fn joined_late(&mut self, job: &JobCgroup) -> std::io::Result<()> {
+        let processes = self.core.tracer.processes_mut();
         for pid in job.pids()? {
             if let Some(mut process) = procfs::process(pid) {
-                let known = self.tracer.processes().get(pid);
+                let known = processes.get(pid);
                 // The root's parent is us, whatever /proc says after a sandbox's re-parenting.
                 process.ppid = known.and_then(|p| p.ppid).or(process.ppid);
-                self.tracer.processes_mut().insert(process);
+                processes.insert(process);
             }
         }
         self.started = true;
@@ -475,20 +475,19 @@ impl<'a> Judge<'a> {
 
     /// Feeds `records` (drained); returns true when a finding calls for killing the job.
     fn feed(&mut self, records: &mut Vec<Record>, sink: &mut impl FnMut(Output<'_>)) -> bool {
-        let mut batch = std::mem::take(&mut self.batch);
-        for r in records.drain(..) {
-            self.tracer.push(r, &mut |e| batch.push(e));
-        }
-        let kill = self.judge(&mut batch, sink);
-        self.batch = batch;
-        kill
+        let spec = self.spec;
+        let mut core = std::mem::take(&mut self.core);
+        core.feed(records, &spec.rules, &mut RunScope { judge: self, sink });
+        self.core = core;
+        std::mem::take(&mut self.kill)
     }
 
     /// Emits the entries that never saw their exit.
     fn finish(&mut self, sink: &mut impl FnMut(Output<'_>)) {
-        let mut batch = Vec::new();
-        self.tracer.flush(&mut |e| batch.push(e));
-        self.judge(&mut batch, sink);
+        let spec = self.spec;
+        let mut core = std::mem::take(&mut self.core);
+        core.finish(&spec.rules, &mut RunScope { judge: self, sink });
+        self.core = core;
     }
 
     /// The successful exec of the command itself: by the process started, or (sandboxed) by
@@ -497,7 +496,7 @@ impl<'a> Judge<'a> {
         let What::Syscall(sc) = &event.what else {
             return false;
         };
-        if !sc.name.starts_with("execve") || sc.ret != Some(0) {
+        if !sc.syscall.executes || sc.ret != Some(0) {
             return false;
         }
         if !self.sandboxed {
@@ -506,51 +505,60 @@ impl<'a> Judge<'a> {
         let program = self.spec.program.to_string_lossy();
         sc.args.0.iter().any(|(_, v)| matches!(v, ArgValue::Argv(argv) if argv.first().is_some_and(|a| *a == program)))
     }
+}
 
-    fn judge(&mut self, batch: &mut Vec<Event>, sink: &mut impl FnMut(Output<'_>)) -> bool {
-        let mut kill = false;
-        for event in batch.drain(..) {
-            self.events += 1;
-            sink(Output::Event(&event));
-            if !self.started {
-                self.started = self.is_command_exec(&event);
-                continue;
-            }
-            let processes = self.tracer.processes();
-            let cwd = processes.get(event.pid).and_then(|p| p.cwd.as_deref());
-            let phase = if self.phased {
-                self.timeline.phase_at(event.time_ns)
-            } else {
-                Phase::Run
-            };
-            for mut finding in self.spec.rules.judge(&event, phase, cwd) {
-                finding.process = Some(processes.context(event.pid));
-                *self.findings.entry(finding.severity).or_default() += 1;
-                if self.terminated_by.is_none()
-                    && self
-                        .spec
-                        .terminate_at
-                        .is_some_and(|t| finding.severity >= t)
-                {
-                    self.terminated_by = Some(finding.rule.clone());
-                    kill = true;
-                }
-                // A loop that repeats one act (a fork bomb's failed forks) would make findings
-                // without end: past the first few of a rule, they are counted only.
-                let seen = self.per_rule.entry(finding.rule.clone()).or_default();
-                *seen += 1;
-                if *seen <= FINDINGS_SHOWN_PER_RULE {
-                    sink(Output::Finding(&finding));
-                } else {
-                    let (_, count) = self
-                        .not_shown
-                        .entry(finding.rule.clone())
-                        .or_insert((finding.severity, 0));
-                    *count += 1;
-                }
-            }
+/// A run's part of judging: every event reported, those before the command's own exec not
+/// judged, the phase from the job's timeline, findings past the first
+/// [`FINDINGS_SHOWN_PER_RULE`] of a rule counted only, and the job killed at the first finding
+/// at [`RunSpec::terminate_at`].
+struct RunScope<'j, 'a, S> {
+    judge: &'j mut Judge<'a>,
+    sink: &'j mut S,
+}
+
+impl<S: FnMut(Output<'_>)> monitor_rules::judge::Scope for RunScope<'_, '_, S> {
+    fn event(&mut self, event: &Event, _tracer: &mut Tracer) -> Option<Setting> {
+        let judge = &mut *self.judge;
+        (self.sink)(Output::Event(event));
+        if !judge.started {
+            judge.started = judge.is_command_exec(event);
+            return None;
         }
-        kill
+        let phase = if judge.phased {
+            judge.timeline.phase_at(event.time_ns)
+        } else {
+            Phase::Run
+        };
+        Some(Setting::in_phase(phase))
+    }
+
+    fn finding(&mut self, finding: &Finding) {
+        // A loop that repeats one act (a fork bomb's failed forks) would make findings without
+        // end: past the first few of a rule, they are counted only.
+        let judge = &mut *self.judge;
+        let seen = judge.per_rule.entry(finding.rule.clone()).or_default();
+        *seen += 1;
+        if *seen <= FINDINGS_SHOWN_PER_RULE {
+            (self.sink)(Output::Finding(finding));
+        } else {
+            let (_, count) = judge
+                .not_shown
+                .entry(finding.rule.clone())
+                .or_insert((finding.severity, 0));
+            *count += 1;
+        }
+    }
+
+    fn kill_at(&self) -> Option<Severity> {
+        self.judge
+            .spec
+            .terminate_at
+            .filter(|_| self.judge.terminated_by.is_none())
+    }
+
+    fn kill(&mut self, _event: &Event, worst: &Finding, _tracer: &Tracer) {
+        self.judge.terminated_by = Some(worst.rule.clone());
+        self.judge.kill = true;
     }
 }
 
@@ -612,4 +620,222 @@ fn unique() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
     NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use monitor_common::syscall::by_name;
+
+    use super::*;
+    use monitor_engine::decode::{Enter, Exit, Flags, Header};
+
+    const ROOT: u32 = 50;
+
+    fn spec(terminate_at: Option<Severity>) -> RunSpec {
+        RunSpec {
+            program: "/usr/bin/python3".into(),
+            args: Vec::new(),
+            cwd: None,
+            rules: RuleSet::defaults(),
+            terminate_at,
+            sandbox: None,
+            timeout: None,
+        }
+    }
+
+    fn header(pid: u32, time_ns: u64) -> Header {
+        Header {
+            time_ns,
+            cpu: 0,
+            cgroup_id: 1,
+            watch_id: 1,
+            pid,
+            tid: pid,
+            uid: 1000,
+            gid: 1000,
+            comm: "python3".into(),
+            flags: Flags::default(),
+        }
+    }
+
+    /// Syscall `name` by `pid` at `time_ns` with `args`, returning `ret`: its two records.
+    fn call(pid: u32, time_ns: u64, name: &str, args: Vec<ArgValue>, ret: i64) -> [Record; 2] {
+        let syscall = by_name(name).unwrap();
+        [
+            Record::Enter(Enter {
+                header: header(pid, time_ns),
+                syscall,
+                args,
+            }),
+            Record::Exit(Exit {
+                header: header(pid, time_ns + 1),
+                syscall,
+                ret,
+                file: None,
+            }),
+        ]
+    }
+
+    fn execve(pid: u32, time_ns: u64, argv0: &str) -> [Record; 2] {
+        let args = vec![
+            ArgValue::Str(Some(argv0.into())),
+            ArgValue::Argv(vec![argv0.into()]),
+        ];
+        call(pid, time_ns, "execve", args, 0)
+    }
+
+    fn open(pid: u32, time_ns: u64, path: &str) -> [Record; 2] {
+        let args = vec![
+            ArgValue::Fd(libc::AT_FDCWD),
+            ArgValue::Str(Some(path.into())),
+            ArgValue::Flags {
+                raw: 0,
+                text: String::new(),
+            },
+        ];
+        call(pid, time_ns, "openat", args, 3)
+    }
+
+    /// What `records` made the run report: events, and the rules of the findings shown.
+    fn feed(judge: &mut Judge<'_>, records: Vec<Record>) -> (usize, Vec<String>, bool) {
+        let (mut events, mut findings) = (0, Vec::new());
+        let kill = judge.feed(&mut records.into_iter().collect(), &mut |out| match out {
+            Output::Event(_) => events += 1,
+            Output::Finding(f) => findings.push(f.rule.clone()),
+            Output::Control(_) => {}
+        });
+        (events, findings, kill)
+    }
+
+    #[test]
+    fn acts_before_the_commands_own_exec_are_reported_not_judged() {
+        let spec = spec(None);
+        let mut judge = Judge::new(&spec, ROOT, false, false);
+        // The launcher reads the account database before the command runs: not the command's.
+        let before: Vec<Record> = open(ROOT, 10, "/etc/passwd").into();
+        assert_eq!(feed(&mut judge, before), (1, vec![], false));
+        // A failed exec (a PATH search) is not the command's start either.
+        let failed: Vec<Record> = call(
+            ROOT,
+            20,
+            "execve",
+            vec![ArgValue::Str(Some("/x".into()))],
+            -2,
+        )
+        .into();
+        assert_eq!(feed(&mut judge, failed).1, Vec::<String>::new());
+        let exec: Vec<Record> = execve(ROOT, 30, "/usr/bin/python3").into();
+        assert_eq!(feed(&mut judge, exec).1, Vec::<String>::new());
+        assert!(judge.started);
+        let after: Vec<Record> = open(ROOT, 40, "/etc/passwd").into();
+        assert_eq!(feed(&mut judge, after).1, ["file.account-read"]);
+        assert_eq!(judge.core.events(), 4);
+    }
+
+    #[test]
+    fn sandboxed_the_command_starts_at_the_exec_of_its_program_by_any_process() {
+        let spec = spec(None);
+        let mut judge = Judge::new(&spec, ROOT, false, true);
+        let launcher: Vec<Record> = execve(ROOT, 10, "/usr/bin/bwrap").into();
+        feed(&mut judge, launcher);
+        assert!(!judge.started, "the sandbox's launcher is not the command");
+        let command: Vec<Record> = execve(ROOT + 1, 20, "/usr/bin/python3").into();
+        feed(&mut judge, command);
+        assert!(judge.started);
+    }
+
+    #[test]
+    fn the_job_is_killed_once_at_the_first_finding_at_its_severity() {
+        let spec = spec(Some(Severity::High));
+        let mut judge = Judge::new(&spec, ROOT, false, false);
+        judge.started = true;
+        let low: Vec<Record> = open(ROOT, 10, "/etc/passwd").into();
+        assert!(!feed(&mut judge, low).2, "low is below the bar");
+        let key: Vec<Record> = open(ROOT, 20, "/home/u/.ssh/id_rsa").into();
+        let (_, found, kill) = feed(&mut judge, key);
+        assert_eq!(found, ["cred.read"]);
+        assert!(kill);
+        assert_eq!(judge.terminated_by.as_deref(), Some("cred.read"));
+        // Killing is asked once; later findings are still reported and counted.
+        let again: Vec<Record> = open(ROOT, 30, "/home/u/.aws/credentials").into();
+        let (_, found, kill) = feed(&mut judge, again);
+        assert_eq!((found.len(), kill), (1, false));
+        assert_eq!(judge.terminated_by.as_deref(), Some("cred.read"));
+        assert_eq!(judge.core.findings()[&Severity::Critical], 2);
+    }
+
+    #[test]
+    fn past_the_first_findings_of_a_rule_they_are_counted_not_shown() {
+        let spec = spec(None);
+        let mut judge = Judge::new(&spec, ROOT, false, false);
+        judge.started = true;
+        let extra = 5;
+        let records: Vec<Record> = (0..FINDINGS_SHOWN_PER_RULE + extra)
+            .flat_map(|i| open(ROOT, 10 + 2 * i, "/etc/passwd"))
+            .collect();
+        let (_, shown, _) = feed(&mut judge, records);
+        assert_eq!(shown.len() as u64, FINDINGS_SHOWN_PER_RULE);
+        assert_eq!(
+            judge.not_shown.get("file.account-read"),
+            Some(&(Severity::Low, extra))
+        );
+        assert_eq!(
+            judge.core.findings()[&Severity::Low],
+            FINDINGS_SHOWN_PER_RULE + extra
+        );
+    }
+
+    #[test]
+    fn a_phased_job_is_judged_in_the_phase_of_each_act() {
+        let spec = spec(None);
+        let mut judge = Judge::new(&spec, ROOT, true, false);
+        judge.started = true;
+        judge.timeline.enter(Phase::Load, 100);
+        judge.timeline.enter(Phase::Exercise, 200);
+        let mut phases = Vec::new();
+        let records: Vec<Record> = [
+            open(ROOT, 150, "/home/u/.netrc"),
+            open(ROOT, 250, "/home/u/.netrc"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        judge.feed(&mut records.into_iter().collect(), &mut |out| {
+            if let Output::Finding(f) = out {
+                phases.push(f.phase);
+            }
+        });
+        assert_eq!(phases, [Phase::Load, Phase::Exercise]);
+    }
+
+    #[test]
+    fn the_worst_finding_is_the_most_severe() {
+        let summary = RunSummary {
+            exit_code: 0,
+            signal: None,
+            events: 0,
+            processes: 0,
+            findings: BTreeMap::from([(Severity::Low, 3), (Severity::High, 1)]),
+            findings_not_shown: BTreeMap::new(),
+            terminated_by: None,
+            timed_out: false,
+            kernel_records: 0,
+            dropped: 0,
+            malformed: 0,
+            tampering: Vec::new(),
+            control_dropped: 0,
+            phases: Vec::new(),
+            control_violations: Vec::new(),
+            complete: true,
+        };
+        assert_eq!(summary.worst(), Some(Severity::High));
+        assert_eq!(
+            RunSummary {
+                findings: BTreeMap::new(),
+                ..summary
+            }
+            .worst(),
+            None
+        );
+    }
 }

@@ -13,6 +13,7 @@
 //! some rule is about: the judge runs for every record a job receives.
 
 mod exception;
+pub mod judge;
 mod lists;
 pub mod load;
 mod matcher;
@@ -422,7 +423,7 @@ impl RuleSet {
                     phase: ctx.phase,
                     event: event.clone(),
                     process: None,
-                    blocked: sc.killed,
+                    blocked: sc.flags.killed,
                     load: None,
                 });
             }
@@ -548,10 +549,7 @@ mod tests {
                 ret: Some(ret),
                 errno: None,
                 exit_time_ns: None,
-                truncated: false,
-                read_error: false,
-                recaptured: false,
-                killed: false,
+                flags: monitor_engine::decode::Flags::default(),
                 resolved: Vec::new(),
                 syscall: sc,
             }),
@@ -1084,7 +1082,7 @@ exceptions:
         );
         assert_eq!(fired(&rules, &exec, None), ["exec.attempt"]);
         if let What::Syscall(sc) = &mut exec.what {
-            sc.killed = true;
+            sc.flags.killed = true;
         }
         let found = rules.judge(&exec, Phase::Load, None);
         assert_eq!(

@@ -238,8 +238,8 @@ impl Matcher {
     ) -> bool {
         (match self.result {
             ResultCondition::Any => true,
-            ResultCondition::Success => sc.killed || sc.ret.is_some_and(|r| r >= 0),
-            ResultCondition::Failure => !sc.killed && sc.ret.is_some_and(|r| r < 0),
+            ResultCondition::Success => sc.flags.killed || sc.ret.is_some_and(|r| r >= 0),
+            ResultCondition::Failure => !sc.flags.killed && sc.ret.is_some_and(|r| r < 0),
         }) && (self.flags_any.is_empty() || self.flags_any.iter().any(|f| facts.has_flag(f)))
             && self
                 .mode_any

@@ -13,14 +13,12 @@ use std::{
 
 use anyhow::Context as _;
 
-use crate::{
-    harness,
-    input::{self, Input, OpenAs},
-    report::{
-        AuditFinding, AuditRecord, ErrorKind, Loader, PhaseStart, ScanError, ScanReport, TraceStats,
-    },
-    static_analysis::{self, StaticRules},
+use crate::harness;
+use crate::input::{self, Input, OpenAs};
+use crate::report::{
+    AuditFinding, AuditRecord, ErrorKind, Loader, PhaseStart, ScanError, ScanReport, TraceStats,
 };
+use crate::static_analysis::{self, StaticRules};
 use monitor_engine::probes::{ProbeConfig, ProbeError, Probes};
 use monitor_engine::router::Router;
 use monitor_formats::{self as format, Format, Limits};

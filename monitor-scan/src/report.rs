@@ -7,10 +7,8 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::{
-    static_analysis::{PickleGlobals, StaticFinding},
-    verdict::{ExitCode, Verdict},
-};
+use crate::static_analysis::{PickleGlobals, StaticFinding};
+use crate::verdict::{ExitCode, Verdict};
 use monitor_rules::{Finding, Phase, Rule, Severity, Source};
 
 pub const SCHEMA: &str = "monitor.scan/v1";

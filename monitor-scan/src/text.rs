@@ -10,10 +10,8 @@
 
 use std::io::{self, Write};
 
-use crate::{
-    report::{AuditFinding, ScanReport},
-    static_analysis::StaticFinding,
-};
+use crate::report::{AuditFinding, ScanReport};
+use crate::static_analysis::StaticFinding;
 use monitor_jobs::render::{self, printable};
 use monitor_rules::{Finding, Phase, Severity, Source};
 

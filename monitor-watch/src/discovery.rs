@@ -7,18 +7,13 @@
 //! a model. Every Python process reads its site `.pth` files at start and is found there; none
 //! of those is announced, and each is let go of at the next tick, within a second.
 
-use std::{
-    collections::{HashMap, HashSet},
-    path::Path,
-};
+use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 
-use crate::{
-    artifact::ends_in_any,
-    content::{Content, OpenedFile, opened_path},
-    runner::WatchOutput,
-};
+use crate::artifact::ends_in_any;
+use crate::content::{Content, OpenedFile, opened_path};
+use crate::runner::WatchOutput;
 use monitor_engine::probes::Target;
 use monitor_engine::process::ProcessTable;
 use monitor_engine::router::Subscription;
@@ -259,7 +254,7 @@ impl Discoveries {
     /// Forgets released processes that are gone.
     pub fn prune(&mut self) {
         self.released
-            .retain(|pid, _| Path::new(&format!("/proc/{pid}")).exists());
+            .retain(|pid, _| monitor_engine::procfs::exists(*pid));
     }
 }
 
@@ -346,10 +341,7 @@ mod tests {
                 ret: Some(fd),
                 errno: None,
                 exit_time_ns: Some(time_ns + 1),
-                truncated: false,
-                read_error: false,
-                recaptured: false,
-                killed: false,
+                flags: monitor_engine::decode::Flags::default(),
                 resolved: Vec::new(),
                 syscall,
             }),
@@ -381,7 +373,7 @@ mod tests {
             })
         };
         let me = std::process::id();
-        let mut see = |d: &mut Discoveries, path: &Path, file: &fs::File, t| {
+        let mut see = |d: &mut Discoveries, path: &std::path::Path, file: &fs::File, t| {
             let event = open_event(path.to_str().unwrap(), file.as_raw_fd().into(), t);
             let What::Syscall(sc) = &event.what else {
                 unreachable!()

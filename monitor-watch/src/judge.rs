@@ -9,7 +9,7 @@
 //! marked `blocked`, and triggers the policy as well: the payload's shell is dead already, and
 //! the process that started it goes next.
 
-use std::{collections::HashSet, fs, path::Path, sync::Arc};
+use std::{collections::HashSet, fs, sync::Arc};
 
 use monitor_common::{
     event::{KillPolicy, PathKey},
@@ -25,18 +25,22 @@ use crate::{
     runner::{Kill, Selection, WatchOutput},
     spec::{Learning, Selector, WatchSpec, now_unix_ms},
 };
-use monitor_engine::decode::Record;
+use monitor_engine::decode::{Header, Record};
+use monitor_engine::process::ProcessTable;
 use monitor_engine::router::Subscription;
 use monitor_engine::trace::{Event, Tracer, What};
-use monitor_rules::{Context, Field, Finding, Phase, ResultCondition, RuleSet, is_glob};
+use monitor_rules::judge::{Scope, Setting};
+use monitor_rules::{Context, Field, Finding, Phase, ResultCondition, RuleSet, Severity, is_glob};
 
 /// Exited processes stay in the table this long (their children's findings name them).
 const KEEP_EXITED_NS: u64 = 60_000_000_000;
 
-/// Events -> findings -> kills, for one watch.
+/// Events -> findings -> kills, for one watch: the shared judge ([`monitor_rules::judge`]) in a
+/// watch's scope.
 pub(super) struct Judge {
     pub spec: WatchSpec,
-    pub tracer: Tracer,
+    /// The tracer, and what was judged.
+    pub core: monitor_rules::judge::Judge,
     /// Processes alive as far as the trace says (pid watches end when none is left).
     pub live: HashSet<u32>,
     pub loads: Loads,
@@ -53,10 +57,7 @@ pub(super) struct Judge {
     kernel_set_from: Option<Arc<RuleSet>>,
     /// The learning window's profile changed since it was last reported.
     profile_changed: bool,
-    pub events: u64,
-    pub findings: u64,
     pub kills: u64,
-    batch: Vec<Event>,
     latest_ns: u64,
 }
 
@@ -64,7 +65,7 @@ impl Judge {
     pub fn new(spec: &WatchSpec, live: HashSet<u32>) -> Self {
         Judge {
             spec: spec.clone(),
-            tracer: Tracer::default(),
+            core: monitor_rules::judge::Judge::new(Tracer::default()).for_watch(spec.name.clone()),
             live,
             loads: Loads::new(spec.load_grace_ms, spec.load_window_ms),
             killed: HashSet::new(),
@@ -74,10 +75,7 @@ impl Judge {
             rules: WatchRules::default(),
             kernel_set_from: None,
             profile_changed: false,
-            events: 0,
-            findings: 0,
             kills: 0,
-            batch: Vec::new(),
             latest_ns: 0,
         }
     }
@@ -150,38 +148,25 @@ impl Judge {
         sink: &mut impl FnMut(WatchOutput<'_>),
     ) {
         let rules = self.rules(global);
-        let mut batch = std::mem::take(&mut self.batch);
-        for r in records.drain(..) {
-            // Threads are no events of their own; the load phase follows them. A record is
-            // applied after the events it completes, which came before it.
-            let task = match &r {
-                Record::Fork(f) => Some((f.header.clone(), Some(f.child_tid))),
-                Record::ProcessExit(end) if !end.group_dead && end.header.pid != end.header.tid => {
-                    Some((end.header.clone(), None))
-                }
-                _ => None,
-            };
-            self.tracer.push(r, &mut |e| batch.push(e));
-            for event in batch.drain(..) {
-                self.judge(&event, &rules, selection, sink);
-            }
-            match task {
-                Some((h, Some(child))) => self.loads.forked(h.pid, h.tid, child, h.time_ns),
-                Some((h, None)) => self.loads.exited(h.pid, h.tid, false),
-                None => {}
-            }
-        }
-        self.batch = batch;
+        let mut core = std::mem::take(&mut self.core);
+        let mut scope = WatchScope {
+            judge: self,
+            selection,
+            sink,
+            task: None,
+        };
+        core.feed(records, &rules, &mut scope);
+        self.core = core;
     }
 
-    fn judge(
+    /// Sees `event` before it is judged: reports it, follows the processes and the loads,
+    /// reports a kill by the kernel; the setting to judge it in (syscalls only).
+    fn see(
         &mut self,
         event: &Event,
-        rules: &RuleSet,
-        selection: &Selection,
+        tracer: &mut Tracer,
         sink: &mut impl FnMut(WatchOutput<'_>),
-    ) {
-        self.events += 1;
+    ) -> Option<Setting> {
         if let Some(learning) = &mut self.spec.learning {
             learning.so_far.events += 1;
         }
@@ -204,11 +189,11 @@ impl Judge {
                         suffixes,
                         &mut opened,
                         &self.started,
-                        self.tracer.processes(),
+                        tracer.processes(),
                         sink,
                     );
                 }
-                if sc.killed && self.killed.insert(event.pid) {
+                if sc.flags.killed && self.killed.insert(event.pid) {
                     self.kills += 1;
                     sink(WatchOutput::Kill(&Kill {
                         pid: event.pid,
@@ -248,86 +233,62 @@ impl Judge {
             }
             What::Exec { .. } => {}
         }
-        let What::Syscall(sc) = &event.what else {
-            return;
+        let What::Syscall(_) = &event.what else {
+            return None;
         };
-        self.tracer.processes_mut().look_up_in_proc(event.pid);
+        tracer.processes_mut().look_up_in_proc(event.pid);
         let load = if self.loads.is_empty() {
             None
         } else {
             self.loads.at(event.pid, event.tid, event.time_ns)
         };
-        let processes = self.tracer.processes();
         let phase = if load.is_some() {
             Phase::Load
         } else {
             Phase::Run
         };
-        let ctx = Context {
+        Some(Setting {
             phase,
-            cwd: processes.get(event.pid).and_then(|p| p.cwd.as_deref()),
-            process: Some(processes.view(event.pid)),
-            watch: self.spec.name.as_deref(),
-        };
-        let mut found = rules.judge_in(event, &ctx);
-        if found.is_empty() {
-            return;
-        }
-        if let Some(learning) = &mut self.spec.learning {
-            let profile = &mut learning.so_far;
-            found.retain(|finding| match rules.rule(&finding.rule) {
-                Some(rule) if rule.spec.is_learnable() => {
-                    profile.learn(finding, rule, sc, ctx.process, ctx.cwd);
-                    false
-                }
-                _ => {
-                    profile.refuse(finding);
-                    true
-                }
-            });
-            self.profile_changed = true;
-        }
-        for finding in &mut found {
-            finding.process = Some(processes.context(event.pid));
-            finding.load = load.clone();
-        }
-        for finding in &found {
-            self.findings += 1;
-            sink(WatchOutput::Finding(finding));
-        }
-        self.enforce(event, &found, selection, sink);
+            process_view: true,
+            load,
+        })
     }
 
-    /// Applies the kill policy to the findings of `event`.
-    fn enforce(
+    /// While learning: the findings of learnable rules go into the profile, not out.
+    fn learn_from(
         &mut self,
         event: &Event,
-        found: &[Finding],
-        selection: &Selection,
-        sink: &mut impl FnMut(WatchOutput<'_>),
+        found: &mut Vec<Finding>,
+        rules: &RuleSet,
+        ctx: &Context<'_>,
     ) {
-        let Some(kill_at) = self.spec.policy.kill_at else {
+        let (Some(learning), What::Syscall(sc)) = (&mut self.spec.learning, &event.what) else {
             return;
         };
-        let Some(worst) = found
-            .iter()
-            .filter(|f| f.severity >= kill_at)
-            .max_by_key(|f| f.severity)
-        else {
-            return;
-        };
-        if !self.acted_on.insert(event.pid) {
-            return;
-        }
-        let kill = self.kill(event, &worst.rule, selection);
-        self.kills += 1;
-        sink(WatchOutput::Kill(&kill));
+        let profile = &mut learning.so_far;
+        found.retain(|finding| match rules.rule(&finding.rule) {
+            Some(rule) if rule.spec.is_learnable() => {
+                profile.learn(finding, rule, sc, ctx.process, ctx.cwd);
+                false
+            }
+            _ => {
+                profile.refuse(finding);
+                true
+            }
+        });
+        self.profile_changed = true;
     }
 
     /// Kills what the policy kills for `event`'s finding of `rule`: a cgroup watch's cgroup;
     /// otherwise the watched process tree the act came from, from its top (the process that
     /// acted may be dead already: the kernel killed its exec).
-    fn kill(&mut self, event: &Event, rule: &str, selection: &Selection) -> Kill {
+    fn kill(
+        &mut self,
+        event: &Event,
+        rule: &str,
+        selection: &Selection,
+        processes: &ProcessTable,
+    ) -> Kill {
         let mut cgroup = None;
         let mut pids = Vec::new();
         if let Some(path) = selection.cgroup(event.cgroup_id) {
@@ -339,10 +300,9 @@ impl Judge {
             }
         }
         if cgroup.is_none() {
-            let processes = self.tracer.processes();
             let alive = |pid: &u32| {
                 processes.get(*pid).is_some_and(|p| p.exit_ns.is_none())
-                    && Path::new(&format!("/proc/{pid}")).exists()
+                    && monitor_engine::procfs::exists(*pid)
             };
             // The top of the watched tree above the act: its processes are the table's.
             let top = processes
@@ -429,10 +389,10 @@ impl Judge {
     /// processes that are gone without their exit in the trace.
     pub fn prune(&mut self) {
         let horizon = self.latest_ns.saturating_sub(KEEP_EXITED_NS);
-        self.tracer.processes_mut().prune_exited(horizon);
+        self.core.tracer.processes_mut().prune_exited(horizon);
         self.loads
             .prune(monotonic_ns().saturating_sub(KEEP_EXITED_NS));
-        let exists = |pid: &u32| Path::new(&format!("/proc/{pid}")).exists();
+        let exists = |pid: &u32| monitor_engine::procfs::exists(*pid);
         self.live.retain(exists);
         self.killed.retain(exists);
         self.acted_on.retain(exists);
@@ -455,7 +415,7 @@ impl Judge {
         else {
             return;
         };
-        let processes = self.tracer.processes();
+        let processes = self.core.tracer.processes();
         if release_without_model {
             self.discoveries.release_without_model(
                 processes,
@@ -475,6 +435,71 @@ impl Judge {
                 file_of(pid, fd) == Some(file)
             });
         }
+    }
+}
+
+/// A watch's part of judging, for one batch: see [`Judge::see`], [`Judge::learn_from`], and
+/// the kill policy: at the policy's severity, the first such finding of a process kills (see
+/// [`Judge::kill`]).
+struct WatchScope<'j, S> {
+    judge: &'j mut Judge,
+    selection: &'j Selection,
+    sink: &'j mut S,
+    /// A thread's start or end, applied to the loads once the events it completes are judged
+    /// (threads are no events of their own; the load phase follows them).
+    task: Option<(Header, Option<u32>)>,
+}
+
+impl<S: FnMut(WatchOutput<'_>)> Scope for WatchScope<'_, S> {
+    fn record(&mut self, record: &Record) {
+        self.task = match record {
+            Record::Fork(f) => Some((f.header.clone(), Some(f.child_tid))),
+            Record::ProcessExit(end) if !end.group_dead && end.header.pid != end.header.tid => {
+                Some((end.header.clone(), None))
+            }
+            _ => None,
+        };
+    }
+
+    fn recorded(&mut self) {
+        match self.task.take() {
+            Some((h, Some(child))) => self.judge.loads.forked(h.pid, h.tid, child, h.time_ns),
+            Some((h, None)) => self.judge.loads.exited(h.pid, h.tid, false),
+            None => {}
+        }
+    }
+
+    fn event(&mut self, event: &Event, tracer: &mut Tracer) -> Option<Setting> {
+        self.judge.see(event, tracer, self.sink)
+    }
+
+    fn review(
+        &mut self,
+        event: &Event,
+        found: &mut Vec<Finding>,
+        rules: &RuleSet,
+        ctx: &Context<'_>,
+    ) {
+        self.judge.learn_from(event, found, rules, ctx);
+    }
+
+    fn finding(&mut self, finding: &Finding) {
+        (self.sink)(WatchOutput::Finding(finding));
+    }
+
+    fn kill_at(&self) -> Option<Severity> {
+        self.judge.spec.policy.kill_at
+    }
+
+    fn kill(&mut self, event: &Event, worst: &Finding, tracer: &Tracer) {
+        if !self.judge.acted_on.insert(event.pid) {
+            return;
+        }
+        let kill = self
+            .judge
+            .kill(event, &worst.rule, self.selection, tracer.processes());
+        self.judge.kills += 1;
+        (self.sink)(WatchOutput::Kill(&kill));
     }
 }
 

@@ -24,4 +24,4 @@ pub mod spec;
 
 pub use discovery::{Opened, Release};
 pub use runner::{Command, Kill, WatchOutput, WatchSummary, run};
-pub use spec::{Policy, Selector, WatchRequest, WatchSpec};
+pub use spec::{Policy, Selector, Validate, WatchRequest, WatchSpec};

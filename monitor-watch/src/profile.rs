@@ -105,7 +105,7 @@ impl Profile {
                 .and_then(|v| v.exe())
                 .map_or_else(|| ANY.to_owned(), glob_escape)
         };
-        let (shape, values) = if sc.syscall.name.starts_with("execve") {
+        let (shape, values) = if sc.syscall.executes {
             let parent = process
                 .and_then(|v| v.parent_exe())
                 .map_or_else(|| ANY.to_owned(), glob_escape);

@@ -16,14 +16,12 @@ use anyhow::{Context as _, Result};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::{
-    artifact::kernel_suffixes,
-    content::Content,
-    discovery::Release,
-    judge::Judge,
-    load::CHECK_EVERY_MS,
-    spec::{Learning, Policy, Selector, WatchSpec},
-};
+use crate::artifact::kernel_suffixes;
+use crate::content::Content;
+use crate::discovery::Release;
+use crate::judge::Judge;
+use crate::load::CHECK_EVERY_MS;
+use crate::spec::{Learning, Policy, Selector, WatchSpec};
 use monitor_common::event::{Discovery, PATH_KEY_MAX, PathKey};
 use monitor_engine::cgroup::cgroup2_mount;
 use monitor_engine::probes::Target;
@@ -290,10 +288,10 @@ impl Started {
         }
         Ok(WatchSummary {
             ended,
-            events: judge.events,
-            findings: judge.findings,
+            events: judge.core.events(),
+            findings: judge.core.findings_total(),
             kills: judge.kills,
-            processes: judge.tracer.processes().len(),
+            processes: judge.core.tracer.processes().len(),
             released: judge.discoveries.released_count,
             gaps: judge.discoveries.gaps,
             kernel_records: counts.kernel.events,
@@ -463,7 +461,7 @@ impl Executable {
             .found
             .iter()
             .copied()
-            .filter(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+            .filter(|pid| !procfs::exists(*pid))
             .collect();
         if !gone.is_empty() {
             for pid in &gone {
@@ -515,7 +513,7 @@ fn descendants_in_proc(pid: u32) -> Vec<u32> {
     let parent_of: HashMap<u32, u32> = procfs::pids()
         .into_iter()
         .filter_map(|child| {
-            let stat = fs::read_to_string(format!("/proc/{child}/stat")).ok()?;
+            let stat = procfs::stat_line(child)?;
             Some((child, parse_ppid(&stat)?))
         })
         .collect();

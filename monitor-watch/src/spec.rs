@@ -9,7 +9,8 @@ use monitor_common::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{policy::PolicyFile, profile::Profile};
+use crate::policy::PolicyFile;
+use crate::profile::Profile;
 use monitor_rules::{RuleSet, Severity};
 
 /// Syscalls killed in the kernel when a watch kills at a severity and names none: executing a
@@ -245,29 +246,9 @@ impl Policy {
     }
 }
 
-/// A watch as a request states it: every field optional but the selector, unknown fields
-/// refused.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WatchRequest {
-    pub name: Option<String>,
-    /// A cgroup v2 directory (absolute, under the cgroup2 mount) or a path relative to the
-    /// mount (`system.slice/torchserve.service`).
-    pub cgroup: Option<PathBuf>,
-    pub pid: Option<u32>,
-    /// An executable's absolute path (`/usr/bin/python3.11`, `/opt/venv/bin/torchserve`).
-    pub exe: Option<PathBuf>,
-    pub kill_at: Option<Severity>,
-    /// Syscall names; defaults to [`DEFAULT_KILL_IN_KERNEL`] when `kill_at` is set.
-    pub kill_in_kernel: Option<Vec<String>>,
-    pub load_window_ms: Option<u64>,
-    pub load_grace_ms: Option<u64>,
-    /// A policy file (YAML): kill settings, and lists, rules and exceptions of this watch's
-    /// own.
-    pub policy: Option<String>,
-    /// Learn the service's profile for this many seconds, then enforce it.
-    pub learn_secs: Option<u64>,
-}
+/// A watch as a request states it (monitor-api's type: monitord and monitorctl build against
+/// it); [`Validate`] checks it against this host and makes the spec.
+pub use monitor_api::WatchRequest;
 
 /// Why a watch request was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -296,20 +277,24 @@ pub enum SpecError {
     LearnSecs,
 }
 
-impl WatchRequest {
+/// A watch request made a spec.
+pub trait Validate {
     /// Checks the request against this host (the cgroup exists, the process lives) and makes
     /// the spec, its policy checked against the default rules. `cgroup_root` is the cgroup2
     /// mount.
-    pub fn validate(self, cgroup_root: &Path) -> Result<WatchSpec, SpecError> {
+    fn validate(self, cgroup_root: &Path) -> Result<WatchSpec, SpecError>
+    where
+        Self: Sized,
+    {
         self.validate_with(cgroup_root, &RuleSet::defaults())
     }
 
-    /// [`WatchRequest::validate`], the policy checked against `rules` (monitord's).
-    pub fn validate_with(
-        self,
-        cgroup_root: &Path,
-        rules: &RuleSet,
-    ) -> Result<WatchSpec, SpecError> {
+    /// [`Validate::validate`], the policy checked against `rules` (monitord's).
+    fn validate_with(self, cgroup_root: &Path, rules: &RuleSet) -> Result<WatchSpec, SpecError>;
+}
+
+impl Validate for WatchRequest {
+    fn validate_with(self, cgroup_root: &Path, rules: &RuleSet) -> Result<WatchSpec, SpecError> {
         if self.name.as_ref().is_some_and(|n| n.chars().count() > 100) {
             return Err(SpecError::Name);
         }

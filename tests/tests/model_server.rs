@@ -24,6 +24,7 @@ use monitor_engine::probes::{ProbeConfig, Probes};
 use monitor_engine::router::Router;
 use monitor_rules::{Finding, Phase, RuleSet, Severity};
 use monitor_tests::{is_root, loader_python, pickle_exec};
+use monitor_watch::Validate as _;
 use monitor_watch::{
     self as watch, Command as WatchCommand, Kill, Policy, WatchOutput, WatchRequest, WatchSpec,
     WatchSummary,

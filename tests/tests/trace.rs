@@ -189,7 +189,10 @@ async fn paths_in_memory_not_yet_paged_in_are_read_at_exit() {
     assert_eq!(summary.exit_code, 0);
     let (_, open) = find_with_str(&events, "openat", "filename", target.to_str().unwrap())
         .expect("the open through the untouched mapping is reported with its path");
-    assert!(open.recaptured, "read at exit, and marked so: {open:?}");
+    assert!(
+        open.flags.recaptured,
+        "read at exit, and marked so: {open:?}"
+    );
     assert!(open.ret.unwrap() >= 0);
 }
 

@@ -10,11 +10,13 @@ use std::{
     time::Duration,
 };
 
+use monitor_common::event::Counter;
 use monitor_engine::cgroup::{self, JobCgroup};
 use monitor_engine::probes::{ProbeConfig, Probes};
 use monitor_engine::router::Router;
 use monitor_rules::{Finding, Phase, RuleSet, Severity};
 use monitor_tests::is_root;
+use monitor_watch::Validate as _;
 use monitor_watch::{
     self as watch, Kill, Release, Selector, WatchOutput, WatchRequest, WatchSpec, WatchSummary,
     content::Content,
@@ -535,7 +537,7 @@ async fn discovery_catches_a_python_process_unpickling_a_malicious_file() {
         .expect("the payload's exec is found");
     assert_eq!(exec.2, Phase::Load, "while loading the model it opened");
     assert!(summary.complete);
-    assert!(router.counters().unwrap().discovered >= 1);
+    assert!(router.counters().unwrap().get(Counter::Discovered) >= 1);
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -551,7 +553,7 @@ async fn a_cgroup_made_under_a_watched_one_is_watched_before_anything_enters_it(
     let child_cgroup = parent.path().join("worker");
     let reader = Arc::new(Mutex::new(0));
     let r = reader.clone();
-    let before = router.counters().unwrap().followed;
+    let before = router.counters().unwrap().get(Counter::Followed);
     let (seen, summary) = watch_while(&router, request, async {
         // Made after the watch stood, and used at once: a process that lives a few
         // milliseconds is gone long before user space's next look at the tree.
@@ -569,7 +571,7 @@ async fn a_cgroup_made_under_a_watched_one_is_watched_before_anything_enters_it(
         assert!(wait(child).await.success());
     })
     .await;
-    let followed = router.counters().unwrap().followed - before;
+    let followed = router.counters().unwrap().get(Counter::Followed) - before;
     std::fs::remove_dir(&child_cgroup).unwrap();
     let seen = seen.lock().unwrap();
     let reader = *reader.lock().unwrap();

@@ -10,8 +10,8 @@ use anyhow::{Context as _, Result, bail};
 use aya::maps::{MapData, RingBuf};
 use monitor_engine::decode::{Decoder, Record};
 use monitor_engine::reader::Reader;
-use monitor_engine::trace::{Event, Tracer};
-use monitor_rules::{Phase, RuleSet};
+use monitor_rules::judge::{Judge, Plain, Setting};
+use monitor_rules::{Finding, Phase, RuleSet};
 use tokio::runtime::Runtime;
 
 use crate::job::WatchedJob;
@@ -193,19 +193,18 @@ pub fn overloaded(
     Ok(tally.done())
 }
 
-/// Pairs and judges records as `run::run` does, when asked to; otherwise drops them.
+/// Pairs and judges records as `run::run` does (the shared judge, in the run phase), when
+/// asked to; otherwise drops them.
 struct Judged<'r> {
     rules: Option<&'r RuleSet>,
-    tracer: Tracer,
-    events: Vec<Event>,
+    judge: Judge,
 }
 
 impl<'r> Judged<'r> {
     fn new(rules: Option<&'r RuleSet>) -> Self {
         Judged {
             rules,
-            tracer: Tracer::default(),
-            events: Vec::new(),
+            judge: Judge::default(),
         }
     }
 
@@ -214,16 +213,9 @@ impl<'r> Judged<'r> {
             records.clear();
             return;
         };
-        for record in records.drain(..) {
-            self.tracer.push(record, &mut |e| self.events.push(e));
-        }
-        for event in self.events.drain(..) {
-            let cwd = self
-                .tracer
-                .processes()
-                .get(event.pid)
-                .and_then(|p| p.cwd.as_deref());
-            std::hint::black_box(rules.judge(&event, Phase::Run, cwd));
-        }
+        let mut scope = Plain::new(Setting::in_phase(Phase::Run), |f: &Finding| {
+            std::hint::black_box(f);
+        });
+        self.judge.feed(records, rules, &mut scope);
     }
 }

@@ -9,8 +9,9 @@ use std::{hint::black_box, path::Path, time::Instant};
 
 use anyhow::{Result, bail};
 use monitor_engine::decode::Decoder;
-use monitor_engine::trace::{Event, Tracer};
-use monitor_rules::{Context, Phase, RuleSet};
+use monitor_engine::trace::Tracer;
+use monitor_rules::judge::{Judge, Plain, Setting};
+use monitor_rules::{Finding, Phase, RuleSet};
 use monitor_watch::policy::PolicyFile;
 use tokio::runtime::Runtime;
 
@@ -217,52 +218,45 @@ fn decode_pair(decoder: &Decoder, raw: &[Vec<u8>]) -> usize {
     decoded
 }
 
-/// Decodes and pairs `raw` as `run::run` does, a batch at a time, and hands each event of a
-/// batch to `judge` once the batch is paired (with the process table as it stands then).
-/// Records decoded.
-fn decode_pair_then(
+/// Decodes `raw` a batch at a time and feeds each batch to the judge all jobs share
+/// (`monitor_rules::judge`), judging every event in `setting`, for the watch called `watch`.
+/// Records decoded, and findings.
+fn decode_pair_then_judge(
     decoder: &Decoder,
+    rules: &RuleSet,
     raw: &[Vec<u8>],
-    mut judge: impl FnMut(&Event, &monitor_engine::process::ProcessTable),
-) -> usize {
+    setting: Setting,
+    watch: Option<&str>,
+) -> (usize, usize) {
     const BATCH: usize = 1024;
-    let mut tracer = Tracer::default();
-    let mut events: Vec<Event> = Vec::with_capacity(BATCH);
+    let mut judge = Judge::new(Tracer::default()).for_watch(watch.map(str::to_owned));
+    let mut found = 0;
+    let mut scope = Plain::new(setting, |f: &Finding| {
+        black_box(f);
+        found += 1;
+    });
+    let mut records = Vec::with_capacity(BATCH);
     let mut decoded = 0;
     for chunk in raw.chunks(BATCH) {
-        for r in chunk {
-            if let Ok(record) = decoder.decode(r) {
-                decoded += 1;
-                tracer.push(record, &mut |e| events.push(e));
-            }
-        }
-        for event in events.drain(..) {
-            judge(&event, tracer.processes());
-        }
+        records.extend(chunk.iter().filter_map(|r| decoder.decode(r).ok()));
+        decoded += records.len();
+        judge.feed(&mut records, rules, &mut scope);
     }
-    decoded
+    judge.finish(rules, &mut scope);
+    (decoded, found)
 }
 
 /// As `run::run` does: each event judged by `rules` in the run phase.
 fn decode_pair_judge(decoder: &Decoder, rules: &RuleSet, raw: &[Vec<u8>]) -> usize {
-    decode_pair_then(decoder, raw, |event, processes| {
-        let cwd = processes.get(event.pid).and_then(|p| p.cwd.as_deref());
-        black_box(rules.judge(event, Phase::Run, cwd));
-    })
+    decode_pair_then_judge(decoder, rules, raw, Setting::in_phase(Phase::Run), None).0
 }
 
 /// As a live watch's judge does: each event judged in its context (the process table's view
 /// of its process, the watch's name), by `rules`. Records decoded, and findings.
 fn decode_pair_watch(decoder: &Decoder, rules: &RuleSet, raw: &[Vec<u8>]) -> (usize, usize) {
-    let mut found = 0;
-    let decoded = decode_pair_then(decoder, raw, |event, processes| {
-        let ctx = Context {
-            phase: Phase::Run,
-            cwd: processes.get(event.pid).and_then(|p| p.cwd.as_deref()),
-            process: Some(processes.view(event.pid)),
-            watch: Some(WATCH),
-        };
-        found += black_box(rules.judge_in(event, &ctx)).len();
-    });
-    (decoded, found)
+    let setting = Setting {
+        process_view: true,
+        ..Setting::in_phase(Phase::Run)
+    };
+    decode_pair_then_judge(decoder, rules, raw, setting, Some(WATCH))
 }

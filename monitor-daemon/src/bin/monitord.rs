@@ -3,7 +3,8 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::Parser;
-use monitor_daemon::{self as daemon, config::Config};
+use monitor_daemon as daemon;
+use monitor_daemon::config::Config;
 
 /// The monitor daemon: scans model artifacts in a sandbox under eBPF watch, keeps every
 /// report, and serves them over a Unix socket (and /metrics for Prometheus).

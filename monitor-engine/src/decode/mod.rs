@@ -32,18 +32,39 @@ pub struct Header {
     pub uid: u32,
     pub gid: u32,
     pub comm: String,
-    /// Some captured data was cut at its bound.
+    #[serde(flatten)]
+    pub flags: Flags,
+}
+
+/// What the kernel said of a record's data (its `FLAG_*` bits), kept with the syscall's
+/// event; each shown only when set.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Flags {
+    /// Some captured data (an argument) was cut at its bound.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub truncated: bool,
-    /// Some user memory could not be read.
+    /// Some user memory (an argument's) could not be read.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub read_error: bool,
-    /// An entry record captured again at the syscall's exit (see `FLAG_RECAPTURED`).
+    /// An entry record captured again at the syscall's exit, because its memory was not
+    /// readable at entry: the arguments show what the memory held then.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub recaptured: bool,
     /// The watch's policy killed the task at this syscall's entry, in the kernel.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub killed: bool,
+}
+
+impl Flags {
+    /// From a record header's `flags` bits.
+    pub fn from_bits(bits: u16) -> Self {
+        Flags {
+            truncated: bits & FLAG_TRUNCATED != 0,
+            read_error: bits & FLAG_READ_ERROR != 0,
+            recaptured: bits & FLAG_RECAPTURED != 0,
+            killed: bits & FLAG_KILLED != 0,
+        }
+    }
 }
 
 /// One decoded ring-buffer record.
@@ -290,10 +311,7 @@ fn header(raw: &EventHeader) -> Header {
         uid: raw.uid,
         gid: raw.gid,
         comm: c_string(&raw.comm),
-        truncated: raw.flags & FLAG_TRUNCATED != 0,
-        read_error: raw.flags & FLAG_READ_ERROR != 0,
-        recaptured: raw.flags & FLAG_RECAPTURED != 0,
-        killed: raw.flags & FLAG_KILLED != 0,
+        flags: Flags::from_bits(raw.flags),
     }
 }
 

@@ -111,30 +111,31 @@ pub struct ProbeConfig {
 impl Default for ProbeConfig {
     fn default() -> Self {
         ProbeConfig {
-            ring_buffer_bytes: 16 * 1024 * 1024,
+            ring_buffer_bytes: monitor_common::event::RING_BUFFER_DEFAULT_BYTES,
         }
     }
 }
 
-/// The totals of the kernel programs' per-CPU counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct KernelCounters {
-    /// Records written to the ring buffer.
-    pub events: u64,
-    /// Records lost because the ring buffer was full.
-    pub dropped: u64,
-    /// Failed reads of user or kernel memory (data missing from a record, which is flagged).
-    pub read_errors: u64,
-    /// Processes a watch could not follow because `WATCHED_TASKS` was full.
-    pub tasks_full: u64,
-    /// Processes discovery started watching.
-    pub discovered: u64,
-    /// Cgroups and processes the kernel added to a watch itself (a cgroup made under a
-    /// watched one, an exec of a watched executable).
-    pub followed: u64,
-    /// Cgroups made under a watched one that the kernel had no room to watch (user space's
-    /// rescan adds them, late).
-    pub cgroups_full: u64,
+/// The totals of the kernel programs' per-CPU counters (see [`Counter`]), reported by their
+/// names.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelCounters([u64; COUNTERS as usize]);
+
+impl KernelCounters {
+    pub fn get(&self, counter: Counter) -> u64 {
+        self.0[counter as usize]
+    }
+}
+
+impl serde::Serialize for KernelCounters {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut map = s.serialize_map(Some(Counter::ALL.len()))?;
+        for c in Counter::ALL {
+            map.serialize_entry(c.key(), &self.get(c))?;
+        }
+        map.end()
+    }
 }
 
 /// One watch's own counters, summed over CPUs.
@@ -216,7 +217,11 @@ impl Probes {
             .flatten()
             .unwrap_or(4096) as u32;
         let size = config.ring_buffer_bytes;
-        if size < page || !size.is_multiple_of(page) || !(size / page).is_power_of_two() {
+        if !monitor_common::event::ring_buffer_bytes_ok(size)
+            || size < page
+            || !size.is_multiple_of(page)
+            || !(size / page).is_power_of_two()
+        {
             return Err(ProbeError::RingBufferSize(size));
         }
         raise_memlock_limit();
@@ -538,15 +543,11 @@ impl Probes {
                 })?;
             Ok(values.iter().sum())
         };
-        Ok(KernelCounters {
-            events: sum(Counter::Events)?,
-            dropped: sum(Counter::Dropped)?,
-            read_errors: sum(Counter::ReadErrors)?,
-            tasks_full: sum(Counter::TasksFull)?,
-            discovered: sum(Counter::Discovered)?,
-            followed: sum(Counter::Followed)?,
-            cgroups_full: sum(Counter::CgroupsFull)?,
-        })
+        let mut totals = KernelCounters::default();
+        for c in Counter::ALL {
+            totals.0[c as usize] = sum(c)?;
+        }
+        Ok(totals)
     }
 
     /// Checks that the probes are still as set up (see [`integrity`]): repairs what someone
@@ -750,8 +751,6 @@ const DETACH_THREADS: usize = 32;
 fn wakeup_bytes(ring_buffer_bytes: u32) -> u64 {
     u64::from(ring_buffer_bytes / 8)
 }
-
-const _: () = assert!(COUNTERS == 7);
 
 /// Removes every entry of `map` whose watch is `watch_id`, the kernel's included.
 fn remove_entries_of<K: aya::Pod>(
