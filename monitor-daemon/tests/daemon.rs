@@ -1677,8 +1677,13 @@ fn the_syscall_hooks_are_attached_only_while_something_is_watched() {
         format!("hooks_linger_ms = {LINGER_MS}\n"),
     )
     .unwrap();
-    // Its shell stays a while: the status is asked while the scan runs.
-    let slow = pickle(dir.path(), "slow.pkl", "cposix\nsystem\n(Vsleep 2; id\ntR.");
+    // Its shell stays a while: the status is asked while the scan runs. Named like no model
+    // artifact, so that discovery (the test beside this one) does not watch its loads.
+    let slow = pickle(
+        dir.path(),
+        "slow-pickle",
+        "cposix\nsystem\n(Vsleep 2; id\ntR.",
+    );
     let daemon = Daemon::start(dir.path());
     let hooks = |status: &Value| status["probes"]["syscall_hooks"].clone();
     let idle = daemon.poll("/v1/status", 60, |s| hooks(s)["state"] == "detached");
