@@ -134,6 +134,38 @@ mod tests {
 
     #[test]
     fn the_binaries_link_no_more_than_their_floors() {
+        // Everything monitorctl links, all the way down: no HTTP server, store or registry.
+        let tree = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
+                "tree",
+                "-p",
+                "monitor-cli",
+                "-e",
+                "normal",
+                "--prefix",
+                "none",
+                "--offline",
+            ])
+            .current_dir(root())
+            .output()
+            .unwrap();
+        assert!(
+            tree.status.success(),
+            "{}",
+            String::from_utf8_lossy(&tree.stderr)
+        );
+        let tree = String::from_utf8(tree.stdout).unwrap();
+        for server_side in [
+            "axum ",
+            "rusqlite ",
+            "prometheus-client ",
+            "monitor-daemon ",
+        ] {
+            assert!(
+                !tree.lines().any(|l| l.starts_with(server_side)),
+                "monitorctl links {server_side}"
+            );
+        }
         let graph = graph().unwrap();
         // monitorctl is a client and an embedded scanner: no HTTP server, store or registry.
         let cli = &graph["monitor-cli"];
