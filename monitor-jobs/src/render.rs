@@ -104,6 +104,12 @@ pub fn text(event: &Event) -> String {
     } else {
         format!("[pid {}/{} {comm}]", event.pid, event.tid)
     };
+    format!("{who} {}", act(event))
+}
+
+/// What the event did, without who did it: `openat(AT_FDCWD, "/etc/hostname", O_RDONLY) = 3`
+/// (the same in every run, where pids are not).
+pub fn act(event: &Event) -> String {
     match &event.what {
         What::Syscall(sc) => {
             let args: Vec<String> = sc
@@ -119,7 +125,7 @@ pub fn text(event: &Event) -> String {
                 (Some(r), None) => r.to_string(),
                 (None, _) => "?".into(),
             };
-            let mut line = format!("{who} {}({}) = {ret}", sc.name, args.join(", "));
+            let mut line = format!("{}({}) = {ret}", sc.name, args.join(", "));
             if !sc.resolved.is_empty() {
                 // What the paths reached: a directory fd's file, a symlink's target.
                 line.push_str(&format!(" <reached {}>", sc.resolved.join(" -> ")));
@@ -138,12 +144,12 @@ pub fn text(event: &Event) -> String {
             }
             line
         }
-        What::Fork { child_pid } => format!("{who} +++ new process {child_pid} +++"),
-        What::Exec { filename, argv } => format!("{who} --- exec {filename:?} {argv:?} ---"),
+        What::Fork { child_pid } => format!("+++ new process {child_pid} +++"),
+        What::Exec { filename, argv } => format!("--- exec {filename:?} {argv:?} ---"),
         What::Exit {
             exit_code: Some(code),
-        } => format!("{who} +++ exited with {code} +++"),
-        What::Exit { exit_code: None } => format!("{who} +++ exited +++"),
+        } => format!("+++ exited with {code} +++"),
+        What::Exit { exit_code: None } => "+++ exited +++".to_string(),
     }
 }
 
