@@ -9,7 +9,7 @@ use monitor_api::stream::{self, StreamEvent, StreamItem};
 use monitor_engine::trace::Event;
 use monitor_rules::Finding;
 use monitor_scan::ScanReport;
-use monitor_watch::{Kill, content::Content};
+use monitor_watch::{WatchOutput, content::Content};
 
 use crate::Shared;
 use crate::watches::WatchStatus;
@@ -28,31 +28,14 @@ pub enum Origin<'a> {
 
 /// Something a scan or a watch did that the outside hears of.
 pub enum DaemonEvent<'a> {
-    /// A traced record, judged (counted only: the report or nobody keeps it).
+    /// What a watch reported as it ran (its runner's own type: one list of what a watch can
+    /// say). A changed spec is the registry's to keep; a learning window's end is streamed.
+    Watch(WatchOutput<'a>),
+    /// A scan's traced record, judged (counted only: the report keeps the trace).
     Traced(&'a Event),
-    /// A rule matched. A scan's findings are stored and counted with its report (which also
+    /// A scan's finding. Its findings are stored and counted with its report (which also
     /// counts those it did not keep); this streams the ones it keeps.
     Finding(&'a Finding),
-    /// A watch's policy killed a process.
-    Kill(&'a Kill),
-    /// Discovery found a process opening a model file, and watches it from now on.
-    Discovered {
-        event: &'a Event,
-        path: Option<&'a str>,
-        content: &'a Content,
-    },
-    /// Discovery let a process go early: nothing it opened could load a model.
-    Released,
-    /// A process discovery had let go of opened a model as it was let go of.
-    Gap {
-        pid: u32,
-        comm: &'a str,
-        path: &'a str,
-    },
-    /// Records of the job the ring buffer or the router could not keep.
-    Lost(u64),
-    /// A learning watch's window ended: it enforces `profile` from now on.
-    Learned(serde_json::Value),
     /// A scan ended with this report (stored next): its verdict and every finding it keeps,
     /// of every source (kernel, audit, static), exported; its counts counted.
     ScanFinished(&'a ScanReport),
@@ -75,12 +58,12 @@ impl DaemonEvent<'_> {
         };
         let metrics = &shared.metrics;
         let streamed = match self {
-            DaemonEvent::Traced(event) => {
+            DaemonEvent::Traced(event) | DaemonEvent::Watch(WatchOutput::Event(event)) => {
                 bump(|s| s.events += 1);
                 metrics.count_event(event);
                 None
             }
-            DaemonEvent::Finding(finding) => {
+            DaemonEvent::Finding(finding) | DaemonEvent::Watch(WatchOutput::Finding(finding)) => {
                 let value = match serde_json::to_value(finding) {
                     Ok(value) => value,
                     Err(e) => {
@@ -103,7 +86,7 @@ impl DaemonEvent<'_> {
                 }
                 Some(StreamEvent::Finding(value))
             }
-            DaemonEvent::Kill(kill) => {
+            DaemonEvent::Watch(WatchOutput::Kill(kill)) => {
                 bump(|s| s.kills += 1);
                 metrics.processes_killed.inc();
                 tracing::warn!(watch = job, pid = kill.pid, comm = %kill.comm, by = kill.by, rule = ?kill.rule, syscall = ?kill.syscall, "killed a process");
@@ -111,11 +94,11 @@ impl DaemonEvent<'_> {
                 store(job, || shared.store.add_watch_kill(job, &value));
                 Some(StreamEvent::Kill(value))
             }
-            DaemonEvent::Discovered {
+            DaemonEvent::Watch(WatchOutput::Discovered {
                 event,
                 path,
                 content,
-            } => {
+            }) => {
                 bump(|s| s.discovered += 1);
                 metrics.count_discovered(content);
                 tracing::info!(watch = job, pid = event.pid, comm = %event.comm, path, "discovered a process opening a model");
@@ -127,14 +110,14 @@ impl DaemonEvent<'_> {
                     opened: opened(content),
                 }))
             }
-            DaemonEvent::Released => {
+            DaemonEvent::Watch(WatchOutput::Released(_)) => {
                 // Every Python process is found at its site .pth files and let go of: counted,
                 // not streamed.
                 bump(|s| s.released += 1);
                 metrics.discovery_released.inc();
                 None
             }
-            DaemonEvent::Gap { pid, comm, path } => {
+            DaemonEvent::Watch(WatchOutput::Gap { pid, comm, path }) => {
                 bump(|s| s.gaps += 1);
                 metrics.discovery_gaps.inc();
                 tracing::warn!(
@@ -150,17 +133,22 @@ impl DaemonEvent<'_> {
                     path: path.to_owned(),
                 }))
             }
-            DaemonEvent::Lost(records) => {
+            DaemonEvent::Watch(WatchOutput::Lost(records)) => {
                 metrics.events_dropped.inc_by(records);
                 tracing::warn!(job, records, "records of the job were lost");
                 None
             }
-            DaemonEvent::Learned(profile) => {
+            DaemonEvent::Watch(WatchOutput::Changed { learned: false, .. }) => None,
+            DaemonEvent::Watch(WatchOutput::Changed {
+                spec,
+                learned: true,
+            }) => {
                 tracing::info!(
                     watch = job,
                     "learning ended: the watch enforces its profile"
                 );
-                Some(StreamEvent::Learned(profile))
+                let profile = serde_json::to_value(&spec.policy.file().profile);
+                Some(StreamEvent::Learned(profile.unwrap_or_default()))
             }
             DaemonEvent::ScanFinished(report) => {
                 metrics.record_scan(report);
@@ -177,7 +165,7 @@ impl DaemonEvent<'_> {
         };
         if let Some(event) = streamed {
             // A scan's findings are exported with its verdict, all sources together.
-            let exported = watch.is_some();
+            let exported = watch.is_some() && shared.export.enabled();
             let kind = event.kind();
             let item = match origin {
                 Origin::Scan { id } => StreamItem::scan(*id, event),
@@ -199,6 +187,9 @@ impl DaemonEvent<'_> {
 /// A scan's findings as /v1/findings has them (each an item of the stream's shape), then its
 /// verdict.
 fn export_scan(shared: &Shared, id: &str, owner: Option<u32>, report: &ScanReport) {
+    if !shared.export.enabled() {
+        return;
+    }
     let findings = (report.findings.iter().map(serde_json::to_value))
         .chain(report.audit_findings.iter().map(serde_json::to_value))
         .chain(report.static_findings.iter().map(serde_json::to_value));

@@ -122,6 +122,11 @@ impl Exporter {
         })
     }
 
+    /// Whether lines go anywhere: callers skip building them when not.
+    pub fn enabled(&self) -> bool {
+        lock(&self.tx).is_some()
+    }
+
     /// Writes what is queued and stops the writer; later events are not exported.
     pub fn close(&self) {
         drop(lock(&self.tx).take());

@@ -202,7 +202,7 @@ impl Watches {
 }
 
 /// What watch `id` of `owner` reports, emitted (counted, logged, stored, streamed: see
-/// [`crate::events`]); a changed spec is kept for a restart.
+/// [`crate::events`]); a changed spec is kept for a restart first.
 fn report(
     shared: &Shared,
     id: &str,
@@ -210,37 +210,13 @@ fn report(
     status: &Mutex<WatchStatus>,
     out: WatchOutput<'_>,
 ) {
-    let origin = Origin::Watch { id, status };
-    let event = match out {
-        WatchOutput::Event(event) => DaemonEvent::Traced(event),
-        WatchOutput::Finding(finding) => DaemonEvent::Finding(finding),
-        WatchOutput::Discovered {
-            event,
-            path,
-            content,
-        } => DaemonEvent::Discovered {
-            event,
-            path,
-            content,
-        },
-        WatchOutput::Released(_) => DaemonEvent::Released,
-        WatchOutput::Gap { pid, comm, path } => DaemonEvent::Gap { pid, comm, path },
-        WatchOutput::Lost(records) => DaemonEvent::Lost(records),
-        WatchOutput::Kill(kill) => DaemonEvent::Kill(kill),
-        WatchOutput::Changed { spec, learned } => {
-            lock(status).spec = spec.clone();
-            if let Err(e) = tokio::task::block_in_place(|| shared.store.update_watch(id, spec)) {
-                tracing::error!(watch = %id, error = %e, "storing the watch failed");
-            }
-            if !learned {
-                return;
-            }
-            DaemonEvent::Learned(
-                serde_json::to_value(&spec.policy.file().profile).unwrap_or_default(),
-            )
+    if let WatchOutput::Changed { spec, .. } = out {
+        lock(status).spec = spec.clone();
+        if let Err(e) = tokio::task::block_in_place(|| shared.store.update_watch(id, spec)) {
+            tracing::error!(watch = %id, error = %e, "storing the watch failed");
         }
-    };
-    event.emit(shared, &origin, owner);
+    }
+    DaemonEvent::Watch(out).emit(shared, &Origin::Watch { id, status }, owner);
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
