@@ -59,17 +59,21 @@ fn sarif_goes_to_the_report_file_and_nothing_to_stdout_with_no_print_res() {
     let sarif = dir.path().join("report.sarif");
     let trace = dir.path().join("trace.jsonl");
     let malicious = example("malicious.pkl");
-    let out = monitorctl(&[
-        "scan",
-        "--format",
-        "sarif",
-        "--no-print-res",
-        "--report-file",
-        sarif.to_str().unwrap(),
-        "--trace-file",
-        trace.to_str().unwrap(),
-        malicious.to_str().unwrap(),
-    ]);
+    // A SARIF scan of the bundled malicious pickle into `sarif`, with `more` arguments.
+    let sarif_scan = |more: &[&str]| {
+        let mut args = vec![
+            "scan",
+            "--format",
+            "sarif",
+            "--no-print-res",
+            "--report-file",
+            sarif.to_str().unwrap(),
+        ];
+        args.extend_from_slice(more);
+        args.push(malicious.to_str().unwrap());
+        monitorctl(&args)
+    };
+    let out = sarif_scan(&["--trace-file", trace.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(out.stdout.is_empty());
     let log: Value = serde_json::from_slice(&std::fs::read(&sarif).unwrap()).unwrap();
@@ -128,15 +132,7 @@ fn sarif_goes_to_the_report_file_and_nothing_to_stdout_with_no_print_res() {
         !log.to_string().contains("example.invalid"),
         "an informationUri that goes nowhere"
     );
-    let again = monitorctl(&[
-        "scan",
-        "--format",
-        "sarif",
-        "--no-print-res",
-        "--report-file",
-        sarif.to_str().unwrap(),
-        malicious.to_str().unwrap(),
-    ]);
+    let again = sarif_scan(&[]);
     assert_eq!(again.status.code(), Some(1), "{again:?}");
     let second: Value = serde_json::from_slice(&std::fs::read(&sarif).unwrap()).unwrap();
     assert_eq!(
