@@ -125,6 +125,14 @@ impl StreamItem {
     }
 }
 
+/// `GET /v1/findings`: a page of findings of scans and watches, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FindingPage {
+    pub findings: Vec<StreamItem>,
+    pub limit: u32,
+    pub offset: u32,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

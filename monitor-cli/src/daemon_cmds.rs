@@ -120,22 +120,21 @@ async fn ask(args: DaemonArgs, request: Request) -> Result<()> {
     }
     match request {
         Request::Reports(ReportsCommand::List { .. }) => {
-            let list = reply.json()?;
+            let page: monitor_api::ScanPage = reply.parse()?;
             let mut table = crate::common::table(["id", "verdict", "format", "path"]);
-            for scan in list["scans"].as_array().into_iter().flatten() {
+            for scan in &page.scans {
                 table.add_row([
-                    printable(scan["id"].as_str().unwrap_or("?")).into_owned(),
-                    scan["verdict"]
-                        .as_str()
-                        .unwrap_or(scan["status"].as_str().unwrap_or("?"))
-                        .to_owned(),
-                    scan["format"].as_str().unwrap_or("-").to_owned(),
-                    printable(scan["request"]["path"].as_str().unwrap_or("?")).into_owned(),
+                    printable(&scan.id).into_owned(),
+                    scan.verdict
+                        .clone()
+                        .unwrap_or_else(|| scan.status.name().to_owned()),
+                    scan.format.clone().unwrap_or_else(|| "-".to_owned()),
+                    printable(&scan.request.asked.path).into_owned(),
                 ]);
             }
             println!("{table}");
         }
-        Request::Status { json: false } => print!("{}", status_text(&reply.json()?)),
+        Request::Status { json: false } => print!("{}", status_text(&reply.parse()?)),
         Request::Reports(ReportsCommand::Show {
             format: ReportFormat::Text,
             ..
@@ -146,11 +145,11 @@ async fn ask(args: DaemonArgs, request: Request) -> Result<()> {
         }
         Request::Rules(RulesCommand::List) => {
             let mut table = crate::common::table(["rule", "severity", "description"]);
-            for rule in reply.json()?["rules"].as_array().into_iter().flatten() {
+            for rule in reply.parse::<monitor_api::RuleList>()?.rules {
                 table.add_row([
-                    printable(rule["id"].as_str().unwrap_or("?")).into_owned(),
-                    rule["severity"].as_str().unwrap_or("?").to_owned(),
-                    printable(rule["description"].as_str().unwrap_or("")).into_owned(),
+                    printable(&rule.id).into_owned(),
+                    rule.severity.name().to_owned(),
+                    printable(&rule.description).into_owned(),
                 ]);
             }
             println!("{table}");
@@ -161,89 +160,80 @@ async fn ask(args: DaemonArgs, request: Request) -> Result<()> {
 }
 
 /// `/v1/status` for people: one line per part of the daemon, what needs attention first.
-fn status_text(status: &serde_json::Value) -> String {
+fn status_text(status: &monitor_api::Status) -> String {
     use std::fmt::Write as _;
-    let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
-    let probes = &status["probes"];
-    let counters = &probes["counters"];
+    let probes = &status.probes;
     let mut out = String::new();
     let mut line = |label: &str, text: String| {
         let _ = writeln!(out, "{label:<10}{text}");
     };
     line(
         "monitord",
-        format!(
-            "{} on Linux {}",
-            status["version"].as_str().unwrap_or("?"),
-            status["kernel"].as_str().unwrap_or("?")
-        ),
+        format!("{} on Linux {}", status.version, status.kernel),
     );
     line(
         "you",
         format!(
             "uid {}, role {}",
-            status["caller"]["uid"],
-            status["caller"]["role"].as_str().unwrap_or("none")
+            status.caller.uid,
+            status.caller.role.map_or("none", |r| r.name())
         ),
     );
-    let missing = probes["missing"].as_array().map_or(0, Vec::len);
     line(
         "probes",
         format!(
-            "{} attached, {missing} missing{}",
-            probes["attached"]
-                .as_array()
-                .map_or(n(&probes["attached"]) as usize, Vec::len),
-            match n(&probes["checks_that_found_tampering"]) {
+            "{} attached, {} missing{}",
+            probes.attached,
+            probes.missing.len(),
+            match probes.checks_that_found_tampering {
                 0 => String::new(),
                 k => format!(", TAMPERED WITH ({k} checks found it; see --json)"),
             },
         ),
     );
-    if let Some(why) = probes["syscall_hooks"]["why"].as_str() {
-        line("hooks", why.to_owned());
-    }
-    if counters.is_object() && counters.get("error").is_none() {
-        line(
+    line("hooks", probes.syscall_hooks.why.clone());
+    let counter = |name| probes.counters.get(name).unwrap_or(0);
+    match &probes.counters {
+        monitor_api::status::KernelCounters::Read(_) => line(
             "kernel",
             format!(
                 "{} records written, {} dropped, {} unreadable; {} processes followed",
-                n(&counters["events"]),
-                n(&counters["dropped"]),
-                n(&counters["read_errors"]),
-                n(&counters["followed"])
+                counter("events"),
+                counter("dropped"),
+                counter("read_errors"),
+                counter("followed")
             ),
-        );
+        ),
+        monitor_api::status::KernelCounters::Unreadable { error } => {
+            line("kernel", format!("counters unreadable: {error}"))
+        }
     }
-    let running = status["running"].as_array().cloned().unwrap_or_default();
     line(
         "scans",
         format!(
             "{} running, {} queued (at most {} at once){}",
-            running.len(),
-            n(&status["queue_depth"]),
-            n(&status["max_concurrent_scans"]),
-            running
+            status.running.len(),
+            status.queue_depth,
+            status.max_concurrent_scans,
+            status
+                .running
                 .iter()
                 .map(|r| format!(
                     "\n          {} {}",
-                    printable(r["id"].as_str().unwrap_or("?")),
-                    r["phase"].as_str().unwrap_or("starting")
+                    printable(&r.id),
+                    r.phase.map_or("starting", |p| p.name())
                 ))
                 .collect::<String>()
         ),
     );
-    line(
-        "watches",
-        format!("{} active", n(&status["watches_active"])),
-    );
-    line("rules", format!("{} in force", n(&status["rules"])));
+    line("watches", format!("{} active", status.watches_active));
+    line("rules", format!("{} in force", status.rules));
     line(
         "loader",
         format!(
             "{} ({})",
-            printable(status["loader_env"]["python"].as_str().unwrap_or("?")),
-            if status["loader_env"]["present"] == true {
+            printable(&status.loader_env.python.to_string_lossy()),
+            if status.loader_env.present {
                 "present"
             } else {
                 "MISSING: scans fail; `cargo xtask loader-env`"
@@ -277,16 +267,14 @@ async fn export(
         if reply.status >= 400 {
             bail!("{}", reply.error_message());
         }
-        let list = reply.json()?;
-        let scans = list["scans"].as_array().cloned().unwrap_or_default();
+        let scans = reply.parse::<monitor_api::ScanPage>()?.scans;
         for scan in &scans {
-            let id = scan["id"].as_str().unwrap_or_default();
-            let record = client
-                .get(&format!("/v1/scans/{}", client::segment(id)))
+            let record: monitor_api::ScanRecord = client
+                .get(&format!("/v1/scans/{}", client::segment(&scan.id)))
                 .await?
-                .json()?;
-            if !record["report"].is_null() {
-                serde_json::to_writer(&mut out, &record["report"])?;
+                .parse()?;
+            if let Some(report) = &record.report {
+                serde_json::to_writer(&mut out, report)?;
                 writeln!(out)?;
                 written += 1;
             }

@@ -14,7 +14,7 @@ use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use monitor_api::client::{self, Client};
-use monitor_api::{ScanAccepted, ScanRequest};
+use monitor_api::{ScanAccepted, ScanRequest, ScanStatus};
 use monitor_engine::probes::ProbeConfig;
 use monitor_formats::Limits;
 use monitor_jobs::render::{self, Style};
@@ -519,24 +519,32 @@ async fn scan_with_daemon(
         bar.enable_steady_tick(Duration::from_millis(100));
         bar
     });
-    let mut records: Vec<Option<Value>> = vec![None; ids.len()];
+    let mut records: Vec<Option<monitor_api::ScanRecord>> = vec![None; ids.len()];
     while records.iter().any(Option::is_none) {
         for (i, (id, _)) in ids.iter().enumerate() {
             if records[i].is_some() {
                 continue;
             }
-            let record = client
+            let reply = client
                 .get(&format!("/v1/scans/{}", client::segment(id)))
-                .await?
-                .json()?;
-            let status = record["status"].as_str().unwrap_or("unknown").to_owned();
-            if status == "done" || status == "interrupted" {
+                .await?;
+            if reply.status >= 400 {
+                anyhow::bail!(
+                    "scan {id} ({path}): {}",
+                    reply.error_message(),
+                    path = ids[i].1
+                );
+            }
+            let record: monitor_api::ScanRecord = reply.parse()?;
+            let status = record.status;
+            if matches!(status, ScanStatus::Done | ScanStatus::Interrupted) {
                 records[i] = Some(record);
             } else if let Some(bar) = &spinner {
-                let phase = record["phase"]
-                    .as_str()
-                    .map(|p| format!(", {p} phase"))
+                let phase = record
+                    .phase
+                    .map(|p| format!(", {} phase", p.name()))
                     .unwrap_or_default();
+                let status = status.name();
                 let done = records.iter().filter(|r| r.is_some()).count();
                 bar.set_message(format!(
                     "monitord: {done}/{} done; scan {id} {status}{phase}",
@@ -554,7 +562,7 @@ async fn scan_with_daemon(
     let mut outcomes = Vec::with_capacity(ids.len());
     for ((id, path), record) in ids.iter().zip(records) {
         let record = record.expect("every scan finished above");
-        if record["status"] == "interrupted" {
+        if record.status == ScanStatus::Interrupted {
             anyhow::bail!(
                 "the daemon stopped during scan {id} ({path}); it is reported as interrupted"
             );
@@ -587,14 +595,12 @@ async fn scan_with_daemon(
         } else {
             rendered.push(b'\n');
         }
-        let code = record["exit_code"]
-            .as_u64()
-            .context("the scan has no exit code")?;
+        let code = record.exit_code.context("the scan has no exit code")?;
         outcomes.push(Outcome {
             path: path.clone(),
             rendered,
             json,
-            exit_code: code.min(2) as u8,
+            exit_code: code.min(2),
         });
     }
     Ok(outcomes)

@@ -7,6 +7,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Args, Subcommand};
 use monitor_api::client::{self, Client};
 use monitor_api::stream::{Origin, StreamEvent, StreamItem};
+use monitor_api::watches::Selector;
 use monitor_api::{LearnRequest, WatchRequest};
 use monitor_jobs::render::printable;
 use monitor_rules::Severity;
@@ -197,8 +198,8 @@ async fn watch(args: WatchArgs) -> Result<()> {
             if reply.status >= 400 {
                 bail!("{}", reply.error_message());
             }
-            let watch = reply.json()?;
-            println!("{}", watch["id"].as_str().unwrap_or("?"));
+            let watch: monitor_api::Watch = reply.parse()?;
+            println!("{}", watch.id);
             eprintln!(
                 "monitorctl: watching {}; `monitorctl watch tail` shows what it finds",
                 printable(&describe(&watch))
@@ -252,13 +253,13 @@ async fn watch(args: WatchArgs) -> Result<()> {
             }
             let mut table =
                 crate::common::table(["id", "state", "events", "findings", "kills", "what"]);
-            for w in reply.json()?["watches"].as_array().into_iter().flatten() {
+            for w in &reply.parse::<monitor_api::WatchList>()?.watches {
                 table.add_row([
-                    printable(w["id"].as_str().unwrap_or("?")).into_owned(),
-                    w["state"].as_str().unwrap_or("?").to_owned(),
-                    w["events"].to_string(),
-                    w["findings"].to_string(),
-                    w["kills"].to_string(),
+                    printable(&w.id).into_owned(),
+                    w.state.name().to_owned(),
+                    w.events.to_string(),
+                    w.findings.to_string(),
+                    w.kills.to_string(),
                     printable(&describe(w)).into_owned(),
                 ]);
             }
@@ -276,7 +277,8 @@ async fn watch(args: WatchArgs) -> Result<()> {
             if reply.status >= 400 {
                 bail!("{}", reply.error_message());
             }
-            println!("{}", serde_json::to_string_pretty(&reply.json()?)?);
+            let watch: monitor_api::Watch = reply.parse()?;
+            println!("{}", serde_json::to_string_pretty(&watch)?);
         }
         WatchCommand::Rm { id } => {
             let reply = client
@@ -316,20 +318,14 @@ async fn watch(args: WatchArgs) -> Result<()> {
 }
 
 /// "cgroup X", "pid N", "executable P" or "discovery", with the name.
-fn describe(w: &Value) -> String {
-    let selector = &w["selector"];
-    let what = if let Some(path) = selector["cgroup"].as_str() {
-        format!("cgroup {path}")
-    } else if let Some(pid) = selector["pid"]["pid"].as_u64() {
-        format!("pid {pid}")
-    } else if let Some(path) = selector["executable"].as_str() {
-        format!("executable {path}")
-    } else if selector.get("discovery").is_some() {
-        "processes that open model files (discovery)".into()
-    } else {
-        selector.to_string()
+fn describe(w: &monitor_api::Watch) -> String {
+    let what = match &w.spec.selector {
+        Selector::Cgroup(path) => format!("cgroup {}", path.display()),
+        Selector::Pid { pid, .. } => format!("pid {pid}"),
+        Selector::Executable(path) => format!("executable {}", path.display()),
+        Selector::Discovery { .. } => "processes that open model files (discovery)".into(),
     };
-    match w["name"].as_str() {
+    match &w.spec.name {
         Some(name) => format!("{name}: {what}"),
         None => what,
     }

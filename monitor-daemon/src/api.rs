@@ -23,7 +23,6 @@ use axum::{
     routing::get,
 };
 use serde::Deserialize;
-use serde_json::json;
 use tokio::io::AsyncWriteExt as _;
 
 use crate::Shared;
@@ -133,7 +132,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({ "error": { "code": self.code, "message": self.message } });
+        let body = monitor_api::ErrorReply::new(self.code, self.message);
         (self.status, Json(body)).into_response()
     }
 }
@@ -161,7 +160,8 @@ async fn render_metrics(State(shared): State<Arc<Shared>>, headers: HeaderMap) -
 async fn status(
     State(shared): State<Arc<Shared>>,
     caller: Caller,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<monitor_api::Status>, ApiError> {
+    use monitor_api::status;
     caller.require(Role::Scan)?;
     let running: Vec<_> = shared
         .running
@@ -169,7 +169,10 @@ async fn status(
         .unwrap_or_else(|p| p.into_inner())
         .iter()
         .filter(|(_, scan)| caller.may_see(scan.owner))
-        .map(|(id, scan)| json!({ "id": id, "phase": scan.phase }))
+        .map(|(id, scan)| status::RunningScan {
+            id: id.clone(),
+            phase: scan.phase,
+        })
         .collect();
     let python = shared.config.loader_env.join("bin/python");
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
@@ -177,40 +180,49 @@ async fn status(
     let (attached, missing) = router.attachments();
     let tampering = router.tampering();
     let counters = match router.counters() {
-        Ok(c) => json!(c),
-        Err(e) => json!({ "error": e.to_string() }),
-    };
-    Ok(Json(json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "kernel": kernel.trim(),
-        "caller": { "uid": caller.uid(), "role": caller.role },
-        "probes": {
-            "attached": attached,
-            "syscall_hooks": hooks_status(&shared),
-            "missing": missing,
-            "tampering": tampering.now,
-            "checks_that_found_tampering": tampering.checks,
-            "last_tampering": tampering.last.map(|(at, problems)| json!({
-                "at": at,
-                "problems": problems,
-            })),
-            "reattached": tampering.reattached,
-            "counters": counters,
-            "malformed_records": router.malformed(),
-            "unrouted_records": router.unrouted(),
-            "subscriptions": router.subscriptions(),
+        Ok(c) => {
+            status::KernelCounters::Read(c.by_key().map(|(key, n)| (key.to_owned(), n)).collect())
+        }
+        Err(e) => status::KernelCounters::Unreadable {
+            error: e.to_string(),
         },
-        "queue_depth": shared.metrics.queue_depth.get(),
-        "max_concurrent_scans": shared.config.max_concurrent_scans,
-        "running": running,
-        "watches_active": shared.watches.active(),
-        "loader_env": { "python": python, "present": python.is_file() },
-        "rules": shared.rules().len(),
-    })))
+    };
+    Ok(Json(monitor_api::Status {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        kernel: kernel.trim().to_owned(),
+        caller: status::CallerInfo {
+            uid: caller.uid(),
+            role: caller.role,
+        },
+        probes: status::ProbesStatus {
+            attached,
+            syscall_hooks: hooks_status(&shared),
+            missing,
+            tampering: tampering.now,
+            checks_that_found_tampering: tampering.checks,
+            last_tampering: tampering
+                .last
+                .map(|(at, problems)| status::TamperingSeen { at, problems }),
+            reattached: tampering.reattached,
+            counters,
+            malformed_records: router.malformed(),
+            unrouted_records: router.unrouted(),
+            subscriptions: router.subscriptions(),
+        },
+        queue_depth: shared.metrics.queue_depth.get(),
+        max_concurrent_scans: shared.config.max_concurrent_scans,
+        running,
+        watches_active: shared.watches.active(),
+        loader_env: status::LoaderEnv {
+            present: python.is_file(),
+            python,
+        },
+        rules: shared.rules().len(),
+    }))
 }
 
 /// Whether the syscall hooks are attached, and why, for the status.
-fn hooks_status(shared: &Shared) -> serde_json::Value {
+fn hooks_status(shared: &Shared) -> monitor_api::status::SyscallHooks {
     let hooks = shared.router.hooks();
     let why = match hooks.state {
         HooksState::Attached if shared.config.discovery.enabled => {
@@ -231,19 +243,19 @@ fn hooks_status(shared: &Shared) -> serde_json::Value {
                 .to_string()
         }
     };
-    json!({
-        "state": hooks.state,
-        "held_by": hooks.held_by,
-        "detach_after_idle_ms": hooks.detach_after_idle_ms,
-        "why": why,
-    })
+    monitor_api::status::SyscallHooks {
+        state: hooks.state,
+        held_by: hooks.held_by,
+        detach_after_idle_ms: hooks.detach_after_idle_ms,
+        why,
+    }
 }
 
 async fn submit_scan(
     State(shared): State<Arc<Shared>>,
     caller: Caller,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, Json<monitor_api::ScanAccepted>), ApiError> {
     caller.require(Role::Scan)?;
     let body: monitor_api::ScanRequest = json_body(body, "a scan request")?;
     let path = Path::new(&body.path);
@@ -314,7 +326,7 @@ fn enqueue(
     shared: &Shared,
     request: ScanRequest,
     slot: Option<QueueSlot>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, Json<monitor_api::ScanAccepted>), ApiError> {
     let slot = match slot {
         Some(slot) => slot,
         None => queue_slot(shared)?,
@@ -328,7 +340,10 @@ fn enqueue(
     shared.metrics.queue_depth.inc();
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({ "id": id, "status": "queued" })),
+        Json(monitor_api::ScanAccepted {
+            id,
+            status: monitor_api::ScanStatus::Queued,
+        }),
     ))
 }
 
@@ -341,7 +356,7 @@ async fn upload_scan(
     query: Result<Query<UploadQuery>, QueryRejection>,
     headers: HeaderMap,
     body: Body,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, Json<monitor_api::ScanAccepted>), ApiError> {
     caller.require(Role::Scan)?;
     let Query(q) = query.map_err(bad_query)?;
     let limit = shared.config.max_artifact_mib.saturating_mul(1 << 20);
@@ -486,7 +501,7 @@ async fn list_scans(
     State(shared): State<Arc<Shared>>,
     caller: Caller,
     query: Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<monitor_api::ScanPage>, ApiError> {
     caller.require(Role::Scan)?;
     let Query(q) = query.map_err(bad_query)?;
     if let Some(v) = &q.verdict
@@ -510,9 +525,11 @@ async fn list_scans(
             .map_err(ApiError::internal)
     })
     .await?;
-    Ok(Json(
-        json!({ "scans": scans, "limit": limit, "offset": offset }),
-    ))
+    Ok(Json(monitor_api::ScanPage {
+        scans,
+        limit,
+        offset,
+    }))
 }
 
 /// Scan `id` as the store has it, if the caller may see it.
@@ -529,10 +546,10 @@ async fn get_scan(
     State(shared): State<Arc<Shared>>,
     caller: Caller,
     id: Result<UrlPath<String>, PathRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<monitor_api::ScanRecord>, ApiError> {
     caller.require(Role::Scan)?;
     let UrlPath(id) = id.map_err(bad_path)?;
-    let mut value = off_runtime(&shared, {
+    let mut record = off_runtime(&shared, {
         let id = id.clone();
         move |shared| {
             let mut record = visible_scan(shared, &caller, &id)?;
@@ -540,19 +557,17 @@ async fn get_scan(
             if let Some(stored) = record.report.take() {
                 record.report = stored.get("json").cloned();
             }
-            serde_json::to_value(&record).map_err(ApiError::internal)
+            Ok(record)
         }
     })
     .await?;
-    if let Some(scan) = shared
+    record.phase = shared
         .running
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .get(&id)
-    {
-        value["phase"] = json!(scan.phase);
-    }
-    Ok(Json(value))
+        .and_then(|scan| scan.phase);
+    Ok(Json(record))
 }
 
 #[derive(Deserialize)]
@@ -601,17 +616,18 @@ async fn get_report(
 async fn list_rules(
     State(shared): State<Arc<Shared>>,
     caller: Caller,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<monitor_api::RuleList>, ApiError> {
     caller.require(Role::Scan)?;
     let rules = shared.rules();
-    let list: Vec<_> = rules.rules().map(|r| &r.spec).collect();
-    Ok(Json(json!({ "rules": list })))
+    Ok(Json(monitor_api::RuleList {
+        rules: rules.rules().map(|r| r.spec.clone()).collect(),
+    }))
 }
 
 async fn reload_rules(
     State(shared): State<Arc<Shared>>,
     caller: Caller,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<monitor_api::RulesReloaded>, ApiError> {
     caller.require(Role::Admin)?;
     let count = off_runtime(&shared, |shared| {
         shared
@@ -619,7 +635,7 @@ async fn reload_rules(
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_rules", e.to_string()))
     })
     .await?;
-    Ok(Json(json!({ "rules": count })))
+    Ok(Json(monitor_api::RulesReloaded { rules: count }))
 }
 
 #[derive(Deserialize)]
@@ -644,7 +660,7 @@ async fn get_events(
     caller: Caller,
     id: Result<UrlPath<String>, PathRejection>,
     query: Result<Query<PageQuery>, QueryRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<monitor_api::EventPage>, ApiError> {
     caller.require(Role::Scan)?;
     let UrlPath(id) = id.map_err(bad_path)?;
     let Query(q) = query.map_err(bad_query)?;
@@ -665,16 +681,18 @@ async fn get_events(
             .map_err(ApiError::internal)
     })
     .await?;
-    Ok(Json(
-        json!({ "events": events, "limit": limit, "offset": offset }),
-    ))
+    Ok(Json(monitor_api::EventPage {
+        events,
+        limit,
+        offset,
+    }))
 }
 
 async fn list_findings(
     State(shared): State<Arc<Shared>>,
     caller: Caller,
     query: Result<Query<FindingsQuery>, QueryRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<monitor_api::FindingPage>, ApiError> {
     caller.require(Role::Scan)?;
     let Query(q) = query.map_err(bad_query)?;
     let limit = q.limit.unwrap_or(50).min(500);
@@ -696,9 +714,11 @@ async fn list_findings(
             .map_err(ApiError::internal)
     })
     .await?;
-    Ok(Json(
-        json!({ "findings": findings, "limit": limit, "offset": offset }),
-    ))
+    Ok(Json(monitor_api::FindingPage {
+        findings,
+        limit,
+        offset,
+    }))
 }
 
 /// Findings as they happen, as server-sent events (`event: finding`): the caller's own, or
@@ -772,7 +792,7 @@ async fn stream_findings(
 async fn list_watches(
     State(shared): State<Arc<Shared>>,
     caller: Caller,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<monitor_api::WatchList>, ApiError> {
     caller.require(Role::Scan)?;
     let watches: Vec<_> = shared
         .watches
@@ -780,14 +800,14 @@ async fn list_watches(
         .into_iter()
         .filter(|w| caller.may_see(w.owner_uid))
         .collect();
-    Ok(Json(json!({ "watches": watches })))
+    Ok(Json(monitor_api::WatchList { watches }))
 }
 
 async fn add_watch(
     State(shared): State<Arc<Shared>>,
     caller: Caller,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, Json<monitor_api::Watch>), ApiError> {
     caller.require(Role::Scan)?;
     let request: monitor_watch::WatchRequest = json_body(body, "a watch request")?;
     // Checking the target reads /proc and the cgroup tree; starting it may scan /proc.
@@ -818,8 +838,8 @@ async fn add_watch(
                 format!("{e:#}"),
             ));
         }
-        let status = shared.watches.get(&id);
-        Ok((StatusCode::CREATED, Json(json!(status))))
+        let watch = shared.watches.get(&id).ok_or_else(|| no_watch(&id))?;
+        Ok((StatusCode::CREATED, Json(watch)))
     })
     .await
 }
@@ -841,7 +861,7 @@ async fn get_watch(
     State(shared): State<Arc<Shared>>,
     caller: Caller,
     id: Result<UrlPath<String>, PathRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<monitor_api::Watch>, ApiError> {
     caller.require(Role::Scan)?;
     let UrlPath(id) = id.map_err(bad_path)?;
     let status = visible_watch(&shared, &caller, &id)?;
@@ -852,9 +872,10 @@ async fn get_watch(
             .map_err(ApiError::internal)
     })
     .await?;
-    let mut value = json!(status);
-    value["recent_kills"] = json!(kills);
-    Ok(Json(value))
+    Ok(Json(monitor_api::Watch {
+        recent_kills: Some(kills),
+        ..status
+    }))
 }
 
 async fn remove_watch(
@@ -889,7 +910,7 @@ async fn set_watch_policy(
     caller: Caller,
     id: Result<UrlPath<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<monitor_api::Watch>, ApiError> {
     caller.require(Role::Scan)?;
     let UrlPath(id) = id.map_err(bad_path)?;
     let body = body.map_err(unreadable_body)?;
@@ -923,13 +944,7 @@ async fn set_watch_policy(
     shared
         .watches
         .command(&id, monitor_watch::Command::SetPolicy(policy));
-    Ok(Json(json!(shared.watches.get(&id))))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LearnRequest {
-    seconds: u64,
+    Ok(Json(visible_watch(&shared, &caller, &id)?))
 }
 
 /// Starts a learning window on a watch (in place of one running): for `seconds` it learns
@@ -939,10 +954,10 @@ async fn learn_watch(
     caller: Caller,
     id: Result<UrlPath<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, Json<monitor_api::Watch>), ApiError> {
     caller.require(Role::Scan)?;
     let UrlPath(id) = id.map_err(bad_path)?;
-    let request: LearnRequest = json_body(body, "a learn request ({\"seconds\": N})")?;
+    let request: monitor_api::LearnRequest = json_body(body, "a learn request ({\"seconds\": N})")?;
     let status = visible_watch(&shared, &caller, &id)?;
     auth::check_watch_owner(&caller, &status)?;
     if status.builtin {
@@ -962,7 +977,10 @@ async fn learn_watch(
     shared
         .watches
         .command(&id, monitor_watch::Command::Learn(learning));
-    Ok((StatusCode::ACCEPTED, Json(json!(shared.watches.get(&id)))))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(visible_watch(&shared, &caller, &id)?),
+    ))
 }
 
 /// A watch's policy as a YAML document, its learned profile included.

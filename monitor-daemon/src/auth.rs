@@ -12,7 +12,6 @@ use axum::{
     middleware::Next,
     response::Response,
 };
-use serde::Serialize;
 
 use crate::Shared;
 use crate::api::ApiError;
@@ -20,27 +19,7 @@ use crate::config::RolesConfig;
 use monitor_engine::creds::Credentials;
 use monitor_watch::{Selector, WatchSpec};
 
-/// What a caller may do; each role may do what the ones before it may.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    /// Submit scans, see their own; watch (report only) what they own.
-    Scan,
-    /// See every scan, report, finding and watch.
-    Read,
-    /// Everything: any watch, kill policies, rule reloads.
-    Admin,
-}
-
-impl Role {
-    pub fn name(self) -> &'static str {
-        match self {
-            Role::Scan => "scan",
-            Role::Read => "read",
-            Role::Admin => "admin",
-        }
-    }
-}
+pub use monitor_api::status::Role;
 
 /// `[roles]` with its names looked up.
 #[derive(Debug, Default)]

@@ -25,44 +25,7 @@ fn parse_status(s: &str) -> Status {
     }
 }
 
-/// A scan as the daemon keeps it: what the caller asked for (the API's request, the same JSON
-/// fields), and what the daemon adds, which a caller cannot send.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ScanRequest {
-    #[serde(flatten)]
-    pub asked: monitor_api::ScanRequest,
-    /// The artifact was uploaded: `path` is the daemon's own copy, removed after the scan.
-    #[serde(default)]
-    pub uploaded: bool,
-    /// Who asked (the API caller's credentials): a path is opened with their rights, and the
-    /// scan is theirs to see. `None` for requests stored before owners were.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub owner: Option<monitor_engine::creds::Credentials>,
-}
-
-/// A scan as the API shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct ScanRecord {
-    pub id: String,
-    pub status: Status,
-    pub request: ScanRequest,
-    pub verdict: Option<String>,
-    pub format: Option<String>,
-    pub exit_code: Option<u8>,
-    /// Unix time in milliseconds.
-    pub created_at: i64,
-    pub finished_at: Option<i64>,
-    /// The report (schema monitor.scan/v1) once done.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub report: Option<serde_json::Value>,
-}
-
-impl ScanRecord {
-    /// The uid of who asked for it.
-    pub fn owner_uid(&self) -> Option<u32> {
-        self.request.owner.as_ref().map(|o| o.uid)
-    }
-}
+pub use monitor_api::scans::{ScanRecord, StoredRequest as ScanRequest};
 
 pub struct Store {
     db: Mutex<Connection>,
@@ -325,7 +288,7 @@ impl Store {
         filter: &FindingsFilter<'_>,
         limit: u32,
         offset: u32,
-    ) -> Result<Vec<serde_json::Value>, StoreError> {
+    ) -> Result<Vec<StreamItem>, StoreError> {
         let FindingsFilter {
             source,
             severity,
@@ -360,7 +323,7 @@ impl Store {
                     "scan" => StreamItem::scan(owner, finding),
                     _ => StreamItem::watch(owner, finding),
                 };
-                Ok(serde_json::to_value(item)?)
+                Ok(item)
             })
             .collect()
     }
@@ -620,6 +583,7 @@ impl RawRecord {
                 (true, Some(text)) => Some(serde_json::from_str(&text)?),
                 _ => None,
             },
+            phase: None,
         })
     }
 }
@@ -695,7 +659,10 @@ mod tests {
             ..FindingsFilter::default()
         };
         let findings = store.findings(&high, 10, 0).unwrap();
-        assert_eq!(findings[0]["scan_id"], "c");
+        assert_eq!(
+            findings[0],
+            StreamItem::scan("c", findings[0].event.clone())
+        );
         let low = FindingsFilter {
             severity: Some("low"),
             ..FindingsFilter::default()
@@ -753,8 +720,10 @@ mod tests {
             ..FindingsFilter::default()
         };
         let findings = store.findings(&of(Source::Watch, None), 10, 0).unwrap();
-        assert_eq!(findings[0]["watch_id"], "w1");
-        assert_eq!(findings[0]["source"], "watch");
+        assert_eq!(
+            findings[0],
+            StreamItem::watch("w1", findings[0].event.clone())
+        );
         assert_eq!(
             store
                 .findings(&of(Source::Watch, Some(1000)), 10, 0)

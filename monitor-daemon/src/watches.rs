@@ -7,55 +7,19 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::Shared;
 use crate::events::{DaemonEvent, Origin};
 use crate::store::WatchRecord;
-use monitor_watch::{self as watch, Command, WatchOutput, WatchSpec, WatchSummary};
+use monitor_watch::{self as watch, Command, WatchOutput, WatchSpec};
 
 /// The id of the watch that monitord's `[discovery]` settings start.
 pub const DISCOVERY_ID: &str = "discovery";
 
-/// Where a watch is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum State {
-    Active,
-    /// It ended by itself (its processes are gone).
-    Ended,
-    /// It could not run (see `error`).
-    Failed,
-}
-
-/// A watch as the API shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct WatchStatus {
-    pub id: String,
-    #[serde(flatten)]
-    pub spec: WatchSpec,
-    pub created_at: i64,
-    /// The uid of who added it (`None`: the configuration's).
-    pub owner_uid: Option<u32>,
-    /// Started by the configuration, not the API (cannot be removed through it).
-    pub builtin: bool,
-    pub state: State,
-    pub events: u64,
-    pub findings: u64,
-    pub kills: u64,
-    /// Discovery's: processes found, let go of early, and watched again after a gap.
-    #[serde(skip_serializing_if = "is_zero")]
-    pub discovered: u64,
-    #[serde(skip_serializing_if = "is_zero")]
-    pub released: u64,
-    #[serde(skip_serializing_if = "is_zero")]
-    pub gaps: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub summary: Option<WatchSummary>,
-}
+/// A watch as the API shows it (monitor-api's type, `recent_kills` left out).
+pub use monitor_api::Watch as WatchStatus;
+use monitor_api::WatchState as State;
 
 struct Running {
     status: Arc<Mutex<WatchStatus>>,
@@ -94,6 +58,7 @@ impl Watches {
             gaps: 0,
             error: None,
             summary: None,
+            recent_kills: None,
         }));
         let (stop, stopped) = oneshot::channel();
         let (commands, control) = mpsc::unbounded_channel();
@@ -221,8 +186,4 @@ fn report(
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
 }

@@ -2,7 +2,8 @@
 //! finds opening a model artifact) traced for as long as the watch stands, judged as they act,
 //! and killed by policy.
 //!
-//! - [`spec`]: what a watch selects and its policy, as requested and validated.
+//! - [`request`]: a watch as the API's request states it.
+//! - [`spec`]: what a watch selects and its policy, validated.
 //! - [`policy`]: a watch's own policy document: kill settings, lists, rules, exceptions.
 //! - [`runner`]: a watch running on the router's records, taking commands as it goes.
 //! - [`judge`]: events -> findings -> kills, and what a learning watch keeps.
@@ -19,6 +20,7 @@ pub mod judge;
 pub mod load;
 pub mod policy;
 pub mod profile;
+pub mod request;
 pub mod runner;
 pub mod spec;
 

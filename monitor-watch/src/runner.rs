@@ -13,7 +13,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::artifact::kernel_suffixes;
@@ -101,7 +101,7 @@ pub struct Kill {
 }
 
 /// Why a watch ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Ended {
     /// Asked to stop.
@@ -111,7 +111,7 @@ pub enum Ended {
 }
 
 /// A watch's account when it ends.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WatchSummary {
     pub ended: Ended,
     pub events: u64,

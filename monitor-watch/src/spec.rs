@@ -246,9 +246,7 @@ impl Policy {
     }
 }
 
-/// A watch as a request states it (monitor-api's type: monitord and monitorctl build against
-/// it); [`Validate`] checks it against this host and makes the spec.
-pub use monitor_api::WatchRequest;
+pub use crate::request::WatchRequest;
 
 /// Why a watch request was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

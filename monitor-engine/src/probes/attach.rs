@@ -205,7 +205,7 @@ pub fn attach_all(
 }
 
 /// Whether the syscall hooks are attached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HooksState {
     Attached,

@@ -125,14 +125,19 @@ impl KernelCounters {
     pub fn get(&self, counter: Counter) -> u64 {
         self.0[counter as usize]
     }
+
+    /// Each counter's status key and total.
+    pub fn by_key(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        Counter::ALL.into_iter().map(|c| (c.key(), self.get(c)))
+    }
 }
 
 impl serde::Serialize for KernelCounters {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap as _;
         let mut map = s.serialize_map(Some(Counter::ALL.len()))?;
-        for c in Counter::ALL {
-            map.serialize_entry(c.key(), &self.get(c))?;
+        for (key, total) in self.by_key() {
+            map.serialize_entry(key, &total)?;
         }
         map.end()
     }
