@@ -105,5 +105,5 @@ fn ensure_env() -> Result<()> {
         "compare: installing the static scanners into {}",
         env.dir.display()
     );
-    env.rebuild(|| Ok(()))
+    env.rebuild(|_| Ok(()))
 }

@@ -76,6 +76,7 @@ pub fn entries(root: &Path, bin_dir: &Path, config: Vec<u8>) -> Result<Vec<Entry
             "share/monitor/loader/requirements.txt",
             "loader/requirements.txt",
         ),
+        ("share/monitor/loader/pip_check.py", "loader/pip_check.py"),
         (
             "share/monitor/grafana-monitor.json",
             "dist/grafana-monitor.json",
@@ -411,6 +412,7 @@ mod tests {
             "share/monitor/monitord.service",
             "share/monitor/rules/default.yaml",
             "share/monitor/loader/requirements.txt",
+            "share/monitor/loader/pip_check.py",
             "share/monitor/grafana-monitor.json",
             "share/monitor/Dockerfile",
             "share/monitor/kubernetes/monitord-daemonset.yaml",

@@ -45,7 +45,7 @@ fn ensure_env() -> Result<PinnedVenv<'static>> {
             "fuzz-api: installing schemathesis into {}",
             env.dir.display()
         );
-        env.rebuild(|| Ok(()))?;
+        env.rebuild(|_| Ok(()))?;
     }
     Ok(env)
 }

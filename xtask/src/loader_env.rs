@@ -38,6 +38,11 @@ fn venv() -> PinnedVenv<'static> {
 pub fn ensure() -> Result<()> {
     let env = venv();
     if env.is_current()? {
+        println!(
+            "loader-env: {} is current ({})",
+            env.dir.display(),
+            gb(env.size())
+        );
         return Ok(());
     }
     let started = Instant::now();
@@ -46,17 +51,23 @@ pub fn ensure() -> Result<()> {
     // SAFETY: umask has no preconditions; xtask creates files from this thread only.
     unsafe { libc::umask(0o022) };
     println!(
-        "loader-env: installing the pinned frameworks into {} (several GB, ~2-3 min)",
+        "loader-env: installing the pinned frameworks into {} (about 5.6 GB, ~3 min)",
         env.dir.display()
     );
-    env.rebuild(|| {
+    env.rebuild(|dir| {
         // Wheels carry their own file modes, which the umask does not widen.
-        run(Command::new("chmod").args(["-R", "a+rX"]).arg(&env.dir))
+        run(Command::new("chmod").args(["-R", "a+rX"]).arg(dir))
     })?;
     println!(
-        "loader-env: ready in {:.0} s ({})",
+        "loader-env: ready in {:.0} s ({}, {})",
         started.elapsed().as_secs_f64(),
-        python().display()
+        python().display(),
+        gb(env.size())
     );
     Ok(())
+}
+
+/// Bytes as gigabytes, for people.
+fn gb(bytes: u64) -> String {
+    format!("{:.1} GB", bytes as f64 / 1e9)
 }

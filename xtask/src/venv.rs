@@ -36,32 +36,70 @@ impl PinnedVenv<'_> {
             && fs::read(self.dir.join(self.stamp)).is_ok_and(|s| s == wanted))
     }
 
-    /// Builds the environment afresh (removing an old one), checks it with `pip check`, then
-    /// writes the stamp. `before_stamp` runs in between (permissions, say).
-    pub fn rebuild(&self, before_stamp: impl FnOnce() -> Result<()>) -> Result<()> {
+    /// Builds the environment afresh beside the old one, checks it (`pip check`, but for the
+    /// packages the requirements omit on purpose: loader/pip_check.py), writes the stamp, then
+    /// puts it in the old one's place. Until that rename, the old environment serves scans
+    /// as it did; an install that fails leaves it as it was. `before_stamp` runs before the
+    /// stamp is written, on the new environment's directory (permissions, say).
+    pub fn rebuild(&self, before_stamp: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
         let requirements = self.read_requirements()?;
         system_python(self.label)?;
-        if self.dir.exists() {
-            fs::remove_dir_all(&self.dir)
-                .with_context(|| format!("removing the old {}", self.dir.display()))?;
-        }
-        fs::create_dir_all(self.dir.parent().unwrap_or(Path::new("/")))
+        let parent = self.dir.parent().unwrap_or(Path::new("/"));
+        fs::create_dir_all(parent)
             .with_context(|| format!("creating the parent of {}", self.dir.display()))?;
-        run(Command::new(SYSTEM_PYTHON)
-            .arg("-m")
-            .arg("venv")
-            .arg(&self.dir))?;
-        let pip = |args: &[&str]| {
-            let mut cmd = Command::new(self.python());
-            cmd.args(["-m", "pip", "--disable-pip-version-check", "--no-input"]);
-            cmd.args(args);
-            cmd
+        let sibling = |suffix: &str| {
+            let mut name = self.dir.file_name().unwrap_or_default().to_os_string();
+            name.push(suffix);
+            parent.join(name)
         };
-        run(pip(&["install", "--quiet", "--no-deps", "--requirement"]).arg(&self.requirements))?;
-        run(&mut pip(&["check"]))?;
-        before_stamp()?;
-        let stamp = self.dir.join(self.stamp);
-        fs::write(&stamp, &requirements).with_context(|| format!("writing {}", stamp.display()))
+        let (new, old) = (sibling(".new"), sibling(".old"));
+        for leftover in [&new, &old] {
+            if leftover.exists() {
+                fs::remove_dir_all(leftover)
+                    .with_context(|| format!("removing {}", leftover.display()))?;
+            }
+        }
+        run(Command::new(SYSTEM_PYTHON).arg("-m").arg("venv").arg(&new))?;
+        let python = new.join("bin/python");
+        run(Command::new(&python)
+            .args(["-m", "pip", "--disable-pip-version-check", "--no-input"])
+            .args(["install", "--quiet", "--no-deps", "--requirement"])
+            .arg(&self.requirements))?;
+        run(Command::new(&python)
+            .arg(crate::root().join("loader/pip_check.py"))
+            .arg(&self.requirements))?;
+        before_stamp(&new)?;
+        let stamp = new.join(self.stamp);
+        fs::write(&stamp, &requirements).with_context(|| format!("writing {}", stamp.display()))?;
+        // A virtual environment run as `bin/python -m ...` does not care where it lives.
+        if self.dir.exists() {
+            fs::rename(&self.dir, &old)
+                .with_context(|| format!("moving the old {} aside", self.dir.display()))?;
+        }
+        fs::rename(&new, &self.dir)
+            .with_context(|| format!("moving {} into place", new.display()))?;
+        if old.exists() {
+            fs::remove_dir_all(&old).with_context(|| format!("removing {}", old.display()))?;
+        }
+        Ok(())
+    }
+
+    /// The environment's size on disk, in bytes.
+    pub fn size(&self) -> u64 {
+        fn walk(dir: &Path) -> u64 {
+            let Ok(entries) = fs::read_dir(dir) else {
+                return 0;
+            };
+            entries
+                .flatten()
+                .map(|e| match e.file_type() {
+                    Ok(t) if t.is_dir() => walk(&e.path()),
+                    Ok(t) if t.is_file() => e.metadata().map_or(0, |m| m.len()),
+                    _ => 0,
+                })
+                .sum()
+        }
+        walk(&self.dir)
     }
 
     fn read_requirements(&self) -> Result<Vec<u8>> {
