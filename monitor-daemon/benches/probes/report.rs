@@ -200,7 +200,7 @@ fn print_idle(idle: &[IdleCost], first: &FirstScan) {
     );
 }
 
-fn print_replay(r: &Replay) {
+pub fn print_replay(r: &Replay) {
     println!("### Pipeline throughput: user space alone, one CPU\n");
     println!(
         "{} records ({:.1} MB) captured from the real ring buffer (a watched open loop and its \
