@@ -1,7 +1,7 @@
 //! The process table: what is known of each process of a watched job, built from fork, exec,
 //! exit and chdir records.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 use serde::Serialize;
 
@@ -235,7 +235,7 @@ impl ProcessTable {
             start_ns: time_ns,
             exit_ns: None,
             exit_code: None,
-            fds: HashMap::new(),
+            fds: HashMap::default(),
             outside_parent_exe: None,
             looked_up: false,
         });
@@ -356,7 +356,7 @@ mod tests {
             start_ns: 0,
             exit_ns: None,
             exit_code: None,
-            fds: HashMap::new(),
+            fds: HashMap::default(),
             outside_parent_exe: None,
             looked_up: false,
         }

@@ -1,7 +1,9 @@
 //! The host's processes, as /proc lists them at the moment of asking (not the trace's view:
 //! see `process` for that).
 
-use std::{collections::HashMap, fs, path::Path};
+use std::{fs, path::Path};
+
+use foldhash::HashMap;
 
 use crate::process::{OpenFile, Process};
 
@@ -102,7 +104,7 @@ pub fn process(pid: u32) -> Option<Process> {
 fn open_files(dir: &Path) -> HashMap<i32, OpenFile> {
     const MAX: usize = 4096;
     let Ok(entries) = fs::read_dir(dir.join("fd")) else {
-        return HashMap::new();
+        return HashMap::default();
     };
     entries
         .filter_map(Result::ok)

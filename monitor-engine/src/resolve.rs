@@ -11,7 +11,7 @@
 //! before the job) the file's identity, read by the kernel at the open, still covers for the
 //! files known by identity.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 use crate::decode::FileId;
 
@@ -134,12 +134,25 @@ pub fn absolute(path: &str, base: Option<&str>) -> Option<String> {
     if path.is_empty() {
         return Some(normalize(base));
     }
-    Some(normalize(&format!("{base}/{path}")))
+    let mut joined = String::with_capacity(base.len() + 1 + path.len());
+    joined.push_str(base);
+    joined.push('/');
+    joined.push_str(path);
+    Some(if is_clean(&joined) {
+        joined
+    } else {
+        normalize(&joined)
+    })
 }
 
 /// `.`, `..` and repeated slashes resolved lexically: `/tmp/./a/../../etc//passwd` is
 /// `/etc/passwd`.
 pub fn normalize(path: &str) -> String {
+    // Most paths a process hands the kernel are normal already: copied as they are, without
+    // splitting them into parts (this runs for every path of every traced syscall).
+    if is_clean(path) {
+        return path.to_owned();
+    }
     let mut parts: Vec<&str> = Vec::new();
     for part in path.split('/') {
         match part {
@@ -151,6 +164,15 @@ pub fn normalize(path: &str) -> String {
         }
     }
     format!("/{}", parts.join("/"))
+}
+
+/// Whether `path` is absolute and has no empty, `.` or `..` component to resolve (`/` itself
+/// is clean).
+pub fn is_clean(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix('/') else {
+        return false;
+    };
+    rest.is_empty() || rest.split('/').all(|part| !matches!(part, "" | "." | ".."))
 }
 
 /// Where `/proc/self/...`-style magic links lead, for process `pid`: `fd` maps a descriptor to
@@ -194,6 +216,53 @@ mod tests {
             Some("/home/u/.ssh")
         );
         assert_eq!(normalize("/tmp/./a/../../etc//passwd"), "/etc/passwd");
+    }
+
+    /// Every path of up to 7 characters over `a`, `/` and `.`: the fast path for normal paths
+    /// gives what splitting into components gives.
+    #[test]
+    fn normal_paths_are_copied_as_splitting_would_give_them() {
+        fn split(path: &str) -> String {
+            let mut parts: Vec<&str> = Vec::new();
+            for part in path.split('/') {
+                match part {
+                    "" | "." => {}
+                    ".." => {
+                        parts.pop();
+                    }
+                    p => parts.push(p),
+                }
+            }
+            format!("/{}", parts.join("/"))
+        }
+        let mut paths = vec![String::new()];
+        for _ in 0..7 {
+            let longer: Vec<String> = paths
+                .iter()
+                .flat_map(|p| ['a', '/', '.'].map(|c| format!("{p}{c}")))
+                .collect();
+            paths.extend(longer.iter().cloned());
+            paths.dedup();
+            paths = {
+                let mut all = paths;
+                all.sort();
+                all.dedup();
+                all
+            };
+        }
+        assert!(paths.len() > 3000);
+        for path in &paths {
+            assert_eq!(normalize(path), split(path), "{path:?}");
+            assert_eq!(
+                absolute(path, Some("/b/c")).unwrap(),
+                if path.starts_with('/') {
+                    split(path)
+                } else {
+                    split(&format!("/b/c/{path}"))
+                },
+                "{path:?}"
+            );
+        }
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Records -> events: pairs each syscall entry with its exit (per thread: a thread is in at
 //! most one syscall at a time) and keeps the process table up to date.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 use monitor_common::syscall::{ArgKind, Class, Effect, F_DUPFD_CLOEXEC, Syscall};
 use serde::{Serialize, Serializer, ser::SerializeMap};
@@ -299,9 +299,9 @@ impl Tracer {
                 cwd,
             ) {
                 (Some((ArgKind::DirFd, ArgValue::Fd(fd))), _) if *fd != libc::AT_FDCWD => {
-                    fd_path(*fd)
+                    fd_path(*fd).map(std::borrow::Cow::Owned)
                 }
-                (_, cwd) => cwd.map(str::to_owned),
+                (_, cwd) => cwd.map(std::borrow::Cow::Borrowed),
             };
             let Some(absolute) = resolve::absolute(path, base.as_deref()) else {
                 continue;
@@ -525,7 +525,7 @@ mod tests {
             start_ns: 0,
             exit_ns: None,
             exit_code: None,
-            fds: HashMap::new(),
+            fds: HashMap::default(),
             outside_parent_exe: None,
             looked_up: true,
         });

@@ -15,6 +15,7 @@ use super::{
     schema::{Direction, MatchSpec, ResultCondition, Scalar},
 };
 use monitor_engine::decode::{ArgValue, SockAddr, is_family_name, is_flag_name};
+use monitor_engine::resolve;
 use monitor_engine::trace::{Event, SyscallEvent};
 
 #[derive(Debug, Clone)]
@@ -339,6 +340,8 @@ pub struct Facts<'a> {
     pub paths: SmallVec<[Cow<'a, str>; 2]>,
     /// The text of each flags argument (`O_WRONLY|O_CREAT`).
     pub flags: SmallVec<[&'a str; 2]>,
+    /// Every flag of [`Facts::flags`], split out when a rule first asks.
+    flag_names: std::cell::OnceCell<SmallVec<[&'a str; 8]>>,
     pub modes: SmallVec<[u32; 2]>,
     pub families: SmallVec<[&'a str; 2]>,
     pub ports: SmallVec<[u16; 2]>,
@@ -388,9 +391,10 @@ impl<'a> Facts<'a> {
 
     /// Whether a flags argument holds the flag `name`.
     pub fn has_flag(&self, name: &str) -> bool {
-        self.flags
-            .iter()
-            .any(|text| text.split('|').any(|f| f == name))
+        // Split once per event, on the first rule that asks, not once per rule.
+        self.flag_names
+            .get_or_init(|| self.flags.iter().flat_map(|text| text.split('|')).collect())
+            .contains(&name)
     }
 }
 
@@ -398,35 +402,14 @@ impl<'a> Facts<'a> {
 /// resolved lexically, so `../../etc/shadow` is seen as `/etc/shadow`. A path that is
 /// absolute and clean already is borrowed as it is.
 pub fn absolute<'p>(path: &'p str, cwd: Option<&str>) -> Cow<'p, str> {
-    if path.starts_with('/') && is_clean(path) {
+    if resolve::is_clean(path) {
         return Cow::Borrowed(path);
     }
-    let joined = match (path.starts_with('/'), cwd) {
-        (true, _) | (false, None) => Cow::Borrowed(path),
-        (false, Some(cwd)) => Cow::Owned(format!("{cwd}/{path}")),
-    };
-    if !joined.starts_with('/') {
-        return joined;
+    match resolve::absolute(path, cwd) {
+        Some(resolved) => Cow::Owned(resolved),
+        // Relative, and the working directory unknown: judged as it was given.
+        None => Cow::Borrowed(path),
     }
-    let mut parts: Vec<&str> = Vec::new();
-    for part in joined.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            p => parts.push(p),
-        }
-    }
-    Cow::Owned(format!("/{}", parts.join("/")))
-}
-
-/// Whether an absolute path has no empty, `.` or `..` component to resolve.
-fn is_clean(path: &str) -> bool {
-    path == "/"
-        || path[1..]
-            .split('/')
-            .all(|part| !part.is_empty() && part != "." && part != "..")
 }
 
 #[cfg(test)]

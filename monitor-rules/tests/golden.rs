@@ -502,3 +502,31 @@ mod fuzz {
         assert!(decode_and_judge(real_records()));
     }
 }
+
+/// The capture decoded, paired and judged `MONITOR_REPLAYS` times (default 50), each time
+/// with a fresh tracer: a fixed workload for a profiler or an instruction counter, e.g.
+/// `valgrind --tool=callgrind target/release/deps/golden-* --ignored replay_for_profiling`.
+#[test]
+#[ignore = "a workload for profiling, not a check"]
+fn replay_for_profiling() {
+    let fixture = fixture("shell");
+    let rules = RuleSet::defaults();
+    let decoder = Decoder::default();
+    let replays: usize = std::env::var("MONITOR_REPLAYS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(50);
+    let mut findings = 0;
+    for _ in 0..replays {
+        let mut judge = Judge::new(Tracer::default());
+        let mut scope = Plain::new(Setting::in_phase(Phase::Run), |_: &Finding| findings += 1);
+        let mut records: Vec<Record> = fixture
+            .records
+            .iter()
+            .map(|r| decoder.decode(r).unwrap())
+            .collect();
+        judge.feed(&mut records, &rules, &mut scope);
+        judge.finish(&rules, &mut scope);
+    }
+    assert!(findings > 0);
+}
