@@ -285,10 +285,13 @@ fn open_flags(v: u64) -> ArgValue {
         2 => "O_RDWR",
         _ => "O_ACCMODE",
     };
-    let text = match flags_text(v & !0o3, OPEN_FLAGS).as_str() {
-        "0" => mode.to_owned(),
-        rest => format!("{mode}|{rest}"),
-    };
+    let mut text = String::with_capacity(32);
+    text.push_str(mode);
+    let rest = v & !0o3;
+    if rest != 0 {
+        text.push('|');
+        push_flags(&mut text, rest, OPEN_FLAGS);
+    }
     ArgValue::Flags { raw: v, text }
 }
 
@@ -300,21 +303,35 @@ fn flags_value(v: u64, names: Names) -> ArgValue {
 }
 
 /// `A|B|0x40` for the named bits of `v` and what is left; `0` for none.
-fn flags_text(mut v: u64, names: Names) -> String {
+fn flags_text(v: u64, names: Names) -> String {
     if v == 0 {
         return "0".into();
     }
-    let mut parts = Vec::new();
+    let mut text = String::with_capacity(32);
+    push_flags(&mut text, v, names);
+    text
+}
+
+/// Appends `A|B|0x40` for `v` (not 0) to `text`: one string, built in place (this runs for
+/// every flags argument of every record).
+fn push_flags(text: &mut String, mut v: u64, names: Names) {
+    use std::fmt::Write as _;
+    let start = text.len();
     for &(bit, name) in names {
         if bit != 0 && v & bit == bit {
-            parts.push(name.to_owned());
+            if text.len() > start {
+                text.push('|');
+            }
+            text.push_str(name);
             v &= !bit;
         }
     }
     if v != 0 {
-        parts.push(format!("{v:#x}"));
+        if text.len() > start {
+            text.push('|');
+        }
+        let _ = write!(text, "{v:#x}");
     }
-    parts.join("|")
 }
 
 macro_rules! names {
