@@ -68,6 +68,7 @@ impl PinnedVenv<'_> {
         run(Command::new(&python)
             .arg(crate::root().join("loader/pip_check.py"))
             .arg(&self.requirements))?;
+        retarget_scripts(&new, &self.dir)?;
         before_stamp(&new)?;
         let stamp = new.join(self.stamp);
         fs::write(&stamp, &requirements).with_context(|| format!("writing {}", stamp.display()))?;
@@ -108,6 +109,27 @@ impl PinnedVenv<'_> {
     }
 }
 
+/// Points the scripts pip wrote into `new/bin` (`pip`, `torchrun`, ...), whose `#!` line names
+/// `new`'s interpreter, at `dir`'s, where the environment is about to be moved.
+fn retarget_scripts(new: &Path, dir: &Path) -> Result<()> {
+    let from = format!("#!{}/bin/", new.display());
+    let to = format!("#!{}/bin/", dir.display());
+    let bin = new.join("bin");
+    for entry in fs::read_dir(&bin).with_context(|| format!("reading {}", bin.display()))? {
+        let path = entry?.path();
+        if path.is_symlink() || !path.is_file() {
+            continue;
+        }
+        let Ok(text) = fs::read(&path) else { continue };
+        if let Some(rest) = text.strip_prefix(from.as_bytes()) {
+            let mut fixed = to.clone().into_bytes();
+            fixed.extend_from_slice(rest);
+            fs::write(&path, fixed).with_context(|| format!("rewriting {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
 /// Debian's Python with venv support, installed when missing.
 fn system_python(label: &str) -> Result<()> {
     fn has_venv() -> bool {
@@ -126,4 +148,34 @@ fn system_python(label: &str) -> Result<()> {
         bail!("{SYSTEM_PYTHON} still cannot create virtual environments");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scripts_are_pointed_at_where_the_environment_moves() {
+        let root = std::env::temp_dir().join(format!("monitor-venv-test-{}", std::process::id()));
+        let new = root.join("env.new");
+        let bin = new.join("bin");
+        fs::create_dir_all(&bin).unwrap();
+        let script = bin.join("pip");
+        fs::write(
+            &script,
+            format!("#!{}/bin/python3\nimport pip\n", new.display()),
+        )
+        .unwrap();
+        fs::write(bin.join("other"), "#!/bin/sh\ntrue\n").unwrap();
+        retarget_scripts(&new, &root.join("env")).unwrap();
+        assert_eq!(
+            fs::read_to_string(&script).unwrap(),
+            format!("#!{}/bin/python3\nimport pip\n", root.join("env").display())
+        );
+        assert_eq!(
+            fs::read_to_string(bin.join("other")).unwrap(),
+            "#!/bin/sh\ntrue\n"
+        );
+        fs::remove_dir_all(&root).unwrap();
+    }
 }
