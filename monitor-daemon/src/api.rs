@@ -566,7 +566,8 @@ async fn get_scan(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .get(&id)
-        .and_then(|scan| scan.phase);
+        // Until its loader reports a phase, a running scan is setting up (its sandbox).
+        .map(|scan| scan.phase.unwrap_or(monitor_rules::Phase::Setup));
     Ok(Json(record))
 }
 
