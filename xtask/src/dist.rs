@@ -109,7 +109,7 @@ pub fn entries(root: &Path, bin_dir: &Path, config: Vec<u8>) -> Result<Vec<Entry
 }
 
 /// The regular files under `dir`, recursively, in name order.
-fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     let mut todo = vec![dir.to_owned()];
     while let Some(dir) = todo.pop() {
@@ -202,7 +202,7 @@ pub fn write_tarball(out: &Path, prefix: &str, files: &[(String, Vec<u8>, bool)]
 
 /// The default configuration: what `monitord --print-config` prints for an empty file (so a
 /// configuration on this machine does not leak into the release).
-fn default_config(monitord: &Path) -> Result<Vec<u8>> {
+pub(crate) fn default_config(monitord: &Path) -> Result<Vec<u8>> {
     let empty = root().join("target/dist/empty.toml");
     fs::write(&empty, "")?;
     let out = Command::new(monitord)
@@ -276,7 +276,7 @@ pub fn write() -> Result<PathBuf> {
 
 /// The manual pages, made by the binaries themselves: monitorctl's and each of its
 /// subcommands' (section 1), monitord's (section 8), under `share/man/`.
-fn man_pages(bin_dir: &Path, dir: &Path) -> Result<Vec<Entry>> {
+pub(crate) fn man_pages(bin_dir: &Path, dir: &Path) -> Result<Vec<Entry>> {
     let _ = fs::remove_dir_all(dir);
     let (man1, man8) = (dir.join("man1"), dir.join("man8"));
     fs::create_dir_all(&man8)?;

@@ -8,6 +8,7 @@ mod dist;
 mod dist_check;
 mod fuzz_api;
 mod loader_env;
+mod package;
 mod setup;
 mod stamp;
 mod venv;
@@ -72,7 +73,14 @@ enum Task {
     /// target/dist/monitor-<version>-x86_64-linux.tar.gz (binaries, systemd unit, default
     /// config, rules, loader requirements, docs, dashboard, Kubernetes manifests, Dockerfile,
     /// SHA256SUMS), check what is in it, and check the unit, Dockerfile and manifests.
-    Dist,
+    Dist {
+        /// Also make the `monitor` .deb and .rpm in target/dist/packages/ (binaries in
+        /// /usr/bin, unit, /etc/monitor/monitord.toml, completions, manual pages, rules,
+        /// dashboard, docs), with cargo-deb and cargo-generate-rpm (installed from crates.io
+        /// the first time, a few minutes), and check what they hold.
+        #[arg(long)]
+        packages: bool,
+    },
     /// Set up, then measure (root). Prints a markdown table for docs/benchmarks.md.
     Bench {
         #[arg(value_enum)]
@@ -130,7 +138,13 @@ fn main() -> Result<()> {
             setup::all()?;
             compare::run_all(only.as_deref())
         }
-        Task::Dist => dist::run(),
+        Task::Dist { packages } => {
+            dist::run()?;
+            if packages {
+                package::build()?;
+            }
+            Ok(())
+        }
         Task::Bench { target } => {
             setup::all()?;
             if !setup::is_root() {

@@ -130,7 +130,7 @@ pub fn test_clients() -> Result<()> {
 }
 
 /// Installs Debian's `package` unless `file` (which it provides) is there already.
-fn debian_package(package: &str, file: &str) -> Result<()> {
+pub(crate) fn debian_package(package: &str, file: &str) -> Result<()> {
     if Path::new(file).exists() {
         return Ok(());
     }
