@@ -4,6 +4,7 @@ mod bench;
 mod compare;
 mod corpus;
 mod crate_graph;
+mod deb_root;
 mod dist;
 mod dist_check;
 mod fuzz_api;
@@ -81,6 +82,10 @@ enum Task {
         #[arg(long)]
         packages: bool,
     },
+    /// Make the packages (as `dist --packages`) from the release binaries, then install the
+    /// .deb into a clean Debian root (debootstrap, cached in target/debian-root/) and scan a
+    /// malicious and a clean pickle with the installed monitorctl (root). Part of `test`.
+    DebTest,
     /// Set up, then measure (root). Prints a markdown table for docs/benchmarks.md.
     Bench {
         #[arg(value_enum)]
@@ -141,9 +146,16 @@ fn main() -> Result<()> {
         Task::Dist { packages } => {
             dist::run()?;
             if packages {
-                package::build()?;
+                package::build(package::Formats::DebAndRpm)?;
             }
             Ok(())
+        }
+        Task::DebTest => {
+            setup::build()?;
+            if !setup::is_root() {
+                bail!("installing the .deb into a Debian root needs root");
+            }
+            deb_root::install_and_scan(&package::build(package::Formats::Deb)?)
         }
         Task::Bench { target } => {
             setup::all()?;
@@ -243,6 +255,8 @@ fn test() -> Result<()> {
     // as far as it can be, and the release tarball is made and unpacked.
     dist::verify(&dist::write()?)?;
     dist_check::run_checks(&root().join("target/release/monitord"))?;
+    // The packages, and the .deb installed into a clean Debian root and scanning there.
+    deb_root::install_and_scan(&package::build(package::Formats::Deb)?)?;
     run(cargo().args([
         "test",
         "--workspace",

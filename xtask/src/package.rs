@@ -18,7 +18,7 @@ use std::{
     process::Command,
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, bail, ensure};
 
 use crate::{cargo, root, run};
 
@@ -59,15 +59,19 @@ pub const EXPECTED: [&str; 17] = [
 /// The configuration file, kept across upgrades by both package managers.
 const CONFFILE: &str = "/etc/monitor/monitord.toml";
 
-/// The packages written.
-pub struct Packages {
-    pub deb: PathBuf,
-    pub rpm: PathBuf,
+/// Which packages to make.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Formats {
+    /// The .deb alone: what `cargo xtask test` installs (cargo-generate-rpm takes minutes to
+    /// install on a fresh machine, and the .rpm is installed nowhere here).
+    Deb,
+    DebAndRpm,
 }
 
-/// Makes both packages from the release binaries in target/release, and checks them.
-pub fn build() -> Result<Packages> {
-    tools()?;
+/// Makes the packages from the release binaries in target/release, and checks them; returns
+/// the .deb.
+pub fn build(formats: Formats) -> Result<PathBuf> {
+    tools(formats)?;
     let root = root();
     let bin_dir = root.join("target/release");
     stage(&bin_dir, &root.join(STAGE))?;
@@ -85,43 +89,49 @@ pub fn build() -> Result<Packages> {
             "--output",
         ])
         .arg(&out))?;
-    let assets = deb_assets(&crate_dir.join("Cargo.toml"))?;
-    let status = cargo()
-        .args(["generate-rpm", "-p", METADATA_CRATE, "-o"])
-        .arg(&out)
-        .arg("--set-metadata")
-        .arg(rpm_assets(&assets, &crate_dir))
-        .current_dir(&root)
-        .status()
-        .context("running cargo generate-rpm")?;
-    if !status.success() {
-        bail!("cargo generate-rpm failed: {status}");
+    let deb = only_file(&out, "deb")?;
+    let deb_files = check_deb(&deb)?;
+    let mut rpm = None;
+    if formats == Formats::DebAndRpm {
+        let assets = deb_assets(&crate_dir.join("Cargo.toml"))?;
+        let status = cargo()
+            .args(["generate-rpm", "-p", METADATA_CRATE, "-o"])
+            .arg(&out)
+            .arg("--set-metadata")
+            .arg(rpm_assets(&assets, &crate_dir))
+            .current_dir(&root)
+            .status()
+            .context("running cargo generate-rpm")?;
+        if !status.success() {
+            bail!("cargo generate-rpm failed: {status}");
+        }
+        let path = only_file(&out, "rpm")?;
+        check_rpm(&path, &deb_files)?;
+        rpm = Some(path);
     }
-    let packages = Packages {
-        deb: only_file(&out, "deb")?,
-        rpm: only_file(&out, "rpm")?,
-    };
-    check(&packages)?;
-    for path in [&packages.deb, &packages.rpm] {
+    for path in std::iter::once(&deb).chain(&rpm) {
         println!(
             "dist: {} ({} KiB)",
             path.display(),
             fs::metadata(path)?.len() / 1024
         );
     }
-    Ok(packages)
+    Ok(deb)
 }
 
 /// cargo-deb and cargo-generate-rpm at their pinned versions, unless installed already.
-fn tools() -> Result<()> {
-    for (tool, subcommand, version) in [
-        ("cargo-deb", "deb", CARGO_DEB_VERSION),
-        (
+fn tools(formats: Formats) -> Result<()> {
+    let mut tools = vec![("cargo-deb", "deb", CARGO_DEB_VERSION)];
+    if formats == Formats::DebAndRpm {
+        tools.push((
             "cargo-generate-rpm",
             "generate-rpm",
             CARGO_GENERATE_RPM_VERSION,
-        ),
-    ] {
+        ));
+        // The .rpm is listed with the distribution's own tool (Debian's `rpm` reads it).
+        crate::setup::debian_package("rpm", "/usr/bin/rpm")?;
+    }
+    for (tool, subcommand, version) in tools {
         let installed = cargo()
             .args([subcommand, "--version"])
             .output()
@@ -134,8 +144,7 @@ fn tools() -> Result<()> {
         println!("dist: installing {tool} {version} (once; a few minutes)");
         run(cargo().args(["install", tool, "--version", version, "--locked"]))?;
     }
-    // The listings are checked with the distributions' own tools (Debian's `rpm` reads .rpm).
-    crate::setup::debian_package("rpm", "/usr/bin/rpm")
+    Ok(())
 }
 
 /// Writes what the asset list names under [`STAGE`].
@@ -286,71 +295,74 @@ fn deb_files(listing: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// What both packages must hold and say.
-fn check(packages: &Packages) -> Result<()> {
-    let deb = deb_files(&output(
-        Command::new("dpkg-deb").arg("-c").arg(&packages.deb),
-    )?);
-    let rpm: BTreeSet<String> = output(Command::new("rpm").arg("-qlp").arg(&packages.rpm))?
+/// Fails unless `files` holds every [`EXPECTED`] file.
+fn expect_files(format: &str, files: &BTreeSet<String>) -> Result<()> {
+    let missing: Vec<&str> = EXPECTED
+        .iter()
+        .copied()
+        .filter(|f| !files.contains(*f))
+        .collect();
+    ensure!(
+        missing.is_empty(),
+        "the .{format} lacks {missing:?}; it holds {files:?}"
+    );
+    Ok(())
+}
+
+/// What the .deb must hold and say; returns its files.
+fn check_deb(deb: &Path) -> Result<BTreeSet<String>> {
+    let files = deb_files(&output(Command::new("dpkg-deb").arg("-c").arg(deb))?);
+    expect_files("deb", &files)?;
+    let field = |name: &str| output(Command::new("dpkg-deb").arg("-f").arg(deb).arg(name));
+    let depends = field("Depends")?;
+    ensure!(
+        depends.contains("bubblewrap"),
+        "the .deb does not depend on bubblewrap: Depends: {depends}"
+    );
+    ensure!(
+        field("Recommends")?.contains("python3"),
+        "the .deb does not recommend python3"
+    );
+    let conffiles = output(Command::new("dpkg-deb").arg("-I").arg(deb).arg("conffiles"))?;
+    ensure!(
+        conffiles.lines().map(str::trim).eq([CONFFILE]),
+        "the .deb's conffiles are {conffiles:?}, not {CONFFILE}"
+    );
+    println!(
+        "dist: the .deb holds {} files; conffile {CONFFILE}; Depends: {}",
+        files.len(),
+        depends.trim()
+    );
+    Ok(files)
+}
+
+/// What the .rpm must hold and say: the .deb's files (but Debian's copyright file).
+fn check_rpm(rpm: &Path, deb_files: &BTreeSet<String>) -> Result<()> {
+    let files: BTreeSet<String> = output(Command::new("rpm").arg("-qlp").arg(rpm))?
         .lines()
         .map(str::to_owned)
         .collect();
-    for (format, files) in [("deb", &deb), ("rpm", &rpm)] {
-        let missing: Vec<&str> = EXPECTED
-            .iter()
-            .copied()
-            .filter(|f| !files.contains(*f))
-            .collect();
-        if !missing.is_empty() {
-            bail!("the .{format} lacks {missing:?}; it holds {files:?}");
-        }
-    }
-    // cargo-deb adds Debian's copyright file; otherwise the two hold the same files.
-    let deb_only: Vec<_> = deb
-        .difference(&rpm)
+    expect_files("rpm", &files)?;
+    let deb_only: Vec<_> = deb_files
+        .difference(&files)
         .filter(|f| *f != "/usr/share/doc/monitor/copyright")
         .collect();
-    let rpm_only: Vec<_> = rpm.difference(&deb).collect();
-    if !deb_only.is_empty() || !rpm_only.is_empty() {
-        bail!("the packages differ: only in the .deb {deb_only:?}, only in the .rpm {rpm_only:?}");
-    }
-    let field = |name: &str| {
-        output(
-            Command::new("dpkg-deb")
-                .args(["-f"])
-                .arg(&packages.deb)
-                .arg(name),
-        )
-    };
-    let depends = field("Depends")?;
-    if !depends.contains("bubblewrap") {
-        bail!("the .deb does not depend on bubblewrap: Depends: {depends}");
-    }
-    if !field("Recommends")?.contains("python3") {
-        bail!("the .deb does not recommend python3");
-    }
-    let conffiles = output(
-        Command::new("dpkg-deb")
-            .args(["-I"])
-            .arg(&packages.deb)
-            .arg("conffiles"),
-    )?;
-    if conffiles.lines().map(str::trim).ne([CONFFILE]) {
-        bail!("the .deb's conffiles are {conffiles:?}, not {CONFFILE}");
-    }
-    let requires = output(Command::new("rpm").arg("-qpR").arg(&packages.rpm))?;
-    if !requires.lines().any(|l| l.trim() == "bubblewrap") {
-        bail!("the .rpm does not require bubblewrap: {requires}");
-    }
-    let config = output(Command::new("rpm").arg("-qpc").arg(&packages.rpm))?;
-    if config.lines().map(str::trim).ne([CONFFILE]) {
-        bail!("the .rpm's configuration files are {config:?}, not {CONFFILE}");
-    }
-    println!(
-        "dist: packages hold the same {} files; conffile {CONFFILE}; Depends: {}",
-        rpm.len(),
-        depends.trim()
+    let rpm_only: Vec<_> = files.difference(deb_files).collect();
+    ensure!(
+        deb_only.is_empty() && rpm_only.is_empty(),
+        "the packages differ: only in the .deb {deb_only:?}, only in the .rpm {rpm_only:?}"
     );
+    let requires = output(Command::new("rpm").arg("-qpR").arg(rpm))?;
+    ensure!(
+        requires.lines().any(|l| l.trim() == "bubblewrap"),
+        "the .rpm does not require bubblewrap: {requires}"
+    );
+    let config = output(Command::new("rpm").arg("-qpc").arg(rpm))?;
+    ensure!(
+        config.lines().map(str::trim).eq([CONFFILE]),
+        "the .rpm's configuration files are {config:?}, not {CONFFILE}"
+    );
+    println!("dist: the .rpm holds the .deb's files; configuration {CONFFILE} (noreplace)");
     Ok(())
 }
 
