@@ -9,6 +9,9 @@ mod dist;
 mod dist_check;
 mod fuzz_api;
 mod loader_env;
+/// The pinned nightly toolchain, shared with monitor-engine/build.rs.
+#[path = "../../monitor-engine/build/nightly.rs"]
+mod nightly;
 mod package;
 mod setup;
 mod stamp;
@@ -48,7 +51,8 @@ enum Task {
     /// `cargo metadata`; a unit test checks it is current).
     CrateGraph,
     /// Set up, build the corpus, then run every test (root: tests load real probes and scan
-    /// real artifacts), rustfmt, clippy, and `cargo xtask dist`'s checks.
+    /// real artifacts), rustfmt, clippy, `cargo xtask dist`'s checks, and `deb-test` (the .deb
+    /// installed into a clean Debian root, scanning there).
     Test,
     /// Set up, then fuzz monitord's HTTP API with schemathesis (from PyPI, into its own
     /// environment) against docs/api.yaml: no 5xx, replies as the spec says, no hang (root;
@@ -234,8 +238,8 @@ fn test() -> Result<()> {
         ])
         .args(["--", "-D", "warnings"]))?;
     run(Command::new("cargo")
+        .arg(format!("+{}", setup::nightly()?))
         .args([
-            "+nightly",
             "clippy",
             "--release",
             "--target",
