@@ -3,7 +3,7 @@
 //! Everything sits under `monitor-<version>/` in the archive: `bin/` (monitord, monitorctl, monitor-sandbox),
 //! `etc/monitor/monitord.toml` (the defaults, from `monitord --print-config`), `share/monitor/`
 //! (the systemd unit, the default rules, the loader's requirements, the Grafana dashboard, the
-//! Kubernetes manifests, the Dockerfile), `README.md`, `docs/`, and `SHA256SUMS` of every
+//! Kubernetes manifests and Helm chart, the Dockerfile), `README.md`, `docs/`, and `SHA256SUMS` of every
 //! other file in it. The archive is reproducible: entries in name order, owner root, mtime
 //! `SOURCE_DATE_EPOCH` (0 without it). `target/dist/SHA256SUMS` holds the tarball's own sum.
 
@@ -88,6 +88,7 @@ pub fn entries(root: &Path, bin_dir: &Path, config: Vec<u8>) -> Result<Vec<Entry
     for (dir, under) in [
         ("docs", "docs"),
         ("dist/kubernetes", "share/monitor/kubernetes"),
+        ("dist/helm", "share/monitor/helm"),
     ] {
         for path in walk(&root.join(dir))? {
             let rel = path.strip_prefix(root.join(dir))?;
@@ -414,6 +415,8 @@ mod tests {
             "share/monitor/grafana-monitor.json",
             "share/monitor/Dockerfile",
             "share/monitor/kubernetes/monitord-daemonset.yaml",
+            "share/monitor/helm/monitor/Chart.yaml",
+            "share/monitor/helm/monitor/templates/daemonset.yaml",
             "README.md",
             "docs/api.yaml",
         ] {

@@ -1,6 +1,8 @@
 //! `cargo xtask <task>`: everything a developer or CI does, from a fresh clone.
 
 mod bench;
+#[cfg(test)]
+mod chart;
 mod compare;
 mod corpus;
 mod crate_graph;
