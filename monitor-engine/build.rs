@@ -1,5 +1,6 @@
-//! Builds the kernel programs (monitor-ebpf) for the BPF target with the nightly toolchain and
-//! bpf-linker, and leaves the object in OUT_DIR for `include_bytes_aligned!`.
+//! Builds the kernel programs (monitor-ebpf) for the BPF target with the pinned nightly
+//! toolchain ([`nightly`]) and bpf-linker, and leaves the object in OUT_DIR for
+//! `include_bytes_aligned!`.
 //!
 //! With AYA_BUILD_SKIP=1 (clippy, docs, machines without the BPF toolchain) an empty
 //! placeholder is written instead; loading it fails at run time with a clear error.
@@ -8,6 +9,9 @@ use std::{env, fs, path::PathBuf};
 
 use anyhow::Context as _;
 use aya_build::{Package, Toolchain};
+
+#[path = "build/nightly.rs"]
+mod nightly;
 
 const EBPF_PACKAGE: &str = "monitor-ebpf";
 const EBPF_BINARY: &str = "monitor";
@@ -26,13 +30,15 @@ fn main() -> anyhow::Result<()> {
         fs::write(out_dir.join(EBPF_BINARY), b"").context("writing the placeholder object")?;
         return Ok(());
     }
+    // aya-build reruns this when anything under the kernel crate changes, the pin included.
+    let toolchain = nightly::toolchain(&manifest_dir.join("..")).map_err(anyhow::Error::msg)?;
     aya_build::build_ebpf(
         [Package {
             name: EBPF_PACKAGE,
             root_dir,
             ..Default::default()
         }],
-        Toolchain::default(),
+        Toolchain::Custom(&toolchain),
     )
     .context("building the kernel programs (run `cargo xtask setup` first)")
 }

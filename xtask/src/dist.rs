@@ -3,7 +3,7 @@
 //! Everything sits under `monitor-<version>/` in the archive: `bin/` (monitord, monitorctl, monitor-sandbox),
 //! `etc/monitor/monitord.toml` (the defaults, from `monitord --print-config`), `share/monitor/`
 //! (the systemd unit, the default rules, the loader's requirements, the Grafana dashboard, the
-//! Kubernetes manifests, the Dockerfile), `README.md`, `docs/`, and `SHA256SUMS` of every
+//! Kubernetes manifests and Helm chart, the Dockerfile), `README.md`, `docs/`, and `SHA256SUMS` of every
 //! other file in it. The archive is reproducible: entries in name order, owner root, mtime
 //! `SOURCE_DATE_EPOCH` (0 without it). `target/dist/SHA256SUMS` holds the tarball's own sum.
 
@@ -89,6 +89,7 @@ pub fn entries(root: &Path, bin_dir: &Path, config: Vec<u8>) -> Result<Vec<Entry
     for (dir, under) in [
         ("docs", "docs"),
         ("dist/kubernetes", "share/monitor/kubernetes"),
+        ("dist/helm", "share/monitor/helm"),
     ] {
         for path in walk(&root.join(dir))? {
             let rel = path.strip_prefix(root.join(dir))?;
@@ -110,7 +111,7 @@ pub fn entries(root: &Path, bin_dir: &Path, config: Vec<u8>) -> Result<Vec<Entry
 }
 
 /// The regular files under `dir`, recursively, in name order.
-fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     let mut todo = vec![dir.to_owned()];
     while let Some(dir) = todo.pop() {
@@ -203,7 +204,7 @@ pub fn write_tarball(out: &Path, prefix: &str, files: &[(String, Vec<u8>, bool)]
 
 /// The default configuration: what `monitord --print-config` prints for an empty file (so a
 /// configuration on this machine does not leak into the release).
-fn default_config(monitord: &Path) -> Result<Vec<u8>> {
+pub(crate) fn default_config(monitord: &Path) -> Result<Vec<u8>> {
     let empty = root().join("target/dist/empty.toml");
     fs::write(&empty, "")?;
     let out = Command::new(monitord)
@@ -277,7 +278,7 @@ pub fn write() -> Result<PathBuf> {
 
 /// The manual pages, made by the binaries themselves: monitorctl's and each of its
 /// subcommands' (section 1), monitord's (section 8), under `share/man/`.
-fn man_pages(bin_dir: &Path, dir: &Path) -> Result<Vec<Entry>> {
+pub(crate) fn man_pages(bin_dir: &Path, dir: &Path) -> Result<Vec<Entry>> {
     let _ = fs::remove_dir_all(dir);
     let (man1, man8) = (dir.join("man1"), dir.join("man8"));
     fs::create_dir_all(&man8)?;
@@ -416,6 +417,8 @@ mod tests {
             "share/monitor/grafana-monitor.json",
             "share/monitor/Dockerfile",
             "share/monitor/kubernetes/monitord-daemonset.yaml",
+            "share/monitor/helm/monitor/Chart.yaml",
+            "share/monitor/helm/monitor/templates/daemonset.yaml",
             "README.md",
             "docs/api.yaml",
         ] {

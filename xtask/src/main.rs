@@ -1,13 +1,20 @@
 //! `cargo xtask <task>`: everything a developer or CI does, from a fresh clone.
 
 mod bench;
+#[cfg(test)]
+mod chart;
 mod compare;
 mod corpus;
 mod crate_graph;
+mod deb_root;
 mod dist;
 mod dist_check;
 mod fuzz_api;
 mod loader_env;
+/// The pinned nightly toolchain, shared with monitor-engine/build.rs.
+#[path = "../../monitor-engine/build/nightly.rs"]
+mod nightly;
+mod package;
 mod setup;
 mod stamp;
 mod venv;
@@ -46,7 +53,8 @@ enum Task {
     /// `cargo metadata`; a unit test checks it is current).
     CrateGraph,
     /// Set up, build the corpus, then run every test (root: tests load real probes and scan
-    /// real artifacts), rustfmt, clippy, and `cargo xtask dist`'s checks.
+    /// real artifacts), rustfmt, clippy, `cargo xtask dist`'s checks, and `deb-test` (the .deb
+    /// installed into a clean Debian root, scanning there).
     Test,
     /// Set up, then fuzz monitord's HTTP API with schemathesis (from PyPI, into its own
     /// environment) against docs/api.yaml: no 5xx, replies as the spec says, no hang (root;
@@ -72,7 +80,18 @@ enum Task {
     /// target/dist/monitor-<version>-x86_64-linux.tar.gz (binaries, systemd unit, default
     /// config, rules, loader requirements, docs, dashboard, Kubernetes manifests, Dockerfile,
     /// SHA256SUMS), check what is in it, and check the unit, Dockerfile and manifests.
-    Dist,
+    Dist {
+        /// Also make the `monitor` .deb and .rpm in target/dist/packages/ (binaries in
+        /// /usr/bin, unit, /etc/monitor/monitord.toml, completions, manual pages, rules,
+        /// dashboard, docs), with cargo-deb and cargo-generate-rpm (installed from crates.io
+        /// the first time, a few minutes), and check what they hold.
+        #[arg(long)]
+        packages: bool,
+    },
+    /// Make the packages (as `dist --packages`) from the release binaries, then install the
+    /// .deb into a clean Debian root (debootstrap, cached in target/debian-root/) and scan a
+    /// malicious and a clean pickle with the installed monitorctl (root). Part of `test`.
+    DebTest,
     /// Set up, then measure (root). Prints a markdown table for docs/benchmarks.md.
     Bench {
         #[arg(value_enum)]
@@ -130,7 +149,20 @@ fn main() -> Result<()> {
             setup::all()?;
             compare::run_all(only.as_deref())
         }
-        Task::Dist => dist::run(),
+        Task::Dist { packages } => {
+            dist::run()?;
+            if packages {
+                package::build(package::Formats::DebAndRpm)?;
+            }
+            Ok(())
+        }
+        Task::DebTest => {
+            setup::build()?;
+            if !setup::is_root() {
+                bail!("installing the .deb into a Debian root needs root");
+            }
+            deb_root::install_and_scan(&package::build(package::Formats::Deb)?)
+        }
         Task::Bench { target } => {
             setup::all()?;
             if !setup::is_root() {
@@ -208,8 +240,8 @@ fn test() -> Result<()> {
         ])
         .args(["--", "-D", "warnings"]))?;
     run(Command::new("cargo")
+        .arg(format!("+{}", setup::nightly()?))
         .args([
-            "+nightly",
             "clippy",
             "--release",
             "--target",
@@ -229,6 +261,8 @@ fn test() -> Result<()> {
     // as far as it can be, and the release tarball is made and unpacked.
     dist::verify(&dist::write()?)?;
     dist_check::run_checks(&root().join("target/release/monitord"))?;
+    // The packages, and the .deb installed into a clean Debian root and scanning there.
+    deb_root::install_and_scan(&package::build(package::Formats::Deb)?)?;
     run(cargo().args([
         "test",
         "--workspace",

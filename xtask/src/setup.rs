@@ -36,13 +36,21 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// The pinned nightly toolchain's name for rustup (monitor-ebpf/rust-toolchain.toml), or an
+/// error saying what to install.
+pub fn nightly() -> Result<String> {
+    crate::nightly::toolchain(&crate::root()).map_err(anyhow::Error::msg)
+}
+
 fn nightly_sysroot() -> Result<PathBuf> {
+    let toolchain = nightly()?;
     let out = Command::new("rustc")
-        .args(["+nightly", "--print", "sysroot"])
+        .arg(format!("+{toolchain}"))
+        .args(["--print", "sysroot"])
         .output()
-        .context("running rustc +nightly (is rustup's nightly toolchain installed?)")?;
+        .with_context(|| format!("running rustc +{toolchain}"))?;
     if !out.status.success() {
-        bail!("no nightly toolchain: `rustup toolchain install nightly` first");
+        bail!("rustc +{toolchain} --print sysroot failed");
     }
     Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
 }
@@ -53,8 +61,9 @@ fn rust_src() -> Result<()> {
     if sysroot.join("lib/rustlib/src/rust/library/core").is_dir() {
         return Ok(());
     }
-    println!("setup: installing the nightly toolchain's rust-src");
-    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+    let toolchain = nightly()?;
+    println!("setup: installing the {toolchain} toolchain's rust-src");
+    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", &toolchain]))
 }
 
 /// bpf-linker built against the nightly toolchain's libLLVM.
@@ -130,7 +139,7 @@ pub fn test_clients() -> Result<()> {
 }
 
 /// Installs Debian's `package` unless `file` (which it provides) is there already.
-fn debian_package(package: &str, file: &str) -> Result<()> {
+pub(crate) fn debian_package(package: &str, file: &str) -> Result<()> {
     if Path::new(file).exists() {
         return Ok(());
     }

@@ -35,6 +35,9 @@ pub const WORK_DIR: &str = "/work";
 /// bubblewrap cannot create a mount point in the read-only host view).
 pub const TOOL_DIR: &str = "/run/monitor";
 
+/// Private tmpfs directories: nothing of the host's shows there.
+const PRIVATE_DIRS: [&str; 6] = ["/tmp", "/var/tmp", "/dev/shm", "/run", "/home", "/root"];
+
 /// Where the Landlock helper is bound inside (the host path may be hidden, under /work say).
 const HELPER_PATH: &str = "/run/monitor-sandbox-exec";
 
@@ -257,9 +260,10 @@ impl Sandbox {
         let inside = user::INSIDE_ID.to_string();
         cmd.args(["--uid", &inside, "--gid", &inside]);
         cmd.args(["--hostname", "ml-worker"]);
-        cmd.args(["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]);
+        host_root(&mut cmd, Path::new("/"))?;
+        cmd.args(["--dev", "/dev", "--proc", "/proc"]);
         let tmpfs_size = self.options.max_tmpfs_size.to_string();
-        for private in ["/tmp", "/var/tmp", "/dev/shm", "/run", "/home", "/root"] {
+        for private in PRIVATE_DIRS {
             cmd.args(["--size", &tmpfs_size, "--tmpfs", private]);
         }
         // No writable host directory: the job's every write lands on a tmpfs of bounded size.
@@ -311,6 +315,8 @@ impl Sandbox {
         if let Some(helper) = &self.helper {
             bind(&mut cmd, "--ro-bind", helper, HELPER_PATH);
         }
+        // Every mount point is made: the root itself becomes read-only, as the host's is.
+        cmd.args(["--remount-ro", "/"]);
         cmd.arg("--");
         if self.helper.is_some() {
             cmd.arg(HELPER_PATH);
@@ -342,6 +348,39 @@ impl Sandbox {
             });
         }
     }
+}
+
+/// The host's file system, read-only, on bubblewrap's own root (a tmpfs): each top-level
+/// directory and file of `host` bound at its name, each symlink (`/bin -> usr/bin`) made
+/// again, except what the sandbox makes itself (/proc, /dev, the private directories,
+/// [`WORK_DIR`]). Not the host's `/` bound whole: bubblewrap could then make no mount point
+/// that the host lacks, and a host has no `/work`.
+fn host_root(cmd: &mut Command, host: &Path) -> io::Result<()> {
+    let own: Vec<&str> = ["/proc", "/dev", WORK_DIR]
+        .into_iter()
+        .chain(PRIVATE_DIRS)
+        .filter_map(|p| p.strip_prefix('/'))
+        .filter(|p| !p.contains('/'))
+        .collect();
+    let mut entries: Vec<_> = fs::read_dir(host)?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let name = entry.file_name();
+        if own.iter().any(|o| OsStr::new(o) == name) {
+            continue;
+        }
+        let inside = Path::new("/").join(&name);
+        let kind = entry.file_type()?;
+        if kind.is_symlink() {
+            cmd.arg("--symlink")
+                .arg(fs::read_link(entry.path())?)
+                .arg(inside);
+        } else if kind.is_dir() || kind.is_file() {
+            // -try: an entry removed meanwhile is not an error.
+            cmd.arg("--ro-bind-try").arg(entry.path()).arg(inside);
+        }
+    }
+    Ok(())
 }
 
 /// 32 GiB (frameworks reserve much more address space than they use), but at most half the
@@ -388,4 +427,48 @@ fn find_in_path(name: &str) -> Option<PathBuf> {
         .into_iter()
         .chain([PathBuf::from("/usr/bin").join(name)])
         .find(|p| p.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_root_binds_the_hosts_entries_but_not_what_the_sandbox_makes() {
+        let host = tempfile::tempdir().unwrap();
+        for dir in ["usr", "etc", "work", "tmp", "proc", "run", "var"] {
+            fs::create_dir(host.path().join(dir)).unwrap();
+        }
+        fs::write(host.path().join(".dockerenv"), "").unwrap();
+        std::os::unix::fs::symlink("usr/bin", host.path().join("bin")).unwrap();
+        let mut cmd = Command::new("bwrap");
+        host_root(&mut cmd, host.path()).unwrap();
+        let args: Vec<String> = cmd
+            .get_args()
+            .map(|a| {
+                a.to_string_lossy()
+                    .replace(&*host.path().to_string_lossy(), "H")
+            })
+            .collect();
+        assert_eq!(
+            args,
+            [
+                "--ro-bind-try",
+                "H/.dockerenv",
+                "/.dockerenv",
+                "--symlink",
+                "usr/bin",
+                "/bin",
+                "--ro-bind-try",
+                "H/etc",
+                "/etc",
+                "--ro-bind-try",
+                "H/usr",
+                "/usr",
+                "--ro-bind-try",
+                "H/var",
+                "/var",
+            ]
+        );
+    }
 }
