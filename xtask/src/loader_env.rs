@@ -51,7 +51,7 @@ pub fn ensure() -> Result<()> {
     // SAFETY: umask has no preconditions; xtask creates files from this thread only.
     unsafe { libc::umask(0o022) };
     println!(
-        "loader-env: installing the pinned frameworks into {} (about 5.6 GB, ~3 min)",
+        "loader-env: installing the pinned frameworks into {} (about 5.6 GiB, ~3 min)",
         env.dir.display()
     );
     env.rebuild(|dir| {
@@ -67,7 +67,7 @@ pub fn ensure() -> Result<()> {
     Ok(())
 }
 
-/// Bytes as gigabytes, for people.
+/// Bytes as gibibytes, for people (as `du -sh` shows them).
 fn gb(bytes: u64) -> String {
-    format!("{:.1} GB", bytes as f64 / 1e9)
+    format!("{:.1} GiB", bytes as f64 / f64::from(1u32 << 30))
 }

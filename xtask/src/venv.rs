@@ -85,8 +85,9 @@ impl PinnedVenv<'_> {
         Ok(())
     }
 
-    /// The environment's size on disk, in bytes.
+    /// The environment's size on disk, in bytes (its files' blocks, as `du` counts them).
     pub fn size(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt as _;
         fn walk(dir: &Path) -> u64 {
             let Ok(entries) = fs::read_dir(dir) else {
                 return 0;
@@ -94,8 +95,10 @@ impl PinnedVenv<'_> {
             entries
                 .flatten()
                 .map(|e| match e.file_type() {
-                    Ok(t) if t.is_dir() => walk(&e.path()),
-                    Ok(t) if t.is_file() => e.metadata().map_or(0, |m| m.len()),
+                    Ok(t) if t.is_dir() => {
+                        walk(&e.path()) + e.metadata().map_or(0, |m| m.blocks() * 512)
+                    }
+                    Ok(t) if t.is_file() => e.metadata().map_or(0, |m| m.blocks() * 512),
                     _ => 0,
                 })
                 .sum()
