@@ -298,8 +298,14 @@ pub static SYSCALLS: &[Syscall] = &[
             a("dfd", DirFd), a("filename", Path), a("argv", Argv), a("envp", Ptr), a("flags", AtFlags),
         ])
     },
-    forker(sc("clone", nr(56, 220), Process, &[
+    #[cfg(syscall_abi = "x86_64")]
+    forker(sc("clone", 56, Process, &[
         a("flags", CloneFlags), a("newsp", Ptr), a("parent_tid", Ptr), a("child_tid", Ptr), a("tls", Hex),
+    ])),
+    // arm64 passes tls before child_tid (CONFIG_CLONE_BACKWARDS).
+    #[cfg(syscall_abi = "aarch64")]
+    forker(sc("clone", 220, Process, &[
+        a("flags", CloneFlags), a("newsp", Ptr), a("parent_tid", Ptr), a("tls", Hex), a("child_tid", Ptr),
     ])),
     forker(sc("clone3", nr(435, 435), Process, &[a("uargs", CloneArgs), a("size", Size)])),
     #[cfg(syscall_abi = "x86_64")]
