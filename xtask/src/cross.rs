@@ -79,6 +79,14 @@ impl Arch {
         self.name() == std::env::consts::ARCH
     }
 
+    /// This machine's architecture.
+    pub fn host() -> Arch {
+        Arch::ALL
+            .into_iter()
+            .find(|a| a.is_host())
+            .expect("xtask runs on x86_64 or aarch64")
+    }
+
     /// A command that runs `binary` (one of this architecture's) here: directly on its own
     /// machine, under qemu-user elsewhere.
     pub fn command(self, binary: &Path) -> Command {
@@ -88,11 +96,6 @@ impl Arch {
         let mut cmd = Command::new(QEMU_AARCH64);
         cmd.arg("-L").arg(AARCH64_SYSROOT).arg(binary);
         cmd
-    }
-
-    /// What `cargo test` needs to run this architecture's test binaries here.
-    fn test_runner(self) -> Option<String> {
-        (!self.is_host()).then(|| format!("{QEMU_AARCH64} -L {AARCH64_SYSROOT}"))
     }
 }
 
@@ -188,19 +191,71 @@ pub fn build(arch: Arch) -> Result<()> {
 /// The crates whose unit tests check per-architecture facts against the target's libc.
 pub const ARCH_SPECIFIC_CRATES: [&str; 1] = ["monitor-common"];
 
-/// Runs the unit tests of the crates whose facts differ per architecture (the syscall table,
-/// the register layout) built for `arch`, under qemu-user when it is not this machine's.
-pub fn test_crates(arch: Arch, crates: &[&str]) -> Result<()> {
-    let mut cmd = zigbuild(&["test", "--release", "--lib", "--target", &arch.zig_target()])?;
-    for name in crates {
-        cmd.args(["--package", name]);
+/// What `cargo xtask test` checks of the release toolchain without building the workspace
+/// for release twice (`cargo xtask dist` builds and checks the binaries themselves): for each
+/// architecture, the unit tests of `crates` (the syscall table, the register layout) are
+/// linked by the pinned zig against glibc 2.28, their executables checked like a release
+/// binary (ELF machine, no glibc symbol newer than [`GLIBC`]), and run, under qemu-user for
+/// the foreign one, so each table is checked against its own architecture's libc.
+pub fn test_crates(arches: &[Arch], crates: &[&str]) -> Result<()> {
+    ensure_tools(arches)?;
+    for &arch in arches {
+        let target = arch.zig_target();
+        let mut cmd = zigbuild(&[
+            "test",
+            "--release",
+            "--lib",
+            "--no-run",
+            "--target",
+            &target,
+        ])?;
+        for name in crates {
+            cmd.args(["--package", name]);
+        }
+        cmd.arg("--message-format=json-render-diagnostics")
+            .current_dir(root())
+            .stderr(std::process::Stdio::inherit());
+        let out = cmd.output().context("running cargo-zigbuild test")?;
+        if !out.status.success() {
+            bail!(
+                "building the {} tests for {target} failed: {}",
+                crates.join(", "),
+                out.status
+            );
+        }
+        let executables = test_executables(&out.stdout)?;
+        if executables.len() != crates.len() {
+            bail!(
+                "{} test executables for {} crates: {executables:?}",
+                executables.len(),
+                crates.len()
+            );
+        }
+        for exe in executables {
+            crate::elf_check::check(&exe, arch.elf_machine(), GLIBC)?;
+            println!(
+                "cross: {} ({}, glibc <= {}.{})",
+                exe.display(),
+                arch.name(),
+                GLIBC.0,
+                GLIBC.1
+            );
+            run(&mut arch.command(&exe))?;
+        }
     }
-    if let Some(runner) = arch.test_runner() {
-        let var = format!(
-            "CARGO_TARGET_{}_RUNNER",
-            arch.triple().to_uppercase().replace('-', "_")
-        );
-        cmd.env(var, runner);
+    Ok(())
+}
+
+/// The test executables cargo's JSON messages name.
+fn test_executables(messages: &[u8]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for line in messages.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let message: serde_json::Value = serde_json::from_slice(line)?;
+        if message["reason"] == "compiler-artifact"
+            && let Some(exe) = message["executable"].as_str()
+        {
+            out.push(PathBuf::from(exe));
+        }
     }
-    run(&mut cmd)
+    Ok(out)
 }

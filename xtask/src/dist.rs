@@ -24,6 +24,38 @@ use crate::{
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// Which binaries a tarball is made of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Binaries {
+    /// `cargo xtask dist`'s build for an architecture, linked against glibc 2.28's symbols:
+    /// checked to need no newer glibc.
+    Release(Arch),
+    /// This machine's `cargo build --release` (target/release), linked against its own glibc:
+    /// what `cargo xtask test` packs and checks without a second build of the workspace.
+    Host,
+}
+
+impl Binaries {
+    pub fn arch(self) -> Arch {
+        match self {
+            Binaries::Release(arch) => arch,
+            Binaries::Host => Arch::host(),
+        }
+    }
+
+    fn dir(self) -> PathBuf {
+        match self {
+            Binaries::Release(arch) => arch.release_dir(),
+            Binaries::Host => root().join("target/release"),
+        }
+    }
+
+    /// The newest glibc they may need, where that is checked.
+    fn max_glibc(self) -> Option<(u32, u32)> {
+        matches!(self, Binaries::Release(_)).then_some(cross::GLIBC)
+    }
+}
+
 /// What one file of the archive is made from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
@@ -235,11 +267,7 @@ fn default_config(arch: Arch, monitord: &Path) -> Result<Vec<u8>> {
 /// checks the shipping files that cannot be run here ([`crate::dist_check`]).
 pub fn run(arches: &[Arch]) -> Result<()> {
     build_and_verify(arches)?;
-    let host = Arch::ALL
-        .into_iter()
-        .find(|a| a.name() == std::env::consts::ARCH)
-        .context("no release is built for this machine's architecture")?;
-    crate::dist_check::run_checks(&host.release_dir().join("monitord"))
+    crate::dist_check::run_checks(&Arch::host().release_dir().join("monitord"))
 }
 
 /// Builds, writes and verifies the tarball of each of `arches`; returns their paths.
@@ -248,19 +276,20 @@ pub fn build_and_verify(arches: &[Arch]) -> Result<Vec<PathBuf>> {
     let mut tarballs = Vec::new();
     for &arch in arches {
         cross::build(arch)?;
-        let tarball = write(arch)?;
-        verify(&tarball, arch)?;
+        let binaries = Binaries::Release(arch);
+        let tarball = write(binaries)?;
+        verify(&tarball, binaries)?;
         tarballs.push(tarball);
     }
     Ok(tarballs)
 }
 
-/// Writes the tarball of `arch` from its release binaries, already built; returns its path.
-pub fn write(arch: Arch) -> Result<PathBuf> {
+/// Writes the tarball of `binaries`, already built; returns its path.
+pub fn write(binaries: Binaries) -> Result<PathBuf> {
     let root = root();
     let out_dir = root.join("target/dist");
     fs::create_dir_all(&out_dir)?;
-    let bin_dir = arch.release_dir();
+    let (arch, bin_dir) = (binaries.arch(), binaries.dir());
     let config = default_config(arch, &bin_dir.join("monitord"))?;
     let mut list = entries(&root, &bin_dir, config)?;
     list.extend(man_pages(
@@ -346,10 +375,11 @@ fn prefix() -> String {
 }
 
 /// Unpacks the tarball as a user would and checks what is in it: SHA256SUMS covers every
-/// other file and matches it, the binaries are `arch`'s and need no glibc newer than
-/// [`cross::GLIBC`], they run (`--help`, under qemu-user for a foreign `arch`), and monitord
-/// accepts the configuration the archive installs.
-pub fn verify(tarball: &Path, arch: Arch) -> Result<()> {
+/// other file and matches it, the binaries are for their architecture and (release builds)
+/// need no glibc newer than [`cross::GLIBC`], they run (`--help`, under qemu-user for a
+/// foreign architecture), and monitord accepts the configuration the archive installs.
+pub fn verify(tarball: &Path, binaries: Binaries) -> Result<()> {
+    let arch = binaries.arch();
     let dir = root().join(format!("target/dist/verify-{}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir)?;
@@ -358,20 +388,24 @@ pub fn verify(tarball: &Path, arch: Arch) -> Result<()> {
         .unpack(&dir)
         .with_context(|| format!("unpacking {}", tarball.display()))?;
     let top = dir.join(prefix());
-    let result = verify_unpacked(&top, arch);
+    let result = verify_unpacked(&top, binaries);
     let _ = fs::remove_dir_all(&dir);
     result?;
+    let glibc = binaries
+        .max_glibc()
+        .map_or("this machine's glibc".to_owned(), |(a, b)| {
+            format!("glibc <= {a}.{b}")
+        });
     println!(
-        "dist: verified {}: sums, binaries ({} ELF, glibc <= {}.{}), configuration",
+        "dist: verified {}: sums, binaries ({} ELF, {glibc}), configuration",
         tarball.display(),
         arch.name(),
-        cross::GLIBC.0,
-        cross::GLIBC.1
     );
     Ok(())
 }
 
-fn verify_unpacked(top: &Path, arch: Arch) -> Result<()> {
+fn verify_unpacked(top: &Path, binaries: Binaries) -> Result<()> {
+    let arch = binaries.arch();
     let sums =
         fs::read_to_string(top.join("SHA256SUMS")).context("the archive has no SHA256SUMS")?;
     let mut listed = Vec::new();
@@ -408,8 +442,13 @@ fn verify_unpacked(top: &Path, arch: Arch) -> Result<()> {
     }
     for bin in BINARIES {
         let path = top.join("bin").join(bin);
-        let needs = crate::elf_check::check(&path, arch.elf_machine(), cross::GLIBC)
-            .with_context(|| format!("bin/{bin} of the {} archive", arch.name()))?;
+        // Without a glibc bound (this machine's build) only the architecture is checked.
+        let needs = crate::elf_check::check(
+            &path,
+            arch.elf_machine(),
+            binaries.max_glibc().unwrap_or((u32::MAX, 0)),
+        )
+        .with_context(|| format!("bin/{bin} of the {} archive", arch.name()))?;
         if let Some((major, minor, _)) = needs.newest_glibc() {
             println!(
                 "dist:   bin/{bin} ({}): {} KiB, newest glibc symbol GLIBC_{major}.{minor}",
