@@ -2,6 +2,11 @@
 //! toolchain ([`nightly`]) and bpf-linker, and leaves the object in OUT_DIR for
 //! `include_bytes_aligned!`.
 //!
+//! The programs follow this build's target architecture: aya-build passes it on as
+//! `--cfg bpf_target_arch="..."` (from CARGO_CFG_TARGET_ARCH), from which monitor-common's
+//! build script picks the syscall ABI (numbers, `pt_regs`), and aya-ebpf the registers a
+//! kprobe's arguments are in. A cross build for aarch64 thus embeds aarch64 programs.
+//!
 //! With AYA_BUILD_SKIP=1 (clippy, docs, machines without the BPF toolchain) an empty
 //! placeholder is written instead; loading it fails at run time with a clear error.
 

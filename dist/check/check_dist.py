@@ -185,6 +185,10 @@ BASE_LIBRARIES = {
     "libm.so.6",
     "libgcc_s.so.1",
     "ld-linux-x86-64.so.2",
+    # Merged into libc.so.6 since glibc 2.34, still shipped by libc6: binaries linked against
+    # glibc 2.28 (the release's, see xtask/src/cross.rs) name them.
+    "libdl.so.2",
+    "libpthread.so.0",
 }
 
 

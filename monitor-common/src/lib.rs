@@ -6,7 +6,10 @@
 //!   decoder reads it to name and format arguments.
 //! - [`event`]: the `#[repr(C)]` records the kernel writes into the ring buffer.
 //!
-//! [`regs`] says where the kernel saves a syscall's number and arguments (x86_64 `pt_regs`).
+//! [`regs`] says where the kernel saves a syscall's number and arguments (`pt_regs`).
+//!
+//! Both depend on the architecture (x86_64 or aarch64): build.rs sets `cfg(syscall_abi)` from
+//! the target, or for the kernel programs from the architecture they are built for.
 //!
 //! The crate is `no_std` and holds no logic beyond constant look-ups; the `user` feature adds
 //! what only user space needs (`aya::Pod`, serde).

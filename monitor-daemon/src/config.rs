@@ -172,7 +172,7 @@ impl DiscoveryConfig {
         };
         if let Some(bad) = kill_in_kernel
             .iter()
-            .find(|n| monitor_common::syscall::by_name(n).is_none())
+            .find(|n| !monitor_common::syscall::is_known(n))
         {
             return Err(ConfigError::Invalid(format!(
                 "discovery.kill_in_kernel: `{bad}` is not a traced syscall"

@@ -1,7 +1,8 @@
 //! Where a syscall's number, arguments and return value come from, for each way of hooking it.
 //!
-//! - kprobe / kretprobe on the syscall's function (`__x64_sys_<name>`), preferred: only the
-//!   traced syscalls pay. The function's one argument points to the user's saved registers.
+//! - kprobe / kretprobe on the syscall's function (`__x64_sys_<name>`, `__arm64_sys_<name>`),
+//!   preferred: only the traced syscalls pay. The function's one argument points to the user's
+//!   saved registers (`monitor_common::regs`, the architecture's layout).
 //! - `syscalls:sys_enter_<name>` / `sys_exit_<name>` tracepoints, where the kernel has no
 //!   kprobes (CONFIG_KPROBES unset): while any of them is in use every syscall of every task
 //!   takes the kernel's slow path, traced or not.
@@ -13,7 +14,7 @@ use aya_ebpf::{
 };
 use monitor_common::{
     event::{CAPTURE_ENTRIES, USUAL_SYSCALL_ARGS, USUAL_SYSCALL_NR},
-    regs::{PtRegs, SYSCALL_REGS_OFFSET, SyscallRegs},
+    regs::{PtRegs, SYSCALL_NR_OFFSET, SYSCALL_REGS_OFFSET, SavedNr, SyscallRegs, saved_nr},
     syscall::MAX_ARGS,
 };
 
@@ -36,7 +37,18 @@ pub fn kprobe_entry(ctx: &ProbeContext) -> Result<(u32, [u64; MAX_ARGS]), i64> {
     let regs: *const PtRegs = ctx.arg(0).ok_or(0)?;
     let window = unsafe { regs.cast::<u8>().add(SYSCALL_REGS_OFFSET) }.cast::<SyscallRegs>();
     let saved = unsafe { bpf_probe_read_kernel(window) }?;
-    Ok((traced_nr(saved.orig_ax)?, saved.args()))
+    let nr = match saved.nr() {
+        Some(nr) => nr,
+        None => read_saved_nr(regs)?,
+    };
+    Ok((traced_nr(nr)?, saved.args()))
+}
+
+/// The syscall number saved in the user's registers.
+#[inline(always)]
+fn read_saved_nr(regs: *const PtRegs) -> Result<u64, i64> {
+    let at = unsafe { regs.cast::<u8>().add(SYSCALL_NR_OFFSET) }.cast::<SavedNr>();
+    Ok(saved_nr(unsafe { bpf_probe_read_kernel(at) }?))
 }
 
 /// At a syscall function's return: its number and return value.
@@ -46,8 +58,7 @@ pub fn kretprobe_exit(ctx: &RetProbeContext) -> Result<(u32, i64), i64> {
     // hold the number (also after a successful execve, in the new image).
     let task = unsafe { generated::bpf_get_current_task_btf() };
     let regs = unsafe { generated::bpf_task_pt_regs(task) } as *const PtRegs;
-    let orig_ax = unsafe { bpf_probe_read_kernel(&raw const (*regs).orig_ax) }?;
-    Ok((traced_nr(orig_ax)?, ctx.ret()))
+    Ok((traced_nr(read_saved_nr(regs)?)?, ctx.ret()))
 }
 
 /// The record of a `syscalls:*` tracepoint has the usual layout (see

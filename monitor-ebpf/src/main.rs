@@ -10,7 +10,8 @@
 //!
 //! Programs:
 //! - `sys_enter` / `sys_exit`: a kprobe and a kretprobe on the kernel function of every
-//!   syscall of `monitor_common::syscall::SYSCALLS` (`__x64_sys_<name>`). Where the kernel
+//!   syscall of `monitor_common::syscall::SYSCALLS` (`__x64_sys_<name>`, `__arm64_sys_<name>`:
+//!   the architecture monitor-engine is built for, see its build.rs). Where the kernel
 //!   has no kprobes, `sys_enter_tp` / `sys_exit_tp` on `syscalls:sys_enter_<name>` /
 //!   `sys_exit_<name>` instead (see `hooks`), with `sys_enter_open_tp` in place of
 //!   `sys_enter_tp` on the syscalls that open a named file, the only ones discovery looks at.

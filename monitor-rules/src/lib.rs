@@ -594,6 +594,26 @@ mod tests {
         assert!(rules.len() >= 25, "{}", rules.len());
     }
 
+    /// A rule may name syscalls that only some architectures have (`open` is x86_64's; aarch64
+    /// has `openat` alone): it loads everywhere, and where they do not exist it matches none
+    /// of the others (run for aarch64 under qemu-user by `cargo xtask test`).
+    #[test]
+    fn rules_naming_another_architectures_syscalls_load_everywhere() {
+        let rule = |names: &str| {
+            format!(
+                "rules:\n  - id: r\n    description: d\n    severity: high\n    match: {{ syscalls: [{names}] }}\n"
+            )
+        };
+        let only_legacy = RuleSet::parse(&rule("open, creat"), "x").unwrap();
+        assert!(fired(&only_legacy, &openat("/tmp/x", "O_RDONLY"), None).is_empty());
+        let open_here = by_name("open").is_some();
+        assert_eq!(open_here, cfg!(target_arch = "x86_64"));
+        let both = RuleSet::parse(&rule("open, openat"), "x").unwrap();
+        assert_eq!(fired(&both, &openat("/tmp/x", "O_RDONLY"), None), ["r"]);
+        let e = RuleSet::parse(&rule("open, opne"), "x").unwrap_err();
+        assert!(e.to_string().contains("unknown syscall `opne`"), "{e}");
+    }
+
     #[test]
     fn credential_reads_fire_also_through_relative_paths() {
         let rules = RuleSet::defaults();

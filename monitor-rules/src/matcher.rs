@@ -5,7 +5,7 @@
 use std::{borrow::Cow, net::IpAddr};
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
-use monitor_common::syscall::{ArgKind, Class, Syscall, by_name};
+use monitor_common::syscall::{ArgKind, Class, Syscall, by_name, is_known};
 use smallvec::SmallVec;
 
 use super::{
@@ -20,8 +20,7 @@ use monitor_engine::trace::{Event, SyscallEvent};
 
 #[derive(Debug, Clone)]
 pub(super) struct Matcher {
-    /// Syscall numbers; empty: any.
-    syscalls: Vec<u32>,
+    syscalls: Syscalls,
     classes: Vec<Class>,
     result: ResultCondition,
     path: Option<GlobSet>,
@@ -39,6 +38,16 @@ pub(super) struct Matcher {
     audit: Vec<String>,
     subject: Option<GlobSet>,
     subject_not: Option<GlobSet>,
+}
+
+/// Which syscalls a rule is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Syscalls {
+    /// It names none: any.
+    Any,
+    /// The numbers of those it names that this architecture has. Empty when it names only
+    /// syscalls of another architecture (`open` on aarch64): then it matches none.
+    Only(Vec<u32>),
 }
 
 /// What a rule asks of the process that acted.
@@ -97,15 +106,19 @@ impl ProcessConditions {
 
 impl Matcher {
     pub(super) fn compile(spec: &MatchSpec, lists: &Lists) -> Result<Self, String> {
-        let syscalls = spec
-            .syscalls
-            .iter()
-            .map(|n| {
-                by_name(n)
-                    .map(|s| s.nr)
-                    .ok_or_else(|| format!("unknown syscall `{n}`"))
-            })
-            .collect::<Result<_, _>>()?;
+        let syscalls = if spec.syscalls.is_empty() {
+            Syscalls::Any
+        } else {
+            let mut here = Vec::new();
+            for name in &spec.syscalls {
+                match by_name(name) {
+                    Some(sc) => here.push(sc.nr),
+                    None if is_known(name) => {}
+                    None => return Err(format!("unknown syscall `{name}`")),
+                }
+            }
+            Syscalls::Only(here)
+        };
         let classes = spec
             .classes
             .iter()
@@ -153,7 +166,7 @@ impl Matcher {
             subject: globs_of(&spec.subject)?,
             subject_not: globs_of(&spec.subject_not)?,
         };
-        let about_syscalls = !matcher.syscalls.is_empty()
+        let about_syscalls = matcher.syscalls != Syscalls::Any
             || !matcher.classes.is_empty()
             || matcher.direction.is_some();
         if matcher.is_audit() {
@@ -206,7 +219,10 @@ impl Matcher {
     /// from).
     pub(super) fn is_about(&self, sc: &Syscall) -> bool {
         !self.is_audit()
-            && (self.syscalls.is_empty() || self.syscalls.contains(&sc.nr))
+            && match &self.syscalls {
+                Syscalls::Any => true,
+                Syscalls::Only(nrs) => nrs.contains(&sc.nr),
+            }
             && (self.classes.is_empty() || self.classes.contains(&sc.class))
             && self
                 .direction

@@ -1,25 +1,60 @@
-//! `cargo xtask dist`: the release tarball, `target/dist/monitor-<version>-x86_64-linux.tar.gz`.
+//! `cargo xtask dist`: the release tarballs, `target/dist/monitor-<version>-<arch>-linux.tar.gz`
+//! for x86_64 and aarch64, whose binaries run on glibc 2.28 and newer (see [`crate::cross`]).
 //!
 //! Everything sits under `monitor-<version>/` in the archive: `bin/` (monitord, monitorctl, monitor-sandbox),
 //! `etc/monitor/monitord.toml` (the defaults, from `monitord --print-config`), `share/monitor/`
 //! (the systemd unit, the default rules, the loader's requirements, the Grafana dashboard, the
 //! Kubernetes manifests and Helm chart, the Dockerfile), `README.md`, `docs/`, and `SHA256SUMS` of every
 //! other file in it. The archive is reproducible: entries in name order, owner root, mtime
-//! `SOURCE_DATE_EPOCH` (0 without it). `target/dist/SHA256SUMS` holds the tarball's own sum.
+//! `SOURCE_DATE_EPOCH` (0 without it). `target/dist/SHA256SUMS` holds the tarballs' own sums.
 
 use std::{
     fs,
     io::Write as _,
     path::{Path, PathBuf},
-    process::Command,
 };
 
 use anyhow::{Context as _, Result, bail};
 use sha2::{Digest as _, Sha256};
 
-use crate::root;
+use crate::{
+    cross::{self, Arch},
+    root,
+};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Which binaries a tarball is made of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Binaries {
+    /// `cargo xtask dist`'s build for an architecture, linked against glibc 2.28's symbols:
+    /// checked to need no newer glibc.
+    Release(Arch),
+    /// This machine's `cargo build --release` (target/release), linked against its own glibc:
+    /// what `cargo xtask test` packs and checks without a second build of the workspace.
+    Host,
+}
+
+impl Binaries {
+    pub fn arch(self) -> Arch {
+        match self {
+            Binaries::Release(arch) => arch,
+            Binaries::Host => Arch::host(),
+        }
+    }
+
+    fn dir(self) -> PathBuf {
+        match self {
+            Binaries::Release(arch) => arch.release_dir(),
+            Binaries::Host => root().join("target/release"),
+        }
+    }
+
+    /// The newest glibc they may need, where that is checked.
+    fn max_glibc(self) -> Option<(u32, u32)> {
+        matches!(self, Binaries::Release(_)).then_some(cross::GLIBC)
+    }
+}
 
 /// What one file of the archive is made from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -204,10 +239,11 @@ pub fn write_tarball(out: &Path, prefix: &str, files: &[(String, Vec<u8>, bool)]
 
 /// The default configuration: what `monitord --print-config` prints for an empty file (so a
 /// configuration on this machine does not leak into the release).
-pub(crate) fn default_config(monitord: &Path) -> Result<Vec<u8>> {
-    let empty = root().join("target/dist/empty.toml");
+pub(crate) fn default_config(arch: Arch, monitord: &Path) -> Result<Vec<u8>> {
+    let empty = root().join(format!("target/dist/empty-{}.toml", arch.name()));
     fs::write(&empty, "")?;
-    let out = Command::new(monitord)
+    let out = arch
+        .command(monitord)
         .args(["--print-config", "--config"])
         .arg(&empty)
         .output()
@@ -229,24 +265,40 @@ pub(crate) fn default_config(monitord: &Path) -> Result<Vec<u8>> {
     Ok(text)
 }
 
-/// Builds the release binaries, writes the tarball, checks it, and checks the shipping files
-/// that cannot be run here ([`crate::dist_check`]).
-pub fn run() -> Result<()> {
-    crate::setup::build()?;
-    let tarball = write()?;
-    verify(&tarball)?;
-    crate::dist_check::run_checks(&root().join("target/release/monitord"))
+/// Builds the release binaries of each of `arches`, writes their tarballs, checks them, and
+/// checks the shipping files that cannot be run here ([`crate::dist_check`]).
+pub fn run(arches: &[Arch]) -> Result<()> {
+    build_and_verify(arches)?;
+    crate::dist_check::run_checks(&Arch::host().release_dir().join("monitord"))
 }
 
-/// Writes the tarball from the release binaries already built; returns its path.
-pub fn write() -> Result<PathBuf> {
+/// Builds, writes and verifies the tarball of each of `arches`; returns their paths.
+pub fn build_and_verify(arches: &[Arch]) -> Result<Vec<PathBuf>> {
+    cross::ensure_tools(arches)?;
+    let mut tarballs = Vec::new();
+    for &arch in arches {
+        cross::build(arch)?;
+        let binaries = Binaries::Release(arch);
+        let tarball = write(binaries)?;
+        verify(&tarball, binaries)?;
+        tarballs.push(tarball);
+    }
+    Ok(tarballs)
+}
+
+/// Writes the tarball of `binaries`, already built; returns its path.
+pub fn write(binaries: Binaries) -> Result<PathBuf> {
     let root = root();
     let out_dir = root.join("target/dist");
     fs::create_dir_all(&out_dir)?;
-    let bin_dir = root.join("target/release");
-    let config = default_config(&bin_dir.join("monitord"))?;
+    let (arch, bin_dir) = (binaries.arch(), binaries.dir());
+    let config = default_config(arch, &bin_dir.join("monitord"))?;
     let mut list = entries(&root, &bin_dir, config)?;
-    list.extend(man_pages(&bin_dir, &out_dir.join("man"))?);
+    list.extend(man_pages(
+        arch,
+        &bin_dir,
+        &out_dir.join(format!("man-{}", arch.name())),
+    )?);
     list.sort_by(|a, b| a.dest.cmp(&b.dest));
     let mut files = Vec::with_capacity(list.len() + 1);
     for entry in &list {
@@ -259,14 +311,11 @@ pub fn write() -> Result<PathBuf> {
             .collect::<Vec<_>>(),
     );
     files.push(("SHA256SUMS".into(), sums.into_bytes(), false));
-    let name = format!("monitor-{VERSION}-x86_64-linux");
+    let name = format!("monitor-{VERSION}-{}-linux", arch.name());
     let tarball = out_dir.join(format!("{name}.tar.gz"));
     write_tarball(&tarball, &prefix(), &files)?;
     let sum = sha256_hex(&fs::read(&tarball)?);
-    fs::write(
-        out_dir.join("SHA256SUMS"),
-        format!("{sum}  {name}.tar.gz\n"),
-    )?;
+    record_sum(&out_dir.join("SHA256SUMS"), &format!("{name}.tar.gz"), &sum)?;
     println!(
         "dist: {} ({} files, {} KiB)\n      sha256 {sum} (target/dist/SHA256SUMS)",
         tarball.display(),
@@ -276,13 +325,28 @@ pub fn write() -> Result<PathBuf> {
     Ok(tarball)
 }
 
+/// Puts `file`'s line into the `sha256sum` list at `sums`, keeping the other tarballs' lines.
+fn record_sum(sums: &Path, file: &str, sum: &str) -> Result<()> {
+    let old = fs::read_to_string(sums).unwrap_or_default();
+    let mut lines: Vec<String> = old
+        .lines()
+        .filter(|l| l.split_once("  ").is_some_and(|(_, f)| f != file))
+        .map(str::to_owned)
+        .collect();
+    lines.push(format!("{sum}  {file}"));
+    lines.sort_by_key(|l| l.split_once("  ").map(|(_, f)| f.to_owned()));
+    fs::write(sums, lines.join("\n") + "\n")?;
+    Ok(())
+}
+
 /// The manual pages, made by the binaries themselves: monitorctl's and each of its
 /// subcommands' (section 1), monitord's (section 8), under `share/man/`.
-pub(crate) fn man_pages(bin_dir: &Path, dir: &Path) -> Result<Vec<Entry>> {
+pub(crate) fn man_pages(arch: Arch, bin_dir: &Path, dir: &Path) -> Result<Vec<Entry>> {
     let _ = fs::remove_dir_all(dir);
     let (man1, man8) = (dir.join("man1"), dir.join("man8"));
     fs::create_dir_all(&man8)?;
-    let made = Command::new(bin_dir.join("monitorctl"))
+    let made = arch
+        .command(&bin_dir.join("monitorctl"))
         .args(["man", "--out-dir"])
         .arg(&man1)
         .status()
@@ -290,7 +354,8 @@ pub(crate) fn man_pages(bin_dir: &Path, dir: &Path) -> Result<Vec<Entry>> {
     if !made.success() {
         bail!("monitorctl man --out-dir failed: {made}");
     }
-    let page = Command::new(bin_dir.join("monitord"))
+    let page = arch
+        .command(&bin_dir.join("monitord"))
         .arg("--man")
         .output()
         .context("running monitord --man")?;
@@ -312,9 +377,11 @@ fn prefix() -> String {
 }
 
 /// Unpacks the tarball as a user would and checks what is in it: SHA256SUMS covers every
-/// other file and matches it, the binaries run (`--help`), and monitord accepts the
-/// configuration the archive installs.
-pub fn verify(tarball: &Path) -> Result<()> {
+/// other file and matches it, the binaries are for their architecture and (release builds)
+/// need no glibc newer than [`cross::GLIBC`], they run (`--help`, under qemu-user for a
+/// foreign architecture), and monitord accepts the configuration the archive installs.
+pub fn verify(tarball: &Path, binaries: Binaries) -> Result<()> {
+    let arch = binaries.arch();
     let dir = root().join(format!("target/dist/verify-{}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir)?;
@@ -323,17 +390,24 @@ pub fn verify(tarball: &Path) -> Result<()> {
         .unpack(&dir)
         .with_context(|| format!("unpacking {}", tarball.display()))?;
     let top = dir.join(prefix());
-    let result = verify_unpacked(&top);
+    let result = verify_unpacked(&top, binaries);
     let _ = fs::remove_dir_all(&dir);
     result?;
+    let glibc = binaries
+        .max_glibc()
+        .map_or("this machine's glibc".to_owned(), |(a, b)| {
+            format!("glibc <= {a}.{b}")
+        });
     println!(
-        "dist: verified {}: sums, binaries, configuration",
-        tarball.display()
+        "dist: verified {}: sums, binaries ({} ELF, {glibc}), configuration",
+        tarball.display(),
+        arch.name(),
     );
     Ok(())
 }
 
-fn verify_unpacked(top: &Path) -> Result<()> {
+fn verify_unpacked(top: &Path, binaries: Binaries) -> Result<()> {
+    let arch = binaries.arch();
     let sums =
         fs::read_to_string(top.join("SHA256SUMS")).context("the archive has no SHA256SUMS")?;
     let mut listed = Vec::new();
@@ -369,7 +443,23 @@ fn verify_unpacked(top: &Path) -> Result<()> {
         }
     }
     for bin in BINARIES {
-        let out = Command::new(top.join("bin").join(bin))
+        let path = top.join("bin").join(bin);
+        // Without a glibc bound (this machine's build) only the architecture is checked.
+        let needs = crate::elf_check::check(
+            &path,
+            arch.elf_machine(),
+            binaries.max_glibc().unwrap_or((u32::MAX, 0)),
+        )
+        .with_context(|| format!("bin/{bin} of the {} archive", arch.name()))?;
+        if let Some((major, minor, _)) = needs.newest_glibc() {
+            println!(
+                "dist:   bin/{bin} ({}): {} KiB, newest glibc symbol GLIBC_{major}.{minor}",
+                arch.name(),
+                fs::metadata(&path)?.len() / 1024
+            );
+        }
+        let out = arch
+            .command(&path)
             .arg("--help")
             .output()
             .with_context(|| format!("running bin/{bin} from the archive"))?;
@@ -377,7 +467,27 @@ fn verify_unpacked(top: &Path) -> Result<()> {
             bail!("bin/{bin} --help from the archive failed: {}", out.status);
         }
     }
-    let out = Command::new(top.join("bin/monitord"))
+    // What a user runs first, on the archive's own architecture (under qemu-user elsewhere).
+    for (args, says) in [
+        (&["--version"][..], format!("monitorctl {VERSION}")),
+        (&["scan", "--help"], "Usage: monitorctl scan".to_owned()),
+    ] {
+        let out = arch
+            .command(&top.join("bin/monitorctl"))
+            .args(args)
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() || !text.contains(&says) {
+            bail!(
+                "bin/monitorctl {} from the {} archive: {}: {text}",
+                args.join(" "),
+                arch.name(),
+                out.status
+            );
+        }
+    }
+    let out = arch
+        .command(&top.join("bin/monitord"))
         .arg("--print-config")
         .arg("--config")
         .arg(top.join("etc/monitor/monitord.toml"))
@@ -439,6 +549,20 @@ mod tests {
         );
         assert!(entries(&root, &root.join("no-such-dir"), Vec::new()).is_err());
         fs::remove_dir_all(bins).unwrap();
+    }
+
+    #[test]
+    fn each_tarball_keeps_its_own_line_in_the_sums() {
+        let dir = tempfile_dir();
+        let sums = dir.join("SHA256SUMS");
+        record_sum(&sums, "m-x86_64-linux.tar.gz", "aa").unwrap();
+        record_sum(&sums, "m-aarch64-linux.tar.gz", "bb").unwrap();
+        record_sum(&sums, "m-x86_64-linux.tar.gz", "cc").unwrap();
+        assert_eq!(
+            fs::read_to_string(&sums).unwrap(),
+            "bb  m-aarch64-linux.tar.gz\ncc  m-x86_64-linux.tar.gz\n"
+        );
+        fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -6,9 +6,11 @@ mod chart;
 mod compare;
 mod corpus;
 mod crate_graph;
+mod cross;
 mod deb_root;
 mod dist;
 mod dist_check;
+mod elf_check;
 mod fuzz_api;
 mod loader_env;
 /// The pinned nightly toolchain, shared with monitor-engine/build.rs.
@@ -76,15 +78,26 @@ enum Task {
         #[arg(long, value_name = "TEXT")]
         only: Option<String>,
     },
-    /// Build the release binaries, then write the release tarball
-    /// target/dist/monitor-<version>-x86_64-linux.tar.gz (binaries, systemd unit, default
-    /// config, rules, loader requirements, docs, dashboard, Kubernetes manifests, Dockerfile,
-    /// SHA256SUMS), check what is in it, and check the unit, Dockerfile and manifests.
+    /// Build the release binaries for x86_64 and aarch64, then write one tarball per
+    /// architecture, target/dist/monitor-<version>-<arch>-linux.tar.gz (binaries, systemd unit,
+    /// default config, rules, loader requirements, docs, dashboard, Kubernetes manifests,
+    /// Dockerfile, SHA256SUMS), check what is in each, and check the unit, Dockerfile and
+    /// manifests.
+    ///
+    /// The binaries are linked by zig (cargo-zigbuild) against glibc 2.28's symbols, so they
+    /// run on RHEL 8, Ubuntu 20.04, Debian 10 and newer; the check reads each binary's ELF
+    /// symbol versions and refuses any newer. aarch64's are cross-built here and checked under
+    /// qemu-user. zig (PyPI), cargo-zigbuild (crates.io), qemu-user-static and the arm64 cross
+    /// glibc (Debian) are installed on first use, pinned.
     Dist {
-        /// Also make the `monitor` .deb and .rpm in target/dist/packages/ (binaries in
-        /// /usr/bin, unit, /etc/monitor/monitord.toml, completions, manual pages, rules,
-        /// dashboard, docs), with cargo-deb and cargo-generate-rpm (installed from crates.io
-        /// the first time, a few minutes), and check what they hold.
+        /// Only these architectures (repeat the option for several); both by default.
+        #[arg(long = "arch", value_enum, value_name = "ARCH")]
+        arches: Vec<cross::Arch>,
+        /// Also make the `monitor` .deb and .rpm for this machine's architecture in
+        /// target/dist/packages/ (binaries in /usr/bin, unit, /etc/monitor/monitord.toml,
+        /// completions, manual pages, rules, dashboard, docs), with cargo-deb and
+        /// cargo-generate-rpm (installed from crates.io the first time, a few minutes), and
+        /// check what they hold.
         #[arg(long)]
         packages: bool,
     },
@@ -149,8 +162,12 @@ fn main() -> Result<()> {
             setup::all()?;
             compare::run_all(only.as_deref())
         }
-        Task::Dist { packages } => {
-            dist::run()?;
+        Task::Dist { arches, packages } => {
+            dist::run(if arches.is_empty() {
+                &cross::Arch::ALL
+            } else {
+                &arches
+            })?;
             if packages {
                 package::build(package::Formats::DebAndRpm)?;
             }
@@ -258,11 +275,16 @@ fn test() -> Result<()> {
             "warnings",
         ]))?;
     // What cannot be run here (the image, the DaemonSet, the unit under systemd) is checked
-    // as far as it can be, and the release tarball is made and unpacked.
-    dist::verify(&dist::write()?)?;
+    // as far as it can be, and a tarball of this machine's build is made, unpacked and read.
+    let host = dist::Binaries::Host;
+    dist::verify(&dist::write(host)?, host)?;
     dist_check::run_checks(&root().join("target/release/monitord"))?;
     // The packages, and the .deb installed into a clean Debian root and scanning there.
     deb_root::install_and_scan(&package::build(package::Formats::Deb)?)?;
+    // The release toolchain (zig, glibc 2.28, qemu-user) and the facts that differ per
+    // architecture (the syscall table, the register layout), each checked against its own
+    // architecture's libc; the release binaries themselves are `cargo xtask dist`'s.
+    cross::test_crates(&cross::Arch::ALL, &cross::ARCH_SPECIFIC_CRATES)?;
     run(cargo().args([
         "test",
         "--workspace",

@@ -154,12 +154,12 @@ fn stage(bin_dir: &Path, stage: &Path) -> Result<()> {
     fs::create_dir_all(root().join("target/dist"))?;
     fs::write(
         stage.join("monitord.toml"),
-        crate::dist::default_config(&bin_dir.join("monitord"))?,
+        crate::dist::default_config(crate::cross::Arch::host(), &bin_dir.join("monitord"))?,
     )?;
     let unit = fs::read_to_string(root().join("dist/monitord.service"))?;
     fs::write(stage.join("monitord.service"), packaged_unit(&unit)?)?;
     let man = stage.join("man");
-    crate::dist::man_pages(bin_dir, &man)?;
+    crate::dist::man_pages(crate::cross::Arch::host(), bin_dir, &man)?;
     for page in crate::dist::walk(&man)? {
         let gz = PathBuf::from(format!("{}.gz", page.display()));
         fs::write(&gz, gzip(&fs::read(&page)?)?)?;

@@ -26,9 +26,14 @@ pub fn all() -> Result<()> {
 /// Only what building the release binaries needs (a build machine, dist/Dockerfile's build
 /// stage): rust-src, bpf-linker, then the build.
 pub fn build() -> Result<()> {
-    rust_src()?;
-    bpf_linker()?;
+    ebpf_toolchain()?;
     run(cargo().args(["build", "--release", "--bins"]))
+}
+
+/// What building the kernel programs (monitor-engine's build.rs) takes: rust-src, bpf-linker.
+pub fn ebpf_toolchain() -> Result<()> {
+    rust_src()?;
+    bpf_linker()
 }
 
 pub fn is_root() -> bool {
@@ -139,7 +144,7 @@ pub fn test_clients() -> Result<()> {
 }
 
 /// Installs Debian's `package` unless `file` (which it provides) is there already.
-pub(crate) fn debian_package(package: &str, file: &str) -> Result<()> {
+pub fn debian_package(package: &str, file: &str) -> Result<()> {
     if Path::new(file).exists() {
         return Ok(());
     }

@@ -334,8 +334,12 @@ fn push_flags(text: &mut String, mut v: u64, names: Names) {
     }
 }
 
+/// libc's constants of the target, by name; an entry may carry a `#[cfg]` (a constant only
+/// some architectures have).
 macro_rules! names {
-    ($($c:ident),* $(,)?) => { &[$((libc::$c as u64, stringify!($c))),*] };
+    ($($(#[$cfg:meta])* $c:ident),* $(,)?) => {
+        &[$($(#[$cfg])* (libc::$c as u64, stringify!($c))),*]
+    };
 }
 
 // O_TMPFILE includes O_DIRECTORY's bit; listed first so it wins.
@@ -470,7 +474,10 @@ static PTRACE_REQUESTS: Names = names![
     PTRACE_CONT,
     PTRACE_KILL,
     PTRACE_SINGLESTEP,
+    // arm64 has only the regset requests.
+    #[cfg(target_arch = "x86_64")]
     PTRACE_GETREGS,
+    #[cfg(target_arch = "x86_64")]
     PTRACE_SETREGS,
     PTRACE_ATTACH,
     PTRACE_DETACH,
