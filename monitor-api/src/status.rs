@@ -121,8 +121,8 @@ impl KernelCounters {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunningScan {
     pub id: String,
-    /// The phase its loader last reported (`None`: starting).
-    pub phase: Option<Phase>,
+    /// The phase its loader last reported (`setup` until it reports one).
+    pub phase: Phase,
 }
 
 /// The Python scans load artifacts with.

@@ -223,7 +223,7 @@ fn the_status_scan_and_watch_schemas_are_their_types() {
         max_concurrent_scans: 1,
         running: vec![RunningScan {
             id: "s".into(),
-            phase: Some(monitor_rules::Phase::Load),
+            phase: monitor_rules::Phase::Load,
         }],
         watches_active: 0,
         loader_env: LoaderEnv {

@@ -218,11 +218,7 @@ fn status_text(status: &monitor_api::Status) -> String {
             status
                 .running
                 .iter()
-                .map(|r| format!(
-                    "\n          {} {}",
-                    printable(&r.id),
-                    r.phase.map_or("starting", |p| p.name())
-                ))
+                .map(|r| format!("\n          {} {}", printable(&r.id), r.phase.name()))
                 .collect::<String>()
         ),
     );

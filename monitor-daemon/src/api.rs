@@ -566,8 +566,7 @@ async fn get_scan(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .get(&id)
-        // Until its loader reports a phase, a running scan is setting up (its sandbox).
-        .map(|scan| scan.phase.unwrap_or(monitor_rules::Phase::Setup));
+        .map(|scan| scan.phase);
     Ok(Json(record))
 }
 

@@ -33,8 +33,8 @@ pub type RunningScans = Arc<Mutex<BTreeMap<String, Running>>>;
 pub struct Running {
     /// Who asked for it.
     pub owner: Option<u32>,
-    /// The phase its loader last reported.
-    pub phase: Option<Phase>,
+    /// The phase its loader last reported; `setup` (its sandbox being built) until it reports.
+    pub phase: Phase,
 }
 
 /// Runs queued scans until the queue is closed, as many at once as the configuration allows.
@@ -90,7 +90,7 @@ async fn run_one(
     };
     marked?;
     let owner = request.owner.as_ref().map(|o| o.uid);
-    set_phase(&shared.running, id, owner, None);
+    set_phase(&shared.running, id, owner, Phase::Setup);
     tracing::info!(scan = %id, path = %request.asked.path, uid = owner, "scan started");
     let spec = spec_for(shared, request);
     let running = shared.running.clone();
@@ -98,7 +98,7 @@ async fn run_one(
     // Streamed as the report keeps them: the first of each rule.
     let mut streamed: HashMap<String, usize> = HashMap::new();
     let report = scan::scan(&spec, probes, |progress| match progress {
-        Progress::Phase(phase) => set_phase(&running, id, owner, Some(phase)),
+        Progress::Phase(phase) => set_phase(&running, id, owner, phase),
         Progress::Job(Output::Finding(finding)) => {
             let sent = streamed.entry(finding.rule.clone()).or_default();
             if *sent < MAX_FINDINGS_PER_RULE {
@@ -217,7 +217,7 @@ async fn abandon(shared: &Arc<Shared>, id: &str) {
 }
 
 /// Marks scan `id` of `owner` running in `phase`.
-fn set_phase(scans: &RunningScans, id: &str, owner: Option<u32>, phase: Option<Phase>) {
+fn set_phase(scans: &RunningScans, id: &str, owner: Option<u32>, phase: Phase) {
     scans
         .lock()
         .unwrap_or_else(|p| p.into_inner())
