@@ -18,7 +18,8 @@ pub use aarch64::*;
 
 #[cfg(syscall_abi = "x86_64")]
 mod x86_64 {
-    /// x86_64 `struct pt_regs`, as the syscall entry code saves it.
+    /// x86_64 `struct pt_regs`, as the syscall entry code saves it: the registers a syscall's
+    /// number and arguments are passed in sit together, as [`SyscallRegs`].
     #[repr(C)]
     #[derive(Clone, Copy, Debug, Default)]
     pub struct PtRegs {
@@ -29,16 +30,7 @@ mod x86_64 {
         pub bp: u64,
         pub bx: u64,
         pub r11: u64,
-        pub r10: u64,
-        pub r9: u64,
-        pub r8: u64,
-        pub ax: u64,
-        pub cx: u64,
-        pub dx: u64,
-        pub si: u64,
-        pub di: u64,
-        /// The syscall number (`ax` is overwritten by the return value).
-        pub orig_ax: u64,
+        pub syscall: SyscallRegs,
         pub ip: u64,
         pub cs: u64,
         pub flags: u64,
@@ -59,30 +51,18 @@ mod x86_64 {
         pub dx: u64,
         pub si: u64,
         pub di: u64,
+        /// The syscall number (`ax` is overwritten by the return value).
         pub orig_ax: u64,
     }
 
     /// Where [`SyscallRegs`] starts in [`PtRegs`].
-    pub const SYSCALL_REGS_OFFSET: usize = core::mem::offset_of!(PtRegs, r10);
+    pub const SYSCALL_REGS_OFFSET: usize = core::mem::offset_of!(PtRegs, syscall);
 
     /// Where the syscall number is saved in [`PtRegs`] (`orig_ax`; also inside the window).
-    pub const SYSCALL_NR_OFFSET: usize = core::mem::offset_of!(PtRegs, orig_ax);
+    pub const SYSCALL_NR_OFFSET: usize = core::mem::offset_of!(PtRegs, syscall.orig_ax);
 
     /// How the syscall number is saved.
     pub type SavedNr = u64;
-
-    // SyscallRegs must be an exact window of PtRegs.
-    const _: () = {
-        use core::mem::offset_of;
-        assert!(offset_of!(SyscallRegs, r9) + SYSCALL_REGS_OFFSET == offset_of!(PtRegs, r9));
-        assert!(offset_of!(SyscallRegs, r8) + SYSCALL_REGS_OFFSET == offset_of!(PtRegs, r8));
-        assert!(offset_of!(SyscallRegs, dx) + SYSCALL_REGS_OFFSET == offset_of!(PtRegs, dx));
-        assert!(offset_of!(SyscallRegs, si) + SYSCALL_REGS_OFFSET == offset_of!(PtRegs, si));
-        assert!(offset_of!(SyscallRegs, di) + SYSCALL_REGS_OFFSET == offset_of!(PtRegs, di));
-        assert!(
-            offset_of!(SyscallRegs, orig_ax) + SYSCALL_REGS_OFFSET == offset_of!(PtRegs, orig_ax)
-        );
-    };
 
     impl SyscallRegs {
         /// The syscall's arguments in order: the x86_64 syscall convention (di, si, dx, r10, r8,
@@ -182,14 +162,14 @@ mod tests {
     #[test]
     fn register_layout_matches_the_abi() {
         use libc::user_regs_struct as U;
-        assert_eq!(offset_of!(PtRegs, di), offset_of!(U, rdi));
-        assert_eq!(offset_of!(PtRegs, si), offset_of!(U, rsi));
-        assert_eq!(offset_of!(PtRegs, dx), offset_of!(U, rdx));
-        assert_eq!(offset_of!(PtRegs, r10), offset_of!(U, r10));
-        assert_eq!(offset_of!(PtRegs, r8), offset_of!(U, r8));
-        assert_eq!(offset_of!(PtRegs, r9), offset_of!(U, r9));
-        assert_eq!(offset_of!(PtRegs, ax), offset_of!(U, rax));
-        assert_eq!(offset_of!(PtRegs, orig_ax), offset_of!(U, orig_rax));
+        assert_eq!(offset_of!(PtRegs, syscall.di), offset_of!(U, rdi));
+        assert_eq!(offset_of!(PtRegs, syscall.si), offset_of!(U, rsi));
+        assert_eq!(offset_of!(PtRegs, syscall.dx), offset_of!(U, rdx));
+        assert_eq!(offset_of!(PtRegs, syscall.r10), offset_of!(U, r10));
+        assert_eq!(offset_of!(PtRegs, syscall.r8), offset_of!(U, r8));
+        assert_eq!(offset_of!(PtRegs, syscall.r9), offset_of!(U, r9));
+        assert_eq!(offset_of!(PtRegs, syscall.ax), offset_of!(U, rax));
+        assert_eq!(offset_of!(PtRegs, syscall.orig_ax), offset_of!(U, orig_rax));
         assert_eq!(offset_of!(PtRegs, ss), offset_of!(U, ss));
         assert_eq!(SYSCALL_REGS_OFFSET, offset_of!(U, r10));
         assert_eq!(SYSCALL_NR_OFFSET, offset_of!(U, orig_rax));
