@@ -22,9 +22,7 @@ const DEFAULT_ENV: &str = "/var/lib/monitor/compare-env";
 const PEER_CORPUS: &str = "../shared/corpus/picklescan";
 
 fn env_dir() -> PathBuf {
-    std::env::var_os("MONITOR_COMPARE_ENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_ENV))
+    crate::venv::dir_from_env("MONITOR_COMPARE_ENV", DEFAULT_ENV)
 }
 
 pub fn run_all(only: Option<&str>) -> Result<()> {

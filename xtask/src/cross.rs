@@ -101,9 +101,7 @@ impl Arch {
 
 fn zig_env() -> PinnedVenv<'static> {
     PinnedVenv {
-        dir: std::env::var_os("MONITOR_DIST_BUILD_ENV")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_ENV)),
+        dir: crate::venv::dir_from_env("MONITOR_DIST_BUILD_ENV", DEFAULT_ENV),
         requirements: root().join("dist/build/requirements.txt"),
         stamp: "monitor-requirements.txt",
         label: "dist-build",

@@ -3,10 +3,7 @@
 //! are dist/check/check_dist.py's, in an environment of their own holding the Dockerfile
 //! parser and the Kubernetes schemas (pinned in dist/check/requirements.txt).
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::{path::Path, process::Command};
 
 use anyhow::Result;
 
@@ -20,9 +17,7 @@ const KUBERNETES_VERSIONS: [&str; 2] = ["1.30.0", "1.37.0"];
 
 fn venv() -> PinnedVenv<'static> {
     PinnedVenv {
-        dir: std::env::var_os("MONITOR_DIST_CHECK_ENV")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_ENV)),
+        dir: crate::venv::dir_from_env("MONITOR_DIST_CHECK_ENV", DEFAULT_ENV),
         requirements: root().join("dist/check/requirements.txt"),
         stamp: "monitor-requirements.txt",
         label: "dist-check",

@@ -28,9 +28,7 @@ const RUN_LIMIT: Duration = Duration::from_secs(240);
 
 fn env() -> PinnedVenv<'static> {
     PinnedVenv {
-        dir: std::env::var_os("MONITOR_FUZZ_API_ENV")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_ENV)),
+        dir: crate::venv::dir_from_env("MONITOR_FUZZ_API_ENV", DEFAULT_ENV),
         requirements: root().join("fuzz/api/requirements.txt"),
         stamp: "fuzz-api-requirements.txt",
         label: "fuzz-api",

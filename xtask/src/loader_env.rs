@@ -16,9 +16,7 @@ pub const DEFAULT_DIR: &str = "/var/lib/monitor/loader";
 pub const STAMP: &str = "monitor-requirements.txt";
 
 pub fn dir() -> PathBuf {
-    std::env::var_os("MONITOR_LOADER_ENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_DIR))
+    crate::venv::dir_from_env("MONITOR_LOADER_ENV", DEFAULT_DIR)
 }
 
 pub fn python() -> PathBuf {

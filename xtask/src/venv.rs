@@ -14,6 +14,14 @@ use crate::run;
 
 pub const SYSTEM_PYTHON: &str = "/usr/bin/python3";
 
+/// Where an environment lives: `$var` when set (a test or a second checkout's own), else
+/// `default`.
+pub fn dir_from_env(var: &str, default: &str) -> PathBuf {
+    std::env::var_os(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(default))
+}
+
 /// One environment to keep installed.
 pub struct PinnedVenv<'a> {
     pub dir: PathBuf,
