@@ -351,58 +351,53 @@ mod tests {
         let exec = serde_json::json!({"source": "kernel", "rule": "exec.program"});
         let static_only = serde_json::json!({"source": "static", "rule": "static.exec"});
         let report = |verdict: &str, findings: Vec<serde_json::Value>, errors: Vec<&str>| serde_json::json!({"verdict": verdict, "findings": findings, "errors": errors});
-        let m = "m.pkl";
-        assert!(
-            judge(
-                m,
+        // (what the installed monitorctl exited with and reported, what the test wanted,
+        // whether that passes)
+        let cases = [
+            (
                 Some(1),
-                &report("malicious", vec![exec.clone()], vec![]),
+                report("malicious", vec![exec.clone()], vec![]),
                 1,
-                "malicious"
-            )
-            .is_ok()
-        );
-        // Only the bytes' reading: the sandbox or the probes did not work.
-        assert!(
-            judge(
-                m,
+                "malicious",
+                true,
+            ),
+            // Only the bytes' reading: the sandbox or the probes did not work.
+            (
                 Some(1),
-                &report("malicious", vec![static_only], vec![]),
+                report("malicious", vec![static_only], vec![]),
                 1,
-                "malicious"
-            )
-            .is_err()
-        );
-        assert!(
-            judge(
-                m,
+                "malicious",
+                false,
+            ),
+            (
                 Some(1),
-                &report("malicious", vec![exec.clone()], vec!["bwrap"]),
+                report("malicious", vec![exec.clone()], vec!["bwrap"]),
                 1,
-                "malicious"
-            )
-            .is_err()
-        );
-        assert!(
-            judge(
-                m,
+                "malicious",
+                false,
+            ),
+            (
                 Some(2),
-                &report("malicious", vec![exec.clone()], vec![]),
+                report("malicious", vec![exec.clone()], vec![]),
                 1,
-                "malicious"
-            )
-            .is_err()
-        );
-        assert!(judge("c", Some(0), &report("clean", vec![], vec![]), 0, "clean").is_ok());
-        assert!(
-            judge(
-                "c",
+                "malicious",
+                false,
+            ),
+            (Some(0), report("clean", vec![], vec![]), 0, "clean", true),
+            (
                 Some(0),
-                &report("clean", vec![exec], vec![]),
+                report("clean", vec![exec], vec![]),
                 0,
-                "clean"
-            )
-            .is_err()
-        );
+                "clean",
+                false,
+            ),
+        ];
+        for (i, (exit, report, code, verdict, passes)) in cases.iter().enumerate() {
+            assert_eq!(
+                judge("m.pkl", *exit, report, *code, verdict).is_ok(),
+                *passes,
+                "case {i}: {report}"
+            );
+        }
     }
 }
