@@ -202,7 +202,7 @@ impl Tracer {
                 self.processes.executed(h.pid, &exec.filename, argv.clone());
                 let argv = argv.unwrap_or_default();
                 emit(self.event(
-                    h,
+                    exec.header,
                     What::Exec {
                         filename: exec.filename,
                         argv,
@@ -217,7 +217,7 @@ impl Tracer {
                 if end.group_dead || h.pid == h.tid {
                     self.processes.exited(h.pid, h.time_ns);
                     let exit_code = self.processes.get(h.pid).and_then(|p| p.exit_code);
-                    emit(self.event(h, What::Exit { exit_code }));
+                    emit(self.event(end.header, What::Exit { exit_code }));
                 }
             }
         }
@@ -285,6 +285,9 @@ impl Tracer {
         let cwd = process.and_then(|p| p.cwd.as_deref());
         let fd_path = |fd: i32| self.processes.fd(pid, fd).map(|f| f.path.clone());
         let kinds = enter.syscall.args;
+        if !kinds.iter().any(|a| a.kind == ArgKind::Path) {
+            return Vec::new();
+        }
         let mut paths = vec![Vec::new(); enter.args.len()];
         for (i, value) in enter.args.iter().enumerate() {
             let Some(path) = value.as_str().filter(|_| kinds[i].kind == ArgKind::Path) else {
@@ -435,17 +438,17 @@ impl Tracer {
             resolved,
             syscall: sc,
         });
-        self.event(&enter.header, what)
+        self.event(enter.header, what)
     }
 
-    fn event(&self, h: &crate::decode::Header, what: What) -> Event {
+    fn event(&self, h: crate::decode::Header, what: What) -> Event {
         Event {
             time_ns: h.time_ns,
             pid: h.pid,
             tid: h.tid,
             ppid: self.processes.get(h.pid).and_then(|p| p.ppid),
             uid: h.uid,
-            comm: h.comm.clone(),
+            comm: h.comm,
             cgroup_id: h.cgroup_id,
             what,
         }

@@ -7,8 +7,8 @@
 
 use std::{hint::black_box, path::Path, time::Instant};
 
-use anyhow::{Result, bail};
-use monitor_engine::decode::Decoder;
+use anyhow::{Context, Result, bail};
+use monitor_engine::decode::{Decoder, recording};
 use monitor_engine::trace::Tracer;
 use monitor_rules::judge::{Judge, Plain, Setting};
 use monitor_rules::{Finding, Phase, RuleSet};
@@ -127,6 +127,12 @@ const RING_BYTES: u32 = 128 << 20;
 
 pub fn measure(rt: &Runtime, dir: &Path, rounds: usize, quiet: &mut Quiet) -> Result<Replay> {
     let raw = capture(rt, dir)?;
+    // `MONITOR_BENCH_CAPTURE=FILE` keeps the capture, to replay it under a profiler
+    // (monitor-rules' golden test `replay_for_profiling`, with `MONITOR_REPLAY_RECORDS=FILE`).
+    if let Some(file) = std::env::var_os("MONITOR_BENCH_CAPTURE") {
+        recording::write(Path::new(&file), &raw)
+            .with_context(|| format!("keeping the capture in {}", file.display()))?;
+    }
     let decoder = Decoder::default();
     let rules = RuleSet::defaults();
     let learned = with_policy(LEARNED)?;

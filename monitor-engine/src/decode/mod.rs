@@ -4,6 +4,7 @@
 //! error the reader counts, never a panic.
 
 mod args;
+pub mod recording;
 
 use std::mem::size_of;
 
@@ -278,9 +279,9 @@ impl Decoder {
             cursor += len;
             Ok(s)
         };
-        let mut strings = Vec::with_capacity(STR_SLOTS);
-        for len in str_len {
-            strings.push(take(len)?);
+        let mut strings: [&[u8]; STR_SLOTS] = [&[]; STR_SLOTS];
+        for (slot, len) in strings.iter_mut().zip(str_len) {
+            *slot = take(len)?;
         }
         let blob = take(blob_len)?;
         let argv = take(argv_len)?;
@@ -337,5 +338,11 @@ fn field<const N: usize>(bytes: &[u8], off: usize) -> [u8; N] {
 /// Bytes up to the first NUL, as UTF-8 with invalid sequences replaced.
 pub(crate) fn c_string(bytes: &[u8]) -> String {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    String::from_utf8_lossy(&bytes[..end]).into_owned()
+    let bytes = &bytes[..end];
+    // Valid UTF-8 (nearly every name and path) is checked in one fast pass and copied; only
+    // the rest is walked chunk by chunk to replace what is invalid.
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text.to_owned(),
+        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+    }
 }
