@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 
 use crate::load::LoadContext;
-use crate::{Context, Finding, Phase, RuleSet, Severity};
+use crate::{Context, Finding, PathMemo, Phase, RuleSet, Severity};
 use monitor_engine::decode::Record;
 use monitor_engine::trace::{Event, Tracer};
 
@@ -24,6 +24,8 @@ pub struct Judge {
     events: u64,
     findings: BTreeMap<Severity, u64>,
     batch: Vec<Event>,
+    /// What paths matched the rules' globs, kept from one event to the next.
+    paths: PathMemo,
 }
 
 /// How an event is judged, as its owner says.
@@ -142,7 +144,7 @@ impl Judge {
             process: setting.process_view.then(|| processes.view(event.pid)),
             watch: self.watch.as_deref(),
         };
-        let mut found = rules.judge_in(event, &ctx);
+        let mut found = rules.judge_memo(event, &ctx, &mut self.paths);
         if found.is_empty() {
             return;
         }

@@ -13,6 +13,7 @@
 //! some rule is about: the judge runs for every record a job receives.
 
 mod exception;
+mod index;
 pub mod judge;
 mod lists;
 pub mod load;
@@ -22,13 +23,11 @@ pub mod schema;
 
 use std::{path::Path, sync::Arc};
 
-use monitor_common::{
-    event::CAPTURE_ENTRIES,
-    syscall::{SYSCALLS, Syscall},
-};
+use monitor_common::syscall::Syscall;
 use serde::Serialize;
 
 pub use exception::Exception;
+pub use index::PathMemo;
 pub use lists::Lists;
 pub use matcher::{Facts, absolute, glob_escape, is_glob};
 pub use schema::{
@@ -36,6 +35,7 @@ pub use schema::{
     Scalar, Severity, Value,
 };
 
+use index::Index;
 use load::LoadContext;
 use matcher::Matcher;
 use monitor_engine::process::{ProcessContext, ProcessView};
@@ -179,7 +179,7 @@ pub struct RuleSet {
     exceptions: Vec<Vec<Arc<Exception>>>,
     lists: Lists,
     /// For each syscall number, the rules that can fire on it.
-    index: Arc<Vec<Vec<u16>>>,
+    index: Arc<Index>,
 }
 
 impl RuleSet {
@@ -340,15 +340,7 @@ impl RuleSet {
     }
 
     fn reindex(&mut self) {
-        let mut index = vec![Vec::new(); CAPTURE_ENTRIES as usize];
-        for (i, rule) in self.rules.iter().enumerate() {
-            for sc in SYSCALLS.iter().filter(|sc| rule.is_about(sc)) {
-                if let Some(slot) = index.get_mut(sc.nr as usize) {
-                    slot.push(i as u16);
-                }
-            }
-        }
-        self.index = Arc::new(index);
+        self.index = Arc::new(Index::build(&self.rules));
     }
 
     pub fn rules(&self) -> impl Iterator<Item = &Rule> {
@@ -396,22 +388,27 @@ impl RuleSet {
     /// The findings `event` raises in `ctx`: the rules about its syscall that apply in the
     /// context's phase and watch, match it, and have no exception covering it.
     pub fn judge_in(&self, event: &Event, ctx: &Context) -> Vec<Finding> {
+        self.judge_memo(event, ctx, &mut PathMemo::default())
+    }
+
+    /// As [`RuleSet::judge_in`], with what paths matched kept in `memo` for the next events
+    /// (a judge of many events keeps one).
+    pub fn judge_memo(&self, event: &Event, ctx: &Context, memo: &mut PathMemo) -> Vec<Finding> {
         let What::Syscall(sc) = &event.what else {
             return Vec::new();
         };
-        let Some(candidates) = self.index.get(sc.syscall.nr as usize) else {
+        let Some(candidates) = self.index.get(sc.syscall.nr) else {
             return Vec::new();
         };
-        if candidates.is_empty() {
-            return Vec::new();
-        }
         let facts = Facts::of(sc, ctx.cwd);
+        let matched = index::Matched::new();
         let mut found = Vec::new();
-        for &i in candidates {
+        for (slot, &i) in candidates.rules.iter().enumerate() {
             let (rule, exceptions) = (&self.rules[i as usize], &self.exceptions[i as usize]);
             if rule.applies_in(ctx.phase)
                 && rule.applies_to(ctx.watch)
-                && rule.matcher.matches(sc, &facts, event, ctx)
+                && rule.matcher.matches_besides_paths(sc, &facts, event, ctx)
+                && candidates.paths_hold(slot, rule, &facts, &matched, memo)
                 && !exceptions.iter().any(|x| x.covers(sc, &facts, event, ctx))
             {
                 found.push(Finding {

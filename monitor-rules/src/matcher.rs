@@ -4,7 +4,7 @@
 
 use std::{borrow::Cow, net::IpAddr};
 
-use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 use monitor_common::syscall::{ArgKind, Class, Syscall, by_name, is_known};
 use smallvec::SmallVec;
 
@@ -25,6 +25,8 @@ pub(super) struct Matcher {
     result: ResultCondition,
     path: Option<GlobSet>,
     path_not: Option<GlobSet>,
+    /// The globs of `path` and `path_not` one by one, for the judge's index to combine.
+    path_globs: [Vec<Glob>; 2],
     flags_any: Vec<String>,
     mode_any: Option<u32>,
     family: Vec<String>,
@@ -137,12 +139,19 @@ impl Matcher {
         }
         let texts = |items: &[String]| lists.expand_texts(items);
         let globs_of = |items: &[String]| globs(&texts(items)?);
+        let glob_list = |items: &[String]| {
+            texts(items)?
+                .iter()
+                .map(|p| glob(p))
+                .collect::<Result<Vec<_>, _>>()
+        };
         let matcher = Matcher {
             syscalls,
             classes,
             result: spec.result,
             path: globs_of(&spec.path)?,
             path_not: globs_of(&spec.path_not)?,
+            path_globs: [glob_list(&spec.path)?, glob_list(&spec.path_not)?],
             flags_any: spec.flags_any.clone(),
             mode_any: spec.mode_any,
             family: spec.family.clone(),
@@ -243,10 +252,11 @@ impl Matcher {
                 .is_none_or(|g| !subject.is_some_and(|s| g.is_match(s)))
     }
 
-    /// Whether syscall `sc` of `event`, with `facts`, matches; the caller has checked
-    /// [`Matcher::is_about`] (through the index). A syscall the kernel killed at its entry is
-    /// judged as the act it attempted: as if it had succeeded.
-    pub(super) fn matches(
+    /// Whether syscall `sc` of `event`, with `facts`, matches, but for its paths (see
+    /// [`Matcher::paths_hold`]); the caller has checked [`Matcher::is_about`] (through the
+    /// index). A syscall the kernel killed at its entry is judged as the act it attempted: as
+    /// if it had succeeded.
+    pub(super) fn matches_besides_paths(
         &self,
         sc: &SyscallEvent,
         facts: &Facts,
@@ -284,15 +294,29 @@ impl Matcher {
                 .addrs
                 .iter()
                 .any(|&a| self.addr_not.iter().any(|r| r.contains(a)))
-            && self
-                .path
-                .as_ref()
-                .is_none_or(|g| facts.paths.iter().any(|p| g.is_match(p.as_ref())))
+            && self.process.hold(event, ctx)
+    }
+
+    /// Whether the path conditions hold for `facts`, by this rule's own globs (the judge's
+    /// index matches all candidates' globs at once instead, where it could combine them).
+    pub(super) fn paths_hold(&self, facts: &Facts) -> bool {
+        self.path
+            .as_ref()
+            .is_none_or(|g| facts.paths.iter().any(|p| g.is_match(p.as_ref())))
             && self
                 .path_not
                 .as_ref()
                 .is_none_or(|g| !facts.paths.iter().any(|p| g.is_match(p.as_ref())))
-            && self.process.hold(event, ctx)
+    }
+
+    /// The globs of `path`, one by one.
+    pub(super) fn path_globs(&self) -> &[Glob] {
+        &self.path_globs[0]
+    }
+
+    /// The globs of `path_not`, one by one.
+    pub(super) fn path_not_globs(&self) -> &[Glob] {
+        &self.path_globs[1]
     }
 }
 
@@ -303,13 +327,17 @@ pub(super) fn globs(patterns: &[String]) -> Result<Option<GlobSet>, String> {
     }
     let mut set = GlobSetBuilder::new();
     for p in patterns {
-        let glob = GlobBuilder::new(p)
-            .literal_separator(true)
-            .build()
-            .map_err(|e| format!("bad glob `{p}`: {e}"))?;
-        set.add(glob);
+        set.add(glob(p)?);
     }
     set.build().map(Some).map_err(|e| e.to_string())
+}
+
+/// Compiles one glob: `*` stays within a directory, `**` crosses directories.
+fn glob(pattern: &str) -> Result<Glob, String> {
+    GlobBuilder::new(pattern)
+        .literal_separator(true)
+        .build()
+        .map_err(|e| format!("bad glob `{pattern}`: {e}"))
 }
 
 /// `text` as a glob that matches only itself (for values learned from what was seen).
