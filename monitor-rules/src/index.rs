@@ -124,7 +124,7 @@ impl Candidates {
         let matched = matched.get_or_init(|| {
             let mut ids = SmallVec::new();
             for p in &facts.paths {
-                ids.extend_from_slice(memo.matches(self.id, &paths.set, p));
+                ids.extend_from_slice(&memo.matches(self.id, &paths.set, p));
             }
             ids
         });
@@ -147,21 +147,32 @@ pub struct PathMemo {
 impl PathMemo {
     /// Paths remembered at most.
     const ENTRIES: usize = 4096;
+    /// Longer paths are matched every time, not remembered: the memo stays under 1 MiB of
+    /// paths whatever a process opens (PATH_MAX is 4096).
+    const LONGEST: usize = 256;
 
     /// The ids of the globs of `set` (the combined set of candidates `id`) that `path` matches.
-    fn matches(&mut self, id: u64, set: &GlobSet, path: &str) -> &[usize] {
+    fn matches(&mut self, id: u64, set: &GlobSet, path: &str) -> SmallVec<[usize; 4]> {
+        let find = || {
+            let mut ids = Vec::new();
+            set.matches_candidate_into(&Candidate::new(path), &mut ids);
+            ids.into_iter().collect()
+        };
+        if path.len() > Self::LONGEST {
+            return find();
+        }
         if self.entries >= Self::ENTRIES {
             self.by_set.clear();
             self.entries = 0;
         }
         let paths = self.by_set.entry(id).or_default();
-        if !paths.contains_key(path) {
-            let mut ids = Vec::new();
-            set.matches_candidate_into(&Candidate::new(path), &mut ids);
-            paths.insert(path.into(), ids.into_iter().collect());
-            self.entries += 1;
+        if let Some(ids) = paths.get(path) {
+            return ids.clone();
         }
-        &paths[path]
+        let ids: SmallVec<[usize; 4]> = find();
+        paths.insert(path.into(), ids.clone());
+        self.entries += 1;
+        ids
     }
 }
 
@@ -233,6 +244,9 @@ mod tests {
             .flat_map(|g| paths_near(g.glob()))
             .collect();
         paths.extend(["/", "/tmp/model.pkl", "relative/x", "/usr/bin/id"].map(String::from));
+        // Longer than the memo keeps.
+        let deep = "/d".repeat(PathMemo::LONGEST);
+        paths.extend([format!("{deep}/.ssh/id_rsa"), format!("/etc/cron.d{deep}")]);
         let (mut held, mut failed) = (0, 0);
         let mut memo = PathMemo::default();
         for sc in SYSCALLS {

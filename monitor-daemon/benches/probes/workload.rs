@@ -112,26 +112,56 @@ impl Workload {
 
     /// The loop's own duration, as the child reported it.
     pub fn elapsed(&self) -> Result<Duration> {
-        let text = std::fs::read_to_string(&self.report)
-            .with_context(|| format!("reading the workload's report {}", self.report.display()))?;
-        Ok(Duration::from_nanos(text.trim().parse().with_context(
-            || format!("workload report {text:?} is not a number of nanoseconds"),
-        )?))
+        Ok(self.reported()?[0])
     }
 
-    /// Runs the loop (in the child) and writes its duration to the report file.
+    /// The CPU time the loop's thread spent, user and kernel (what its syscalls cost it,
+    /// without the time other threads held its CPU), as the child reported it.
+    pub fn cpu_time(&self) -> Result<Duration> {
+        Ok(self.reported()?[1])
+    }
+
+    /// The report: the loop's duration and its thread's CPU time, in nanoseconds.
+    fn reported(&self) -> Result<[Duration; 2]> {
+        let text = std::fs::read_to_string(&self.report)
+            .with_context(|| format!("reading the workload's report {}", self.report.display()))?;
+        let numbers: Vec<u64> = text
+            .split_whitespace()
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .ok()
+            .filter(|n: &Vec<u64>| n.len() == 2)
+            .with_context(|| {
+                format!("workload report {text:?} is not two numbers of nanoseconds")
+            })?;
+        Ok([numbers[0], numbers[1]].map(Duration::from_nanos))
+    }
+
+    /// Runs the loop (in the child) and writes its duration and CPU time to the report file.
     pub fn run(&self) -> Result<()> {
         crate::cpu::pin(self.cpu)?;
         let start = Instant::now();
+        let cpu_start = thread_cpu_time()?;
         match self.kind {
             Kind::ReadWrite => read_write(self.iterations)?,
             Kind::OpenStat => open_stat(self.iterations, &self.file)?,
             Kind::Kill0 => kill0(self.iterations)?,
         }
+        let cpu = thread_cpu_time()? - cpu_start;
         let elapsed = start.elapsed();
-        std::fs::write(&self.report, elapsed.as_nanos().to_string())
-            .with_context(|| format!("writing {}", self.report.display()))
+        std::fs::write(
+            &self.report,
+            format!("{} {}", elapsed.as_nanos(), cpu.as_nanos()),
+        )
+        .with_context(|| format!("writing {}", self.report.display()))
     }
+}
+
+/// The calling thread's CPU time so far.
+fn thread_cpu_time() -> Result<Duration> {
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .context("reading the thread's CPU clock")?;
+    Ok(Duration::from(now))
 }
 
 fn read_write(iterations: u64) -> Result<()> {
