@@ -8,7 +8,7 @@ use globset::GlobSet;
 use super::{
     Context,
     lists::Lists,
-    matcher::{Facts, addrs, globs, ports},
+    matcher::{Facts, addrs, globs, is_glob, ports},
     net::{AddrRange, PortRange},
     schema::{ExceptionSpec, Field, Phase, Scalar, Value},
 };
@@ -26,6 +26,9 @@ pub struct Exception {
 /// The values one field of a tuple may have.
 #[derive(Debug, Clone)]
 enum Values {
+    /// Texts without glob syntax (as learning writes them), compared as they are: cheaper
+    /// than a glob set, and an exception is tested on every act its rule matches.
+    Texts(Vec<String>),
     Globs(GlobSet),
     Uids(Vec<u32>),
     Addrs(Vec<AddrRange>),
@@ -116,7 +119,14 @@ fn compile_values(field: Field, items: &[Scalar]) -> Result<Values, String> {
         | Field::ParentExe
         | Field::AncestorExe
         | Field::Path
-        | Field::Syscall => Values::Globs(globs(&texts())?.expect("not empty")),
+        | Field::Syscall => {
+            let texts = texts();
+            if texts.iter().any(|t| is_glob(t)) {
+                Values::Globs(globs(&texts)?.expect("not empty"))
+            } else {
+                Values::Texts(texts)
+            }
+        }
         Field::Uid => Values::Uids(
             items
                 .iter()
@@ -144,6 +154,19 @@ fn field_matches(
     ctx: &Context,
 ) -> bool {
     let view = ctx.process;
+    if let Values::Texts(texts) = values {
+        let is = |value: &str| texts.iter().any(|t| t == value);
+        return match field {
+            Field::Exe => view.and_then(|v| v.exe()).is_some_and(is),
+            Field::ParentExe => view.and_then(|v| v.parent_exe()).is_some_and(is),
+            Field::AncestorExe => view.is_some_and(|v| v.ancestor_exes().flatten().any(is)),
+            Field::Comm => is(&event.comm),
+            Field::Syscall => is(sc.name),
+            Field::Path => facts.paths.iter().any(|p| is(p)),
+            // compile_values gives texts to these fields only.
+            Field::Uid | Field::Addr | Field::Port => false,
+        };
+    }
     match (field, values) {
         (Field::Exe, Values::Globs(g)) => view.and_then(|v| v.exe()).is_some_and(|e| g.is_match(e)),
         (Field::ParentExe, Values::Globs(g)) => view
@@ -166,5 +189,55 @@ fn field_matches(
             .any(|&p| ranges.iter().any(|r| r.contains(p))),
         // compile_values pairs each field with its kind of values.
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Values without glob syntax are compared as texts, and judge exactly as their glob set
+    /// would: on themselves, their prefixes and extensions, case changes, and other separators.
+    #[test]
+    fn literal_values_judge_as_their_globs() {
+        let literal = [
+            "/opt/serving/venv/bin/python3.11",
+            "/tmp/x",
+            "python3",
+            "/etc/ld.so.cache",
+            "",
+        ];
+        let values =
+            compile_values(Field::Path, &literal.map(|t| Scalar::Text(t.into()))).expect("valid");
+        let Values::Texts(texts) = &values else {
+            panic!("literal values compiled to {values:?}")
+        };
+        let set = globs(texts).unwrap().unwrap();
+        let mut tried = 0;
+        for text in literal {
+            for candidate in [
+                text.to_owned(),
+                format!("{text}/"),
+                format!("{text}x"),
+                format!("/{text}"),
+                text.to_uppercase(),
+                text.replace('.', "/"),
+                text.chars().skip(1).collect(),
+            ] {
+                assert_eq!(
+                    texts.contains(&candidate),
+                    set.is_match(&candidate),
+                    "{candidate:?}"
+                );
+                tried += 1;
+            }
+        }
+        assert_eq!(tried, 35);
+        // Glob syntax anywhere keeps the list a glob set.
+        let mixed = compile_values(
+            Field::Exe,
+            &["/usr/bin/*", "/bin/sh"].map(|t| Scalar::Text(t.into())),
+        );
+        assert!(matches!(mixed, Ok(Values::Globs(_))));
     }
 }
