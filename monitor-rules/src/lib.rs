@@ -9,8 +9,11 @@
 //! ports, direction) and who must have made them (program, parent, ancestors, name, user);
 //! named lists are written once and used as `$name`; a rule's exceptions (tuples of fields, as
 //! Falco's) say the cases it must not fire for, and later files or a watch's policy may add
-//! more. Rules are indexed by syscall, and an event's facts are gathered once, only for events
-//! some rule is about: the judge runs for every record a job receives.
+//! more. Rules are indexed by syscall (index.rs): an event is tested only against the rules
+//! about its syscall, its facts are gathered once, only for events some rule is about, and its
+//! paths are matched once against all those rules' globs together (a judge remembers what
+//! each path matched, for the next event with it): the judge runs for every record a job
+//! receives.
 
 mod exception;
 mod index;
