@@ -26,6 +26,9 @@ use crate::{
 /// Records per second through each stage.
 pub struct Replay {
     pub records: usize,
+    /// The events the records make (a syscall with its result, a fork, an exec, an exit),
+    /// whether its entry and exit came in one record or two.
+    pub events: usize,
     pub bytes: usize,
     pub decode: Samples,
     pub decode_pair: Samples,
@@ -150,6 +153,7 @@ pub fn measure(rt: &Runtime, dir: &Path, rounds: usize, quiet: &mut Quiet) -> Re
     }
     let mut replay = Replay {
         records: raw.len(),
+        events: events(&decoder, &raw),
         bytes: raw.iter().map(Vec::len).sum(),
         decode: Samples::default(),
         decode_pair: Samples::default(),
@@ -209,6 +213,16 @@ fn decode(decoder: &Decoder, raw: &[Vec<u8>]) -> usize {
     raw.iter()
         .filter(|r| black_box(decoder.decode(r)).is_ok())
         .count()
+}
+
+fn events(decoder: &Decoder, raw: &[Vec<u8>]) -> usize {
+    let mut tracer = Tracer::default();
+    let mut events = 0;
+    for record in raw.iter().filter_map(|r| decoder.decode(r).ok()) {
+        tracer.push(record, &mut |_| events += 1);
+    }
+    tracer.flush(&mut |_| events += 1);
+    events
 }
 
 fn decode_pair(decoder: &Decoder, raw: &[Vec<u8>]) -> usize {

@@ -245,6 +245,15 @@ pub fn print_replay(r: &Replay) {
         println!("| {stage} | {} | {goal} |", rate.show_scaled(1e6, 2));
     }
     println!();
+    // Records per event depend on the capture's format (an entry and an exit, or one record
+    // for both): the events judged a second say what the pipeline gets through either way.
+    println!(
+        "The {} records make {} events (a syscall with its result, a fork, an exec, an exit): \
+         decode + pair + default rules judge {:.2} million events a second (median).\n",
+        thousands(r.records as u64),
+        thousands(r.events as u64),
+        r.decode_pair_judge.median() * r.events as f64 / r.records as f64 / 1e6
+    );
     println!(
         "As a live watch judges (each event with its process and the watch's name), by the \
          default rules and by a learned policy; the ratio is of the medians of paired rounds.\n"
