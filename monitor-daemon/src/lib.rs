@@ -177,7 +177,7 @@ pub async fn run(config: Config) -> Result<()> {
         shared.queue.send(item).await.expect("the queue is open");
     }
     let worker = tokio::spawn(jobs::worker(shared.clone(), waiting));
-    tokio::spawn(check_probes(shared.clone()));
+    let checker = tokio::spawn(check_probes(shared.clone()));
     resume_watches(&shared)?;
 
     let listener = bind(&shared.config.socket)?;
@@ -253,6 +253,13 @@ pub async fn run(config: Config) -> Result<()> {
     worker.abort();
     // What was emitted is written before the daemon exits.
     shared.export.close();
+    // The probes' attachments released here, many at once, rather than by the process's
+    // exit, which closes them one after another: seconds (each waits for an RCU grace
+    // period), and `systemctl stop` and every restart wait for it.
+    checker.abort();
+    let detaching = std::time::Instant::now();
+    shared.router.detach_all();
+    tracing::info!(took = ?detaching.elapsed(), "probes detached; stopped");
     Ok(())
 }
 

@@ -368,6 +368,14 @@ impl Router {
         lock(&self.shared.routes).len()
     }
 
+    /// Detaches every probe for good, now, from many threads at once (see
+    /// [`Probes::detach_all`]): for an owner about to exit, whose other handles keep the
+    /// probes from being dropped. The probes see nothing more, and their checks find nothing
+    /// to restore.
+    pub fn detach_all(&self) {
+        lock(&self.shared.probes).detach_all();
+    }
+
     /// Stops routing and gives the probes back (to release them where it costs nothing).
     /// `None` while another handle or a subscription still uses the router.
     pub async fn stop(self) -> Option<Probes> {

@@ -727,10 +727,21 @@ impl Probes {
 }
 
 impl Drop for Probes {
+    fn drop(&mut self) {
+        self.detach_all();
+    }
+}
+
+impl Probes {
+    /// Detaches every program now (the probes then see nothing): what dropping them does,
+    /// for an owner that cannot drop them (monitord at its exit, whose probes its tasks still
+    /// share). Left to the process's exit, the kernel closes the attachments one after
+    /// another, in the exiting thread: seconds.
+    ///
     /// Detaching a kprobe or a tracepoint waits for an RCU grace period (~70 ms here), so one
     /// after another 120 of them take seconds. Detached from many threads at once, the waits
     /// overlap where the kernel lets them.
-    fn drop(&mut self) {
+    pub fn detach_all(&mut self) {
         let mut links = std::mem::take(&mut self.links);
         links.extend(self.syscalls.take_all());
         let links: Vec<Link> = links.into_iter().map(Tracked::into_link).collect();
