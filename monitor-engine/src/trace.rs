@@ -3,7 +3,7 @@
 
 use foldhash::HashMap;
 
-use monitor_common::syscall::{ArgKind, Class, Effect, F_DUPFD_CLOEXEC, Syscall};
+use monitor_common::syscall::{Arg, ArgKind, Class, Effect, F_DUPFD_CLOEXEC, Syscall};
 use serde::{Serialize, Serializer, ser::SerializeMap};
 
 use crate::decode::{ArgValue, Enter, FileId, Flags, Record};
@@ -75,18 +75,49 @@ pub struct SyscallEvent {
 impl SyscallEvent {
     /// The value of the argument called `name`.
     pub fn arg(&self, name: &str) -> Option<&ArgValue> {
-        self.args.0.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+        self.args.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
     }
 }
 
-/// Arguments by name, in declaration order (a JSON object).
+/// Arguments by name, in declaration order (a JSON object): the decoded values as the decoder
+/// gave them, named by the syscall table (so no list of pairs is built for every event).
 #[derive(Debug, Clone, Default)]
-pub struct Args(pub Vec<(&'static str, ArgValue)>);
+pub struct Args {
+    names: &'static [Arg],
+    values: Vec<ArgValue>,
+}
+
+impl Args {
+    /// `values` named by `names` (a syscall's arguments in the table); a value without a name
+    /// is not kept.
+    pub fn new(names: &'static [Arg], mut values: Vec<ArgValue>) -> Self {
+        values.truncate(names.len());
+        Args { names, values }
+    }
+
+    /// Each argument's name and value, in declaration order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &ArgValue)> {
+        self.names.iter().map(|a| a.name).zip(&self.values)
+    }
+
+    /// The values, in declaration order.
+    pub fn values(&self) -> &[ArgValue] {
+        &self.values
+    }
+
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+}
 
 impl Serialize for Args {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut map = s.serialize_map(Some(self.0.len()))?;
-        for (name, value) in &self.0 {
+        let mut map = s.serialize_map(Some(self.len()))?;
+        for (name, value) in self.iter() {
             map.serialize_entry(name, value)?;
         }
         map.end()
@@ -426,7 +457,7 @@ impl Tracer {
         let errno = ret
             .filter(|r| (-4095..0).contains(r))
             .map(|r| errno_name(-r as i32));
-        let args = Args(sc.args.iter().map(|a| a.name).zip(enter.args).collect());
+        let args = Args::new(sc.args, enter.args);
         let what = What::Syscall(SyscallEvent {
             name: sc.name,
             class: sc.class,

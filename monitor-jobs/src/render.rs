@@ -114,7 +114,6 @@ pub fn act(event: &Event) -> String {
         What::Syscall(sc) => {
             let args: Vec<String> = sc
                 .args
-                .0
                 .iter()
                 .filter(|(name, _)| !(*name == "mode" && mode_is_unused(sc)))
                 .map(|(_, v)| v.to_string())

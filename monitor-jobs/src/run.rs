@@ -503,7 +503,9 @@ impl<'a> Judge<'a> {
             return event.pid == self.root;
         }
         let program = self.spec.program.to_string_lossy();
-        sc.args.0.iter().any(|(_, v)| matches!(v, ArgValue::Argv(argv) if argv.first().is_some_and(|a| *a == program)))
+        sc.args.values().iter().any(
+            |v| matches!(v, ArgValue::Argv(argv) if argv.first().is_some_and(|a| *a == program)),
+        )
     }
 }
 

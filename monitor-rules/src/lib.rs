@@ -552,7 +552,7 @@ mod tests {
             what: What::Syscall(SyscallEvent {
                 name: sc.name,
                 class: sc.class,
-                args: Args(sc.args.iter().map(|a| a.name).zip(args).collect()),
+                args: Args::new(sc.args, args),
                 ret: Some(ret),
                 errno: None,
                 exit_time_ns: None,

@@ -395,7 +395,7 @@ pub struct Facts<'a> {
 impl<'a> Facts<'a> {
     pub fn of(sc: &'a SyscallEvent, cwd: Option<&str>) -> Self {
         let mut facts = Facts::default();
-        for (arg, (_, value)) in sc.syscall.args.iter().zip(&sc.args.0) {
+        for (arg, value) in sc.syscall.args.iter().zip(sc.args.values()) {
             match (arg.kind, value) {
                 (ArgKind::Path, ArgValue::Str(Some(p))) => facts.paths.push(absolute(p, cwd)),
                 (ArgKind::AddressFamily, ArgValue::Flags { text, .. }) => facts.families.push(text),

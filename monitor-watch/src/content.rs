@@ -134,7 +134,7 @@ impl<'e> OpenedFile<'e> {
 /// The path an opening syscall named (the argument discovery looks at).
 pub fn opened_path(sc: &SyscallEvent) -> Option<&str> {
     let i = sc.syscall.discovery_arg()?;
-    sc.args.0.get(i).and_then(|(_, v)| v.as_str())
+    sc.args.values().get(i).and_then(|v| v.as_str())
 }
 
 /// What `file`, opened at `path`, could be to a loader.

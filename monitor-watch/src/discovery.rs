@@ -327,17 +327,17 @@ mod tests {
             what: What::Syscall(SyscallEvent {
                 name: syscall.name,
                 class: syscall.class,
-                args: monitor_engine::trace::Args(vec![
-                    ("dfd", ArgValue::Fd(libc::AT_FDCWD)),
-                    ("filename", ArgValue::Str(Some(path.into()))),
-                    (
-                        "flags",
+                args: monitor_engine::trace::Args::new(
+                    syscall.args,
+                    vec![
+                        ArgValue::Fd(libc::AT_FDCWD),
+                        ArgValue::Str(Some(path.into())),
                         ArgValue::Flags {
                             raw: 0,
                             text: "O_RDONLY".into(),
                         },
-                    ),
-                ]),
+                    ],
+                ),
                 ret: Some(fd),
                 errno: None,
                 exit_time_ns: Some(time_ns + 1),
