@@ -4,8 +4,16 @@
 //! structs are `#[repr(C)]`, 8-byte aligned, and free of padding the compiler could leave
 //! uninitialised (explicit `_pad` fields), so user space can read them as plain bytes.
 //!
-//! [`SyscallEnter`] is the only variable-size record: the kernel builds it in per-CPU scratch
-//! space and copies out only `SyscallEnter::FIXED_LEN + data_len` bytes.
+//! [`SyscallRecord`] is the only variable-size record: the kernel builds it in per-CPU scratch
+//! space and copies out only `SyscallRecord::FIXED_LEN + data_len` bytes.
+//!
+//! A syscall that returns is one record, written at its exit ([`EventKind::Syscall`]): its
+//! entry's record (arguments and the user memory they point to, read at entry) waits in the
+//! kernel's `PENDING` map, by thread id, until the exit adds the result. Written at entry
+//! instead, as an entry record followed by an exit record: a syscall that does not return
+//! (exit_group; a successful execve, whose exit is in the new image), one whose entry a
+//! kill policy killed, one whose user memory could not be read at entry, and any entry the
+//! map had no room for (counted: [`Counter::CallsApart`]). User space pairs those as before.
 
 #[cfg(feature = "user")]
 mod user;
@@ -14,11 +22,15 @@ mod user;
 #[repr(u16)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventKind {
+    /// A syscall's entry alone, a [`SyscallRecord`] (its exit, if any, comes apart).
     SyscallEnter = 1,
+    /// A syscall's return alone, a [`SyscallExit`] (its entry came apart).
     SyscallExit = 2,
     ProcessFork = 3,
     ProcessExec = 4,
     ProcessExit = 5,
+    /// A syscall that returned, entry and exit in one [`SyscallRecord`].
+    Syscall = 6,
 }
 
 impl EventKind {
@@ -29,6 +41,7 @@ impl EventKind {
             3 => EventKind::ProcessFork,
             4 => EventKind::ProcessExec,
             5 => EventKind::ProcessExit,
+            6 => EventKind::Syscall,
             _ => return None,
         })
     }
@@ -118,16 +131,19 @@ pub const ARGV_MAX: usize = 32;
 /// Longest single argv entry captured.
 pub const ARG_MAX: usize = 1024;
 
-/// A traced syscall's entry: raw arguments plus the user memory they point to.
+/// A traced syscall: raw arguments plus the user memory they point to, read at its entry, and,
+/// in a record of kind [`EventKind::Syscall`], what it returned ([`SyscallRecord::exit`]).
 ///
 /// `data` holds, in this order and without gaps: each string slot that was filled (NUL
 /// included), the blob, then the argv entries (each NUL-terminated). The lengths say where
-/// each ends.
+/// each ends. `DATA` is `data`'s capacity: [`DATA_MAX`] in the ring buffer and the per-CPU
+/// scratch space, [`PENDING_DATA_MAX`] for a call waiting for its exit ([`PendingCall`], the
+/// same layout cut shorter).
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct SyscallEnter {
+pub struct SyscallRecord<const DATA: usize = DATA_MAX> {
     pub header: EventHeader,
-    /// x86_64 syscall number.
+    /// The syscall number (of the architecture built for).
     pub nr: u32,
     /// Bytes used in `data`.
     pub data_len: u32,
@@ -140,12 +156,46 @@ pub struct SyscallEnter {
     /// Entries captured in argv.
     pub argc: u16,
     pub _pad: [u16; 2],
-    pub data: [u8; DATA_MAX],
+    /// Its return, in a record of kind [`EventKind::Syscall`]; zero in an entry record.
+    pub exit: SyscallReturn,
+    pub data: [u8; DATA],
 }
 
-impl SyscallEnter {
-    /// Bytes before `data`: what every entry record carries.
-    pub const FIXED_LEN: usize = core::mem::offset_of!(SyscallEnter, data);
+impl<const DATA: usize> SyscallRecord<DATA> {
+    /// Bytes before `data`: what every syscall record carries.
+    pub const FIXED_LEN: usize = core::mem::offset_of!(Self, data);
+}
+
+/// A syscall's entry record as the ring buffer and the scratch space hold it.
+pub type SyscallEnter = SyscallRecord<DATA_MAX>;
+
+/// Bytes of `data` a call waiting for its exit keeps: an entry that captured more is written at
+/// entry instead (as an entry record, its exit apart). Paths of a few hundred bytes fit.
+pub const PENDING_DATA_MAX: usize = 512;
+
+/// A syscall's entry waiting for its exit: the value of the kernel's `PENDING` map, by thread
+/// id. The first bytes of the scratch record it was built in, so no field moves.
+pub type PendingCall = SyscallRecord<PENDING_DATA_MAX>;
+
+/// Calls the `PENDING` map holds at once (threads of watched processes inside a syscall whose
+/// entry waits for its exit). When it is full, entries are written at once, with their exits
+/// apart: nothing is lost, each such call costs two records ([`Counter::CallsApart`]).
+pub const PENDING_CALLS: u32 = 1024;
+
+const _: () = assert!(PendingCall::FIXED_LEN == SyscallEnter::FIXED_LEN);
+const _: () = assert!(PENDING_DATA_MAX.is_power_of_two() && PENDING_DATA_MAX <= DATA_MAX);
+
+/// What a syscall returned, in the record that carries its entry too.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SyscallReturn {
+    /// When it returned: `bpf_ktime_get_ns`, as [`EventHeader::ktime_ns`].
+    pub ktime_ns: u64,
+    pub ret: i64,
+    /// The opened file's inode number and device, as in [`SyscallExit`].
+    pub ino: u64,
+    pub dev: u32,
+    pub _pad: u32,
 }
 
 /// A traced syscall's return.
@@ -218,10 +268,13 @@ pub enum Counter {
     Followed = 5,
     /// Cgroups made under a watched one that `WATCHED` had no room for.
     CgroupsFull = 6,
+    /// Syscalls written as two records (entry, then exit) because the `PENDING` map had no
+    /// room for their entry: nothing lost, but a flood of blocked calls shows here.
+    CallsApart = 7,
 }
 
 /// How many [`Counter`]s there are.
-pub const COUNTERS: u32 = Counter::CgroupsFull as u32 + 1;
+pub const COUNTERS: u32 = Counter::CallsApart as u32 + 1;
 
 impl Counter {
     /// Every counter, in the order of their indexes.
@@ -233,6 +286,7 @@ impl Counter {
         Counter::Discovered,
         Counter::Followed,
         Counter::CgroupsFull,
+        Counter::CallsApart,
     ];
 
     /// Its name in status reports.
@@ -245,6 +299,7 @@ impl Counter {
             Counter::Discovered => "discovered",
             Counter::Followed => "followed",
             Counter::CgroupsFull => "cgroups_full",
+            Counter::CallsApart => "calls_apart",
         }
     }
 
@@ -278,6 +333,11 @@ impl Counter {
             Counter::CgroupsFull => (
                 "kernel_cgroups_full",
                 "Cgroups under a watched one the kernel had no room to watch",
+            ),
+            Counter::CallsApart => (
+                "kernel_calls_apart",
+                "Syscalls written as entry and exit records because the map of calls waiting \
+                 for their exit was full",
             ),
         }
     }
@@ -456,7 +516,10 @@ pub struct CaptureSpec {
     /// Non-zero for a syscall that executes a program: a kill policy kills it at the exec,
     /// not at its entry (see [`KillPolicy`]).
     pub executes: u8,
-    pub _pad: [u8; 2],
+    /// Non-zero when its entry's record waits for its exit in `PENDING`, to be written with
+    /// the result as one record (see [`EventKind::Syscall`]).
+    pub waits: u8,
+    pub _pad: u8,
     /// [`ONLY_IF_ANY_BIT`]: the mask (the first value); [`ONLY_IF_ONE_OF`]: the values.
     pub only_if_values: [u64; 2],
 }

@@ -196,6 +196,14 @@ impl Syscall {
         self.returns && self.result
     }
 
+    /// Whether its entry's record waits for its exit in the kernel, to be written with the
+    /// result as one record: every syscall with an exit record, except those that execute a
+    /// program (the exec happens inside the call: user space needs the entry, its argv, when
+    /// the exec's own record arrives, before the exit).
+    pub const fn entry_waits(&self) -> bool {
+        self.has_exit() && !self.executes
+    }
+
     /// Whether, on success, it changes the working directory.
     pub const fn changes_cwd(&self) -> bool {
         matches!(self.effect, Effect::ChangesCwd)

@@ -1,4 +1,5 @@
-//! Syscall entry: copy the arguments and the user memory they point to into one record.
+//! Syscall entry: copy the arguments and the user memory they point to into one record, which
+//! waits for the exit (see `pending`) or is written at once.
 //!
 //! The record is built in per-CPU scratch space, then only its used part is copied to the ring
 //! buffer. Every copy starts below `ITEM_START_MAX` (checked, then masked so the verifier can
@@ -9,7 +10,7 @@ use monitor_common::{
     event::{
         ARG_MAX, ARGV_MAX, BLOB_MAX, CaptureSpec, Counter, DATA_MAX, EventKind, FLAG_KILLED,
         FLAG_READ_ERROR, FLAG_RECAPTURED, FLAG_TRUNCATED, ITEM_START_MAX, ONLY_IF_ANY_BIT,
-        ONLY_IF_NONE, ONLY_IF_ONE_OF, STR_MAX, STR_SLOTS, SyscallEnter,
+        ONLY_IF_NONE, ONLY_IF_ONE_OF, STR_MAX, STR_SLOTS, SyscallEnter, SyscallReturn,
     },
     syscall::{Capture, MAX_ARGS},
 };
@@ -17,6 +18,7 @@ use monitor_common::{
 use crate::{
     CAPTURE, ENTERED, EVENTS, RETRY, SCRATCH,
     context::{Watched, count, fill_header},
+    pending,
     ring::commit_flags,
 };
 
@@ -119,7 +121,18 @@ fn try_syscall_enter(watch: Watched, nr: u32, args: [u64; MAX_ARGS]) -> Result<(
         }
     }
 
-    let flags = emit(watch, nr, spec, args, killed)?;
+    let ev = build(&watch, nr, spec, args, killed)?;
+    let flags = unsafe { (*ev).header.flags };
+    // One record per call: the entry waits for the exit, unless a kill must be seen now or
+    // the memory is to be read again at exit.
+    if spec.waits != 0 {
+        if killed == 0 && flags & FLAG_READ_ERROR == 0 && pending::hold(&watch, ev) {
+            return Ok(());
+        }
+        // Written now, its exit apart: nothing this thread left waiting may take that exit.
+        pending::release(&watch);
+    }
+    write(&watch, ev);
     // The exit of a filtered syscall is recorded only after an entry that was: see
     // `exit_wanted`.
     if spec.only_if != ONLY_IF_NONE && spec.exit != 0 {
@@ -164,8 +177,10 @@ pub fn recapture(watch: Watched, nr: u32) {
     if retry.nr != nr {
         return;
     }
-    if let Some(spec) = CAPTURE.get(nr) {
-        let _ = emit(watch, nr, spec, retry.args, FLAG_RECAPTURED);
+    if let Some(spec) = CAPTURE.get(nr)
+        && let Ok(ev) = build(&watch, nr, spec, retry.args, FLAG_RECAPTURED)
+    {
+        write(&watch, ev);
     }
 }
 
@@ -178,20 +193,19 @@ pub struct Retry {
     args: [u64; MAX_ARGS],
 }
 
-/// Builds the entry record of syscall `nr` in scratch space and copies its used part to the
-/// ring buffer. Returns the record's flags.
+/// Builds the entry record of syscall `nr` in scratch space; its flags say what went wrong.
 #[inline(always)]
-fn emit(
-    watch: Watched,
+fn build(
+    watch: &Watched,
     nr: u32,
     spec: &CaptureSpec,
     args: [u64; MAX_ARGS],
     flags: u16,
-) -> Result<u16, i64> {
+) -> Result<*mut SyscallEnter, i64> {
     let ev = SCRATCH.get_ptr_mut(0).ok_or(0)?;
     let mut cur = Cursor { off: 0, flags };
     unsafe {
-        fill_header(&raw mut (*ev).header, EventKind::SyscallEnter, &watch);
+        fill_header(&raw mut (*ev).header, EventKind::SyscallEnter, watch);
         (*ev).nr = nr;
         (*ev).args = args;
         (*ev).str_len = [0; STR_SLOTS];
@@ -199,6 +213,7 @@ fn emit(
         (*ev).argv_len = 0;
         (*ev).argc = 0;
         (*ev)._pad = [0; 2];
+        (*ev).exit = SyscallReturn::default();
     }
 
     // Strings first, then the blob, then argv: the order the decoder reads them back in.
@@ -229,13 +244,19 @@ fn emit(
         (*ev).data_len = data_len as u32;
         (*ev).header.flags = cur.flags;
     }
+    Ok(ev)
+}
+
+/// Copies the used part of the entry record `ev` (built by [`build`]) to the ring buffer.
+#[inline(always)]
+fn write(watch: &Watched, ev: *const SyscallEnter) {
+    let data_len = (unsafe { (*ev).data_len } as usize).min(DATA_MAX);
     let len = (SyscallEnter::FIXED_LEN + data_len).min(core::mem::size_of::<SyscallEnter>());
     let bytes = unsafe { core::slice::from_raw_parts(ev.cast::<u8>(), len) };
     match EVENTS.output::<[u8]>(bytes, commit_flags(len as u64)) {
         Ok(()) => watch.emitted(),
         Err(_) => watch.dropped(),
     }
-    Ok(cur.flags)
 }
 
 /// Copies up to `ARGV_MAX` entries of a NULL-terminated array of user string pointers.

@@ -32,6 +32,7 @@ mod file;
 mod follow;
 mod hooks;
 mod kill;
+mod pending;
 mod ring;
 
 use aya_ebpf::{
@@ -42,8 +43,9 @@ use aya_ebpf::{
 };
 use monitor_common::event::{
     CAPTURE_ENTRIES, COUNTERS as COUNTER_SLOTS, CaptureSpec, Counter, Discovery, EventKind,
-    ExecKey, FLAG_KILLED, FileOffsets, KillPolicy, PathKey, ProcessExec, ProcessExit, ProcessFork,
-    SyscallEnter, SyscallExit, TracepointOffsets, Watch, WatchCounts, open_reads_nothing,
+    ExecKey, FLAG_KILLED, FileOffsets, KillPolicy, PENDING_CALLS, PathKey, PendingCall,
+    ProcessExec, ProcessExit, ProcessFork, SyscallEnter, SyscallExit, TracepointOffsets, Watch,
+    WatchCounts, open_reads_nothing,
 };
 
 use crate::{
@@ -114,6 +116,12 @@ static CAPTURE: Array<CaptureSpec> = Array::with_max_entries(CAPTURE_ENTRIES, 0)
 /// Per-CPU space to build a variable-size entry record (too large for the 512-byte stack).
 #[map]
 static SCRATCH: PerCpuArray<SyscallEnter> = PerCpuArray::with_max_entries(1, 0);
+
+/// Syscall entries waiting for their exit, by thread id, to be written with it as one record
+/// (see `pending`). Not an LRU: a full map makes new entries be written at once (counted),
+/// never an older one forgotten; a task's place goes at its exit.
+#[map]
+static PENDING: HashMap<u32, PendingCall> = HashMap::with_max_entries(PENDING_CALLS, 0);
 
 /// Entries whose user memory could not be read, by thread id, to capture again at exit.
 #[map]
@@ -276,12 +284,18 @@ pub fn sys_exit_tp(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// At a syscall's return (however hooked): the exit record, and the entry's again if its
-/// user memory could not be read then.
+/// At a syscall's return (however hooked): the call's one record if its entry waited, else the
+/// exit record, and the entry's again if its user memory could not be read then.
 #[inline(always)]
 fn syscall_exit(watch: Watched, nr: u32, ret: i64) -> Result<(), i64> {
     let spec = CAPTURE.get(nr).ok_or(0)?;
-    if spec.exit == 0 || !capture::exit_wanted(spec, nr) {
+    if spec.exit == 0 {
+        return Ok(());
+    }
+    if spec.waits != 0 && pending::complete(&watch, spec, nr, ret) {
+        return Ok(());
+    }
+    if !capture::exit_wanted(spec, nr) {
         return Ok(());
     }
     capture::recapture(watch, nr);
@@ -385,7 +399,9 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
-    if let Some(watch) = Watched::current() {
+    let watch = Watched::current();
+    pending::at_task_exit(watch.as_ref());
+    if let Some(watch) = watch {
         let off = offsets();
         let group_dead = if off.exit_group_dead == u16::MAX {
             0

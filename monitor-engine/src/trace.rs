@@ -1,5 +1,6 @@
-//! Records -> events: pairs each syscall entry with its exit (per thread: a thread is in at
-//! most one syscall at a time) and keeps the process table up to date.
+//! Records -> events: a syscall's entry and exit arrive in one record, or (where the entry had
+//! to be written at once) as two records that are paired here, per thread (a thread is in at
+//! most one syscall at a time); keeps the process table up to date.
 
 use foldhash::HashMap;
 
@@ -181,6 +182,19 @@ impl Tracer {
             });
         }
         match record {
+            Record::Call(call) => {
+                // A thread is in one syscall at a time: an entry still waiting for its exit
+                // lost it.
+                if let Some(previous) = self.pending.remove(&call.enter.header.tid) {
+                    emit(self.completed(previous, None));
+                }
+                let returned = Returned {
+                    ret: call.ret,
+                    time_ns: call.exit_ns,
+                    file: call.file,
+                };
+                emit(self.completed(call.enter, Some(returned)));
+            }
             Record::Enter(enter) => self.enter(enter, emit),
             Record::Exit(exit) => {
                 let tid = exit.header.tid;
@@ -516,7 +530,7 @@ mod tests {
     use monitor_common::syscall::by_name;
 
     use super::*;
-    use crate::decode::{Exit, Header};
+    use crate::decode::{Call, Exit, Header};
 
     const PID: u32 = 40;
 
@@ -566,8 +580,9 @@ mod tests {
         tracer
     }
 
-    /// Feeds syscall `name` with `args` that returned `ret` (opening `file`); returns its
-    /// event's resolved paths.
+    /// Feeds syscall `name` with `args` that returned `ret` (opening `file`), in the records
+    /// the kernel writes for it (one, or an entry and an exit); returns its event's resolved
+    /// paths.
     fn call(
         tracer: &mut Tracer,
         name: &str,
@@ -577,25 +592,112 @@ mod tests {
     ) -> Vec<String> {
         let syscall = by_name(name).unwrap();
         let mut events = Vec::new();
-        let enter = Enter {
-            header: header(PID, 1),
-            syscall,
-            args,
-        };
-        tracer.push(Record::Enter(enter), &mut |e| events.push(e));
-        if syscall.has_exit() {
-            let exit = Exit {
-                header: header(PID, 2),
-                syscall,
-                ret,
-                file,
-            };
-            tracer.push(Record::Exit(exit), &mut |e| events.push(e));
+        for record in records(syscall, args, ret, file, syscall.entry_waits()) {
+            tracer.push(record, &mut |e| events.push(e));
         }
         let What::Syscall(sc) = &events.last().expect("an event").what else {
             panic!("{events:?}")
         };
         sc.resolved.clone()
+    }
+
+    /// The records of a call: one (`together`), or its entry and, if it has one, its exit.
+    fn records(
+        syscall: &'static Syscall,
+        args: Vec<ArgValue>,
+        ret: i64,
+        file: Option<FileId>,
+        together: bool,
+    ) -> Vec<Record> {
+        let enter = Enter {
+            header: header(PID, 1),
+            syscall,
+            args,
+        };
+        if together {
+            return vec![Record::Call(Call {
+                enter,
+                exit_ns: 2,
+                ret,
+                file,
+            })];
+        }
+        let mut records = vec![Record::Enter(enter)];
+        if syscall.has_exit() {
+            records.push(Record::Exit(Exit {
+                header: header(PID, 2),
+                syscall,
+                ret,
+                file,
+            }));
+        }
+        records
+    }
+
+    /// Every event of `records`, flushed.
+    fn events_of(tracer: &mut Tracer, records: Vec<Record>) -> Vec<Event> {
+        let mut events = Vec::new();
+        for record in records {
+            tracer.push(record, &mut |e| events.push(e));
+        }
+        tracer.flush(&mut |e| events.push(e));
+        events
+    }
+
+    #[test]
+    fn a_call_in_one_record_is_one_event_with_its_entry_and_its_result() {
+        let openat = by_name("openat").unwrap();
+        let args = || {
+            vec![
+                ArgValue::Fd(AT_FDCWD),
+                path("/home/user/.ssh/id_rsa"),
+                flags(O_CLOEXEC),
+                ArgValue::Mode(0),
+            ]
+        };
+        let token = FileId { dev: 42, ino: 7 };
+        let one = events_of(&mut tracer(), records(openat, args(), 3, Some(token), true));
+        let two = events_of(
+            &mut tracer(),
+            records(openat, args(), 3, Some(token), false),
+        );
+        assert_eq!(one.len(), 1, "{one:?}");
+        let What::Syscall(sc) = &one[0].what else {
+            panic!("{one:?}")
+        };
+        assert_eq!(
+            sc.arg("filename").and_then(ArgValue::as_str),
+            Some("/home/user/.ssh/id_rsa")
+        );
+        assert_eq!(
+            (sc.ret, sc.exit_time_ns, one[0].time_ns),
+            (Some(3), Some(2), 1)
+        );
+        // The same event as from an entry and an exit.
+        assert_eq!(
+            serde_json::to_string(&one).unwrap(),
+            serde_json::to_string(&two).unwrap()
+        );
+    }
+
+    #[test]
+    fn an_entry_whose_exit_was_lost_is_reported_unfinished_before_the_next_call() {
+        let mut t = tracer();
+        let connect = by_name("connect").unwrap();
+        let openat = by_name("openat").unwrap();
+        let mut records = records(connect, vec![ArgValue::Fd(3)], 0, None, false);
+        records.truncate(1);
+        let open = vec![ArgValue::Fd(AT_FDCWD), path("/etc/passwd"), flags(0)];
+        records.extend(self::records(openat, open, 4, None, true));
+        let events = events_of(&mut t, records);
+        let calls: Vec<(&str, Option<i64>)> = events
+            .iter()
+            .filter_map(|e| match &e.what {
+                What::Syscall(sc) => Some((sc.name, sc.ret)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(calls, [("connect", None), ("openat", Some(4))]);
     }
 
     fn openat(tracer: &mut Tracer, dir: i32, name: &str, open_flags: u64, ret: i64) -> Vec<String> {

@@ -16,6 +16,7 @@ unsafe impl aya::Pod for TracepointOffsets {}
 unsafe impl aya::Pod for FileOffsets {}
 unsafe impl aya::Pod for PathKey {}
 unsafe impl aya::Pod for SyscallExit {}
+unsafe impl aya::Pod for SyscallReturn {}
 unsafe impl aya::Pod for ProcessFork {}
 unsafe impl aya::Pod for ProcessExec {}
 unsafe impl aya::Pod for ProcessExit {}

@@ -64,10 +64,17 @@ fn main() -> Result<()> {
     let mut quiet = Quiet::new();
     // `MONITOR_BENCH_ONLY=replay`: the user-space pipeline's rows alone (a minute, for work on
     // the decoder, the tracer or the judge; under a profiler too).
+    // `MONITOR_BENCH_ONLY=cost`: what the probes cost the loops beside them and the ones they
+    // watch, alone (a minute and a half, for work on the kernel programs).
     match std::env::var("MONITOR_BENCH_ONLY").as_deref() {
         Ok("replay") => {
             let replay = replay::measure(&rt, dir.path(), ROUNDS.replay, &mut quiet)?;
             report::print_replay(&replay);
+            return Ok(());
+        }
+        Ok("cost") => {
+            let (costs, probe_times) = cost::measure(&rt, dir.path(), ROUNDS.cost, &mut quiet)?;
+            report::print_cost(&costs, &probe_times, &quiet);
             return Ok(());
         }
         // `MONITOR_BENCH_ONLY=idle`: the idle daemon's rows alone (a few minutes).

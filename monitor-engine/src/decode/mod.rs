@@ -11,7 +11,7 @@ use std::mem::size_of;
 use monitor_common::{
     event::{
         EventHeader, EventKind, FLAG_KILLED, FLAG_READ_ERROR, FLAG_RECAPTURED, FLAG_TRUNCATED,
-        ProcessExec, ProcessExit, ProcessFork, STR_SLOTS, SyscallEnter, SyscallExit,
+        ProcessExec, ProcessExit, ProcessFork, STR_SLOTS, SyscallEnter, SyscallExit, SyscallReturn,
     },
     syscall::{self, Syscall},
 };
@@ -71,7 +71,12 @@ impl Flags {
 /// One decoded ring-buffer record.
 #[derive(Debug, Clone)]
 pub enum Record {
+    /// A syscall that returned: entry and exit in one record (most syscalls).
+    Call(Call),
+    /// A syscall's entry alone: one that does not return, one whose entry had to be seen at
+    /// once, or whose exit comes apart (see `monitor_common::event`).
     Enter(Enter),
+    /// A syscall's exit alone, after its [`Record::Enter`].
     Exit(Exit),
     Fork(Fork),
     Exec(Exec),
@@ -81,6 +86,7 @@ pub enum Record {
 impl Record {
     pub fn header(&self) -> &Header {
         match self {
+            Record::Call(r) => &r.enter.header,
             Record::Enter(r) => &r.header,
             Record::Exit(r) => &r.header,
             Record::Fork(r) => &r.header,
@@ -96,6 +102,18 @@ pub struct Enter {
     pub header: Header,
     pub syscall: &'static Syscall,
     pub args: Vec<ArgValue>,
+}
+
+/// A syscall that returned, from one record: its entry, and what it returned.
+#[derive(Debug, Clone)]
+pub struct Call {
+    /// The entry, as the kernel read it at entry (its header is the entry's).
+    pub enter: Enter,
+    /// When it returned (CLOCK_MONOTONIC nanoseconds).
+    pub exit_ns: u64,
+    pub ret: i64,
+    /// The file a successful open opened, as the kernel saw it.
+    pub file: Option<FileId>,
 }
 
 /// A syscall's return.
@@ -208,6 +226,18 @@ impl Decoder {
         let header = header(&raw);
         Ok(match kind {
             EventKind::SyscallEnter => Record::Enter(self.enter(bytes, header)?),
+            EventKind::Syscall => {
+                let enter = self.enter(bytes, header)?;
+                // `enter` checked the fixed part's length, which holds the return.
+                let off = std::mem::offset_of!(SyscallEnter, exit);
+                let exit: SyscallReturn = read(&bytes[off..])?;
+                Record::Call(Call {
+                    enter,
+                    exit_ns: exit.ktime_ns,
+                    ret: exit.ret,
+                    file: FileId::from_kernel(exit.dev, exit.ino),
+                })
+            }
             EventKind::SyscallExit => {
                 let r: SyscallExit = read(bytes)?;
                 Record::Exit(Exit {

@@ -846,7 +846,8 @@ pub fn capture_spec(sc: &Syscall) -> CaptureSpec {
         exit_file: u8::from(sc.effect == Effect::Opens && sc.has_exit()),
         only_if,
         executes: u8::from(sc.executes),
-        _pad: [0; 2],
+        waits: u8::from(sc.entry_waits()),
+        _pad: 0,
         only_if_values,
     }
 }
@@ -986,6 +987,14 @@ mod tests {
             (1, ONLY_IF_ONE_OF, [0, 1030])
         );
         assert_eq!((fcntl.exit, fcntl.exit_file), (1, 0));
+        // One record per call where the entry can wait for the exit: not for an exec (its
+        // entry is needed before its exit), nor for what has no exit record.
+        assert_eq!((openat.waits, connect.waits, fcntl.waits), (1, 1, 1));
+        assert_eq!(capture_spec(by_name("execve").unwrap()).waits, 0);
+        assert_eq!(
+            (mmap.waits, capture_spec(by_name("close").unwrap()).waits),
+            (0, 0)
+        );
         // The kernel's discovery loads the path from one of the first two arguments, straight
         // from the tracepoint's record: one every syscall it looks at has.
         for sc in SYSCALLS {
