@@ -5,8 +5,10 @@
 
 use std::{fs, io, path::Path};
 
-/// The first bytes of a record file.
-pub const MAGIC: &[u8; 8] = b"MONREC1\n";
+/// The first bytes of a record file. Its digit is the record layout's version
+/// (`monitor_common::event`): 2 since a syscall that returns is one record carrying its result
+/// (files of version 1 would decode wrongly, so they are refused).
+pub const MAGIC: &[u8; 8] = b"MONREC2\n";
 
 /// Writes `records` to `path`.
 pub fn write(path: &Path, records: &[Vec<u8>]) -> io::Result<()> {
@@ -63,7 +65,9 @@ mod tests {
             fs::write(&path, &whole[..cut]).unwrap();
             assert_eq!(read(&path).unwrap_err().kind(), io::ErrorKind::InvalidData);
         }
-        fs::write(&path, b"MONREC0\n").unwrap();
-        assert!(read(&path).is_err());
+        for older in [b"MONREC0\n", b"MONREC1\n"] {
+            fs::write(&path, older).unwrap();
+            assert!(read(&path).is_err());
+        }
     }
 }
