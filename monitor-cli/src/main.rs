@@ -3,6 +3,7 @@
 mod common;
 mod daemon_cmds;
 mod duration;
+mod probes;
 mod run;
 mod scan;
 mod targets;
@@ -33,6 +34,11 @@ enum Command {
     /// What monitord is doing: kernel, probes, queue, the scans running, watches, the loader
     /// environment.
     Status(daemon_cmds::StatusArgs),
+    /// The probes that scans without monitord keep pinned in bpffs (list, unpin).
+    Probes {
+        #[command(subcommand)]
+        command: probes::ProbesCommand,
+    },
     /// The reports monitord keeps.
     Reports {
         #[command(flatten)]
@@ -72,6 +78,7 @@ fn main() -> ExitCode {
             args.daemon,
             daemon_cmds::Request::Status { json: args.json },
         ),
+        Command::Probes { command } => probes::main(command),
         Command::Reports { daemon, command } => {
             daemon_cmds::main(daemon, daemon_cmds::Request::Reports(command))
         }
