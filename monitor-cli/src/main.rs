@@ -35,6 +35,11 @@ enum Command {
     /// environment.
     Status(daemon_cmds::StatusArgs),
     /// The probes that scans without monitord keep pinned in bpffs (list, unpin).
+    ///
+    /// `monitorctl scan --local` and `monitorctl run` keep the verified kernel programs and
+    /// their maps pinned under /sys/fs/bpf/monitor (root's alone), so that the next such scan
+    /// only checks, resets and attaches them. $MONITOR_PROBE_PINS names another directory on a
+    /// bpffs; MONITOR_PROBE_PINS=off pins nothing. monitord loads its own.
     Probes {
         #[command(subcommand)]
         command: probes::ProbesCommand,

@@ -5,9 +5,7 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use monitor_engine::probes::pins;
 
-/// The kernel programs that `monitorctl scan --local` and `monitorctl run` keep verified in
-/// bpffs (under /sys/fs/bpf/monitor, or $MONITOR_PROBE_PINS; `MONITOR_PROBE_PINS=off` pins
-/// nothing), so that the next such scan only attaches them. monitord loads its own.
+/// What `monitorctl probes` does.
 #[derive(Subcommand)]
 pub enum ProbesCommand {
     /// The pinned sets: their key (a hash of the binary's programs and their settings), slot,

@@ -5,7 +5,7 @@
 //! `monitorctl` (`cargo build --release --bins` first).
 
 use std::{
-    os::unix::fs::PermissionsExt as _,
+    os::unix::fs::{DirBuilderExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
     time::{Duration, Instant},
@@ -151,9 +151,17 @@ impl Scan {
 #[test]
 fn a_second_cold_scan_reuses_the_pinned_probes_and_still_sees_the_payload() {
     let pins = Pins::new("reuse");
+    // Another binary's set, left from before: removed once this one's is pinned.
+    let old = pins.root.join("0123456789abcdef0123456789abcdef");
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .recursive(true)
+        .create(old.join("0"))
+        .unwrap();
     let first = pins.scan(&pins.benign());
     first.assert_clean();
     assert!(first.log.contains(PINNED), "{}", first.log);
+    assert!(!old.exists(), "{}", first.log);
     pins.wait_idle();
 
     let second = pins.scan(Path::new(MALICIOUS));

@@ -274,7 +274,8 @@ pub fn unpin(root: &Path) -> io::Result<Unpinned> {
         }
         fs::remove_dir(key.path())?;
     }
-    fs::remove_dir(root)?;
+    // Not where root is a mount point itself (`MONITOR_PROBE_PINS=/sys/fs/bpf`).
+    let _ = fs::remove_dir(root);
     Ok(unpinned)
 }
 
@@ -336,7 +337,7 @@ fn ensure_bpffs(root: &Path) -> Result<(), PinError> {
     let on_bpffs = |p: &Path| {
         nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 as u64 == BPF_FS_MAGIC)
     };
-    if on_bpffs(mount) {
+    if on_bpffs(root) || on_bpffs(mount) {
         return Ok(());
     }
     if mount != Path::new("/sys/fs/bpf") {
