@@ -3,6 +3,7 @@
 mod common;
 mod daemon_cmds;
 mod duration;
+mod probes;
 mod run;
 mod scan;
 mod targets;
@@ -33,6 +34,16 @@ enum Command {
     /// What monitord is doing: kernel, probes, queue, the scans running, watches, the loader
     /// environment.
     Status(daemon_cmds::StatusArgs),
+    /// The probes that scans without monitord keep pinned in bpffs (list, unpin).
+    ///
+    /// `monitorctl scan --local` and `monitorctl run` keep the verified kernel programs and
+    /// their maps pinned under /sys/fs/bpf/monitor (root's alone), so that the next such scan
+    /// only checks, resets and attaches them. $MONITOR_PROBE_PINS names another directory on a
+    /// bpffs; MONITOR_PROBE_PINS=off pins nothing. monitord loads its own.
+    Probes {
+        #[command(subcommand)]
+        command: probes::ProbesCommand,
+    },
     /// The reports monitord keeps.
     Reports {
         #[command(flatten)]
@@ -72,6 +83,7 @@ fn main() -> ExitCode {
             args.daemon,
             daemon_cmds::Request::Status { json: args.json },
         ),
+        Command::Probes { command } => probes::main(command),
         Command::Reports { daemon, command } => {
             daemon_cmds::main(daemon, daemon_cmds::Request::Reports(command))
         }

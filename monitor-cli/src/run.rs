@@ -151,7 +151,7 @@ fn run(args: RunArgs) -> anyhow::Result<RunSummary> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let probes = Probes::load(&config).context("loading the kernel probes")?;
+    let probes = Probes::load_embedded(&config).context("loading the kernel probes")?;
     let router = runtime
         .block_on(async { Router::start(probes) })
         .context("starting the record router")?;

@@ -301,7 +301,7 @@ fn scan_here(
         bar
     });
     let mut trace_error = None;
-    let mut probes = LazyProbes::new(config);
+    let mut probes = LazyProbes::embedded(config);
     let mut outcomes = Vec::with_capacity(artifacts.len());
     let many = artifacts.len() > 1;
     for (i, artifact) in artifacts.iter().enumerate() {

@@ -6,9 +6,12 @@
 //! - bare: the loader environment's Python loading the artifact, nothing watching;
 //! - strace: the same load under `strace -f` writing the full trace to a file (not for Keras:
 //!   TensorFlow's import under strace takes minutes);
-//! - monitorctl scan: the command a user runs, with its defaults (loads the probes, builds the
-//!   sandbox, loads, exercises, lingers while anything is left running, judges with the audit
-//!   hook on, releases the probes in the background);
+//! - monitorctl scan: the command a user runs, with its defaults (opens the probes pinned by
+//!   the previous round, or loads and pins them in the first, builds the sandbox, loads,
+//!   exercises, lingers while anything is left running, judges with the audit hook on,
+//!   releases the probes in the background);
+//! - the same with nothing pinned (`MONITOR_PROBE_PINS=off`): BTF parsed and programs verified
+//!   every time, as before pinning;
 //! - warm scan: the library with probes already loaded, as the daemon scans, with the
 //!   defaults;
 //! - warm, load only: the same without exercise, audit hook and linger (`--no-exercise
@@ -32,6 +35,8 @@ const DEFAULT_ROUNDS: usize = 9;
 /// a mutex that the next load waits for); monitorctl does it in the background, so a user
 /// never waits for it, but back-to-back runs would. Rounds leave it this long.
 const SETTLE: Duration = Duration::from_secs(7);
+/// Where the bench's monitorctl pins its probes: its own, removed before and after.
+const PINS: &str = "/sys/fs/bpf/monitor-bench";
 
 struct Artifact {
     name: String,
@@ -62,6 +67,8 @@ fn main() -> Result<()> {
         .tempdir_in("/var/tmp")
         .context("creating a directory for the artifacts")?;
     let artifacts = make_artifacts(&python, dir.path())?;
+    let pins = Path::new(PINS);
+    let _ = monitor_engine::probes::pins::unpin(pins);
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -79,15 +86,16 @@ fn main() -> Result<()> {
          (min-max). Wall time of the whole command, start to exit.\n"
     );
     println!(
-        "| artifact | bare load | strace -f load | monitorctl scan | warm scan (daemon-like) | \
-         warm, load only | monitorctl - bare | warm - bare | defaults - load only | \
-         strace / bare |"
+        "| artifact | bare load | strace -f load | monitorctl scan | monitorctl, nothing pinned | \
+         warm scan (daemon-like) | warm, load only | monitorctl - bare | unpinned - bare | \
+         warm - bare | defaults - load only | strace / bare |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for artifact in &artifacts {
         let mut bare = Vec::new();
         let mut strace = Vec::new();
         let mut cli = Vec::new();
+        let mut unpinned = Vec::new();
         let mut warm = Vec::new();
         let mut load_only = Vec::new();
         for round in 0..rounds {
@@ -109,7 +117,10 @@ fn main() -> Result<()> {
                 )?);
             }
             std::thread::sleep(SETTLE);
-            cli.push(time_scan_cli(&monitorctl, &artifact.path)?);
+            cli.push(time_scan_cli(&monitorctl, &artifact.path, Some(pins))?);
+            std::thread::sleep(SETTLE);
+            unpinned.push(time_scan_cli(&monitorctl, &artifact.path, None)?);
+            std::thread::sleep(SETTLE);
             for (defaults, samples) in [(true, &mut warm), (false, &mut load_only)] {
                 let mut spec = ScanSpec::new(&artifact.path);
                 if !defaults {
@@ -129,9 +140,10 @@ fn main() -> Result<()> {
                 }
             }
         }
-        let (b, c, w, l) = (
+        let (b, c, u, w, l) = (
             median(&bare),
             median(&cli),
+            median(&unpinned),
             median(&warm),
             median(&load_only),
         );
@@ -143,14 +155,16 @@ fn main() -> Result<()> {
             ),
         };
         println!(
-            "| {} | {} | {} | {} | {} | {} | {:+.0} ms | {:+.0} ms | {:+.0} ms | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {:+.0} ms | {:+.0} ms | {:+.0} ms | {:+.0} ms | {} |",
             artifact.name,
             spread(&bare),
             traced.0,
             spread(&cli),
+            spread(&unpinned),
             spread(&warm),
             spread(&load_only),
             ms(c) - ms(b),
+            ms(u) - ms(b),
             ms(w) - ms(b),
             ms(w) - ms(l),
             traced.1,
@@ -158,8 +172,10 @@ fn main() -> Result<()> {
     }
     println!(
         "\nThe goals: monitorctl scan's overhead over the bare load at most 150 ms for a small \
-         pickle, and at most 1.2x the bare load for the 134 MB checkpoint."
+         pickle, and at most 1.2x the bare load for the 134 MB checkpoint. monitorctl scan \
+         opens the probes the previous round pinned (the first round loads and pins them)."
     );
+    let _ = monitor_engine::probes::pins::unpin(pins);
     Ok(())
 }
 
@@ -255,10 +271,15 @@ fn time(cmd: &mut Command) -> Result<Duration> {
     Ok(elapsed)
 }
 
-fn time_scan_cli(monitorctl: &Path, artifact: &Path) -> Result<Duration> {
+/// A `monitorctl scan` with no daemon, its probes pinned under `pins` (or never pinned).
+fn time_scan_cli(monitorctl: &Path, artifact: &Path, pins: Option<&Path>) -> Result<Duration> {
     let started = Instant::now();
     let status = Command::new(monitorctl)
-        .args(["scan", "--no-print-res"])
+        .env(
+            monitor_engine::probes::pins::ROOT_ENV,
+            pins.map_or("off".into(), |p| p.as_os_str().to_owned()),
+        )
+        .args(["scan", "--local", "--no-print-res"])
         .arg(artifact)
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -139,6 +139,9 @@ pub fn default_python() -> PathBuf {
 /// happen meanwhile.
 pub struct LazyProbes {
     config: ProbeConfig,
+    /// Whether to use (and keep) the probes pinned in bpffs: an embedded scan's, with no
+    /// daemon (see `monitor_engine::probes::pins`).
+    embedded: bool,
     state: ProbeState,
 }
 
@@ -157,7 +160,17 @@ impl LazyProbes {
     pub fn new(config: ProbeConfig) -> Self {
         LazyProbes {
             config,
+            embedded: false,
             state: ProbeState::Unloaded,
+        }
+    }
+
+    /// Probes of an embedded scan (`monitorctl scan --local`): the pinned set when one fits,
+    /// loaded fresh and pinned for the next scan otherwise ([`Probes::load_embedded`]).
+    pub fn embedded(config: ProbeConfig) -> Self {
+        LazyProbes {
+            embedded: true,
+            ..LazyProbes::new(config)
         }
     }
 
@@ -165,6 +178,7 @@ impl LazyProbes {
     pub fn loaded(router: Router) -> Self {
         LazyProbes {
             config: ProbeConfig::default(),
+            embedded: false,
             state: ProbeState::Loaded(router),
         }
     }
@@ -179,11 +193,14 @@ impl LazyProbes {
             return;
         }
         let (tx, loaded) = tokio::sync::oneshot::channel();
-        let config = self.config.clone();
+        let (config, embedded) = (self.config.clone(), self.embedded);
         let spawned = std::thread::Builder::new()
             .name("probe-loader".into())
             .spawn(move || {
-                let _ = tx.send(Probes::load(&config));
+                let _ = tx.send(match embedded {
+                    true => Probes::load_embedded(&config),
+                    false => Probes::load(&config),
+                });
             });
         self.state = match spawned {
             Ok(thread) => ProbeState::Loading { loaded, thread },

@@ -31,19 +31,16 @@ use std::{
     thread::JoinHandle,
 };
 
-use aya::{
-    Ebpf,
-    programs::{
-        KProbe, ProgramError, TracePoint,
-        kprobe::KProbeLink,
-        links::{FdLink, LinkError},
-        trace_point::TracePointLink,
-    },
+use aya::programs::{
+    KProbe, Program, ProgramError, TracePoint,
+    kprobe::KProbeLink,
+    links::{FdLink, LinkError},
+    trace_point::TracePointLink,
 };
 use monitor_common::syscall::{SYSCALLS, Syscall};
 
 use super::{
-    ProbeError, Tracefs, capture_spec,
+    Object, ProbeError, Tracefs, capture_spec,
     integrity::{self, Tracked},
 };
 
@@ -120,7 +117,7 @@ pub enum Hook {
 
 impl Hook {
     /// Attaches the hook's program at its place once more (after its link was closed).
-    pub fn attach(&self, ebpf: &mut Ebpf) -> Result<Link, ProbeError> {
+    pub fn attach(&self, ebpf: &mut Object) -> Result<Link, ProbeError> {
         match self {
             Hook::KProbe { prog, function } => {
                 attach_kprobe(ebpf, prog, function)?.ok_or_else(|| {
@@ -151,6 +148,48 @@ const SCHED_TRACEPOINTS: [&str; 3] = [
 /// The cgroup tracepoints, each with its program of the same name.
 const CGROUP_TRACEPOINTS: [&str; 2] = ["cgroup_mkdir", "cgroup_rmdir"];
 
+/// What kind of program a hook runs, as aya opens it from a pin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProgramKind {
+    TracePoint,
+    KProbe,
+    KRetProbe,
+}
+
+/// Every program the hooks of `hooks` attach, with its kind: what a load verifies, and what a
+/// pinned set must hold (the other kind's syscall programs are never loaded).
+pub fn programs(hooks: SyscallHooks) -> Vec<(&'static str, ProgramKind)> {
+    let syscalls: &[(&'static str, ProgramKind)] = match hooks {
+        SyscallHooks::Kprobes => &[
+            ("sys_enter", ProgramKind::KProbe),
+            ("sys_exit", ProgramKind::KRetProbe),
+        ],
+        SyscallHooks::Tracepoints => &[
+            ("sys_enter_tp", ProgramKind::TracePoint),
+            ("sys_enter_open_tp", ProgramKind::TracePoint),
+            ("sys_exit_tp", ProgramKind::TracePoint),
+        ],
+    };
+    let process = SCHED_TRACEPOINTS.iter().chain(&CGROUP_TRACEPOINTS);
+    (syscalls.iter().copied())
+        .chain(process.map(|&name| (name, ProgramKind::TracePoint)))
+        .collect()
+}
+
+/// Loads (verifies) every program of `hooks` now rather than at its first attach, so that
+/// they can be pinned before anything is attached.
+pub fn load_programs(object: &mut Object, hooks: SyscallHooks) -> Result<(), ProbeError> {
+    for (name, _) in programs(hooks) {
+        let loaded = match program_mut(object, name)? {
+            Program::TracePoint(p) if p.fd().is_err() => p.load(),
+            Program::KProbe(p) if p.fd().is_err() => p.load(),
+            _ => Ok(()),
+        };
+        loaded.map_err(|source| program_error(name.into(), source))?;
+    }
+    Ok(())
+}
+
 /// What [`attach_all`] attached.
 pub struct AttachedAll {
     /// The syscall hooks' links.
@@ -165,7 +204,7 @@ pub struct AttachedAll {
 /// programs to their tracepoints. Returns the links with their hooks and the table entries
 /// this kernel lacks (each logged).
 pub fn attach_all(
-    ebpf: &mut Ebpf,
+    ebpf: &mut Object,
     hooks: SyscallHooks,
     tracefs: &Tracefs,
 ) -> Result<AttachedAll, ProbeError> {
@@ -265,7 +304,7 @@ impl SyscallLinks {
     /// Attaches every hook, from the programs loaded already: those a detach in progress has
     /// not reached yet are kept as they are (it stops first), the others attached again.
     /// Returns when every hook records. On an error none stays attached.
-    pub fn attach(&mut self, ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+    pub fn attach(&mut self, ebpf: &mut Object) -> Result<(), ProbeError> {
         let kept = match std::mem::replace(&mut self.state, LinkState::Detached) {
             LinkState::Attached(links) => {
                 self.state = LinkState::Attached(links);
@@ -389,7 +428,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// `sys_enter` on `sc`'s function, `sys_exit` on its return when it has an exit record.
 /// `false` when the kernel has no such function.
 fn attach_syscall_kprobes(
-    ebpf: &mut Ebpf,
+    ebpf: &mut Object,
     sc: &Syscall,
     links: &mut Vec<Attached>,
 ) -> Result<bool, ProbeError> {
@@ -413,7 +452,7 @@ fn attach_syscall_kprobes(
 /// `sys_enter_tp` (or `sys_enter_open_tp`) on `syscalls:sys_enter_<name>`, `sys_exit_tp` on
 /// `sys_exit_<name>` when it has an exit record. `false` when the kernel has no such tracepoint.
 fn attach_syscall_tracepoints(
-    ebpf: &mut Ebpf,
+    ebpf: &mut Object,
     sc: &Syscall,
     tracefs: &Tracefs,
     links: &mut Vec<Attached>,
@@ -446,7 +485,11 @@ fn attach_syscall_tracepoints(
 
 /// Attaches kprobe (or kretprobe) program `prog` to kernel function `function`; `None` when
 /// the kernel has no such function.
-fn attach_kprobe(ebpf: &mut Ebpf, prog: &str, function: &str) -> Result<Option<Link>, ProbeError> {
+fn attach_kprobe(
+    ebpf: &mut Object,
+    prog: &str,
+    function: &str,
+) -> Result<Option<Link>, ProbeError> {
     let program: &mut KProbe = program_mut(ebpf, prog)?
         .try_into()
         .map_err(|source| program_error(prog.into(), source))?;
@@ -488,7 +531,7 @@ where
 }
 
 fn attach_tracepoint(
-    ebpf: &mut Ebpf,
+    ebpf: &mut Object,
     prog: &str,
     category: &str,
     event: &str,
@@ -512,7 +555,7 @@ fn attach_tracepoint(
 }
 
 fn program_mut<'e>(
-    ebpf: &'e mut Ebpf,
+    ebpf: &'e mut Object,
     prog: &str,
 ) -> Result<&'e mut aya::programs::Program, ProbeError> {
     ebpf.program_mut(prog)

@@ -13,9 +13,10 @@
 
 use std::{collections::HashMap, fs, os::fd::RawFd};
 
-use aya::Ebpf;
-
-use super::attach::{Hook, Link};
+use super::{
+    Object,
+    attach::{Hook, Link},
+};
 
 /// An attachment as the check follows it.
 pub struct Tracked {
@@ -57,7 +58,7 @@ impl Tracked {
 /// closed from a workqueue a moment later, and another process may hold it. Either way it
 /// still traces, and attaching again now would run its program twice; it is looked at again
 /// at the next check. Returns what it found and how many it attached again.
-pub fn reattach_lost(tracked: &mut [Tracked], ebpf: &mut Ebpf) -> (Vec<String>, usize) {
+pub fn reattach_lost(tracked: &mut [Tracked], ebpf: &mut Object) -> (Vec<String>, usize) {
     let lost: Vec<usize> = (0..tracked.len()).filter(|&i| tracked[i].lost()).collect();
     if lost.is_empty() {
         return (Vec::new(), 0);

@@ -5,6 +5,8 @@
 mod attach;
 mod btf;
 mod integrity;
+mod object;
+pub mod pins;
 mod tracefs;
 
 use std::{
@@ -32,6 +34,7 @@ pub use self::attach::{HooksState, SyscallHooks};
 use self::{
     attach::{Link, SyscallLinks, attach_all},
     integrity::Tracked,
+    object::Object,
 };
 
 pub use tracefs::{Format, Tracefs};
@@ -184,7 +187,7 @@ pub struct Probes {
     /// The syscall hooks' attachments, which can be detached while nothing is watched.
     syscalls: SyscallLinks,
     hooks: SyscallHooks,
-    ebpf: Ebpf,
+    ebpf: Object,
     watched: HashMap<MapData, u64, Watch>,
     watched_tasks: HashMap<MapData, u32, Watch>,
     watched_cgroup_paths: HashMap<MapData, PathKey, Watch>,
@@ -201,12 +204,34 @@ pub struct Probes {
     /// Attachments attached again since load, after their fds were closed from outside.
     reattached: u64,
     missing: Vec<String>,
+    origin: Origin,
+    /// The pinned set's slot, held (locked) while these probes live.
+    slot: Option<pins::Slot>,
 }
 
-impl Probes {
-    /// Loads the programs into the kernel and attaches them. Nothing is recorded until a cgroup
-    /// is [`watch`](Self::watch)ed.
-    pub fn load(config: &ProbeConfig) -> Result<Self, ProbeError> {
+/// Where a [`Probes`]' programs and maps came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    /// Loaded and verified now.
+    Loaded,
+    /// Loaded and verified now, and pinned for the next embedded scan.
+    Pinned,
+    /// Opened from a pinned set: only attached now.
+    Reused,
+}
+
+/// What a load needs from the host, found before anything is loaded.
+struct Setup {
+    ring_buffer_bytes: u32,
+    tracefs: Tracefs,
+    hooks: SyscallHooks,
+    offsets: monitor_common::event::TracepointOffsets,
+    wakeup_bytes: u64,
+}
+
+impl Setup {
+    fn new(config: &ProbeConfig) -> Result<Self, ProbeError> {
         if !nix::unistd::geteuid().is_root() {
             return Err(ProbeError::NotRoot);
         }
@@ -240,18 +265,157 @@ impl Probes {
             );
         }
         let offsets = tracefs.offsets(hooks == SyscallHooks::Tracepoints)?;
-        let file_offsets = file_offsets();
-        let wakeup_bytes = wakeup_bytes(size);
-        let mut ebpf = EbpfLoader::new()
-            .override_global("TP_OFFSETS", &offsets, true)
-            .override_global("FILE_OFFSETS", &file_offsets, true)
-            .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
-            .map_max_entries("EVENTS", size)
-            .load(OBJECT)?;
+        Ok(Setup {
+            ring_buffer_bytes: size,
+            tracefs,
+            hooks,
+            offsets,
+            wakeup_bytes: wakeup_bytes(size),
+        })
+    }
 
-        let mut capture = map_as(&mut ebpf, "CAPTURE", Array::try_from)?;
+    /// Parses, relocates and creates the maps of the object (its programs are verified at
+    /// their first attach, or by [`attach::load_programs`]).
+    fn load(&self) -> Result<Ebpf, ProbeError> {
+        let file_offsets = file_offsets();
+        Ok(EbpfLoader::new()
+            .override_global("TP_OFFSETS", &self.offsets, true)
+            .override_global("FILE_OFFSETS", &file_offsets, true)
+            .override_global("WAKEUP_BYTES", &self.wakeup_bytes, true)
+            .map_max_entries("EVENTS", self.ring_buffer_bytes)
+            .load(OBJECT)?)
+    }
+
+    /// Names what this load makes: the object and every setting that changes a program or a
+    /// map. The file offsets (from the kernel's BTF, 0.1 s to parse) are the running kernel's:
+    /// its boot id stands for them (bpffs is emptied at a reboot anyway). Pins of another key
+    /// are never opened.
+    fn key(&self) -> String {
+        use sha2::{Digest as _, Sha256};
+        let mut hash = Sha256::new();
+        hash.update(OBJECT);
+        let capture: Vec<CaptureSpec> = SYSCALLS.iter().map(capture_spec).collect();
+        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+        hash.update(format!(
+            "ring {} wakeup {} hooks {:?} offsets {:?} boot {} capture {:?}",
+            self.ring_buffer_bytes,
+            self.wakeup_bytes,
+            self.hooks,
+            self.offsets,
+            boot.trim(),
+            capture
+        ));
+        hash.finalize()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+impl Probes {
+    /// Loads the programs into the kernel and attaches them. Nothing is recorded until a cgroup
+    /// is [`watch`](Self::watch)ed.
+    pub fn load(config: &ProbeConfig) -> Result<Self, ProbeError> {
+        let setup = Setup::new(config)?;
+        let object = Object::Fresh(setup.load()?);
+        Self::start(object, &setup, None, Origin::Loaded)
+    }
+
+    /// Probes for an embedded scan or run (no daemon): those pinned in bpffs under
+    /// [`pins::root_from_env`] when a set fits, loaded fresh (and pinned for the next time)
+    /// otherwise.
+    pub fn load_embedded(config: &ProbeConfig) -> Result<Self, ProbeError> {
+        match pins::root_from_env() {
+            Some(root) => Self::load_pinned(config, &root),
+            None => Self::load(config),
+        }
+    }
+
+    /// Probes from the set pinned under `root` for this binary and `config` (see [`pins`]):
+    /// opened, checked, their maps reset, and attached; or, where there is none yet, loaded
+    /// fresh and pinned there. Any problem with the pins means a fresh load, said in the log.
+    pub fn load_pinned(config: &ProbeConfig, root: &Path) -> Result<Self, ProbeError> {
+        let started = std::time::Instant::now();
+        let setup = Setup::new(config)?;
+        let key = setup.key();
+        let programs = attach::programs(setup.hooks);
+        let taken = pins::take(root, &key, &programs);
+        let probes = match taken {
+            Ok(pins::Taken::Reused(slot, object)) => {
+                match Self::start(object, &setup, Some(slot), Origin::Reused) {
+                    Ok(probes) => Ok(probes),
+                    Err(e) => {
+                        tracing::warn!("the pinned probes failed ({e}); loading them fresh");
+                        Self::load(config)
+                    }
+                }
+            }
+            Ok(pins::Taken::Empty(slot)) => {
+                let mut object = Object::Fresh(setup.load()?);
+                attach::load_programs(&mut object, setup.hooks)?;
+                match pins::pin(&slot, &mut object, &programs) {
+                    Ok(()) => {
+                        pins::remove_other_keys(root, &key);
+                        Self::start(object, &setup, Some(slot), Origin::Pinned)
+                    }
+                    Err(e) => {
+                        tracing::warn!("{e}; the probes stay unpinned");
+                        Self::start(object, &setup, None, Origin::Loaded)
+                    }
+                }
+            }
+            Ok(pins::Taken::Busy) => {
+                tracing::info!("probes: every pinned set is in use; loading them fresh");
+                Self::load(config)
+            }
+            Err(e) => {
+                tracing::warn!("not using pinned probes: {e}; loading them fresh");
+                Self::load(config)
+            }
+        }?;
+        let ms = started.elapsed().as_millis() as u64;
+        match (probes.origin, probes.slot.as_ref()) {
+            (Origin::Reused, Some(slot)) => tracing::info!(
+                ms,
+                dir = %slot.dir().display(),
+                "probes: reused pinned programs"
+            ),
+            (Origin::Pinned, Some(slot)) => tracing::info!(
+                ms,
+                dir = %slot.dir().display(),
+                "probes: loaded and pinned for the next scan"
+            ),
+            _ => tracing::info!(ms, "probes: loaded"),
+        }
+        Ok(probes)
+    }
+
+    /// Takes the maps out of `object`, fills the capture table and attaches every hook.
+    fn start(
+        mut object: Object,
+        setup: &Setup,
+        slot: Option<pins::Slot>,
+        origin: Origin,
+    ) -> Result<Self, ProbeError> {
+        let watched = map_as(&mut object, "WATCHED", HashMap::try_from)?;
+        let watched_tasks = map_as(&mut object, "WATCHED_TASKS", HashMap::try_from)?;
+        let watched_cgroup_paths = map_as(&mut object, "WATCHED_CGROUP_PATHS", HashMap::try_from)?;
+        let watched_exes = map_as(&mut object, "WATCHED_EXES", HashMap::try_from)?;
+        let kill_policies = map_as(&mut object, "KILL_POLICIES", HashMap::try_from)?;
+        let exec_allowed = map_as(&mut object, "EXEC_ALLOWED", HashMap::try_from)?;
+        let watch_counts = map_as(&mut object, "WATCH_COUNTS", PerCpuHashMap::try_from)?;
+        let discovery = map_as(&mut object, "DISCOVERY", Array::try_from)?;
+        let counters = map_as(&mut object, "COUNTERS", PerCpuArray::try_from)?;
+        let mut events = map_as(&mut object, "EVENTS", RingBuf::try_from)?;
+        if origin == Origin::Reused {
+            // A previous holder's unread records (one killed mid-scan): never the next job's.
+            while events.next().is_some() {}
+        }
+        let cpus = nr_cpus().map_err(|(what, e)| ProbeError::Cpus(format!("{what}: {e}")))?;
+
+        let mut capture = map_as(&mut object, "CAPTURE", Array::try_from)?;
         fill_capture_map(&mut capture)?;
-        let all = attach_all(&mut ebpf, hooks, &tracefs)?;
+        let all = attach_all(&mut object, setup.hooks, &setup.tracefs)?;
         let missing = all.missing;
         let fds = integrity::link_fds();
         let tracked = |links: Vec<attach::Attached>| -> Vec<Tracked> {
@@ -262,29 +426,18 @@ impl Probes {
         };
         let links = tracked(all.process);
         let syscalls = SyscallLinks::attached(tracked(all.syscalls));
-
-        let watched = map_as(&mut ebpf, "WATCHED", HashMap::try_from)?;
-        let watched_tasks = map_as(&mut ebpf, "WATCHED_TASKS", HashMap::try_from)?;
-        let watched_cgroup_paths = map_as(&mut ebpf, "WATCHED_CGROUP_PATHS", HashMap::try_from)?;
-        let watched_exes = map_as(&mut ebpf, "WATCHED_EXES", HashMap::try_from)?;
-        let kill_policies = map_as(&mut ebpf, "KILL_POLICIES", HashMap::try_from)?;
-        let exec_allowed = map_as(&mut ebpf, "EXEC_ALLOWED", HashMap::try_from)?;
-        let watch_counts = map_as(&mut ebpf, "WATCH_COUNTS", PerCpuHashMap::try_from)?;
-        let discovery = map_as(&mut ebpf, "DISCOVERY", Array::try_from)?;
-        let counters = map_as(&mut ebpf, "COUNTERS", PerCpuArray::try_from)?;
-        let events = map_as(&mut ebpf, "EVENTS", RingBuf::try_from)?;
-        let cpus = nr_cpus().map_err(|(what, e)| ProbeError::Cpus(format!("{what}: {e}")))?;
         tracing::debug!(
             syscall_hooks = syscalls.hooks(),
             missing = missing.len(),
-            ?hooks,
+            hooks = ?setup.hooks,
+            ?origin,
             "probes loaded"
         );
         Ok(Probes {
             links,
             syscalls,
-            hooks,
-            ebpf,
+            hooks: setup.hooks,
+            ebpf: object,
             watched,
             watched_tasks,
             watched_cgroup_paths,
@@ -300,7 +453,14 @@ impl Probes {
             cpus,
             reattached: 0,
             missing,
+            origin,
+            slot,
         })
+    }
+
+    /// Where these probes came from.
+    pub fn origin(&self) -> Origin {
+        self.origin
     }
 
     /// The ring buffer, for the one reader. `None` once taken.
@@ -796,7 +956,7 @@ fn gone(removed: Result<(), MapError>) -> Result<(), MapError> {
 
 /// Takes map `name` out of `ebpf` as the type `convert` makes of it.
 fn map_as<T>(
-    ebpf: &mut Ebpf,
+    ebpf: &mut Object,
     name: &'static str,
     convert: impl FnOnce(aya::maps::Map) -> Result<T, MapError>,
 ) -> Result<T, ProbeError> {
@@ -807,7 +967,7 @@ fn map_error(name: &'static str) -> impl Fn(MapError) -> ProbeError {
     move |source| ProbeError::Map { name, source }
 }
 
-fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, ProbeError> {
+fn take_map(ebpf: &mut Object, name: &'static str) -> Result<aya::maps::Map, ProbeError> {
     ebpf.take_map(name).ok_or(ProbeError::Map {
         name,
         source: MapError::InvalidName { name: name.into() },
