@@ -154,30 +154,19 @@ fn field_matches(
     ctx: &Context,
 ) -> bool {
     let view = ctx.process;
-    if let Values::Texts(texts) = values {
-        let is = |value: &str| texts.iter().any(|t| t == value);
-        return match field {
-            Field::Exe => view.and_then(|v| v.exe()).is_some_and(is),
-            Field::ParentExe => view.and_then(|v| v.parent_exe()).is_some_and(is),
-            Field::AncestorExe => view.is_some_and(|v| v.ancestor_exes().flatten().any(is)),
-            Field::Comm => is(&event.comm),
-            Field::Syscall => is(sc.name),
-            Field::Path => facts.paths.iter().any(|p| is(p)),
-            // compile_values gives texts to these fields only.
-            Field::Uid | Field::Addr | Field::Port => false,
-        };
-    }
+    // The text fields, whichever way their values are written.
+    let is = |text: &str| match values {
+        Values::Texts(texts) => texts.iter().any(|t| t == text),
+        Values::Globs(globs) => globs.is_match(text),
+        _ => false,
+    };
     match (field, values) {
-        (Field::Exe, Values::Globs(g)) => view.and_then(|v| v.exe()).is_some_and(|e| g.is_match(e)),
-        (Field::ParentExe, Values::Globs(g)) => view
-            .and_then(|v| v.parent_exe())
-            .is_some_and(|e| g.is_match(e)),
-        (Field::AncestorExe, Values::Globs(g)) => {
-            view.is_some_and(|v| v.ancestor_exes().flatten().any(|e| g.is_match(e)))
-        }
-        (Field::Comm, Values::Globs(g)) => g.is_match(&event.comm),
-        (Field::Syscall, Values::Globs(g)) => g.is_match(sc.name),
-        (Field::Path, Values::Globs(g)) => facts.paths.iter().any(|p| g.is_match(p.as_ref())),
+        (Field::Exe, _) => view.and_then(|v| v.exe()).is_some_and(is),
+        (Field::ParentExe, _) => view.and_then(|v| v.parent_exe()).is_some_and(is),
+        (Field::AncestorExe, _) => view.is_some_and(|v| v.ancestor_exes().flatten().any(is)),
+        (Field::Comm, _) => is(&event.comm),
+        (Field::Syscall, _) => is(sc.name),
+        (Field::Path, _) => facts.paths.iter().any(|p| is(p)),
         (Field::Uid, Values::Uids(uids)) => uids.contains(&event.uid),
         (Field::Addr, Values::Addrs(ranges)) => facts
             .addrs
