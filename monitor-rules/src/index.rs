@@ -124,7 +124,7 @@ impl Candidates {
         let matched = matched.get_or_init(|| {
             let mut ids = SmallVec::new();
             for p in &facts.paths {
-                ids.extend_from_slice(&memo.matches(self.id, &paths.set, p));
+                memo.matches_into(self.id, &paths.set, p, &mut ids);
             }
             ids
         });
@@ -151,28 +151,32 @@ impl PathMemo {
     /// paths whatever a process opens (PATH_MAX is 4096).
     const LONGEST: usize = 256;
 
-    /// The ids of the globs of `set` (the combined set of candidates `id`) that `path` matches.
-    fn matches(&mut self, id: u64, set: &GlobSet, path: &str) -> SmallVec<[usize; 4]> {
+    /// Adds to `out` the ids of the globs of `set` (the combined set of candidates `id`) that
+    /// `path` matches.
+    fn matches_into(&mut self, id: u64, set: &GlobSet, path: &str, out: &mut SmallVec<[usize; 8]>) {
         let find = || {
             let mut ids = Vec::new();
             set.matches_candidate_into(&Candidate::new(path), &mut ids);
-            ids.into_iter().collect()
+            ids
         };
         if path.len() > Self::LONGEST {
-            return find();
+            out.extend(find());
+            return;
         }
         if self.entries >= Self::ENTRIES {
             self.by_set.clear();
             self.entries = 0;
         }
         let paths = self.by_set.entry(id).or_default();
-        if let Some(ids) = paths.get(path) {
-            return ids.clone();
+        match paths.get(path) {
+            Some(ids) => out.extend_from_slice(ids),
+            None => {
+                let ids: SmallVec<[usize; 4]> = find().into_iter().collect();
+                out.extend_from_slice(&ids);
+                paths.insert(path.into(), ids);
+                self.entries += 1;
+            }
         }
-        let ids: SmallVec<[usize; 4]> = find();
-        paths.insert(path.into(), ids.clone());
-        self.entries += 1;
-        ids
     }
 }
 
