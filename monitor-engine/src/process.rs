@@ -1,6 +1,8 @@
 //! The process table: what is known of each process of a watched job, built from fork, exec,
 //! exit and chdir records.
 
+use std::sync::Arc;
+
 use foldhash::HashMap;
 
 use serde::Serialize;
@@ -39,8 +41,9 @@ pub struct Process {
 /// A descriptor the tracer saw made.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpenFile {
-    /// What it was opened as: the path the kernel reached, as far as the tracer can tell.
-    pub path: String,
+    /// What it was opened as: the path the kernel reached, as far as the tracer can tell
+    /// (the text of the call's event, shared).
+    pub path: Arc<str>,
     /// Closed when the process executes a program.
     pub cloexec: bool,
 }

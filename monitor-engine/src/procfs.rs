@@ -115,7 +115,7 @@ fn open_files(dir: &Path) -> HashMap<i32, OpenFile> {
             Some((
                 fd,
                 OpenFile {
-                    path,
+                    path: path.into(),
                     cloexec: false,
                 },
             ))

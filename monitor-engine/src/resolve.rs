@@ -205,7 +205,11 @@ pub fn is_clean(path: &str) -> bool {
 /// Where `/proc/self/...`-style magic links lead, for process `pid`: `fd` maps a descriptor to
 /// the path it was opened with, `cwd` is the working directory. `None` for a path that is no
 /// such link (or leads where the tracer does not know).
-pub fn magic(path: &str, fd: impl Fn(i32) -> Option<String>, cwd: Option<&str>) -> Option<String> {
+pub fn magic<B: AsRef<str>>(
+    path: &str,
+    fd: impl Fn(i32) -> Option<B>,
+    cwd: Option<&str>,
+) -> Option<String> {
     let rest = ["/proc/self/", "/proc/thread-self/", "/dev/fd/"]
         .iter()
         .find_map(|prefix| path.strip_prefix(prefix).map(|rest| (*prefix, rest)));
@@ -213,7 +217,7 @@ pub fn magic(path: &str, fd: impl Fn(i32) -> Option<String>, cwd: Option<&str>) 
     let (head, tail) = rest.split_once('/').unwrap_or((rest, ""));
     let join = |base: &str| normalize(&format!("{base}/{tail}"));
     if prefix == "/dev/fd/" {
-        return head.parse().ok().and_then(fd).map(|p| join(&p));
+        return head.parse().ok().and_then(fd).map(|p| join(p.as_ref()));
     }
     match head {
         "cwd" => cwd.map(join),
@@ -221,7 +225,7 @@ pub fn magic(path: &str, fd: impl Fn(i32) -> Option<String>, cwd: Option<&str>) 
         "fd" => {
             let (n, tail) = tail.split_once('/').unwrap_or((tail, ""));
             let base = n.parse().ok().and_then(fd)?;
-            Some(normalize(&format!("{base}/{tail}")))
+            Some(normalize(&format!("{}/{tail}", base.as_ref())))
         }
         _ => None,
     }

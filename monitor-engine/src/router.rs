@@ -787,7 +787,7 @@ mod tests {
                 tid: 1,
                 uid: 0,
                 gid: 0,
-                comm: String::new(),
+                comm: "".into(),
                 flags: Flags::default(),
             },
             child_tid: n,

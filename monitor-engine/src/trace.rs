@@ -2,7 +2,10 @@
 //! to be written at once) as two records that are paired here, per thread (a thread is in at
 //! most one syscall at a time); keeps the process table up to date.
 
+use std::sync::Arc;
+
 use foldhash::HashMap;
+use smallvec::SmallVec;
 
 use monitor_common::syscall::{Arg, ArgKind, Class, Effect, F_DUPFD_CLOEXEC, Syscall};
 use serde::{Serialize, Serializer, ser::SerializeMap};
@@ -20,7 +23,8 @@ pub struct Event {
     pub tid: u32,
     pub ppid: Option<u32>,
     pub uid: u32,
-    pub comm: String,
+    /// Shared with the process's other events while its name stays the same.
+    pub comm: Arc<str>,
     pub cgroup_id: u64,
     #[serde(flatten)]
     pub what: What,
@@ -137,6 +141,39 @@ pub struct Tracer {
     unpaired_exits: u64,
 }
 
+/// What the path arguments of a call reached, argument by argument, in their order: for
+/// each, the absolute path first, then each path that leads to in turn (see
+/// [`Tracer::resolve`]). Most calls reach one path per argument, the argument's own text,
+/// shared.
+#[derive(Default)]
+struct Reached(SmallVec<[(usize, Arc<str>); 4]>);
+
+impl Reached {
+    /// What argument `arg` reached first: its absolute path.
+    fn first(&self, arg: usize) -> Option<&Arc<str>> {
+        self.0.iter().find(|(a, _)| *a == arg).map(|(_, p)| p)
+    }
+
+    /// What argument `arg` finally reached.
+    fn last(&self, arg: usize) -> Option<&Arc<str>> {
+        self.0.iter().rev().find(|(a, _)| *a == arg).map(|(_, p)| p)
+    }
+
+    /// Every path reached, argument by argument.
+    fn all(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.0.iter().map(|(_, p)| p)
+    }
+
+    /// Argument `arg` (the last one added) also reached `path`, unless that is where it
+    /// stands already.
+    fn push(&mut self, arg: usize, path: Arc<str>) {
+        if self.0.last().is_some_and(|(a, p)| *a == arg && *p == path) {
+            return;
+        }
+        self.0.push((arg, path));
+    }
+}
+
 /// How a syscall returned.
 #[derive(Debug, Clone, Copy)]
 struct Returned {
@@ -176,18 +213,14 @@ impl Tracer {
                 tid: parent.map_or(0, |p| p.pid),
                 ppid: parent.and_then(|p| p.ppid),
                 uid: h.uid,
-                comm: parent.map_or_else(String::new, |p| p.comm.clone()),
+                comm: parent.map_or_else(|| "".into(), |p| p.comm.as_str().into()),
                 cgroup_id: h.cgroup_id,
                 what: What::Fork { child_pid },
             });
         }
         match record {
             Record::Call(call) => {
-                // A thread is in one syscall at a time: an entry still waiting for its exit
-                // lost it.
-                if let Some(previous) = self.pending.remove(&call.enter.header.tid) {
-                    emit(self.completed(previous, None));
-                }
+                self.lost_exit(call.enter.header.tid, emit);
                 let returned = Returned {
                     ret: call.ret,
                     time_ns: call.exit_ns,
@@ -299,8 +332,15 @@ impl Tracer {
             emit(self.completed(enter, None));
             return;
         }
-        if let Some(previous) = self.pending.insert(enter.header.tid, enter) {
-            // Its exit was lost; report what we have.
+        let tid = enter.header.tid;
+        self.lost_exit(tid, emit);
+        self.pending.insert(tid, enter);
+    }
+
+    /// Thread `tid` begins a syscall. A thread is in one syscall at a time: an entry of
+    /// its still waiting for its exit lost it, and is reported with what we have.
+    fn lost_exit(&mut self, tid: u32, emit: &mut impl FnMut(Event)) {
+        if let Some(previous) = self.pending.remove(&tid) {
             emit(self.completed(previous, None));
         }
     }
@@ -312,10 +352,10 @@ impl Tracer {
         let paths = self.resolve(&enter, exit.and_then(|e| e.file));
         self.apply(&enter, exit.map(|e| e.ret), &paths);
         let mut resolved: Vec<String> = Vec::new();
-        for path in paths.iter().flatten() {
+        for path in paths.all() {
             let literal = enter.args.iter().any(|a| a.as_str() == Some(path));
-            if !literal && !resolved.contains(path) {
-                resolved.push(path.clone());
+            if !literal && !resolved.iter().any(|r| **r == **path) {
+                resolved.push(path.to_string());
             }
         }
         self.syscall_event(enter, exit, resolved)
@@ -324,66 +364,80 @@ impl Tracer {
     /// For each argument of `enter`, what it reached (empty for an argument that is no path,
     /// or one that cannot be resolved): the absolute path first, then each path that leads to
     /// in turn, last the name of the file known by identity that the call opened (`file`).
-    fn resolve(&self, enter: &Enter, file: Option<FileId>) -> Vec<Vec<String>> {
+    fn resolve(&self, enter: &Enter, file: Option<FileId>) -> Reached {
         let pid = enter.header.pid;
         let process = self.processes.get(pid);
         let cwd = process.and_then(|p| p.cwd.as_deref());
         let fd_path = |fd: i32| self.processes.fd(pid, fd).map(|f| f.path.clone());
         let kinds = enter.syscall.args;
+        let mut paths = Reached::default();
         if !kinds.iter().any(|a| a.kind == ArgKind::Path) {
-            return Vec::new();
+            return paths;
         }
-        let mut paths = vec![Vec::new(); enter.args.len()];
         for (i, value) in enter.args.iter().enumerate() {
-            let Some(path) = value.as_str().filter(|_| kinds[i].kind == ArgKind::Path) else {
+            let ArgValue::Str(Some(path)) = value else {
                 continue;
             };
+            if kinds[i].kind != ArgKind::Path {
+                continue;
+            }
             // A symlink's content is resolved against the link's directory, once made.
             if enter.syscall.effect == Effect::Symlinks && i == 0 {
                 continue;
             }
-            let base = match (
-                i.checked_sub(1).map(|d| (kinds[d].kind, &enter.args[d])),
-                cwd,
-            ) {
-                (Some((ArgKind::DirFd, ArgValue::Fd(fd))), _) if *fd != libc::AT_FDCWD => {
-                    fd_path(*fd).map(std::borrow::Cow::Owned)
-                }
-                (_, cwd) => cwd.map(std::borrow::Cow::Borrowed),
+            // An absolute path that is normal already is its own absolute form: shared, not
+            // copied (most paths).
+            let absolute = if resolve::is_clean(path) {
+                path.clone()
+            } else {
+                let dir_fd = match i.checked_sub(1).map(|d| (kinds[d].kind, &enter.args[d])) {
+                    Some((ArgKind::DirFd, ArgValue::Fd(fd))) if *fd != libc::AT_FDCWD => {
+                        Some(fd_path(*fd))
+                    }
+                    _ => None,
+                };
+                let base = match &dir_fd {
+                    Some(dir) => dir.as_deref(),
+                    None => cwd,
+                };
+                let Some(absolute) = resolve::absolute(path, base) else {
+                    continue;
+                };
+                absolute.into()
             };
-            let Some(absolute) = resolve::absolute(path, base.as_deref()) else {
-                continue;
-            };
-            let mut reached = vec![absolute];
+            let mut last = absolute.clone();
+            paths.push(i, absolute);
             for _ in 0..2 {
-                let last = reached.last().expect("not empty");
-                if let Some(target) = resolve::magic(last, fd_path, cwd) {
-                    reached.push(target);
+                if let Some(target) = resolve::magic(&last, fd_path, cwd) {
+                    last = target.into();
+                    paths.push(i, last.clone());
                 }
-                let last = reached.last().expect("not empty");
-                reached.extend(self.names.follow(last));
+                for further in self.names.follow(&last) {
+                    last = further.into();
+                    paths.push(i, last.clone());
+                }
             }
-            reached.dedup();
-            paths[i] = reached;
         }
+        // After what the first path argument reached.
         if let Some(known) = file.and_then(|f| self.names.known(f))
-            && let Some(first) = paths.iter_mut().find(|p| !p.is_empty())
+            && let Some(&(first, _)) = paths.0.first()
         {
-            first.push(known.to_owned());
+            let at = paths.0.iter().take_while(|(a, _)| *a == first).count();
+            paths.0.insert(at, (first, known.into()));
         }
         paths
     }
 
     /// Updates the process table and the job's names from a syscall that returned `ret`
     /// (`None`: not seen), whose arguments reached `paths`.
-    fn apply(&mut self, enter: &Enter, ret: Option<i64>, paths: &[Vec<String>]) {
+    fn apply(&mut self, enter: &Enter, ret: Option<i64>, paths: &Reached) {
         let pid = enter.header.pid;
         let fd_arg = |i: usize| match enter.args.get(i) {
             Some(ArgValue::Fd(fd)) => Some(*fd),
             _ => None,
         };
         // What the i-th argument finally reached, if it is a path the tracer could resolve.
-        let reached = |i: usize| paths.get(i).and_then(|p| p.last()).cloned();
+        let reached = |i: usize| paths.last(i).cloned();
         let first_path = enter
             .syscall
             .args
@@ -441,7 +495,8 @@ impl Tracer {
                         .and_then(|fd| self.processes.fd(pid, fd))
                         .map(|f| f.path.clone()),
                 };
-                self.processes.changed_dir(pid, cwd);
+                self.processes
+                    .changed_dir(pid, cwd.map(|dir| dir.to_string()));
             }
             Effect::Symlinks => {
                 let content = first_path.and_then(|i| enter.args[i].as_str());
@@ -452,13 +507,13 @@ impl Tracer {
             Effect::Renames => {
                 if let (Some(from), Some(to)) = (
                     first_path.and_then(reached),
-                    last_path.and_then(|i| paths.get(i)?.first().cloned()),
+                    last_path.and_then(|i| paths.first(i).cloned()),
                 ) {
                     self.names.moved(&from, &to);
                 }
             }
             Effect::Removes => {
-                if let Some(path) = first_path.and_then(|i| paths.get(i)?.first().cloned()) {
+                if let Some(path) = first_path.and_then(|i| paths.first(i).cloned()) {
                     self.names.removed(&path);
                 }
             }
@@ -556,7 +611,7 @@ mod tests {
     fn flags(raw: u64) -> ArgValue {
         ArgValue::Flags {
             raw,
-            text: String::new(),
+            text: "".into(),
         }
     }
 
@@ -863,7 +918,7 @@ mod tests {
         let other = FileId { dev: 42, ino: 8 };
         assert_eq!(call(&mut t, "openat", args, 4, Some(other)), ["/work/x"]);
         assert_eq!(
-            t.processes().fd(PID, 3).unwrap().path,
+            &*t.processes().fd(PID, 3).unwrap().path,
             "/home/user/.ssh/id_rsa"
         );
     }

@@ -692,7 +692,7 @@ mod tests {
             ArgValue::Str(Some(path.into())),
             ArgValue::Flags {
                 raw: 0,
-                text: String::new(),
+                text: "".into(),
             },
         ];
         call(pid, time_ns, "openat", args, 3)

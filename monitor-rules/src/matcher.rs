@@ -2,9 +2,9 @@
 //! the facts of an event it is tested against, gathered once per event without allocating
 //! (but for a relative path, made absolute).
 
-use std::{borrow::Cow, net::IpAddr};
+use std::{borrow::Cow, net::IpAddr, sync::OnceLock};
 
-use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
+use globset::{Glob, GlobBuilder, GlobMatcher, GlobSet, GlobSetBuilder};
 use monitor_common::syscall::{ArgKind, Class, Syscall, by_name, is_known};
 use smallvec::SmallVec;
 
@@ -23,10 +23,11 @@ pub(super) struct Matcher {
     syscalls: Syscalls,
     classes: Vec<Class>,
     result: ResultCondition,
-    path: Option<GlobSet>,
-    path_not: Option<GlobSet>,
     /// The globs of `path` and `path_not` one by one, for the judge's index to combine.
     path_globs: [Vec<Glob>; 2],
+    /// The same globs, each matched on its own: built on first need only, where the index
+    /// could not combine them (and by the test that checks the combined sets against them).
+    path_matchers: OnceLock<[Vec<GlobMatcher>; 2]>,
     flags_any: Vec<String>,
     mode_any: Option<u32>,
     family: Vec<String>,
@@ -149,9 +150,8 @@ impl Matcher {
             syscalls,
             classes,
             result: spec.result,
-            path: globs_of(&spec.path)?,
-            path_not: globs_of(&spec.path_not)?,
             path_globs: [glob_list(&spec.path)?, glob_list(&spec.path_not)?],
+            path_matchers: OnceLock::new(),
             flags_any: spec.flags_any.clone(),
             mode_any: spec.mode_any,
             family: spec.family.clone(),
@@ -181,8 +181,8 @@ impl Matcher {
         if matcher.is_audit() {
             let syscall_only = about_syscalls
                 || matcher.result != ResultCondition::Any
-                || matcher.path.is_some()
-                || matcher.path_not.is_some()
+                || !matcher.path_globs().is_empty()
+                || !matcher.path_not_globs().is_empty()
                 || !matcher.flags_any.is_empty()
                 || matcher.mode_any.is_some()
                 || !matcher.family.is_empty()
@@ -300,13 +300,21 @@ impl Matcher {
     /// Whether the path conditions hold for `facts`, by this rule's own globs (the judge's
     /// index matches all candidates' globs at once instead, where it could combine them).
     pub(super) fn paths_hold(&self, facts: &Facts) -> bool {
-        self.path
-            .as_ref()
-            .is_none_or(|g| facts.paths.iter().any(|p| g.is_match(p.as_ref())))
-            && self
-                .path_not
-                .as_ref()
-                .is_none_or(|g| !facts.paths.iter().any(|p| g.is_match(p.as_ref())))
+        let [path, path_not] = self.path_matchers.get_or_init(|| {
+            std::array::from_fn(|i| {
+                self.path_globs[i]
+                    .iter()
+                    .map(Glob::compile_matcher)
+                    .collect()
+            })
+        });
+        let any = |matchers: &[GlobMatcher]| {
+            facts
+                .paths
+                .iter()
+                .any(|p| matchers.iter().any(|m| m.is_match(p.as_ref())))
+        };
+        (path.is_empty() || any(path)) && !any(path_not)
     }
 
     /// The globs of `path`, one by one.

@@ -155,7 +155,7 @@ impl Discoveries {
         }
         let mut found = Found {
             since: event.time_ns,
-            comm: event.comm.clone(),
+            comm: event.comm.to_string(),
             opened: Vec::new(),
             could_load: content.could_load(),
         };

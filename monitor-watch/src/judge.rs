@@ -197,7 +197,7 @@ impl Judge {
                     self.kills += 1;
                     sink(WatchOutput::Kill(&Kill {
                         pid: event.pid,
-                        comm: event.comm.clone(),
+                        comm: event.comm.to_string(),
                         time_ns: event.time_ns,
                         by: "kernel",
                         syscall: Some(sc.name),
@@ -333,7 +333,7 @@ impl Judge {
         self.killed.insert(event.pid);
         Kill {
             pid: event.pid,
-            comm: event.comm.clone(),
+            comm: event.comm.to_string(),
             time_ns: event.time_ns,
             by: "policy",
             syscall: match &event.what {

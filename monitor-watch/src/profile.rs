@@ -166,7 +166,7 @@ impl Profile {
                 rule: finding.rule.clone(),
                 severity: finding.severity,
                 pid: finding.event.pid,
-                comm: finding.event.comm.clone(),
+                comm: finding.event.comm.to_string(),
                 act,
             });
         }

@@ -19,7 +19,7 @@ async fn a_honeytoken_read_is_a_critical_finding_with_its_evidence() {
         .find(|f| f.rule == "cred.read")
         .expect("cred.read fired");
     assert_eq!(cred.severity, Severity::Critical);
-    assert_eq!(cred.event.comm, "cat");
+    assert_eq!(&*cred.event.comm, "cat");
     assert_eq!(summary.findings.get(&Severity::Critical), Some(&1));
     assert_eq!(summary.worst(), Some(Severity::Critical));
     assert!(summary.terminated_by.is_none());

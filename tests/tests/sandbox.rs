@@ -78,7 +78,7 @@ async fn building_the_sandbox_is_not_a_finding() {
     assert_eq!(summary.exit_code, 0);
     assert!(findings.is_empty(), "{findings:#?}");
     // bubblewrap's own work was traced all the same.
-    assert!(events.iter().any(|e| e.comm == "bwrap"));
+    assert!(events.iter().any(|e| &*e.comm == "bwrap"));
 }
 
 #[tokio::test(flavor = "current_thread")]

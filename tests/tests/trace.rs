@@ -137,7 +137,7 @@ async fn children_that_outlive_the_command_are_traced_to_the_end() {
     let (e, open) = find_with_str(&events, "openat", "filename", late.to_str().unwrap())
         .expect("the late child's open is traced after bash exited");
     assert!(open.ret.unwrap() >= 0);
-    assert_eq!(e.comm, "cat");
+    assert_eq!(&*e.comm, "cat");
 }
 
 #[tokio::test(flavor = "current_thread")]

@@ -3,10 +3,13 @@
 use std::{
     fmt,
     net::{Ipv4Addr, Ipv6Addr},
+    sync::Arc,
 };
 
 use monitor_common::syscall::{ArgKind, Capture, Syscall};
 use serde::{Serialize, Serializer};
+
+use super::shared::Shared;
 
 /// User memory the kernel copied for one syscall entry, in table order.
 pub(super) struct Captured<'a> {
@@ -24,12 +27,14 @@ pub enum ArgValue {
     Hex(u64),
     /// A file descriptor; `AT_FDCWD` for the current directory.
     Fd(i32),
-    /// A string copied from user memory; `None` when it could not be read.
-    Str(Option<String>),
-    /// Symbolic flags with the raw value kept for rules.
+    /// A string copied from user memory; `None` when it could not be read. Shared: the
+    /// same path read again is one text ([`super::shared`]).
+    Str(Option<Arc<str>>),
+    /// Symbolic flags with the raw value kept for rules; the text is shared by every
+    /// argument of that value.
     Flags {
         raw: u64,
-        text: String,
+        text: Arc<str>,
     },
     /// A file mode, shown in octal.
     Mode(u32),
@@ -110,7 +115,7 @@ impl Serialize for ArgValue {
             ArgValue::Hex(v) => s.serialize_str(&format!("{v:#x}")),
             ArgValue::Fd(AT_FDCWD) => s.serialize_str("AT_FDCWD"),
             ArgValue::Fd(v) => s.serialize_i32(*v),
-            ArgValue::Str(v) => v.serialize(s),
+            ArgValue::Str(v) => v.as_deref().serialize(s),
             ArgValue::Flags { text, .. } => s.serialize_str(text),
             ArgValue::Mode(m) => s.serialize_str(&format!("{m:#o}")),
             ArgValue::SockAddr(a) => a.serialize(s),
@@ -121,11 +126,12 @@ impl Serialize for ArgValue {
 
 const AT_FDCWD: i32 = libc::AT_FDCWD;
 
-/// Decodes every argument of `syscall`.
+/// Decodes every argument of `syscall`; texts and named values through `shared`.
 pub(super) fn decode_all(
     syscall: &Syscall,
     raw: &[u64; 6],
     mut cap: Captured<'_>,
+    shared: &mut Shared,
 ) -> Vec<ArgValue> {
     let mut strings = cap.strings.iter();
     let mut args = Vec::with_capacity(syscall.args.len());
@@ -135,15 +141,37 @@ pub(super) fn decode_all(
                 strings
                     .next()
                     .filter(|s| !s.is_empty())
-                    .map(|s| super::c_string(s)),
+                    .map(|s| shared.text(s)),
             ),
             Capture::SizedBlob => decode_blob(arg.kind, cap.blob),
             Capture::Argv => ArgValue::Argv(std::mem::take(&mut cap.argv)),
+            Capture::Value if is_named(arg.kind) => {
+                shared.named(arg.kind as u8, value, || decode_value(arg.kind, value))
+            }
             Capture::Value => decode_value(arg.kind, value),
         };
         args.push(decoded);
     }
     args
+}
+
+/// Whether values of `kind` decode to a name or flags text (worth decoding once per value).
+fn is_named(kind: ArgKind) -> bool {
+    matches!(
+        kind,
+        ArgKind::OpenFlags
+            | ArgKind::AtFlags
+            | ArgKind::ProtFlags
+            | ArgKind::MapFlags
+            | ArgKind::CloneFlags
+            | ArgKind::MountFlags
+            | ArgKind::SockType
+            | ArgKind::AddressFamily
+            | ArgKind::Signal
+            | ArgKind::PtraceRequest
+            | ArgKind::BpfCmd
+            | ArgKind::FcntlCmd
+    )
 }
 
 fn decode_blob(kind: ArgKind, blob: &[u8]) -> ArgValue {
@@ -189,7 +217,10 @@ fn decode_value(kind: ArgKind, v: u64) -> ArgValue {
             } else {
                 format!("{name}|{extra}")
             };
-            ArgValue::Flags { raw: v, text }
+            ArgValue::Flags {
+                raw: v,
+                text: text.into(),
+            }
         }
         ArgKind::AddressFamily => enum_value(v, ADDRESS_FAMILIES),
         ArgKind::Signal => enum_value(v, SIGNALS),
@@ -271,7 +302,7 @@ fn enum_value(v: u64, names: Names) -> ArgValue {
     match named(v, names) {
         Some(name) => ArgValue::Flags {
             raw: v,
-            text: name.to_owned(),
+            text: name.into(),
         },
         None => ArgValue::Int(v as i64),
     }
@@ -292,13 +323,16 @@ fn open_flags(v: u64) -> ArgValue {
         text.push('|');
         push_flags(&mut text, rest, OPEN_FLAGS);
     }
-    ArgValue::Flags { raw: v, text }
+    ArgValue::Flags {
+        raw: v,
+        text: text.into(),
+    }
 }
 
 fn flags_value(v: u64, names: Names) -> ArgValue {
     ArgValue::Flags {
         raw: v,
-        text: flags_text(v, names),
+        text: flags_text(v, names).into(),
     }
 }
 

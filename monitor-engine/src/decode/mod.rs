@@ -5,8 +5,9 @@
 
 mod args;
 pub mod recording;
+mod shared;
 
-use std::mem::size_of;
+use std::{cell::RefCell, mem::size_of, sync::Arc};
 
 use monitor_common::{
     event::{
@@ -32,7 +33,8 @@ pub struct Header {
     pub tid: u32,
     pub uid: u32,
     pub gid: u32,
-    pub comm: String,
+    /// Shared by the records of a process while its name stays the same.
+    pub comm: Arc<str>,
     #[serde(flatten)]
     pub flags: Flags,
 }
@@ -190,9 +192,10 @@ pub enum DecodeError {
     BadLengths,
 }
 
-/// Syscall number -> table entry, built once.
+/// Syscall number -> table entry, built once; and the texts records repeat, decoded once.
 pub struct Decoder {
     by_nr: Vec<Option<&'static Syscall>>,
+    shared: RefCell<shared::Shared>,
 }
 
 impl Default for Decoder {
@@ -206,7 +209,10 @@ impl Default for Decoder {
         for sc in syscall::SYSCALLS {
             by_nr[sc.nr as usize] = Some(sc);
         }
-        Decoder { by_nr }
+        Decoder {
+            by_nr,
+            shared: RefCell::default(),
+        }
     }
 }
 
@@ -223,7 +229,7 @@ impl Decoder {
     pub fn decode(&self, bytes: &[u8]) -> Result<Record, DecodeError> {
         let raw: EventHeader = read(bytes)?;
         let kind = EventKind::from_u16(raw.kind).ok_or(DecodeError::UnknownKind(raw.kind))?;
-        let header = header(&raw);
+        let header = header(&raw, &mut self.shared.borrow_mut());
         Ok(match kind {
             EventKind::SyscallEnter => Record::Enter(self.enter(bytes, header)?),
             EventKind::Syscall => {
@@ -322,7 +328,7 @@ impl Decoder {
             blob,
             argv,
         };
-        let args = args::decode_all(syscall, &raw_args, captured);
+        let args = args::decode_all(syscall, &raw_args, captured, &mut self.shared.borrow_mut());
         Ok(Enter {
             header,
             syscall,
@@ -331,7 +337,7 @@ impl Decoder {
     }
 }
 
-fn header(raw: &EventHeader) -> Header {
+fn header(raw: &EventHeader, shared: &mut shared::Shared) -> Header {
     Header {
         time_ns: raw.ktime_ns,
         cpu: raw.cpu,
@@ -341,7 +347,7 @@ fn header(raw: &EventHeader) -> Header {
         tid: raw.tid,
         uid: raw.uid,
         gid: raw.gid,
-        comm: c_string(&raw.comm),
+        comm: shared.comm(&raw.comm),
         flags: Flags::from_bits(raw.flags),
     }
 }
