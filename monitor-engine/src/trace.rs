@@ -10,7 +10,7 @@ use smallvec::SmallVec;
 use monitor_common::syscall::{Arg, ArgKind, Class, Effect, F_DUPFD_CLOEXEC, Syscall};
 use serde::{Serialize, Serializer, ser::SerializeMap};
 
-use crate::decode::{ArgValue, Enter, FileId, Flags, Record};
+use crate::decode::{ArgValue, ArgValues, Enter, FileId, Flags, Record};
 use crate::process::{OpenFile, ProcessTable};
 use crate::resolve::{self, Names};
 
@@ -89,13 +89,14 @@ impl SyscallEvent {
 #[derive(Debug, Clone, Default)]
 pub struct Args {
     names: &'static [Arg],
-    values: Vec<ArgValue>,
+    values: ArgValues,
 }
 
 impl Args {
     /// `values` named by `names` (a syscall's arguments in the table); a value without a name
     /// is not kept.
-    pub fn new(names: &'static [Arg], mut values: Vec<ArgValue>) -> Self {
+    pub fn new(names: &'static [Arg], values: impl Into<ArgValues>) -> Self {
+        let mut values = values.into();
         values.truncate(names.len());
         Args { names, values }
     }
@@ -667,7 +668,7 @@ mod tests {
         let enter = Enter {
             header: header(PID, 1),
             syscall,
-            args,
+            args: args.into(),
         };
         if together {
             return vec![Record::Call(Call {

@@ -408,10 +408,13 @@ impl RuleSet {
         let mut found = Vec::new();
         for (slot, &i) in candidates.rules.iter().enumerate() {
             let (rule, exceptions) = (&self.rules[i as usize], &self.exceptions[i as usize]);
+            // Paths first: the event's paths are matched once for all candidates (and
+            // remembered across events), and they are what most rules about a syscall differ
+            // by, so a candidate that fails fails here, at a glance at the matched globs.
             if rule.applies_in(ctx.phase)
                 && rule.applies_to(ctx.watch)
-                && rule.matcher.matches_besides_paths(sc, &facts, event, ctx)
                 && candidates.paths_hold(slot, rule, &facts, &matched, memo)
+                && rule.matcher.matches_besides_paths(sc, &facts, event, ctx)
                 && !exceptions.iter().any(|x| x.covers(sc, &facts, event, ctx))
             {
                 found.push(Finding {

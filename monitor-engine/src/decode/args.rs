@@ -8,6 +8,7 @@ use std::{
 
 use monitor_common::syscall::{ArgKind, Capture, Syscall};
 use serde::{Serialize, Serializer};
+use smallvec::SmallVec;
 
 use super::shared::Shared;
 
@@ -17,6 +18,10 @@ pub(super) struct Captured<'a> {
     pub blob: &'a [u8],
     pub argv: Vec<String>,
 }
+
+/// A call's decoded arguments: held in place for up to four (most calls), so a record's
+/// arguments cost no allocation of their own.
+pub type ArgValues = SmallVec<[ArgValue; 4]>;
 
 /// One decoded argument.
 #[derive(Debug, Clone, PartialEq)]
@@ -132,9 +137,9 @@ pub(super) fn decode_all(
     raw: &[u64; 6],
     mut cap: Captured<'_>,
     shared: &mut Shared,
-) -> Vec<ArgValue> {
+) -> ArgValues {
     let mut strings = cap.strings.iter();
-    let mut args = Vec::with_capacity(syscall.args.len());
+    let mut args = ArgValues::with_capacity(syscall.args.len());
     for (arg, &value) in syscall.args.iter().zip(raw) {
         let decoded = match arg.kind.capture() {
             Capture::Str => ArgValue::Str(

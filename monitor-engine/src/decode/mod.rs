@@ -18,7 +18,7 @@ use monitor_common::{
 };
 use serde::Serialize;
 
-pub use args::{ArgValue, SockAddr, is_family_name, is_flag_name};
+pub use args::{ArgValue, ArgValues, SockAddr, is_family_name, is_flag_name};
 
 /// Who did it, when, and where; common to every record.
 #[derive(Debug, Clone, Serialize)]
@@ -103,7 +103,7 @@ impl Record {
 pub struct Enter {
     pub header: Header,
     pub syscall: &'static Syscall,
-    pub args: Vec<ArgValue>,
+    pub args: ArgValues,
 }
 
 /// A syscall that returned, from one record: its entry, and what it returned.
