@@ -522,24 +522,36 @@ impl Tracer {
     }
 
     fn syscall_event(&self, enter: Enter, exit: Option<Returned>, resolved: Vec<String>) -> Event {
-        let sc = enter.syscall;
+        let Enter {
+            header: h,
+            syscall: sc,
+            args,
+        } = enter;
         let ret = exit.map(|e| e.ret);
         let errno = ret
             .filter(|r| (-4095..0).contains(r))
             .map(|r| errno_name(-r as i32));
-        let args = Args::new(sc.args, enter.args);
-        let what = What::Syscall(SyscallEvent {
-            name: sc.name,
-            class: sc.class,
-            args,
-            ret,
-            errno,
-            exit_time_ns: exit.map(|e| e.time_ns),
-            flags: enter.header.flags,
-            resolved,
-            syscall: sc,
-        });
-        self.event(enter.header, what)
+        // Built in place, not through `event`: an event is large, and every syscall makes one.
+        Event {
+            time_ns: h.time_ns,
+            pid: h.pid,
+            tid: h.tid,
+            ppid: self.processes.get(h.pid).and_then(|p| p.ppid),
+            uid: h.uid,
+            comm: h.comm,
+            cgroup_id: h.cgroup_id,
+            what: What::Syscall(SyscallEvent {
+                name: sc.name,
+                class: sc.class,
+                args: Args::new(sc.args, args),
+                ret,
+                errno,
+                exit_time_ns: exit.map(|e| e.time_ns),
+                flags: h.flags,
+                resolved,
+                syscall: sc,
+            }),
+        }
     }
 
     fn event(&self, h: crate::decode::Header, what: What) -> Event {

@@ -114,9 +114,11 @@ impl Judge {
         for r in records.drain(..) {
             scope.record(&r);
             self.tracer.push(r, &mut |e| batch.push(e));
-            for event in batch.drain(..) {
-                self.judge(&event, rules, scope);
+            // Judged where they lie (an event is large: not moved out again).
+            for event in &batch {
+                self.judge(event, rules, scope);
             }
+            batch.clear();
             scope.recorded();
         }
         self.batch = batch;
@@ -126,9 +128,10 @@ impl Judge {
     pub fn finish(&mut self, rules: &RuleSet, scope: &mut impl Scope) {
         let mut batch = std::mem::take(&mut self.batch);
         self.tracer.flush(&mut |e| batch.push(e));
-        for event in batch.drain(..) {
-            self.judge(&event, rules, scope);
+        for event in &batch {
+            self.judge(event, rules, scope);
         }
+        batch.clear();
         self.batch = batch;
     }
 
