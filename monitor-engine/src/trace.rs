@@ -31,6 +31,9 @@ pub struct Event {
 }
 
 /// What happened.
+// Nearly every event is a syscall: boxing it would cost an allocation per event, which the
+// pipeline is built to avoid.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum What {

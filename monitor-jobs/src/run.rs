@@ -667,7 +667,7 @@ mod tests {
             Record::Enter(Enter {
                 header: header(pid, time_ns),
                 syscall,
-                args,
+                args: args.into(),
             }),
             Record::Exit(Exit {
                 header: header(pid, time_ns + 1),

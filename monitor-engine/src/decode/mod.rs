@@ -195,7 +195,8 @@ pub enum DecodeError {
 /// Syscall number -> table entry, built once; and the texts records repeat, decoded once.
 pub struct Decoder {
     by_nr: Vec<Option<&'static Syscall>>,
-    shared: RefCell<shared::Shared>,
+    /// Boxed: the reader holding a decoder stays small to move.
+    shared: RefCell<Box<shared::Shared>>,
 }
 
 impl Default for Decoder {
