@@ -534,29 +534,25 @@ impl Tracer {
         let errno = ret
             .filter(|r| (-4095..0).contains(r))
             .map(|r| errno_name(-r as i32));
-        // Built in place, not through `event`: an event is large, and every syscall makes one.
-        Event {
-            time_ns: h.time_ns,
-            pid: h.pid,
-            tid: h.tid,
-            ppid: self.processes.get(h.pid).and_then(|p| p.ppid),
-            uid: h.uid,
-            comm: h.comm,
-            cgroup_id: h.cgroup_id,
-            what: What::Syscall(SyscallEvent {
+        let flags = h.flags;
+        self.event(
+            h,
+            What::Syscall(SyscallEvent {
                 name: sc.name,
                 class: sc.class,
                 args: Args::new(sc.args, args),
                 ret,
                 errno,
                 exit_time_ns: exit.map(|e| e.time_ns),
-                flags: h.flags,
+                flags,
                 resolved,
                 syscall: sc,
             }),
-        }
+        )
     }
 
+    // Inlined, so that an event (large, one per syscall) is built in place, not moved.
+    #[inline(always)]
     fn event(&self, h: crate::decode::Header, what: What) -> Event {
         Event {
             time_ns: h.time_ns,
