@@ -3,7 +3,10 @@
 //! found in the kernel's BTF. This is what the kernel opened, however the path was spelled: a
 //! directory fd, a symlink, another name of the same file.
 
-use aya_ebpf::helpers::{bpf_probe_read_kernel, generated::bpf_get_current_task};
+use aya_ebpf::helpers::{
+    bpf_probe_read_kernel,
+    generated::{self, bpf_get_current_task},
+};
 use monitor_common::event::FileOffsets;
 
 use crate::FILE_OFFSETS;
@@ -36,9 +39,20 @@ unsafe fn two_fields(base: *const u8, a: u32, b: u32) -> Option<(u64, u64)> {
     }
     let lo = a.min(b);
     let (da, db) = ((a - lo) as usize, (b - lo) as usize);
-    if da % 8 == 0 && db % 8 == 0 && da.max(db) < WINDOW {
-        let window: [u64; WINDOW / 8] =
-            unsafe { bpf_probe_read_kernel(base.add(lo as usize).cast()) }.ok()?;
+    let len = da.max(db) + 8;
+    if da % 8 == 0 && db % 8 == 0 && len <= WINDOW {
+        // Exactly from the first field to the end of the last: nothing past the object.
+        let mut window = [0u64; WINDOW / 8];
+        let rc = unsafe {
+            generated::bpf_probe_read_kernel(
+                window.as_mut_ptr().cast(),
+                (len & (WINDOW * 2 - 1)).min(WINDOW) as u32,
+                base.add(lo as usize).cast(),
+            )
+        };
+        if rc != 0 {
+            return None;
+        }
         // Masked for the verifier (the offsets are known to it: frozen read-only data).
         return Some((window[(da / 8) & 3], window[(db / 8) & 3]));
     }
