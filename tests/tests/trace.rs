@@ -5,7 +5,7 @@ use std::{net::TcpListener, process::Command};
 use monitor_engine::decode::{ArgValue, SockAddr};
 use monitor_engine::probes::ProbeConfig;
 use monitor_engine::trace::What;
-use monitor_tests::{find_with_str, syscalls, trace_bash};
+use monitor_tests::{find_with_str, syscalls, trace_bash, trace_python};
 
 /// Makes a FIFO at `path`: opening it for reading blocks until a writer opens it.
 fn mkfifo(path: &std::path::Path) {
@@ -174,10 +174,9 @@ async fn paths_in_memory_not_yet_paged_in_are_read_at_exit() {
     let mut bytes = target.to_str().unwrap().as_bytes().to_vec();
     bytes.resize(4096, 0);
     std::fs::write(&holder, &bytes).unwrap();
-    let script = dir.path().join("open_from_mapping.py");
-    std::fs::write(
-        &script,
-        format!(
+    let (events, summary) = trace_python(
+        &dir.path().join("open_from_mapping.py"),
+        &format!(
             "import ctypes, mmap, os\n\
              fd = os.open({holder:?}, os.O_RDWR)\n\
              m = mmap.mmap(fd, 4096, flags=mmap.MAP_PRIVATE)\n\
@@ -187,11 +186,6 @@ async fn paths_in_memory_not_yet_paged_in_are_read_at_exit() {
              assert libc.open(addr, os.O_RDONLY) >= 0\n",
             holder = holder.to_str().unwrap()
         ),
-    )
-    .unwrap();
-    let (events, summary) = trace_bash(
-        &format!("python3 {}", script.display()),
-        &ProbeConfig::default(),
     )
     .await;
     assert_eq!(summary.exit_code, 0);
@@ -217,10 +211,9 @@ async fn the_six_arguments_of_a_call_are_recorded_as_passed() {
     let dir = tempfile::tempdir().unwrap();
     let mapped = dir.path().join("mapped");
     std::fs::write(&mapped, vec![0u8; 16 * 4096]).unwrap();
-    let script = dir.path().join("map_exec.py");
-    std::fs::write(
-        &script,
-        format!(
+    let (events, summary) = trace_python(
+        &dir.path().join("map_exec.py"),
+        &format!(
             "import ctypes, os\n\
              fd = os.open({mapped:?}, os.O_RDONLY)\n\
              libc = ctypes.CDLL(None, use_errno=True)\n\
@@ -230,11 +223,6 @@ async fn the_six_arguments_of_a_call_are_recorded_as_passed() {
              libc.mmap({HINT}, {LEN}, {PROT}, {FLAGS}, fd, {OFF})\n",
             mapped = mapped.to_str().unwrap()
         ),
-    )
-    .unwrap();
-    let (events, summary) = trace_bash(
-        &format!("python3 {}", script.display()),
-        &ProbeConfig::default(),
     )
     .await;
     assert_eq!(summary.exit_code, 0);
@@ -365,10 +353,9 @@ async fn the_path_recorded_is_the_one_read_at_entry_even_if_memory_changes_befor
     assert_eq!(fifo.as_os_str().len(), decoy.as_os_str().len());
     std::fs::write(&decoy, "x").unwrap();
     mkfifo(&fifo);
-    let script = dir.path().join("race.py");
-    std::fs::write(
-        &script,
-        format!(
+    let (events, summary) = trace_python(
+        &dir.path().join("race.py"),
+        &format!(
             "import ctypes, os, threading, time\n\
              libc = ctypes.CDLL(None, use_errno=True)\n\
              libc.open.argtypes = [ctypes.c_char_p, ctypes.c_int]\n\
@@ -385,11 +372,6 @@ async fn the_path_recorded_is_the_one_read_at_entry_even_if_memory_changes_befor
             fifo = fifo.to_str().unwrap(),
             decoy = decoy.to_str().unwrap(),
         ),
-    )
-    .unwrap();
-    let (events, summary) = trace_bash(
-        &format!("python3 {}", script.display()),
-        &ProbeConfig::default(),
     )
     .await;
     assert_eq!(summary.exit_code, 0, "the race ran as planned");
