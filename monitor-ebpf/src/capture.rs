@@ -19,7 +19,7 @@ use crate::{
     CAPTURE, ENTERED, EVENTS, RETRY, SCRATCH,
     context::{Watched, count, fill_header},
     pending,
-    ring::commit_flags,
+    ring::commit_flags_at,
 };
 
 const _: () = assert!(ITEM_START_MAX.is_power_of_two());
@@ -122,27 +122,25 @@ fn try_syscall_enter(watch: Watched, nr: u32, args: [u64; MAX_ARGS]) -> Result<(
     }
 
     let ev = build(&watch, nr, spec, args, killed)?;
-    let flags = unsafe { (*ev).header.flags };
+    let (flags, tid) = unsafe { ((*ev).header.flags, (*ev).header.tid) };
     // One record per call: the entry waits for the exit, unless a kill must be seen now or
     // the memory is to be read again at exit.
     if spec.waits != 0 {
-        if killed == 0 && flags & FLAG_READ_ERROR == 0 && pending::hold(&watch, ev) {
+        if killed == 0 && flags & FLAG_READ_ERROR == 0 && pending::hold(&watch, tid, ev) {
             return Ok(());
         }
         // Written now, its exit apart: nothing this thread left waiting may take that exit.
-        pending::release(&watch);
+        pending::release(&watch, tid);
     }
     write(&watch, ev);
     // The exit of a filtered syscall is recorded only after an entry that was: see
     // `exit_wanted`.
     if spec.only_if != ONLY_IF_NONE && spec.exit != 0 {
-        let tid = bpf_get_current_pid_tgid() as u32;
         let _ = ENTERED.insert(tid, nr, 0);
     }
     // User memory that was not paged in cannot be read here; the kernel will have touched it
     // by the time the syscall returns, so try again then.
     if flags & FLAG_READ_ERROR != 0 && spec.exit != 0 {
-        let tid = bpf_get_current_pid_tgid() as u32;
         let _ = RETRY.insert(tid, Retry { nr, _pad: 0, args }, 0);
     }
     Ok(())
@@ -253,7 +251,8 @@ fn write(watch: &Watched, ev: *const SyscallEnter) {
     let data_len = (unsafe { (*ev).data_len } as usize).min(DATA_MAX);
     let len = (SyscallEnter::FIXED_LEN + data_len).min(core::mem::size_of::<SyscallEnter>());
     let bytes = unsafe { core::slice::from_raw_parts(ev.cast::<u8>(), len) };
-    match EVENTS.output::<[u8]>(bytes, commit_flags(len as u64)) {
+    let now = unsafe { (*ev).header.ktime_ns };
+    match EVENTS.output::<[u8]>(bytes, commit_flags_at(len as u64, now)) {
         Ok(()) => watch.emitted(),
         Err(_) => watch.dropped(),
     }

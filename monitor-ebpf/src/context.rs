@@ -11,12 +11,14 @@ use monitor_common::event::{
 
 use crate::{COUNTERS, TP_OFFSETS, WATCH_COUNTS, WATCHED, WATCHED_TASKS};
 
-/// The current task is watched: its watch (in `WATCHED` or `WATCHED_TASKS`) and this CPU's
-/// copy of the watch's counters (per CPU, so they need no atomics).
+/// The current task is watched: its watch (in `WATCHED` or `WATCHED_TASKS`), this CPU's copy
+/// of the watch's counters (per CPU, so they need no atomics), and the task's cgroup (read
+/// once: every helper call counts on the path of a watched syscall).
 #[derive(Clone, Copy)]
 pub struct Watched {
     watch: *const Watch,
     counts: *mut WatchCounts,
+    cgroup_id: u64,
 }
 
 impl Watched {
@@ -29,14 +31,13 @@ impl Watched {
             Some(w) => w,
             None => WATCHED_TASKS.get_ptr(current_tgid())?,
         };
-        Self::of(watch)
-    }
-
-    /// `watch`, with its counters (which user space creates before the watch).
-    #[inline(always)]
-    pub fn of(watch: *const Watch) -> Option<Self> {
+        // Its counters, which user space creates before the watch.
         let counts = WATCH_COUNTS.get_ptr_mut(unsafe { (*watch).id })?;
-        Some(Watched { watch, counts })
+        Some(Watched {
+            watch,
+            counts,
+            cgroup_id,
+        })
     }
 
     #[inline(always)]
@@ -116,17 +117,19 @@ pub fn offsets() -> TracepointOffsets {
     unsafe { core::ptr::read_volatile(&raw const TP_OFFSETS) }
 }
 
-/// Fills `header` for the current task, selected by `watch`.
+/// Fills `header` for the current task, selected by `watch`; returns its time
+/// (`bpf_ktime_get_ns`), for [`crate::ring::commit_flags_at`].
 #[inline(always)]
-pub unsafe fn fill_header(header: *mut EventHeader, kind: EventKind, watch: &Watched) {
+pub unsafe fn fill_header(header: *mut EventHeader, kind: EventKind, watch: &Watched) -> u64 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
+    let now = unsafe { bpf_ktime_get_ns() };
     unsafe {
         (*header).kind = kind as u16;
         (*header).flags = 0;
         (*header).cpu = bpf_get_smp_processor_id();
-        (*header).ktime_ns = bpf_ktime_get_ns();
-        (*header).cgroup_id = bpf_get_current_cgroup_id();
+        (*header).ktime_ns = now;
+        (*header).cgroup_id = watch.cgroup_id;
         (*header).watch_id = watch.id();
         (*header).pid = (pid_tgid >> 32) as u32;
         (*header).tid = pid_tgid as u32;
@@ -134,4 +137,5 @@ pub unsafe fn fill_header(header: *mut EventHeader, kind: EventKind, watch: &Wat
         (*header).gid = (uid_gid >> 32) as u32;
         (*header).comm = bpf_get_current_comm().unwrap_or([0; 16]);
     }
+    now
 }

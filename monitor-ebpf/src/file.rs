@@ -3,7 +3,10 @@
 //! found in the kernel's BTF. This is what the kernel opened, however the path was spelled: a
 //! directory fd, a symlink, another name of the same file.
 
-use aya_ebpf::helpers::{bpf_probe_read_kernel, generated::bpf_get_current_task};
+use aya_ebpf::helpers::{
+    bpf_probe_read_kernel,
+    generated::{self, bpf_get_current_task},
+};
 use monitor_common::event::FileOffsets;
 
 use crate::FILE_OFFSETS;
@@ -22,6 +25,40 @@ unsafe fn field<T>(base: *const u8, off: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel(base.add(off as usize).cast::<T>()) }.ok()
 }
 
+/// Bytes of a kernel object read at once for two of its 8-byte fields close together.
+const WINDOW: usize = 32;
+
+/// The 8-byte fields at bytes `a` and `b` of kernel object `base`: in one read when both lie
+/// in a `WINDOW` (an fdtable's `max_fds` and `fd`, an inode's `i_sb` and `i_ino`), else in
+/// two. Every read is a helper call, the largest cost of an open's exit. (`max_fds` is a
+/// `u32` in the first half of its slot: the caller cuts it, on these little-endian targets.)
+#[inline(always)]
+unsafe fn two_fields(base: *const u8, a: u32, b: u32) -> Option<(u64, u64)> {
+    if base.is_null() {
+        return None;
+    }
+    let lo = a.min(b);
+    let (da, db) = ((a - lo) as usize, (b - lo) as usize);
+    let len = da.max(db) + 8;
+    if da % 8 == 0 && db % 8 == 0 && len <= WINDOW {
+        // Exactly from the first field to the end of the last: nothing past the object.
+        let mut window = [0u64; WINDOW / 8];
+        let rc = unsafe {
+            generated::bpf_probe_read_kernel(
+                window.as_mut_ptr().cast(),
+                (len & (WINDOW * 2 - 1)).min(WINDOW) as u32,
+                base.add(lo as usize).cast(),
+            )
+        };
+        if rc != 0 {
+            return None;
+        }
+        // Masked for the verifier (the offsets are known to it: frozen read-only data).
+        return Some((window[(da / 8) & 3], window[(db / 8) & 3]));
+    }
+    unsafe { Some((field(base, a)?, field(base, b)?)) }
+}
+
 /// `(device, inode)` of the file behind descriptor `fd`, the device in the kernel's encoding;
 /// `None` when the offsets are unknown or the descriptor is not open.
 #[inline(always)]
@@ -34,19 +71,15 @@ pub fn identity(fd: u32) -> Option<(u32, u64)> {
         let task = bpf_get_current_task() as *const u8;
         let files: *const u8 = field(task, off.task_files)?;
         let fdt: *const u8 = field(files, off.files_fdt)?;
-        let max_fds: u32 = field(fdt, off.fdt_max_fds)?;
-        if fd >= max_fds {
-            return None;
-        }
-        let fds: *const *const u8 = field(fdt, off.fdt_fd)?;
-        if fds.is_null() {
+        let (max_fds, fds) = two_fields(fdt, off.fdt_max_fds, off.fdt_fd)?;
+        let (max_fds, fds) = (max_fds as u32, fds as *const *const u8);
+        if fd >= max_fds || fds.is_null() {
             return None;
         }
         let file: *const u8 = bpf_probe_read_kernel(fds.add(fd as usize)).ok()?;
         let inode: *const u8 = field(file, off.file_inode)?;
-        let ino: u64 = field(inode, off.inode_ino)?;
-        let sb: *const u8 = field(inode, off.inode_sb)?;
-        let dev: u32 = field(sb, off.sb_dev)?;
+        let (ino, sb) = two_fields(inode, off.inode_ino, off.inode_sb)?;
+        let dev: u32 = field(sb as *const u8, off.sb_dev)?;
         Some((dev, ino))
     }
 }

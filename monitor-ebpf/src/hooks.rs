@@ -90,16 +90,17 @@ fn record_nr(ctx: &TracePointContext, nr_off: u16, first: u16) -> Result<u32, i6
     traced_nr(nr as i64 as u64)
 }
 
-/// At `syscalls:sys_enter_*`: the syscall's number and arguments. (The arguments are copied:
-/// the program that calls this is attached to syscalls without arguments too.)
+/// At `syscalls:sys_enter_*`: the syscall's number and arguments, copied in one helper call
+/// (not loaded: the program that calls this is attached to syscalls without arguments too,
+/// and the kernel refuses direct loads past the shortest record's end). What BPF sees of the
+/// record always has room for six arguments (the kernel's `syscall_tp_t`); those the syscall
+/// does not have are whatever was there, as they were when read one by one.
 #[inline(always)]
 pub fn tracepoint_entry(ctx: &TracePointContext) -> Result<(u32, [u64; MAX_ARGS]), i64> {
     let off = offsets();
     let nr = record_nr(ctx, off.enter_nr, off.enter_args)?;
-    let mut args = [0u64; MAX_ARGS];
-    for (i, arg) in args.iter_mut().enumerate() {
-        *arg = unsafe { ctx.read_at(off.enter_args as usize + 8 * i) }.map_err(i64::from)?;
-    }
+    let at = unsafe { (ctx.as_ptr() as *const u8).add(off.enter_args as usize) };
+    let args = unsafe { bpf_probe_read_kernel(at.cast::<[u64; MAX_ARGS]>()) }?;
     Ok((nr, args))
 }
 

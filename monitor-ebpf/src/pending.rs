@@ -22,7 +22,7 @@ use crate::{
     EVENTS, PENDING,
     context::{Watched, count},
     file,
-    ring::commit_flags,
+    ring::commit_flags_at,
 };
 
 const _: () = assert!(PENDING_DATA_MAX.is_power_of_two());
@@ -39,11 +39,10 @@ fn current_tid() -> u32 {
 /// pending call and the map has room; returns whether it did. When it did not, the caller
 /// writes the entry record now.
 #[inline(always)]
-pub fn hold(watch: &Watched, ev: *const SyscallEnter) -> bool {
+pub fn hold(watch: &Watched, tid: u32, ev: *const SyscallEnter) -> bool {
     if unsafe { (*ev).data_len } as usize > PENDING_DATA_MAX {
         return false;
     }
-    let tid = current_tid();
     // The pending call is the scratch record's first bytes: same layout, `data` cut shorter.
     let call = unsafe { &*ev.cast::<PendingCall>() };
     match PENDING.insert(tid, call, BPF_NOEXIST.into()) {
@@ -79,17 +78,18 @@ pub fn complete(watch: &Watched, spec: &CaptureSpec, nr: u32, ret: i64) -> bool 
         true => file::identity(ret as u32).unwrap_or((0, 0)),
         false => (0, 0),
     };
+    let now = unsafe { bpf_ktime_get_ns() };
     unsafe {
         (*call).header.kind = EventKind::Syscall as u16;
         (*call).exit = SyscallReturn {
-            ktime_ns: bpf_ktime_get_ns(),
+            ktime_ns: now,
             ret,
             ino,
             dev,
             _pad: 0,
         };
     }
-    write(watch, call);
+    write(watch, call, now);
     let _ = PENDING.remove(tid);
     true
 }
@@ -97,8 +97,7 @@ pub fn complete(watch: &Watched, spec: &CaptureSpec, nr: u32, ret: i64) -> bool 
 /// At an entry written at once (its exit apart): a call this thread left waiting goes first,
 /// so that it cannot take that exit for its own.
 #[inline(always)]
-pub fn release(watch: &Watched) {
-    let tid = current_tid();
+pub fn release(watch: &Watched, tid: u32) {
     if PENDING.get_ptr(tid).is_some() {
         write_stale(watch, tid);
         let _ = PENDING.remove(tid);
@@ -110,7 +109,7 @@ pub fn release(watch: &Watched) {
 #[inline(always)]
 fn write_stale(watch: &Watched, tid: u32) {
     if let Some(call) = PENDING.get_ptr_mut(tid) {
-        write(watch, call);
+        write(watch, call, unsafe { bpf_ktime_get_ns() });
     }
 }
 
@@ -125,15 +124,16 @@ pub fn at_task_exit(watch: Option<&Watched>) {
     let _ = PENDING.remove(tid);
 }
 
-/// Copies the used part of `call` to the ring buffer (its kind says whether it returned).
+/// Copies the used part of `call` to the ring buffer (its kind says whether it returned); `now`
+/// is the time, just read.
 #[inline(always)]
-fn write(watch: &Watched, call: *mut PendingCall) {
+fn write(watch: &Watched, call: *mut PendingCall, now: u64) {
     // Bounded for the verifier: at most the map value's size.
     let data_len = (unsafe { (*call).data_len } as usize).min(PENDING_DATA_MAX);
     let len = PendingCall::FIXED_LEN + (data_len & (PENDING_DATA_MAX * 2 - 1));
     let len = len.min(size_of::<PendingCall>());
     let bytes = unsafe { core::slice::from_raw_parts(call.cast::<u8>(), len) };
-    match EVENTS.output::<[u8]>(bytes, commit_flags(len as u64)) {
+    match EVENTS.output::<[u8]>(bytes, commit_flags_at(len as u64, now)) {
         Ok(()) => watch.emitted(),
         Err(_) => watch.dropped(),
     }

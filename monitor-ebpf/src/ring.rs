@@ -24,10 +24,16 @@ use crate::{EVENTS, LAST_WAKEUP, WAKEUP_BYTES};
 /// it is reserved or written.
 #[inline(always)]
 pub fn commit_flags(len: u64) -> u64 {
+    commit_flags_at(len, unsafe { bpf_ktime_get_ns() })
+}
+
+/// [`commit_flags`] for a record whose time `now` (`bpf_ktime_get_ns`) was just read: one
+/// helper call less per record.
+#[inline(always)]
+pub fn commit_flags_at(len: u64, now: u64) -> u64 {
     let Some(last) = LAST_WAKEUP.get_ptr_mut(0) else {
         return 0; // Cannot happen (one-entry array); the kernel's default then.
     };
-    let now = unsafe { bpf_ktime_get_ns() };
     // Volatile: the threshold is patched into .rodata at load time, after compilation.
     let threshold = unsafe { core::ptr::read_volatile(&raw const WAKEUP_BYTES) };
     let pending = EVENTS.query(BPF_RB_AVAIL_DATA.into());

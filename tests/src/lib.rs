@@ -9,6 +9,17 @@ use monitor_jobs::run::{Output, RunSpec, RunSummary};
 use monitor_jobs::sandbox::SandboxOptions;
 use monitor_rules::{Finding, RuleSet, Severity};
 
+/// Writes the Python program `source` to `path` and runs it under watch, as
+/// [`trace_bash`] runs a script.
+pub async fn trace_python(path: &std::path::Path, source: &str) -> (Vec<Event>, RunSummary) {
+    std::fs::write(path, source).unwrap();
+    trace_bash(
+        &format!("python3 {}", path.display()),
+        &ProbeConfig::default(),
+    )
+    .await
+}
+
 /// Runs `script` with bash under watch; returns every event and the summary.
 pub async fn trace_bash(script: &str, config: &ProbeConfig) -> (Vec<Event>, RunSummary) {
     let (events, _, summary) = judge_bash(script, config, None, None).await;

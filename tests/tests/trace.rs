@@ -5,7 +5,7 @@ use std::{net::TcpListener, process::Command};
 use monitor_engine::decode::{ArgValue, SockAddr};
 use monitor_engine::probes::ProbeConfig;
 use monitor_engine::trace::What;
-use monitor_tests::{find_with_str, syscalls, trace_bash};
+use monitor_tests::{find_with_str, syscalls, trace_bash, trace_python};
 
 /// Makes a FIFO at `path`: opening it for reading blocks until a writer opens it.
 fn mkfifo(path: &std::path::Path) {
@@ -174,10 +174,9 @@ async fn paths_in_memory_not_yet_paged_in_are_read_at_exit() {
     let mut bytes = target.to_str().unwrap().as_bytes().to_vec();
     bytes.resize(4096, 0);
     std::fs::write(&holder, &bytes).unwrap();
-    let script = dir.path().join("open_from_mapping.py");
-    std::fs::write(
-        &script,
-        format!(
+    let (events, summary) = trace_python(
+        &dir.path().join("open_from_mapping.py"),
+        &format!(
             "import ctypes, mmap, os\n\
              fd = os.open({holder:?}, os.O_RDWR)\n\
              m = mmap.mmap(fd, 4096, flags=mmap.MAP_PRIVATE)\n\
@@ -188,11 +187,6 @@ async fn paths_in_memory_not_yet_paged_in_are_read_at_exit() {
             holder = holder.to_str().unwrap()
         ),
     )
-    .unwrap();
-    let (events, summary) = trace_bash(
-        &format!("python3 {}", script.display()),
-        &ProbeConfig::default(),
-    )
     .await;
     assert_eq!(summary.exit_code, 0);
     let (_, open) = find_with_str(&events, "openat", "filename", target.to_str().unwrap())
@@ -202,6 +196,50 @@ async fn paths_in_memory_not_yet_paged_in_are_read_at_exit() {
         "read at exit, and marked so: {open:?}"
     );
     assert!(open.ret.unwrap() >= 0);
+}
+
+/// Every argument of a six-argument call is recorded as it was passed, the sixth too (the
+/// kernel programs copy the tracepoint's arguments in one read): an `mmap` with `PROT_EXEC`
+/// whose every argument has a value of its own.
+#[tokio::test(flavor = "current_thread")]
+async fn the_six_arguments_of_a_call_are_recorded_as_passed() {
+    const HINT: u64 = 0x1234_5600_0000;
+    const LEN: u64 = 3 * 4096;
+    const PROT: u64 = (libc::PROT_READ | libc::PROT_EXEC) as u64;
+    const FLAGS: u64 = libc::MAP_PRIVATE as u64;
+    const OFF: u64 = 5 * 4096;
+    let dir = tempfile::tempdir().unwrap();
+    let mapped = dir.path().join("mapped");
+    std::fs::write(&mapped, vec![0u8; 16 * 4096]).unwrap();
+    let (events, summary) = trace_python(
+        &dir.path().join("map_exec.py"),
+        &format!(
+            "import ctypes, os\n\
+             fd = os.open({mapped:?}, os.O_RDONLY)\n\
+             libc = ctypes.CDLL(None, use_errno=True)\n\
+             libc.mmap.restype = ctypes.c_void_p\n\
+             libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, \
+             ctypes.c_int, ctypes.c_int, ctypes.c_long]\n\
+             libc.mmap({HINT}, {LEN}, {PROT}, {FLAGS}, fd, {OFF})\n",
+            mapped = mapped.to_str().unwrap()
+        ),
+    )
+    .await;
+    assert_eq!(summary.exit_code, 0);
+    assert!(summary.complete, "{summary:?}");
+    let arg = |sc: &monitor_engine::trace::SyscallEvent, name: &str| {
+        sc.arg(name).and_then(ArgValue::as_u64)
+    };
+    let (_, mmap) = syscalls(&events, "mmap")
+        .find(|(_, sc)| arg(sc, "len") == Some(LEN) && arg(sc, "off") == Some(OFF))
+        .expect("the mmap, with its length and offset");
+    assert_eq!(arg(mmap, "addr"), Some(HINT), "{mmap:?}");
+    assert_eq!(arg(mmap, "prot"), Some(PROT), "{mmap:?}");
+    assert_eq!(arg(mmap, "flags"), Some(FLAGS), "{mmap:?}");
+    assert!(
+        arg(mmap, "fd").is_some_and(|fd| (3..1024).contains(&fd)),
+        "the file's descriptor: {mmap:?}"
+    );
 }
 
 /// Jobs that overlap on one set of probes each see their own records and none of the other's,
@@ -315,10 +353,9 @@ async fn the_path_recorded_is_the_one_read_at_entry_even_if_memory_changes_befor
     assert_eq!(fifo.as_os_str().len(), decoy.as_os_str().len());
     std::fs::write(&decoy, "x").unwrap();
     mkfifo(&fifo);
-    let script = dir.path().join("race.py");
-    std::fs::write(
-        &script,
-        format!(
+    let (events, summary) = trace_python(
+        &dir.path().join("race.py"),
+        &format!(
             "import ctypes, os, threading, time\n\
              libc = ctypes.CDLL(None, use_errno=True)\n\
              libc.open.argtypes = [ctypes.c_char_p, ctypes.c_int]\n\
@@ -335,11 +372,6 @@ async fn the_path_recorded_is_the_one_read_at_entry_even_if_memory_changes_befor
             fifo = fifo.to_str().unwrap(),
             decoy = decoy.to_str().unwrap(),
         ),
-    )
-    .unwrap();
-    let (events, summary) = trace_bash(
-        &format!("python3 {}", script.display()),
-        &ProbeConfig::default(),
     )
     .await;
     assert_eq!(summary.exit_code, 0, "the race ran as planned");

@@ -8,6 +8,7 @@
 //! Every workload is this binary re-executed with `--workload ...` (see [`workload`]): it
 //! pins itself to one CPU and times its own loop, so start-up and tracer set-up never count.
 
+mod breakdown;
 mod consumer;
 mod control;
 mod cost;
@@ -75,6 +76,18 @@ fn main() -> Result<()> {
         Ok("cost") => {
             let (costs, probe_times) = cost::measure(&rt, dir.path(), ROUNDS.cost, &mut quiet)?;
             report::print_cost(&costs, &probe_times, &quiet);
+            return Ok(());
+        }
+        // `MONITOR_BENCH_ONLY=breakdown`: where a watched open loop's time goes, by kernel
+        // program and against the reader (two minutes; not part of the full run, since the
+        // kernel's statistics slow every program down while they are on).
+        Ok("breakdown") => {
+            let rounds = match std::env::var("MONITOR_BENCH_ROUNDS") {
+                Ok(n) => n.parse().context("MONITOR_BENCH_ROUNDS is not a number")?,
+                Err(_) => ROUNDS.idle,
+            };
+            let b = breakdown::measure(&rt, dir.path(), rounds, &mut quiet)?;
+            report::print_breakdown(&b, &quiet);
             return Ok(());
         }
         // `MONITOR_BENCH_ONLY=idle`: the idle daemon's rows alone (a few minutes).

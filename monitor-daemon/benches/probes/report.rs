@@ -1,6 +1,7 @@
 //! The results as markdown, to paste into docs/benchmarks.md, with each goal judged.
 
 use crate::{
+    breakdown::{Breakdown, ProgramShare},
     consumer::Consumer,
     cost::{Cost, ProbeTimes},
     idle::Idle,
@@ -168,6 +169,57 @@ fn print_watched(costs: &[Cost]) {
             .collect::<Vec<_>>()
             .join(", ")
     );
+}
+
+pub fn print_breakdown(b: &Breakdown, quiet: &Quiet) {
+    print_quiet(quiet);
+    println!("### Where a watched open loop's time goes\n");
+    println!("| loop (open: openat+fstat+close) | ns/iteration | / unwatched |");
+    println!("| --- | --- | --- |");
+    let row = |what: &str, s: &Samples, r: Option<Samples>| {
+        let r = r.map_or_else(|| "1".into(), |r| r.show(3));
+        println!("| {what} | {} | {r} |", s.show(0));
+    };
+    row("unwatched, probes detached", &b.detached, None);
+    row(
+        "unwatched, probes attached (run-time statistics on)",
+        &b.attached,
+        Some(ratios(&b.attached, &b.detached)),
+    );
+    row(
+        "watched and read (run-time statistics on)",
+        &b.watched,
+        Some(b.watched_ratio()),
+    );
+    row(
+        "watched, nobody reading until the loop is over (statistics off)",
+        &b.unread,
+        Some(b.unread_ratio()),
+    );
+    println!();
+    println!(
+        "| kernel program | attached, unwatched: runs/iteration | ns/iteration | watched: runs/iteration | ns/iteration | ns/run |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- |");
+    let empty = ProgramShare::default();
+    let names: std::collections::BTreeSet<&String> = b
+        .attached_programs
+        .keys()
+        .chain(b.watched_programs.keys())
+        .collect();
+    for name in names {
+        let a = b.attached_programs.get(name).unwrap_or(&empty);
+        let w = b.watched_programs.get(name).unwrap_or(&empty);
+        println!(
+            "| {name} | {} | {} | {} | {} | {:.0} |",
+            a.runs.show(2),
+            a.ns.show(0),
+            w.runs.show(2),
+            w.ns.show(0),
+            w.ns.median() / w.runs.median()
+        );
+    }
+    println!();
 }
 
 fn print_probe_times(t: &ProbeTimes) {

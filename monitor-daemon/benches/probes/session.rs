@@ -114,6 +114,11 @@ impl Session {
         })
     }
 
+    /// Each program's name, total run time and run count (see `Probes::program_runs`).
+    pub fn program_runs(&self) -> Result<Vec<(String, std::time::Duration, u64)>> {
+        Ok(self.probes.program_runs()?)
+    }
+
     /// Runs `workload` watched with nobody reading, then takes every record's raw bytes. The
     /// ring buffer must hold them all.
     pub fn capture(&mut self, workload: &Workload) -> Result<Vec<Vec<u8>>> {
