@@ -114,11 +114,7 @@ impl Judge {
         for r in records.drain(..) {
             scope.record(&r);
             self.tracer.push(r, &mut |e| batch.push(e));
-            // Judged where they lie (an event is large: not moved out again).
-            for event in &batch {
-                self.judge(event, rules, scope);
-            }
-            batch.clear();
+            self.judge_batch(&mut batch, rules, scope);
             scope.recorded();
         }
         self.batch = batch;
@@ -128,11 +124,17 @@ impl Judge {
     pub fn finish(&mut self, rules: &RuleSet, scope: &mut impl Scope) {
         let mut batch = std::mem::take(&mut self.batch);
         self.tracer.flush(&mut |e| batch.push(e));
-        for event in &batch {
+        self.judge_batch(&mut batch, rules, scope);
+        self.batch = batch;
+    }
+
+    /// Judges the events of `batch` where they lie (an event is large: not moved out again),
+    /// then empties it.
+    fn judge_batch(&mut self, batch: &mut Vec<Event>, rules: &RuleSet, scope: &mut impl Scope) {
+        for event in batch.iter() {
             self.judge(event, rules, scope);
         }
         batch.clear();
-        self.batch = batch;
     }
 
     fn judge(&mut self, event: &Event, rules: &RuleSet, scope: &mut impl Scope) {
