@@ -27,7 +27,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use monitor_common::event::{Counter, Discovery, Watch};
 use monitor_engine::cgroup::{self, JobCgroup};
-use monitor_engine::probes::{ProbeConfig, Probes};
+use monitor_engine::probes::{ProbeConfig, Probes, ProgramRuns};
 use monitor_watch::artifact::{DEFAULT_SUFFIXES, kernel_suffixes};
 use serde_json::{Value, json};
 use support::Daemon;
@@ -344,10 +344,10 @@ fn program_costs(
             probes.set_discovery(enabled.then_some(discovery))?;
             let before = probes.program_runs()?;
             open_loop(file, opens)?;
-            for ((name, t1, n1), (_, t0, n0)) in probes.program_runs()?.into_iter().zip(before) {
-                let total = &mut totals.entry(name).or_default()[side];
-                total.0 += t1 - t0;
-                total.1 += n1 - n0;
+            for done in ProgramRuns::since(probes.program_runs()?, &before) {
+                let total = &mut totals.entry(done.name).or_default()[side];
+                total.0 += done.time;
+                total.1 += done.runs;
             }
         }
     }

@@ -7,6 +7,7 @@
 use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
+use monitor_engine::probes::ProgramRuns;
 use tokio::runtime::Runtime;
 
 use crate::{
@@ -52,21 +53,24 @@ impl Breakdown {
     }
 }
 
-type Runs = Vec<(String, Duration, u64)>;
-
-/// Adds `after - before` of each program that ran at least once an iteration to `into`.
-fn add_runs(into: &mut BTreeMap<String, ProgramShare>, before: Runs, after: Runs) {
-    for ((name, t1, n1), (_, t0, n0)) in after.into_iter().zip(before) {
-        let runs = (n1 - n0) as f64 / ITERATIONS as f64;
+/// Adds what each program that ran at least once an iteration did between `before` and
+/// `after` to `into`.
+fn add_runs(
+    into: &mut BTreeMap<String, ProgramShare>,
+    before: &[ProgramRuns],
+    after: Vec<ProgramRuns>,
+) {
+    for done in ProgramRuns::since(after, before) {
+        let runs = done.runs as f64 / ITERATIONS as f64;
         // Programs the loop does not run (a fork elsewhere on the host) are noise here.
         if runs < 0.5 {
             continue;
         }
-        let share = into.entry(name).or_default();
+        let share = into.entry(done.name).or_default();
         share.runs.push(runs);
         share
             .ns
-            .push((t1 - t0).as_nanos() as f64 / ITERATIONS as f64);
+            .push(done.time.as_nanos() as f64 / ITERATIONS as f64);
     }
 }
 
@@ -89,10 +93,10 @@ pub fn measure(rt: &Runtime, dir: &Path, rounds: usize, quiet: &mut Quiet) -> Re
                 .context("turning on the kernel's BPF run-time statistics")?;
             let before = session.program_runs()?;
             b.attached.push(per_iteration(launch::plain(&w)?));
-            add_runs(&mut b.attached_programs, before, session.program_runs()?);
+            add_runs(&mut b.attached_programs, &before, session.program_runs()?);
             let before = session.program_runs()?;
             let run = session.run(rt, &w, Consumer::Judged)?;
-            add_runs(&mut b.watched_programs, before, session.program_runs()?);
+            add_runs(&mut b.watched_programs, &before, session.program_runs()?);
             if run.dropped > 0 {
                 bail!("the watched run lost {} records", run.dropped);
             }

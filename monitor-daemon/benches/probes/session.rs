@@ -5,7 +5,7 @@
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{MapData, RingBuf};
-use monitor_engine::probes::{ProbeConfig, Probes};
+use monitor_engine::probes::{ProbeConfig, Probes, ProgramRuns};
 use monitor_engine::reader::Reader;
 use monitor_rules::RuleSet;
 use tokio::runtime::Runtime;
@@ -115,7 +115,7 @@ impl Session {
     }
 
     /// Each program's name, total run time and run count (see `Probes::program_runs`).
-    pub fn program_runs(&self) -> Result<Vec<(String, std::time::Duration, u64)>> {
+    pub fn program_runs(&self) -> Result<Vec<ProgramRuns>> {
         Ok(self.probes.program_runs()?)
     }
 

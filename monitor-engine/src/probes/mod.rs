@@ -119,6 +119,34 @@ impl Default for ProbeConfig {
     }
 }
 
+/// What the kernel counted of one program while its run-time statistics were on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgramRuns {
+    pub name: String,
+    /// Time spent in the program, all runs together.
+    pub time: Duration,
+    pub runs: u64,
+}
+
+impl ProgramRuns {
+    /// What each program of `after` did since `before`, two readings of
+    /// [`Probes::program_runs`] (a program is matched by name; one missing from `before`
+    /// is left out).
+    pub fn since(after: Vec<ProgramRuns>, before: &[ProgramRuns]) -> Vec<ProgramRuns> {
+        after
+            .into_iter()
+            .filter_map(|now| {
+                let then = before.iter().find(|p| p.name == now.name)?;
+                Some(ProgramRuns {
+                    time: now.time.saturating_sub(then.time),
+                    runs: now.runs.saturating_sub(then.runs),
+                    name: now.name,
+                })
+            })
+            .collect()
+    }
+}
+
 /// The totals of the kernel programs' per-CPU counters (see [`Counter`]), reported by their
 /// names.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -682,7 +710,7 @@ impl Probes {
     /// while its run-time statistics are on (`aya::sys::enable_stats`, or the
     /// `kernel.bpf_stats_enabled` sysctl; zeros otherwise): for measuring what each program
     /// costs per call. Programs this kernel's hooks left unloaded are not listed.
-    pub fn program_runs(&self) -> Result<Vec<(String, Duration, u64)>, ProbeError> {
+    pub fn program_runs(&self) -> Result<Vec<ProgramRuns>, ProbeError> {
         self.ebpf
             .programs()
             .filter(|(_, program)| program.fd().is_ok())
@@ -691,7 +719,11 @@ impl Probes {
                     name: name.to_owned(),
                     source,
                 })?;
-                Ok((name.to_owned(), info.run_time(), info.run_count()))
+                Ok(ProgramRuns {
+                    name: name.to_owned(),
+                    time: info.run_time(),
+                    runs: info.run_count(),
+                })
             })
             .collect()
     }
@@ -1173,6 +1205,26 @@ mod tests {
         assert_eq!(
             capture_spec(by_name("openat2").unwrap()).discover_flags_arg,
             0
+        );
+    }
+
+    #[test]
+    fn program_runs_since_match_programs_by_name() {
+        let runs = |name: &str, ms: u64, runs: u64| ProgramRuns {
+            name: name.into(),
+            time: Duration::from_millis(ms),
+            runs,
+        };
+        let before = [runs("sys_enter_tp", 5, 10), runs("sys_exit_tp", 1, 2)];
+        // Listed in another order, with a program that was not there before.
+        let after = vec![
+            runs("sys_exit_tp", 4, 7),
+            runs("sched_process_fork", 9, 9),
+            runs("sys_enter_tp", 6, 30),
+        ];
+        assert_eq!(
+            ProgramRuns::since(after, &before),
+            [runs("sys_exit_tp", 3, 5), runs("sys_enter_tp", 1, 20)]
         );
     }
 }
