@@ -562,6 +562,7 @@ mod tests {
                 flags: monitor_engine::decode::Flags::default(),
                 resolved: Vec::new(),
                 syscall: sc,
+                clean_paths: 0,
             }),
         }
     }

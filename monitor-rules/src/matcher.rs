@@ -401,10 +401,16 @@ pub struct Facts<'a> {
 }
 
 impl<'a> Facts<'a> {
+    // Inlined: the facts (a few hundred bytes) are then built where the judge keeps them.
+    #[inline(always)]
     pub fn of(sc: &'a SyscallEvent, cwd: Option<&str>) -> Self {
         let mut facts = Facts::default();
-        for (arg, value) in sc.syscall.args.iter().zip(sc.args.values()) {
+        for (i, (arg, value)) in sc.syscall.args.iter().zip(sc.args.values()).enumerate() {
             match (arg.kind, value) {
+                // The tracer checked it is absolute and normal (most paths): as it is.
+                (ArgKind::Path, ArgValue::Str(Some(p))) if sc.clean_paths & (1 << i) != 0 => {
+                    facts.paths.push(Cow::Borrowed(p))
+                }
                 (ArgKind::Path, ArgValue::Str(Some(p))) => facts.paths.push(absolute(p, cwd)),
                 (ArgKind::AddressFamily, ArgValue::Flags { text, .. }) => facts.families.push(text),
                 (_, ArgValue::Flags { text, .. }) => facts.flags.push(text),
