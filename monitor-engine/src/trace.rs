@@ -997,4 +997,81 @@ mod tests {
             "/home/user/.ssh/id_rsa"
         );
     }
+
+    /// The event of `openat(dir, name)` fed through `tracer` as one record.
+    fn opened(tracer: &mut Tracer, dir: i32, name: &str) -> SyscallEvent {
+        let openat = by_name("openat").unwrap();
+        let args = vec![ArgValue::Fd(dir), path(name), flags(0), ArgValue::Mode(0)];
+        let mut events = events_of(tracer, records(openat, args, 3, None, true));
+        match events.pop().map(|e| e.what) {
+            Some(What::Syscall(sc)) => sc,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_path_argument_written_absolute_and_normal_is_marked_so_for_the_rules() {
+        let mut t = tracer();
+        // The path is argument 1 of openat.
+        assert_eq!(opened(&mut t, AT_FDCWD, "/etc/passwd").clean_paths, 1 << 1);
+        assert_eq!(opened(&mut t, AT_FDCWD, "/").clean_paths, 1 << 1);
+        for unclean in [
+            "passwd",
+            "/etc/../etc/passwd",
+            "/etc//passwd",
+            "/etc/",
+            "/etc/.",
+        ] {
+            assert_eq!(
+                opened(&mut t, AT_FDCWD, unclean).clean_paths,
+                0,
+                "{unclean}"
+            );
+        }
+        // Relative to a directory fd: resolved, so not the argument's own text.
+        opened(&mut t, AT_FDCWD, "/etc");
+        assert_eq!(opened(&mut t, 3, "passwd").clean_paths, 0);
+    }
+
+    #[test]
+    fn push_gives_the_events_push_last_gives_in_the_same_order() {
+        let openat = by_name("openat").unwrap();
+        let close = by_name("close").unwrap();
+        let open = || vec![ArgValue::Fd(AT_FDCWD), path("/etc/passwd"), flags(0)];
+        // A lost exit (an entry, then another call of the thread), an entry alone, a call.
+        let mut feed = records(openat, open(), 3, None, false);
+        feed.truncate(1);
+        feed.extend(records(close, vec![ArgValue::Fd(3)], 0, None, false));
+        feed.extend(records(openat, open(), 4, None, true));
+        let names = |events: &[Event]| -> Vec<String> {
+            events
+                .iter()
+                .map(|e| serde_json::to_string(e).unwrap())
+                .collect()
+        };
+        let mut pushed = Vec::new();
+        let mut t = tracer();
+        for r in feed.clone() {
+            t.push(r, &mut |e| pushed.push(e));
+        }
+        let mut last = Vec::new();
+        let mut t = tracer();
+        for r in feed {
+            let returned = t.push_last(r, &mut |e| last.push(e));
+            last.extend(returned);
+        }
+        assert_eq!(pushed.len(), 3, "{pushed:?}");
+        assert_eq!(names(&pushed), names(&last));
+    }
+
+    #[test]
+    fn records_and_events_stay_small() {
+        // Every record and event is moved between the decoder, the tracer and the judge, at
+        // millions a second: grow one only knowingly (a large, rare variant is boxed).
+        use std::mem::size_of;
+        assert!(size_of::<Record>() <= 256, "{}", size_of::<Record>());
+        assert!(size_of::<Enter>() <= 216, "{}", size_of::<Enter>());
+        assert!(size_of::<Event>() <= 328, "{}", size_of::<Event>());
+        assert!(size_of::<ArgValue>() <= 32, "{}", size_of::<ArgValue>());
+    }
 }
