@@ -59,6 +59,10 @@ pub(super) struct Candidates {
     /// `None` when no candidate has a path condition, or the combined set could not be built
     /// (then each rule's own globs judge).
     paths: Option<PathGlobs>,
+    /// The positions in `rules` of the candidates without `path` globs: the only ones that
+    /// can fire on an event whose paths match no glob at all (most events: a loop's data
+    /// file, a server's model).
+    pathless: Vec<u16>,
 }
 
 #[derive(Debug)]
@@ -94,12 +98,53 @@ impl Candidates {
             .then(|| builder.build().ok())
             .flatten()
             .map(|set| PathGlobs { set, spans });
+        let pathless = match &paths {
+            Some(paths) => (0..rules.len())
+                .filter(|&slot| paths.spans[slot][0].is_empty())
+                .map(|slot| slot as u16)
+                .collect(),
+            None => Vec::new(),
+        };
         static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         Candidates {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             rules,
             paths,
+            pathless,
         }
+    }
+
+    /// The positions in `rules` of the candidates worth testing on the event with `facts`:
+    /// `None` for all of them; when the event's paths match none of the candidates' globs,
+    /// only those without `path` globs (the others' paths cannot hold: see
+    /// [`Candidates::paths_hold`]). `matched` and `memo` as there.
+    pub(super) fn worth_testing(
+        &self,
+        facts: &Facts,
+        matched: &Matched,
+        memo: &mut PathMemo,
+    ) -> Option<&[u16]> {
+        let paths = self.paths.as_ref()?;
+        self.matched(paths, facts, matched, memo)
+            .is_empty()
+            .then_some(&self.pathless[..])
+    }
+
+    /// The ids of the globs the event's paths matched, found once per event.
+    fn matched<'m>(
+        &self,
+        paths: &PathGlobs,
+        facts: &Facts,
+        matched: &'m Matched,
+        memo: &mut PathMemo,
+    ) -> &'m SmallVec<[usize; 8]> {
+        matched.get_or_init(|| {
+            let mut ids = SmallVec::new();
+            for p in &facts.paths {
+                memo.matches_into(self.id, &paths.set, p, &mut ids);
+            }
+            ids
+        })
     }
 
     /// Whether the path conditions of the candidate at `slot` (a position in `rules`) hold
@@ -121,13 +166,7 @@ impl Candidates {
         if path.is_empty() && path_not.is_empty() {
             return true;
         }
-        let matched = matched.get_or_init(|| {
-            let mut ids = SmallVec::new();
-            for p in &facts.paths {
-                memo.matches_into(self.id, &paths.set, p, &mut ids);
-            }
-            ids
-        });
+        let matched = self.matched(paths, facts, matched, memo);
         let any_in = |span: &Range<usize>| matched.iter().any(|id| span.contains(id));
         (path.is_empty() || any_in(path)) && !any_in(path_not)
     }
@@ -270,10 +309,19 @@ mod tests {
                         facts.paths.push(Cow::Borrowed(second));
                     }
                     let matched = Matched::new();
+                    let worth = candidates
+                        .worth_testing(&facts, &matched, &mut memo)
+                        .map(<[u16]>::to_vec);
                     for (slot, &i) in candidates.rules.iter().enumerate() {
                         let rule = &rules.rules[i as usize];
                         let combined =
                             candidates.paths_hold(slot, rule, &facts, &matched, &mut memo);
+                        // A candidate left out as not worth testing is one whose paths fail.
+                        if let Some(worth) = &worth
+                            && !worth.contains(&(slot as u16))
+                        {
+                            assert!(!combined, "{} on {}: {first}", rule.id(), sc.name);
+                        }
                         assert_eq!(
                             combined,
                             rule.matcher.paths_hold(&facts),

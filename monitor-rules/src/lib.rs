@@ -406,7 +406,13 @@ impl RuleSet {
         let facts = Facts::of(sc, ctx.cwd);
         let matched = index::Matched::new();
         let mut found = Vec::new();
-        for (slot, &i) in candidates.rules.iter().enumerate() {
+        // Most events' paths match no glob: then only the candidates without path globs can
+        // fire, and only they are tested (in the same order).
+        let worth = candidates.worth_testing(&facts, &matched, memo);
+        let tested = worth.map_or(candidates.rules.len(), <[u16]>::len);
+        for k in 0..tested {
+            let slot = worth.map_or(k, |w| w[k] as usize);
+            let i = candidates.rules[slot];
             let (rule, exceptions) = (&self.rules[i as usize], &self.exceptions[i as usize]);
             // Paths first: the event's paths are matched once for all candidates (and
             // remembered across events), and they are what most rules about a syscall differ
