@@ -71,6 +71,32 @@ struct PathGlobs {
     /// For each candidate, in the order of `rules`: the ids in `set` of its `path` globs, and
     /// of its `path_not` globs.
     spans: Vec<[Range<usize>; 2]>,
+    /// For each glob id in `set`: the candidate (its position in `rules`) whose `path` glob it
+    /// is; `None` for a `path_not` glob.
+    path_owner: Vec<Option<u16>>,
+}
+
+/// Positions in a [`Candidates`]' `rules`, in order.
+pub(super) type Slots = SmallVec<[u16; 32]>;
+
+/// The candidates worth testing on an event (see [`Candidates::worth_testing`]).
+pub(super) enum Worth<'a> {
+    All,
+    /// Those without `path` globs (the event's paths matched none).
+    Pathless(&'a [u16]),
+    /// Those and the ones with a `path` glob the event's paths matched.
+    Some(Slots),
+}
+
+impl Worth<'_> {
+    /// The positions to test, in order; `None` for all.
+    pub(super) fn slots(&self) -> Option<&[u16]> {
+        match self {
+            Worth::All => None,
+            Worth::Pathless(slots) => Some(slots),
+            Worth::Some(slots) => Some(slots),
+        }
+    }
 }
 
 /// The ids of the globs an event's paths matched, found on first need.
@@ -94,10 +120,19 @@ impl Candidates {
             });
             spans.push(span);
         }
-        let paths = any
-            .then(|| builder.build().ok())
-            .flatten()
-            .map(|set| PathGlobs { set, spans });
+        let paths = any.then(|| builder.build().ok()).flatten().map(|set| {
+            let mut path_owner = vec![None; next];
+            for (slot, [path, _]) in spans.iter().enumerate() {
+                for id in path.clone() {
+                    path_owner[id] = Some(slot as u16);
+                }
+            }
+            PathGlobs {
+                set,
+                spans,
+                path_owner,
+            }
+        });
         let pathless = match &paths {
             Some(paths) => (0..rules.len())
                 .filter(|&slot| paths.spans[slot][0].is_empty())
@@ -114,20 +149,29 @@ impl Candidates {
         }
     }
 
-    /// The positions in `rules` of the candidates worth testing on the event with `facts`:
-    /// `None` for all of them; when the event's paths match none of the candidates' globs,
-    /// only those without `path` globs (the others' paths cannot hold: see
-    /// [`Candidates::paths_hold`]). `matched` and `memo` as there.
+    /// The positions in `rules` of the candidates worth testing on the event with `facts`
+    /// (`None`: all of them): those without `path` globs, and those with one the event's
+    /// paths matched; the others' paths cannot hold (see [`Candidates::paths_hold`]). Most
+    /// events' paths match no glob at all (a loop's data file, a server's model), and a
+    /// policy's rule about a path is one candidate among many. `matched` and `memo` as there.
     pub(super) fn worth_testing(
         &self,
         facts: &Facts,
         matched: &Matched,
         memo: &mut PathMemo,
-    ) -> Option<&[u16]> {
-        let paths = self.paths.as_ref()?;
-        self.matched(paths, facts, matched, memo)
-            .is_empty()
-            .then_some(&self.pathless[..])
+    ) -> Worth<'_> {
+        let Some(paths) = &self.paths else {
+            return Worth::All;
+        };
+        let ids = self.matched(paths, facts, matched, memo);
+        if ids.iter().all(|&id| paths.path_owner[id].is_none()) {
+            return Worth::Pathless(&self.pathless);
+        }
+        let mut hit: Slots = ids.iter().filter_map(|&id| paths.path_owner[id]).collect();
+        hit.extend(self.pathless.iter().copied());
+        hit.sort_unstable();
+        hit.dedup();
+        Worth::Some(hit)
     }
 
     /// The ids of the globs the event's paths matched, found once per event.
@@ -309,15 +353,14 @@ mod tests {
                         facts.paths.push(Cow::Borrowed(second));
                     }
                     let matched = Matched::new();
-                    let worth = candidates
-                        .worth_testing(&facts, &matched, &mut memo)
-                        .map(<[u16]>::to_vec);
+                    let worth = candidates.worth_testing(&facts, &matched, &mut memo);
+                    let worth = worth.slots();
                     for (slot, &i) in candidates.rules.iter().enumerate() {
                         let rule = &rules.rules[i as usize];
                         let combined =
                             candidates.paths_hold(slot, rule, &facts, &matched, &mut memo);
                         // A candidate left out as not worth testing is one whose paths fail.
-                        if let Some(worth) = &worth
+                        if let Some(worth) = worth
                             && !worth.contains(&(slot as u16))
                         {
                             assert!(!combined, "{} on {}: {first}", rule.id(), sc.name);

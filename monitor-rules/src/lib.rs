@@ -406,9 +406,9 @@ impl RuleSet {
         let facts = Facts::of(sc, ctx.cwd);
         let matched = index::Matched::new();
         let mut found = Vec::new();
-        // Most events' paths match no glob: then only the candidates without path globs can
-        // fire, and only they are tested (in the same order).
+        // Only the candidates whose paths can hold are tested (in the same order).
         let worth = candidates.worth_testing(&facts, &matched, memo);
+        let worth = worth.slots();
         let tested = worth.map_or(candidates.rules.len(), <[u16]>::len);
         for k in 0..tested {
             let slot = worth.map_or(k, |w| w[k] as usize);
