@@ -167,11 +167,25 @@ impl Candidates {
         if ids.iter().all(|&id| paths.path_owner[id].is_none()) {
             return Worth::Pathless(&self.pathless);
         }
-        let mut hit: Slots = ids.iter().filter_map(|&id| paths.path_owner[id]).collect();
-        hit.extend(self.pathless.iter().copied());
+        let mut hit: SmallVec<[u16; 8]> =
+            ids.iter().filter_map(|&id| paths.path_owner[id]).collect();
         hit.sort_unstable();
         hit.dedup();
-        Worth::Some(hit)
+        // Both in order, and apart (a pathless candidate has no `path` glob): merged.
+        let mut slots = Slots::new();
+        let (mut a, mut b) = (self.pathless.iter().peekable(), hit.iter().peekable());
+        while let (Some(&&x), Some(&&y)) = (a.peek(), b.peek()) {
+            if x < y {
+                slots.push(x);
+                a.next();
+            } else {
+                slots.push(y);
+                b.next();
+            }
+        }
+        slots.extend(a.copied());
+        slots.extend(b.copied());
+        Worth::Some(slots)
     }
 
     /// The ids of the globs the event's paths matched, found once per event.
@@ -355,6 +369,10 @@ mod tests {
                     let matched = Matched::new();
                     let worth = candidates.worth_testing(&facts, &matched, &mut memo);
                     let worth = worth.slots();
+                    // In the candidates' order, each once: findings come out in that order.
+                    if let Some(worth) = worth {
+                        assert!(worth.windows(2).all(|w| w[0] < w[1]), "{worth:?}");
+                    }
                     for (slot, &i) in candidates.rules.iter().enumerate() {
                         let rule = &rules.rules[i as usize];
                         let combined =
