@@ -348,8 +348,8 @@ impl Tracer {
         }
     }
 
-    /// An entry alone: the event of a call that does not return (`close`: the descriptor is
-    /// gone whatever it returns; `exit_group`), returned; any other waits for its exit.
+    /// An entry alone: the event of a call whose exit is not traced (`close`, whose result is
+    /// not kept; `exit_group`, which does not return), returned; any other waits for its exit.
     fn enter(&mut self, enter: Enter, emit: &mut impl FnMut(Event)) -> Option<Event> {
         let sc = enter.syscall;
         if enter.header.flags.recaptured {
