@@ -220,7 +220,8 @@ impl ProcessTable {
     /// Returns the new process when this record shows that a forked task is one.
     pub fn seen(&mut self, pid: u32, tid: u32, comm: &str, time_ns: u64) -> Option<&Process> {
         let mut confirmed = false;
-        if self.unconfirmed.remove(&tid).is_some() {
+        // Nearly always empty: no lookup then.
+        if !self.unconfirmed.is_empty() && self.unconfirmed.remove(&tid).is_some() {
             if pid == tid {
                 confirmed = true;
             } else {

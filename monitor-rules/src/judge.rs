@@ -113,8 +113,13 @@ impl Judge {
         let mut batch = std::mem::take(&mut self.batch);
         for r in records.drain(..) {
             scope.record(&r);
-            self.tracer.push(r, &mut |e| batch.push(e));
+            // The record's last event (nearly always its only one) is judged where the
+            // tracer returns it; any before it, in order, from the batch first.
+            let last = self.tracer.push_last(r, &mut |e| batch.push(e));
             self.judge_batch(&mut batch, rules, scope);
+            if let Some(event) = &last {
+                self.judge(event, rules, scope);
+            }
             scope.recorded();
         }
         self.batch = batch;
