@@ -148,10 +148,12 @@ impl Judge {
             return;
         };
         let processes = self.tracer.processes();
+        // One lookup of the process for its working directory and the rules' view of it.
+        let view = processes.view(event.pid);
         let ctx = Context {
             phase: setting.phase,
-            cwd: processes.get(event.pid).and_then(|p| p.cwd.as_deref()),
-            process: setting.process_view.then(|| processes.view(event.pid)),
+            cwd: view.process().and_then(|p| p.cwd.as_deref()),
+            process: setting.process_view.then_some(view),
             watch: self.watch.as_deref(),
         };
         let mut found = rules.judge_memo(event, &ctx, &mut self.paths);
