@@ -52,12 +52,15 @@ pub struct OpenFile {
 #[derive(Clone, Copy)]
 pub struct ProcessView<'a> {
     table: &'a ProcessTable,
-    pid: u32,
+    /// Looked up once, when the view is made: rules and exceptions may ask for it several
+    /// times per event.
+    process: Option<&'a Process>,
 }
 
 impl<'a> ProcessView<'a> {
-    fn process(&self) -> Option<&'a Process> {
-        self.table.procs.get(&self.pid)
+    /// The process itself, where the table has it.
+    pub fn process(&self) -> Option<&'a Process> {
+        self.process
     }
 
     /// The program it runs (after an exec, the program executed).
@@ -220,7 +223,8 @@ impl ProcessTable {
     /// Returns the new process when this record shows that a forked task is one.
     pub fn seen(&mut self, pid: u32, tid: u32, comm: &str, time_ns: u64) -> Option<&Process> {
         let mut confirmed = false;
-        if self.unconfirmed.remove(&tid).is_some() {
+        // Nearly always empty: no lookup then.
+        if !self.unconfirmed.is_empty() && self.unconfirmed.remove(&tid).is_some() {
             if pid == tid {
                 confirmed = true;
             } else {
@@ -300,7 +304,10 @@ impl ProcessTable {
 
     /// What rules see of process `pid` and the processes above it.
     pub fn view(&self, pid: u32) -> ProcessView<'_> {
-        ProcessView { table: self, pid }
+        ProcessView {
+            table: self,
+            process: self.procs.get(&pid),
+        }
     }
 
     /// Fills in, once, from /proc what the trace did not say of a process it met already

@@ -10,7 +10,7 @@ use smallvec::SmallVec;
 use monitor_common::syscall::{Arg, ArgKind, Class, Effect, F_DUPFD_CLOEXEC, Syscall};
 use serde::{Serialize, Serializer, ser::SerializeMap};
 
-use crate::decode::{ArgValue, ArgValues, Enter, FileId, Flags, Record};
+use crate::decode::{ArgValue, ArgValues, Call, Enter, FileId, Flags, Record};
 use crate::process::{OpenFile, ProcessTable};
 use crate::resolve::{self, Names};
 
@@ -78,6 +78,10 @@ pub struct SyscallEvent {
     pub resolved: Vec<String>,
     #[serde(skip)]
     pub syscall: &'static Syscall,
+    /// The path arguments (bit i: argument i) the tracer found absolute and normal already,
+    /// so that the rules need not check them again; 0 where nobody checked.
+    #[serde(skip)]
+    pub clean_paths: u8,
 }
 
 impl SyscallEvent {
@@ -150,31 +154,45 @@ pub struct Tracer {
 /// [`Tracer::resolve`]). Most calls reach one path per argument, the argument's own text,
 /// shared.
 #[derive(Default)]
-struct Reached(SmallVec<[(usize, Arc<str>); 4]>);
+struct Reached {
+    list: SmallVec<[(usize, Arc<str>); 4]>,
+    /// The arguments (bit i: argument i) whose text was an absolute, normal path already.
+    clean: u8,
+    /// The caller's parent, looked up with its working directory (one lookup per event).
+    ppid: Option<u32>,
+}
 
 impl Reached {
     /// What argument `arg` reached first: its absolute path.
     fn first(&self, arg: usize) -> Option<&Arc<str>> {
-        self.0.iter().find(|(a, _)| *a == arg).map(|(_, p)| p)
+        self.list.iter().find(|(a, _)| *a == arg).map(|(_, p)| p)
     }
 
     /// What argument `arg` finally reached.
     fn last(&self, arg: usize) -> Option<&Arc<str>> {
-        self.0.iter().rev().find(|(a, _)| *a == arg).map(|(_, p)| p)
+        self.list
+            .iter()
+            .rev()
+            .find(|(a, _)| *a == arg)
+            .map(|(_, p)| p)
     }
 
     /// Every path reached, argument by argument.
     fn all(&self) -> impl Iterator<Item = &Arc<str>> {
-        self.0.iter().map(|(_, p)| p)
+        self.list.iter().map(|(_, p)| p)
     }
 
     /// Argument `arg` (the last one added) also reached `path`, unless that is where it
     /// stands already.
     fn push(&mut self, arg: usize, path: Arc<str>) {
-        if self.0.last().is_some_and(|(a, p)| *a == arg && *p == path) {
+        if self
+            .list
+            .last()
+            .is_some_and(|(a, p)| *a == arg && *p == path)
+        {
             return;
         }
-        self.0.push((arg, path));
+        self.list.push((arg, path));
     }
 }
 
@@ -206,6 +224,16 @@ impl Tracer {
 
     /// Feeds one record; calls `emit` for each event it completes.
     pub fn push(&mut self, record: Record, emit: &mut impl FnMut(Event)) {
+        if let Some(last) = self.push_last(record, emit) {
+            emit(last);
+        }
+    }
+
+    /// Feeds one record; calls `emit` for each event it completes but the last, which it
+    /// returns where there is one: a syscall's, most records' only event, then stays where
+    /// the caller keeps it (an event is large), not moved into a batch first.
+    #[inline]
+    pub fn push_last(&mut self, record: Record, emit: &mut impl FnMut(Event)) -> Option<Event> {
         let h = record.header();
         if let Some(child) = self.processes.seen(h.pid, h.tid, &h.comm, h.time_ns) {
             // Reported as the parent's act, at the time of the fork.
@@ -223,16 +251,21 @@ impl Tracer {
             });
         }
         match record {
-            Record::Call(call) => {
-                self.lost_exit(call.enter.header.tid, emit);
+            Record::Call(Call {
+                enter,
+                exit_ns,
+                ret,
+                file,
+            }) => {
+                self.lost_exit(enter.header.tid, emit);
                 let returned = Returned {
-                    ret: call.ret,
-                    time_ns: call.exit_ns,
-                    file: call.file,
+                    ret,
+                    time_ns: exit_ns,
+                    file,
                 };
-                emit(self.completed(call.enter, Some(returned)));
+                return Some(self.completed(enter, Some(returned)));
             }
-            Record::Enter(enter) => self.enter(enter, emit),
+            Record::Enter(enter) => return self.enter(enter, emit),
             Record::Exit(exit) => {
                 let tid = exit.header.tid;
                 match self.pending.remove(&tid) {
@@ -242,7 +275,7 @@ impl Tracer {
                             time_ns: exit.header.time_ns,
                             file: exit.file,
                         };
-                        emit(self.completed(enter, Some(returned)));
+                        return Some(self.completed(enter, Some(returned)));
                     }
                     other => {
                         if let Some(enter) = other {
@@ -303,6 +336,7 @@ impl Tracer {
                 }
             }
         }
+        None
     }
 
     /// Emits every entry still waiting for its exit (at the end of a job).
@@ -314,7 +348,9 @@ impl Tracer {
         }
     }
 
-    fn enter(&mut self, enter: Enter, emit: &mut impl FnMut(Event)) {
+    /// An entry alone: the event of a call whose exit is not traced (`close`, whose result is
+    /// not kept; `exit_group`, which does not return), returned; any other waits for its exit.
+    fn enter(&mut self, enter: Enter, emit: &mut impl FnMut(Event)) -> Option<Event> {
         let sc = enter.syscall;
         if enter.header.flags.recaptured {
             // A second look at the entry waiting for its exit: keep its time, take the data.
@@ -325,7 +361,7 @@ impl Tracer {
                 *pending = enter;
                 pending.header.time_ns = time_ns;
             }
-            return;
+            return None;
         }
         if sc.ends_process
             && let Some(code) = enter.args.first().and_then(ArgValue::as_u64)
@@ -333,17 +369,21 @@ impl Tracer {
             self.processes.exit_code(enter.header.pid, code as i32);
         }
         if !sc.has_exit() {
-            emit(self.completed(enter, None));
-            return;
+            return Some(self.completed(enter, None));
         }
         let tid = enter.header.tid;
         self.lost_exit(tid, emit);
         self.pending.insert(tid, enter);
+        None
     }
 
     /// Thread `tid` begins a syscall. A thread is in one syscall at a time: an entry of
     /// its still waiting for its exit lost it, and is reported with what we have.
     fn lost_exit(&mut self, tid: u32, emit: &mut impl FnMut(Event)) {
+        // Nearly always so (most calls come in one record): no lookup.
+        if self.pending.is_empty() {
+            return;
+        }
         if let Some(previous) = self.pending.remove(&tid) {
             emit(self.completed(previous, None));
         }
@@ -352,17 +392,54 @@ impl Tracer {
     /// The event of a syscall that returned (or whose return will not be seen), with its
     /// paths resolved as the process's state was when it made the call; then that state
     /// updated by what the call did.
-    fn completed(&mut self, enter: Enter, exit: Option<Returned>) -> Event {
+    // Inlined, and the event written in one expression: an event is large (one per syscall),
+    // and built this way it is written once where the caller puts it, not moved through
+    // intermediate values (`event_sizes` pins how large).
+    #[inline(always)]
+    fn completed(&mut self, mut enter: Enter, exit: Option<Returned>) -> Event {
         let paths = self.resolve(&enter, exit.and_then(|e| e.file));
         self.apply(&enter, exit.map(|e| e.ret), &paths);
         let mut resolved: Vec<String> = Vec::new();
         for path in paths.all() {
-            let literal = enter.args.iter().any(|a| a.as_str() == Some(path));
+            // Most paths reached are the argument's own shared text: the same pointer.
+            let literal = enter.args.iter().any(|a| match a {
+                ArgValue::Str(Some(text)) => Arc::ptr_eq(text, path) || **text == **path,
+                _ => false,
+            });
             if !literal && !resolved.iter().any(|r| **r == **path) {
                 resolved.push(path.to_string());
             }
         }
-        self.syscall_event(enter, exit, resolved)
+        // The event is written from the entry's fields in one expression (no local copies).
+        enter.args.truncate(enter.syscall.args.len());
+        let sc = enter.syscall;
+        let ret = exit.map(|e| e.ret);
+        Event {
+            time_ns: enter.header.time_ns,
+            pid: enter.header.pid,
+            tid: enter.header.tid,
+            ppid: paths.ppid,
+            uid: enter.header.uid,
+            comm: enter.header.comm,
+            cgroup_id: enter.header.cgroup_id,
+            what: What::Syscall(SyscallEvent {
+                name: sc.name,
+                class: sc.class,
+                args: Args {
+                    names: sc.args,
+                    values: enter.args,
+                },
+                ret,
+                errno: ret
+                    .filter(|r| (-4095..0).contains(r))
+                    .map(|r| errno_name(-r as i32)),
+                exit_time_ns: exit.map(|e| e.time_ns),
+                flags: enter.header.flags,
+                resolved,
+                syscall: sc,
+                clean_paths: paths.clean,
+            }),
+        }
     }
 
     /// For each argument of `enter`, what it reached (empty for an argument that is no path,
@@ -374,7 +451,10 @@ impl Tracer {
         let cwd = process.and_then(|p| p.cwd.as_deref());
         let fd_path = |fd: i32| self.processes.fd(pid, fd).map(|f| f.path.clone());
         let kinds = enter.syscall.args;
-        let mut paths = Reached::default();
+        let mut paths = Reached {
+            ppid: process.and_then(|p| p.ppid),
+            ..Reached::default()
+        };
         if !kinds.iter().any(|a| a.kind == ArgKind::Path) {
             return paths;
         }
@@ -392,6 +472,7 @@ impl Tracer {
             // An absolute path that is normal already is its own absolute form: shared, not
             // copied (most paths).
             let absolute = if resolve::is_clean(path) {
+                paths.clean |= 1 << i;
                 path.clone()
             } else {
                 let dir_fd = match i.checked_sub(1).map(|d| (kinds[d].kind, &enter.args[d])) {
@@ -412,6 +493,7 @@ impl Tracer {
             let mut last = absolute.clone();
             paths.push(i, absolute);
             for _ in 0..2 {
+                let before = paths.list.len();
                 if let Some(target) = resolve::magic(&last, fd_path, cwd) {
                     last = target.into();
                     paths.push(i, last.clone());
@@ -420,14 +502,18 @@ impl Tracer {
                     last = further.into();
                     paths.push(i, last.clone());
                 }
+                // Nothing further: a second look at the same path finds nothing either.
+                if paths.list.len() == before {
+                    break;
+                }
             }
         }
         // After what the first path argument reached.
         if let Some(known) = file.and_then(|f| self.names.known(f))
-            && let Some(&(first, _)) = paths.0.first()
+            && let Some(&(first, _)) = paths.list.first()
         {
-            let at = paths.0.iter().take_while(|(a, _)| *a == first).count();
-            paths.0.insert(at, (first, known.into()));
+            let at = paths.list.iter().take_while(|(a, _)| *a == first).count();
+            paths.list.insert(at, (first, known.into()));
         }
         paths
     }
@@ -524,31 +610,8 @@ impl Tracer {
         }
     }
 
-    fn syscall_event(&self, enter: Enter, exit: Option<Returned>, resolved: Vec<String>) -> Event {
-        let Enter {
-            header: h,
-            syscall: sc,
-            args,
-        } = enter;
-        let ret = exit.map(|e| e.ret);
-        let errno = ret
-            .filter(|r| (-4095..0).contains(r))
-            .map(|r| errno_name(-r as i32));
-        let flags = h.flags;
-        self.event(
-            h,
-            What::Syscall(SyscallEvent {
-                name: sc.name,
-                class: sc.class,
-                args: Args::new(sc.args, args),
-                ret,
-                errno,
-                exit_time_ns: exit.map(|e| e.time_ns),
-                flags,
-                resolved,
-                syscall: sc,
-            }),
-        )
+    fn ppid(&self, pid: u32) -> Option<u32> {
+        self.processes.get(pid).and_then(|p| p.ppid)
     }
 
     // Inlined, so that an event (large, one per syscall) is built in place, not moved.
@@ -558,7 +621,7 @@ impl Tracer {
             time_ns: h.time_ns,
             pid: h.pid,
             tid: h.tid,
-            ppid: self.processes.get(h.pid).and_then(|p| p.ppid),
+            ppid: self.ppid(h.pid),
             uid: h.uid,
             comm: h.comm,
             cgroup_id: h.cgroup_id,
@@ -933,5 +996,82 @@ mod tests {
             &*t.processes().fd(PID, 3).unwrap().path,
             "/home/user/.ssh/id_rsa"
         );
+    }
+
+    /// The event of `openat(dir, name)` fed through `tracer` as one record.
+    fn opened(tracer: &mut Tracer, dir: i32, name: &str) -> SyscallEvent {
+        let openat = by_name("openat").unwrap();
+        let args = vec![ArgValue::Fd(dir), path(name), flags(0), ArgValue::Mode(0)];
+        let mut events = events_of(tracer, records(openat, args, 3, None, true));
+        match events.pop().map(|e| e.what) {
+            Some(What::Syscall(sc)) => sc,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_path_argument_written_absolute_and_normal_is_marked_so_for_the_rules() {
+        let mut t = tracer();
+        // The path is argument 1 of openat.
+        assert_eq!(opened(&mut t, AT_FDCWD, "/etc/passwd").clean_paths, 1 << 1);
+        assert_eq!(opened(&mut t, AT_FDCWD, "/").clean_paths, 1 << 1);
+        for unclean in [
+            "passwd",
+            "/etc/../etc/passwd",
+            "/etc//passwd",
+            "/etc/",
+            "/etc/.",
+        ] {
+            assert_eq!(
+                opened(&mut t, AT_FDCWD, unclean).clean_paths,
+                0,
+                "{unclean}"
+            );
+        }
+        // Relative to a directory fd: resolved, so not the argument's own text.
+        opened(&mut t, AT_FDCWD, "/etc");
+        assert_eq!(opened(&mut t, 3, "passwd").clean_paths, 0);
+    }
+
+    #[test]
+    fn push_gives_the_events_push_last_gives_in_the_same_order() {
+        let openat = by_name("openat").unwrap();
+        let close = by_name("close").unwrap();
+        let open = || vec![ArgValue::Fd(AT_FDCWD), path("/etc/passwd"), flags(0)];
+        // A lost exit (an entry, then another call of the thread), an entry alone, a call.
+        let mut feed = records(openat, open(), 3, None, false);
+        feed.truncate(1);
+        feed.extend(records(close, vec![ArgValue::Fd(3)], 0, None, false));
+        feed.extend(records(openat, open(), 4, None, true));
+        let names = |events: &[Event]| -> Vec<String> {
+            events
+                .iter()
+                .map(|e| serde_json::to_string(e).unwrap())
+                .collect()
+        };
+        let mut pushed = Vec::new();
+        let mut t = tracer();
+        for r in feed.clone() {
+            t.push(r, &mut |e| pushed.push(e));
+        }
+        let mut last = Vec::new();
+        let mut t = tracer();
+        for r in feed {
+            let returned = t.push_last(r, &mut |e| last.push(e));
+            last.extend(returned);
+        }
+        assert_eq!(pushed.len(), 3, "{pushed:?}");
+        assert_eq!(names(&pushed), names(&last));
+    }
+
+    #[test]
+    fn records_and_events_stay_small() {
+        // Every record and event is moved between the decoder, the tracer and the judge, at
+        // millions a second: grow one only knowingly (a large, rare variant is boxed).
+        use std::mem::size_of;
+        assert!(size_of::<Record>() <= 256, "{}", size_of::<Record>());
+        assert!(size_of::<Enter>() <= 216, "{}", size_of::<Enter>());
+        assert!(size_of::<Event>() <= 328, "{}", size_of::<Event>());
+        assert!(size_of::<ArgValue>() <= 32, "{}", size_of::<ArgValue>());
     }
 }

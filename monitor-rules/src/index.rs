@@ -59,6 +59,10 @@ pub(super) struct Candidates {
     /// `None` when no candidate has a path condition, or the combined set could not be built
     /// (then each rule's own globs judge).
     paths: Option<PathGlobs>,
+    /// The positions in `rules` of the candidates without `path` globs: the only ones that
+    /// can fire on an event whose paths match no glob at all (most events: a loop's data
+    /// file, a server's model).
+    pathless: Vec<u16>,
 }
 
 #[derive(Debug)]
@@ -67,6 +71,32 @@ struct PathGlobs {
     /// For each candidate, in the order of `rules`: the ids in `set` of its `path` globs, and
     /// of its `path_not` globs.
     spans: Vec<[Range<usize>; 2]>,
+    /// For each glob id in `set`: the candidate (its position in `rules`) whose `path` glob it
+    /// is; `None` for a `path_not` glob.
+    path_owner: Vec<Option<u16>>,
+}
+
+/// Positions in a [`Candidates`]' `rules`, in order.
+pub(super) type Slots = SmallVec<[u16; 32]>;
+
+/// The candidates worth testing on an event (see [`Candidates::worth_testing`]).
+pub(super) enum Worth<'a> {
+    All,
+    /// Those without `path` globs (the event's paths matched none).
+    Pathless(&'a [u16]),
+    /// Those and the ones with a `path` glob the event's paths matched.
+    Some(Slots),
+}
+
+impl Worth<'_> {
+    /// The positions to test, in order; `None` for all.
+    pub(super) fn slots(&self) -> Option<&[u16]> {
+        match self {
+            Worth::All => None,
+            Worth::Pathless(slots) => Some(slots),
+            Worth::Some(slots) => Some(slots),
+        }
+    }
 }
 
 /// The ids of the globs an event's paths matched, found on first need.
@@ -90,16 +120,89 @@ impl Candidates {
             });
             spans.push(span);
         }
-        let paths = any
-            .then(|| builder.build().ok())
-            .flatten()
-            .map(|set| PathGlobs { set, spans });
+        let paths = any.then(|| builder.build().ok()).flatten().map(|set| {
+            let mut path_owner = vec![None; next];
+            for (slot, [path, _]) in spans.iter().enumerate() {
+                for id in path.clone() {
+                    path_owner[id] = Some(slot as u16);
+                }
+            }
+            PathGlobs {
+                set,
+                spans,
+                path_owner,
+            }
+        });
+        let pathless = match &paths {
+            Some(paths) => (0..rules.len())
+                .filter(|&slot| paths.spans[slot][0].is_empty())
+                .map(|slot| slot as u16)
+                .collect(),
+            None => Vec::new(),
+        };
         static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         Candidates {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             rules,
             paths,
+            pathless,
         }
+    }
+
+    /// The positions in `rules` of the candidates worth testing on the event with `facts`
+    /// (`None`: all of them): those without `path` globs, and those with one the event's
+    /// paths matched; the others' paths cannot hold (see [`Candidates::paths_hold`]). Most
+    /// events' paths match no glob at all (a loop's data file, a server's model), and a
+    /// policy's rule about a path is one candidate among many. `matched` and `memo` as there.
+    pub(super) fn worth_testing(
+        &self,
+        facts: &Facts,
+        matched: &Matched,
+        memo: &mut PathMemo,
+    ) -> Worth<'_> {
+        let Some(paths) = &self.paths else {
+            return Worth::All;
+        };
+        let ids = self.matched(paths, facts, matched, memo);
+        if ids.iter().all(|&id| paths.path_owner[id].is_none()) {
+            return Worth::Pathless(&self.pathless);
+        }
+        let mut hit: SmallVec<[u16; 8]> =
+            ids.iter().filter_map(|&id| paths.path_owner[id]).collect();
+        hit.sort_unstable();
+        hit.dedup();
+        // Both in order, and apart (a pathless candidate has no `path` glob): merged.
+        let mut slots = Slots::new();
+        let (mut a, mut b) = (self.pathless.iter().peekable(), hit.iter().peekable());
+        while let (Some(&&x), Some(&&y)) = (a.peek(), b.peek()) {
+            if x < y {
+                slots.push(x);
+                a.next();
+            } else {
+                slots.push(y);
+                b.next();
+            }
+        }
+        slots.extend(a.copied());
+        slots.extend(b.copied());
+        Worth::Some(slots)
+    }
+
+    /// The ids of the globs the event's paths matched, found once per event.
+    fn matched<'m>(
+        &self,
+        paths: &PathGlobs,
+        facts: &Facts,
+        matched: &'m Matched,
+        memo: &mut PathMemo,
+    ) -> &'m SmallVec<[usize; 8]> {
+        matched.get_or_init(|| {
+            let mut ids = SmallVec::new();
+            for p in &facts.paths {
+                memo.matches_into(self.id, &paths.set, p, &mut ids);
+            }
+            ids
+        })
     }
 
     /// Whether the path conditions of the candidate at `slot` (a position in `rules`) hold
@@ -121,13 +224,7 @@ impl Candidates {
         if path.is_empty() && path_not.is_empty() {
             return true;
         }
-        let matched = matched.get_or_init(|| {
-            let mut ids = SmallVec::new();
-            for p in &facts.paths {
-                memo.matches_into(self.id, &paths.set, p, &mut ids);
-            }
-            ids
-        });
+        let matched = self.matched(paths, facts, matched, memo);
         let any_in = |span: &Range<usize>| matched.iter().any(|id| span.contains(id));
         (path.is_empty() || any_in(path)) && !any_in(path_not)
     }
@@ -270,10 +367,22 @@ mod tests {
                         facts.paths.push(Cow::Borrowed(second));
                     }
                     let matched = Matched::new();
+                    let worth = candidates.worth_testing(&facts, &matched, &mut memo);
+                    let worth = worth.slots();
+                    // In the candidates' order, each once: findings come out in that order.
+                    if let Some(worth) = worth {
+                        assert!(worth.windows(2).all(|w| w[0] < w[1]), "{worth:?}");
+                    }
                     for (slot, &i) in candidates.rules.iter().enumerate() {
                         let rule = &rules.rules[i as usize];
                         let combined =
                             candidates.paths_hold(slot, rule, &facts, &matched, &mut memo);
+                        // A candidate left out as not worth testing is one whose paths fail.
+                        if let Some(worth) = worth
+                            && !worth.contains(&(slot as u16))
+                        {
+                            assert!(!combined, "{} on {}: {first}", rule.id(), sc.name);
+                        }
                         assert_eq!(
                             combined,
                             rule.matcher.paths_hold(&facts),

@@ -113,8 +113,13 @@ impl Judge {
         let mut batch = std::mem::take(&mut self.batch);
         for r in records.drain(..) {
             scope.record(&r);
-            self.tracer.push(r, &mut |e| batch.push(e));
+            // The record's last event (nearly always its only one) is judged where the
+            // tracer returns it; any before it, in order, from the batch first.
+            let last = self.tracer.push_last(r, &mut |e| batch.push(e));
             self.judge_batch(&mut batch, rules, scope);
+            if let Some(event) = &last {
+                self.judge(event, rules, scope);
+            }
             scope.recorded();
         }
         self.batch = batch;
@@ -143,10 +148,12 @@ impl Judge {
             return;
         };
         let processes = self.tracer.processes();
+        // One lookup of the process for its working directory and the rules' view of it.
+        let view = processes.view(event.pid);
         let ctx = Context {
             phase: setting.phase,
-            cwd: processes.get(event.pid).and_then(|p| p.cwd.as_deref()),
-            process: setting.process_view.then(|| processes.view(event.pid)),
+            cwd: view.process().and_then(|p| p.cwd.as_deref()),
+            process: setting.process_view.then_some(view),
             watch: self.watch.as_deref(),
         };
         let mut found = rules.judge_memo(event, &ctx, &mut self.paths);

@@ -406,7 +406,13 @@ impl RuleSet {
         let facts = Facts::of(sc, ctx.cwd);
         let matched = index::Matched::new();
         let mut found = Vec::new();
-        for (slot, &i) in candidates.rules.iter().enumerate() {
+        // Only the candidates whose paths can hold are tested (in the same order).
+        let worth = candidates.worth_testing(&facts, &matched, memo);
+        let worth = worth.slots();
+        let tested = worth.map_or(candidates.rules.len(), <[u16]>::len);
+        for k in 0..tested {
+            let slot = worth.map_or(k, |w| w[k] as usize);
+            let i = candidates.rules[slot];
             let (rule, exceptions) = (&self.rules[i as usize], &self.exceptions[i as usize]);
             // Paths first: the event's paths are matched once for all candidates (and
             // remembered across events), and they are what most rules about a syscall differ
@@ -562,6 +568,7 @@ mod tests {
                 flags: monitor_engine::decode::Flags::default(),
                 resolved: Vec::new(),
                 syscall: sc,
+                clean_paths: 0,
             }),
         }
     }

@@ -53,6 +53,10 @@ pub const DEFAULT_LINGER: Duration = Duration::from_secs(2);
 /// `harness.out-of-order` rule judges it like the interpreter's own evidence.
 pub const OUT_OF_ORDER: &str = "harness.out-of-order";
 
+/// The audit event a job killed by the sandbox at a syscall of a foreign ABI is reported as
+/// (`monitor_jobs::sandbox::native_abi`): the `sandbox.foreign-abi` rule judges it.
+pub const FOREIGN_ABI: &str = "sandbox.foreign-abi";
+
 /// What to scan and how.
 #[derive(Debug, Clone)]
 pub struct ScanSpec {
@@ -580,6 +584,23 @@ async fn load_under_watch(
                 phase: phase_at(v.read_ns),
             }),
     );
+    // The sandbox killed the job at a 32-bit (or x32) syscall, which the probes cannot see:
+    // the call did not run, and the attempt is the evidence.
+    if spec.sandbox.landlock
+        && summary.exit_code == monitor_jobs::sandbox::native_abi::FOREIGN_ABI_EXIT
+    {
+        let last = timeline.last().map_or(0, |p| p.start_ns);
+        report.audit.push(AuditRecord {
+            event: FOREIGN_ABI.to_string(),
+            args: "the job was killed by the sandbox's seccomp filter (SIGSYS) at a syscall of \
+                   another ABI than the machine's (a 32-bit int $0x80 call, or x32)"
+                .to_string(),
+            subject: None,
+            pid: 0,
+            time_ns: last,
+            phase: phase_at(last),
+        });
+    }
     if let Some(cut) = summary.control_violations.len().checked_sub(MAX_VIOLATIONS)
         && cut > 0
     {

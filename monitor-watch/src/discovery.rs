@@ -344,6 +344,7 @@ mod tests {
                 flags: monitor_engine::decode::Flags::default(),
                 resolved: Vec::new(),
                 syscall,
+                clean_paths: 0,
             }),
         }
     }

@@ -264,3 +264,35 @@ async fn a_payload_that_acts_only_outside_a_sandbox_is_not_put_off_by_the_sandbo
     malicious(&report);
     finding(&report, "exec.program");
 }
+
+/// A 32-bit syscall (`int $0x80`) from the 64-bit loader: the kernel's `syscalls:*`
+/// tracepoints skip compat calls, so without the sandbox's filter the honeytoken read below
+/// would follow a call nobody saw. The payload is `getpid` (ia32 number 20), machine code run
+/// through ctypes.
+#[cfg(target_arch = "x86_64")]
+#[tokio::test(flavor = "current_thread")]
+async fn a_32_bit_syscall_stops_the_job_before_it_runs_and_is_found() {
+    let report = scan_code(
+        "import ctypes, mmap, os\n\
+         code = mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)\n\
+         # mov eax, 20 (ia32 getpid); int 0x80; ret\n\
+         code.write(b'\\xb8\\x14\\x00\\x00\\x00\\xcd\\x80\\xc3')\n\
+         pid = ctypes.CFUNCTYPE(ctypes.c_int)(ctypes.addressof(ctypes.c_char.from_buffer(code)))()\n\
+         open(os.path.expanduser('~/.ssh/id_rsa')).read()\n",
+        TIMEOUT,
+    )
+    .await;
+    malicious(&report);
+    assert!(
+        rules(&report).contains(&"sandbox.foreign-abi"),
+        "{:?}, errors {:?}",
+        rules(&report),
+        report.errors
+    );
+    // Killed at the call: what came after it never ran.
+    assert!(
+        !rules(&report).contains(&"cred.read"),
+        "{:?}",
+        rules(&report)
+    );
+}

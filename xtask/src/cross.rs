@@ -128,6 +128,9 @@ pub fn ensure_tools(arches: &[Arch]) -> Result<()> {
         env.rebuild(|_| Ok(()))?;
     }
     cargo_zigbuild()?;
+    for &arch in arches {
+        rust_std(arch)?;
+    }
     if arches.iter().any(|a| !a.is_host()) {
         setup::debian_package("qemu-user-static", QEMU_AARCH64)?;
         setup::debian_package(
@@ -136,6 +139,32 @@ pub fn ensure_tools(arches: &[Arch]) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// The standard library for `arch` in the toolchain that builds the workspace: rustup ships
+/// only the host's with a toolchain, and cross-building needs the target's too.
+fn rust_std(arch: Arch) -> Result<()> {
+    let out = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .current_dir(root())
+        .output()
+        .context("running rustup target list")?;
+    if !out.status.success() {
+        bail!("rustup target list --installed failed: {}", out.status);
+    }
+    if String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|t| t.trim() == arch.triple())
+    {
+        return Ok(());
+    }
+    println!(
+        "dist-build: installing the Rust standard library for {}",
+        arch.triple()
+    );
+    run(Command::new("rustup")
+        .args(["target", "add", arch.triple()])
+        .current_dir(root()))
 }
 
 fn cargo_zigbuild() -> Result<()> {

@@ -132,6 +132,7 @@ impl Serialize for ArgValue {
 const AT_FDCWD: i32 = libc::AT_FDCWD;
 
 /// Decodes every argument of `syscall`; texts and named values through `shared`.
+#[inline(always)]
 pub(super) fn decode_all(
     syscall: &Syscall,
     raw: &[u64; 6],
@@ -139,7 +140,8 @@ pub(super) fn decode_all(
     shared: &mut Shared,
 ) -> ArgValues {
     let mut strings = cap.strings.iter();
-    let mut args = ArgValues::with_capacity(syscall.args.len());
+    // Not `with_capacity`: its result would be moved in; up to four arguments fit in place.
+    let mut args = ArgValues::new();
     for (arg, &value) in syscall.args.iter().zip(raw) {
         let decoded = match arg.kind.capture() {
             Capture::Str => ArgValue::Str(

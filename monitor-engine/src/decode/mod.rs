@@ -280,6 +280,9 @@ impl Decoder {
         })
     }
 
+    // Inlined, like `args::decode_all`: a record (large) is then written once, where
+    // `decode` returns it, not moved from one function's result into the next.
+    #[inline(always)]
     fn enter(&self, bytes: &[u8], header: Header) -> Result<Enter, DecodeError> {
         let fixed = SyscallEnter::FIXED_LEN;
         if bytes.len() < fixed {
@@ -288,21 +291,21 @@ impl Decoder {
                 need: fixed,
             });
         }
-        // Only the fixed part is read as a struct; the kernel sends `data` trimmed.
-        let mut head = [0u8; SyscallEnter::FIXED_LEN];
-        head.copy_from_slice(&bytes[..fixed]);
-        let nr = u32::from_ne_bytes(field(&head, std::mem::offset_of!(SyscallEnter, nr)));
+        // Only the fixed part is read (field by field, where it lies: not copied out first);
+        // the kernel sends `data` trimmed.
+        let head = &bytes[..fixed];
+        let nr = u32::from_ne_bytes(field(head, std::mem::offset_of!(SyscallEnter, nr)));
         let data_len =
-            u32::from_ne_bytes(field(&head, std::mem::offset_of!(SyscallEnter, data_len))) as usize;
+            u32::from_ne_bytes(field(head, std::mem::offset_of!(SyscallEnter, data_len))) as usize;
         let data = bytes
             .get(fixed..fixed + data_len)
             .ok_or(DecodeError::BadLengths)?;
         let off_args = std::mem::offset_of!(SyscallEnter, args);
-        let raw_args: [u64; 6] =
-            std::array::from_fn(|i| u64::from_ne_bytes(field(&head, off_args + 8 * i)));
-        let u16_at = |off: usize| u16::from_ne_bytes(field(&head, off));
+        // Arrays read whole (one unaligned load each), not element by element.
+        let raw_args: [u64; 6] = read(&head[off_args..])?;
+        let u16_at = |off: usize| u16::from_ne_bytes(field(head, off));
         let off_str = std::mem::offset_of!(SyscallEnter, str_len);
-        let str_len: [usize; STR_SLOTS] = std::array::from_fn(|i| u16_at(off_str + 2 * i) as usize);
+        let str_len: [u16; STR_SLOTS] = read(&head[off_str..])?;
         let blob_len = u16_at(std::mem::offset_of!(SyscallEnter, blob_len)) as usize;
         let argv_len = u16_at(std::mem::offset_of!(SyscallEnter, argv_len)) as usize;
         let argc = u16_at(std::mem::offset_of!(SyscallEnter, argc)) as usize;
@@ -318,11 +321,16 @@ impl Decoder {
         };
         let mut strings: [&[u8]; STR_SLOTS] = [&[]; STR_SLOTS];
         for (slot, len) in strings.iter_mut().zip(str_len) {
-            *slot = take(len)?;
+            *slot = take(len.into())?;
         }
         let blob = take(blob_len)?;
         let argv = take(argv_len)?;
-        let argv: Vec<String> = argv.split(|&b| b == 0).take(argc).map(c_string).collect();
+        // Only exec entries carry an argv: nothing to split for the others.
+        let argv: Vec<String> = if argc == 0 {
+            Vec::new()
+        } else {
+            argv.split(|&b| b == 0).take(argc).map(c_string).collect()
+        };
 
         let captured = args::Captured {
             strings: &strings,

@@ -35,6 +35,8 @@ pub enum LandlockError {
     NotEnforced(RulesetStatus),
     #[error("building the Landlock ruleset: {0}")]
     Ruleset(#[from] landlock::RulesetError),
+    #[error("installing the seccomp filter that admits only the native syscall ABI: {0}")]
+    NativeAbi(std::io::Error),
     #[error("executing {program:?} under Landlock: {source}")]
     Exec {
         program: OsString,
@@ -64,7 +66,8 @@ pub fn restrict(writable: &[PathBuf]) -> Result<(), LandlockError> {
     }
 }
 
-/// Restricts this process as [`restrict`] does, runs `program`, and waits until it and every
+/// Restricts this process as [`restrict`] does, admits only the native syscall ABI
+/// ([`super::native_abi`]), runs `program`, and waits until it and every
 /// process it left behind have exited. Returns `program`'s exit status in the shell's way
 /// (128 + N for signal N).
 pub fn run_restricted(
@@ -73,6 +76,8 @@ pub fn run_restricted(
     args: &[OsString],
 ) -> Result<i32, LandlockError> {
     restrict(writable)?;
+    // After Landlock, which set no_new_privs (seccomp needs it, unprivileged).
+    super::native_abi::restrict().map_err(LandlockError::NativeAbi)?;
     let exec_error = |source| LandlockError::Exec {
         program: program.clone(),
         source,

@@ -9,11 +9,13 @@
 //!
 //! Inside bubblewrap, a helper ([`landlock`]) confines the job with Landlock before it
 //! starts: writes only to its scratch, temporary and home directories, no signals to
-//! processes outside. Not yet: cgroup memory limits (this host's cgroup v2 has no memory
+//! processes outside; then with a seccomp filter that admits only the native syscall ABI
+//! ([`native_abi`]: a 32-bit call would pass the probes unseen). Not yet: cgroup memory limits (this host's cgroup v2 has no memory
 //! controller; RLIMIT_AS stands in).
 
 pub mod decoy;
 pub mod landlock;
+pub mod native_abi;
 pub mod user;
 
 pub use user::{JOB_USER_NAME, SandboxUser};
