@@ -492,8 +492,8 @@ async fn a_flood_of_blocked_calls_overflows_the_pending_map_visibly_and_loses_no
 /// - an ia32 `read` made with `int 0x80` (a compat syscall: its number, 3, is `close` in the
 ///   x86_64 table) is not recorded as the `close` its number would be. The per-syscall
 ///   tracepoints and the kprobes on the native functions never see compat calls; a hook that
-///   sees them all (the raw syscall tracepoints, tried on branch `kern-raw`) must tell them
-///   apart.
+///   sees them all (the raw syscall tracepoints, tried and not kept: docs/benchmarks.md) must
+///   tell them apart.
 #[tokio::test(flavor = "current_thread")]
 async fn only_the_table_s_syscalls_are_recorded_by_number_and_compat_calls_are_not_misread() {
     const NATIVE_FD: u64 = 0x7777;
