@@ -46,7 +46,7 @@ use hyper_util::{
 };
 use tokio::{
     io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf},
-    sync::Semaphore,
+    sync::{Semaphore, watch},
 };
 use tower_http::timeout::RequestBodyTimeout;
 
@@ -98,6 +98,10 @@ pub async fn serve<L: Listener>(
         .timer(TokioTimer::new())
         .header_read_timeout(limits.read_timeout);
     let graceful = GracefulShutdown::new();
+    // Set when the grace has run out: each connection's task drops its connection then, so a
+    // client that does not read is let go at once, not when its own timeouts end it (the
+    // tasks would otherwise outlive `serve`, while the daemon's shutdown goes on).
+    let (dropping, dropped) = watch::channel(false);
     let open = Arc::new(Mutex::new(Open::default()));
     let refusals = Arc::new(Semaphore::new(REFUSALS_READ));
     let (mut refused, mut last_logged) = (0u64, None::<std::time::Instant>);
@@ -133,10 +137,16 @@ pub async fn serve<L: Listener>(
         });
         let io = TimedIo::new(io, limits.write_timeout);
         let connection = graceful.watch(builder.serve_connection(TokioIo::new(io), with_peer));
+        let mut dropped = dropped.clone();
         tokio::spawn(async move {
-            // A client that stalled or went away: its connection ends, nothing else does.
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "connection ended");
+            tokio::select! {
+                // A client that stalled or went away: its connection ends, nothing else does.
+                ended = connection => {
+                    if let Err(e) = ended {
+                        tracing::debug!(error = %e, "connection ended");
+                    }
+                }
+                _ = dropped.wait_for(|dropped| *dropped) => {}
             }
             drop(slot);
         });
@@ -147,6 +157,7 @@ pub async fn serve<L: Listener>(
         .is_err()
     {
         tracing::info!("connections still open at shutdown are dropped");
+        let _ = dropping.send(true);
     }
 }
 
@@ -397,6 +408,45 @@ mod tests {
         let mut got = Vec::new();
         let _ = client.read_to_end(&mut got).await;
         assert_eq!(got, HEALTHY);
+    }
+
+    /// A client that sent half a request holds its connection until the read timeout, which
+    /// here is far longer than the grace: once the grace has run out it is dropped all the
+    /// same (before, its task outlived `serve` until the timeout).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_still_open_when_the_grace_runs_out_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let limits = Limits {
+            read_timeout: Duration::from_secs(600),
+            write_timeout: Duration::from_secs(600),
+            max_connections: 5,
+            max_per_user: 5,
+            grace: Duration::from_millis(100),
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(
+            listener,
+            axum::Router::new(),
+            limits,
+            |_| None,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        let mut client = tokio::net::UnixStream::connect(&path).await.unwrap();
+        client
+            .write_all(b"POST /v1/scans HTTP/1.1\r\nHost: m\r\nContent-Le")
+            .await
+            .unwrap();
+        stop.send(()).unwrap();
+        server.await.unwrap();
+        // Not the read timeout's 600 s: the test's own bound stands in for "never".
+        let mut rest = Vec::new();
+        let closed =
+            tokio::time::timeout(Duration::from_secs(30), client.read_to_end(&mut rest)).await;
+        assert!(closed.is_ok(), "the connection outlived the grace");
     }
 
     #[tokio::test(flavor = "current_thread")]
