@@ -410,11 +410,13 @@ mod tests {
         assert_eq!(got, HEALTHY);
     }
 
-    /// A client that sent half a request holds its connection until the read timeout, which
-    /// here is far longer than the grace: once the grace has run out it is dropped all the
-    /// same (before, its task outlived `serve` until the timeout).
+    /// A stream that never ends (a findings stream nobody reads) keeps its connection busy,
+    /// and the timeouts are far longer than the grace: once the grace has run out the
+    /// connection is dropped all the same (before, its task outlived `serve` and held the
+    /// client until a timeout or the daemon's exit).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_connection_still_open_when_the_grace_runs_out_is_dropped() {
+        use axum::response::sse::{Event, Sse};
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s");
         let listener = tokio::net::UnixListener::bind(&path).unwrap();
@@ -425,24 +427,27 @@ mod tests {
             max_per_user: 5,
             grace: Duration::from_millis(100),
         };
+        let endless = || async {
+            Sse::new(tokio_stream::pending::<
+                Result<Event, std::convert::Infallible>,
+            >())
+        };
+        let app = axum::Router::new().route("/endless", axum::routing::get(endless));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(
-            listener,
-            axum::Router::new(),
-            limits,
-            |_| None,
-            async move {
-                let _ = stopped.await;
-            },
-        ));
+        let server = tokio::spawn(serve(listener, app, limits, |_| None, async move {
+            let _ = stopped.await;
+        }));
         let mut client = tokio::net::UnixStream::connect(&path).await.unwrap();
         client
-            .write_all(b"POST /v1/scans HTTP/1.1\r\nHost: m\r\nContent-Le")
+            .write_all(b"GET /endless HTTP/1.1\r\nHost: m\r\n\r\n")
             .await
             .unwrap();
+        let mut head = [0u8; 64];
+        let n = client.read(&mut head).await.unwrap();
+        assert!(head[..n].starts_with(b"HTTP/1.1 200"), "{head:?}");
         stop.send(()).unwrap();
         server.await.unwrap();
-        // Not the read timeout's 600 s: the test's own bound stands in for "never".
+        // Not the timeouts' 600 s: the test's own bound stands in for "never".
         let mut rest = Vec::new();
         let closed =
             tokio::time::timeout(Duration::from_secs(30), client.read_to_end(&mut rest)).await;
