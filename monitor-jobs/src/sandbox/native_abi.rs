@@ -32,15 +32,12 @@ const X32_SYSCALL_BIT: u32 = 0x4000_0000;
 const DATA_NR: u32 = 0;
 const DATA_ARCH: u32 = 4;
 
+/// An instruction that does not jump.
 fn stmt(code: u32, k: u32) -> libc::sock_filter {
-    libc::sock_filter {
-        code: code as u16,
-        jt: 0,
-        jf: 0,
-        k,
-    }
+    jump(code, k, 0, 0)
 }
 
+/// An instruction; a conditional jump skips `jt` instructions when true, `jf` when false.
 fn jump(code: u32, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
     libc::sock_filter {
         code: code as u16,
