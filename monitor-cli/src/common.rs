@@ -57,7 +57,9 @@ pub fn parse_ring_kib(s: &str) -> Result<u32, String> {
 
 /// Detaching the ~120 tracepoints takes seconds: the kernel waits for an RCU grace period per
 /// tracepoint under one mutex, whether we detach them or our exit does. A child process keeps
-/// the links and releases them, so the caller gets the command's status at once.
+/// the links and releases them, so the caller gets the command's status at once. It keeps
+/// them attached for `$MONITOR_PROBE_LINGER` seconds first (default 10), for the next scan
+/// to adopt: back-to-back scans then attach and detach nothing (see `Probes::release_lingering`).
 ///
 /// Whoever closes a link's last reference pays for its grace period. The child therefore waits
 /// until the parent has closed its own references (cheap while the child holds them); were both
@@ -91,7 +93,7 @@ pub fn release_in_background(probes: Probes) {
             while let Err(nix::errno::Errno::EINTR) | Ok(1..) =
                 nix::unistd::read(&parent_closed, &mut byte)
             {}
-            drop(probes);
+            probes.release_lingering(monitor_engine::probes::pins::linger_from_env());
             // SAFETY: ends the child without running the parent's exit handlers twice.
             unsafe { nix::libc::_exit(0) }
         }

@@ -40,6 +40,11 @@ enum Command {
     /// their maps pinned under /sys/fs/bpf/monitor (root's alone), so that the next such scan
     /// only checks, resets and attaches them. $MONITOR_PROBE_PINS names another directory on a
     /// bpffs; MONITOR_PROBE_PINS=off pins nothing. monitord loads its own.
+    ///
+    /// A scan's hooks stay attached for $MONITOR_PROBE_LINGER seconds after it ends (default
+    /// 10; 0 detaches at once), and the next scan in that time takes them over: back-to-back
+    /// scans attach and detach nothing (detaching takes the kernel seconds). Meanwhile every
+    /// process pays for the attached hooks, as during a scan.
     Probes {
         #[command(subcommand)]
         command: probes::ProbesCommand,

@@ -9,7 +9,10 @@
 //! - monitorctl scan: the command a user runs, with its defaults (opens the probes pinned by
 //!   the previous round, or loads and pins them in the first, builds the sandbox, loads,
 //!   exercises, lingers while anything is left running, judges with the audit hook on,
-//!   releases the probes in the background);
+//!   releases the probes in the background), cold: the previous scan's hooks detached
+//!   (`MONITOR_PROBE_LINGER=0`, and the rounds wait for the detach);
+//! - right after another: the same started as soon as another scan returned, which keeps its
+//!   hooks attached for it (`MONITOR_PROBE_LINGER`'s default): a shell loop over models;
 //! - the same with nothing pinned (`MONITOR_PROBE_PINS=off`): BTF parsed and programs verified
 //!   every time, as before pinning;
 //! - warm scan: the library with probes already loaded, as the daemon scans, with the
@@ -86,15 +89,19 @@ fn main() -> Result<()> {
          (min-max). Wall time of the whole command, start to exit.\n"
     );
     println!(
-        "| artifact | bare load | strace -f load | monitorctl scan | monitorctl, nothing pinned | \
-         warm scan (daemon-like) | warm, load only | monitorctl - bare | unpinned - bare | \
-         warm - bare | defaults - load only | strace / bare |"
+        "| artifact | bare load | strace -f load | monitorctl scan | monitorctl, right after \
+         another | monitorctl, nothing pinned | warm scan (daemon-like) | warm, load only | \
+         monitorctl - bare | right after another - bare | unpinned - bare | warm - bare | \
+         defaults - load only | strace / bare |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!(
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    );
     for artifact in &artifacts {
         let mut bare = Vec::new();
         let mut strace = Vec::new();
         let mut cli = Vec::new();
+        let mut after_another = Vec::new();
         let mut unpinned = Vec::new();
         let mut warm = Vec::new();
         let mut load_only = Vec::new();
@@ -117,9 +124,30 @@ fn main() -> Result<()> {
                 )?);
             }
             std::thread::sleep(SETTLE);
-            cli.push(time_scan_cli(&monitorctl, &artifact.path, Some(pins))?);
+            cli.push(time_scan_cli(
+                &monitorctl,
+                &artifact.path,
+                Some(pins),
+                Linger::No,
+            )?);
             std::thread::sleep(SETTLE);
-            unpinned.push(time_scan_cli(&monitorctl, &artifact.path, None)?);
+            // The first keeps its hooks attached; the timed one takes them over, and detaches
+            // them when it is done.
+            time_scan_cli(&monitorctl, &artifact.path, Some(pins), Linger::Default)?;
+            after_another.push(time_scan_cli(
+                &monitorctl,
+                &artifact.path,
+                Some(pins),
+                Linger::No,
+            )?);
+            // The first one's child holds the links too until its linger is over.
+            std::thread::sleep(SETTLE + monitor_engine::probes::pins::DEFAULT_LINGER);
+            unpinned.push(time_scan_cli(
+                &monitorctl,
+                &artifact.path,
+                None,
+                Linger::No,
+            )?);
             std::thread::sleep(SETTLE);
             for (defaults, samples) in [(true, &mut warm), (false, &mut load_only)] {
                 let mut spec = ScanSpec::new(&artifact.path);
@@ -140,9 +168,10 @@ fn main() -> Result<()> {
                 }
             }
         }
-        let (b, c, u, w, l) = (
+        let (b, c, a, u, w, l) = (
             median(&bare),
             median(&cli),
+            median(&after_another),
             median(&unpinned),
             median(&warm),
             median(&load_only),
@@ -155,15 +184,17 @@ fn main() -> Result<()> {
             ),
         };
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {:+.0} ms | {:+.0} ms | {:+.0} ms | {:+.0} ms | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {:+.0} ms | {:+.0} ms | {:+.0} ms | {:+.0} ms | {:+.0} ms | {} |",
             artifact.name,
             spread(&bare),
             traced.0,
             spread(&cli),
+            spread(&after_another),
             spread(&unpinned),
             spread(&warm),
             spread(&load_only),
             ms(c) - ms(b),
+            ms(a) - ms(b),
             ms(u) - ms(b),
             ms(w) - ms(b),
             ms(w) - ms(l),
@@ -173,7 +204,9 @@ fn main() -> Result<()> {
     println!(
         "\nThe goals: monitorctl scan's overhead over the bare load at most 150 ms for a small \
          pickle, and at most 1.2x the bare load for the 134 MB checkpoint. monitorctl scan \
-         opens the probes the previous round pinned (the first round loads and pins them)."
+         opens the probes the previous round pinned (the first round loads and pins them) \
+         and attaches them; right after another, it takes over the hooks the scan before it \
+         left attached."
     );
     let _ = monitor_engine::probes::pins::unpin(pins);
     Ok(())
@@ -271,10 +304,29 @@ fn time(cmd: &mut Command) -> Result<Duration> {
     Ok(elapsed)
 }
 
+/// Whether a scan keeps its hooks attached for the next one when it is done.
+#[derive(Clone, Copy)]
+enum Linger {
+    /// Detached at once (`MONITOR_PROBE_LINGER=0`).
+    No,
+    /// For monitorctl's default time.
+    Default,
+}
+
 /// A `monitorctl scan` with no daemon, its probes pinned under `pins` (or never pinned).
-fn time_scan_cli(monitorctl: &Path, artifact: &Path, pins: Option<&Path>) -> Result<Duration> {
+fn time_scan_cli(
+    monitorctl: &Path,
+    artifact: &Path,
+    pins: Option<&Path>,
+    linger: Linger,
+) -> Result<Duration> {
+    let mut cmd = Command::new(monitorctl);
+    match linger {
+        Linger::No => cmd.env(monitor_engine::probes::pins::LINGER_ENV, "0"),
+        Linger::Default => cmd.env_remove(monitor_engine::probes::pins::LINGER_ENV),
+    };
     let started = Instant::now();
-    let status = Command::new(monitorctl)
+    let status = cmd
         .env(
             monitor_engine::probes::pins::ROOT_ENV,
             pins.map_or("off".into(), |p| p.as_os_str().to_owned()),

@@ -1,8 +1,10 @@
 //! Cold embedded scans (`monitorctl scan --local`, `monitorctl run`) on probes kept pinned in
 //! bpffs: reused by the next scan, never shared by two at once, reset between holders, and
-//! refused when the pins are not this binary's or not root's alone. Each test pins under its
-//! own root (`MONITOR_PROBE_PINS`) and removes it at the end; they run the release
-//! `monitorctl` (`cargo build --release --bins` first).
+//! refused when the pins are not this binary's or not root's alone, and their hooks handed
+//! over attached from one scan to the next. Each test pins under its own root
+//! (`MONITOR_PROBE_PINS`) and removes it at the end; they run the release `monitorctl`
+//! (`cargo build --release --bins` first). Scans detach their hooks at once
+//! (`MONITOR_PROBE_LINGER=0`) unless the test is about the hand-over.
 
 use std::{
     os::unix::fs::{DirBuilderExt as _, PermissionsExt as _},
@@ -52,6 +54,7 @@ impl Pins {
     fn monitorctl(&self) -> Command {
         let mut cmd = Command::new(MONITORCTL);
         cmd.env(pins::ROOT_ENV, &self.root)
+            .env(pins::LINGER_ENV, "0")
             .env("RUST_LOG", "monitor_engine=info")
             .stdin(Stdio::null());
         cmd
@@ -59,8 +62,14 @@ impl Pins {
 
     /// A cold `monitorctl scan --local` of `path`: exit code, report, log.
     fn scan(&self, path: &Path) -> Scan {
+        self.scan_lingering(path, 0)
+    }
+
+    /// The same, its hooks kept attached `linger` seconds after it for the next scan.
+    fn scan_lingering(&self, path: &Path, linger: u32) -> Scan {
         let out = self
             .monitorctl()
+            .env(pins::LINGER_ENV, linger.to_string())
             .args(["scan", "--local", "--format", "json"])
             .arg(path)
             .output()
@@ -171,6 +180,50 @@ fn a_second_cold_scan_reuses_the_pinned_probes_and_still_sees_the_payload() {
     pins.wait_idle();
     let slots = pins::list(&pins.root).unwrap();
     assert!(slots.iter().all(|s| s.attached == 0), "{slots:?}");
+}
+
+/// Back to back: the first scan's hooks stay attached after it, pinned in its slot, and the
+/// next scan takes those very links over (and sees the payload through them) instead of
+/// attaching its own, which would wait seconds for the first one's detach.
+#[test]
+fn a_scan_right_after_another_takes_over_its_attached_hooks() {
+    let pins = Pins::new("handover");
+    let first = pins.scan_lingering(&pins.benign(), 30);
+    first.assert_clean();
+    assert!(first.log.contains(PINNED), "{}", first.log);
+    // Its probes are released by a background child: it pins the links and lets the slot go.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let attached = loop {
+        let slots = pins::list(&pins.root).unwrap();
+        if let Some(s) = slots
+            .iter()
+            .find(|s| s.slot == "0" && !s.in_use && s.attached > 0)
+        {
+            break s.attached;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the first scan's hooks were not kept attached for the next: {slots:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+
+    let second = pins.scan_lingering(Path::new(MALICIOUS), 30);
+    second.assert_malicious();
+    let reused = second
+        .log
+        .lines()
+        .find(|l| l.contains(REUSED))
+        .unwrap_or_else(|| panic!("not reused: {}", second.log));
+    // The first scan's slot, and every link attaching its programs taken over.
+    assert!(
+        reused.contains(&format!("/0 adopted={attached}")),
+        "not the {attached} links of slot 0: {reused}"
+    );
+    // Nothing attached anew: the slot's programs are still attached by as many links.
+    let slots = pins::list(&pins.root).unwrap();
+    let slot0 = slots.iter().find(|s| s.slot == "0").unwrap();
+    assert_eq!(slot0.attached, attached, "{slots:?}");
 }
 
 #[test]

@@ -116,6 +116,13 @@ pub enum Hook {
 }
 
 impl Hook {
+    /// The program this hook runs.
+    pub fn prog(&self) -> &'static str {
+        match self {
+            Hook::KProbe { prog, .. } | Hook::TracePoint { prog, .. } => prog,
+        }
+    }
+
     /// Attaches the hook's program at its place once more (after its link was closed).
     pub fn attach(&self, ebpf: &mut Object) -> Result<Link, ProbeError> {
         match self {
@@ -200,20 +207,61 @@ pub struct AttachedAll {
     pub missing: Vec<String>,
 }
 
+/// Links found still attached (handed over by the previous holder of a pinned set, see
+/// `pins`), by hook: [`attach_all`] takes each from here rather than attaching it again.
+#[derive(Default)]
+pub struct Adopted(Vec<Attached>);
+
+impl Adopted {
+    pub fn new(links: Vec<Attached>) -> Self {
+        Adopted(links)
+    }
+
+    /// The link at `hook`, if one was handed over.
+    fn take(&mut self, hook: &Hook) -> Option<Link> {
+        let i = self.0.iter().position(|(h, _)| h == hook)?;
+        Some(self.0.swap_remove(i).1)
+    }
+
+    /// The link at `hook`, handed over or attached now.
+    fn take_or_attach(&mut self, hook: &Hook, ebpf: &mut Object) -> Result<Link, ProbeError> {
+        match self.take(hook) {
+            Some(link) => Ok(link),
+            None => hook.attach(ebpf),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// What no hook of this load took (dropping them detaches them).
+    pub fn into_links(self) -> Vec<Attached> {
+        self.0
+    }
+}
+
 /// Attaches the syscall programs to each table entry, as `hooks` says, and the sched
-/// programs to their tracepoints. Returns the links with their hooks and the table entries
-/// this kernel lacks (each logged).
+/// programs to their tracepoints, taking each link from `adopted` where it is there already.
+/// Returns the links with their hooks and the table entries this kernel lacks (each logged).
 pub fn attach_all(
     ebpf: &mut Object,
     hooks: SyscallHooks,
     tracefs: &Tracefs,
+    adopted: &mut Adopted,
 ) -> Result<AttachedAll, ProbeError> {
     let mut links = Vec::new();
     let mut missing = Vec::new();
     for sc in SYSCALLS {
         let attached = match hooks {
-            SyscallHooks::Kprobes => attach_syscall_kprobes(ebpf, sc, &mut links)?,
-            SyscallHooks::Tracepoints => attach_syscall_tracepoints(ebpf, sc, tracefs, &mut links)?,
+            SyscallHooks::Kprobes => attach_syscall_kprobes(ebpf, sc, &mut links, adopted)?,
+            SyscallHooks::Tracepoints => {
+                attach_syscall_tracepoints(ebpf, sc, tracefs, &mut links, adopted)?
+            }
         };
         if !attached {
             tracing::info!(
@@ -234,7 +282,7 @@ pub fn attach_all(
             category,
             event: name.into(),
         };
-        process_links.push((hook.clone(), hook.attach(ebpf)?));
+        process_links.push((hook.clone(), adopted.take_or_attach(&hook, ebpf)?));
     }
     Ok(AttachedAll {
         syscalls: links,
@@ -431,20 +479,25 @@ fn attach_syscall_kprobes(
     ebpf: &mut Object,
     sc: &Syscall,
     links: &mut Vec<Attached>,
+    adopted: &mut Adopted,
 ) -> Result<bool, ProbeError> {
     let function = sc.kernel_function().to_string();
-    let Some(link) = attach_kprobe(ebpf, "sys_enter", &function)? else {
-        return Ok(false);
-    };
     let hook = |prog| Hook::KProbe {
         prog,
         function: function.clone(),
     };
-    links.push((hook("sys_enter"), link));
+    let entry = match adopted.take(&hook("sys_enter")) {
+        Some(link) => link,
+        None => match attach_kprobe(ebpf, "sys_enter", &function)? {
+            Some(link) => link,
+            None => return Ok(false),
+        },
+    };
+    links.push((hook("sys_enter"), entry));
     if capture_spec(sc).exit != 0 {
         // The entry probe found the function a moment ago: its absence now is an error.
         let exit = hook("sys_exit");
-        links.push((exit.clone(), exit.attach(ebpf)?));
+        links.push((exit.clone(), adopted.take_or_attach(&exit, ebpf)?));
     }
     Ok(true)
 }
@@ -456,6 +509,7 @@ fn attach_syscall_tracepoints(
     sc: &Syscall,
     tracefs: &Tracefs,
     links: &mut Vec<Attached>,
+    adopted: &mut Adopted,
 ) -> Result<bool, ProbeError> {
     let enter = format!("sys_enter_{}", sc.name);
     if !tracefs.has_event("syscalls", &enter) {
@@ -478,7 +532,7 @@ fn attach_syscall_tracepoints(
             category: "syscalls",
             event,
         };
-        links.push((hook.clone(), hook.attach(ebpf)?));
+        links.push((hook.clone(), adopted.take_or_attach(&hook, ebpf)?));
     }
     Ok(true)
 }

@@ -32,7 +32,7 @@ use monitor_common::{
 
 pub use self::attach::{HooksState, SyscallHooks};
 use self::{
-    attach::{Link, SyscallLinks, attach_all},
+    attach::{Adopted, Link, SyscallLinks, attach_all},
     integrity::Tracked,
     object::Object,
 };
@@ -235,6 +235,8 @@ pub struct Probes {
     origin: Origin,
     /// The pinned set's slot, held (locked) while these probes live.
     slot: Option<pins::Slot>,
+    /// Links taken over attached from the slot's last holder (see [`pins`]).
+    adopted: usize,
 }
 
 /// Where a [`Probes`]' programs and maps came from.
@@ -346,7 +348,7 @@ impl Probes {
     pub fn load(config: &ProbeConfig) -> Result<Self, ProbeError> {
         let setup = Setup::new(config)?;
         let object = Object::Fresh(setup.load()?);
-        Self::start(object, &setup, None, Origin::Loaded)
+        Self::start(object, &setup, None, Origin::Loaded, Adopted::default())
     }
 
     /// Probes for an embedded scan or run (no daemon): those pinned in bpffs under
@@ -369,8 +371,13 @@ impl Probes {
         let programs = attach::programs(setup.hooks);
         let taken = pins::take(root, &key, &programs);
         let probes = match taken {
-            Ok(pins::Taken::Reused(slot, object)) => {
-                match Self::start(object, &setup, Some(slot), Origin::Reused) {
+            Ok(pins::Taken::Reused(slot, object, links)) => {
+                let adopted = links
+                    .into_iter()
+                    .map(|(hook, link)| (hook, Link::Fd(link)))
+                    .collect();
+                let adopted = Adopted::new(adopted);
+                match Self::start(object, &setup, Some(slot), Origin::Reused, adopted) {
                     Ok(probes) => Ok(probes),
                     Err(e) => {
                         tracing::warn!("the pinned probes failed ({e}); loading them fresh");
@@ -384,11 +391,17 @@ impl Probes {
                 match pins::pin(&slot, &mut object, &programs) {
                     Ok(()) => {
                         pins::remove_other_keys(root, &key);
-                        Self::start(object, &setup, Some(slot), Origin::Pinned)
+                        Self::start(
+                            object,
+                            &setup,
+                            Some(slot),
+                            Origin::Pinned,
+                            Adopted::default(),
+                        )
                     }
                     Err(e) => {
                         tracing::warn!("{e}; the probes stay unpinned");
-                        Self::start(object, &setup, None, Origin::Loaded)
+                        Self::start(object, &setup, None, Origin::Loaded, Adopted::default())
                     }
                 }
             }
@@ -406,6 +419,7 @@ impl Probes {
             (Origin::Reused, Some(slot)) => tracing::info!(
                 ms,
                 dir = %slot.dir().display(),
+                adopted = probes.adopted,
                 "probes: reused pinned programs"
             ),
             (Origin::Pinned, Some(slot)) => tracing::info!(
@@ -418,13 +432,16 @@ impl Probes {
         Ok(probes)
     }
 
-    /// Takes the maps out of `object`, fills the capture table and attaches every hook.
+    /// Takes the maps out of `object`, fills the capture table and attaches every hook (those
+    /// in `adopted` are attached already: taken over as they are).
     fn start(
         mut object: Object,
         setup: &Setup,
         slot: Option<pins::Slot>,
         origin: Origin,
+        mut adopted: Adopted,
     ) -> Result<Self, ProbeError> {
+        let handed_over = adopted.len();
         let watched = map_as(&mut object, "WATCHED", HashMap::try_from)?;
         let watched_tasks = map_as(&mut object, "WATCHED_TASKS", HashMap::try_from)?;
         let watched_cgroup_paths = map_as(&mut object, "WATCHED_CGROUP_PATHS", HashMap::try_from)?;
@@ -443,7 +460,15 @@ impl Probes {
 
         let mut capture = map_as(&mut object, "CAPTURE", Array::try_from)?;
         fill_capture_map(&mut capture)?;
-        let all = attach_all(&mut object, setup.hooks, &setup.tracefs)?;
+        let all = attach_all(&mut object, setup.hooks, &setup.tracefs, &mut adopted)?;
+        if !adopted.is_empty() {
+            // At hooks this load does not make (cannot happen with the same key): detached.
+            tracing::warn!(
+                links = adopted.len(),
+                "probes: links handed over at hooks this load does not have; detaching them"
+            );
+            drop_in_parallel(adopted.into_links().into_iter().map(|(_, l)| l).collect());
+        }
         let missing = all.missing;
         let fds = integrity::link_fds();
         let tracked = |links: Vec<attach::Attached>| -> Vec<Tracked> {
@@ -483,6 +508,7 @@ impl Probes {
             missing,
             origin,
             slot,
+            adopted: handed_over,
         })
     }
 
@@ -928,27 +954,98 @@ impl Probes {
     /// Detaches every program now (the probes then see nothing): what dropping them does,
     /// for an owner that cannot drop them (monitord at its exit, whose probes its tasks still
     /// share). Left to the process's exit, the kernel closes the attachments one after
-    /// another, in the exiting thread: seconds.
-    ///
-    /// Detaching a kprobe or a tracepoint waits for an RCU grace period (~70 ms here), so one
-    /// after another 120 of them take seconds. Detached from many threads at once, the waits
-    /// overlap where the kernel lets them.
+    /// another, in the exiting thread: seconds (see [`drop_in_parallel`]).
     pub fn detach_all(&mut self) {
+        let links = self.take_links();
+        drop_in_parallel(links.into_iter().map(|(_, link)| link).collect());
+    }
+
+    /// Every attachment, out of these probes.
+    fn take_links(&mut self) -> Vec<(attach::Hook, Link)> {
         let mut links = std::mem::take(&mut self.links);
         links.extend(self.syscalls.take_all());
-        let links: Vec<Link> = links.into_iter().map(Tracked::into_link).collect();
-        let per_thread = links.len().div_ceil(DETACH_THREADS).max(1);
-        let mut links = links.into_iter();
-        std::thread::scope(|scope| {
-            loop {
-                let chunk: Vec<Link> = links.by_ref().take(per_thread).collect();
-                if chunk.is_empty() {
-                    break;
-                }
-                scope.spawn(move || drop(chunk));
-            }
-        });
+        links
+            .into_iter()
+            .map(|t| (t.hook().clone(), t.into_link()))
+            .collect()
     }
+
+    /// Links taken over attached from the slot's last holder when these probes started.
+    pub fn adopted(&self) -> usize {
+        self.adopted
+    }
+
+    /// Releases probes whose job is done, keeping them attached for `linger` first so that the
+    /// next embedded scan can adopt them (see [`pins`]): blocks for that long, then detaches
+    /// what nobody took over. Probes from no pinned set, a zero `linger`, or attachments that
+    /// cannot be pinned (no bpf links on this kernel) are detached at once. For the background
+    /// child that releases a scan's probes.
+    pub fn release_lingering(mut self, linger: std::time::Duration) {
+        let Some(slot) = self.slot.take() else {
+            return; // Dropped: detached now.
+        };
+        if linger.is_zero() {
+            drop(self);
+            return drop(slot);
+        }
+        let token = format!(
+            "{:x}{:x}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        );
+        let mut held = Vec::new();
+        let mut pinned = true;
+        for (hook, link) in self.take_links() {
+            match link {
+                Link::Fd(link) if pinned => {
+                    match link.pin(slot.dir().join(pins::link_pin(&token, &hook))) {
+                        Ok(link) => held.push(Link::Fd(link.into())),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "pinning a link for the next scan");
+                            pinned = false;
+                        }
+                    }
+                }
+                other => {
+                    pinned = false;
+                    held.push(other);
+                }
+            }
+        }
+        if pinned && slot.unlock().is_ok() {
+            std::thread::sleep(linger);
+            // Taken by a scan, which adopted the links (it holds them now: dropping ours costs
+            // nothing); or taken back, and whatever is still pinned of ours is detached.
+            if let Ok(false) = slot.relock() {
+                drop(held);
+                drop(self);
+                return;
+            }
+        }
+        pins::remove_links(slot.dir(), &token);
+        drop_in_parallel(held);
+        drop(self);
+        drop(slot);
+    }
+}
+
+/// Drops `links` from many threads at once: each detach waits for an RCU grace period (~70 ms
+/// here), and one after another 120 of them take seconds; the waits overlap where the kernel
+/// lets them.
+fn drop_in_parallel(links: Vec<Link>) {
+    let per_thread = links.len().div_ceil(DETACH_THREADS).max(1);
+    let mut links = links.into_iter();
+    std::thread::scope(|scope| {
+        loop {
+            let chunk: Vec<Link> = links.by_ref().take(per_thread).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            scope.spawn(move || drop(chunk));
+        }
+    });
 }
 
 /// Threads that detach the probes at the end.

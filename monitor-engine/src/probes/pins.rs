@@ -18,12 +18,23 @@
 //! [`Probes`](super::Probes)), so nothing a previous holder left (watches, kill policies,
 //! counters, the records of a scan killed by SIGKILL) reaches the next one.
 //!
+//! Attaching and detaching are what is left, and detaching takes seconds (an RCU grace period
+//! per tracepoint, under a kernel mutex the next attach waits for): a scan right after another
+//! would wait for it. So the background child that releases a scan's probes keeps them
+//! attached for a while ([`LINGER_ENV`], default [`DEFAULT_LINGER`]): it pins their links in the
+//! slot too (`link_<token>_<hook>`) and lets the slot go. The next scan to take the slot within
+//! that time adopts the links (takes them over and removes their pins), so back-to-back scans
+//! attach and detach nothing; otherwise the child takes the slot back, removes its own pins
+//! (its token) and detaches, as before. Meanwhile unwatched processes pay for attached hooks,
+//! as they do while a scan runs.
+//!
 //! What is reused is checked, and any doubt means a fresh load, never an unwatched scan:
 //! directories must be root's and closed to others; a slot must hold exactly the programs this
 //! binary attaches, with their types and names; its maps must be exactly the maps those
 //! programs use (a map swapped in under a pinned name would take the watches while the programs
-//! read another one); and none of its programs may be attached anywhere (a killed holder's
-//! links still being torn down, or someone else's).
+//! read another one); and none of its programs may be attached anywhere but through links
+//! pinned in the slot, each at a hook of this binary's and running the program its name says
+//! (any other link: a killed holder's still being torn down, or someone else's).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -38,11 +49,17 @@ use std::{
 
 use aya::{
     maps::{Map, MapData, MapInfo, MapType},
-    programs::{KProbe, ProbeKind, Program, TracePoint},
+    programs::{
+        KProbe, ProbeKind, Program, TracePoint,
+        links::{FdLink, PinnedLink},
+    },
 };
 use aya_obj::generated::{BPF_F_RDONLY_PROG, bpf_attr, bpf_cmd, bpf_prog_type};
 
-use super::{Object, attach::ProgramKind};
+use super::{
+    Object,
+    attach::{Hook, ProgramKind},
+};
 
 /// Where the sets are pinned unless [`ROOT_ENV`] says otherwise.
 pub const DEFAULT_ROOT: &str = "/sys/fs/bpf/monitor";
@@ -54,6 +71,33 @@ pub const ROOT_ENV: &str = "MONITOR_PROBE_PINS";
 /// Sets kept per key: one per embedded scan running at once (or releasing its probes, which
 /// takes seconds after it ended). A scan that finds every slot taken loads fresh.
 pub const SLOTS: usize = 2;
+
+/// Environment variable: how many seconds the background child that releases an embedded
+/// scan's probes keeps them attached for the next scan to adopt (`0`: detach at once).
+pub const LINGER_ENV: &str = "MONITOR_PROBE_LINGER";
+
+/// How long released probes stay attached for the next scan, unless [`LINGER_ENV`] says.
+pub const DEFAULT_LINGER: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// [`LINGER_ENV`]'s value, or the default (a value that is no number of seconds is said in
+/// the log).
+pub fn linger_from_env() -> std::time::Duration {
+    match std::env::var(LINGER_ENV) {
+        Ok(v) => match v.trim().parse::<f64>() {
+            Ok(secs) if secs.is_finite() && (0.0..=3600.0).contains(&secs) => {
+                std::time::Duration::from_secs_f64(secs)
+            }
+            _ => {
+                tracing::warn!(
+                    "{LINGER_ENV}={v:?} is no number of seconds from 0 to 3600; using {}s",
+                    DEFAULT_LINGER.as_secs()
+                );
+                DEFAULT_LINGER
+            }
+        },
+        Err(_) => DEFAULT_LINGER,
+    }
+}
 
 /// bpffs's `statfs` magic.
 const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
@@ -113,12 +157,27 @@ impl Slot {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+
+    /// Lets the slot go while this process keeps holding the lock's fd, for [`relock`](Self::relock).
+    pub(super) fn unlock(&self) -> io::Result<()> {
+        self._lock.unlock()
+    }
+
+    /// Takes the slot back, unless another process holds it now.
+    pub(super) fn relock(&self) -> io::Result<bool> {
+        match self._lock.try_lock() {
+            Ok(()) => Ok(true),
+            Err(fs::TryLockError::WouldBlock) => Ok(false),
+            Err(fs::TryLockError::Error(e)) => Err(e),
+        }
+    }
 }
 
 /// What [`take`] found.
 pub(super) enum Taken {
-    /// A slot whose pins were opened, checked, and their maps reset.
-    Reused(Slot, Object),
+    /// A slot whose pins were opened, checked, and their maps reset, with the links its last
+    /// holder left attached for this process (their pins removed).
+    Reused(Slot, Object, Vec<(Hook, FdLink)>),
     /// A slot with nothing usable pinned (emptied if something was): load fresh, pin there.
     Empty(Slot),
     /// Every slot is in use.
@@ -142,7 +201,7 @@ pub(super) fn take(
             continue;
         };
         match open(&slot.dir, programs) {
-            Ok(Opened::Set(object)) => return Ok(Taken::Reused(slot, object)),
+            Ok(Opened::Set(object, links)) => return Ok(Taken::Reused(slot, object, links)),
             Ok(Opened::Nothing) => return Ok(Taken::Empty(slot)),
             Ok(Opened::Attached(links)) => {
                 tracing::info!(
@@ -433,9 +492,10 @@ fn clear(dir: &Path) -> Result<(), PinError> {
 enum Opened {
     /// Nothing pinned.
     Nothing,
-    /// A complete, checked set, its maps reset.
-    Set(Object),
-    /// Complete, but this many links still attach its programs.
+    /// A complete, checked set, its maps reset, and the links pinned with it (adopted: their
+    /// pins removed).
+    Set(Object, Vec<(Hook, FdLink)>),
+    /// Complete, but this many links that are not pinned with it attach its programs.
     Attached(usize),
 }
 
@@ -449,8 +509,17 @@ fn open(dir: &Path, expected: &[(&'static str, ProgramKind)]) -> Result<Opened, 
     if names.is_empty() {
         return Ok(Opened::Nothing);
     }
+    let link_pins: Vec<String> = names
+        .iter()
+        .filter(|n| n.starts_with(LINK_PIN_PREFIX))
+        .cloned()
+        .collect();
+    for name in &link_pins {
+        names.remove(name);
+    }
     let mut programs = BTreeMap::new();
     let mut program_ids = BTreeSet::new();
+    let mut ids_by_name = BTreeMap::new();
     let mut used_maps = BTreeSet::new();
     for &(name, kind) in expected {
         let file = program_pin(name);
@@ -489,6 +558,7 @@ fn open(dir: &Path, expected: &[(&'static str, ProgramKind)]) -> Result<Opened, 
             .ok_or("this kernel does not say which maps a program uses")?;
         used_maps.extend(maps);
         program_ids.insert(info.id());
+        ids_by_name.insert(name, info.id());
         programs.insert(name.to_owned(), program);
     }
     let mut maps = BTreeMap::new();
@@ -516,12 +586,29 @@ fn open(dir: &Path, expected: &[(&'static str, ProgramKind)]) -> Result<Opened, 
             used_maps.len()
         ));
     }
-    let links = aya::programs::loaded_links()
+    let mut pinned = Vec::new();
+    let mut pinned_ids = BTreeSet::new();
+    for file in link_pins {
+        let hook = hook_of_pin(&file, expected)
+            .ok_or_else(|| format!("{file} is no pin of this binary's"))?;
+        let link = PinnedLink::from_pin(dir.join(&file))
+            .map(FdLink::from)
+            .map_err(|e| format!("link {file}: {e}"))?;
+        let info = link.info().map_err(|e| format!("link {file}: {e}"))?;
+        if ids_by_name.get(hook.prog()) != Some(&info.program_id()) {
+            return Err(format!("link {file} runs another program"));
+        }
+        if !pinned_ids.insert(info.id()) {
+            return Err(format!("link {file} is pinned twice"));
+        }
+        pinned.push((file, hook, link));
+    }
+    let others = aya::programs::loaded_links()
         .filter_map(Result::ok)
-        .filter(|l| program_ids.contains(&l.program_id()))
+        .filter(|l| program_ids.contains(&l.program_id()) && !pinned_ids.contains(&l.id()))
         .count();
-    if links > 0 {
-        return Ok(Opened::Attached(links));
+    if others > 0 {
+        return Ok(Opened::Attached(others));
     }
     let cpus = aya::util::nr_cpus().map_err(|(what, e)| format!("{what}: {e}"))?;
     let mut opened = BTreeMap::new();
@@ -530,10 +617,72 @@ fn open(dir: &Path, expected: &[(&'static str, ProgramKind)]) -> Result<Opened, 
         let map = Map::from_map_data(data).map_err(|e| format!("map {name}: {e}"))?;
         opened.insert(name, map);
     }
-    Ok(Opened::Set(Object::Pinned {
-        programs,
-        maps: opened,
-    }))
+    // Ours now: held by their fds alone, so that the last holder's child, once it takes the
+    // slot back, finds nothing of its own left to detach.
+    let mut adopted = Vec::new();
+    for (file, hook, link) in pinned {
+        fs::remove_file(dir.join(&file)).map_err(|e| format!("unpinning link {file}: {e}"))?;
+        adopted.push((hook, link));
+    }
+    Ok(Opened::Set(
+        Object::Pinned {
+            programs,
+            maps: opened,
+        },
+        adopted,
+    ))
+}
+
+/// Every link pin starts so: `link_<token>_<hook>`.
+const LINK_PIN_PREFIX: &str = "link_";
+
+/// The pin of the link at `hook`, left by the holder that says `token` (no `_` in it).
+pub(super) fn link_pin(token: &str, hook: &Hook) -> String {
+    let place = match hook {
+        Hook::TracePoint {
+            prog,
+            category,
+            event,
+        } => format!("tp@{prog}@{category}@{event}"),
+        Hook::KProbe { prog, function } => format!("kp@{prog}@{function}"),
+    };
+    format!("{LINK_PIN_PREFIX}{token}_{place}")
+}
+
+/// The hook whose link `file` pins, when it names one of the `expected` programs.
+fn hook_of_pin(file: &str, expected: &[(&'static str, ProgramKind)]) -> Option<Hook> {
+    let (_token, place) = file.strip_prefix(LINK_PIN_PREFIX)?.split_once('_')?;
+    let program = |name: &str| expected.iter().find(|(p, _)| *p == name).map(|(p, _)| *p);
+    let mut parts = place.split('@');
+    let hook = match (parts.next()?, parts.next()?, parts.next()?, parts.next()) {
+        ("tp", prog, category, Some(event)) => Hook::TracePoint {
+            prog: program(prog)?,
+            category: ["syscalls", "sched", "cgroup"]
+                .into_iter()
+                .find(|c| *c == category)?,
+            event: event.to_owned(),
+        },
+        ("kp", prog, function, None) => Hook::KProbe {
+            prog: program(prog)?,
+            function: function.to_owned(),
+        },
+        _ => return None,
+    };
+    parts.next().is_none().then_some(hook)
+}
+
+/// Removes the link pins in `dir` that the holder saying `token` left (those of a holder
+/// since are not its to remove).
+pub(super) fn remove_links(dir: &Path, token: &str) {
+    let mine = format!("{LINK_PIN_PREFIX}{token}_");
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&mine) {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// The pin of program `name`. bpffs refuses names with a dot (reserved for its own files),
@@ -650,6 +799,40 @@ fn map_elem(cmd: bpf_cmd, fd: RawFd, key: Option<&[u8]>, value: u64) -> io::Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_link_pin_names_its_hook_and_only_this_binary_s_hooks() {
+        let expected = [
+            ("sys_enter_tp", ProgramKind::TracePoint),
+            ("sys_enter", ProgramKind::KProbe),
+        ];
+        let hooks = [
+            Hook::TracePoint {
+                prog: "sys_enter_tp",
+                category: "syscalls",
+                event: "sys_enter_openat".into(),
+            },
+            Hook::KProbe {
+                prog: "sys_enter",
+                function: "__x64_sys_openat".into(),
+            },
+        ];
+        for hook in &hooks {
+            let pin = link_pin("1f2e", hook);
+            assert!(!pin.contains('.'), "{pin}");
+            assert_eq!(hook_of_pin(&pin, &expected).as_ref(), Some(hook), "{pin}");
+        }
+        for file in [
+            "link_1f2e_tp@sys_exit_tp@syscalls@sys_exit_openat", // not a program of this set
+            "link_1f2e_tp@sys_enter_tp@kprobes@sys_enter_openat", // not a category hooked
+            "link_1f2e_tp@sys_enter_tp@syscalls@sys_enter_openat@x",
+            "link_1f2e_kp@sys_enter",
+            "link_tp@sys_enter_tp@syscalls@sys_enter_openat",
+            "map_EVENTS",
+        ] {
+            assert_eq!(hook_of_pin(file, &expected), None, "{file}");
+        }
+    }
 
     #[test]
     fn kernel_names_are_cut_at_15_bytes() {
