@@ -246,7 +246,21 @@ pub struct ProcessExit {
     pub header: EventHeader,
     /// Whether this was the last task of its thread group.
     pub group_dead: u8,
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 3],
+    /// The task's exit code as the kernel keeps it (`task->exit_code`): the status shifted
+    /// left by 8 for an exit, or the signal that killed it in the low 7 bits (0x80 when it
+    /// dumped core). 0 where the kernel's layout was not found.
+    pub exit_code: u32,
+}
+
+impl ProcessExit {
+    /// The signal that killed the task, from a kernel exit code.
+    pub fn signal_of(exit_code: u32) -> Option<u8> {
+        match (exit_code & 0x7f) as u8 {
+            0 => None,
+            signal => Some(signal),
+        }
+    }
 }
 
 /// Per-CPU counters of the kernel programs, indexes into the `COUNTERS` map.
@@ -641,5 +655,16 @@ mod tests {
             assert!(c.metric().0.starts_with("kernel_"));
         }
         assert_eq!(Counter::ALL.len(), COUNTERS as usize);
+    }
+
+    #[test]
+    fn an_exit_code_names_the_signal_that_killed_and_no_signal_for_an_exit() {
+        const SIGSYS: u32 = 31;
+        assert_eq!(ProcessExit::signal_of(SIGSYS), Some(31));
+        // Core dumped: the 0x80 bit.
+        assert_eq!(ProcessExit::signal_of(0x80 | SIGSYS), Some(31));
+        // exit(1), exit(0), and no code known.
+        assert_eq!(ProcessExit::signal_of(1 << 8), None);
+        assert_eq!(ProcessExit::signal_of(0), None);
     }
 }

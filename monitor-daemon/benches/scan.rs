@@ -13,6 +13,8 @@
 //!   (`MONITOR_PROBE_LINGER=0`, and the rounds wait for the detach);
 //! - right after another: the same started as soon as another scan returned, which keeps its
 //!   hooks attached for it (`MONITOR_PROBE_LINGER`'s default): a shell loop over models;
+//! - right after another that detaches at once (`MONITOR_PROBE_LINGER=0`, what every scan did
+//!   before): its attach waits for the kernel's mutex that the other's detach holds;
 //! - the same with nothing pinned (`MONITOR_PROBE_PINS=off`): BTF parsed and programs verified
 //!   every time, as before pinning;
 //! - warm scan: the library with probes already loaded, as the daemon scans, with the
@@ -90,18 +92,18 @@ fn main() -> Result<()> {
     );
     println!(
         "| artifact | bare load | strace -f load | monitorctl scan | monitorctl, right after \
-         another | monitorctl, nothing pinned | warm scan (daemon-like) | warm, load only | \
-         monitorctl - bare | right after another - bare | unpinned - bare | warm - bare | \
-         defaults - load only | strace / bare |"
+         another | right after one that detaches at once | monitorctl, nothing pinned | warm \
+         scan (daemon-like) | warm, load only | monitorctl - bare | right after another - bare \
+         | after one that detaches - bare | unpinned - bare | warm - bare | defaults - load \
+         only | strace / bare |"
     );
-    println!(
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
-    );
+    println!("|{}", " --- |".repeat(16));
     for artifact in &artifacts {
         let mut bare = Vec::new();
         let mut strace = Vec::new();
         let mut cli = Vec::new();
         let mut after_another = Vec::new();
+        let mut after_detaching = Vec::new();
         let mut unpinned = Vec::new();
         let mut warm = Vec::new();
         let mut load_only = Vec::new();
@@ -142,6 +144,14 @@ fn main() -> Result<()> {
             )?);
             // The first one's child holds the links too until its linger is over.
             std::thread::sleep(SETTLE + monitor_engine::probes::pins::DEFAULT_LINGER);
+            time_scan_cli(&monitorctl, &artifact.path, Some(pins), Linger::No)?;
+            after_detaching.push(time_scan_cli(
+                &monitorctl,
+                &artifact.path,
+                Some(pins),
+                Linger::No,
+            )?);
+            std::thread::sleep(SETTLE);
             unpinned.push(time_scan_cli(
                 &monitorctl,
                 &artifact.path,
@@ -168,10 +178,11 @@ fn main() -> Result<()> {
                 }
             }
         }
-        let (b, c, a, u, w, l) = (
+        let (b, c, a, d, u, w, l) = (
             median(&bare),
             median(&cli),
             median(&after_another),
+            median(&after_detaching),
             median(&unpinned),
             median(&warm),
             median(&load_only),
@@ -184,17 +195,19 @@ fn main() -> Result<()> {
             ),
         };
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {:+.0} ms | {:+.0} ms | {:+.0} ms | {:+.0} ms | {:+.0} ms | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:+.0} ms | {:+.0} ms | {:+.0} ms | {:+.0} ms | {:+.0} ms | {:+.0} ms | {} |",
             artifact.name,
             spread(&bare),
             traced.0,
             spread(&cli),
             spread(&after_another),
+            spread(&after_detaching),
             spread(&unpinned),
             spread(&warm),
             spread(&load_only),
             ms(c) - ms(b),
             ms(a) - ms(b),
+            ms(d) - ms(b),
             ms(u) - ms(b),
             ms(w) - ms(b),
             ms(w) - ms(l),

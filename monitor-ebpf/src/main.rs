@@ -158,6 +158,11 @@ static FILE_OFFSETS: FileOffsets = FileOffsets {
     sb_dev: 0,
 };
 
+/// Where `task_struct` keeps `exit_code` on the running kernel, written by user space before
+/// load (0: not found, and exits carry no code).
+#[unsafe(no_mangle)]
+static TASK_EXIT_CODE: u32 = 0;
+
 /// Tracepoint field offsets of the running kernel, written by user space before load.
 #[unsafe(no_mangle)]
 static TP_OFFSETS: TracepointOffsets = TracepointOffsets {
@@ -418,13 +423,31 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         unsafe {
             fill_header(&raw mut (*ev).header, EventKind::ProcessExit, &watch);
             (*ev).group_dead = group_dead;
-            (*ev)._pad = [0; 7];
+            (*ev)._pad = [0; 3];
+            (*ev).exit_code = exit_code();
         }
         entry.submit(flags);
         watch.emitted();
         watch.forget_task(group_dead != 0);
     }
     0
+}
+
+/// The exiting task's `exit_code` (set before `sched_process_exit` fires): how it ended, a
+/// signal that killed it included, which no syscall record says (a seccomp kill, say).
+#[inline(always)]
+fn exit_code() -> u32 {
+    // Volatile: patched into .rodata at load time, after compilation.
+    let off = unsafe { core::ptr::read_volatile(&raw const TASK_EXIT_CODE) };
+    if off == 0 {
+        return 0;
+    }
+    // A load through the BTF-typed task pointer: the verifier knows the offset (frozen
+    // `.rodata`) and checks it against `task_struct`.
+    unsafe {
+        let task = aya_ebpf::helpers::generated::bpf_get_current_task_btf() as *const u8;
+        task.add(off as usize).cast::<u32>().read_volatile()
+    }
 }
 
 #[tracepoint]

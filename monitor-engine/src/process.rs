@@ -24,6 +24,9 @@ pub struct Process {
     pub exit_ns: Option<u64>,
     /// From exit_group's argument, when it exited that way.
     pub exit_code: Option<i32>,
+    /// The signal that killed it, as the kernel said at its exit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub killed_by: Option<u8>,
     /// Its descriptors that name files, as far as the trace shows them: what a directory fd
     /// or `/proc/self/fd/N` refers to. Shared by its threads; copied at fork.
     #[serde(skip)]
@@ -211,6 +214,7 @@ impl ProcessTable {
             start_ns: time_ns,
             exit_ns: None,
             exit_code: None,
+            killed_by: None,
             fds: parent.map(|p| p.fds.clone()).unwrap_or_default(),
             outside_parent_exe: None,
             looked_up: false,
@@ -242,6 +246,7 @@ impl ProcessTable {
             start_ns: time_ns,
             exit_ns: None,
             exit_code: None,
+            killed_by: None,
             fds: HashMap::default(),
             outside_parent_exe: None,
             looked_up: false,
@@ -296,9 +301,11 @@ impl ProcessTable {
     }
 
     /// The last task of process `pid` exited.
-    pub fn exited(&mut self, pid: u32, time_ns: u64) {
+    /// Process `pid` ended at `time_ns`, killed by `signal` if the kernel said so.
+    pub fn exited(&mut self, pid: u32, time_ns: u64, signal: Option<u8>) {
         if let Some(p) = self.procs.get_mut(&pid) {
             p.exit_ns = Some(time_ns);
+            p.killed_by = signal;
         }
     }
 
@@ -366,6 +373,7 @@ mod tests {
             start_ns: 0,
             exit_ns: None,
             exit_code: None,
+            killed_by: None,
             fds: HashMap::default(),
             outside_parent_exe: None,
             looked_up: false,

@@ -93,6 +93,7 @@ pub fn process(pid: u32) -> Option<Process> {
         start_ns: 0,
         exit_ns: None,
         exit_code: None,
+        killed_by: None,
         fds: open_files(&dir),
         outside_parent_exe: None,
         looked_up: true,

@@ -50,6 +50,9 @@ pub enum What {
     /// The process's last thread exited.
     Exit {
         exit_code: Option<i32>,
+        /// The signal that killed it, where the kernel said.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        killed_by: Option<u8>,
     },
 }
 
@@ -330,9 +333,15 @@ impl Tracer {
                     emit(self.completed(enter, None));
                 }
                 if end.group_dead || h.pid == h.tid {
-                    self.processes.exited(h.pid, h.time_ns);
+                    self.processes.exited(h.pid, h.time_ns, end.signal);
                     let exit_code = self.processes.get(h.pid).and_then(|p| p.exit_code);
-                    emit(self.event(end.header, What::Exit { exit_code }));
+                    emit(self.event(
+                        end.header,
+                        What::Exit {
+                            exit_code,
+                            killed_by: end.signal,
+                        },
+                    ));
                 }
             }
         }
@@ -703,6 +712,7 @@ mod tests {
             start_ns: 0,
             exit_ns: None,
             exit_code: None,
+            killed_by: None,
             fds: HashMap::default(),
             outside_parent_exe: None,
             looked_up: true,

@@ -146,10 +146,21 @@ pub fn act(event: &Event) -> String {
         What::Fork { child_pid } => format!("+++ new process {child_pid} +++"),
         What::Exec { filename, argv } => format!("--- exec {filename:?} {argv:?} ---"),
         What::Exit {
+            killed_by: Some(signal),
+            ..
+        } => format!("+++ killed by {} +++", signal_name(*signal)),
+        What::Exit {
             exit_code: Some(code),
+            ..
         } => format!("+++ exited with {code} +++"),
-        What::Exit { exit_code: None } => "+++ exited +++".to_string(),
+        What::Exit { .. } => "+++ exited +++".to_string(),
     }
+}
+
+/// `SIGSYS`, or the number where it names no signal.
+pub fn signal_name(signal: u8) -> String {
+    nix::sys::signal::Signal::try_from(i32::from(signal))
+        .map_or_else(|_| format!("signal {signal}"), |s| s.as_str().to_string())
 }
 
 /// An open with open flags (open, openat) ignores its mode unless it may create a file;

@@ -235,6 +235,7 @@ pub async fn run_with(
         start_ns: 0,
         exit_ns: None,
         exit_code: None,
+        killed_by: None,
         fds: Default::default(),
         outside_parent_exe: None,
         looked_up: true,

@@ -257,7 +257,7 @@ fn entries_pair_with_their_exits_into_the_golden_events() {
     let exits: Vec<Option<i32>> = events
         .iter()
         .filter_map(|e| match e.what {
-            What::Exit { exit_code } => Some(exit_code),
+            What::Exit { exit_code, .. } => Some(exit_code),
             _ => None,
         })
         .collect();

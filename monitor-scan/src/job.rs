@@ -21,6 +21,7 @@ use crate::report::{
 use crate::static_analysis::{self, StaticRules};
 use monitor_engine::probes::{ProbeConfig, ProbeError, Probes};
 use monitor_engine::router::Router;
+use monitor_engine::trace::{Event, What};
 use monitor_formats::{self as format, Format, Limits};
 use monitor_jobs::control::{ControlMessage, ControlPipe, Gate};
 use monitor_jobs::run::{self, JobIo, JobProbes, Output, RunSpec, RunSummary};
@@ -481,6 +482,8 @@ async fn load_under_watch(
     let mut shown_phase = None;
     let mut audit = Vec::new();
     let mut findings = Vec::new();
+    // Processes of the job the kernel saw killed by SIGSYS: the sandbox's seccomp filter.
+    let mut killed_by_sigsys = Vec::new();
     let summary = run::run_with(&run_spec, io, job_probes, |out| {
         match out {
             Output::Control(ControlMessage::Phase { phase, .. }) => {
@@ -522,6 +525,19 @@ async fn load_under_watch(
             }) => audit.push((event.clone(), args.clone(), subject.clone(), *pid, *t)),
             Output::Control(ControlMessage::Note { .. } | ControlMessage::Ready { .. }) => {}
             Output::Finding(f) => findings.push(f.clone()),
+            Output::Event(Event {
+                what:
+                    What::Exit {
+                        killed_by: Some(signal),
+                        ..
+                    },
+                pid,
+                time_ns,
+                comm,
+                ..
+            }) if i32::from(*signal) == libc::SIGSYS => {
+                killed_by_sigsys.push((*pid, comm.to_string(), *time_ns))
+            }
             Output::Event(_) => {}
         }
         progress(Progress::Job(out));
@@ -584,9 +600,28 @@ async fn load_under_watch(
                 phase: phase_at(v.read_ns),
             }),
     );
-    // The sandbox killed the job at a 32-bit (or x32) syscall, which the probes cannot see:
-    // the call did not run, and the attempt is the evidence.
+    // The sandbox killed a process of the job at a 32-bit (or x32) syscall, which the probes
+    // cannot see: the call did not run, and the attempt is the evidence. The kernel says which
+    // process (the loader or any child of it); the loader's own status says it where the
+    // kernel's exit codes are not known.
+    if spec.sandbox.landlock {
+        for (pid, comm, time_ns) in killed_by_sigsys.iter().take(MAX_VIOLATIONS) {
+            report.audit.push(AuditRecord {
+                event: FOREIGN_ABI.to_string(),
+                args: format!(
+                    "process {pid} ({comm}) was killed by the sandbox's seccomp filter (SIGSYS) \
+                     at a syscall of another ABI than the machine's (a 32-bit int $0x80 call, \
+                     or x32)"
+                ),
+                subject: None,
+                pid: *pid,
+                time_ns: *time_ns,
+                phase: phase_at(*time_ns),
+            });
+        }
+    }
     if spec.sandbox.landlock
+        && killed_by_sigsys.is_empty()
         && summary.exit_code == monitor_jobs::sandbox::native_abi::FOREIGN_ABI_EXIT
     {
         let last = timeline.last().map_or(0, |p| p.start_ns);

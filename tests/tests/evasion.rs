@@ -296,3 +296,33 @@ async fn a_32_bit_syscall_stops_the_job_before_it_runs_and_is_found() {
         rules(&report)
     );
 }
+
+/// The same call made by a child of the loader, which waits for it and goes on: the filter
+/// kills the child alone, and the loader's own status says nothing. The kernel's exit code of
+/// the child (SIGSYS) is the evidence, with the child's pid.
+#[cfg(target_arch = "x86_64")]
+#[tokio::test(flavor = "current_thread")]
+async fn a_32_bit_syscall_in_a_child_of_the_loader_is_found() {
+    let report = scan_code(
+        "import ctypes, mmap, os\n\
+         code = mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)\n\
+         # mov eax, 20 (ia32 getpid); int 0x80; ret\n\
+         code.write(b'\\xb8\\x14\\x00\\x00\\x00\\xcd\\x80\\xc3')\n\
+         child = os.fork()\n\
+         if child == 0:\n\
+         \x20   ctypes.CFUNCTYPE(ctypes.c_int)(ctypes.addressof(ctypes.c_char.from_buffer(code)))()\n\
+         \x20   os._exit(0)\n\
+         os.waitpid(child, 0)\n",
+        TIMEOUT,
+    )
+    .await;
+    malicious(&report);
+    let found = report
+        .audit_findings
+        .iter()
+        .find(|f| f.rule == "sandbox.foreign-abi")
+        .unwrap_or_else(|| panic!("{:?}, errors {:?}", rules(&report), report.errors));
+    let loader = report.loader.as_ref().expect("a loader ran");
+    assert_eq!(loader.exit_code, 0, "the loader itself went on: {loader:?}");
+    assert_ne!(found.audit.pid, 0, "the child is named: {:?}", found.audit);
+}

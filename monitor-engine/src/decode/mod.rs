@@ -177,6 +177,9 @@ pub struct Exec {
 pub struct ProcessEnd {
     pub header: Header,
     pub group_dead: bool,
+    /// The signal that killed the task, where the kernel said (see
+    /// [`ProcessExit::exit_code`](monitor_common::event::ProcessExit::exit_code)).
+    pub signal: Option<u8>,
 }
 
 /// Why a record could not be decoded.
@@ -275,6 +278,7 @@ impl Decoder {
                 Record::ProcessExit(ProcessEnd {
                     header,
                     group_dead: r.group_dead != 0,
+                    signal: ProcessExit::signal_of(r.exit_code),
                 })
             }
         })

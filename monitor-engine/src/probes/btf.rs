@@ -221,6 +221,11 @@ impl Btf {
             sb_dev: self.offset_of("super_block", "s_dev")?,
         })
     }
+
+    /// Where a task keeps how it ended (`task_struct.exit_code`).
+    pub fn task_exit_code_offset(&self) -> Result<u32, BtfError> {
+        self.offset_of("task_struct", "exit_code")
+    }
 }
 
 #[cfg(test)]

@@ -307,10 +307,11 @@ impl Setup {
     /// Parses, relocates and creates the maps of the object (its programs are verified at
     /// their first attach, or by [`attach::load_programs`]).
     fn load(&self) -> Result<Ebpf, ProbeError> {
-        let file_offsets = file_offsets();
+        let found = btf_offsets();
         Ok(EbpfLoader::new()
             .override_global("TP_OFFSETS", &self.offsets, true)
-            .override_global("FILE_OFFSETS", &file_offsets, true)
+            .override_global("FILE_OFFSETS", &found.file, true)
+            .override_global("TASK_EXIT_CODE", &found.task_exit_code, true)
             .override_global("WAKEUP_BYTES", &self.wakeup_bytes, true)
             .map_max_entries("EVENTS", self.ring_buffer_bytes)
             .load(OBJECT)?)
@@ -1141,22 +1142,45 @@ pub fn capture_spec(sc: &Syscall) -> CaptureSpec {
     }
 }
 
-/// Where the kernel programs find the file behind a descriptor, from the kernel's BTF. Without
-/// them, open exit records carry no file identity (honeytokens are then matched by path
-/// alone), which is said once in the log.
-fn file_offsets() -> FileOffsets {
-    let found = match btf::Btf::from_kernel() {
-        Ok(Ok(btf)) => btf.file_offsets().map_err(|e| e.to_string()),
+/// Where the kernel programs find what they read of the kernel's own structures.
+struct BtfOffsets {
+    file: FileOffsets,
+    task_exit_code: u32,
+}
+
+/// [`BtfOffsets`] from the kernel's BTF (parsed once). Without the file offsets, open exit
+/// records carry no file identity (honeytokens are then matched by path alone); without the
+/// exit code's, exits carry no code (a job's child killed by a signal is not reported): each
+/// said once in the log.
+fn btf_offsets() -> BtfOffsets {
+    let btf = match btf::Btf::from_kernel() {
+        Ok(Ok(btf)) => Ok(btf),
         Ok(Err(e)) => Err(e.to_string()),
         Err(e) => Err(format!("reading /sys/kernel/btf/vmlinux: {e}")),
     };
-    found.unwrap_or_else(|why| {
-        tracing::warn!(
-            "opened files will not be identified by inode (honeytokens are matched by path \
-             only): {why}"
-        );
-        FileOffsets::default()
-    })
+    let file = btf
+        .as_ref()
+        .map_err(Clone::clone)
+        .and_then(|btf| btf.file_offsets().map_err(|e| e.to_string()))
+        .unwrap_or_else(|why| {
+            tracing::warn!(
+                "opened files will not be identified by inode (honeytokens are matched by \
+                 path only): {why}"
+            );
+            FileOffsets::default()
+        });
+    let task_exit_code = btf
+        .as_ref()
+        .map_err(Clone::clone)
+        .and_then(|btf| btf.task_exit_code_offset().map_err(|e| e.to_string()))
+        .unwrap_or_else(|why| {
+            tracing::warn!("exits will carry no exit code (nor the signal that killed): {why}");
+            0
+        });
+    BtfOffsets {
+        file,
+        task_exit_code,
+    }
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones to the cgroup. Raising
