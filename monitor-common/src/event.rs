@@ -9,11 +9,11 @@
 //!
 //! A syscall that returns is one record, written at its exit ([`EventKind::Syscall`]): its
 //! entry's record (arguments and the user memory they point to, read at entry) waits in the
-//! kernel's `PENDING` map, by thread id, until the exit adds the result. Written at entry
+//! kernel's `PENDING` array, in its thread's slot, until the exit adds the result. Written at entry
 //! instead, as an entry record followed by an exit record: a syscall that does not return
 //! (exit_group; a successful execve, whose exit is in the new image), one whose entry a
 //! kill policy killed, one whose user memory could not be read at entry, and any entry the
-//! map had no room for (counted: [`Counter::CallsApart`]). User space pairs those as before.
+//! slot held by another thread (counted: [`Counter::CallsApart`]). User space pairs those as before.
 
 #[cfg(feature = "user")]
 mod user;
@@ -137,8 +137,8 @@ pub const ARG_MAX: usize = 1024;
 /// `data` holds, in this order and without gaps: each string slot that was filled (NUL
 /// included), the blob, then the argv entries (each NUL-terminated). The lengths say where
 /// each ends. `DATA` is `data`'s capacity: [`DATA_MAX`] in the ring buffer and the per-CPU
-/// scratch space, [`PENDING_DATA_MAX`] for a call waiting for its exit ([`PendingCall`], the
-/// same layout cut shorter).
+/// scratch space, and [`PENDING_DATA_MAX`] (as much) for a call waiting for its exit
+/// ([`PendingCall`]).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct SyscallRecord<const DATA: usize = DATA_MAX> {
@@ -169,17 +169,18 @@ impl<const DATA: usize> SyscallRecord<DATA> {
 /// A syscall's entry record as the ring buffer and the scratch space hold it.
 pub type SyscallEnter = SyscallRecord<DATA_MAX>;
 
-/// Bytes of `data` a call waiting for its exit keeps: an entry that captured more is written at
-/// entry instead (as an entry record, its exit apart). Paths of a few hundred bytes fit.
-pub const PENDING_DATA_MAX: usize = 512;
+/// Bytes of `data` a call waiting for its exit has room for: as much as any entry record, so
+/// that it is built where it waits, with the same bounds, never built again elsewhere.
+pub const PENDING_DATA_MAX: usize = DATA_MAX;
 
-/// A syscall's entry waiting for its exit: the value of the kernel's `PENDING` map, by thread
-/// id. The first bytes of the scratch record it was built in, so no field moves.
+/// A syscall's entry waiting for its exit, in its thread's slot of the kernel's `PENDING`
+/// array, where it is built.
 pub type PendingCall = SyscallRecord<PENDING_DATA_MAX>;
 
-/// Calls the `PENDING` map holds at once (threads of watched processes inside a syscall whose
-/// entry waits for its exit). When it is full, entries are written at once, with their exits
-/// apart: nothing is lost, each such call costs two records ([`Counter::CallsApart`]).
+/// Slots of the `PENDING` array, one per thread id modulo this (threads of watched processes
+/// inside a syscall whose entry waits for its exit). A thread whose slot another holds writes
+/// its entry at once, its exit apart: nothing is lost, each such call costs two records
+/// ([`Counter::CallsApart`]).
 pub const PENDING_CALLS: u32 = 1024;
 
 const _: () = assert!(PendingCall::FIXED_LEN == SyscallEnter::FIXED_LEN);
@@ -282,8 +283,9 @@ pub enum Counter {
     Followed = 5,
     /// Cgroups made under a watched one that `WATCHED` had no room for.
     CgroupsFull = 6,
-    /// Syscalls written as two records (entry, then exit) because the `PENDING` map had no
-    /// room for their entry: nothing lost, but a flood of blocked calls shows here.
+    /// Syscalls written as two records (entry, then exit) because their thread's slot of
+    /// `PENDING` was held by another thread (their ids collide modulo
+    /// [`PENDING_CALLS`]): nothing lost, but a flood of blocked calls shows here.
     CallsApart = 7,
 }
 
@@ -350,8 +352,8 @@ impl Counter {
             ),
             Counter::CallsApart => (
                 "kernel_calls_apart",
-                "Syscalls written as entry and exit records because the map of calls waiting \
-                 for their exit was full",
+                "Syscalls written as entry and exit records because their thread's slot for \
+                 calls waiting for their exit was held by another thread",
             ),
         }
     }

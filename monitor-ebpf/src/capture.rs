@@ -1,9 +1,11 @@
 //! Syscall entry: copy the arguments and the user memory they point to into one record, which
-//! waits for the exit (see `pending`) or is written at once.
+//! waits for the exit, built in place in its thread's slot (see `pending`), or is written at
+//! once.
 //!
-//! The record is built in per-CPU scratch space, then only its used part is copied to the ring
-//! buffer. Every copy starts below `ITEM_START_MAX` (checked, then masked so the verifier can
-//! see it) and is at most `ITEM_START_MAX` long, so no copy can leave `data`.
+//! A record written at once is built in per-CPU scratch space, then only its used part is
+//! copied to the ring buffer. Every copy starts below `ITEM_START_MAX` (checked, then masked so
+//! the verifier can see it) and is at most `ITEM_START_MAX` long, so no copy can leave `data`
+//! (the scratch space's or a slot's, the same size).
 
 use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated};
 use monitor_common::{
@@ -17,7 +19,7 @@ use monitor_common::{
 
 use crate::{
     CAPTURE, ENTERED, EVENTS, RETRY, SCRATCH,
-    context::{Watched, count, fill_header},
+    context::{Watched, count, fill_header_for},
     pending,
     ring::commit_flags_at,
 };
@@ -121,18 +123,41 @@ fn try_syscall_enter(watch: Watched, nr: u32, args: [u64; MAX_ARGS]) -> Result<(
         }
     }
 
-    let ev = build(&watch, nr, spec, args, killed)?;
-    let (flags, tid) = unsafe { ((*ev).header.flags, (*ev).header.tid) };
-    // One record per call: the entry waits for the exit, unless a kill must be seen now or
-    // the memory is to be read again at exit.
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
+    // One record per call: the entry waits for the exit, built where it waits (the thread's
+    // slot), unless a kill must be seen now or the memory is to be read again at exit.
     if spec.waits != 0 {
-        if killed == 0 && flags & FLAG_READ_ERROR == 0 && pending::hold(&watch, tid, ev) {
+        if killed == 0
+            && let Some(slot) = pending::take(&watch, tid)
+        {
+            let call = unsafe { &raw mut (*slot).call };
+            // No argv (no syscall that waits has one): the verifier then explores the argv
+            // loop on one path only, which keeps the programs under its limit.
+            let flags = build::<false>(call, &watch, pid_tgid, nr, spec, args, 0);
+            if flags & FLAG_READ_ERROR == 0 {
+                return Ok(());
+            }
+            // Written now from the slot, its exit apart.
+            write(&watch, call);
+            pending::free(slot);
+            after_written(spec, tid, nr, args, flags);
             return Ok(());
         }
         // Written now, its exit apart: nothing this thread left waiting may take that exit.
         pending::release(&watch, tid);
     }
+    let ev = SCRATCH.get_ptr_mut(0).ok_or(0)?;
+    let flags = build::<true>(ev, &watch, pid_tgid, nr, spec, args, killed);
     write(&watch, ev);
+    after_written(spec, tid, nr, args, flags);
+    Ok(())
+}
+
+/// After an entry record of thread `tid` was written at once (`flags`, its header's): what
+/// its exit needs.
+#[inline(always)]
+fn after_written(spec: &CaptureSpec, tid: u32, nr: u32, args: [u64; MAX_ARGS], flags: u16) {
     // The exit of a filtered syscall is recorded only after an entry that was: see
     // `exit_wanted`.
     if spec.only_if != ONLY_IF_NONE && spec.exit != 0 {
@@ -143,7 +168,6 @@ fn try_syscall_enter(watch: Watched, nr: u32, args: [u64; MAX_ARGS]) -> Result<(
     if flags & FLAG_READ_ERROR != 0 && spec.exit != 0 {
         let _ = RETRY.insert(tid, Retry { nr, _pad: 0, args }, 0);
     }
-    Ok(())
 }
 
 /// Whether the exit of syscall `nr` is to be recorded: always, unless its entries are filtered
@@ -176,8 +200,10 @@ pub fn recapture(watch: Watched, nr: u32) {
         return;
     }
     if let Some(spec) = CAPTURE.get(nr)
-        && let Ok(ev) = build(&watch, nr, spec, retry.args, FLAG_RECAPTURED)
+        && let Some(ev) = SCRATCH.get_ptr_mut(0)
     {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        build::<true>(ev, &watch, pid_tgid, nr, spec, retry.args, FLAG_RECAPTURED);
         write(&watch, ev);
     }
 }
@@ -191,19 +217,27 @@ pub struct Retry {
     args: [u64; MAX_ARGS],
 }
 
-/// Builds the entry record of syscall `nr` in scratch space; its flags say what went wrong.
+/// Builds the entry record of syscall `nr` of the thread `pid_tgid` in `ev` (scratch space or
+/// a pending slot); returns its flags, which say what went wrong. `ARGV`: whether an argv is
+/// captured (if not, a record that has one is marked truncated).
 #[inline(always)]
-fn build(
+fn build<const ARGV: bool>(
+    ev: *mut SyscallEnter,
     watch: &Watched,
+    pid_tgid: u64,
     nr: u32,
     spec: &CaptureSpec,
     args: [u64; MAX_ARGS],
     flags: u16,
-) -> Result<*mut SyscallEnter, i64> {
-    let ev = SCRATCH.get_ptr_mut(0).ok_or(0)?;
+) -> u16 {
     let mut cur = Cursor { off: 0, flags };
     unsafe {
-        fill_header(&raw mut (*ev).header, EventKind::SyscallEnter, watch);
+        fill_header_for(
+            &raw mut (*ev).header,
+            EventKind::SyscallEnter,
+            watch,
+            pid_tgid,
+        );
         (*ev).nr = nr;
         (*ev).args = args;
         (*ev).str_len = [0; STR_SLOTS];
@@ -232,7 +266,11 @@ fn build(
     }
     for (&kind, &arg) in spec.args.iter().zip(&args) {
         if kind == Capture::Argv as u8 {
-            capture_argv(ev, &mut cur, arg);
+            if ARGV {
+                capture_argv(ev, &mut cur, arg);
+            } else {
+                cur.flags |= FLAG_TRUNCATED;
+            }
             break;
         }
     }
@@ -242,7 +280,7 @@ fn build(
         (*ev).data_len = data_len as u32;
         (*ev).header.flags = cur.flags;
     }
-    Ok(ev)
+    cur.flags
 }
 
 /// Copies the used part of the entry record `ev` (built by [`build`]) to the ring buffer.

@@ -121,7 +121,18 @@ pub fn offsets() -> TracepointOffsets {
 /// (`bpf_ktime_get_ns`), for [`crate::ring::commit_flags_at`].
 #[inline(always)]
 pub unsafe fn fill_header(header: *mut EventHeader, kind: EventKind, watch: &Watched) -> u64 {
-    let pid_tgid = bpf_get_current_pid_tgid();
+    unsafe { fill_header_for(header, kind, watch, bpf_get_current_pid_tgid()) }
+}
+
+/// [`fill_header`] for the current task, whose `bpf_get_current_pid_tgid` is `pid_tgid`
+/// (read already: one helper call less).
+#[inline(always)]
+pub unsafe fn fill_header_for(
+    header: *mut EventHeader,
+    kind: EventKind,
+    watch: &Watched,
+    pid_tgid: u64,
+) -> u64 {
     let uid_gid = bpf_get_current_uid_gid();
     let now = unsafe { bpf_ktime_get_ns() };
     unsafe {

@@ -24,6 +24,9 @@
 //!   `follow`).
 #![no_std]
 #![no_main]
+// `atomic_cxchg`: the compare-and-swap that takes a pending slot (see `pending`).
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 mod capture;
 mod context;
@@ -43,9 +46,9 @@ use aya_ebpf::{
 };
 use monitor_common::event::{
     CAPTURE_ENTRIES, COUNTERS as COUNTER_SLOTS, CaptureSpec, Counter, Discovery, EventKind,
-    ExecKey, FLAG_KILLED, FileOffsets, KillPolicy, PENDING_CALLS, PathKey, PendingCall,
-    ProcessExec, ProcessExit, ProcessFork, SyscallEnter, SyscallExit, TracepointOffsets, Watch,
-    WatchCounts, open_reads_nothing,
+    ExecKey, FLAG_KILLED, FileOffsets, KillPolicy, PENDING_CALLS, PathKey, ProcessExec,
+    ProcessExit, ProcessFork, SyscallEnter, SyscallExit, TracepointOffsets, Watch, WatchCounts,
+    open_reads_nothing,
 };
 
 use crate::{
@@ -117,11 +120,12 @@ static CAPTURE: Array<CaptureSpec> = Array::with_max_entries(CAPTURE_ENTRIES, 0)
 #[map]
 static SCRATCH: PerCpuArray<SyscallEnter> = PerCpuArray::with_max_entries(1, 0);
 
-/// Syscall entries waiting for their exit, by thread id, to be written with it as one record
-/// (see `pending`). Not an LRU: a full map makes new entries be written at once (counted),
-/// never an older one forgotten; a task's place goes at its exit.
+/// Syscall entries waiting for their exit, each in its thread's slot (`tid % PENDING_CALLS`),
+/// to be written with it as one record (see `pending`). A slot another thread holds makes
+/// the entry be written at once (counted), never the other call forgotten; a task's slot is
+/// freed at its exit. Each slot has room for a whole entry record (8.4 KB; 8.6 MB in all).
 #[map]
-static PENDING: HashMap<u32, PendingCall> = HashMap::with_max_entries(PENDING_CALLS, 0);
+static PENDING: Array<pending::PendingSlot> = Array::with_max_entries(PENDING_CALLS, 0);
 
 /// Entries whose user memory could not be read, by thread id, to capture again at exit.
 #[map]

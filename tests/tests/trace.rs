@@ -401,8 +401,8 @@ async fn the_path_recorded_is_the_one_read_at_entry_even_if_memory_changes_befor
     assert!(open.ret.is_some_and(|r| r >= 0), "{open:?}");
 }
 
-/// More threads blocked in a syscall than the kernel's map of calls waiting for their exit
-/// holds: the calls it has no room for are written as an entry and an exit, counted
+/// More threads blocked in a syscall than the kernel has slots for calls waiting for their
+/// exit: the calls it has no room for are written as an entry and an exit, counted
 /// (`calls_apart`), and every one is reported with its path and result. Nothing is lost.
 #[tokio::test(flavor = "current_thread")]
 async fn a_flood_of_blocked_calls_overflows_the_pending_map_visibly_and_loses_nothing() {
@@ -481,6 +481,119 @@ async fn a_flood_of_blocked_calls_overflows_the_pending_map_visibly_and_loses_no
     assert!(
         counted >= (threads - PENDING_CALLS as usize) as u64,
         "the calls the map had no room for are counted: {counted}"
+    );
+    assert!(router.stop().await.is_some());
+}
+
+/// Two threads whose ids share a slot of the kernel's pending calls (equal modulo
+/// `PENDING_CALLS`), both inside an open at once: the first holds the slot (blocked in the
+/// open of a FIFO), so the second's open is written as an entry and an exit, counted
+/// (`calls_apart`); both are reported with their own thread, path and result.
+#[tokio::test(flavor = "current_thread")]
+async fn threads_whose_ids_share_a_pending_slot_both_get_their_calls_and_the_second_is_counted() {
+    use monitor_common::event::{Counter, PENDING_CALLS};
+    use monitor_engine::probes::Probes;
+    use monitor_engine::router::Router;
+    use monitor_jobs::run::{Output, RunSpec, run};
+    use monitor_rules::RuleSet;
+
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    mkfifo(&fifo);
+    let other = dir.path().join("other.txt");
+    std::fs::write(&other, "x").unwrap();
+    let tids = dir.path().join("tids");
+    let script = dir.path().join("collide.py");
+    // The blocker opens the FIFO and waits there for a writer; meanwhile threads are started
+    // one after another (thread ids grow) until one's id shares the blocker's slot, and that
+    // one opens another file. Then the writer's open lets the blocker through.
+    std::fs::write(
+        &script,
+        format!(
+            "import os, threading, time\n\
+             fifo, other, slots = {fifo:?}, {other:?}, {PENDING_CALLS}\n\
+             blocker_tid = []\n\
+             def block():\n\
+             \x20   blocker_tid.append(threading.get_native_id())\n\
+             \x20   os.close(os.open(fifo, os.O_RDONLY))\n\
+             b = threading.Thread(target=block)\n\
+             b.start()\n\
+             while not blocker_tid: time.sleep(0.01)\n\
+             tid = blocker_tid[0]\n\
+             deadline = time.time() + 60\n\
+             while not open(f'/proc/self/task/{{tid}}/syscall').read().startswith('{openat} '):\n\
+             \x20   assert time.time() < deadline\n\
+             \x20   time.sleep(0.01)\n\
+             collider = []\n\
+             def maybe_collide():\n\
+             \x20   me = threading.get_native_id()\n\
+             \x20   if me != tid and me % slots == tid % slots:\n\
+             \x20       os.close(os.open(other, os.O_RDONLY))\n\
+             \x20       collider.append(me)\n\
+             while not collider:\n\
+             \x20   assert time.time() < deadline\n\
+             \x20   t = threading.Thread(target=maybe_collide)\n\
+             \x20   t.start()\n\
+             \x20   t.join()\n\
+             os.close(os.open(fifo, os.O_WRONLY))\n\
+             b.join()\n\
+             open({tids:?}, 'w').write(f'{{tid}} {{collider[0]}}')\n",
+            fifo = fifo.to_str().unwrap(),
+            other = other.to_str().unwrap(),
+            tids = tids.to_str().unwrap(),
+            openat = monitor_common::syscall::by_name("openat").unwrap().nr,
+        ),
+    )
+    .unwrap();
+    let spec = RunSpec {
+        program: "python3".into(),
+        args: vec![script.into_os_string()],
+        cwd: None,
+        rules: RuleSet::defaults(),
+        terminate_at: None,
+        sandbox: None,
+        timeout: None,
+    };
+    let router = Router::start(Probes::load(&ProbeConfig::default()).unwrap()).unwrap();
+    let apart = |router: &Router| router.counters().unwrap().get(Counter::CallsApart);
+    let before = apart(&router);
+    let mut events = Vec::new();
+    let summary = run(&spec, &router, |out| {
+        if let Output::Event(e) = out {
+            events.push(e.clone())
+        }
+    })
+    .await
+    .unwrap();
+    let counted = apart(&router) - before;
+    assert_eq!(summary.exit_code, 0, "{summary:?}");
+    assert!(summary.complete, "{summary:?}");
+    let tids = std::fs::read_to_string(&tids).unwrap();
+    let (blocker, collider) = tids.split_once(' ').unwrap();
+    let (blocker, collider): (u32, u32) = (blocker.parse().unwrap(), collider.parse().unwrap());
+    assert_eq!(blocker % PENDING_CALLS, collider % PENDING_CALLS);
+    let opens_of = |path: &std::path::Path| -> Vec<(u32, Option<i64>)> {
+        syscalls(&events, "openat")
+            .filter(|(_, sc)| sc.arg("filename").and_then(|v| v.as_str()) == path.to_str())
+            .map(|(e, sc)| (e.tid, sc.ret))
+            .collect()
+    };
+    let blocked: Vec<_> = opens_of(&fifo)
+        .into_iter()
+        .filter(|&(tid, _)| tid == blocker)
+        .collect();
+    assert!(
+        matches!(blocked[..], [(_, Some(ret))] if ret >= 0),
+        "the blocked open, once, with its result: {blocked:?}"
+    );
+    assert!(
+        matches!(opens_of(&other)[..], [(tid, Some(ret))] if tid == collider && ret >= 0),
+        "the colliding thread's open, once, its own, with its result: {:?}",
+        opens_of(&other)
+    );
+    assert!(
+        counted >= 1,
+        "the open whose slot was held is counted as written apart: {counted}"
     );
     assert!(router.stop().await.is_some());
 }
