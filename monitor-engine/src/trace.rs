@@ -250,6 +250,11 @@ impl Tracer {
                 what: What::Fork { child_pid },
             });
         }
+        // Before the record is taken apart: its entry is then moved once, into the event, not
+        // first out of the record to outlive this call.
+        if let Record::Call(call) = &record {
+            self.lost_exit(call.enter.header.tid, emit);
+        }
         match record {
             Record::Call(Call {
                 enter,
@@ -257,7 +262,6 @@ impl Tracer {
                 ret,
                 file,
             }) => {
-                self.lost_exit(enter.header.tid, emit);
                 let returned = Returned {
                     ret,
                     time_ns: exit_ns,
