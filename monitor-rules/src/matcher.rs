@@ -41,6 +41,9 @@ pub(super) struct Matcher {
     audit: Vec<String>,
     subject: Option<GlobSet>,
     subject_not: Option<GlobSet>,
+    /// Whether the rule asks nothing of an act but its syscall and paths (a policy's rule
+    /// about a file, most often): then there is nothing else to test.
+    paths_only: bool,
 }
 
 /// Which syscalls a rule is about.
@@ -174,7 +177,10 @@ impl Matcher {
             audit: spec.audit.clone(),
             subject: globs_of(&spec.subject)?,
             subject_not: globs_of(&spec.subject_not)?,
+            paths_only: false,
         };
+        let mut matcher = matcher;
+        matcher.paths_only = matcher.asks_only_paths();
         let about_syscalls = matcher.syscalls != Syscalls::Any
             || !matcher.classes.is_empty()
             || matcher.direction.is_some();
@@ -220,6 +226,19 @@ impl Matcher {
         Ok(matcher)
     }
 
+    /// Whether [`Matcher::matches_besides_paths`] holds for every act the rule is about.
+    fn asks_only_paths(&self) -> bool {
+        self.result == ResultCondition::Any
+            && self.flags_any.is_empty()
+            && self.mode_any.is_none()
+            && self.family.is_empty()
+            && self.port.is_empty()
+            && self.port_not.is_empty()
+            && self.addr.is_empty()
+            && self.addr_not.is_empty()
+            && self.process.is_empty()
+    }
+
     pub(super) fn is_audit(&self) -> bool {
         !self.audit.is_empty()
     }
@@ -257,6 +276,17 @@ impl Matcher {
     /// index). A syscall the kernel killed at its entry is judged as the act it attempted: as
     /// if it had succeeded.
     pub(super) fn matches_besides_paths(
+        &self,
+        sc: &SyscallEvent,
+        facts: &Facts,
+        event: &Event,
+        ctx: &Context,
+    ) -> bool {
+        self.paths_only || self.conditions_hold(sc, facts, event, ctx)
+    }
+
+    /// The conditions [`Matcher::matches_besides_paths`] tests, each of them.
+    fn conditions_hold(
         &self,
         sc: &SyscallEvent,
         facts: &Facts,
@@ -575,6 +605,74 @@ mod tests {
             let clean = resolve::is_clean(path);
             assert_eq!(marked.clean_paths != 0, clean, "{path}");
         }
+    }
+
+    #[test]
+    fn a_rule_that_asks_only_paths_holds_besides_them_for_any_act() {
+        // The oracle: each condition tested, for rules with and without conditions besides
+        // their paths, on opens that succeeded, failed, wrote and ran as other users.
+        let rules = crate::RuleSet::parse(
+            r#"
+rules:
+  - { id: t.paths, description: d, severity: low, match: { syscalls: [openat], path: ["/etc/**"] } }
+  - { id: t.nothing, description: d, severity: low, match: { syscalls: [openat] } }
+  - { id: t.result, description: d, severity: low, match: { syscalls: [openat], result: success } }
+  - { id: t.flags, description: d, severity: low, match: { syscalls: [openat], flags_any: [O_WRONLY] } }
+  - { id: t.uid, description: d, severity: low, match: { syscalls: [openat], uid: [0] } }
+  - { id: t.comm, description: d, severity: low, match: { syscalls: [openat], comm: ["py*"] } }
+"#,
+            "test",
+        )
+        .unwrap();
+        let mut only = Vec::new();
+        for rule in rules.rules() {
+            let m = &rule.matcher;
+            if m.paths_only {
+                only.push(rule.id().to_owned());
+            }
+            for (path, flags, ret, uid) in [
+                ("/etc/passwd", "O_RDONLY", 3, 0),
+                ("x.pkl", "O_WRONLY|O_CREAT", -2, 1000),
+            ] {
+                let mut sc = traced_open(path);
+                sc.args = monitor_engine::trace::Args::new(
+                    sc.syscall.args,
+                    vec![
+                        ArgValue::Fd(libc::AT_FDCWD),
+                        ArgValue::Str(Some(path.into())),
+                        ArgValue::Flags {
+                            raw: 0,
+                            text: flags.into(),
+                        },
+                    ],
+                );
+                sc.ret = Some(ret);
+                let facts = Facts::of(&sc, Some("/work"));
+                let event = Event {
+                    time_ns: 1,
+                    pid: 7,
+                    tid: 7,
+                    ppid: None,
+                    uid,
+                    comm: "sh".into(),
+                    cgroup_id: 1,
+                    what: monitor_engine::trace::What::Syscall(sc.clone()),
+                };
+                let ctx = Context::new(crate::Phase::Run);
+                let full = m.conditions_hold(&sc, &facts, &event, &ctx);
+                assert_eq!(m.matches_besides_paths(&sc, &facts, &event, &ctx), full);
+                if m.paths_only {
+                    assert!(full, "{} on {path}", rule.id());
+                }
+            }
+        }
+        assert_eq!(only, ["t.paths", "t.nothing"]);
+        // Most of the default rules about opens ask more than their paths.
+        assert!(
+            crate::RuleSet::defaults()
+                .rules()
+                .any(|r| !r.matcher.paths_only)
+        );
     }
 
     #[test]
