@@ -538,16 +538,6 @@ impl Tracer {
         };
         // What the i-th argument finally reached, if it is a path the tracer could resolve.
         let reached = |i: usize| paths.last(i).cloned();
-        let first_path = enter
-            .syscall
-            .args
-            .iter()
-            .position(|a| a.kind == ArgKind::Path);
-        let last_path = enter
-            .syscall
-            .args
-            .iter()
-            .rposition(|a| a.kind == ArgKind::Path);
         if enter.syscall.effect == Effect::ClosesFd {
             // The descriptor is gone whatever close returns.
             if let Some(fd) = fd_arg(0) {
@@ -558,6 +548,16 @@ impl Tracer {
         let Some(ret) = ret.filter(|&r| r >= 0) else {
             return;
         };
+        let first_path = enter
+            .syscall
+            .args
+            .iter()
+            .position(|a| a.kind == ArgKind::Path);
+        let last_path = enter
+            .syscall
+            .args
+            .iter()
+            .rposition(|a| a.kind == ArgKind::Path);
         match enter.syscall.effect {
             Effect::None | Effect::ClosesFd => {}
             Effect::Opens => {

@@ -466,12 +466,15 @@ impl<'a> Facts<'a> {
                 _ => {}
             }
         }
-        // What the paths reached, as the tracer resolved them (a directory fd, a symlink).
-        facts.paths.extend(
-            sc.resolved
-                .iter()
-                .map(|p| std::borrow::Cow::Borrowed(p.as_str())),
-        );
+        // What the paths reached, as the tracer resolved them (a directory fd, a symlink);
+        // most events have none, and an extend costs even then.
+        if !sc.resolved.is_empty() {
+            facts.paths.extend(
+                sc.resolved
+                    .iter()
+                    .map(|p| std::borrow::Cow::Borrowed(p.as_str())),
+            );
+        }
         facts
     }
 
