@@ -145,9 +145,6 @@ fn compile_values(field: Field, items: &[Scalar]) -> Result<Values, String> {
     })
 }
 
-// Not inlined into `covers`: there the setup of every field's test was hoisted before the
-// loop and paid for each exception tested, whichever fields it has.
-#[inline(never)]
 fn field_matches(
     field: Field,
     values: &Values,
