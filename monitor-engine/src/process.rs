@@ -236,6 +236,13 @@ impl ProcessTable {
                 self.procs.remove(&tid);
             }
         }
+        // Nearly always a process known already: looked up, not entered.
+        if !confirmed && let Some(known) = self.procs.get_mut(&pid) {
+            if known.comm != comm {
+                known.comm = comm.to_owned();
+            }
+            return None;
+        }
         let proc = self.procs.entry(pid).or_insert_with(|| Process {
             pid,
             ppid: None,

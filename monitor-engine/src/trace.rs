@@ -2,7 +2,7 @@
 //! to be written at once) as two records that are paired here, per thread (a thread is in at
 //! most one syscall at a time); keeps the process table up to date.
 
-use std::sync::Arc;
+use std::{borrow::Cow, sync::Arc};
 
 use foldhash::HashMap;
 use smallvec::SmallVec;
@@ -155,20 +155,23 @@ pub struct Tracer {
 /// What the path arguments of a call reached, argument by argument, in their order: for
 /// each, the absolute path first, then each path that leads to in turn (see
 /// [`Tracer::resolve`]). Most calls reach one path per argument, the argument's own text,
-/// shared.
+/// borrowed from the entry (no reference count touched for it).
 #[derive(Default)]
-struct Reached {
-    list: SmallVec<[(usize, Arc<str>); 4]>,
+struct Reached<'e> {
+    list: SmallVec<[(usize, Cow<'e, Arc<str>>); 4]>,
     /// The arguments (bit i: argument i) whose text was an absolute, normal path already.
     clean: u8,
     /// The caller's parent, looked up with its working directory (one lookup per event).
     ppid: Option<u32>,
 }
 
-impl Reached {
+impl Reached<'_> {
     /// What argument `arg` reached first: its absolute path.
     fn first(&self, arg: usize) -> Option<&Arc<str>> {
-        self.list.iter().find(|(a, _)| *a == arg).map(|(_, p)| p)
+        self.list
+            .iter()
+            .find(|(a, _)| *a == arg)
+            .map(|(_, p)| p.as_ref())
     }
 
     /// What argument `arg` finally reached.
@@ -177,21 +180,18 @@ impl Reached {
             .iter()
             .rev()
             .find(|(a, _)| *a == arg)
-            .map(|(_, p)| p)
+            .map(|(_, p)| p.as_ref())
     }
+}
 
-    /// Every path reached, argument by argument.
-    fn all(&self) -> impl Iterator<Item = &Arc<str>> {
-        self.list.iter().map(|(_, p)| p)
-    }
-
+impl<'e> Reached<'e> {
     /// Argument `arg` (the last one added) also reached `path`, unless that is where it
     /// stands already.
-    fn push(&mut self, arg: usize, path: Arc<str>) {
+    fn push(&mut self, arg: usize, path: Cow<'e, Arc<str>>) {
         if self
             .list
             .last()
-            .is_some_and(|(a, p)| *a == arg && *p == path)
+            .is_some_and(|(a, p)| *a == arg && **p == *path)
         {
             return;
         }
@@ -253,6 +253,11 @@ impl Tracer {
                 what: What::Fork { child_pid },
             });
         }
+        // Before the record is taken apart: its entry is then moved once, into the event, not
+        // first out of the record to outlive this call.
+        if let Record::Call(call) = &record {
+            self.lost_exit(call.enter.header.tid, emit);
+        }
         match record {
             Record::Call(Call {
                 enter,
@@ -260,7 +265,6 @@ impl Tracer {
                 ret,
                 file,
             }) => {
-                self.lost_exit(enter.header.tid, emit);
                 let returned = Returned {
                     ret,
                     time_ns: exit_ns,
@@ -359,6 +363,9 @@ impl Tracer {
 
     /// An entry alone: the event of a call whose exit is not traced (`close`, whose result is
     /// not kept; `exit_group`, which does not return), returned; any other waits for its exit.
+    // Inlined, like `completed`: the entry is then moved once, into its event or the pending
+    // table, not first into this call.
+    #[inline(always)]
     fn enter(&mut self, enter: Enter, emit: &mut impl FnMut(Event)) -> Option<Event> {
         let sc = enter.syscall;
         if enter.header.flags.recaptured {
@@ -406,19 +413,25 @@ impl Tracer {
     // intermediate values (`event_sizes` pins how large).
     #[inline(always)]
     fn completed(&mut self, mut enter: Enter, exit: Option<Returned>) -> Event {
-        let paths = self.resolve(&enter, exit.and_then(|e| e.file));
-        self.apply(&enter, exit.map(|e| e.ret), &paths);
-        let mut resolved: Vec<String> = Vec::new();
-        for path in paths.all() {
-            // Most paths reached are the argument's own shared text: the same pointer.
-            let literal = enter.args.iter().any(|a| match a {
-                ArgValue::Str(Some(text)) => Arc::ptr_eq(text, path) || **text == **path,
-                _ => false,
-            });
-            if !literal && !resolved.iter().any(|r| **r == **path) {
-                resolved.push(path.to_string());
+        let (resolved, ppid, clean_paths) = {
+            let paths = self.resolve(&enter, exit.and_then(|e| e.file));
+            self.apply(&enter, exit.map(|e| e.ret), &paths);
+            let mut resolved: Vec<String> = Vec::new();
+            for (_, path) in &paths.list {
+                // Most paths reached are an argument's own text, borrowed from it.
+                let literal = match path {
+                    Cow::Borrowed(_) => true,
+                    Cow::Owned(path) => enter.args.iter().any(|a| match a {
+                        ArgValue::Str(Some(text)) => **text == **path,
+                        _ => false,
+                    }),
+                };
+                if !literal && !resolved.iter().any(|r| **r == ***path) {
+                    resolved.push(path.to_string());
+                }
             }
-        }
+            (resolved, paths.ppid, paths.clean)
+        };
         // The event is written from the entry's fields in one expression (no local copies).
         enter.args.truncate(enter.syscall.args.len());
         let sc = enter.syscall;
@@ -427,7 +440,7 @@ impl Tracer {
             time_ns: enter.header.time_ns,
             pid: enter.header.pid,
             tid: enter.header.tid,
-            ppid: paths.ppid,
+            ppid,
             uid: enter.header.uid,
             comm: enter.header.comm,
             cgroup_id: enter.header.cgroup_id,
@@ -446,7 +459,7 @@ impl Tracer {
                 flags: enter.header.flags,
                 resolved,
                 syscall: sc,
-                clean_paths: paths.clean,
+                clean_paths,
             }),
         }
     }
@@ -454,7 +467,7 @@ impl Tracer {
     /// For each argument of `enter`, what it reached (empty for an argument that is no path,
     /// or one that cannot be resolved): the absolute path first, then each path that leads to
     /// in turn, last the name of the file known by identity that the call opened (`file`).
-    fn resolve(&self, enter: &Enter, file: Option<FileId>) -> Reached {
+    fn resolve<'e>(&self, enter: &'e Enter, file: Option<FileId>) -> Reached<'e> {
         let pid = enter.header.pid;
         let process = self.processes.get(pid);
         let cwd = process.and_then(|p| p.cwd.as_deref());
@@ -482,7 +495,7 @@ impl Tracer {
             // copied (most paths).
             let absolute = if resolve::is_clean(path) {
                 paths.clean |= 1 << i;
-                path.clone()
+                Cow::Borrowed(path)
             } else {
                 let dir_fd = match i.checked_sub(1).map(|d| (kinds[d].kind, &enter.args[d])) {
                     Some((ArgKind::DirFd, ArgValue::Fd(fd))) if *fd != libc::AT_FDCWD => {
@@ -497,18 +510,18 @@ impl Tracer {
                 let Some(absolute) = resolve::absolute(path, base) else {
                     continue;
                 };
-                absolute.into()
+                Cow::Owned(absolute.into())
             };
             let mut last = absolute.clone();
             paths.push(i, absolute);
             for _ in 0..2 {
                 let before = paths.list.len();
                 if let Some(target) = resolve::magic(&last, fd_path, cwd) {
-                    last = target.into();
+                    last = Cow::Owned(target.into());
                     paths.push(i, last.clone());
                 }
                 for further in self.names.follow(&last) {
-                    last = further.into();
+                    last = Cow::Owned(further.into());
                     paths.push(i, last.clone());
                 }
                 // Nothing further: a second look at the same path finds nothing either.
@@ -522,7 +535,7 @@ impl Tracer {
             && let Some(&(first, _)) = paths.list.first()
         {
             let at = paths.list.iter().take_while(|(a, _)| *a == first).count();
-            paths.list.insert(at, (first, known.into()));
+            paths.list.insert(at, (first, Cow::Owned(known.into())));
         }
         paths
     }
@@ -537,16 +550,6 @@ impl Tracer {
         };
         // What the i-th argument finally reached, if it is a path the tracer could resolve.
         let reached = |i: usize| paths.last(i).cloned();
-        let first_path = enter
-            .syscall
-            .args
-            .iter()
-            .position(|a| a.kind == ArgKind::Path);
-        let last_path = enter
-            .syscall
-            .args
-            .iter()
-            .rposition(|a| a.kind == ArgKind::Path);
         if enter.syscall.effect == Effect::ClosesFd {
             // The descriptor is gone whatever close returns.
             if let Some(fd) = fd_arg(0) {
@@ -557,6 +560,16 @@ impl Tracer {
         let Some(ret) = ret.filter(|&r| r >= 0) else {
             return;
         };
+        let first_path = enter
+            .syscall
+            .args
+            .iter()
+            .position(|a| a.kind == ArgKind::Path);
+        let last_path = enter
+            .syscall
+            .args
+            .iter()
+            .rposition(|a| a.kind == ArgKind::Path);
         match enter.syscall.effect {
             Effect::None | Effect::ClosesFd => {}
             Effect::Opens => {

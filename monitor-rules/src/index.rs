@@ -76,26 +76,55 @@ struct PathGlobs {
     path_owner: Vec<Option<u16>>,
 }
 
-/// Positions in a [`Candidates`]' `rules`, in order.
-pub(super) type Slots = SmallVec<[u16; 32]>;
-
 /// The candidates worth testing on an event (see [`Candidates::worth_testing`]).
 pub(super) enum Worth<'a> {
-    All,
+    /// All of them (so many).
+    All(usize),
     /// Those without `path` globs (the event's paths matched none).
     Pathless(&'a [u16]),
-    /// Those and the ones with a `path` glob the event's paths matched.
-    Some(Slots),
+    /// Those and the ones with a `path` glob the event's paths matched (apart from them).
+    Some {
+        pathless: &'a [u16],
+        hit: SmallVec<[u16; 8]>,
+    },
 }
 
 impl Worth<'_> {
-    /// The positions to test, in order; `None` for all.
-    pub(super) fn slots(&self) -> Option<&[u16]> {
+    /// The positions to test, in order: the two lists merged as they are walked, not into a
+    /// third list first (a policy's rule about the event's path is one such candidate on
+    /// every event).
+    pub(super) fn slots(&self) -> Slots<'_> {
         match self {
-            Worth::All => None,
-            Worth::Pathless(slots) => Some(slots),
-            Worth::Some(slots) => Some(slots),
+            Worth::All(n) => Slots::All(0..*n),
+            Worth::Pathless(pathless) => Slots::Merged(pathless, &[]),
+            Worth::Some { pathless, hit } => Slots::Merged(pathless, hit),
         }
+    }
+}
+
+/// Positions in a [`Candidates`]' `rules`, in order: all, or two ordered lists apart merged.
+pub(super) enum Slots<'a> {
+    All(Range<usize>),
+    Merged(&'a [u16], &'a [u16]),
+}
+
+impl Iterator for Slots<'_> {
+    type Item = usize;
+
+    fn next(&mut self) -> Option<usize> {
+        let (a, b) = match self {
+            Slots::All(range) => return range.next(),
+            Slots::Merged(a, b) => (a, b),
+        };
+        let side = match (a.first(), b.first()) {
+            (Some(x), Some(y)) if x < y => a,
+            (Some(_), Some(_)) | (None, Some(_)) => b,
+            (Some(_), None) => a,
+            (None, None) => return None,
+        };
+        let (&first, rest) = side.split_first()?;
+        *side = rest;
+        Some(first.into())
     }
 }
 
@@ -161,31 +190,24 @@ impl Candidates {
         memo: &mut PathMemo,
     ) -> Worth<'_> {
         let Some(paths) = &self.paths else {
-            return Worth::All;
+            return Worth::All(self.rules.len());
         };
         let ids = self.matched(paths, facts, matched, memo);
-        if ids.iter().all(|&id| paths.path_owner[id].is_none()) {
-            return Worth::Pathless(&self.pathless);
-        }
-        let mut hit: SmallVec<[u16; 8]> =
-            ids.iter().filter_map(|&id| paths.path_owner[id]).collect();
-        hit.sort_unstable();
-        hit.dedup();
-        // Both in order, and apart (a pathless candidate has no `path` glob): merged.
-        let mut slots = Slots::new();
-        let (mut a, mut b) = (self.pathless.iter().peekable(), hit.iter().peekable());
-        while let (Some(&&x), Some(&&y)) = (a.peek(), b.peek()) {
-            if x < y {
-                slots.push(x);
-                a.next();
-            } else {
-                slots.push(y);
-                b.next();
+        let mut hit: SmallVec<[u16; 8]> = SmallVec::new();
+        for &id in ids {
+            if let Some(owner) = paths.path_owner[id] {
+                hit.push(owner);
             }
         }
-        slots.extend(a.copied());
-        slots.extend(b.copied());
-        Worth::Some(slots)
+        if hit.is_empty() {
+            return Worth::Pathless(&self.pathless);
+        }
+        hit.sort_unstable();
+        hit.dedup();
+        Worth::Some {
+            pathless: &self.pathless,
+            hit,
+        }
     }
 
     /// The ids of the globs the event's paths matched, found once per event.
@@ -368,19 +390,15 @@ mod tests {
                     }
                     let matched = Matched::new();
                     let worth = candidates.worth_testing(&facts, &matched, &mut memo);
-                    let worth = worth.slots();
+                    let worth: Vec<usize> = worth.slots().collect();
                     // In the candidates' order, each once: findings come out in that order.
-                    if let Some(worth) = worth {
-                        assert!(worth.windows(2).all(|w| w[0] < w[1]), "{worth:?}");
-                    }
+                    assert!(worth.windows(2).all(|w| w[0] < w[1]), "{worth:?}");
                     for (slot, &i) in candidates.rules.iter().enumerate() {
                         let rule = &rules.rules[i as usize];
                         let combined =
                             candidates.paths_hold(slot, rule, &facts, &matched, &mut memo);
                         // A candidate left out as not worth testing is one whose paths fail.
-                        if let Some(worth) = worth
-                            && !worth.contains(&(slot as u16))
-                        {
+                        if !worth.contains(&slot) {
                             assert!(!combined, "{} on {}: {first}", rule.id(), sc.name);
                         }
                         assert_eq!(

@@ -408,10 +408,7 @@ impl RuleSet {
         let mut found = Vec::new();
         // Only the candidates whose paths can hold are tested (in the same order).
         let worth = candidates.worth_testing(&facts, &matched, memo);
-        let worth = worth.slots();
-        let tested = worth.map_or(candidates.rules.len(), <[u16]>::len);
-        for k in 0..tested {
-            let slot = worth.map_or(k, |w| w[k] as usize);
+        for slot in worth.slots() {
             let i = candidates.rules[slot];
             let (rule, exceptions) = (&self.rules[i as usize], &self.exceptions[i as usize]);
             // Paths first: the event's paths are matched once for all candidates (and

@@ -41,6 +41,9 @@ pub(super) struct Matcher {
     audit: Vec<String>,
     subject: Option<GlobSet>,
     subject_not: Option<GlobSet>,
+    /// Whether the rule asks nothing of an act but its syscall and paths (a policy's rule
+    /// about a file, most often): then there is nothing else to test.
+    paths_only: bool,
 }
 
 /// Which syscalls a rule is about.
@@ -174,7 +177,10 @@ impl Matcher {
             audit: spec.audit.clone(),
             subject: globs_of(&spec.subject)?,
             subject_not: globs_of(&spec.subject_not)?,
+            paths_only: false,
         };
+        let mut matcher = matcher;
+        matcher.paths_only = matcher.asks_only_paths();
         let about_syscalls = matcher.syscalls != Syscalls::Any
             || !matcher.classes.is_empty()
             || matcher.direction.is_some();
@@ -220,6 +226,19 @@ impl Matcher {
         Ok(matcher)
     }
 
+    /// Whether [`Matcher::matches_besides_paths`] holds for every act the rule is about.
+    fn asks_only_paths(&self) -> bool {
+        self.result == ResultCondition::Any
+            && self.flags_any.is_empty()
+            && self.mode_any.is_none()
+            && self.family.is_empty()
+            && self.port.is_empty()
+            && self.port_not.is_empty()
+            && self.addr.is_empty()
+            && self.addr_not.is_empty()
+            && self.process.is_empty()
+    }
+
     pub(super) fn is_audit(&self) -> bool {
         !self.audit.is_empty()
     }
@@ -257,6 +276,17 @@ impl Matcher {
     /// index). A syscall the kernel killed at its entry is judged as the act it attempted: as
     /// if it had succeeded.
     pub(super) fn matches_besides_paths(
+        &self,
+        sc: &SyscallEvent,
+        facts: &Facts,
+        event: &Event,
+        ctx: &Context,
+    ) -> bool {
+        self.paths_only || self.conditions_hold(sc, facts, event, ctx)
+    }
+
+    /// The conditions [`Matcher::matches_besides_paths`] tests, each of them.
+    fn conditions_hold(
         &self,
         sc: &SyscallEvent,
         facts: &Facts,
@@ -392,8 +422,6 @@ pub struct Facts<'a> {
     pub paths: SmallVec<[Cow<'a, str>; 2]>,
     /// The text of each flags argument (`O_WRONLY|O_CREAT`).
     pub flags: SmallVec<[&'a str; 2]>,
-    /// Every flag of [`Facts::flags`], split out when a rule first asks.
-    flag_names: std::cell::OnceCell<SmallVec<[&'a str; 8]>>,
     pub modes: SmallVec<[u32; 2]>,
     pub families: SmallVec<[&'a str; 2]>,
     pub ports: SmallVec<[u16; 2]>,
@@ -438,40 +466,58 @@ impl<'a> Facts<'a> {
                 _ => {}
             }
         }
-        // What the paths reached, as the tracer resolved them (a directory fd, a symlink).
-        facts.paths.extend(
-            sc.resolved
-                .iter()
-                .map(|p| std::borrow::Cow::Borrowed(p.as_str())),
-        );
+        // What the paths reached, as the tracer resolved them (a directory fd, a symlink);
+        // most events have none, and an extend costs even then.
+        if !sc.resolved.is_empty() {
+            facts.paths.extend(
+                sc.resolved
+                    .iter()
+                    .map(|p| std::borrow::Cow::Borrowed(p.as_str())),
+            );
+        }
         facts
     }
 
     /// Whether a flags argument holds the flag `name`.
     pub fn has_flag(&self, name: &str) -> bool {
-        // Split once per event, on the first rule that asks, not once per rule.
-        self.flag_names
-            .get_or_init(|| split_flags(&self.flags))
-            .contains(&name)
+        self.flags.iter().any(|text| holds_flag(text, name))
     }
 }
 
-/// The names of flags texts (`O_WRONLY|O_CREAT`), as `text.split('|')` gives them, in one
-/// pass over the bytes (this runs for every event with a flags argument that a rule asks
-/// about).
-fn split_flags<'a>(texts: &[&'a str]) -> SmallVec<[&'a str; 8]> {
-    let mut names = SmallVec::new();
-    for text in texts {
-        let mut start = 0;
-        for (i, b) in text.bytes().enumerate() {
-            if b == b'|' {
-                names.push(&text[start..i]);
-                start = i + 1;
-            }
-        }
-        names.push(&text[start..]);
+/// Whether `name` is one of the names of the flags text `text` (`O_WRONLY|O_CREAT`), as
+/// `text.split('|').any(|n| n == name)` says. Most events are asked about one or two flags
+/// (`O_CREAT`), and a text holds two or three short names: each is compared where it lies,
+/// only if it has the length asked, and the `|` between them are found eight bytes at a time.
+fn holds_flag(text: &str, name: &str) -> bool {
+    let (text, name) = (text.as_bytes(), name.as_bytes());
+    let len = text.len();
+    if len < 8 {
+        return text.split(|&b| b == b'|').any(|n| n == name);
     }
-    names
+    let is_name = |start: usize, end: usize| end - start == name.len() && text[start..end] == *name;
+    let mut start = 0;
+    // Each step's eight bytes, the last overlapping the one before (its bytes seen already
+    // skipped).
+    let mut at = 0;
+    while at < len {
+        let (from, skip) = if at + 8 <= len {
+            (at, 0)
+        } else {
+            (len - 8, at - (len - 8))
+        };
+        let word: [u8; 8] = text[from..from + 8].try_into().expect("8 bytes");
+        let mut bars = resolve::bytes_equal(word, b'|') & (u64::MAX << (8 * skip));
+        while bars != 0 {
+            let bar = from + (bars.trailing_zeros() / 8) as usize;
+            if is_name(start, bar) {
+                return true;
+            }
+            start = bar + 1;
+            bars &= bars - 1;
+        }
+        at += 8;
+    }
+    is_name(start, len)
 }
 
 /// `path` made absolute against `cwd` (when relative and the cwd is known) with `.` and `..`
@@ -565,6 +611,74 @@ mod tests {
     }
 
     #[test]
+    fn a_rule_that_asks_only_paths_holds_besides_them_for_any_act() {
+        // The oracle: each condition tested, for rules with and without conditions besides
+        // their paths, on opens that succeeded, failed, wrote and ran as other users.
+        let rules = crate::RuleSet::parse(
+            r#"
+rules:
+  - { id: t.paths, description: d, severity: low, match: { syscalls: [openat], path: ["/etc/**"] } }
+  - { id: t.nothing, description: d, severity: low, match: { syscalls: [openat] } }
+  - { id: t.result, description: d, severity: low, match: { syscalls: [openat], result: success } }
+  - { id: t.flags, description: d, severity: low, match: { syscalls: [openat], flags_any: [O_WRONLY] } }
+  - { id: t.uid, description: d, severity: low, match: { syscalls: [openat], uid: [0] } }
+  - { id: t.comm, description: d, severity: low, match: { syscalls: [openat], comm: ["py*"] } }
+"#,
+            "test",
+        )
+        .unwrap();
+        let mut only = Vec::new();
+        for rule in rules.rules() {
+            let m = &rule.matcher;
+            if m.paths_only {
+                only.push(rule.id().to_owned());
+            }
+            for (path, flags, ret, uid) in [
+                ("/etc/passwd", "O_RDONLY", 3, 0),
+                ("x.pkl", "O_WRONLY|O_CREAT", -2, 1000),
+            ] {
+                let mut sc = traced_open(path);
+                sc.args = monitor_engine::trace::Args::new(
+                    sc.syscall.args,
+                    vec![
+                        ArgValue::Fd(libc::AT_FDCWD),
+                        ArgValue::Str(Some(path.into())),
+                        ArgValue::Flags {
+                            raw: 0,
+                            text: flags.into(),
+                        },
+                    ],
+                );
+                sc.ret = Some(ret);
+                let facts = Facts::of(&sc, Some("/work"));
+                let event = Event {
+                    time_ns: 1,
+                    pid: 7,
+                    tid: 7,
+                    ppid: None,
+                    uid,
+                    comm: "sh".into(),
+                    cgroup_id: 1,
+                    what: monitor_engine::trace::What::Syscall(sc.clone()),
+                };
+                let ctx = Context::new(crate::Phase::Run);
+                let full = m.conditions_hold(&sc, &facts, &event, &ctx);
+                assert_eq!(m.matches_besides_paths(&sc, &facts, &event, &ctx), full);
+                if m.paths_only {
+                    assert!(full, "{} on {path}", rule.id());
+                }
+            }
+        }
+        assert_eq!(only, ["t.paths", "t.nothing"]);
+        // Most of the default rules about opens ask more than their paths.
+        assert!(
+            crate::RuleSet::defaults()
+                .rules()
+                .any(|r| !r.matcher.paths_only)
+        );
+    }
+
+    #[test]
     fn relative_and_dotted_paths_are_resolved() {
         assert_eq!(
             absolute("../../etc/shadow", Some("/home/u/x")),
@@ -582,10 +696,51 @@ mod tests {
     }
 
     #[test]
-    fn flags_texts_split_as_split_does() {
-        let texts = ["O_WRONLY|O_CREAT|0x40", "", "O_RDONLY", "A||B|", "|"];
-        let split: Vec<&str> = texts.iter().flat_map(|t| t.split('|')).collect();
-        assert_eq!(split_flags(&texts).as_slice(), split.as_slice());
+    fn a_flag_is_held_where_it_is_a_whole_name_of_a_text() {
+        let facts = Facts {
+            flags: ["O_WRONLY|O_CREAT|0x40", "", "A||B|", "O_RDONLY"]
+                .into_iter()
+                .collect(),
+            ..Facts::default()
+        };
+        for held in ["O_WRONLY", "O_CREAT", "0x40", "", "A", "B", "O_RDONLY"] {
+            assert!(facts.has_flag(held), "{held}");
+        }
+        // Parts of names, names run together, and names of no text (a name never holds `|`:
+        // rules name flags the decoder shows).
+        for not in [
+            "O_CREA",
+            "CREAT",
+            "O_CREAT0x40",
+            "O_RD",
+            "O_RDWR",
+            "AB",
+            "O_TRUNC",
+        ] {
+            assert!(!facts.has_flag(not), "{not}");
+        }
+        assert!(!Facts::default().has_flag("O_CREAT"));
+        // The oracle: as splitting says, for every text and name over `A`, `B` and `|` of
+        // up to 5 bytes.
+        let mut all = vec![String::new()];
+        let mut last = all.clone();
+        for _ in 0..5 {
+            last = last
+                .iter()
+                .flat_map(|t| ["A", "B", "|"].map(|c| format!("{t}{c}")))
+                .collect();
+            all.extend(last.iter().cloned());
+        }
+        // Behind prefixes that put the `|` at every offset of an eight-byte step.
+        for prefix in ["", "AB", "ABABAB|", "O_RDONLY|", "O_RDONLY|O_CLOEXEC|A"] {
+            for text in &all {
+                let text = format!("{prefix}{text}");
+                for name in all.iter().filter(|n| !n.contains('|')) {
+                    let split = text.split('|').any(|n| n == name);
+                    assert_eq!(holds_flag(&text, name), split, "{text:?} {name:?}");
+                }
+            }
+        }
     }
 
     #[test]

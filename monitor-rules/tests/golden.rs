@@ -531,7 +531,18 @@ fn replay_for_profiling() {
         Some(file) => (recording::read(Path::new(&file)).unwrap(), false),
         None => (fixture("shell").records, true),
     };
-    let rules = RuleSet::defaults();
+    // `MONITOR_REPLAY_RULES=FILE`: rules and exceptions added to the defaults, judged as a
+    // live watch judges (with the process's view and a watch's name): a policy's cost, e.g.
+    // the bench's rule and exception on every open.
+    let mut rules = RuleSet::defaults();
+    let watch = std::env::var_os("MONITOR_REPLAY_RULES").map(|file| {
+        rules.add_file(Path::new(&file)).unwrap();
+        "model-server".to_owned()
+    });
+    let setting = Setting {
+        process_view: watch.is_some(),
+        ..Setting::in_phase(Phase::Run)
+    };
     let decoder = Decoder::default();
     let replays: usize = std::env::var("MONITOR_REPLAYS")
         .ok()
@@ -539,12 +550,15 @@ fn replay_for_profiling() {
         .unwrap_or(50);
     let mut findings = 0;
     for _ in 0..replays {
-        let mut judge = Judge::new(Tracer::default());
-        let mut scope = Plain::new(Setting::in_phase(Phase::Run), |_: &Finding| findings += 1);
+        let mut judge = Judge::new(Tracer::default()).for_watch(watch.clone());
+        let mut scope = Plain::new(setting.clone(), |_: &Finding| findings += 1);
         let mut records: Vec<Record> = records.iter().map(|r| decoder.decode(r).unwrap()).collect();
         judge.feed(&mut records, &rules, &mut scope);
         judge.finish(&rules, &mut scope);
     }
     // The shell capture runs programs: a judge that found nothing there did not judge.
     assert!(!shell || findings > 0);
+    if let Ok(most) = std::env::var("MONITOR_REPLAY_FINDINGS_AT_MOST") {
+        assert!(findings <= most.parse().unwrap(), "{findings} findings");
+    }
 }
