@@ -406,11 +406,7 @@ async fn the_path_recorded_is_the_one_read_at_entry_even_if_memory_changes_befor
 /// (`calls_apart`), and every one is reported with its path and result. Nothing is lost.
 #[tokio::test(flavor = "current_thread")]
 async fn a_flood_of_blocked_calls_overflows_the_pending_map_visibly_and_loses_nothing() {
-    use monitor_common::event::{Counter, PENDING_CALLS};
-    use monitor_engine::probes::Probes;
-    use monitor_engine::router::Router;
-    use monitor_jobs::run::{Output, RunSpec, run};
-    use monitor_rules::RuleSet;
+    use monitor_common::event::PENDING_CALLS;
 
     let threads = PENDING_CALLS as usize + 200;
     let dir = tempfile::tempdir().unwrap();
@@ -446,27 +442,7 @@ async fn a_flood_of_blocked_calls_overflows_the_pending_map_visibly_and_loses_no
         ),
     )
     .unwrap();
-    let spec = RunSpec {
-        program: "python3".into(),
-        args: vec![script.into_os_string()],
-        cwd: None,
-        rules: RuleSet::defaults(),
-        terminate_at: None,
-        sandbox: None,
-        timeout: None,
-    };
-    let router = Router::start(Probes::load(&ProbeConfig::default()).unwrap()).unwrap();
-    let apart = |router: &Router| router.counters().unwrap().get(Counter::CallsApart);
-    let before = apart(&router);
-    let mut events = Vec::new();
-    let summary = run(&spec, &router, |out| {
-        if let Output::Event(e) = out {
-            events.push(e.clone())
-        }
-    })
-    .await
-    .unwrap();
-    let counted = apart(&router) - before;
+    let (summary, events, counted) = run_counting_calls_apart(script).await;
     assert_eq!(summary.exit_code, 0, "every reader opened: {summary:?}");
     assert!(summary.complete, "{summary:?}");
     let opened = syscalls(&events, "openat")
@@ -482,7 +458,6 @@ async fn a_flood_of_blocked_calls_overflows_the_pending_map_visibly_and_loses_no
         counted >= (threads - PENDING_CALLS as usize) as u64,
         "the calls the map had no room for are counted: {counted}"
     );
-    assert!(router.stop().await.is_some());
 }
 
 /// Two threads whose ids share a slot of the kernel's pending calls (equal modulo
@@ -491,11 +466,7 @@ async fn a_flood_of_blocked_calls_overflows_the_pending_map_visibly_and_loses_no
 /// (`calls_apart`); both are reported with their own thread, path and result.
 #[tokio::test(flavor = "current_thread")]
 async fn threads_whose_ids_share_a_pending_slot_both_get_their_calls_and_the_second_is_counted() {
-    use monitor_common::event::{Counter, PENDING_CALLS};
-    use monitor_engine::probes::Probes;
-    use monitor_engine::router::Router;
-    use monitor_jobs::run::{Output, RunSpec, run};
-    use monitor_rules::RuleSet;
+    use monitor_common::event::PENDING_CALLS;
 
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("fifo");
@@ -545,27 +516,7 @@ async fn threads_whose_ids_share_a_pending_slot_both_get_their_calls_and_the_sec
         ),
     )
     .unwrap();
-    let spec = RunSpec {
-        program: "python3".into(),
-        args: vec![script.into_os_string()],
-        cwd: None,
-        rules: RuleSet::defaults(),
-        terminate_at: None,
-        sandbox: None,
-        timeout: None,
-    };
-    let router = Router::start(Probes::load(&ProbeConfig::default()).unwrap()).unwrap();
-    let apart = |router: &Router| router.counters().unwrap().get(Counter::CallsApart);
-    let before = apart(&router);
-    let mut events = Vec::new();
-    let summary = run(&spec, &router, |out| {
-        if let Output::Event(e) = out {
-            events.push(e.clone())
-        }
-    })
-    .await
-    .unwrap();
-    let counted = apart(&router) - before;
+    let (summary, events, counted) = run_counting_calls_apart(script).await;
     assert_eq!(summary.exit_code, 0, "{summary:?}");
     assert!(summary.complete, "{summary:?}");
     let tids = std::fs::read_to_string(&tids).unwrap();
@@ -595,7 +546,6 @@ async fn threads_whose_ids_share_a_pending_slot_both_get_their_calls_and_the_sec
         counted >= 1,
         "the open whose slot was held is counted as written apart: {counted}"
     );
-    assert!(router.stop().await.is_some());
 }
 
 /// The kernel programs record a watched process's syscalls of the table by the number the
@@ -654,4 +604,43 @@ async fn only_the_table_s_syscalls_are_recorded_by_number_and_compat_calls_are_n
         "{} records for {CALLS} untraced calls and python's start-up",
         summary.kernel_records
     );
+}
+
+/// Runs `python3 script` under probes of its own with the default rules: its summary, its
+/// events, and how many of its calls the kernel wrote apart (`calls_apart`).
+async fn run_counting_calls_apart(
+    script: std::path::PathBuf,
+) -> (
+    monitor_jobs::run::RunSummary,
+    Vec<monitor_engine::trace::Event>,
+    u64,
+) {
+    use monitor_common::event::Counter;
+    use monitor_engine::probes::Probes;
+    use monitor_engine::router::Router;
+    use monitor_jobs::run::{Output, RunSpec, run};
+    use monitor_rules::RuleSet;
+    let spec = RunSpec {
+        program: "python3".into(),
+        args: vec![script.into_os_string()],
+        cwd: None,
+        rules: RuleSet::defaults(),
+        terminate_at: None,
+        sandbox: None,
+        timeout: None,
+    };
+    let router = Router::start(Probes::load(&ProbeConfig::default()).unwrap()).unwrap();
+    let apart = |router: &Router| router.counters().unwrap().get(Counter::CallsApart);
+    let before = apart(&router);
+    let mut events = Vec::new();
+    let summary = run(&spec, &router, |out| {
+        if let Output::Event(e) = out {
+            events.push(e.clone())
+        }
+    })
+    .await
+    .unwrap();
+    let counted = apart(&router) - before;
+    assert!(router.stop().await.is_some());
+    (summary, events, counted)
 }
