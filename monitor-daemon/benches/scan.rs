@@ -116,23 +116,17 @@ fn main() -> Result<()> {
             // Each keeps its hooks attached for the next, which takes them over; the timed one
             // detaches them when it is done (the first one's child holds them too until its
             // linger is over).
-            for _ in 0..2 {
-                time_scan_cli(&monitorctl, &artifact.path, Some(pins), Linger::Default)?;
-            }
-            handed_over.push(time_scan_cli(
+            handed_over.push(third_in_a_row(
                 &monitorctl,
                 &artifact.path,
-                Some(pins),
-                Linger::No,
+                pins,
+                Linger::Default,
             )?);
             std::thread::sleep(SETTLE + monitor_engine::probes::pins::DEFAULT_LINGER);
-            for _ in 0..2 {
-                time_scan_cli(&monitorctl, &artifact.path, Some(pins), Linger::No)?;
-            }
-            detaching.push(time_scan_cli(
+            detaching.push(third_in_a_row(
                 &monitorctl,
                 &artifact.path,
-                Some(pins),
+                pins,
                 Linger::No,
             )?);
             // Three detaches queue on one kernel mutex.
@@ -347,6 +341,20 @@ enum Linger {
     No,
     /// For monitorctl's default time.
     Default,
+}
+
+/// The time of the third of three `monitorctl scan`s in a row, the first two lingering as
+/// `linger` says; the third detaches at once.
+fn third_in_a_row(
+    monitorctl: &Path,
+    artifact: &Path,
+    pins: &Path,
+    linger: Linger,
+) -> Result<Duration> {
+    for _ in 0..2 {
+        time_scan_cli(monitorctl, artifact, Some(pins), linger)?;
+    }
+    time_scan_cli(monitorctl, artifact, Some(pins), Linger::No)
 }
 
 /// A `monitorctl scan` with no daemon, its probes pinned under `pins` (or never pinned).

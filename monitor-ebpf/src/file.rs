@@ -6,7 +6,10 @@
 use aya_ebpf::helpers::{bpf_probe_read_kernel, generated};
 use monitor_common::event::FileOffsets;
 
-use crate::FILE_OFFSETS;
+use crate::{
+    FILE_OFFSETS,
+    task::{self, load},
+};
 
 fn offsets() -> FileOffsets {
     // Volatile: patched into .rodata at load time, after compilation.
@@ -20,16 +23,6 @@ unsafe fn field<T>(base: *const u8, off: u32) -> Option<T> {
         return None;
     }
     unsafe { bpf_probe_read_kernel(base.add(off as usize).cast::<T>()) }.ok()
-}
-
-/// The `T` at byte `off` of kernel object `base`, a BTF-typed pointer (or one loaded through
-/// such), loaded without a helper call.
-#[inline(always)]
-unsafe fn load<T: Copy>(base: *const u8, off: u32) -> Option<T> {
-    if base.is_null() {
-        return None;
-    }
-    Some(unsafe { base.add(off as usize).cast::<T>().read_volatile() })
 }
 
 /// Bytes of a kernel object read at once for two of its 8-byte fields close together.
@@ -80,7 +73,7 @@ pub fn identity(fd: u32) -> Option<(u32, u64)> {
         // `.rodata`), where each was a `bpf_probe_read_kernel` (three helper calls fewer).
         // `fd[n]` and what follows are read as before: an index the verifier cannot bound, and
         // a `struct file **` that BTF leaves untyped.
-        let task = generated::bpf_get_current_task_btf() as *const u8;
+        let task = task::current();
         let files = load::<*const u8>(task, off.task_files)?;
         let fdt = load::<*const u8>(files, off.files_fdt)?;
         let max_fds = load::<u32>(fdt, off.fdt_max_fds)?;

@@ -37,6 +37,7 @@ mod hooks;
 mod kill;
 mod pending;
 mod ring;
+mod task;
 
 use aya_ebpf::{
     EbpfContext,
@@ -428,30 +429,13 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
             fill_header(&raw mut (*ev).header, EventKind::ProcessExit, &watch);
             (*ev).group_dead = group_dead;
             (*ev)._pad = [0; 3];
-            (*ev).exit_code = exit_code();
+            (*ev).exit_code = task::exit_code();
         }
         entry.submit(flags);
         watch.emitted();
         watch.forget_task(group_dead != 0);
     }
     0
-}
-
-/// The exiting task's `exit_code` (set before `sched_process_exit` fires): how it ended, a
-/// signal that killed it included, which no syscall record says (a seccomp kill, say).
-#[inline(always)]
-fn exit_code() -> u32 {
-    // Volatile: patched into .rodata at load time, after compilation.
-    let off = unsafe { core::ptr::read_volatile(&raw const TASK_EXIT_CODE) };
-    if off == 0 {
-        return 0;
-    }
-    // A load through the BTF-typed task pointer: the verifier knows the offset (frozen
-    // `.rodata`) and checks it against `task_struct`.
-    unsafe {
-        let task = aya_ebpf::helpers::generated::bpf_get_current_task_btf() as *const u8;
-        task.add(off as usize).cast::<u32>().read_volatile()
-    }
 }
 
 #[tracepoint]

@@ -93,9 +93,7 @@ pub fn take(watch: &Watched, tid: u32) -> Option<*mut PendingSlot> {
     match held {
         0 => Some(slot),
         held if held == u64::from(tid) => {
-            write(watch, unsafe { &raw mut (*slot).call }, unsafe {
-                bpf_ktime_get_ns()
-            });
+            write_stale(watch, slot);
             Some(slot)
         }
         _ => {
@@ -115,7 +113,7 @@ pub fn complete(watch: &Watched, spec: &CaptureSpec, nr: u32, ret: i64) -> bool 
     let call = unsafe { &raw mut (*slot).call };
     if unsafe { (*call).nr } != nr {
         // Left by a call whose exit was never seen: it cannot be this call's entry.
-        write(watch, call, unsafe { bpf_ktime_get_ns() });
+        write_stale(watch, slot);
         free(slot);
         return false;
     }
@@ -144,9 +142,7 @@ pub fn complete(watch: &Watched, spec: &CaptureSpec, nr: u32, ret: i64) -> bool 
 #[inline(always)]
 pub fn release(watch: &Watched, tid: u32) {
     if let Some(slot) = held_by(tid) {
-        write(watch, unsafe { &raw mut (*slot).call }, unsafe {
-            bpf_ktime_get_ns()
-        });
+        write_stale(watch, slot);
         free(slot);
     }
 }
@@ -159,11 +155,19 @@ pub fn at_task_exit(watch: Option<&Watched>) {
         return;
     };
     if let Some(watch) = watch {
-        write(watch, unsafe { &raw mut (*slot).call }, unsafe {
-            bpf_ktime_get_ns()
-        });
+        write_stale(watch, slot);
     }
     free(slot);
+}
+
+/// Writes the call waiting in `slot` as the entry it is (its exit was not seen, or will not
+/// be: the thread exits): user space reports it without a result, as it would an entry whose
+/// exit was lost. The slot stays taken.
+#[inline(always)]
+fn write_stale(watch: &Watched, slot: *mut PendingSlot) {
+    write(watch, unsafe { &raw mut (*slot).call }, unsafe {
+        bpf_ktime_get_ns()
+    });
 }
 
 /// Copies the used part of `call` to the ring buffer (its kind says whether it returned); `now`

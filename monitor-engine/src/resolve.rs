@@ -281,15 +281,7 @@ mod tests {
     /// gives what splitting into components gives.
     #[test]
     fn normal_paths_are_copied_as_splitting_would_give_them() {
-        let mut paths = vec![String::new()];
-        let mut last = paths.clone();
-        for _ in 0..7 {
-            last = last
-                .iter()
-                .flat_map(|p| ['a', '/', '.'].map(|c| format!("{p}{c}")))
-                .collect();
-            paths.extend(last.iter().cloned());
-        }
+        let paths = every_text(&['a', '/', '.'], 7);
         assert_eq!(paths.len(), 3280);
         for path in &paths {
             assert_eq!(normalize(path), by_components(path), "{path:?}");
@@ -312,6 +304,19 @@ mod tests {
         }
     }
 
+    /// Every text of up to `max` characters of `alphabet`, the empty one included.
+    fn every_text(alphabet: &[char], max: usize) -> Vec<String> {
+        let mut all = vec![String::new()];
+        let mut last = all.clone();
+        for _ in 0..max {
+            last = (last.iter())
+                .flat_map(|t| alphabet.iter().map(move |c| format!("{t}{c}")))
+                .collect();
+            all.extend(last.iter().cloned());
+        }
+        all
+    }
+
     /// The byte-by-byte check `is_clean` was: each part between slashes neither empty nor
     /// `.` or `..`.
     fn clean_by_parts(path: &str) -> bool {
@@ -324,15 +329,7 @@ mod tests {
     /// offset of a step: the fast check says what the parts say.
     #[test]
     fn clean_paths_are_found_eight_bytes_at_a_time_as_part_by_part() {
-        let mut paths = vec![String::new()];
-        let mut last = paths.clone();
-        for _ in 0..10 {
-            last = last
-                .iter()
-                .flat_map(|p| ["/", ".", "x"].map(|c| format!("{p}{c}")))
-                .collect();
-            paths.extend(last.iter().cloned());
-        }
+        let paths = every_text(&['/', '.', 'x'], 10);
         for prefix in ["", "/a", "/abc", "/abcdefg", "/.tmpXYZ/"] {
             for path in &paths {
                 let path = format!("{prefix}{path}");

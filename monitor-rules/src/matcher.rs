@@ -72,15 +72,27 @@ struct ProcessConditions {
 
 impl ProcessConditions {
     fn is_empty(&self) -> bool {
-        self.exe.is_none()
-            && self.exe_not.is_none()
-            && self.comm.is_none()
-            && self.comm_not.is_none()
-            && self.parent_exe.is_none()
-            && self.ancestor_exe.is_none()
-            && self.ancestor_exe_not.is_none()
-            && self.uid.is_empty()
-            && self.uid_not.is_empty()
+        // Every field by name: a condition added here cannot be left out of this test.
+        let ProcessConditions {
+            exe,
+            exe_not,
+            comm,
+            comm_not,
+            parent_exe,
+            ancestor_exe,
+            ancestor_exe_not,
+            uid,
+            uid_not,
+        } = self;
+        exe.is_none()
+            && exe_not.is_none()
+            && comm.is_none()
+            && comm_not.is_none()
+            && parent_exe.is_none()
+            && ancestor_exe.is_none()
+            && ancestor_exe_not.is_none()
+            && uid.is_empty()
+            && uid_not.is_empty()
     }
 
     /// Whether the process of `event` meets every condition. A condition on something not
@@ -228,15 +240,38 @@ impl Matcher {
 
     /// Whether [`Matcher::matches_besides_paths`] holds for every act the rule is about.
     fn asks_only_paths(&self) -> bool {
-        self.result == ResultCondition::Any
-            && self.flags_any.is_empty()
-            && self.mode_any.is_none()
-            && self.family.is_empty()
-            && self.port.is_empty()
-            && self.port_not.is_empty()
-            && self.addr.is_empty()
-            && self.addr_not.is_empty()
-            && self.process.is_empty()
+        // Every field by name, so that a condition added to rules must be placed: tested by
+        // `conditions_hold` (then listed below), or settled before (which syscalls, paths,
+        // audit events).
+        let Matcher {
+            syscalls: _,
+            classes: _,
+            direction: _,
+            path_globs: _,
+            path_matchers: _,
+            audit: _,
+            subject: _,
+            subject_not: _,
+            paths_only: _,
+            result,
+            flags_any,
+            mode_any,
+            family,
+            port,
+            port_not,
+            addr,
+            addr_not,
+            process,
+        } = self;
+        *result == ResultCondition::Any
+            && flags_any.is_empty()
+            && mode_any.is_none()
+            && family.is_empty()
+            && port.is_empty()
+            && port_not.is_empty()
+            && addr.is_empty()
+            && addr_not.is_empty()
+            && process.is_empty()
     }
 
     pub(super) fn is_audit(&self) -> bool {

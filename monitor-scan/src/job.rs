@@ -605,36 +605,30 @@ async fn load_under_watch(
     // process (the loader or any child of it); the loader's own status says it where the
     // kernel's exit codes are not known.
     if spec.sandbox.landlock {
-        for (pid, comm, time_ns) in killed_by_sigsys.iter().take(MAX_VIOLATIONS) {
+        if killed_by_sigsys.is_empty()
+            && summary.exit_code == monitor_jobs::sandbox::native_abi::FOREIGN_ABI_EXIT
+        {
+            // Pid 0: the job as a whole, in the phase it was in.
+            let last = timeline.last().map_or(0, |p| p.start_ns);
+            killed_by_sigsys.push((0, "the loader".to_string(), last));
+        }
+        for (pid, who, time_ns) in killed_by_sigsys.into_iter().take(MAX_VIOLATIONS) {
+            let who = match pid {
+                0 => who,
+                pid => format!("process {pid} ({who})"),
+            };
             report.audit.push(AuditRecord {
                 event: FOREIGN_ABI.to_string(),
                 args: format!(
-                    "process {pid} ({comm}) was killed by the sandbox's seccomp filter (SIGSYS) \
-                     at a syscall of another ABI than the machine's (a 32-bit int $0x80 call, \
-                     or x32)"
+                    "{who} was killed by the sandbox's seccomp filter (SIGSYS) at a syscall of \
+                     another ABI than the machine's (a 32-bit int $0x80 call, or x32)"
                 ),
                 subject: None,
-                pid: *pid,
-                time_ns: *time_ns,
-                phase: phase_at(*time_ns),
+                pid,
+                time_ns,
+                phase: phase_at(time_ns),
             });
         }
-    }
-    if spec.sandbox.landlock
-        && killed_by_sigsys.is_empty()
-        && summary.exit_code == monitor_jobs::sandbox::native_abi::FOREIGN_ABI_EXIT
-    {
-        let last = timeline.last().map_or(0, |p| p.start_ns);
-        report.audit.push(AuditRecord {
-            event: FOREIGN_ABI.to_string(),
-            args: "the job was killed by the sandbox's seccomp filter (SIGSYS) at a syscall of \
-                   another ABI than the machine's (a 32-bit int $0x80 call, or x32)"
-                .to_string(),
-            subject: None,
-            pid: 0,
-            time_ns: last,
-            phase: phase_at(last),
-        });
     }
     if let Some(cut) = summary.control_violations.len().checked_sub(MAX_VIOLATIONS)
         && cut > 0

@@ -265,6 +265,15 @@ async fn a_payload_that_acts_only_outside_a_sandbox_is_not_put_off_by_the_sandbo
     finding(&report, "exec.program");
 }
 
+/// Python that defines `ia32_getpid()`: ia32 `getpid` (number 20) through `int $0x80`, machine
+/// code in an executable mapping called through ctypes.
+#[cfg(target_arch = "x86_64")]
+const IA32_GETPID: &str = "import ctypes, mmap, os\n\
+     code = mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)\n\
+     # mov eax, 20 (ia32 getpid); int 0x80; ret\n\
+     code.write(b'\\xb8\\x14\\x00\\x00\\x00\\xcd\\x80\\xc3')\n\
+     ia32_getpid = ctypes.CFUNCTYPE(ctypes.c_int)(ctypes.addressof(ctypes.c_char.from_buffer(code)))\n";
+
 /// A 32-bit syscall (`int $0x80`) from the 64-bit loader: the kernel's `syscalls:*`
 /// tracepoints skip compat calls, so without the sandbox's filter the honeytoken read below
 /// would follow a call nobody saw. The payload is `getpid` (ia32 number 20), machine code run
@@ -273,12 +282,11 @@ async fn a_payload_that_acts_only_outside_a_sandbox_is_not_put_off_by_the_sandbo
 #[tokio::test(flavor = "current_thread")]
 async fn a_32_bit_syscall_stops_the_job_before_it_runs_and_is_found() {
     let report = scan_code(
-        "import ctypes, mmap, os\n\
-         code = mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)\n\
-         # mov eax, 20 (ia32 getpid); int 0x80; ret\n\
-         code.write(b'\\xb8\\x14\\x00\\x00\\x00\\xcd\\x80\\xc3')\n\
-         pid = ctypes.CFUNCTYPE(ctypes.c_int)(ctypes.addressof(ctypes.c_char.from_buffer(code)))()\n\
-         open(os.path.expanduser('~/.ssh/id_rsa')).read()\n",
+        &format!(
+            "{IA32_GETPID}\
+             ia32_getpid()\n\
+             open(os.path.expanduser('~/.ssh/id_rsa')).read()\n"
+        ),
         TIMEOUT,
     )
     .await;
@@ -304,15 +312,14 @@ async fn a_32_bit_syscall_stops_the_job_before_it_runs_and_is_found() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_32_bit_syscall_in_a_child_of_the_loader_is_found() {
     let report = scan_code(
-        "import ctypes, mmap, os\n\
-         code = mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)\n\
-         # mov eax, 20 (ia32 getpid); int 0x80; ret\n\
-         code.write(b'\\xb8\\x14\\x00\\x00\\x00\\xcd\\x80\\xc3')\n\
-         child = os.fork()\n\
-         if child == 0:\n\
-         \x20   ctypes.CFUNCTYPE(ctypes.c_int)(ctypes.addressof(ctypes.c_char.from_buffer(code)))()\n\
-         \x20   os._exit(0)\n\
-         os.waitpid(child, 0)\n",
+        &format!(
+            "{IA32_GETPID}\
+             child = os.fork()\n\
+             if child == 0:\n\
+             \x20   ia32_getpid()\n\
+             \x20   os._exit(0)\n\
+             os.waitpid(child, 0)\n"
+        ),
         TIMEOUT,
     )
     .await;

@@ -145,6 +145,12 @@ impl Hook {
     }
 }
 
+/// The tracepoint categories of the hooks: the syscalls', the process tree's, the cgroups'.
+pub const CATEGORY_SYSCALLS: &str = "syscalls";
+pub const CATEGORY_SCHED: &str = "sched";
+pub const CATEGORY_CGROUP: &str = "cgroup";
+pub const CATEGORIES: [&str; 3] = [CATEGORY_SYSCALLS, CATEGORY_SCHED, CATEGORY_CGROUP];
+
 /// The process tracepoints, each with its program of the same name.
 const SCHED_TRACEPOINTS: [&str; 3] = [
     "sched_process_fork",
@@ -272,10 +278,10 @@ pub fn attach_all(
         }
     }
     let mut process_links = Vec::new();
-    let process = SCHED_TRACEPOINTS.map(|name| ("sched", name));
+    let process = SCHED_TRACEPOINTS.map(|name| (CATEGORY_SCHED, name));
     for (category, name) in process
         .into_iter()
-        .chain(CGROUP_TRACEPOINTS.map(|name| ("cgroup", name)))
+        .chain(CGROUP_TRACEPOINTS.map(|name| (CATEGORY_CGROUP, name)))
     {
         let hook = Hook::TracePoint {
             prog: name,
@@ -512,7 +518,7 @@ fn attach_syscall_tracepoints(
     adopted: &mut Adopted,
 ) -> Result<bool, ProbeError> {
     let enter = format!("sys_enter_{}", sc.name);
-    if !tracefs.has_event("syscalls", &enter) {
+    if !tracefs.has_event(CATEGORY_SYSCALLS, &enter) {
         return Ok(false);
     }
     // Discovery looks only at syscalls that open a file: they get a program of their own, so
@@ -529,7 +535,7 @@ fn attach_syscall_tracepoints(
     for (prog, event) in hooks {
         let hook = Hook::TracePoint {
             prog,
-            category: "syscalls",
+            category: CATEGORY_SYSCALLS,
             event,
         };
         links.push((hook.clone(), adopted.take_or_attach(&hook, ebpf)?));

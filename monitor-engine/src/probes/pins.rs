@@ -58,7 +58,7 @@ use aya_obj::generated::{BPF_F_RDONLY_PROG, bpf_attr, bpf_cmd, bpf_prog_type};
 
 use super::{
     Object,
-    attach::{Hook, ProgramKind},
+    attach::{self, Hook, ProgramKind},
 };
 
 /// Where the sets are pinned unless [`ROOT_ENV`] says otherwise.
@@ -657,9 +657,7 @@ fn hook_of_pin(file: &str, expected: &[(&'static str, ProgramKind)]) -> Option<H
     let hook = match (parts.next()?, parts.next()?, parts.next()?, parts.next()) {
         ("tp", prog, category, Some(event)) => Hook::TracePoint {
             prog: program(prog)?,
-            category: ["syscalls", "sched", "cgroup"]
-                .into_iter()
-                .find(|c| *c == category)?,
+            category: attach::CATEGORIES.into_iter().find(|c| *c == category)?,
             event: event.to_owned(),
         },
         ("kp", prog, function, None) => Hook::KProbe {
